@@ -23,7 +23,9 @@ extern crate alloc;
 
 pub mod bits;
 pub mod command;
+pub mod entry;
 pub mod env;
+pub mod event;
 pub mod layout;
 pub mod probe;
 pub mod regs;
