@@ -6,9 +6,11 @@
 //!
 //! 1. compute the bits the device uses in the current entry and in the
 //!    target;
-//! 2. write every bit the current configuration does not use (harmless);
+//! 2. write every bit the current configuration does not use (harmless),
+//!    except in the one critical word of step 3;
 //! 3. if at most one word still differs in bits the target uses, write that
-//!    word in one single-copy-atomic store, then the remaining unused bits;
+//!    word (used and unused bits) in one single-copy-atomic store, then the
+//!    remaining bits the new configuration no longer uses;
 //! 4. otherwise break: clear V, write words 1..7, then word 0.
 //!
 //! Each step is followed by a sync (CFGI + CMD_SYNC) only when it changed
@@ -84,7 +86,8 @@ pub fn ste_used(e: &Entry) -> Entry {
             | ste::S2AFFD.mask()
             | ste::S2PTW.mask()
             | ste::S2S.mask()
-            | ste::S2R.mask();
+            | ste::S2R.mask()
+            | ste::S2FWB.mask();
         u[3] |= ste::S2TTB.mask();
     }
     if cfg == ste::CONFIG_BYPASS {
@@ -182,7 +185,10 @@ pub fn plan_update(kind: EntryKind, cur: &Entry, target: &Entry) -> UpdatePlan {
         }
         1 => {
             let w = critical.trailing_zeros() as usize;
-            let s1 = plan.push_if_changed(cur, unused_update);
+            // The critical word's unused bits go in with its single store.
+            let mut s1 = unused_update;
+            s1[w] = cur[w];
+            let s1 = plan.push_if_changed(cur, s1);
             let mut s2 = s1;
             s2[w] = target[w];
             let s2 = plan.push_if_changed(&s1, s2);

@@ -23,10 +23,17 @@ extern crate alloc;
 
 pub mod bits;
 pub mod command;
+pub mod config;
 pub mod entry;
 pub mod env;
+mod error;
 pub mod event;
 pub mod layout;
+pub mod mem;
 pub mod probe;
+pub mod queue;
 pub mod regs;
+pub mod sync;
 pub mod tlbi;
+
+pub use error::{CmdqErrorKind, Error};

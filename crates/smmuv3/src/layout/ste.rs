@@ -93,6 +93,8 @@ pub const S2PTW: Field = Field::bit(54);
 pub const S2S: Field = Field::bit(57);
 /// Word 2: record stage-2 faults.
 pub const S2R: Field = Field::bit(58);
+/// Word 2: stage-2 forced write-back (FEAT_S2FWB leaf encodings).
+pub const S2FWB: Field = Field::bit(59);
 /// All stage-2 translation-control fields of word 2 (the VTCR image).
 pub const S2VTCR: Field = Field::new(50, 32);
 
@@ -120,6 +122,7 @@ mod tests {
         assert_eq!(S2VTCR.mask(), 0x0007_ffff_0000_0000);
         assert_eq!(S2AA64.mask(), 1 << 51);
         assert_eq!(S2R.mask(), 1 << 58);
+        assert_eq!(S2FWB.mask(), 1 << 59);
         assert_eq!(S2TTB.mask(), 0x000f_ffff_ffff_fff0);
         // Stage-2 VTCR sub-fields tile the VTCR image exactly.
         let parts = [S2T0SZ, S2SL0, S2IR0, S2OR0, S2SH0, S2TG, S2PS];
