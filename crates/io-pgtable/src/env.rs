@@ -1,0 +1,270 @@
+//! Environment traits: the seam between table logic and the system it runs
+//! in (kernel-like host, hypervisor, bare metal, simulated memory).
+//!
+//! They know nothing about page tables, so the SMMUv3 driver reuses
+//! [`TableMemory`] and [`CacheMaintenance`] for its stream tables, context
+//! descriptors and queues.
+//!
+//! * [`TableMemory`]: zeroed, naturally aligned memory the device walks,
+//!   with its physical address.
+//! * [`CacheMaintenance`]: clean CPU cache lines to the point of coherency
+//!   so a non-coherent device sees CPU stores.
+//! * [`TlbHooks`]: what io-pgtable asks of the TLB owner (the driver).
+//!
+//! Implementations: `HostEnv` (feature `std`), `SimEnv` (feature `sim`) and
+//! the `Counting` wrapper (feature `std`).
+
+use core::ptr::NonNull;
+
+#[cfg(feature = "std")]
+mod host;
+#[cfg(feature = "sim")]
+mod sim;
+
+#[cfg(feature = "std")]
+pub use host::{CleanMode, Counting, EnvStats, HostEnv};
+#[cfg(feature = "sim")]
+pub use sim::SimEnv;
+
+/// Smallest table block size: one cache line, as non-coherent walkers need.
+pub const MIN_TABLE_SIZE: usize = 64;
+
+/// A block of table memory: its CPU pointer and its physical address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableBlock {
+    /// Where the CPU reads and writes the block.
+    pub cpu: NonNull<u8>,
+    /// The address the device uses for the block.
+    pub phys: u64,
+}
+
+/// Table memory could not be allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    /// No memory left (or failure injected).
+    #[error("out of table memory allocating {size:#x} bytes")]
+    NoMemory {
+        /// Requested size.
+        size: usize,
+    },
+    /// The size is not a power of two of at least [`MIN_TABLE_SIZE`] bytes,
+    /// or larger than the environment supports.
+    #[error("unsupported table memory size {size:#x}")]
+    BadSize {
+        /// Requested size.
+        size: usize,
+    },
+}
+
+/// Cache maintenance failed (an environment-detected bug such as a range
+/// outside the memory it manages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cache maintenance of {phys:#x}+{len:#x} failed")]
+pub struct CacheError {
+    /// First byte of the failed range.
+    pub phys: u64,
+    /// Length of the range.
+    pub len: usize,
+}
+
+/// Memory for structures a device walks (page tables, stream tables, queues).
+///
+/// # Safety
+///
+/// Implementors guarantee that:
+/// * a block returned by [`TableMemory::alloc_table`] is `size` bytes of
+///   zeroed memory, aligned to `size` both at `cpu` and at `phys`, valid for
+///   reads and writes, used by nobody else until it is passed to
+///   [`TableMemory::free_table`], and only ever accessed atomically (64-bit
+///   or smaller aligned accesses) by the environment itself;
+/// * [`TableMemory::phys_to_cpu`] of any address inside a live block returns
+///   the CPU pointer to that same byte.
+pub unsafe trait TableMemory {
+    /// Returns a zeroed, naturally aligned block of `size` bytes.
+    ///
+    /// `size` is a power of two, at least [`MIN_TABLE_SIZE`]; io-pgtable asks
+    /// for up to 16 x 64 KiB (concatenated stage-2 start tables).
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError`] when no memory is available or the size is unsupported.
+    /// Never panics for lack of memory.
+    fn alloc_table(&self, size: usize) -> Result<TableBlock, AllocError>;
+
+    /// Frees a block.
+    ///
+    /// # Safety
+    ///
+    /// `block` was returned by `alloc_table(size)` on this environment, was
+    /// not freed since, and nobody (CPU or device) uses it any more.
+    unsafe fn free_table(&self, block: TableBlock, size: usize);
+
+    /// Returns the CPU pointer of a physical address inside a live block.
+    fn phys_to_cpu(&self, phys: u64) -> NonNull<u8>;
+}
+
+/// Cache maintenance towards a device.
+pub trait CacheMaintenance {
+    /// Cleans every cache line overlapping `[phys, phys + len)` (CPU pointer
+    /// `cpu`) to the point of coherency, so a non-coherent device reads what
+    /// the CPU wrote. Must include the barrier that orders the clean before
+    /// later device-visible writes (e.g. `DSB` after `DC CVAC`).
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError`] when the environment detects a range it does not
+    /// manage (a bug in the caller); hardware implementations never fail.
+    fn clean(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError>;
+}
+
+/// TLB maintenance that io-pgtable asks of the driver owning the TLB.
+pub trait TlbHooks {
+    /// Invalidates every TLB and walk-cache entry for `[iova, iova + size)`
+    /// and **waits** for completion.
+    ///
+    /// Called after a table was disconnected (before its memory is reused)
+    /// and in break-before-make sequences (block split, contiguous run
+    /// rewrite), so it must be synchronous. `granule` is the smallest page
+    /// size of the table (a hint for range invalidation).
+    fn flush_walk(&self, iova: u64, size: u64, granule: u64);
+
+    /// Invalidates the leaf TLB entries of `gather` and waits, because
+    /// [`TlbHooks::add_pages`] is about to start a new, incompatible range.
+    fn sync_gather(&self, gather: &Gather);
+
+    /// Adds `count` unmapped leaves of `pgsize` bytes at `iova` to `gather`.
+    ///
+    /// The default merges into the gather and calls
+    /// [`TlbHooks::sync_gather`] first when the page size changes or the
+    /// range is disjoint.
+    fn add_pages(&self, gather: &mut Gather, iova: u64, pgsize: u64, count: u64) {
+        if let Some(old) = gather.add(iova, pgsize, count) {
+            self.sync_gather(&old);
+        }
+    }
+}
+
+/// Everything a page table needs from its environment.
+pub trait PtEnv: TableMemory + CacheMaintenance + TlbHooks {}
+
+impl<T: TableMemory + CacheMaintenance + TlbHooks> PtEnv for T {}
+
+/// A range of unmapped leaves whose TLB entries still need invalidating.
+///
+/// Holds one contiguous range and one page size. [`Gather::add`] reports
+/// when a new page cannot be merged (disjoint range or other page size):
+/// the caller must invalidate the returned old range first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gather {
+    start: u64,
+    end: u64,
+    pgsize: u64,
+}
+
+impl Gather {
+    /// Returns an empty gather.
+    pub const fn new() -> Self {
+        Self {
+            start: 0,
+            end: 0,
+            pgsize: 0,
+        }
+    }
+
+    /// Returns whether nothing was gathered.
+    pub const fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// Returns the first gathered address.
+    pub const fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Returns the end (exclusive) of the gathered range.
+    pub const fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Returns the gathered length in bytes.
+    pub const fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Returns the leaf size of the gathered pages (0 when empty).
+    pub const fn pgsize(&self) -> u64 {
+        self.pgsize
+    }
+
+    /// Returns whether adding `count` pages of `pgsize` at `iova` would need
+    /// a sync first (page size changed, or the range is disjoint).
+    pub fn needs_sync(&self, iova: u64, pgsize: u64, count: u64) -> bool {
+        let end = iova.saturating_add(pgsize.saturating_mul(count));
+        !self.is_empty() && (pgsize != self.pgsize || end < self.start || iova > self.end)
+    }
+
+    /// Adds `count` pages of `pgsize` at `iova`.
+    ///
+    /// Returns `None` when they merged, or `Some(old)` when the gather had to
+    /// restart with only the new pages: `old` must be invalidated first.
+    pub fn add(&mut self, iova: u64, pgsize: u64, count: u64) -> Option<Gather> {
+        let end = iova.saturating_add(pgsize.saturating_mul(count));
+        if self.needs_sync(iova, pgsize, count) {
+            let old = *self;
+            *self = Self {
+                start: iova,
+                end,
+                pgsize,
+            };
+            return Some(old);
+        }
+        if self.is_empty() {
+            *self = Self {
+                start: iova,
+                end,
+                pgsize,
+            };
+        } else {
+            self.start = self.start.min(iova);
+            self.end = self.end.max(end);
+        }
+        None
+    }
+
+    /// Empties the gather (after the driver invalidated it), returning what
+    /// it held.
+    pub fn take(&mut self) -> Gather {
+        core::mem::take(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_merges_adjacent_and_overlapping_ranges() {
+        let mut g = Gather::new();
+        assert!(g.is_empty());
+        assert_eq!(g.add(0x1000, 0x1000, 2), None);
+        assert_eq!(g.add(0x3000, 0x1000, 1), None);
+        assert_eq!(g.add(0x0, 0x1000, 1), None);
+        assert_eq!((g.start(), g.end(), g.pgsize()), (0, 0x4000, 0x1000));
+        assert_eq!(g.len(), 0x4000);
+    }
+
+    #[test]
+    fn gather_asks_for_sync_on_disjoint_range_or_new_page_size() {
+        let mut g = Gather::new();
+        g.add(0x1000, 0x1000, 1);
+        assert!(g.needs_sync(0x3000, 0x1000, 1));
+        let old = g.add(0x3000, 0x1000, 1).unwrap();
+        assert_eq!((old.start(), old.end()), (0x1000, 0x2000));
+        assert_eq!((g.start(), g.end()), (0x3000, 0x4000));
+        let old = g.add(0x4000, 0x20_0000, 1).unwrap();
+        assert_eq!(old.pgsize(), 0x1000);
+        assert_eq!(g.pgsize(), 0x20_0000);
+        assert_eq!(g.take().len(), 0x20_0000);
+        assert!(g.is_empty());
+    }
+}

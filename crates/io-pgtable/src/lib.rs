@@ -1,0 +1,138 @@
+//! VMSAv8-64 IO page tables for Arm SMMUv3: stage 1 and stage 2, 4K/16K/64K
+//! granules, 32..48-bit and 52-bit (64K) address sizes, lock-free
+//! concurrent map/unmap, non-coherent table walkers and deferred sync.
+//!
+//! `no_std`, no `alloc`: all memory comes from the environment.
+//!
+//! # Quick start
+//!
+//! ```
+//! # #[cfg(feature = "std")] {
+//! use io_pgtable::{Config, Gather, Granule, PageTable, Prot, env::HostEnv};
+//!
+//! let pt = PageTable::new(Config::stage1(Granule::K4, 48, 48), HostEnv::default()).unwrap();
+//! let prot = Prot::READ | Prot::WRITE | Prot::CACHE;
+//! assert_eq!(pt.map(0x20_0000, 0x8000_0000, 4096, 16, prot), Ok(16 * 4096));
+//! assert_eq!(pt.translate(0x20_1234), Some(0x8000_1234));
+//! let mut gather = Gather::new();
+//! assert_eq!(pt.unmap(0x20_0000, 4096, 16, &mut gather), Ok(16 * 4096));
+//! assert_eq!((gather.start(), gather.len()), (0x20_0000, 16 * 4096));
+//! # }
+//! ```
+//!
+//! # Environment
+//!
+//! [`PageTable<E>`] is generic over [`env::PtEnv`], the combination of three
+//! small traits in [`env`] that replace Linux's compile-time switches:
+//! [`env::TableMemory`] (zeroed, naturally aligned table memory and its
+//! physical address), [`env::CacheMaintenance`] (clean to the point of
+//! coherency) and [`env::TlbHooks`] (`flush_walk` when a table is
+//! disconnected, `add_pages` into a [`Gather`]). The first two know nothing
+//! of page tables; the SMMUv3 driver uses them for its own structures.
+//! Implementations: `env::HostEnv` and `env::Counting` (feature `std`),
+//! `env::SimEnv` over the workspace's simulated memory (feature `sim`).
+//!
+//! # Configuration and registers
+//!
+//! A [`Config`] names the stage, granule, ias/oas, [`WalkCoherency`] and
+//! [`Quirks`]. [`Geometry`] derives levels, start level, stage-2
+//! concatenation (up to 16 start tables: whenever stage 2 would start at
+//! level 0, and where the architecture forbids the start level for the
+//! output size) and the page-size bitmap (4K: 4K|2M|1G; 16K: 16K|32M;
+//! 64K: 64K|512M, plus 4T with a 52-bit output). [`PageTable::regs`]
+//! returns what the driver programs: [`Stage1Regs`] (TTB, T0SZ, TG0,
+//! IRGN0/ORGN0/SH0, IPS, EPD1, MAIR) for the context descriptor and
+//! [`Stage2Regs`] (S2TTB, T0SZ, SL0, IRGN0/ORGN0/SH0, TG0, PS) for the
+//! stream table entry. Walk attributes are write-back inner-shareable for a
+//! coherent walker and non-cacheable outer-shareable otherwise.
+//!
+//! Memory types: stage-1 MAIR indices 0 Normal-NC, 1 Normal-WB, 2
+//! Device-nGnRE, 3 inner-NC/outer-WB; stage-2 MemAttr Normal-WB (or the
+//! S2FWB "force WB" encoding), Normal-NC, Device-nGnRE. All leaves have AF
+//! set; stage-1 leaves are nG.
+//!
+//! # Operations
+//!
+//! * [`PageTable::map`] / [`PageTable::unmap`]: Linux's `map_pages` /
+//!   `unmap_pages`, returning bytes done, and on error a [`Partial`] with
+//!   the bytes done before it. [`PageTable::map_range`] and
+//!   [`PageTable::unmap_range`] pick the largest page sizes the alignment
+//!   allows.
+//! * [`PageTable::translate`], [`PageTable::walk`] (descriptor per level).
+//! * [`PageTable::read_and_clear_dirty`] (stage 1 with [`Quirks::HD`]).
+//! * [`PageTable::sync_map`] for [`WalkCoherency::Deferred`].
+//! * [`PageTable::reclaim`]: frees retired tables.
+//!
+//! **Partial unmap of a block splits it** (break-before-make) rather than
+//! refusing like Linux: the hypervisor's host stage-2 shadow needs to take
+//! single pages out of large blocks. Unmapping a page size larger than what
+//! is mapped removes the whole table below (like Linux). Mapping a block
+//! over a table is allowed only if the table holds no valid leaf; mapping
+//! over any valid leaf is [`Error::Exists`].
+//!
+//! **Contiguous hint**: with [`Prot::CONTIG`], every complete, aligned group
+//! (16 x 4K, 128 x 16K, 32 x 64K at level 3; 16/32/32 blocks at level 2)
+//! written by one call gets the contiguous bit, provided iova and paddr are
+//! congruent modulo the group size. Unmapping part of a group first
+//! rewrites the whole group without the bit (break-before-make), so no
+//! entry ever claims a contiguous range that is not fully mapped.
+//!
+//! # Coherency
+//!
+//! * [`WalkCoherency::Coherent`]: no cache maintenance.
+//! * [`WalkCoherency::NonCoherent`]: a new table is cleaned before it is
+//!   linked; the table descriptor is cleaned after the link; every run of
+//!   leaves written by one call is cleaned with one call per table; cleared
+//!   entries are cleaned before pages go into the gather (so before the
+//!   driver's TLB invalidation).
+//! * [`WalkCoherency::Deferred`]: as non-coherent but leaf runs are not
+//!   cleaned in `map`; [`PageTable::sync_map`] then cleans every line
+//!   holding leaves of the range exactly once.
+//!
+//! # Concurrency
+//!
+//! All operations take `&self` and are lock-free; `PageTable<E>` is `Sync`
+//! when `E` is. Calls on disjoint ranges compose. Missing tables are
+//! installed with a compare-exchange of a zero entry (release ordering, so
+//! the zeroed and cleaned table is visible before the link); the loser frees
+//! its table, which nobody saw. For a non-coherent walker, software bit 55
+//! ([`layout::SW_SYNCED`]) records that a table descriptor was cleaned: a
+//! mapper descending through a descriptor without it cleans it first, so no
+//! mapper returns while its leaves hang below a table the walker cannot see.
+//!
+//! Overlapping concurrent calls give unspecified mappings but never
+//! undefined behaviour. The hazard is a table disconnected by one call while
+//! another still walks it. **Reclamation**: a disconnected table is not
+//! freed but *retired*: its entries are zeroed (a racing walker reads only
+//! invalid descriptors) and it is pushed on a lock-free, push-only list
+//! (a Treiber stack that is never popped concurrently, so there is no ABA)
+//! whose link lives in its word 0 as an invalid descriptor (address of the
+//! next retired table | 0b10, bit 0 clear). Tables are disconnected by
+//! compare-exchange or swap, so each is retired exactly once.
+//! [`PageTable::reclaim`] takes `&mut self`, which proves no walk is in
+//! flight, and frees the list; `Drop` does too. The driver calls `reclaim`
+//! after its TLB sync. A link overwritten by a buggy racing caller is
+//! detected (it is zero or has bit 0 set) and the rest of the list is leaked
+//! rather than freed wrongly. `flush_walk` is called for every
+//! disconnected table before it is retired.
+
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod layout;
+mod table;
+
+pub use config::{
+    Config, Geometry, Granule, Prot, Quirks, Regs, Stage, Stage1Regs, Stage2Regs, WalkCoherency,
+};
+pub use env::Gather;
+pub use error::{Error, Partial};
+pub use table::{PageTable, Walk, WalkStep};
