@@ -78,7 +78,6 @@ impl core::fmt::Display for EduError {
 pub struct Edu {
     bar: u64,
     stream_id: u32,
-    transfers: u64,
 }
 
 impl Edu {
@@ -95,7 +94,6 @@ impl Edu {
         let edu = Self {
             bar: bar.addr,
             stream_id: f.bdf.requester_id(),
-            transfers: 0,
         };
         if edu.read32(reg::ID) & 0xff != 0xed {
             return Err(EduError::NotEdu);
@@ -110,11 +108,6 @@ impl Edu {
     /// Returns the stream ID its DMA carries (its PCI requester ID).
     pub fn stream_id(&self) -> u32 {
         self.stream_id
-    }
-
-    /// Returns how many transfers completed.
-    pub fn transfers(&self) -> u64 {
-        self.transfers
     }
 
     fn read32(&self, off: u64) -> u32 {
@@ -189,7 +182,6 @@ impl Edu {
             return Err(EduError::Timeout);
         }
         crate::arch::dsb_sy();
-        self.transfers += 1;
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ mod edu;
 mod heap;
 mod layout;
 mod pci;
+mod platform;
 mod semihost;
 mod timer;
 
@@ -40,8 +41,14 @@ extern "C" fn kernel_main() -> ! {
     let mut edu = None;
     for f in functions.iter().flatten().take(count) {
         println!(
-            "pci {:02x}:{:02x}.{} {:04x}:{:04x} bar0={:?}",
-            f.bdf.bus, f.bdf.dev, f.bdf.func, f.vendor, f.device, f.bars[0]
+            "pci {:02x}:{:02x}.{} {:04x}:{:04x} bar0={:#x}+{:#x}",
+            f.bdf.bus,
+            f.bdf.dev,
+            f.bdf.func,
+            f.vendor,
+            f.device,
+            f.bars[0].map_or(0, |b| b.addr),
+            f.bars[0].map_or(0, |b| b.size)
         );
         if f.vendor == edu::VENDOR && f.device == edu::DEVICE {
             edu = Some(*f);
@@ -55,8 +62,36 @@ extern "C" fn kernel_main() -> ! {
         Err(e) => fail_setup(format_args!("edu: {e}")),
     };
     println!("edu stream id {:#x}", edu.stream_id());
-    println!("RESULT: PASS");
-    semihost::exit(semihost::EXIT_PASS)
+
+    let mut buf = [0u8; 256];
+    let cmdline = semihost::cmdline(&mut buf).unwrap_or("");
+    let profile = match cmdline.split(' ').find_map(|a| a.strip_prefix("machine=")) {
+        Some("virt") => Some(smmuv3_scenarios::QEMU_VIRT),
+        Some("virt-9.1") => Some(smmuv3_scenarios::QEMU_VIRT_9_1),
+        other => {
+            println!(
+                "no known machine= on the semihosting command line ({other:?}): ID registers not asserted"
+            );
+            None
+        }
+    };
+    let mut qemu = platform::Qemu::new(edu, profile);
+    let start = timer::now_ns();
+    let sum = smmuv3_scenarios::run_all(&mut qemu);
+    println!(
+        "scenarios: {} passed, {} failed, {} skipped in {} ms ({} KiB heap)",
+        sum.passed,
+        sum.failed,
+        sum.skipped,
+        (timer::now_ns() - start) / 1_000_000,
+        heap::used() / 1024
+    );
+    if sum.failed == 0 && sum.passed > 0 {
+        println!("RESULT: PASS");
+        semihost::exit(semihost::EXIT_PASS)
+    }
+    println!("RESULT: FAIL");
+    semihost::exit(semihost::EXIT_FAIL)
 }
 
 /// Reports a failure to set up the test bed (not a scenario failure) and exits.

@@ -36,3 +36,32 @@ pub fn exit(status: u32) -> ! {
         core::hint::spin_loop();
     }
 }
+
+/// SYS_GET_CMDLINE operation number.
+const SYS_GET_CMDLINE: u64 = 0x15;
+
+/// Reads the semihosting command line (QEMU: the `arg=` values of
+/// `-semihosting-config`, joined by spaces) into `buf`.
+///
+/// Returns the command line, or `None` when semihosting gives none.
+pub fn cmdline(buf: &mut [u8]) -> Option<&str> {
+    let mut block = [buf.as_mut_ptr() as u64, buf.len() as u64];
+    let ret: u64;
+    // SAFETY: the semihosting call writes at most `block[1]` bytes into `buf`
+    // and updates `block[1]` with the length; both outlive the call.
+    unsafe {
+        asm!(
+            "hlt #0xf000",
+            inout("x0") SYS_GET_CMDLINE => ret,
+            in("x1") block.as_mut_ptr(),
+            options(nostack),
+        );
+    }
+    if ret != 0 {
+        return None;
+    }
+    let len = (block[1] as usize).min(buf.len());
+    core::str::from_utf8(&buf[..len])
+        .ok()
+        .map(|s| s.trim_end_matches('\0'))
+}

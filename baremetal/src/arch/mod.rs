@@ -107,13 +107,6 @@ pub fn dsb_sy() {
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
-/// Instruction synchronisation barrier.
-#[inline]
-pub fn isb() {
-    // SAFETY: a barrier has no memory-safety effect.
-    unsafe { asm!("isb", options(nostack, preserves_flags)) };
-}
-
 /// Returns the smallest data cache line size in bytes (CTR_EL0.DminLine).
 pub fn dcache_line() -> usize {
     let ctr: u64;

@@ -1,0 +1,163 @@
+//! The bare-metal side of `smmuv3_scenarios::Platform`: table memory from the
+//! heap (identity mapped, so physical == virtual), cache maintenance by VA,
+//! the generic timer, QEMU's SMMU register frame, and the edu device.
+
+use core::alloc::Layout;
+use core::fmt;
+use core::ptr::NonNull;
+
+use io_pgtable::env::{AllocError, CacheError, CacheMaintenance, TableBlock, TableMemory};
+use smmuv3::env::{Clock, MmioFrame};
+use smmuv3_scenarios::{DeviceError, DmaDevice, IdProfile, Platform};
+
+use crate::arch::{self, CacheOp};
+use crate::edu::{self, Edu, EduError};
+use crate::{layout, println, timer};
+
+/// The driver's environment on this machine.
+pub struct Env;
+
+/// Largest block handed out (io-pgtable asks for up to 16 x 64 KiB; scenario
+/// buffers for block mappings are 2 MiB).
+const MAX_BLOCK: usize = 4 << 20;
+
+// SAFETY: blocks come from the global allocator with size == alignment, are
+// zeroed and cleaned before being returned, stay valid until `free_table`,
+// and RAM is identity mapped, so `phys` is both the CPU and the bus address
+// and `phys_to_cpu` maps every byte of a live block to itself.
+unsafe impl TableMemory for Env {
+    fn alloc_table(&self, size: usize) -> Result<TableBlock, AllocError> {
+        if !size.is_power_of_two() || size < io_pgtable::env::MIN_TABLE_SIZE || size > MAX_BLOCK {
+            return Err(AllocError::BadSize { size });
+        }
+        let layout =
+            Layout::from_size_align(size, size).map_err(|_| AllocError::BadSize { size })?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        let cpu = NonNull::new(ptr).ok_or(AllocError::NoMemory { size })?;
+        // The zeroes must reach memory before a (possibly non-coherent)
+        // walker reads the block.
+        arch::dcache_range(CacheOp::Clean, ptr as u64, size as u64);
+        Ok(TableBlock {
+            cpu,
+            phys: ptr as u64,
+        })
+    }
+
+    unsafe fn free_table(&self, block: TableBlock, size: usize) {
+        if let Ok(layout) = Layout::from_size_align(size, size) {
+            // SAFETY: the caller passes a block from `alloc_table(size)`,
+            // which used exactly this layout.
+            unsafe { alloc::alloc::dealloc(block.cpu.as_ptr(), layout) };
+        }
+    }
+
+    fn phys_to_cpu(&self, phys: u64) -> NonNull<u8> {
+        NonNull::new(phys as *mut u8).unwrap_or(NonNull::dangling())
+    }
+}
+
+impl CacheMaintenance for Env {
+    fn clean(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError> {
+        if phys < layout::RAM || phys.saturating_add(len as u64) > layout::RAM + layout::RAM_SIZE {
+            return Err(CacheError { phys, len });
+        }
+        // Identity map: the VA of the range is its PA.
+        arch::dcache_range(CacheOp::Clean, cpu.as_ptr() as u64, len as u64);
+        Ok(())
+    }
+}
+
+impl Clock for Env {
+    fn now_us(&self) -> u64 {
+        timer::now_ns() / 1000
+    }
+}
+
+/// The edu device as the scenarios' DMA device.
+pub struct EduDevice(pub Edu);
+
+fn device_error(e: EduError) -> DeviceError {
+    match e {
+        EduError::OutOfBuffer { .. } | EduError::NotEdu => DeviceError::OutOfBuffer,
+        EduError::Busy => DeviceError::Busy,
+        EduError::Timeout => DeviceError::Timeout,
+    }
+}
+
+impl DmaDevice for EduDevice {
+    fn stream_id(&self) -> u32 {
+        self.0.stream_id()
+    }
+
+    fn buffer_size(&self) -> usize {
+        edu::BUFFER_SIZE
+    }
+
+    fn read_from_bus(&mut self, iova: u64, offset: usize, len: usize) -> Result<(), DeviceError> {
+        self.0
+            .bus_to_device(iova, offset, len)
+            .map_err(device_error)
+    }
+
+    fn write_to_bus(&mut self, offset: usize, iova: u64, len: usize) -> Result<(), DeviceError> {
+        self.0
+            .device_to_bus(offset, iova, len)
+            .map_err(device_error)
+    }
+}
+
+/// QEMU `virt` with its SMMUv3 and one edu device.
+pub struct Qemu {
+    frame: MmioFrame,
+    env: Env,
+    edu: EduDevice,
+    profile: Option<IdProfile>,
+}
+
+impl Qemu {
+    /// Returns the platform for the SMMU at its fixed address.
+    pub fn new(edu: Edu, profile: Option<IdProfile>) -> Self {
+        let base = NonNull::new(layout::SMMU as *mut u8).unwrap_or(NonNull::dangling());
+        // SAFETY: QEMU virt places the 128 KiB SMMUv3 frame at this address,
+        // identity mapped as Device memory for the whole run; only the
+        // scenarios (through this platform) program it.
+        let frame = unsafe { MmioFrame::new(base) };
+        Self {
+            frame,
+            env: Env,
+            edu: EduDevice(edu),
+            profile,
+        }
+    }
+}
+
+impl Platform for Qemu {
+    type Frame = MmioFrame;
+    type Env = Env;
+    type Device = EduDevice;
+
+    fn frame(&self) -> &MmioFrame {
+        &self.frame
+    }
+
+    fn env(&self) -> &Env {
+        &self.env
+    }
+
+    fn device(&mut self) -> &mut EduDevice {
+        &mut self.edu
+    }
+
+    fn expected_ids(&self) -> Option<IdProfile> {
+        self.profile
+    }
+
+    fn sync_for_cpu(&self, cpu: NonNull<u8>, _phys: u64, len: usize) {
+        arch::dcache_range(CacheOp::Invalidate, cpu.as_ptr() as u64, len as u64);
+    }
+
+    fn log(&self, args: fmt::Arguments<'_>) {
+        println!("{args}");
+    }
+}
