@@ -5,6 +5,29 @@
 
 use core::ptr::NonNull;
 
+use io_pgtable::env::{CacheError, CacheMaintenance, TableMemory};
+
+/// Invalidation of CPU cache lines, so the CPU reads what a non-coherent
+/// device wrote (event records, CMD_SYNC MSI words).
+///
+/// io-pgtable's environment only needs the clean direction; the driver adds
+/// this one for the memory the SMMU writes. A no-op for coherent SMMUs.
+pub trait CacheInvalidate {
+    /// Invalidates every cache line overlapping `[phys, phys + len)` (CPU
+    /// pointer `cpu`), discarding the CPU's copy.
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError`] when the environment does not manage the range.
+    fn invalidate(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError>;
+}
+
+/// Everything the driver needs of memory: io-pgtable's table memory and
+/// clean, plus [`CacheInvalidate`].
+pub trait DmaMemory: TableMemory + CacheMaintenance + CacheInvalidate {}
+
+impl<T: TableMemory + CacheMaintenance + CacheInvalidate> DmaMemory for T {}
+
 /// A 32/64-bit register frame (the SMMU's 128 KiB MMIO window).
 ///
 /// Offsets are byte offsets from the frame base. Implementations must not

@@ -37,3 +37,6 @@ pub mod sync;
 pub mod tlbi;
 
 pub use error::{CmdqErrorKind, Error};
+pub mod driver;
+
+pub use driver::{AttachOptions, Domain, DomainKind, Smmu, SmmuConfig, Update};

@@ -93,7 +93,37 @@ impl DevBlock {
         Ok(())
     }
 
-    /// Frees the block.
+    /// Makes the CPU see what the device wrote to `[offset, offset + len)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Cache`] from the environment.
+    pub fn invalidate(
+        &self,
+        cache: &impl crate::env::CacheInvalidate,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), Error> {
+        assert!(offset + len <= self.size);
+        let cpu = self.block.cpu.as_ptr().wrapping_add(offset);
+        let cpu = core::ptr::NonNull::new(cpu).unwrap_or(self.block.cpu);
+        cache.invalidate(cpu, self.block.phys + offset as u64, len)?;
+        Ok(())
+    }
+
+    /// Returns the block, leaving an empty one (size 0) in its place.
+    pub fn take(&mut self) -> DevBlock {
+        let empty = DevBlock {
+            block: TableBlock {
+                cpu: core::ptr::NonNull::dangling(),
+                phys: 0,
+            },
+            size: 0,
+        };
+        core::mem::replace(self, empty)
+    }
+
+    /// Frees the block (nothing for an empty block left by [`DevBlock::take`]).
     ///
     /// # Safety
     ///
@@ -101,8 +131,12 @@ impl DevBlock {
     /// it was replaced and synced, or the SMMU is disabled), and `mem` is
     /// the environment it was allocated from.
     pub unsafe fn free(self, mem: &impl TableMemory) {
+        if self.size == 0 {
+            return;
+        }
         // SAFETY: forwarded from the caller; `block` came from
-        // `alloc_table(size)` on `mem` and is freed once (self is consumed).
+        // `alloc_table(size)` on `mem` and is freed once (self is consumed,
+        // and `take` leaves an empty block behind).
         unsafe { mem.free_table(self.block, self.size) }
     }
 }

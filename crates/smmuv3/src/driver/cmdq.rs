@@ -1,0 +1,295 @@
+//! Command queue producer.
+
+use alloc::vec::Vec;
+
+use super::{Inner, Stats};
+use crate::command::{Command, SyncSignal};
+use crate::env::{Clock, DmaMemory, RegisterFrame, poll};
+use crate::error::CmdqErrorKind;
+use crate::layout::cmd::CMD_BYTES;
+use crate::mem::DevBlock;
+use crate::probe::Features;
+use crate::queue::QueueIndex;
+use crate::regs::{self, cmdq_cons, gerror, q_base};
+use crate::{Error, layout};
+
+/// How CMD_SYNC completion is awaited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMethod {
+    /// SEV when advertised (and not disabled by errata), else polling.
+    Auto,
+    /// Poll CMDQ_CONS.
+    Poll,
+    /// Wait for events (WFE) woken by the SMMU's SEV, re-reading CMDQ_CONS.
+    Sev,
+    /// The CMD_SYNC writes a sequence number to memory; poll that word.
+    Msi,
+}
+
+pub(super) fn resolve_sync(want: SyncMethod, f: &Features) -> Result<SyncMethod, Error> {
+    Ok(match want {
+        SyncMethod::Auto if f.sev => SyncMethod::Sev,
+        SyncMethod::Auto => SyncMethod::Poll,
+        SyncMethod::Sev if !f.sev => return Err(Error::Unsupported("SEV (IDR0.SEV or errata)")),
+        SyncMethod::Msi if !f.msi => return Err(Error::Unsupported("MSI (IDR0.MSI)")),
+        other => other,
+    })
+}
+
+/// Commands per batch before a CMD_SYNC is forced (MMU-700 erratum).
+const FORCED_SYNC_BATCH: usize = 63;
+
+pub(crate) struct Cmdq {
+    blk: DevBlock,
+    q: QueueIndex,
+    prod: u32,
+    cons: u32,
+    /// First entry written but not yet cleaned and published.
+    unpublished: u32,
+    sync: SyncMethod,
+    msi: Option<DevBlock>,
+    msi_seq: u32,
+    rejection: Option<Error>,
+}
+
+impl Cmdq {
+    pub(super) fn new(mem: &impl DmaMemory, log2: u8, sync: SyncMethod) -> Result<Self, Error> {
+        let blk = DevBlock::alloc(mem, (1usize << log2) * CMD_BYTES)?;
+        let msi = match sync {
+            SyncMethod::Msi => Some(DevBlock::alloc(mem, 64)?),
+            _ => None,
+        };
+        Ok(Self {
+            blk,
+            q: QueueIndex::new(log2),
+            prod: 0,
+            cons: 0,
+            unpublished: 0,
+            sync,
+            msi,
+            msi_seq: 0,
+            rejection: None,
+        })
+    }
+
+    pub(super) fn base_reg(&self) -> u64 {
+        q_base::ALLOC.make(1)
+            | (self.blk.phys() & q_base::ADDR.mask())
+            | q_base::LOG2SIZE.make(self.q.log2().into())
+    }
+
+    pub(super) fn reset_ptrs(&mut self) {
+        self.prod = 0;
+        self.cons = 0;
+        self.unpublished = 0;
+    }
+
+    pub(super) fn sync_method(&self) -> SyncMethod {
+        self.sync
+    }
+
+    pub(super) fn take_rejection(&mut self) -> Option<Error> {
+        self.rejection.take()
+    }
+
+    /// Frees the queue memory.
+    ///
+    /// # Safety
+    ///
+    /// The SMMU no longer reads the queue (CMDQEN acknowledged clear).
+    pub(super) unsafe fn free(&mut self, mem: &impl DmaMemory) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.blk.take().free(mem);
+            if let Some(mut m) = self.msi.take() {
+                m.take().free(mem);
+            }
+        }
+    }
+
+    fn slot(&self, ptr: u32) -> usize {
+        self.q.index(ptr) as usize * 2
+    }
+
+    /// Cleans the entries written since the last publication.
+    fn clean_pending(&mut self, mem: &impl DmaMemory) -> Result<(), Error> {
+        let n = self.q.used(self.prod, self.unpublished);
+        if n == 0 {
+            return Ok(());
+        }
+        let first = self.q.index(self.unpublished) as usize;
+        let till_end = (self.q.entries() as usize - first).min(n as usize);
+        self.blk
+            .clean(mem, first * CMD_BYTES, till_end * CMD_BYTES)?;
+        if (n as usize) > till_end {
+            self.blk
+                .clean(mem, 0, (n as usize - till_end) * CMD_BYTES)?;
+        }
+        self.unpublished = self.prod;
+        Ok(())
+    }
+
+    /// Replaces the command at CONS, which the SMMU rejected, by a CMD_SYNC
+    /// so the queue can resume, and records the rejection.
+    pub(super) fn skip_bad_command<R: RegisterFrame, M: DmaMemory, C: Clock>(
+        &mut self,
+        inner: &Inner<R, M, C>,
+    ) -> Result<(), Error> {
+        let cons_reg = inner.regs.read32(regs::CMDQ_CONS);
+        let kind = match cmdq_cons::ERR.get(cons_reg.into()) {
+            cmdq_cons::CERROR_ILL => CmdqErrorKind::Illegal,
+            cmdq_cons::CERROR_ABT => CmdqErrorKind::Abort,
+            cmdq_cons::CERROR_ATC_INV_SYNC => CmdqErrorKind::AtcInvSync,
+            other => CmdqErrorKind::Other(other as u8),
+        };
+        let at = self.slot(cons_reg & self.q.ptr_mask());
+        let raw = [self.blk.read(at), self.blk.read(at + 1)];
+        let nop = Command::Sync {
+            signal: SyncSignal::None,
+        }
+        .encode()?;
+        self.blk.write(at, nop[0]);
+        self.blk.write(at + 1, nop[1]);
+        self.blk.clean(&inner.mem, at * 8, CMD_BYTES)?;
+        if self.rejection.is_none() {
+            self.rejection = Some(Error::CommandRejected {
+                kind,
+                raw,
+                decoded: Command::decode(raw).ok(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
+    fn read_cons(&self, q: &mut Cmdq) -> u32 {
+        let c = self.regs.read32(regs::CMDQ_CONS) & q.q.ptr_mask();
+        q.cons = c;
+        c
+    }
+
+    fn cmdq_err_active(&self) -> bool {
+        let g = self.regs.read32(regs::GERROR) ^ self.regs.read32(regs::GERRORN);
+        g & gerror::CMDQ_ERR.mask() as u32 != 0
+    }
+
+    fn publish(&self, q: &mut Cmdq) -> Result<(), Error> {
+        q.clean_pending(&self.mem)?;
+        self.regs.write32(regs::CMDQ_PROD, q.prod);
+        Ok(())
+    }
+
+    /// Waits until the queue has room for one more entry.
+    fn wait_space(&self, q: &mut Cmdq) -> Result<(), Error> {
+        if q.q.space(q.prod, q.cons) > 0 {
+            return Ok(());
+        }
+        self.read_cons(q);
+        if q.q.space(q.prod, q.cons) > 0 {
+            return Ok(());
+        }
+        // Let the SMMU see what is queued, then wait for it to make room.
+        self.publish(q)?;
+        let use_wfe = q.sync == SyncMethod::Sev;
+        poll(&self.clock, self.timeout(), use_wfe, || {
+            if self.cmdq_err_active() {
+                if let Err(e) = self.service_gerror(q) {
+                    return Some(Err(e));
+                }
+            }
+            self.read_cons(q);
+            (q.q.space(q.prod, q.cons) > 0).then_some(Ok(()))
+        })
+        .map_err(|_| Error::Timeout("command queue space"))?
+    }
+
+    fn push(&self, q: &mut Cmdq, words: [u64; 2], opcode: u8) -> Result<u32, Error> {
+        self.wait_space(q)?;
+        let at = q.prod;
+        let s = q.slot(at);
+        q.blk.write(s, words[0]);
+        q.blk.write(s + 1, words[1]);
+        q.prod = q.q.advance(q.prod, 1);
+        Stats::bump(&self.stats.by_opcode[opcode as usize], 1);
+        Ok(at)
+    }
+
+    fn sync_and_wait(&self, q: &mut Cmdq) -> Result<(), Error> {
+        let signal = match (&q.msi, q.sync) {
+            (Some(m), SyncMethod::Msi) => {
+                q.msi_seq = q.msi_seq.wrapping_add(1);
+                SyncSignal::Msi {
+                    addr: m.phys(),
+                    data: q.msi_seq,
+                }
+            }
+            (_, SyncMethod::Sev) => SyncSignal::Sev,
+            _ => SyncSignal::None,
+        };
+        let cmd = Command::Sync { signal };
+        let at = self.push(q, cmd.encode()?, layout::cmd::op::SYNC)?;
+        self.publish(q)?;
+        let use_wfe = q.sync == SyncMethod::Sev;
+        let seq = q.msi_seq;
+        let res = poll(&self.clock, self.timeout(), use_wfe, || {
+            if self.cmdq_err_active() {
+                if let Err(e) = self.service_gerror(q) {
+                    return Some(Err(e));
+                }
+            }
+            let done = match (&q.msi, q.sync) {
+                (Some(m), SyncMethod::Msi) => {
+                    if let Err(e) = m.invalidate(&self.mem, 0, 8) {
+                        return Some(Err(e));
+                    }
+                    m.read(0) as u32 == seq
+                }
+                _ => {
+                    let cons = self.read_cons(q);
+                    q.q.consumed(at, q.prod, cons)
+                }
+            };
+            done.then_some(Ok(()))
+        });
+        res.map_err(|_| Error::Timeout("CMD_SYNC completion"))??;
+        Stats::bump(&self.stats.syncs, 1);
+        if q.sync == SyncMethod::Msi {
+            self.read_cons(q);
+        }
+        Ok(())
+    }
+
+    /// Issues `cmds` and, when `sync`, a CMD_SYNC, waiting for completion.
+    pub(crate) fn issue(&self, cmds: &[Command], sync: bool) -> Result<(), Error> {
+        // Encode everything first: a bad operand issues nothing.
+        let words: Vec<([u64; 2], u8)> = cmds
+            .iter()
+            .map(|c| c.encode().map(|w| (w, c.opcode())))
+            .collect::<Result<_, _>>()?;
+        let mut q = self.cmdq.lock();
+        let chunk = if self.features.errata.force_sync {
+            FORCED_SYNC_BATCH
+        } else {
+            usize::MAX
+        };
+        let mut since_sync = 0;
+        for &(w, op) in &words {
+            if since_sync == chunk {
+                self.sync_and_wait(&mut q)?;
+                since_sync = 0;
+            }
+            self.push(&mut q, w, op)?;
+            since_sync += 1;
+        }
+        if sync {
+            self.sync_and_wait(&mut q)?;
+        } else {
+            self.publish(&mut q)?;
+        }
+        match q.take_rejection() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

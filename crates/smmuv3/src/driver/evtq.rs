@@ -1,0 +1,97 @@
+//! Event queue consumer.
+
+use alloc::vec::Vec;
+
+use super::{Inner, Stats};
+use crate::Error;
+use crate::env::{Clock, DmaMemory, RegisterFrame};
+use crate::event::Event;
+use crate::layout::event::EVENT_BYTES;
+use crate::mem::DevBlock;
+use crate::queue::QueueIndex;
+use crate::regs::{self, evtq, q_base};
+
+/// Events drained from the queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventBatch {
+    /// Decoded events, oldest first.
+    pub events: Vec<Event>,
+    /// The SMMU overflowed the queue since the last drain: events were lost.
+    pub overflowed: bool,
+}
+
+pub(crate) struct Evtq {
+    blk: DevBlock,
+    q: QueueIndex,
+    cons: u32,
+    /// Overflow flag value last acknowledged.
+    ovack: bool,
+}
+
+impl Evtq {
+    pub(super) fn new(mem: &impl DmaMemory, log2: u8) -> Result<Self, Error> {
+        Ok(Self {
+            blk: DevBlock::alloc(mem, (1usize << log2) * EVENT_BYTES)?,
+            q: QueueIndex::new(log2),
+            cons: 0,
+            ovack: false,
+        })
+    }
+
+    pub(super) fn base_reg(&self) -> u64 {
+        q_base::ALLOC.make(1)
+            | (self.blk.phys() & q_base::ADDR.mask())
+            | q_base::LOG2SIZE.make(self.q.log2().into())
+    }
+
+    pub(super) fn reset_ptrs(&mut self) {
+        self.cons = 0;
+        self.ovack = false;
+    }
+
+    /// Frees the queue memory.
+    ///
+    /// # Safety
+    ///
+    /// The SMMU no longer writes the queue (EVENTQEN acknowledged clear).
+    pub(super) unsafe fn free(&mut self, mem: &impl DmaMemory) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.blk.take().free(mem) }
+    }
+}
+
+impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
+    pub(super) fn drain_events(&self) -> Result<EventBatch, Error> {
+        let mut q = self.evtq.lock();
+        let mut batch = EventBatch::default();
+        // Bounded: a device that keeps producing cannot keep us here.
+        for _ in 0..4 {
+            let prod_reg = self.regs.read32(regs::EVENTQ_PROD);
+            let prod = prod_reg & q.q.ptr_mask();
+            let ovf = evtq::OVFLG.get(prod_reg.into()) != 0;
+            if ovf != q.ovack {
+                batch.overflowed = true;
+                q.ovack = ovf;
+                Stats::bump(&self.stats.overflows, 1);
+            }
+            if prod == q.cons {
+                break;
+            }
+            while q.cons != prod {
+                let idx = q.q.index(q.cons) as usize;
+                q.blk
+                    .invalidate(&self.mem, idx * EVENT_BYTES, EVENT_BYTES)?;
+                let w = core::array::from_fn(|i| q.blk.read(idx * 4 + i));
+                batch.events.push(Event::decode(w));
+                q.cons = q.q.advance(q.cons, 1);
+            }
+            // Free the slots (and acknowledge an overflow) before looking again.
+            let ack = evtq::OVFLG.set(q.cons.into(), q.ovack.into()) as u32;
+            self.regs.write32(regs::EVENTQ_CONS, ack);
+        }
+        let ack = evtq::OVFLG.set(q.cons.into(), q.ovack.into()) as u32;
+        self.regs.write32(regs::EVENTQ_CONS, ack);
+        Stats::bump(&self.stats.events, batch.events.len() as u64);
+        Ok(batch)
+    }
+}

@@ -1,0 +1,702 @@
+//! Stream table, CD tables and stream attachment with hitless updates.
+
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use io_pgtable::config::Regs;
+
+use super::domain::{DomainKind, DomainShared};
+use super::{Domain, Inner, Smmu, SmmuConfig, Stats, StrtabFormat};
+use crate::Error;
+use crate::command::Command;
+use crate::config::{CdTableRef, S1Dss, S2Ref, SteConfig, build_cd, build_ste};
+use crate::entry::{Entry, EntryKind, WORDS, apply, plan_update};
+use crate::env::{Clock, DmaMemory, RegisterFrame};
+use crate::layout::{cd, ste};
+use crate::mem::DevBlock;
+use crate::probe::Features;
+use crate::regs::{strtab_base, strtab_base_cfg};
+
+/// Stream IDs resolved by one level-2 stream table (256 STEs, 16 KiB).
+const STRTAB_SPLIT: u8 = 8;
+/// Largest level-1 stream table, log2 of descriptors.
+const STRTAB_L1_MAX_LOG2: u8 = 12;
+/// CDs per 4 KiB level-2 CD table, log2.
+const CD_L2_LOG2: u8 = 6;
+
+/// How a stream is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// Handling of transactions without a substream ID once the stream has
+    /// substreams.
+    pub s1dss: S1Dss,
+    /// Substream ID bits of the stream's CD table (0: one CD, no SSIDs);
+    /// fixed by the first stage-1 attach.
+    pub ssid_bits: u8,
+    /// Enable ATS for the stream (needs IDR0.ATS); unmaps then send ATC_INV.
+    pub ats: bool,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        Self {
+            s1dss: S1Dss::Ssid0,
+            ssid_bits: 0,
+            ats: false,
+        }
+    }
+}
+
+/// What one configuration change cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Update {
+    /// Syncs spent updating the STE.
+    pub ste_syncs: u32,
+    /// Syncs spent updating the CD.
+    pub cd_syncs: u32,
+    /// Syncs spent installing new level-2 tables.
+    pub setup_syncs: u32,
+    /// The STE update had to break (pass through V = 0).
+    pub breaking: bool,
+}
+
+impl Update {
+    /// Returns every sync of the change.
+    pub fn syncs(&self) -> u32 {
+        self.ste_syncs + self.cd_syncs + self.setup_syncs
+    }
+}
+
+enum Table {
+    Linear {
+        blk: DevBlock,
+        log2: u8,
+    },
+    TwoLevel {
+        l1: DevBlock,
+        l2: Vec<Option<DevBlock>>,
+        split: u8,
+        log2: u8,
+    },
+}
+
+struct CdTable {
+    blk: DevBlock,
+    two_level: bool,
+    cdmax_log2: u8,
+    l2: Vec<Option<DevBlock>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Abort,
+    Bypass,
+    Translate,
+}
+
+struct Master {
+    mode: Mode,
+    cd: Option<CdTable>,
+    /// Stage-1 domains by CD index (the no-SSID attach uses CD 0).
+    s1: BTreeMap<u32, (Option<u32>, Arc<DomainShared>, Regs)>,
+    s2: Option<(Arc<DomainShared>, Regs)>,
+    s1dss: S1Dss,
+    ats: bool,
+}
+
+impl Master {
+    fn new() -> Self {
+        Self {
+            mode: Mode::Abort,
+            cd: None,
+            s1: BTreeMap::new(),
+            s2: None,
+            s1dss: S1Dss::Ssid0,
+            ats: false,
+        }
+    }
+}
+
+pub(crate) struct Streams {
+    table: Table,
+    masters: BTreeMap<u32, Master>,
+}
+
+fn abort_ste() -> Entry {
+    let mut e = [0u64; WORDS];
+    e[0] = ste::V.make(1) | ste::CONFIG.make(ste::CONFIG_ABORT);
+    e
+}
+
+/// Fills a fresh block of STEs with aborting entries and cleans it.
+fn init_stes(blk: &DevBlock, mem: &impl DmaMemory) -> Result<(), Error> {
+    let a = abort_ste();
+    for i in 0..blk.size() / 64 {
+        blk.write(i * WORDS, a[0]);
+    }
+    blk.clean(mem, 0, blk.size())
+}
+
+impl Streams {
+    pub(super) fn new(mem: &impl DmaMemory, cfg: &SmmuConfig, f: &Features) -> Result<Self, Error> {
+        let two_level = match cfg.strtab {
+            StrtabFormat::Auto => f.strtab_2lvl && f.sid_bits > STRTAB_SPLIT,
+            StrtabFormat::Linear => false,
+            StrtabFormat::TwoLevel if !f.strtab_2lvl => {
+                return Err(Error::Unsupported("2-level stream table (IDR0.ST_LEVEL)"));
+            }
+            StrtabFormat::TwoLevel => true,
+        };
+        let table = if two_level {
+            let split = STRTAB_SPLIT.min(f.sid_bits).max(6);
+            let split = if split % 2 == 1 { split - 1 } else { split };
+            let log2 = f.sid_bits.min(split + STRTAB_L1_MAX_LOG2).max(split);
+            let l1_entries = 1usize << (log2 - split);
+            let l1 = DevBlock::alloc(mem, l1_entries * 8)?;
+            l1.clean(mem, 0, l1.size())?;
+            Table::TwoLevel {
+                l1,
+                l2: (0..l1_entries).map(|_| None).collect(),
+                split,
+                log2,
+            }
+        } else {
+            let log2 = f.sid_bits.min(cfg.linear_max_log2);
+            let blk = DevBlock::alloc(mem, (1usize << log2) * 64)?;
+            init_stes(&blk, mem)?;
+            Table::Linear { blk, log2 }
+        };
+        Ok(Self {
+            table,
+            masters: BTreeMap::new(),
+        })
+    }
+
+    pub(super) fn base_regs(&self) -> (u64, u32) {
+        match &self.table {
+            Table::Linear { blk, log2 } => (
+                strtab_base::RA.make(1) | (blk.phys() & strtab_base::ADDR.mask()),
+                (strtab_base_cfg::LOG2SIZE.make((*log2).into())
+                    | strtab_base_cfg::FMT.make(strtab_base_cfg::FMT_LINEAR))
+                    as u32,
+            ),
+            Table::TwoLevel {
+                l1, split, log2, ..
+            } => (
+                strtab_base::RA.make(1) | (l1.phys() & strtab_base::ADDR.mask()),
+                (strtab_base_cfg::LOG2SIZE.make((*log2).into())
+                    | strtab_base_cfg::SPLIT.make((*split).into())
+                    | strtab_base_cfg::FMT.make(strtab_base_cfg::FMT_2LVL)) as u32,
+            ),
+        }
+    }
+
+    /// Returns whether the table is 2-level.
+    pub(super) fn two_level(&self) -> bool {
+        matches!(self.table, Table::TwoLevel { .. })
+    }
+
+    /// Returns the block and word index of a stream's STE, installing a
+    /// level-2 table when needed. The flag tells whether one was installed.
+    fn ste_slot(
+        &mut self,
+        mem: &impl DmaMemory,
+        sid: u32,
+    ) -> Result<(&DevBlock, usize, bool), Error> {
+        match &mut self.table {
+            Table::Linear { blk, log2 } => {
+                if u64::from(sid) >> *log2 != 0 {
+                    return Err(Error::BadStreamId(sid));
+                }
+                Ok((blk, sid as usize * WORDS, false))
+            }
+            Table::TwoLevel {
+                l1,
+                l2,
+                split,
+                log2,
+            } => {
+                if u64::from(sid) >> *log2 != 0 {
+                    return Err(Error::BadStreamId(sid));
+                }
+                let i = (sid >> *split) as usize;
+                let mut installed = false;
+                if l2[i].is_none() {
+                    let blk = DevBlock::alloc(mem, 64usize << *split)?;
+                    init_stes(&blk, mem)?;
+                    let desc = ste::L1_SPAN.make(u64::from(*split) + 1)
+                        | (blk.phys() & ste::L1_L2PTR.mask());
+                    l1.write(i, desc);
+                    l1.clean(mem, i * 8, 8)?;
+                    l2[i] = Some(blk);
+                    installed = true;
+                }
+                let blk = l2[i].as_ref().ok_or(Error::BadStreamId(sid))?;
+                let within = sid as usize & ((1usize << *split) - 1);
+                Ok((blk, within * WORDS, installed))
+            }
+        }
+    }
+
+    /// Frees every table.
+    ///
+    /// # Safety
+    ///
+    /// The SMMU no longer walks the stream table.
+    pub(super) unsafe fn free(&mut self, mem: &impl DmaMemory) {
+        // SAFETY: forwarded from the caller; every block below hangs off the
+        // stream table and was allocated from `mem`.
+        unsafe {
+            for (_, m) in core::mem::take(&mut self.masters) {
+                if let Some(c) = m.cd {
+                    free_cd_table(c, mem);
+                }
+            }
+            match &mut self.table {
+                Table::Linear { blk, .. } => blk.take().free(mem),
+                Table::TwoLevel { l1, l2, .. } => {
+                    for b in l2.iter_mut().filter_map(Option::take) {
+                        b.free(mem);
+                    }
+                    l1.take().free(mem);
+                }
+            }
+        }
+    }
+}
+
+/// Frees a CD table and its level-2 tables.
+///
+/// # Safety
+///
+/// No STE the SMMU may use points at the table any more (synced).
+unsafe fn free_cd_table(mut c: CdTable, mem: &impl DmaMemory) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        for b in c.l2.iter_mut().filter_map(Option::take) {
+            b.free(mem);
+        }
+        c.blk.take().free(mem);
+    }
+}
+
+impl CdTable {
+    fn new(mem: &impl DmaMemory, ssid_bits: u8, two_level_ok: bool) -> Result<Self, Error> {
+        let two_level = two_level_ok && ssid_bits > CD_L2_LOG2;
+        let blk = if two_level {
+            DevBlock::alloc(mem, 8usize << (ssid_bits - CD_L2_LOG2))?
+        } else {
+            DevBlock::alloc(mem, 64usize << ssid_bits)?
+        };
+        blk.clean(mem, 0, blk.size())?;
+        let l2 = if two_level {
+            (0..1usize << (ssid_bits - CD_L2_LOG2))
+                .map(|_| None)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            blk,
+            two_level,
+            cdmax_log2: ssid_bits,
+            l2,
+        })
+    }
+
+    fn table_ref(&self) -> CdTableRef {
+        CdTableRef {
+            ptr: self.blk.phys(),
+            two_level: self.two_level,
+            cdmax_log2: self.cdmax_log2,
+        }
+    }
+
+    /// Returns the block and word index of CD `index`, installing a level-2
+    /// table when needed (flag: installed).
+    fn slot(
+        &mut self,
+        mem: &impl DmaMemory,
+        index: u32,
+    ) -> Result<(&DevBlock, usize, bool), Error> {
+        if u64::from(index) >> self.cdmax_log2 != 0 {
+            return Err(Error::BadSubstreamId(index));
+        }
+        if !self.two_level {
+            return Ok((&self.blk, index as usize * WORDS, false));
+        }
+        let i = (index >> CD_L2_LOG2) as usize;
+        let mut installed = false;
+        if self.l2[i].is_none() {
+            let blk = DevBlock::alloc(mem, 64usize << CD_L2_LOG2)?;
+            blk.clean(mem, 0, blk.size())?;
+            let desc = cd::L1_V.make(1) | (blk.phys() & cd::L1_L2PTR.mask());
+            self.blk.write(i, desc);
+            self.blk.clean(mem, i * 8, 8)?;
+            self.l2[i] = Some(blk);
+            installed = true;
+        }
+        let blk = self.l2[i].as_ref().ok_or(Error::BadSubstreamId(index))?;
+        Ok((
+            blk,
+            (index as usize & ((1 << CD_L2_LOG2) - 1)) * WORDS,
+            installed,
+        ))
+    }
+}
+
+fn read_entry(blk: &DevBlock, at: usize) -> Entry {
+    core::array::from_fn(|i| blk.read(at + i))
+}
+
+impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
+    /// Hitlessly rewrites an 8-word entry; each step is cleaned and followed
+    /// by `inval` + CMD_SYNC.
+    fn rewrite(
+        &self,
+        kind: EntryKind,
+        blk: &DevBlock,
+        at: usize,
+        target: &Entry,
+        inval: &[Command],
+    ) -> Result<(u32, bool), Error> {
+        let mut live = read_entry(blk, at);
+        let plan = plan_update(kind, &live, target);
+        let syncs = apply(
+            &plan,
+            &mut live,
+            |i, v| blk.write(at + i, v),
+            || {
+                blk.clean(&self.mem, at * 8, 64)?;
+                self.issue(inval, true)
+            },
+        )?;
+        Stats::bump(&self.stats.update_syncs, syncs.into());
+        Ok((syncs, plan.breaking))
+    }
+
+    fn master_ste(&self, m: &Master) -> Result<Entry, Error> {
+        let cfg = match m.mode {
+            Mode::Abort => SteConfig::Abort,
+            Mode::Bypass => SteConfig::Bypass,
+            Mode::Translate => {
+                let s2 = match &m.s2 {
+                    Some((d, Regs::Stage2(r))) => Some(S2Ref {
+                        regs: *r,
+                        vmid: d.vmid(),
+                    }),
+                    Some(_) => {
+                        return Err(Error::Unsupported(
+                            "stage-2 domain without stage-2 registers",
+                        ));
+                    }
+                    None => None,
+                };
+                let cdt = if m.s1.is_empty() {
+                    None
+                } else {
+                    m.cd.as_ref().map(CdTable::table_ref)
+                };
+                match (cdt, s2) {
+                    (Some(cd), None) => SteConfig::Stage1 {
+                        cd,
+                        s1dss: m.s1dss,
+                        ats: m.ats,
+                    },
+                    (None, Some(s2)) => SteConfig::Stage2 { s2, ats: m.ats },
+                    (Some(cd), Some(s2)) => SteConfig::Nested {
+                        cd,
+                        s1dss: m.s1dss,
+                        s2,
+                        ats: m.ats,
+                    },
+                    (None, None) => SteConfig::Abort,
+                }
+            }
+        };
+        Ok(build_ste(&cfg, &self.entry_env))
+    }
+
+    /// Writes the STE of `sid` from its master state.
+    fn sync_ste(&self, st: &mut Streams, sid: u32, up: &mut Update) -> Result<(), Error> {
+        let target = {
+            let m = st.masters.get(&sid).ok_or(Error::NotAttached { sid })?;
+            self.master_ste(m)?
+        };
+        let (blk, at, installed) = st.ste_slot(&self.mem, sid)?;
+        if installed {
+            let base = sid & !((1 << STRTAB_SPLIT) - 1);
+            self.issue(
+                &[Command::CfgiSteRange {
+                    sid: base,
+                    range: STRTAB_SPLIT - 1,
+                }],
+                true,
+            )?;
+            up.setup_syncs += 1;
+        }
+        let (n, breaking) = self.rewrite(
+            EntryKind::Ste,
+            blk,
+            at,
+            &target,
+            &[Command::CfgiSte { sid, leaf: true }],
+        )?;
+        Stats::bump(&self.stats.ste_updates, 1);
+        up.ste_syncs += n;
+        up.breaking |= breaking;
+        if let Some(m) = st.masters.get_mut(&sid) {
+            if !Self::ste_uses_cd_table(m) {
+                if let Some(c) = m.cd.take() {
+                    // SAFETY: the STE no longer points at the table and the
+                    // update was synced; dropping it also forgets any CD the
+                    // SMMU cached from it, so a new table starts clean.
+                    unsafe { free_cd_table(c, &self.mem) };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes CD `index` of `sid`'s table. `live`: the STE may use the table.
+    fn write_cd(
+        &self,
+        m: &mut Master,
+        sid: u32,
+        index: u32,
+        target: &Entry,
+        live: bool,
+        up: &mut Update,
+    ) -> Result<(), Error> {
+        let cdt = m.cd.as_mut().ok_or(Error::NotAttached { sid })?;
+        let (blk, at, installed) = cdt.slot(&self.mem, index)?;
+        if installed && live {
+            self.issue(&[Command::CfgiCdAll { sid }], true)?;
+            up.setup_syncs += 1;
+        }
+        if live {
+            let (n, _) = self.rewrite(
+                EntryKind::Cd,
+                blk,
+                at,
+                target,
+                &[Command::CfgiCd {
+                    sid,
+                    ssid: index,
+                    leaf: true,
+                }],
+            )?;
+            up.cd_syncs += n;
+        } else {
+            // Nothing can be reading the table: write and clean, no sync.
+            for (i, w) in target.iter().enumerate() {
+                blk.write(at + i, *w);
+            }
+            blk.clean(&self.mem, at * 8, 64)?;
+        }
+        Stats::bump(&self.stats.cd_updates, 1);
+        Ok(())
+    }
+
+    fn ste_uses_cd_table(m: &Master) -> bool {
+        m.mode == Mode::Translate && !m.s1.is_empty()
+    }
+
+    /// Drops `sid`'s links to domains, removing it from their lists.
+    fn unlink(m: &mut Master, sid: u32, s1_index: Option<u32>, s2: bool) {
+        if let Some(i) = s1_index {
+            if let Some((ssid, d, _)) = m.s1.remove(&i) {
+                d.remove(sid, ssid);
+            }
+        }
+        if s2 {
+            if let Some((d, _)) = m.s2.take() {
+                d.remove(sid, None);
+            }
+        }
+    }
+
+    fn set_mode(&self, sid: u32, mode: Mode) -> Result<Update, Error> {
+        let mut st = self.streams.lock();
+        let mut up = Update::default();
+        let m = st.masters.entry(sid).or_insert_with(Master::new);
+        let indices: Vec<u32> = m.s1.keys().copied().collect();
+        for i in indices {
+            Self::unlink(m, sid, Some(i), false);
+        }
+        Self::unlink(m, sid, None, true);
+        m.mode = mode;
+        m.ats = false;
+        let old_cd = m.cd.take();
+        self.sync_ste(&mut st, sid, &mut up)?;
+        if let Some(c) = old_cd {
+            // SAFETY: the STE no longer points at the table and the update
+            // was synced (CFGI_STE + CMD_SYNC completed).
+            unsafe { free_cd_table(c, &self.mem) };
+        }
+        Ok(up)
+    }
+}
+
+impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
+    /// Makes `sid` abort all its traffic (detaching it from any domain).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadStreamId`], allocation and command errors.
+    pub fn set_abort(&self, sid: u32) -> Result<Update, Error> {
+        self.inner.set_mode(sid, Mode::Abort)
+    }
+
+    /// Lets `sid` bypass translation (detaching it from any domain).
+    ///
+    /// # Errors
+    ///
+    /// As [`Smmu::set_abort`].
+    pub fn set_bypass(&self, sid: u32) -> Result<Update, Error> {
+        self.inner.set_mode(sid, Mode::Bypass)
+    }
+
+    /// Returns whether the stream table is 2-level.
+    pub fn strtab_two_level(&self) -> bool {
+        self.inner.streams.lock().two_level()
+    }
+
+    /// Attaches `sid` (or its substream `ssid`) to `domain`.
+    ///
+    /// A stage-2 domain takes the whole stream (`ssid` must be `None`); a
+    /// stage-1 domain takes CD `ssid` (CD 0 for `None`). A stream attached to
+    /// both a stage-1 domain nested under a stage-2 domain with the same VMID
+    /// translates nested; the stage-2 domain must then map the stream's CD
+    /// table and the stage-1 tables at their physical addresses.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadStreamId`], [`Error::BadSubstreamId`],
+    /// [`Error::Unsupported`] (nesting, ATS or substreams the SMMU lacks, or
+    /// a stage-1 domain not nested under the stream's stage-2 VMID),
+    /// allocation and command errors.
+    pub fn attach(
+        &self,
+        sid: u32,
+        ssid: Option<u32>,
+        domain: &Domain<R, M, C>,
+        opts: AttachOptions,
+    ) -> Result<Update, Error> {
+        let i = &*self.inner;
+        if opts.ats && !i.features.ats {
+            return Err(Error::Unsupported("ATS (IDR0.ATS)"));
+        }
+        let shared = domain.shared().clone();
+        let regs = domain.table_regs();
+        let mut st = i.streams.lock();
+        let mut up = Update::default();
+        let two_level_cd = i.features.cd_2lvl;
+        let max_ssid = i.features.ssid_bits;
+        let m = st.masters.entry(sid).or_insert_with(Master::new);
+        match shared.kind() {
+            DomainKind::Stage2 { .. } => {
+                if ssid.is_some() {
+                    return Err(Error::BadSubstreamId(ssid.unwrap_or(0)));
+                }
+                if let Some((_, d, _)) = m.s1.values().next() {
+                    if d.vmid() != shared.vmid() || !i.features.nesting {
+                        return Err(Error::Unsupported(
+                            "stage 1 attached to this stream is not nested under this VMID",
+                        ));
+                    }
+                }
+                if m.mode != Mode::Translate {
+                    let idx: Vec<u32> = m.s1.keys().copied().collect();
+                    for x in idx {
+                        Inner::<R, M, C>::unlink(m, sid, Some(x), false);
+                    }
+                }
+                Inner::<R, M, C>::unlink(m, sid, None, true);
+                shared.add(sid, None);
+                m.s2 = Some((shared, regs));
+            }
+            DomainKind::Stage1 { asid, vmid } => {
+                let Regs::Stage1(r) = regs else {
+                    return Err(Error::Unsupported(
+                        "stage-1 domain without stage-1 registers",
+                    ));
+                };
+                if m.mode != Mode::Translate {
+                    Inner::<R, M, C>::unlink(m, sid, None, true);
+                }
+                match &m.s2 {
+                    Some((d, _)) if d.vmid() != vmid || !i.features.nesting => {
+                        return Err(Error::Unsupported(
+                            "stage-1 domain is not nested under the stream's stage-2 VMID",
+                        ));
+                    }
+                    None if vmid != 0 => {
+                        return Err(Error::Unsupported(
+                            "nested stage-1 domain on a stream without stage 2",
+                        ));
+                    }
+                    _ => {}
+                }
+                if m.cd.is_none() {
+                    if opts.ssid_bits > max_ssid {
+                        return Err(Error::Unsupported("substream ID bits beyond IDR1.SSIDSIZE"));
+                    }
+                    m.cd = Some(CdTable::new(&i.mem, opts.ssid_bits, two_level_cd)?);
+                    m.s1dss = opts.s1dss;
+                }
+                let has_ssids = m.cd.as_ref().is_some_and(|c| c.cdmax_log2 > 0);
+                let index = match ssid {
+                    None => 0,
+                    Some(_) if !has_ssids => return Err(Error::BadSubstreamId(ssid.unwrap_or(0))),
+                    Some(0) if m.s1dss == S1Dss::Ssid0 => return Err(Error::BadSubstreamId(0)),
+                    Some(s) => s,
+                };
+                if ssid.is_none() && has_ssids && m.s1dss != S1Dss::Ssid0 {
+                    return Err(Error::Unsupported("no-SSID stage 1 needs S1DSS = Ssid0"));
+                }
+                let live = Inner::<R, M, C>::ste_uses_cd_table(m);
+                let cd = build_cd(&r, asid);
+                i.write_cd(m, sid, index, &cd, live, &mut up)?;
+                Inner::<R, M, C>::unlink(m, sid, Some(index), false);
+                shared.add(sid, ssid);
+                m.s1.insert(index, (ssid, shared, regs));
+            }
+        }
+        m.mode = Mode::Translate;
+        m.ats = opts.ats;
+        if opts.ats {
+            domain.shared().add_ats(sid, ssid);
+        }
+        i.sync_ste(&mut st, sid, &mut up)?;
+        Ok(up)
+    }
+
+    /// Detaches substream `ssid` of `sid` from its stage-1 domain (its CD is
+    /// invalidated), or with `None` the whole stream, which then aborts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAttached`] when nothing is attached there; command errors.
+    pub fn detach(&self, sid: u32, ssid: Option<u32>) -> Result<Update, Error> {
+        let i = &*self.inner;
+        let Some(s) = ssid else {
+            return i.set_mode(sid, Mode::Abort);
+        };
+        let mut st = i.streams.lock();
+        let mut up = Update::default();
+        let m = st.masters.get_mut(&sid).ok_or(Error::NotAttached { sid })?;
+        if !m.s1.contains_key(&s) {
+            return Err(Error::NotAttached { sid });
+        }
+        let live = Inner::<R, M, C>::ste_uses_cd_table(m);
+        i.write_cd(m, sid, s, &[0; WORDS], live, &mut up)?;
+        Inner::<R, M, C>::unlink(m, sid, Some(s), false);
+        if m.s1.is_empty() {
+            // No stage-1 context left: the STE stops pointing at the table.
+            i.sync_ste(&mut st, sid, &mut up)?;
+        }
+        Ok(up)
+    }
+}
