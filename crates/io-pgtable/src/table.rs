@@ -673,7 +673,8 @@ impl<E: PtEnv> PageTable<E> {
     /// unmapped leaves to `gather` through [`crate::env::TlbHooks::add_pages`].
     ///
     /// Returns the bytes unmapped; it stops early (returning less) at the
-    /// first page that is not mapped.
+    /// first `pgsize` entry under which nothing is mapped (an empty table
+    /// left by earlier unmaps counts as nothing).
     ///
     /// * Unmapping a `pgsize` entry that is a table (mapped with smaller
     ///   pages) unmaps the whole table: it is disconnected, its walk cached
@@ -769,8 +770,16 @@ impl<E: PtEnv> PageTable<E> {
         gather: &mut Gather,
     ) -> Result<usize, Error> {
         let shift = self.geo.level_shift[level];
+        // An empty table counts as unmapped: bytes reported are bytes that
+        // were mapped (it stays in place; a later block map replaces it).
         let mut k = 0;
-        while k < n && self.entry(table, idx + k).load(Ordering::Relaxed) & 1 != 0 {
+        while k < n {
+            let d = self.entry(table, idx + k).load(Ordering::Acquire);
+            let mapped = is_leaf(d, level)
+                || (is_table(d, level) && !self.subtree_is_empty(self.desc_to_pa(d), level + 1));
+            if !mapped {
+                break;
+            }
             k += 1;
         }
         if k == 0 {
@@ -1076,10 +1085,13 @@ impl<E: PtEnv> PageTable<E> {
     /// [`Error::IovaOutOfRange`] / [`Error::Overflow`] for a bad range,
     /// [`Error::Cache`] from the environment.
     pub fn sync_map(&self, iova: u64, size: u64) -> Result<(), Error> {
-        if self.cfg.coherency != WalkCoherency::Deferred || size == 0 {
+        if size == 0 {
             return Ok(());
         }
         let (lo, hi, _) = self.check_span(iova, size)?;
+        if self.cfg.coherency != WalkCoherency::Deferred {
+            return Ok(());
+        }
         let mut clean = |table: u64, level: usize, from: usize, to: usize, _va: u64| {
             // Lines are runs of 8 entries (tables are 64-byte aligned).
             let mut run: Option<(usize, usize)> = None;
