@@ -1,0 +1,104 @@
+//! Translations per second: TLB hit, full 4-level stage-1 walk, nested walk.
+//!
+//! Run with `cargo bench -p smmuv3-model --bench translate`.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use smmuv3_model::{DmaRequest, ModelConfig};
+
+const SID: u32 = 1;
+/// Input addresses 1 GiB + 1 page apart: each needs its own level-1,
+/// level-2 and level-3 descriptors.
+const STEP: u64 = (1 << 30) + 0x1000;
+const N: u64 = 64;
+
+fn s1_model(tlb_capacity: usize) -> H {
+    let cfg = ModelConfig {
+        tlb_capacity,
+        ..ModelConfig::default()
+    };
+    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 16 << 20);
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
+    h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
+    let page = h.alloc(4096);
+    for i in 0..N {
+        pt.map(&h, i * STEP, page, 3, S1_RW);
+    }
+    h
+}
+
+fn nested_model(tlb_capacity: usize) -> H {
+    let cfg = ModelConfig {
+        tlb_capacity,
+        ..ModelConfig::default()
+    };
+    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 16 << 20);
+    h.enable_linear(4);
+    let s2pt = Pt::new_s2(&h, 12, 40, 1);
+    for i in 0..8u64 {
+        let a = MEM_BASE + i * (2 << 20);
+        s2pt.map(&h, a, a, 2, S2_RW);
+    }
+    let s2 = S2 {
+        vmid: 1,
+        t0sz: 24,
+        sl0: 1,
+        tg: 0,
+        ps: 2,
+        ttb: s2pt.root,
+    };
+    let pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
+    h.set_ste(SID, ste_nested(cdp, &s2));
+    let page = h.alloc(4096);
+    for i in 0..N {
+        pt.map(&h, i * STEP, page, 3, S1_RW);
+    }
+    h
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("translate");
+    g.throughput(Throughput::Elements(1));
+
+    let h = s1_model(1 << 16);
+    let req = DmaRequest::read(SID, 0x40, 4).privileged();
+    h.smmu.translate(&req).unwrap();
+    g.bench_function("tlb_hit", |b| {
+        b.iter(|| black_box(h.smmu.translate(black_box(&req)).unwrap()))
+    });
+
+    // A one-entry TLB and walk cache: every translation walks all levels.
+    let h = s1_model(1);
+    let mut i = 0u64;
+    g.bench_function("s1_4level_walk", |b| {
+        b.iter(|| {
+            i = (i + 1) % N;
+            let r = DmaRequest::read(SID, i * STEP, 4).privileged();
+            black_box(h.smmu.translate(&r).unwrap())
+        })
+    });
+    assert!(h.smmu.stats().tlb_hits < h.smmu.stats().tlb_misses / 100);
+
+    let h = nested_model(1);
+    g.bench_function("nested_walk", |b| {
+        b.iter(|| {
+            i = (i + 1) % N;
+            let r = DmaRequest::read(SID, i * STEP, 4).privileged();
+            black_box(h.smmu.translate(&r).unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

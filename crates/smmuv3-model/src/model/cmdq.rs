@@ -1,0 +1,337 @@
+//! Command queue consumption and command semantics.
+
+use super::State;
+use crate::config::StallModel;
+use crate::layout::{CMD_SIZE, RawCmd, op, sync_cs};
+use crate::regs::{cerror, cr0, gerror, irq_ctrl, queue};
+use crate::stats::TraceEntry;
+use crate::tlb::{InvScope, Regime};
+
+const NH: &[Regime] = &[Regime::Nh, Regime::Nested];
+const EL2: &[Regime] = &[Regime::El2];
+const S2: &[Regime] = &[Regime::S2];
+const VM: &[Regime] = &[Regime::Nh, Regime::S2, Regime::Nested];
+
+impl State {
+    /// Consumes commands from CONS up to PROD, stopping at the first error
+    /// (CMDQ_CONS.ERR + GERROR.CMDQ_ERR) or when injection says so. Bounded:
+    /// at most one pass over the queue per call.
+    pub(super) fn process_cmdq(&mut self) {
+        if self.regs.cr0 & cr0::CMDQEN == 0
+            || self.gerror_active(gerror::CMDQ_ERR)
+            || self.inject.paused
+            || self.inject.delay_polls > 0
+        {
+            return;
+        }
+        let q = self.cmdq();
+        let entries = 1u64 << q.log2;
+        for _ in 0..entries {
+            let prod = self.regs.cmdq_prod;
+            let cons = self.regs.cmdq_cons;
+            if q.empty(prod, cons) {
+                break;
+            }
+            let index = q.idx(cons);
+            let addr = q.base + u64::from(index) * CMD_SIZE;
+            let mut raw = [0u8; 16];
+            let result = match self.mem.dev_read(addr, &mut raw) {
+                Err(_) => {
+                    self.stats.command_aborts += 1;
+                    Err(cerror::ABT)
+                }
+                Ok(()) => {
+                    let w0 = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
+                    let w1 = u64::from_le_bytes(raw[8..].try_into().unwrap_or_default());
+                    let cmd = RawCmd([w0, w1]);
+                    let r = if self.inject.drop > 0 {
+                        self.inject.drop -= 1;
+                        self.stats.dropped_commands += 1;
+                        Ok(())
+                    } else {
+                        self.execute(cmd)
+                    };
+                    self.trace(|| TraceEntry::Command {
+                        index,
+                        words: [w0, w1],
+                        error: r.err(),
+                    });
+                    r
+                }
+            };
+            match result {
+                Ok(()) => {
+                    let err = cons & (queue::CONS_ERR_MASK << queue::CONS_ERR_SHIFT);
+                    self.regs.cmdq_cons = err | q.inc(cons & queue::PTR_MASK);
+                }
+                Err(code) => {
+                    let ptr = cons & queue::PTR_MASK;
+                    self.regs.cmdq_cons = ptr | code << queue::CONS_ERR_SHIFT;
+                    self.raise_gerror(gerror::CMDQ_ERR);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, c: RawCmd) -> Result<(), u32> {
+        let opc = c.opcode();
+        self.stats.commands[usize::from(opc)] += 1;
+        let r = self.execute_inner(c);
+        if r == Err(cerror::ILL) {
+            self.stats.illegal_commands += 1;
+        }
+        r
+    }
+
+    fn sid_ok(&self, sid: u32) -> bool {
+        self.cfg.sid_bits >= 32 || u64::from(sid) < 1u64 << self.cfg.sid_bits
+    }
+
+    fn vmid_of(&self, c: &RawCmd) -> u16 {
+        if self.cfg.vmid16 {
+            c.vmid()
+        } else {
+            c.vmid() & 0xff
+        }
+    }
+
+    fn asid_of(&self, c: &RawCmd) -> u16 {
+        if self.cfg.asid16 {
+            c.asid()
+        } else {
+            c.asid() & 0xff
+        }
+    }
+
+    /// Returns the invalidation range of a TLBI-by-address command:
+    /// `[start, end)`, TTL level and TG granule shift.
+    fn tlbi_range(&self, c: &RawCmd, addr: u64) -> (Option<(u64, u64)>, Option<u32>, Option<u32>) {
+        let tg = if self.cfg.ril { c.tg() } else { 0 };
+        if tg == 0 {
+            // Single address: matches every entry that translates it.
+            return (Some((addr, addr.saturating_add(1))), None, None);
+        }
+        let shift = match tg {
+            1 => 12,
+            2 => 14,
+            _ => 16,
+        };
+        let start = addr & !((1u64 << shift) - 1);
+        let pages = u64::from(c.num()) + 1;
+        let len_log2 = c.scale() + shift;
+        let len = if len_log2 >= 64 {
+            u64::MAX
+        } else {
+            pages
+                .checked_shl(len_log2)
+                .filter(|&l| l >> len_log2 == pages)
+                .unwrap_or(u64::MAX)
+        };
+        let end = start.saturating_add(len);
+        let ttl = c.ttl();
+        let level = (ttl != 0).then_some(ttl);
+        (Some((start, end)), level, Some(shift))
+    }
+
+    fn execute_inner(&mut self, c: RawCmd) -> Result<(), u32> {
+        if c.ssec() {
+            // No secure state: only the non-secure queue exists.
+            return Err(cerror::ILL);
+        }
+        let s1 = self.cfg.stage1;
+        let s2 = self.cfg.stage2;
+        match c.opcode() {
+            op::PREFETCH_CONFIG | op::PREFETCH_ADDR => {
+                // Prefetches are hints; an out-of-range StreamID is ignored.
+                Ok(())
+            }
+            op::CFGI_STE => {
+                if !self.sid_ok(c.sid()) {
+                    return Err(cerror::ILL);
+                }
+                self.invalidate_ste_range(u64::from(c.sid()), u64::from(c.sid()) + 1, !c.leaf());
+                Ok(())
+            }
+            op::CFGI_STE_RANGE => {
+                let n = 2u64 << c.range();
+                let start = u64::from(c.sid()) & !(n - 1);
+                self.invalidate_ste_range(start, start + n, true);
+                Ok(())
+            }
+            op::CFGI_CD => {
+                if !self.sid_ok(c.sid())
+                    || (self.cfg.ssid_bits < 20 && c.ssid() >> self.cfg.ssid_bits != 0)
+                {
+                    return Err(cerror::ILL);
+                }
+                let (sid, ssid) = (c.sid(), c.ssid());
+                self.cd_cache.remove(&(sid, ssid));
+                if !c.leaf() {
+                    self.l1cd_cache.retain(|k, _| k.0 != sid);
+                }
+                self.ctx_cache.retain(|k, _| k.0 != sid);
+                Ok(())
+            }
+            op::CFGI_CD_ALL => {
+                if !self.sid_ok(c.sid()) {
+                    return Err(cerror::ILL);
+                }
+                let sid = c.sid();
+                self.cd_cache.retain(|k, _| k.0 != sid);
+                self.l1cd_cache.retain(|k, _| k.0 != sid);
+                self.ctx_cache.retain(|k, _| k.0 != sid);
+                Ok(())
+            }
+            op::TLBI_NH_ALL if s1 => {
+                let sc = InvScope {
+                    vmid: s2.then(|| self.vmid_of(&c)),
+                    ..InvScope::all(NH)
+                };
+                self.inv(&sc);
+                Ok(())
+            }
+            op::TLBI_NH_ASID if s1 => {
+                let sc = InvScope {
+                    vmid: s2.then(|| self.vmid_of(&c)),
+                    asid: Some(self.asid_of(&c)),
+                    non_global_only: true,
+                    ..InvScope::all(NH)
+                };
+                self.inv(&sc);
+                Ok(())
+            }
+            op::TLBI_NH_VA | op::TLBI_NH_VAA if s1 => {
+                let (range, level, granule_shift) = self.tlbi_range(&c, c.va());
+                let sc = InvScope {
+                    vmid: s2.then(|| self.vmid_of(&c)),
+                    asid: (c.opcode() == op::TLBI_NH_VA).then(|| self.asid_of(&c)),
+                    range,
+                    level,
+                    granule_shift,
+                    leaf_only: c.leaf(),
+                    ..InvScope::all(NH)
+                };
+                self.inv(&sc);
+                Ok(())
+            }
+            op::TLBI_EL2_ALL if self.cfg.hyp => {
+                self.inv(&InvScope::all(EL2));
+                Ok(())
+            }
+            op::TLBI_EL2_ASID if self.cfg.hyp => {
+                let sc = InvScope {
+                    asid: Some(self.asid_of(&c)),
+                    non_global_only: true,
+                    ..InvScope::all(EL2)
+                };
+                self.inv(&sc);
+                Ok(())
+            }
+            op::TLBI_EL2_VA | op::TLBI_EL2_VAA if self.cfg.hyp => {
+                let (range, level, granule_shift) = self.tlbi_range(&c, c.va());
+                let sc = InvScope {
+                    asid: (c.opcode() == op::TLBI_EL2_VA).then(|| self.asid_of(&c)),
+                    range,
+                    level,
+                    granule_shift,
+                    leaf_only: c.leaf(),
+                    ..InvScope::all(EL2)
+                };
+                self.inv(&sc);
+                Ok(())
+            }
+            op::TLBI_S12_VMALL if s2 => {
+                let sc = InvScope {
+                    vmid: Some(self.vmid_of(&c)),
+                    ..InvScope::all(VM)
+                };
+                self.inv(&sc);
+                Ok(())
+            }
+            op::TLBI_S2_IPA if s2 => {
+                // Only stage-2 entries: combined stage 1+2 entries need a
+                // later TLBI_NH_ALL / S12_VMALL, as the architecture says.
+                let (range, level, granule_shift) = self.tlbi_range(&c, c.ipa());
+                let sc = InvScope {
+                    vmid: Some(self.vmid_of(&c)),
+                    range,
+                    level,
+                    granule_shift,
+                    leaf_only: c.leaf(),
+                    ..InvScope::all(S2)
+                };
+                self.inv(&sc);
+                Ok(())
+            }
+            op::TLBI_NSNH_ALL => {
+                self.inv(&InvScope::all(VM));
+                Ok(())
+            }
+            op::ATC_INV if self.cfg.ats => {
+                if !self.sid_ok(c.sid()) {
+                    return Err(cerror::ILL);
+                }
+                Ok(())
+            }
+            op::RESUME | op::STALL_TERM if self.cfg.stall_model != StallModel::TerminateOnly => {
+                let sid = c.sid();
+                if c.opcode() == op::RESUME {
+                    let stag = c.stag();
+                    self.stalled.retain(|s| !(s.sid == sid && s.stag == stag));
+                } else {
+                    self.stalled.retain(|s| s.sid != sid);
+                }
+                Ok(())
+            }
+            op::SYNC => self.cmd_sync(c),
+            _ => Err(cerror::ILL),
+        }
+    }
+
+    fn cmd_sync(&mut self, c: RawCmd) -> Result<(), u32> {
+        match c.sync_cs() {
+            sync_cs::NONE => {}
+            sync_cs::IRQ => {
+                let addr = c.sync_msi_addr();
+                if self.cfg.msi && addr != 0 {
+                    let data = c.sync_msi_data().to_le_bytes();
+                    if self.mem.dev_write(addr, &data).is_err() {
+                        self.raise_gerror(gerror::MSI_CMDQ_ABT_ERR);
+                    } else {
+                        self.stats.sync_msi_writes += 1;
+                    }
+                } else {
+                    let _ = irq_ctrl::GERROR_IRQEN;
+                    self.irq.cmd_sync = true;
+                }
+            }
+            sync_cs::SEV if self.cfg.sev => self.stats.sync_sevs += 1,
+            _ => return Err(cerror::ILL),
+        }
+        Ok(())
+    }
+
+    fn inv(&mut self, sc: &InvScope) {
+        let n = self.tlb.invalidate(sc);
+        self.stats.tlb_entries_invalidated += n as u64;
+    }
+
+    /// Drops cached STEs (and their CDs) for StreamIDs in `[start, end)`,
+    /// and the level-1 descriptors covering them when `l1` is set.
+    fn invalidate_ste_range(&mut self, start: u64, end: u64, l1: bool) {
+        let inr = |sid: &u32| (start..end).contains(&u64::from(*sid));
+        self.ste_cache.retain(|k, _| !inr(k));
+        self.cd_cache.retain(|k, _| !inr(&k.0));
+        self.l1cd_cache.retain(|k, _| !inr(&k.0));
+        self.ctx_cache.retain(|k, _| !inr(&k.0));
+        if l1 {
+            let split = self.strtab_split();
+            self.l1std_cache.retain(|k, _| {
+                let first = u64::from(*k) << split;
+                let last = first + (1u64 << split);
+                !(first < end && last > start)
+            });
+        }
+    }
+}

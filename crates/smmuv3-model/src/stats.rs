@@ -1,0 +1,165 @@
+//! Counters and trace records.
+
+use crate::event::{Event, EventType};
+
+/// Counters of everything the model did since creation or
+/// [`crate::SmmuModel::reset_stats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Commands executed, indexed by opcode (illegal ones included).
+    pub commands: [u64; 256],
+    /// Commands rejected with CERROR_ILL.
+    pub illegal_commands: u64,
+    /// Command fetches that aborted (CERROR_ABT).
+    pub command_aborts: u64,
+    /// Commands consumed but not executed because of fault injection.
+    pub dropped_commands: u64,
+    /// CMD_SYNC completions signalled by MSI write.
+    pub sync_msi_writes: u64,
+    /// CMD_SYNC completions signalled by SEV.
+    pub sync_sevs: u64,
+    /// Translations requested (one per translated unit of a DMA).
+    pub translations: u64,
+    /// Translations served by the TLB.
+    pub tlb_hits: u64,
+    /// Translations that needed a table walk.
+    pub tlb_misses: u64,
+    /// Table walks started (stage 1 and stage 2 counted separately).
+    pub walks: u64,
+    /// Descriptors read by walks.
+    pub descriptor_reads: u64,
+    /// Walks that started below the top level thanks to the walk cache.
+    pub walk_cache_hits: u64,
+    /// Hardware access-flag / dirty-state descriptor updates.
+    pub httu_updates: u64,
+    /// STE lookups served by the configuration cache.
+    pub ste_hits: u64,
+    /// STE fetches from memory.
+    pub ste_misses: u64,
+    /// CD lookups served by the configuration cache.
+    pub cd_hits: u64,
+    /// CD fetches from memory.
+    pub cd_misses: u64,
+    /// TLB/walk-cache entries removed by invalidations.
+    pub tlb_entries_invalidated: u64,
+    /// Times the TLB was emptied because it was full.
+    pub tlb_evictions: u64,
+    /// Range invalidations whose TG did not match a cached entry's granule
+    /// (architecturally unpredictable; the model keeps the entry).
+    pub tlbi_granule_mismatches: u64,
+    /// Events generated, indexed by event type code.
+    pub events: [u64; 256],
+    /// Events written to the event queue.
+    pub events_recorded: u64,
+    /// Translation faults not recorded because CD.R / STE.S2R was clear.
+    pub events_suppressed: u64,
+    /// Events lost because the event queue was full (overflow).
+    pub events_overflowed: u64,
+    /// Events discarded because the event queue was disabled or broken.
+    pub events_discarded: u64,
+    /// Global errors raised, indexed by GERROR bit.
+    pub gerrors: [u64; 16],
+    /// Transactions stalled.
+    pub stalls: u64,
+    /// Bytes moved by DMA.
+    pub dma_bytes: u64,
+    /// MMIO register accesses.
+    pub mmio_accesses: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            commands: [0; 256],
+            illegal_commands: 0,
+            command_aborts: 0,
+            dropped_commands: 0,
+            sync_msi_writes: 0,
+            sync_sevs: 0,
+            translations: 0,
+            tlb_hits: 0,
+            tlb_misses: 0,
+            walks: 0,
+            descriptor_reads: 0,
+            walk_cache_hits: 0,
+            httu_updates: 0,
+            ste_hits: 0,
+            ste_misses: 0,
+            cd_hits: 0,
+            cd_misses: 0,
+            tlb_entries_invalidated: 0,
+            tlb_evictions: 0,
+            tlbi_granule_mismatches: 0,
+            events: [0; 256],
+            events_recorded: 0,
+            events_suppressed: 0,
+            events_overflowed: 0,
+            events_discarded: 0,
+            gerrors: [0; 16],
+            stalls: 0,
+            dma_bytes: 0,
+            mmio_accesses: 0,
+        }
+    }
+}
+
+impl Stats {
+    /// Returns how many commands of `opcode` were executed.
+    pub fn command(&self, opcode: u8) -> u64 {
+        self.commands[usize::from(opcode)]
+    }
+
+    /// Returns how many events of `kind` were generated.
+    pub fn event(&self, kind: EventType) -> u64 {
+        self.events[usize::from(kind.code())]
+    }
+
+    /// Returns the total number of commands executed.
+    pub fn total_commands(&self) -> u64 {
+        self.commands.iter().sum()
+    }
+
+    /// Returns the total number of global errors raised.
+    pub fn total_gerrors(&self) -> u64 {
+        self.gerrors.iter().sum()
+    }
+}
+
+/// One step recorded by the optional trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceEntry {
+    /// A register write.
+    MmioWrite {
+        /// Frame offset.
+        offset: u64,
+        /// Value written (32 or 64 bits).
+        value: u64,
+    },
+    /// A command consumed.
+    Command {
+        /// Queue index it was read from.
+        index: u32,
+        /// The two command words.
+        words: [u64; 2],
+        /// CMDQ_CONS.ERR code when it was rejected.
+        error: Option<u32>,
+    },
+    /// A translation table descriptor read.
+    Walk {
+        /// Stage 2 walk.
+        stage2: bool,
+        /// Input address walked.
+        ia: u64,
+        /// Result: output address or the fault.
+        result: Result<u64, EventType>,
+    },
+    /// An event generated (recorded or not).
+    Event(Event),
+    /// A TLB hit.
+    TlbHit {
+        /// StreamID.
+        sid: u32,
+        /// Input address.
+        iova: u64,
+    },
+}

@@ -1,0 +1,245 @@
+//! TLB and walk cache: entries stay until a matching invalidation command
+//! removes them, so a driver that forgets a TLBI observes the stale
+//! translation (as on hardware with a big TLB).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::walk::{Perms, TableAttrs};
+
+/// A small multiplicative hasher: keys are already well-mixed integers and
+/// the TLB hit path must be cheap.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(23) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+}
+
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// Translation regime an entry belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Regime {
+    /// Stage 1 only, non-hypervisor EL1&0.
+    Nh,
+    /// Stage 1 only, EL2.
+    El2,
+    /// Stage 2 only (also the stage-2 walks of nested table fetches).
+    S2,
+    /// Combined stage 1 + stage 2.
+    Nested,
+}
+
+/// TLB tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Tag {
+    pub regime: Regime,
+    pub vmid: u16,
+    pub asid: u16,
+}
+
+/// A cached leaf translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TlbEntry {
+    /// Output address of the first byte of the entry.
+    pub out_base: u64,
+    /// log2 of the range this entry translates.
+    pub size_log2: u32,
+    /// Range that invalidations must match: the stage-1 leaf for stage-1
+    /// and nested entries (a TLBI anywhere in a block kills the block), the
+    /// stage-2 leaf for stage-2 entries.
+    pub match_base: u64,
+    pub match_size_log2: u32,
+    /// Level of the leaf invalidations match TTL against.
+    pub level: u32,
+    /// Granule shift of the matched stage (for range TLBI TG checks).
+    pub granule_shift: u32,
+    pub global: bool,
+    pub perms: Perms,
+}
+
+/// A cached table descriptor (walk cache): the next-level table covering
+/// `[base, base + 2^size_log2)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WalkEntry {
+    pub next_table: u64,
+    pub attrs: TableAttrs,
+    pub granule_shift: u32,
+}
+
+/// What an invalidation command selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct InvScope {
+    /// Regimes affected.
+    pub regimes: &'static [Regime],
+    /// Only this VMID (None: any).
+    pub vmid: Option<u16>,
+    /// Only this ASID, global entries matching any (None: any ASID).
+    pub asid: Option<u16>,
+    /// Skip global entries (TLBI_NH_ASID).
+    pub non_global_only: bool,
+    /// Address range `[start, end)`; None: all addresses.
+    pub range: Option<(u64, u64)>,
+    /// Leaf level to match (TTL), None: any level.
+    pub level: Option<u32>,
+    /// Granule the range command was built for (TG), None: any.
+    pub granule_shift: Option<u32>,
+    /// Leaf-only: walk-cache entries survive.
+    pub leaf_only: bool,
+}
+
+impl InvScope {
+    pub fn all(regimes: &'static [Regime]) -> Self {
+        Self {
+            regimes,
+            vmid: None,
+            asid: None,
+            non_global_only: false,
+            range: None,
+            level: None,
+            granule_shift: None,
+            leaf_only: false,
+        }
+    }
+
+    fn tag_matches(&self, t: &Tag, global: bool) -> bool {
+        self.regimes.contains(&t.regime)
+            && self.vmid.is_none_or(|v| v == t.vmid)
+            && self.asid.is_none_or(|a| a == t.asid || global)
+            && !(self.non_global_only && global)
+    }
+
+    fn range_matches(&self, base: u64, size_log2: u32) -> bool {
+        match self.range {
+            None => true,
+            Some((s, e)) => {
+                let end = base.saturating_add((1u64 << size_log2) - 1);
+                base < e && end >= s
+            }
+        }
+    }
+}
+
+/// TLB + walk cache.
+pub(crate) struct Tlb {
+    leaves: FastMap<(Tag, u32, u64), TlbEntry>,
+    walks: FastMap<(Tag, u32, u64), WalkEntry>,
+    capacity: usize,
+    pub evictions: u64,
+    pub granule_mismatch: u64,
+}
+
+impl Tlb {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            leaves: FastMap::default(),
+            walks: FastMap::default(),
+            capacity,
+            evictions: 0,
+            granule_mismatch: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.leaves.len()
+    }
+
+    /// Returns the entry translating `ia`, trying each size in `sizes`.
+    #[inline]
+    pub fn lookup(&self, tag: Tag, ia: u64, sizes: &[u32]) -> Option<&TlbEntry> {
+        for &s in sizes {
+            if let Some(e) = self.leaves.get(&(tag, s, ia >> s)) {
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    pub fn insert(&mut self, tag: Tag, ia: u64, e: TlbEntry) {
+        if self.leaves.len() >= self.capacity {
+            // Dropping everything is always architecturally allowed.
+            self.leaves.clear();
+            self.walks.clear();
+            self.evictions += 1;
+        }
+        self.leaves.insert((tag, e.size_log2, ia >> e.size_log2), e);
+    }
+
+    /// Returns the deepest cached table descriptor for `ia` among the given
+    /// (level, lsb) pairs (deepest first).
+    pub fn walk_lookup(
+        &self,
+        tag: Tag,
+        ia: u64,
+        levels: &[(u32, u32)],
+    ) -> Option<(u32, WalkEntry)> {
+        for &(level, lsb) in levels {
+            if let Some(w) = self.walks.get(&(tag, lsb, ia >> lsb)) {
+                return Some((level, *w));
+            }
+        }
+        None
+    }
+
+    pub fn walk_insert(&mut self, tag: Tag, ia: u64, lsb: u32, w: WalkEntry) {
+        if self.walks.len() >= self.capacity {
+            self.walks.clear();
+            self.evictions += 1;
+        }
+        self.walks.insert((tag, lsb, ia >> lsb), w);
+    }
+
+    /// Applies an invalidation; returns the number of entries removed.
+    pub fn invalidate(&mut self, sc: &InvScope) -> usize {
+        let before = self.leaves.len() + self.walks.len();
+        let mut mismatch = 0;
+        self.leaves.retain(|(tag, _, _), e| {
+            if !sc.tag_matches(tag, e.global) || !sc.range_matches(e.match_base, e.match_size_log2)
+            {
+                return true;
+            }
+            if sc.level.is_some_and(|l| l != e.level) {
+                return true;
+            }
+            if sc.granule_shift.is_some_and(|g| g != e.granule_shift) {
+                // CONSTRAINED UNPREDICTABLE; the strict choice keeps it.
+                mismatch += 1;
+                return true;
+            }
+            false
+        });
+        if !sc.leaf_only {
+            self.walks.retain(|(tag, lsb, key), w| {
+                if !sc.tag_matches(tag, false) {
+                    return true;
+                }
+                if sc.granule_shift.is_some_and(|g| g != w.granule_shift) {
+                    return true;
+                }
+                !sc.range_matches(key << lsb, *lsb)
+            });
+        }
+        self.granule_mismatch += mismatch;
+        before - self.leaves.len() - self.walks.len()
+    }
+}

@@ -1,0 +1,536 @@
+//! The model's own VMSAv8-64 translation table walker (stage 1 and stage 2,
+//! 4K/16K/64K granules, concatenated stage-2 start tables, 52-bit output
+//! with the 64K granule, hierarchical permissions, access flag and dirty
+//! state hardware updates). Written from the architecture, independent of
+//! the `io-pgtable` crate on purpose.
+
+use sim_memory::SimMemory;
+
+use crate::event::{EventType, FaultClass};
+use crate::layout::{bit, bits};
+
+/// How many times a walk restarts when a hardware update loses a race with
+/// a CPU store before it gives up (bounded work, never a hang).
+const HTTU_RETRIES: u32 = 8;
+
+/// Geometry and controls of one translation table (one TTB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TableCfg {
+    /// log2 of the granule: 12, 14 or 16.
+    pub shift: u32,
+    /// Level of the start table.
+    pub start_level: u32,
+    /// Input address bits.
+    pub ias: u32,
+    /// Base of the start table (an IPA for nested stage 1).
+    pub ttb: u64,
+    /// Output address size in bits (IPS / S2PS after capping).
+    pub oas: u32,
+    /// 64K-granule descriptors carry OA[51:48] in bits [15:12].
+    pub pa52: bool,
+    /// Stage 2 table (S2AP / XN formats).
+    pub stage2: bool,
+    /// Hierarchical attributes disabled (APTable / XNTable ignored).
+    pub had: bool,
+    /// Hardware access flag update.
+    pub ha: bool,
+    /// Hardware dirty state update.
+    pub hd: bool,
+    /// Access flag faults disabled (a clear AF behaves as set).
+    pub affd: bool,
+    /// Extended stage-2 XN encodings (IDR3.XNX).
+    pub xnx: bool,
+}
+
+impl TableCfg {
+    pub fn stride(&self) -> u32 {
+        self.shift - 3
+    }
+
+    /// Returns the lowest input address bit a level resolves.
+    pub fn level_lsb(&self, level: u32) -> u32 {
+        self.shift + (3 - level) * self.stride()
+    }
+
+    /// Returns whether a block descriptor is legal at `level`.
+    pub fn block_ok(&self, level: u32) -> bool {
+        match self.shift {
+            12 => level == 1 || level == 2,
+            14 => level == 2,
+            _ => level == 2 || (level == 1 && self.pa52),
+        }
+    }
+
+    /// Returns the number of bytes of the start table (concatenated tables
+    /// included), at least 64 as every table must be 64-byte aligned.
+    pub fn start_table_bytes(&self) -> u64 {
+        let entries_log2 = self.ias - self.level_lsb(self.start_level);
+        (8u64 << entries_log2).max(64)
+    }
+}
+
+/// The kind of access being translated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Access {
+    pub write: bool,
+    pub privileged: bool,
+    pub instruction: bool,
+}
+
+/// Stage-1 controls that only apply to the permission check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct S1Perm {
+    pub wxn: bool,
+    pub pan: bool,
+}
+
+/// Effective permissions of a leaf, for caching in the TLB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Perms {
+    pub read_priv: bool,
+    pub read_user: bool,
+    pub write_priv: bool,
+    pub write_user: bool,
+    pub exec_priv: bool,
+    pub exec_user: bool,
+    /// Read-only now, but a write would set the dirty state (DBM + HD).
+    pub dirty_on_write: bool,
+}
+
+impl Perms {
+    pub fn allows(&self, a: Access) -> bool {
+        match (a.write, a.instruction, a.privileged) {
+            (true, _, true) => self.write_priv,
+            (true, _, false) => self.write_user,
+            (false, true, true) => self.exec_priv,
+            (false, true, false) => self.exec_user,
+            (false, false, true) => self.read_priv,
+            (false, false, false) => self.read_user,
+        }
+    }
+
+    /// Returns the intersection of two stages' permissions.
+    pub fn and(self, o: Perms) -> Perms {
+        Perms {
+            read_priv: self.read_priv && o.read_priv,
+            read_user: self.read_user && o.read_user,
+            write_priv: self.write_priv && o.write_priv,
+            write_user: self.write_user && o.write_user,
+            exec_priv: self.exec_priv && o.exec_priv,
+            exec_user: self.exec_user && o.exec_user,
+            dirty_on_write: self.dirty_on_write || o.dirty_on_write,
+        }
+    }
+}
+
+/// A walk fault, before it becomes an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WalkFault {
+    pub kind: EventType,
+    pub level: u32,
+    /// Physical address of the aborting descriptor fetch (F_WALK_EABT).
+    pub fetch_pa: u64,
+}
+
+/// A successful walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Leaf {
+    /// Output address of the first byte of the leaf's range.
+    pub oa_base: u64,
+    /// log2 of the leaf's size.
+    pub size_log2: u32,
+    pub level: u32,
+    pub perms: Perms,
+    /// The nG bit (stage 1).
+    pub not_global: bool,
+    /// Descriptor reads done.
+    pub reads: u32,
+    /// Hardware updates done.
+    pub updates: u32,
+}
+
+/// Table descriptors found on the way down, for the walk cache:
+/// (level, table-descriptor output address, accumulated table attrs).
+pub(crate) type WalkSteps = [(u32, u64, TableAttrs); 4];
+
+/// Hierarchical attributes accumulated from table descriptors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TableAttrs {
+    pub no_user: bool,
+    pub read_only: bool,
+    pub uxn: bool,
+    pub pxn: bool,
+}
+
+/// Where a walk starts: the configured start table, or a table found in the
+/// walk cache.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Start {
+    pub level: u32,
+    pub table: u64,
+    pub attrs: TableAttrs,
+}
+
+/// Extracts an output/next-level address from a descriptor: bits
+/// [47:lsb], plus OA[51:48] from bits [15:12] in the 52-bit 64K format.
+/// Bits [50:48] are RES0 and bit 51 is DBM, never address bits.
+fn desc_addr(cfg: &TableCfg, desc: u64, lsb: u32) -> u64 {
+    let lo = desc & ((1u64 << 48) - 1) & !((1u64 << lsb) - 1);
+    if cfg.pa52 && cfg.shift == 16 {
+        lo | bits(desc, 15, 12) << 48
+    } else {
+        lo
+    }
+}
+
+/// Walks `ia` through the table of `cfg`.
+///
+/// `fetch` maps a table-descriptor address (an IPA for nested stage 1) to
+/// the physical address to read, or fails with a stage-2 fault the caller
+/// reports; its error is passed through unchanged.
+///
+/// `steps` receives the table descriptors used (for the walk cache).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn walk<E>(
+    mem: &SimMemory,
+    cfg: &TableCfg,
+    start: Start,
+    ia: u64,
+    acc: Access,
+    s1perm: S1Perm,
+    fetch: &mut dyn FnMut(u64) -> Result<u64, E>,
+    steps: &mut WalkSteps,
+    nsteps: &mut usize,
+) -> Result<Result<Leaf, WalkFault>, E> {
+    let mut attempt = 0;
+    loop {
+        match walk_once(mem, cfg, start, ia, acc, s1perm, fetch, steps, nsteps)? {
+            Err(None) if attempt < HTTU_RETRIES => attempt += 1,
+            Err(None) => {
+                // Lost every race: report it as a walk abort rather than
+                // spin; a real SMMU would keep retrying.
+                return Ok(Err(WalkFault {
+                    kind: EventType::FWalkEabt,
+                    level: 3,
+                    fetch_pa: 0,
+                }));
+            }
+            Err(Some(f)) => return Ok(Err(f)),
+            Ok(l) => return Ok(Ok(l)),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk_once<E>(
+    mem: &SimMemory,
+    cfg: &TableCfg,
+    start: Start,
+    ia: u64,
+    acc: Access,
+    s1perm: S1Perm,
+    fetch: &mut dyn FnMut(u64) -> Result<u64, E>,
+    steps: &mut WalkSteps,
+    nsteps: &mut usize,
+) -> Result<Result<Leaf, Option<WalkFault>>, E> {
+    let fault = |kind, level| {
+        Ok(Err(Some(WalkFault {
+            kind,
+            level,
+            fetch_pa: 0,
+        })))
+    };
+    let mut level = start.level;
+    let mut table = start.table;
+    let mut attrs = start.attrs;
+    let mut reads = 0;
+    *nsteps = 0;
+    loop {
+        let lsb = cfg.level_lsb(level);
+        let idx = if level == cfg.start_level {
+            ia >> lsb
+        } else {
+            (ia >> lsb) & ((1 << cfg.stride()) - 1)
+        };
+        let desc_ia = table + idx * 8;
+        let desc_pa = fetch(desc_ia)?;
+        reads += 1;
+        let desc = match mem.dev_read_u64(desc_pa) {
+            Ok(d) => d,
+            Err(_) => {
+                return Ok(Err(Some(WalkFault {
+                    kind: EventType::FWalkEabt,
+                    level,
+                    fetch_pa: desc_pa,
+                })));
+            }
+        };
+        if !bit(desc, 0) {
+            return fault(EventType::FTranslation, level);
+        }
+        let is_table = bit(desc, 1);
+        if level < 3 && is_table {
+            let next = desc_addr(cfg, desc, cfg.shift);
+            if next >> cfg.oas != 0 {
+                return fault(EventType::FAddrSize, level);
+            }
+            if !cfg.stage2 && !cfg.had {
+                attrs.pxn |= bit(desc, 59);
+                attrs.uxn |= bit(desc, 60);
+                attrs.no_user |= bit(desc, 61);
+                attrs.read_only |= bit(desc, 62);
+            }
+            if *nsteps < steps.len() {
+                steps[*nsteps] = (level, next, attrs);
+                *nsteps += 1;
+            }
+            table = next;
+            level += 1;
+            continue;
+        }
+        if level < 3 && !cfg.block_ok(level) {
+            return fault(EventType::FTranslation, level);
+        }
+        if level == 3 && !is_table {
+            // Descriptor type 0b01 at level 3 is reserved: invalid.
+            return fault(EventType::FTranslation, level);
+        }
+        let oa_base = desc_addr(cfg, desc, lsb);
+        if oa_base >> cfg.oas != 0 {
+            return fault(EventType::FAddrSize, level);
+        }
+        let af = bit(desc, 10);
+        let dbm = bit(desc, 51);
+        let mut perms = if cfg.stage2 {
+            s2_perms(cfg, desc)
+        } else {
+            s1_perms(desc, attrs, s1perm)
+        };
+        if dbm && cfg.hd && !perms.write_priv && !perms.write_user {
+            let table_ro = !cfg.stage2 && attrs.read_only;
+            if !table_ro {
+                perms.dirty_on_write = true;
+            }
+        }
+        if !af && !cfg.ha && !cfg.affd {
+            return fault(EventType::FAccess, level);
+        }
+        let needs_dirty = acc.write && perms.dirty_on_write;
+        let allowed = perms.allows(acc)
+            || (needs_dirty && perms_if_dirty(cfg, desc, attrs, s1perm).allows(acc));
+        if !allowed {
+            return fault(EventType::FPermission, level);
+        }
+        let mut new = desc;
+        if !af && cfg.ha {
+            new |= 1 << 10;
+        }
+        if needs_dirty {
+            new = if cfg.stage2 {
+                new | 1 << 7
+            } else {
+                new & !(1 << 7)
+            };
+        }
+        let mut updates = 0;
+        if new != desc {
+            match mem.dev_cmpxchg_u64(desc_pa, desc, new) {
+                Ok(Ok(_)) => updates = 1,
+                Ok(Err(_)) => return Ok(Err(None)),
+                Err(_) => {
+                    return Ok(Err(Some(WalkFault {
+                        kind: EventType::FWalkEabt,
+                        level,
+                        fetch_pa: desc_pa,
+                    })));
+                }
+            }
+            if needs_dirty {
+                perms = perms_if_dirty(cfg, desc, attrs, s1perm);
+            }
+        }
+        let _ = FaultClass::TableWalk;
+        return Ok(Ok(Leaf {
+            oa_base,
+            size_log2: lsb,
+            level,
+            perms,
+            not_global: bit(desc, 11),
+            reads,
+            updates,
+        }));
+    }
+}
+
+/// Returns the permissions the descriptor would give once its dirty state is
+/// set by hardware.
+fn perms_if_dirty(cfg: &TableCfg, desc: u64, attrs: TableAttrs, s1perm: S1Perm) -> Perms {
+    if cfg.stage2 {
+        s2_perms(cfg, desc | 1 << 7)
+    } else {
+        s1_perms(desc & !(1 << 7), attrs, s1perm)
+    }
+}
+
+fn s1_perms(desc: u64, t: TableAttrs, p: S1Perm) -> Perms {
+    let user = bit(desc, 6) && !t.no_user;
+    let ro = bit(desc, 7) || t.read_only;
+    let uxn = bit(desc, 54) || t.uxn;
+    let pxn = bit(desc, 53) || t.pxn;
+    let write_user = user && !ro;
+    let writable = !ro;
+    // Privileged code may not execute memory that unprivileged code can
+    // write, and WXN makes every writable page execute-never.
+    let wxn = p.wxn && writable;
+    let exec_priv = !(pxn || write_user || wxn);
+    let exec_user = !(uxn || wxn);
+    let priv_data = !(p.pan && user);
+    Perms {
+        read_priv: priv_data,
+        read_user: user,
+        write_priv: writable && priv_data,
+        write_user,
+        exec_priv,
+        exec_user,
+        dirty_on_write: false,
+    }
+}
+
+fn s2_perms(cfg: &TableCfg, desc: u64) -> Perms {
+    let r = bit(desc, 6);
+    let w = bit(desc, 7);
+    let xn = if cfg.xnx {
+        bits(desc, 54, 53)
+    } else {
+        bits(desc, 54, 54) << 1
+    };
+    let (xp, xu) = match xn {
+        0 => (true, true),
+        1 => (false, true),
+        2 => (false, false),
+        _ => (true, false),
+    };
+    Perms {
+        read_priv: r,
+        read_user: r,
+        write_priv: w,
+        write_user: w,
+        exec_priv: xp,
+        exec_user: xu,
+        dirty_on_write: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sim_memory::Coherency;
+
+    fn cfg4k() -> TableCfg {
+        TableCfg {
+            shift: 12,
+            start_level: 0,
+            ias: 48,
+            ttb: 0,
+            oas: 48,
+            pa52: false,
+            stage2: false,
+            had: false,
+            ha: false,
+            hd: false,
+            affd: false,
+            xnx: false,
+        }
+    }
+
+    #[test]
+    fn geometry_per_granule() {
+        let c = cfg4k();
+        assert_eq!(
+            [
+                c.level_lsb(0),
+                c.level_lsb(1),
+                c.level_lsb(2),
+                c.level_lsb(3)
+            ],
+            [39, 30, 21, 12]
+        );
+        let c16 = TableCfg { shift: 14, ..c };
+        assert_eq!(
+            [c16.level_lsb(0), c16.level_lsb(1), c16.level_lsb(2)],
+            [47, 36, 25]
+        );
+        let c64 = TableCfg { shift: 16, ..c };
+        assert_eq!(
+            [c64.level_lsb(1), c64.level_lsb(2), c64.level_lsb(3)],
+            [42, 29, 16]
+        );
+        assert!(!c64.block_ok(1));
+        assert!(TableCfg { pa52: true, ..c64 }.block_ok(1));
+        let s2 = TableCfg {
+            start_level: 1,
+            ias: 40,
+            ..c
+        };
+        assert_eq!(s2.start_table_bytes(), 8 * 1024);
+    }
+
+    #[test]
+    fn pa52_descriptor_carries_high_bits_in_15_12() {
+        let c = TableCfg {
+            shift: 16,
+            pa52: true,
+            oas: 52,
+            ..cfg4k()
+        };
+        let d = 0x0000_1234_5678_0000u64 | 0xa << 12 | 3;
+        assert_eq!(desc_addr(&c, d, 16), 0x000a_1234_5678_0000);
+    }
+
+    #[test]
+    fn level3_block_encoding_is_a_translation_fault() {
+        let m = SimMemory::new(0x4000_0000, 1 << 20, Coherency::Coherent).unwrap();
+        let mut c = cfg4k();
+        c.start_level = 3;
+        c.ias = 21;
+        c.ttb = 0x4000_0000;
+        m.cpu_write_u64(c.ttb, 0x4001_0000 | 1 | 1 << 10).unwrap();
+        let acc = Access {
+            write: false,
+            privileged: true,
+            instruction: false,
+        };
+        let start = Start {
+            level: 3,
+            table: c.ttb,
+            attrs: TableAttrs::default(),
+        };
+        let mut steps = [(0, 0, TableAttrs::default()); 4];
+        let mut n = 0;
+        let r = walk::<()>(
+            &m,
+            &c,
+            start,
+            0,
+            acc,
+            S1Perm::default(),
+            &mut |a| Ok(a),
+            &mut steps,
+            &mut n,
+        );
+        assert_eq!(r.unwrap().unwrap_err().kind, EventType::FTranslation);
+        m.cpu_write_u64(c.ttb, 0x4001_0000 | 3 | 1 << 10).unwrap();
+        let r = walk::<()>(
+            &m,
+            &c,
+            start,
+            0x123,
+            acc,
+            S1Perm::default(),
+            &mut |a| Ok(a),
+            &mut steps,
+            &mut n,
+        );
+        assert_eq!(r.unwrap().unwrap().oa_base, 0x4001_0000);
+    }
+}
