@@ -144,6 +144,38 @@ pub trait TlbHooks {
     }
 }
 
+// SAFETY: forwards to `T`, which upholds the contract.
+unsafe impl<T: TableMemory + ?Sized> TableMemory for &T {
+    fn alloc_table(&self, size: usize) -> Result<TableBlock, AllocError> {
+        (**self).alloc_table(size)
+    }
+    unsafe fn free_table(&self, block: TableBlock, size: usize) {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { (**self).free_table(block, size) }
+    }
+    fn phys_to_cpu(&self, phys: u64) -> NonNull<u8> {
+        (**self).phys_to_cpu(phys)
+    }
+}
+
+impl<T: CacheMaintenance + ?Sized> CacheMaintenance for &T {
+    fn clean(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError> {
+        (**self).clean(cpu, phys, len)
+    }
+}
+
+impl<T: TlbHooks + ?Sized> TlbHooks for &T {
+    fn flush_walk(&self, iova: u64, size: u64, granule: u64) {
+        (**self).flush_walk(iova, size, granule)
+    }
+    fn sync_gather(&self, gather: &Gather) {
+        (**self).sync_gather(gather)
+    }
+    fn add_pages(&self, gather: &mut Gather, iova: u64, pgsize: u64, count: u64) {
+        (**self).add_pages(gather, iova, pgsize, count)
+    }
+}
+
 /// Everything a page table needs from its environment.
 pub trait PtEnv: TableMemory + CacheMaintenance + TlbHooks {}
 

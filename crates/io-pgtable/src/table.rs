@@ -670,7 +670,8 @@ impl<E: PtEnv> PageTable<E> {
     // ---- unmap --------------------------------------------------------
 
     /// Unmaps `pgcount` pages of `pgsize` bytes from `iova`, adding the
-    /// unmapped leaves to `gather` through [`crate::env::TlbHooks::add_pages`].
+    /// unmapped range to `gather` through [`crate::env::TlbHooks::add_pages`]
+    /// (once per run of entries in one table).
     ///
     /// Returns the bytes unmapped; it stops early (returning less) at the
     /// first `pgsize` entry under which nothing is mapped (an empty table
@@ -795,7 +796,6 @@ impl<E: PtEnv> PageTable<E> {
             let va_last = iova.wrapping_add(((k - 1) as u64) << shift);
             self.uncontig_group(table, idx + k - 1, level, va_last)?;
         }
-        let mut leaves = false;
         for j in 0..k {
             let e = self.entry(table, idx + j);
             let d = e.load(Ordering::Relaxed);
@@ -811,15 +811,14 @@ impl<E: PtEnv> PageTable<E> {
                 }
             } else {
                 e.store(0, Ordering::Relaxed);
-                leaves = true;
             }
         }
         if self.noncoherent {
             self.clean_entries(table, idx, k)?;
         }
-        if leaves {
-            self.env.add_pages(gather, iova, 1 << shift, k as u64);
-        }
+        // The gather covers the whole unmapped range, tables included, so
+        // one driver sync after unmap always suffices.
+        self.env.add_pages(gather, iova, 1 << shift, k as u64);
         Ok(k)
     }
 
