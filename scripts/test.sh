@@ -1,9 +1,30 @@
 #!/usr/bin/env bash
 # The whole test suite (the README's second command). Fails on any failure.
+#
+#   bash scripts/test.sh
+#
+# Steps: install what the QEMU tests need (scripts/setup-qemu.sh; when that is
+# impossible the QEMU tests are reported as SKIPPED, loudly, and everything
+# else still runs), format, clippy, the no_std link check, then every test of
+# the workspace (unit, integration, property, fuzz smoke, doc tests, and the
+# bare-metal scenarios under QEMU through crates/qemu-tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==== %s ====\n' "$*"; }
+started=$(date +%s)
+
+step "setup: QEMU 10 and the aarch64 toolchain for the bare-metal tests"
+qemu_status=ready
+if ! bash scripts/setup-qemu.sh; then
+    qemu_status="SKIPPED (setup-qemu.sh could not install QEMU or the toolchain)"
+    cat >&2 <<'BANNER'
+################################################################################
+##  QEMU SETUP FAILED: the bare-metal QEMU tests will be SKIPPED (listed as
+##  "ignored" by cargo test), NOT passed. Everything else still runs.
+################################################################################
+BANNER
+fi
 
 step "format"
 cargo fmt --all -- --check
@@ -11,5 +32,13 @@ cargo fmt --all -- --check
 step "clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "unit, integration, property and doc tests"
+step "no_std: io-pgtable and smmuv3 link without std (checks/nostd)"
+cargo rustc --quiet --manifest-path checks/nostd/Cargo.toml -- -C panic=abort
+echo "no_std link check: ok"
+
+step "tests (workspace; QEMU scenarios included when available)"
 cargo test --workspace
+
+step "summary"
+echo "QEMU bare-metal scenarios: $qemu_status"
+echo "total time: $(( $(date +%s) - started )) s"
