@@ -5,4 +5,5 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod decode;
 pub mod pgtable_demo;

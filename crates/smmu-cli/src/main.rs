@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use smmu_cli::pgtable_demo;
+use smmu_cli::{decode, pgtable_demo};
 
 #[derive(Parser)]
 #[command(
@@ -22,12 +22,82 @@ enum Cmd {
     Demo,
     /// Map a scatter-gather list on a non-coherent walker and report the cost.
     Pgtable,
+    /// Decode hex words of an SMMUv3 structure or a page-table descriptor.
+    Decode {
+        #[command(subcommand)]
+        what: DecodeWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum DecodeWhat {
+    /// Stream table entry: up to 8 64-bit words, word 0 first.
+    Ste {
+        /// Hex words.
+        #[arg(required = true)]
+        words: Vec<String>,
+    },
+    /// Context descriptor: up to 8 64-bit words.
+    Cd {
+        /// Hex words.
+        #[arg(required = true)]
+        words: Vec<String>,
+    },
+    /// Command-queue entry: 2 64-bit words.
+    Cmd {
+        /// Hex words.
+        #[arg(required = true)]
+        words: Vec<String>,
+    },
+    /// Event record: 4 64-bit words.
+    Event {
+        /// Hex words.
+        #[arg(required = true)]
+        words: Vec<String>,
+    },
+    /// VMSAv8-64 page-table descriptor: 1 word.
+    Pte {
+        /// Translation stage.
+        #[arg(long, value_enum, default_value = "s1")]
+        stage: decode::Stage,
+        /// Level of the table holding it (0..=3).
+        #[arg(long, default_value_t = 3)]
+        level: u8,
+        /// Granule in bytes (4096, 16384, 65536).
+        #[arg(long, default_value_t = 4096)]
+        granule: u64,
+        /// Hex word.
+        #[arg(required = true)]
+        words: Vec<String>,
+    },
+}
+
+fn run_decode(what: DecodeWhat) -> Result<(), String> {
+    let text = match what {
+        DecodeWhat::Ste { words } => decode::ste_words(&words),
+        DecodeWhat::Cd { words } => decode::cd_words(&words),
+        DecodeWhat::Cmd { words } => decode::command_words(&words),
+        DecodeWhat::Event { words } => decode::event_words(&words),
+        DecodeWhat::Pte {
+            stage,
+            level,
+            granule,
+            words,
+        } => decode::pte(&words, stage, level, granule),
+    }
+    .map_err(|e| e.to_string())?;
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd.unwrap_or(Cmd::Demo) {
         Cmd::Demo | Cmd::Pgtable => pgtable(),
+        Cmd::Decode { what } => run_decode(what),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
