@@ -25,14 +25,18 @@ const STRTAB_L1_MAX_LOG2: u8 = 12;
 /// CDs per 4 KiB level-2 CD table, log2.
 const CD_L2_LOG2: u8 = 6;
 
+/// A (substream, domain) pair to attach.
+type Link<'a, R, M, C> = (Option<u32>, &'a Domain<R, M, C>);
+
 /// How a stream is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttachOptions {
     /// Handling of transactions without a substream ID once the stream has
     /// substreams.
     pub s1dss: S1Dss,
-    /// Substream ID bits of the stream's CD table (0: one CD, no SSIDs);
-    /// fixed by the first stage-1 attach.
+    /// Substream ID bits of the stream's CD table (0: one CD, no SSIDs).
+    /// Attaching with a value different from the stream's current table
+    /// replaces the table and detaches the stage-1 contexts it held.
     pub ssid_bits: u8,
     /// Enable ATS for the stream (needs IDR0.ATS); unmaps then send ATC_INV.
     pub ats: bool,
@@ -190,6 +194,32 @@ impl Streams {
                     | strtab_base_cfg::FMT.make(strtab_base_cfg::FMT_2LVL)) as u32,
             ),
         }
+    }
+
+    /// Returns the CD table address the live STE of `sid` points at, if it
+    /// translates with stage 1.
+    fn cd_table_in_use(&self, sid: u32) -> Option<u64> {
+        let (blk, at) = match &self.table {
+            Table::Linear { blk, log2 } => {
+                if u64::from(sid) >> *log2 != 0 {
+                    return None;
+                }
+                (blk, sid as usize * WORDS)
+            }
+            Table::TwoLevel {
+                l2, split, log2, ..
+            } => {
+                if u64::from(sid) >> *log2 != 0 {
+                    return None;
+                }
+                let blk = l2[(sid >> *split) as usize].as_ref()?;
+                (blk, (sid as usize & ((1usize << *split) - 1)) * WORDS)
+            }
+        };
+        let w0 = blk.read(at);
+        let cfg = ste::CONFIG.get(w0);
+        let s1 = cfg == ste::CONFIG_S1 || cfg == ste::CONFIG_NESTED;
+        (ste::V.get(w0) == 1 && s1).then_some(w0 & ste::S1CTXPTR.mask())
     }
 
     /// Returns whether the table is 2-level.
@@ -565,17 +595,16 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
 
     /// Attaches `sid` (or its substream `ssid`) to `domain`.
     ///
-    /// A stage-2 domain takes the whole stream (`ssid` must be `None`); a
-    /// stage-1 domain takes CD `ssid` (CD 0 for `None`). A stream attached to
-    /// both a stage-1 domain nested under a stage-2 domain with the same VMID
-    /// translates nested; the stage-2 domain must then map the stream's CD
-    /// table and the stage-1 tables at their physical addresses.
+    /// A stage-2 domain takes the whole stream (`ssid` must be `None`) and
+    /// replaces any stage-1 context not nested under its VMID. A stage-1
+    /// domain takes CD `ssid` (CD 0 for `None`) and replaces a stage 2 it
+    /// is not nested under; a nested stage-1 domain needs its parent
+    /// attached (see [`Smmu::attach_nested`] to set both in one update).
     ///
     /// # Errors
     ///
     /// [`Error::BadStreamId`], [`Error::BadSubstreamId`],
-    /// [`Error::Unsupported`] (nesting, ATS or substreams the SMMU lacks, or
-    /// a stage-1 domain not nested under the stream's stage-2 VMID),
+    /// [`Error::Unsupported`] (nesting, ATS or substreams the SMMU lacks),
     /// allocation and command errors.
     pub fn attach(
         &self,
@@ -584,92 +613,163 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         domain: &Domain<R, M, C>,
         opts: AttachOptions,
     ) -> Result<Update, Error> {
+        self.attach_many(sid, &[(ssid, domain)], opts)
+    }
+
+    /// Attaches `sid` to stage-2 domain `s2` and its substream `ssid` (CD 0
+    /// for `None`) to `s1`, a stage-1 domain nested under `s2`, with a single
+    /// STE update. `s2` must map the CD table and `s1`'s tables at their
+    /// physical addresses (the STE and CD hold them as IPAs).
+    ///
+    /// # Errors
+    ///
+    /// As [`Smmu::attach`].
+    pub fn attach_nested(
+        &self,
+        sid: u32,
+        ssid: Option<u32>,
+        s2: &Domain<R, M, C>,
+        s1: &Domain<R, M, C>,
+        opts: AttachOptions,
+    ) -> Result<Update, Error> {
+        if !self.inner.features.nesting {
+            return Err(Error::Unsupported("nesting (IDR0.S1P+S2P, errata)"));
+        }
+        self.attach_many(sid, &[(None, s2), (ssid, s1)], opts)
+    }
+
+    fn attach_many(
+        &self,
+        sid: u32,
+        links: &[Link<'_, R, M, C>],
+        opts: AttachOptions,
+    ) -> Result<Update, Error> {
         let i = &*self.inner;
         if opts.ats && !i.features.ats {
             return Err(Error::Unsupported("ATS (IDR0.ATS)"));
         }
-        let shared = domain.shared().clone();
-        let regs = domain.table_regs();
         let mut st = i.streams.lock();
         let mut up = Update::default();
-        let two_level_cd = i.features.cd_2lvl;
-        let max_ssid = i.features.ssid_bits;
+        // The CD table the SMMU may be using right now, from the live STE.
+        let cd_live = st.cd_table_in_use(sid);
+        let mut retired: Vec<CdTable> = Vec::new();
         let m = st.masters.entry(sid).or_insert_with(Master::new);
-        match shared.kind() {
-            DomainKind::Stage2 { .. } => {
-                if ssid.is_some() {
-                    return Err(Error::BadSubstreamId(ssid.unwrap_or(0)));
-                }
-                if let Some((_, d, _)) = m.s1.values().next() {
-                    if d.vmid() != shared.vmid() || !i.features.nesting {
-                        return Err(Error::Unsupported(
-                            "stage 1 attached to this stream is not nested under this VMID",
-                        ));
+        if m.mode != Mode::Translate {
+            m.s1.clear();
+            m.s2 = None;
+        }
+        for &(ssid, domain) in links {
+            let shared = domain.shared().clone();
+            let regs = domain.table_regs();
+            match shared.kind() {
+                DomainKind::Stage2 { vmid } => {
+                    if ssid.is_some() {
+                        return Err(Error::BadSubstreamId(ssid.unwrap_or(0)));
                     }
-                }
-                if m.mode != Mode::Translate {
-                    let idx: Vec<u32> = m.s1.keys().copied().collect();
-                    for x in idx {
-                        Inner::<R, M, C>::unlink(m, sid, Some(x), false);
+                    // Stage-1 contexts tagged with another VMID go.
+                    let stale: Vec<u32> =
+                        m.s1.iter()
+                            .filter(|(_, (_, d, _))| d.vmid() != vmid)
+                            .map(|(k, _)| *k)
+                            .collect();
+                    for k in stale {
+                        Inner::<R, M, C>::unlink(m, sid, Some(k), false);
                     }
-                }
-                Inner::<R, M, C>::unlink(m, sid, None, true);
-                shared.add(sid, None);
-                m.s2 = Some((shared, regs));
-            }
-            DomainKind::Stage1 { asid, vmid } => {
-                let Regs::Stage1(r) = regs else {
-                    return Err(Error::Unsupported(
-                        "stage-1 domain without stage-1 registers",
-                    ));
-                };
-                if m.mode != Mode::Translate {
                     Inner::<R, M, C>::unlink(m, sid, None, true);
+                    shared.add(sid, None);
+                    m.s2 = Some((shared, regs));
                 }
-                match &m.s2 {
-                    Some((d, _)) if d.vmid() != vmid || !i.features.nesting => {
+                DomainKind::Stage1 { asid, vmid } => {
+                    let Regs::Stage1(r) = regs else {
                         return Err(Error::Unsupported(
-                            "stage-1 domain is not nested under the stream's stage-2 VMID",
+                            "stage-1 domain without stage-1 registers",
                         ));
+                    };
+                    match &m.s2 {
+                        Some((d, _)) if d.vmid() == vmid => {}
+                        _ if vmid != 0 => {
+                            return Err(Error::Unsupported(
+                                "nested stage-1 domain without its stage-2 parent attached",
+                            ));
+                        }
+                        _ => {
+                            // Plain stage 1 replaces stage 2 and nested contexts.
+                            Inner::<R, M, C>::unlink(m, sid, None, true);
+                            let stale: Vec<u32> =
+                                m.s1.iter()
+                                    .filter(|(_, (_, d, _))| d.vmid() != 0)
+                                    .map(|(k, _)| *k)
+                                    .collect();
+                            for k in stale {
+                                Inner::<R, M, C>::unlink(m, sid, Some(k), false);
+                            }
+                        }
                     }
-                    None if vmid != 0 => {
-                        return Err(Error::Unsupported(
-                            "nested stage-1 domain on a stream without stage 2",
-                        ));
+                    if m.cd
+                        .as_ref()
+                        .is_some_and(|c| c.cdmax_log2 != opts.ssid_bits)
+                    {
+                        // A differently sized table replaces the old one and
+                        // the contexts it held; it is freed once the STE no
+                        // longer points at it.
+                        let keys: Vec<u32> = m.s1.keys().copied().collect();
+                        for k in keys {
+                            Inner::<R, M, C>::unlink(m, sid, Some(k), false);
+                        }
+                        retired.extend(m.cd.take());
                     }
-                    _ => {}
-                }
-                if m.cd.is_none() {
-                    if opts.ssid_bits > max_ssid {
-                        return Err(Error::Unsupported("substream ID bits beyond IDR1.SSIDSIZE"));
-                    }
-                    m.cd = Some(CdTable::new(&i.mem, opts.ssid_bits, two_level_cd)?);
                     m.s1dss = opts.s1dss;
+                    let live = m.cd.as_ref().is_some_and(|c| cd_live == Some(c.blk.phys()));
+                    if m.s1.is_empty() {
+                        if live {
+                            // No context to keep: a fresh table and one STE
+                            // switch beat breaking a live CD.
+                            retired.extend(m.cd.take());
+                        } else if let Some(c) = m.cd.take() {
+                            // SAFETY: the current STE does not point at the
+                            // table, so the SMMU cannot fetch from it.
+                            unsafe { free_cd_table(c, &i.mem) };
+                        }
+                    }
+                    if m.cd.is_none() {
+                        if opts.ssid_bits > i.features.ssid_bits {
+                            return Err(Error::Unsupported(
+                                "substream ID bits beyond IDR1.SSIDSIZE",
+                            ));
+                        }
+                        m.cd = Some(CdTable::new(&i.mem, opts.ssid_bits, i.features.cd_2lvl)?);
+                        m.s1dss = opts.s1dss;
+                    }
+                    let has_ssids = m.cd.as_ref().is_some_and(|c| c.cdmax_log2 > 0);
+                    let index = match ssid {
+                        None if has_ssids && m.s1dss != S1Dss::Ssid0 => {
+                            return Err(Error::Unsupported("no-SSID stage 1 needs S1DSS = Ssid0"));
+                        }
+                        None => 0,
+                        Some(s) if !has_ssids => return Err(Error::BadSubstreamId(s)),
+                        Some(0) if m.s1dss == S1Dss::Ssid0 => return Err(Error::BadSubstreamId(0)),
+                        Some(s) => s,
+                    };
+                    let live = m.cd.as_ref().is_some_and(|c| cd_live == Some(c.blk.phys()));
+                    let cd = build_cd(&r, asid);
+                    i.write_cd(m, sid, index, &cd, live, &mut up)?;
+                    Inner::<R, M, C>::unlink(m, sid, Some(index), false);
+                    shared.add(sid, ssid);
+                    m.s1.insert(index, (ssid, shared, regs));
                 }
-                let has_ssids = m.cd.as_ref().is_some_and(|c| c.cdmax_log2 > 0);
-                let index = match ssid {
-                    None => 0,
-                    Some(_) if !has_ssids => return Err(Error::BadSubstreamId(ssid.unwrap_or(0))),
-                    Some(0) if m.s1dss == S1Dss::Ssid0 => return Err(Error::BadSubstreamId(0)),
-                    Some(s) => s,
-                };
-                if ssid.is_none() && has_ssids && m.s1dss != S1Dss::Ssid0 {
-                    return Err(Error::Unsupported("no-SSID stage 1 needs S1DSS = Ssid0"));
-                }
-                let live = Inner::<R, M, C>::ste_uses_cd_table(m);
-                let cd = build_cd(&r, asid);
-                i.write_cd(m, sid, index, &cd, live, &mut up)?;
-                Inner::<R, M, C>::unlink(m, sid, Some(index), false);
-                shared.add(sid, ssid);
-                m.s1.insert(index, (ssid, shared, regs));
+            }
+            if opts.ats {
+                domain.shared().add_ats(sid, ssid);
             }
         }
         m.mode = Mode::Translate;
         m.ats = opts.ats;
-        if opts.ats {
-            domain.shared().add_ats(sid, ssid);
-        }
         i.sync_ste(&mut st, sid, &mut up)?;
+        for c in retired {
+            // SAFETY: the STE was rewritten to point at the new table and the
+            // update completed (synced), so the SMMU no longer fetches from it.
+            unsafe { free_cd_table(c, &i.mem) };
+        }
         Ok(up)
     }
 
@@ -690,7 +790,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         if !m.s1.contains_key(&s) {
             return Err(Error::NotAttached { sid });
         }
-        let live = Inner::<R, M, C>::ste_uses_cd_table(m);
+        let live = true;
         i.write_cd(m, sid, s, &[0; WORDS], live, &mut up)?;
         Inner::<R, M, C>::unlink(m, sid, Some(s), false);
         if m.s1.is_empty() {
