@@ -1,0 +1,293 @@
+//! Field checks that make an STE or CD illegal (C_BAD_STE / C_BAD_CD), and
+//! STE attribute overrides.
+
+mod common;
+
+use common::*;
+use smmuv3_model::{DmaRequest, EventType, Httu, ModelConfig};
+
+const SID: u32 = 1;
+
+fn kind(h: &H, req: DmaRequest) -> Option<EventType> {
+    h.smmu.translate(&req).unwrap_err().event_type()
+}
+
+#[test]
+fn illegal_ste_fields() {
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    let cdp = h.alloc(64 * 256);
+    let req = DmaRequest::read(SID, 0, 4).with_ssid(1);
+    let cases: Vec<([u64; 8], &str)> = vec![
+        (ste_s1(cdp, 9, 0, 0), "S1CDMax above SSIDSIZE"),
+        (ste_s1(cdp, 8, 3, 0), "S1Fmt reserved"),
+        (ste_s1(cdp, 8, 0, 3), "S1DSS reserved"),
+        (ste_s1(1 << 48, 0, 0, 0), "context pointer beyond OAS"),
+        (
+            {
+                let mut s = ste_s1(cdp, 8, 0, 0);
+                s[1] |= 0b10 << 30;
+                s
+            },
+            "STRW = EL2 without HYP",
+        ),
+        (
+            {
+                let mut s = ste_s1(cdp, 8, 0, 0);
+                s[1] |= 0b01 << 48;
+                s
+            },
+            "PRIVCFG reserved",
+        ),
+        (
+            {
+                let mut s = ste_s2(&S2 {
+                    vmid: 1,
+                    t0sz: 24,
+                    sl0: 1,
+                    tg: 0,
+                    ps: 2,
+                    ttb: cdp,
+                });
+                s[2] &= !(1 << 51);
+                s
+            },
+            "S2AA64 = 0",
+        ),
+    ];
+    for (ste, why) in cases {
+        h.set_ste(SID, ste);
+        assert_eq!(kind(&h, req), Some(EventType::CBadSte), "{why}");
+    }
+    let evs = h.events();
+    assert!(
+        evs.iter()
+            .all(|e| e.kind == EventType::CBadSte && e.sid == SID)
+    );
+    // Stage 2 on a stage-1-only SMMU.
+    let mut s1 = H::with(
+        ModelConfig::stage1_only(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    s1.enable_linear(4);
+    let ttb = s1.alloc(8192);
+    s1.set_ste(
+        SID,
+        ste_s2(&S2 {
+            vmid: 1,
+            t0sz: 24,
+            sl0: 1,
+            tg: 0,
+            ps: 2,
+            ttb,
+        }),
+    );
+    assert_eq!(
+        kind(&s1, DmaRequest::read(SID, 0, 4)),
+        Some(EventType::CBadSte)
+    );
+}
+
+#[test]
+fn illegal_cd_fields() {
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
+    let good = cd(16, 0, 5, pt.root, 1);
+    let cases: Vec<(u64, u64, &str)> = vec![
+        (0, 1 << 31, "V = 0"),
+        (0, 1 << 41, "AA64 = 0"),
+        (1 << 15, 0, "big-endian tables"),
+        (0, 0x3f, "T0SZ = 0"),
+        (40, 0x3f, "T0SZ = 40 (too small a space)"),
+        (3 << 6, 0, "TG0 reserved"),
+        (7 << 32, 5 << 32, "IPS reserved"),
+    ];
+    for (set, clear, why) in cases {
+        let mut c = good;
+        c[0] = (c[0] & !clear) | set;
+        h.write_words(cdp, &c);
+        h.cmd(
+            smmuv3_model::layout::op::CFGI_CD as u64 | u64::from(SID) << 32,
+            0,
+        );
+        h.sync();
+        assert_eq!(
+            kind(&h, DmaRequest::read(SID, 0, 4)),
+            Some(EventType::CBadCd),
+            "{why}"
+        );
+    }
+    // TTB beyond IPS, and TTB not aligned to the start table.
+    for (ttb, why) in [
+        (1u64 << 44, "TTB beyond IPS 44"),
+        (pt.root + 16, "TTB misaligned"),
+    ] {
+        h.write_words(cdp, &cd(16, 0, 4, ttb, 1));
+        h.cmd(
+            smmuv3_model::layout::op::CFGI_CD as u64 | u64::from(SID) << 32,
+            0,
+        );
+        h.sync();
+        assert_eq!(
+            kind(&h, DmaRequest::read(SID, 0, 4)),
+            Some(EventType::CBadCd),
+            "{why}"
+        );
+    }
+    // CD.S = 1 under STE.S1STALLD = 1.
+    let mut c = good;
+    c[0] |= 1 << 44;
+    h.write_words(cdp, &c);
+    let mut s = ste_s1(cdp, 0, 0, 0);
+    s[1] |= 1 << 27;
+    h.set_ste(SID, s);
+    assert_eq!(
+        kind(&h, DmaRequest::read(SID, 0, 4)),
+        Some(EventType::CBadCd),
+        "stall disabled"
+    );
+    // QEMU-like: CD.A = 0 is not supported (TERM_MODEL = 1).
+    let mut q = H::with(
+        ModelConfig::qemu_like(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    q.enable_linear(4);
+    let cdq = q.alloc(64);
+    let mut c = cd(16, 0, 4, pt.root & 0xffff_ffff, 1);
+    c[0] &= !(1 << 46);
+    q.write_words(cdq, &c);
+    q.set_ste(SID, ste_s1(cdq, 0, 0, 0));
+    assert_eq!(
+        kind(&q, DmaRequest::read(SID, 0, 4)),
+        Some(EventType::CBadCd)
+    );
+}
+
+#[test]
+fn privcfg_and_instcfg_override_the_incoming_attributes() {
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
+    let page = h.alloc(4096);
+    pt.map(&h, 0x1000, page, 3, S1_RW | 1 << 53); // EL1 only, PXN
+    let mut s = ste_s1(cdp, 0, 0, 0);
+    s[1] |= 0b11 << 48; // PRIVCFG: privileged
+    h.set_ste(SID, s);
+    assert!(h.smmu.translate(&DmaRequest::read(SID, 0x1000, 4)).is_ok());
+    s[1] |= 0b11 << 50; // INSTCFG: instruction → PXN faults
+    h.set_ste(SID, s);
+    assert_eq!(
+        kind(&h, DmaRequest::read(SID, 0x1000, 4)),
+        Some(EventType::FPermission)
+    );
+    let e = h.events();
+    assert!(e[0].instruction && e[0].privileged);
+}
+
+#[test]
+fn ats_translated_traffic_needs_eats() {
+    let cfg = ModelConfig {
+        ats: true,
+        ..ModelConfig::default()
+    };
+    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 4 << 20);
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
+    h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
+    let mut req = DmaRequest::read(SID, 0x1000, 4);
+    req.ats_translated = true;
+    assert_eq!(kind(&h, req), Some(EventType::FTranslForbidden));
+    let mut s = ste_s1(cdp, 0, 0, 0);
+    s[1] |= 1 << 28; // EATS = full ATS
+    h.set_ste(SID, s);
+    assert_eq!(h.smmu.translate(&req).unwrap().pa, 0x1000);
+}
+
+#[test]
+fn stage2_hardware_dirty_update_and_multi_page_dma() {
+    let cfg = ModelConfig {
+        httu: Httu::AccessAndDirty,
+        ..ModelConfig::default()
+    };
+    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 4 << 20);
+    h.enable_linear(4);
+    let pt = Pt::new_s2(&h, 12, 40, 1);
+    let mut s = ste_s2(&S2 {
+        vmid: 2,
+        t0sz: 24,
+        sl0: 1,
+        tg: 0,
+        ps: 2,
+        ttb: pt.root,
+    });
+    s[2] |= 1 << 55 | 1 << 56; // S2HD, S2HA
+    h.set_ste(SID, s);
+    let a = h.alloc(4096);
+    let b = h.alloc(4096);
+    // Writable-clean at stage 2: S2AP read-only + DBM.
+    pt.map(&h, 0x10_0000, a, 3, S2_RO | 1 << 51);
+    pt.map(&h, 0x10_1000, b, 3, S2_RW);
+    let data: Vec<u8> = (0..64).collect();
+    h.smmu
+        .dma_write(&DmaRequest::write(SID, 0x10_0fe0, 64), &data)
+        .unwrap();
+    let slot = pt.slot(&h, 0x10_0000, 3);
+    assert_ne!(
+        h.mem.dev_read_u64(slot).unwrap() & 1 << 7,
+        0,
+        "S2AP[1] set: dirty"
+    );
+    let mut got = [0u8; 64];
+    h.mem.cpu_read(a + 0xfe0, &mut got[..32]).unwrap();
+    h.mem.cpu_read(b, &mut got[32..]).unwrap();
+    assert_eq!(&got[..], &data[..], "split across two non-contiguous pages");
+    let mut back = [0u8; 64];
+    h.smmu
+        .dma_read(&DmaRequest::read(SID, 0x10_0fe0, 64), &mut back)
+        .unwrap();
+    assert_eq!(&back[..], &data[..]);
+}
+
+#[test]
+fn event_queue_interrupt_is_raised_when_enabled() {
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    let _ = h.smmu.translate(&DmaRequest::read(SID, 0, 4));
+    assert!(!h.smmu.take_interrupts().eventq);
+    h.smmu.write32(
+        smmuv3_model::regs::IRQ_CTRL,
+        smmuv3_model::regs::irq_ctrl::EVENTQ_IRQEN,
+    );
+    assert_eq!(
+        h.smmu.read32(smmuv3_model::regs::IRQ_CTRLACK),
+        smmuv3_model::regs::irq_ctrl::EVENTQ_IRQEN
+    );
+    let _ = h.smmu.translate(&DmaRequest::read(SID, 0, 4));
+    assert!(h.smmu.take_interrupts().eventq);
+    assert_eq!(h.events().len(), 2);
+}
