@@ -114,8 +114,14 @@ fn check_fault(sys: &System, req: DmaRequest, ty: EventType) {
 
 fn map_use_unmap(sys: &System, dom: &mut HostedDomain, sid: u32, ssid: Option<u32>, iova: u64) {
     let pa = sys.mem.alloc(0x4000).unwrap();
+    let cleans = sys.mem.cache_stats().lines_cleaned;
     dom.map(iova, pa, 0x4000, RW).unwrap();
     assert_eq!(dom.translate(iova + 0x1234), Some(pa + 0x1234));
+    // Non-coherent: the tables were cleaned (the model reads only the
+    // device view, so the DMA below would fail otherwise).
+    if sys.mem.coherency() == Coherency::NonCoherent {
+        assert!(sys.mem.cache_stats().lines_cleaned > cleans);
+    }
     let req = |off: u64| {
         let r = DmaRequest::write(sid, iova + off, 16);
         match ssid {
@@ -205,5 +211,43 @@ fn substreams_with_linear_and_two_level_cd_tables() {
                 Err(Error::BadSubstreamId(0))
             ));
         }
+    });
+}
+
+#[test]
+fn remap_never_shows_a_stale_translation() {
+    both(|coh| {
+        let sys = system(coh);
+        let mut dom = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+        sys.smmu
+            .attach(0x50, None, &dom, AttachOptions::default())
+            .unwrap();
+        let bufs: Vec<u64> = (0..4).map(|_| sys.mem.alloc(0x20_0000).unwrap()).collect();
+        for (i, &b) in bufs.iter().enumerate() {
+            sys.mem.cpu_write(b, &[i as u8 + 1; 64]).unwrap();
+            sys.mem.clean(b, 64).unwrap();
+        }
+        let tlbi_before = sys.smmu.stats().tlbi_commands();
+        let mut unmaps = 0;
+        // Alternate 4K pages and a 2M block over the same IOVA, reading
+        // through the TLB each time: the model keeps stale entries until
+        // they are invalidated, so a missing TLBI would show old data.
+        for round in 0..8 {
+            let b = bufs[round % 4];
+            let len = if round % 2 == 0 { 0x1000 } else { 0x20_0000 };
+            dom.map(0x20_0000, b, len, RW).unwrap();
+            let mut got = [0u8; 16];
+            sys.model
+                .dma_read(&DmaRequest::read(0x50, 0x20_0000, 16), &mut got)
+                .unwrap();
+            assert_eq!(got, [round as u8 % 4 + 1; 16], "round {round}");
+            assert_eq!(dom.unmap(0x20_0000, len).unwrap(), len);
+            unmaps += 1;
+        }
+        let tlbis = sys.smmu.stats().tlbi_commands() - tlbi_before;
+        // RIL: one range command per unmap (leaf-only, exact range), plus
+        // one walk-cache flush each time a 2 MiB block replaces the emptied
+        // level-3 table left by the previous 4K round.
+        assert_eq!(tlbis, unmaps + 4);
     });
 }

@@ -55,8 +55,14 @@ pub(crate) struct Cmdq {
 impl Cmdq {
     pub(super) fn new(mem: &impl DmaMemory, log2: u8, sync: SyncMethod) -> Result<Self, Error> {
         let blk = DevBlock::alloc(mem, (1usize << log2) * CMD_BYTES)?;
+        blk.clean(mem, 0, blk.size())?;
         let msi = match sync {
-            SyncMethod::Msi => Some(DevBlock::alloc(mem, 64)?),
+            SyncMethod::Msi => {
+                let m = DevBlock::alloc(mem, 64)?;
+                // Written by the SMMU: no dirty CPU line may shadow it.
+                m.clean(mem, 0, 64)?;
+                Some(m)
+            }
             _ => None,
         };
         Ok(Self {

@@ -30,8 +30,12 @@ pub(crate) struct Evtq {
 
 impl Evtq {
     pub(super) fn new(mem: &impl DmaMemory, log2: u8) -> Result<Self, Error> {
+        let blk = DevBlock::alloc(mem, (1usize << log2) * EVENT_BYTES)?;
+        // The CPU zeroed the queue: write that back now, so no dirty line can
+        // later be evicted over records the SMMU wrote.
+        blk.clean(mem, 0, blk.size())?;
         Ok(Self {
-            blk: DevBlock::alloc(mem, (1usize << log2) * EVENT_BYTES)?,
+            blk,
             q: QueueIndex::new(log2),
             cons: 0,
             ovack: false,

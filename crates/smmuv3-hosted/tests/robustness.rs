@@ -1,0 +1,241 @@
+//! Error paths and configurations: rejected commands are reported and
+//! skipped, a wedged queue times out instead of hanging, the event queue
+//! overflow is detected, ids are not reused while TLB entries may remain,
+//! and the SMMU variants (linear stream table, no RIL, QEMU-like, MSI and
+//! SEV completion, MMU-600 errata) all translate.
+
+use io_pgtable::{Granule, Prot};
+use sim_memory::Coherency;
+use smmuv3::command::Command;
+use smmuv3::driver::{StrtabFormat, SyncMethod};
+use smmuv3::event::EventType;
+use smmuv3::{AttachOptions, CmdqErrorKind, DomainKind, Error, SmmuConfig};
+use smmuv3_hosted::{HostedDomain, System};
+use smmuv3_model::{DmaFault, DmaRequest, ModelConfig};
+
+const MEM: u64 = 16 << 20;
+const RW: Prot = Prot::READ.union(Prot::WRITE).union(Prot::CACHE);
+
+fn sys_with(model: ModelConfig, drv: SmmuConfig) -> System {
+    System::new(MEM, Coherency::Coherent, model, drv).unwrap()
+}
+
+/// Maps a page, DMAs through it, unmaps it and checks the fault.
+fn smoke(sys: &System, sid: u32) {
+    let mut d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    sys.smmu
+        .attach(sid, None, &d, AttachOptions::default())
+        .unwrap();
+    let pa = sys.mem.alloc(4096).unwrap();
+    d.map(0x40_0000, pa, 4096, RW).unwrap();
+    sys.model
+        .dma_write(&DmaRequest::write(sid, 0x40_0010, 4), &[9, 8, 7, 6])
+        .unwrap();
+    let mut b = [0u8; 4];
+    sys.mem.cpu_read(pa + 0x10, &mut b).unwrap();
+    assert_eq!(b, [9, 8, 7, 6]);
+    d.unmap(0x40_0000, 4096).unwrap();
+    let e = sys
+        .model
+        .dma_write(&DmaRequest::write(sid, 0x40_0010, 4), &[0; 4])
+        .unwrap_err();
+    assert_eq!(e.event_type(), Some(smmuv3_model::EventType::FTranslation));
+    let evs = sys.smmu.drain_events().unwrap().events;
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].ty, EventType::Translation);
+}
+
+#[test]
+fn rejected_command_is_reported_skipped_and_the_queue_resumes() {
+    // The model has no EL2 regime, so TLBI_EL2_ALL is illegal there.
+    let sys = sys_with(ModelConfig::default(), SmmuConfig::default());
+    let before = sys.smmu.stats();
+    let err = sys
+        .smmu
+        .issue(
+            &[
+                Command::TlbiNhAll { vmid: 0 },
+                Command::TlbiEl2All,
+                Command::TlbiNsnhAll,
+            ],
+            true,
+        )
+        .unwrap_err();
+    match err {
+        Error::CommandRejected { kind, decoded, .. } => {
+            assert_eq!(kind, CmdqErrorKind::Illegal);
+            assert_eq!(decoded, Some(Command::TlbiEl2All));
+        }
+        other => panic!("unexpected {other}"),
+    }
+    let after = sys.smmu.stats();
+    assert_eq!(after.rejected, before.rejected + 1);
+    assert_eq!(after.gerrors, before.gerrors + 1);
+    // The command after the bad one ran, and the queue keeps working.
+    assert_eq!(sys.model.stats().command(0x30), 2, "bring-up + ours");
+    assert_eq!(sys.smmu.handle_gerror(), Ok(0), "nothing left active");
+    smoke(&sys, 1);
+}
+
+#[test]
+fn wedged_queue_times_out_then_recovers() {
+    let sys = sys_with(
+        ModelConfig::default(),
+        SmmuConfig {
+            timeout_us: 500,
+            ..Default::default()
+        },
+    );
+    sys.model.pause_commands();
+    let err = sys.smmu.issue(&[Command::TlbiNsnhAll], true).unwrap_err();
+    assert_eq!(err, Error::Timeout("CMD_SYNC completion"));
+    sys.model.resume_commands();
+    // The late sync completed; later commands work.
+    sys.smmu.issue(&[Command::TlbiNsnhAll], true).unwrap();
+    // A queue that never drains makes producers time out for space too.
+    sys.model.pause_commands();
+    let many = vec![Command::TlbiNsnhAll; 300];
+    assert_eq!(
+        sys.smmu.issue(&many, false).unwrap_err(),
+        Error::Timeout("command queue space")
+    );
+    sys.model.resume_commands();
+    sys.smmu.issue(&[], true).unwrap();
+}
+
+#[test]
+fn slow_queue_is_waited_for_within_the_bound() {
+    let sys = sys_with(ModelConfig::default(), SmmuConfig::default());
+    sys.model.delay_commands(50);
+    sys.smmu.issue(&[Command::TlbiNsnhAll], true).unwrap();
+}
+
+#[test]
+fn event_queue_overflow_is_detected() {
+    let sys = sys_with(ModelConfig::default(), SmmuConfig::default());
+    let d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    sys.smmu
+        .attach(2, None, &d, AttachOptions::default())
+        .unwrap();
+    // 128-entry queue; 200 faults overflow it.
+    for i in 0..200u64 {
+        let _ = sys
+            .model
+            .dma_write(&DmaRequest::write(2, 0x1000 * i, 4), &[0; 4]);
+    }
+    let b = sys.smmu.drain_events().unwrap();
+    assert!(b.overflowed);
+    assert!(!b.events.is_empty() && b.events.len() <= 128);
+    assert!(
+        b.events
+            .iter()
+            .all(|e| e.ty == EventType::Translation && e.sid == 2)
+    );
+    // Acknowledged: new events are recorded again, no new overflow.
+    let _ = sys
+        .model
+        .dma_write(&DmaRequest::write(2, 0xdead_0000, 4), &[0; 4]);
+    let b = sys.smmu.drain_events().unwrap();
+    assert!(!b.overflowed);
+    assert_eq!(b.events.len(), 1);
+    assert_eq!(b.events[0].fault.unwrap().addr, 0xdead_0000);
+    assert_eq!(sys.smmu.stats().overflows, 1);
+}
+
+#[test]
+fn dropped_domain_detaches_and_its_asid_waits_for_invalidation() {
+    let sys = sys_with(ModelConfig::default(), SmmuConfig::default());
+    let d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    let DomainKind::Stage1 { asid, .. } = d.kind() else {
+        panic!()
+    };
+    let pa = sys.mem.alloc(4096).unwrap();
+    d.map(0x1000, pa, 4096, RW).unwrap();
+    sys.smmu
+        .attach(4, None, &d, AttachOptions::default())
+        .unwrap();
+    sys.model
+        .dma_write(&DmaRequest::write(4, 0x1000, 4), &[1; 4])
+        .unwrap();
+    let asid_tlbis = sys.model.stats().command(0x11);
+    drop(d);
+    // The stream aborts, and the ASID was invalidated before being freed.
+    assert_eq!(
+        sys.model
+            .dma_write(&DmaRequest::write(4, 0x1000, 4), &[1; 4]),
+        Err(DmaFault::StreamAbort)
+    );
+    assert_eq!(sys.model.stats().command(0x11), asid_tlbis + 1);
+    // Fresh ids are preferred over recently freed ones.
+    let d2 = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    let DomainKind::Stage1 { asid: a2, .. } = d2.kind() else {
+        panic!()
+    };
+    assert_ne!(a2, asid);
+}
+
+#[test]
+fn linear_stream_table() {
+    let sys = sys_with(
+        ModelConfig::default(),
+        SmmuConfig {
+            strtab: StrtabFormat::Linear,
+            linear_max_log2: 6,
+            ..Default::default()
+        },
+    );
+    assert!(!sys.smmu.strtab_two_level());
+    smoke(&sys, 63);
+    assert_eq!(sys.smmu.set_bypass(64), Err(Error::BadStreamId(64)));
+}
+
+#[test]
+fn qemu_like_smmu_and_stage1_only() {
+    for cfg in [ModelConfig::qemu_like(), ModelConfig::qemu_stage1_only()] {
+        let sys = sys_with(cfg, SmmuConfig::default());
+        assert_eq!(sys.smmu.sync_method(), SyncMethod::Poll, "QEMU has no SEV");
+        smoke(&sys, 8);
+    }
+    let sys = sys_with(ModelConfig::qemu_stage1_only(), SmmuConfig::default());
+    assert!(matches!(
+        HostedDomain::new_stage2(&sys.smmu, Granule::K4, 40),
+        Err(Error::Unsupported(_))
+    ));
+}
+
+#[test]
+fn sync_by_sev_and_by_msi() {
+    let sys = sys_with(ModelConfig::default(), SmmuConfig::default());
+    assert_eq!(sys.smmu.sync_method(), SyncMethod::Sev);
+    smoke(&sys, 1);
+    assert!(sys.model.stats().sync_sevs > 0);
+    let sys = sys_with(
+        ModelConfig::default(),
+        SmmuConfig {
+            sync: SyncMethod::Msi,
+            ..Default::default()
+        },
+    );
+    smoke(&sys, 1);
+    assert!(sys.model.stats().sync_msi_writes > 0);
+    assert_eq!(sys.model.stats().sync_msi_writes, sys.smmu.stats().syncs);
+}
+
+#[test]
+fn mmu600_errata_and_no_ril() {
+    let sys = sys_with(ModelConfig::mmu600(0, 2), SmmuConfig::default());
+    let f = sys.smmu.features();
+    assert!(!f.sev && !f.nesting && !f.ril && f.errata.no_sev && f.errata.no_nesting);
+    assert_eq!(sys.smmu.sync_method(), SyncMethod::Poll);
+    smoke(&sys, 3);
+    // Without RIL a 64-page unmap is 64 per-page commands.
+    let mut d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    sys.smmu
+        .attach(5, None, &d, AttachOptions::default())
+        .unwrap();
+    let pa = sys.mem.alloc(64 * 4096).unwrap();
+    d.map(0x100_0000, pa, 64 * 4096, RW).unwrap();
+    let before = sys.model.stats().command(0x12);
+    d.unmap(0x100_0000, 64 * 4096).unwrap();
+    assert_eq!(sys.model.stats().command(0x12) - before, 64);
+}
