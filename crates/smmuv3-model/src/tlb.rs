@@ -75,7 +75,13 @@ pub(crate) struct TlbEntry {
     /// Granule shift of the matched stage (for range TLBI TG checks).
     pub granule_shift: u32,
     pub global: bool,
+    /// Permissions of the whole translation (both stages when nested).
     pub perms: Perms,
+    /// Stage-1 permissions alone, to tell which stage a cached fault
+    /// belongs to.
+    pub s1_perms: Perms,
+    /// Intermediate address of the entry's first byte (nested entries).
+    pub ipa_base: u64,
 }
 
 /// A cached table descriptor (walk cache): the next-level table covering

@@ -98,6 +98,19 @@ pub(crate) struct Perms {
 }
 
 impl Perms {
+    /// Returns permissions allowing everything (a stage that is absent).
+    pub fn all() -> Self {
+        Perms {
+            read_priv: true,
+            read_user: true,
+            write_priv: true,
+            write_user: true,
+            exec_priv: true,
+            exec_user: true,
+            dirty_on_write: false,
+        }
+    }
+
     pub fn allows(&self, a: Access) -> bool {
         match (a.write, a.instruction, a.privileged) {
             (true, _, true) => self.write_priv,

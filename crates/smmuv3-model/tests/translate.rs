@@ -703,3 +703,39 @@ fn pa52_with_64k_granule() {
         .unwrap();
     assert_eq!(t.pa, 0x000a_1234_0000_0010);
 }
+
+#[test]
+fn nested_cached_entry_reports_the_denying_stage() {
+    let mut h = H::new(ModelConfig::default());
+    h.enable_linear(4);
+    let s2pt = Pt::new_s2(&h, 12, 40, 1);
+    for i in 0..4u64 {
+        let a = MEM_BASE + i * (2 << 20);
+        s2pt.map(&h, a, a, 2, S2_RW);
+    }
+    let s1pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &cd(16, 0, 5, s1pt.root, 3));
+    let s2 = S2 {
+        vmid: 9,
+        t0sz: 24,
+        sl0: 1,
+        tg: 0,
+        ps: 2,
+        ttb: s2pt.root,
+    };
+    h.set_ste(SID, ste_nested(cdp, &s2));
+    // Stage 2 maps a page outside the identity blocks read-only.
+    let page = h.alloc(4096);
+    let ipa = 0x40_0000_0000 - 0x1000;
+    s2pt.map(&h, ipa, page, 3, S2_RO);
+    s1pt.map(&h, 0x1000, ipa, 3, S1_RW);
+    let r = DmaRequest::read(SID, 0x1010, 4).privileged();
+    assert_eq!(h.smmu.translate(&r).unwrap().pa, page + 0x10);
+    let w = DmaRequest::write(SID, 0x1010, 4).privileged();
+    let e = *h.smmu.translate(&w).unwrap_err().event().unwrap();
+    assert_eq!(
+        (e.kind, e.s2, e.addr2),
+        (EventType::FPermission, true, ipa + 0x10)
+    );
+}

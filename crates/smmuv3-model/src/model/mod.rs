@@ -94,6 +94,21 @@ impl core::fmt::Debug for SmmuModel {
     }
 }
 
+/// The data side of a DMA.
+enum Buf<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+impl Buf<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Buf::Read(b) => b.len(),
+            Buf::Write(b) => b.len(),
+        }
+    }
+}
+
 /// Queue geometry decoded from a base register.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Queue {
@@ -256,7 +271,7 @@ impl SmmuModel {
             len: buf.len() as u64,
             ..*req
         };
-        self.dma_inner(&req, buf)
+        self.dma_inner(&req, Buf::Read(buf))
     }
 
     /// Performs a device write of `data`; see [`SmmuModel::dma_read`].
@@ -271,8 +286,7 @@ impl SmmuModel {
             len: data.len() as u64,
             ..*req
         };
-        let mut tmp = data.to_vec();
-        self.dma_inner(&req, &mut tmp)
+        self.dma_inner(&req, Buf::Write(data))
     }
 
     /// Performs `req` with `data` as the source (write) or destination
@@ -286,12 +300,17 @@ impl SmmuModel {
             len: data.len() as u64,
             ..*req
         };
-        self.dma_inner(&req, data)
+        if req.write {
+            self.dma_inner(&req, Buf::Write(data))
+        } else {
+            self.dma_inner(&req, Buf::Read(data))
+        }
     }
 
-    fn dma_inner(&self, req: &DmaRequest, data: &mut [u8]) -> Result<(), DmaFault> {
+    fn dma_inner(&self, req: &DmaRequest, mut data: Buf<'_>) -> Result<(), DmaFault> {
+        let len = data.len();
         let mut done = 0usize;
-        while done < data.len() {
+        while done < len {
             let iova = req.iova.wrapping_add(done as u64);
             let t = self.lock().translate(req, iova);
             let t = match t {
@@ -302,19 +321,17 @@ impl SmmuModel {
                         ..
                     },
                 ) => {
-                    if !req.write {
-                        data[done..].fill(0);
+                    if let Buf::Read(b) = &mut data {
+                        b[done..].fill(0);
                     }
                     return Err(f);
                 }
                 Err(f) => return Err(f),
             };
-            let n = (data.len() - done).min(t.bytes_left.max(1).min(usize::MAX as u64) as usize);
-            let chunk = &mut data[done..done + n];
-            let r = if req.write {
-                self.mem.dev_write(t.pa, chunk)
-            } else {
-                self.mem.dev_read(t.pa, chunk)
+            let n = (len - done).min(t.bytes_left.clamp(1, usize::MAX as u64) as usize);
+            let r = match &mut data {
+                Buf::Write(b) => self.mem.dev_write(t.pa, &b[done..done + n]),
+                Buf::Read(b) => self.mem.dev_read(t.pa, &mut b[done..done + n]),
             };
             if let Err(error) = r {
                 return Err(DmaFault::Bus { pa: t.pa, error });

@@ -729,6 +729,8 @@ impl State {
             granule_shift: tt.shift,
             global: false,
             perms: leaf.perms,
+            s1_perms: Perms::all(),
+            ipa_base: 0,
         };
         self.tlb.insert(tag, ipa, e);
         Ok((leaf.oa_base + (ipa & ((1 << leaf.size_log2) - 1)), e))
@@ -974,6 +976,15 @@ impl State {
             }
             if !(acc.write && e.perms.dirty_on_write) {
                 // A stale entry keeps faulting until it is invalidated.
+                if let (Some(s2), true) = (s2, e.s1_perms.allows(acc)) {
+                    let f = WalkFault {
+                        kind: EventType::FPermission,
+                        level: 3,
+                        fetch_pa: 0,
+                    };
+                    let ipa = e.ipa_base + off;
+                    return Err(self.s2_stop(&s2, f, ipa, FaultClass::Input, base_ev));
+                }
                 return Err(s1_fault(EventType::FPermission));
             }
         }
@@ -1058,6 +1069,8 @@ impl State {
             granule_shift: tt.shift,
             global: !leaf.not_global,
             perms,
+            s1_perms: leaf.perms,
+            ipa_base: ipa & !((1u64 << size_log2) - 1),
         };
         // Entries that a write would dirty stay uncached for writes: the
         // next write walks again and sets the dirty state.
@@ -1108,6 +1121,3 @@ fn unreachable_s2() -> S2Ste {
         stall: false,
     }
 }
-
-#[allow(dead_code)]
-fn _assert_perms(_: Perms) {}
