@@ -306,7 +306,13 @@ impl State {
                     self.irq.cmd_sync = true;
                 }
             }
-            sync_cs::SEV if self.cfg.sev => self.stats.sync_sevs += 1,
+            // Without SEV support the wake-up event simply does not happen
+            // (drivers such as Linux ask for SEV unconditionally).
+            sync_cs::SEV => {
+                if self.cfg.sev {
+                    self.stats.sync_sevs += 1;
+                }
+            }
             _ => return Err(cerror::ILL),
         }
         Ok(())
