@@ -7,14 +7,15 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use io_pgtable::env::{AllocError, CacheError, CacheMaintenance, TableBlock, TableMemory};
-use smmuv3::env::{Clock, MmioFrame};
+use smmuv3::env::{CacheInvalidate, Clock, MmioFrame};
 use smmuv3_scenarios::{DeviceError, DmaDevice, IdProfile, Platform};
 
 use crate::arch::{self, CacheOp};
 use crate::edu::{self, Edu, EduError};
 use crate::{layout, println, timer};
 
-/// The driver's environment on this machine.
+/// The driver's environment on this machine (a handle: all state is global).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Env;
 
 /// Largest block handed out (io-pgtable asks for up to 16 x 64 KiB; scenario
@@ -68,6 +69,16 @@ impl CacheMaintenance for Env {
     }
 }
 
+impl CacheInvalidate for Env {
+    fn invalidate(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError> {
+        if phys < layout::RAM || phys.saturating_add(len as u64) > layout::RAM + layout::RAM_SIZE {
+            return Err(CacheError { phys, len });
+        }
+        arch::dcache_range(CacheOp::Invalidate, cpu.as_ptr() as u64, len as u64);
+        Ok(())
+    }
+}
+
 impl Clock for Env {
     fn now_us(&self) -> u64 {
         timer::now_ns() / 1000
@@ -109,8 +120,6 @@ impl DmaDevice for EduDevice {
 
 /// QEMU `virt` with its SMMUv3 and one edu device.
 pub struct Qemu {
-    frame: MmioFrame,
-    env: Env,
     edu: EduDevice,
     profile: Option<IdProfile>,
 }
@@ -118,14 +127,7 @@ pub struct Qemu {
 impl Qemu {
     /// Returns the platform for the SMMU at its fixed address.
     pub fn new(edu: Edu, profile: Option<IdProfile>) -> Self {
-        let base = NonNull::new(layout::SMMU as *mut u8).unwrap_or(NonNull::dangling());
-        // SAFETY: QEMU virt places the 128 KiB SMMUv3 frame at this address,
-        // identity mapped as Device memory for the whole run; only the
-        // scenarios (through this platform) program it.
-        let frame = unsafe { MmioFrame::new(base) };
         Self {
-            frame,
-            env: Env,
             edu: EduDevice(edu),
             profile,
         }
@@ -133,16 +135,25 @@ impl Qemu {
 }
 
 impl Platform for Qemu {
-    type Frame = MmioFrame;
-    type Env = Env;
+    type Regs = MmioFrame;
+    type Mem = Env;
+    type Clock = Env;
     type Device = EduDevice;
 
-    fn frame(&self) -> &MmioFrame {
-        &self.frame
+    fn regs(&self) -> MmioFrame {
+        let base = NonNull::new(layout::SMMU as *mut u8).unwrap_or(NonNull::dangling());
+        // SAFETY: QEMU virt places the 128 KiB SMMUv3 frame at this address,
+        // identity mapped as Device memory for the whole run. Scenarios run
+        // one at a time, so only one driver instance programs it at once.
+        unsafe { MmioFrame::new(base) }
     }
 
-    fn env(&self) -> &Env {
-        &self.env
+    fn mem(&self) -> Env {
+        Env
+    }
+
+    fn clock(&self) -> Env {
+        Env
     }
 
     fn device(&mut self) -> &mut EduDevice {
@@ -153,8 +164,8 @@ impl Platform for Qemu {
         self.profile
     }
 
-    fn sync_for_cpu(&self, cpu: NonNull<u8>, _phys: u64, len: usize) {
-        arch::dcache_range(CacheOp::Invalidate, cpu.as_ptr() as u64, len as u64);
+    fn ram(&self) -> (u64, u64) {
+        (layout::RAM, layout::RAM_SIZE)
     }
 
     fn log(&self, args: fmt::Arguments<'_>) {

@@ -72,4 +72,15 @@ scenarios! {
     pass "probe" => virt_probe, virt91_probe;
     pass "bypass-dma" => virt_bypass_dma, virt91_bypass_dma;
     pass "abort-dma" => virt_abort_dma, virt91_abort_dma;
+    pass "linear-stream-table" => virt_linear_stream_table, virt91_linear_stream_table;
+    pass "stage1-dma" => virt_stage1_dma, virt91_stage1_dma;
+    s2 "stage2-dma" => virt_stage2_dma, virt91_stage2_dma;
+    s2 "nested-dma" => virt_nested_dma, virt91_nested_dma;
+    pass "two-level-stream-table" => virt_two_level_stream_table, virt91_two_level_stream_table;
+    pass "fault-translation" => virt_fault_translation, virt91_fault_translation;
+    pass "fault-permission" => virt_fault_permission, virt91_fault_permission;
+    pass "stale-tlb-range-tlbi" => virt_stale_tlb_range_tlbi, virt91_stale_tlb_range_tlbi;
+    pass "unmap-then-fault" => virt_unmap_then_fault, virt91_unmap_then_fault;
+    pass "scatter-gather-blocks" => virt_scatter_gather_blocks, virt91_scatter_gather_blocks;
+    pass "ste-transitions" => virt_ste_transitions, virt91_ste_transitions;
 }

@@ -5,8 +5,8 @@
 use core::fmt;
 use core::ptr::NonNull;
 
-use io_pgtable::env::{CacheMaintenance, TableBlock, TableMemory};
-use smmuv3::env::{Clock, RegisterFrame};
+use io_pgtable::env::TableBlock;
+use smmuv3::env::{Clock, DmaMemory, RegisterFrame};
 
 /// A device that copies between its own small buffer and bus addresses, the
 /// way QEMU's `edu` does. Every bus access goes through the SMMU with the
@@ -99,25 +99,29 @@ pub const QEMU_VIRT_9_1: IdProfile = IdProfile {
     aidr: 1,
 };
 
-/// Everything the driver needs from its environment, in one bound.
-pub trait DriverEnv: TableMemory + CacheMaintenance + Clock {}
-
-impl<T: TableMemory + CacheMaintenance + Clock> DriverEnv for T {}
-
 /// A machine the scenarios run on.
+///
+/// Handles are returned by value because the driver owns its register
+/// frame, memory and clock: each scenario brings up its own driver instance
+/// over fresh handles and tears it down at the end.
 pub trait Platform {
     /// The SMMU's register frame.
-    type Frame: RegisterFrame;
-    /// Table memory, cache maintenance and clock for the driver.
-    type Env: DriverEnv;
+    type Regs: RegisterFrame;
+    /// Table memory and cache maintenance (for the driver and for buffers).
+    type Mem: DmaMemory;
+    /// Time source for bounded waits.
+    type Clock: Clock;
     /// The DMA device.
     type Device: DmaDevice;
 
-    /// Returns the SMMU's register frame.
-    fn frame(&self) -> &Self::Frame;
+    /// Returns a handle to the SMMU's register frame.
+    fn regs(&self) -> Self::Regs;
 
-    /// Returns the driver's environment.
-    fn env(&self) -> &Self::Env;
+    /// Returns a handle to DMA memory.
+    fn mem(&self) -> Self::Mem;
+
+    /// Returns a clock.
+    fn clock(&self) -> Self::Clock;
 
     /// Returns the DMA device.
     fn device(&mut self) -> &mut Self::Device;
@@ -125,32 +129,33 @@ pub trait Platform {
     /// Returns the ID registers this machine must present, when known.
     fn expected_ids(&self) -> Option<IdProfile>;
 
-    /// Makes device writes to `[phys, phys + len)` visible to the CPU
-    /// (invalidate the CPU's cached copies).
-    fn sync_for_cpu(&self, cpu: NonNull<u8>, phys: u64, len: usize);
+    /// Returns the RAM the device may reach: `(base, size)`. Scenarios that
+    /// identity map memory at stage 2 map this range.
+    fn ram(&self) -> (u64, u64);
 
     /// Writes a progress line to the log (not a result line).
     fn log(&self, args: fmt::Arguments<'_>);
 }
 
 /// A block of DMA memory (allocated from the platform's table memory, so it
-/// is zeroed and naturally aligned).
-pub struct DmaBuffer {
+/// is zeroed and naturally aligned), freed on drop.
+pub struct DmaBuffer<M: DmaMemory> {
+    mem: M,
     block: TableBlock,
     size: usize,
 }
 
-impl DmaBuffer {
+impl<M: DmaMemory> DmaBuffer<M> {
     /// Returns a zeroed buffer of `size` bytes (a power of two, at least 64).
     ///
     /// # Errors
     ///
-    /// The allocator's error, as text.
-    pub fn new(env: &impl TableMemory, size: usize) -> Result<Self, crate::Problem> {
-        let block = env.alloc_table(size).map_err(|e| {
+    /// A failure naming the allocator's error.
+    pub fn new(mem: M, size: usize) -> Result<Self, crate::Problem> {
+        let block = mem.alloc_table(size).map_err(|e| {
             crate::Problem::fail(format_args!("allocating a {size:#x}-byte DMA buffer: {e}"))
         })?;
-        Ok(Self { block, size })
+        Ok(Self { mem, block, size })
     }
 
     /// Returns the physical (bus, before translation) address.
@@ -168,20 +173,17 @@ impl DmaBuffer {
     /// # Errors
     ///
     /// A failure when the range is outside the buffer or the clean fails.
-    pub fn write(
-        &self,
-        env: &impl CacheMaintenance,
-        offset: usize,
-        data: &[u8],
-    ) -> Result<(), crate::Problem> {
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), crate::Problem> {
         self.check(offset, data.len())?;
         let dst = self.block.cpu.as_ptr().wrapping_add(offset);
         // SAFETY: the range is inside the live block (checked above); the
-        // block is ours until `free`, and no Rust reference aliases it.
+        // block is ours until drop and no Rust reference aliases it. Accesses
+        // are not concurrent with the device: DMA runs only inside the
+        // device calls of the same thread.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
-        let cpu =
-            NonNull::new(dst).ok_or_else(|| crate::Problem::fail(format_args!("null buffer")))?;
-        env.clean(cpu, self.block.phys + offset as u64, data.len())
+        let cpu = NonNull::new(dst).unwrap_or(self.block.cpu);
+        self.mem
+            .clean(cpu, self.block.phys + offset as u64, data.len())
             .map_err(|e| crate::Problem::fail(format_args!("cache clean: {e}")))
     }
 
@@ -190,18 +192,12 @@ impl DmaBuffer {
     /// # Errors
     ///
     /// As for [`DmaBuffer::write`].
-    pub fn fill(
-        &self,
-        env: &impl CacheMaintenance,
-        offset: usize,
-        len: usize,
-        byte: u8,
-    ) -> Result<(), crate::Problem> {
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), crate::Problem> {
         let chunk = [byte; 256];
         let mut done = 0;
         while done < len {
             let n = (len - done).min(chunk.len());
-            self.write(env, offset + done, &chunk[..n])?;
+            self.write(offset + done, &chunk[..n])?;
             done += n;
         }
         Ok(())
@@ -212,18 +208,18 @@ impl DmaBuffer {
     /// # Errors
     ///
     /// A failure when the range is outside the buffer.
-    pub fn read<P: Platform + ?Sized>(
-        &self,
-        p: &P,
-        offset: usize,
-        out: &mut [u8],
-    ) -> Result<(), crate::Problem> {
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), crate::Problem> {
         self.check(offset, out.len())?;
         let src = self.block.cpu.as_ptr().wrapping_add(offset);
-        if let Some(cpu) = NonNull::new(src) {
-            p.sync_for_cpu(cpu, self.block.phys + offset as u64, out.len());
-        }
-        // SAFETY: the range is inside the live block (checked above).
+        self.mem
+            .invalidate(
+                NonNull::new(src).unwrap_or(self.block.cpu),
+                self.block.phys + offset as u64,
+                out.len(),
+            )
+            .map_err(|e| crate::Problem::fail(format_args!("cache invalidate: {e}")))?;
+        // SAFETY: the range is inside the live block (checked above); see
+        // `write` for why the access is not concurrent.
         unsafe { core::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
         Ok(())
     }
@@ -237,11 +233,13 @@ impl DmaBuffer {
         }
         Ok(())
     }
+}
 
-    /// Gives the memory back.
-    pub fn free(self, env: &impl TableMemory) {
+impl<M: DmaMemory> Drop for DmaBuffer<M> {
+    fn drop(&mut self) {
         // SAFETY: the block came from `alloc_table(self.size)` on this
-        // environment and the scenario stopped all DMA to it before freeing.
-        unsafe { env.free_table(self.block, self.size) };
+        // memory. Scenarios declare buffers before the driver instance that
+        // maps them, so the mappings are gone (the SMMU disabled) first.
+        unsafe { self.mem.free_table(self.block, self.size) };
     }
 }

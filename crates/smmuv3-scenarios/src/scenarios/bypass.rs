@@ -6,8 +6,8 @@
 use smmuv3::env::{RegisterFrame, poll};
 use smmuv3::regs;
 
-use super::{SENTINEL, check_pattern, fill_pattern, page_transfer, round_trip, untouched};
-use crate::{DmaBuffer, DmaDevice, Outcome, Platform, Problem, ensure};
+use super::{SENTINEL, buffer, check_pattern, fill_pattern, page_transfer, round_trip, untouched};
+use crate::{DmaDevice, Outcome, Platform, Problem, ensure};
 
 /// GBPA.UPDATE: set to request an update; the SMMU clears it when done.
 const GBPA_UPDATE: u32 = 1 << 31;
@@ -20,12 +20,13 @@ const TIMEOUT_US: u64 = 100_000;
 
 /// Disables translation (CR0.SMMUEN = 0) and waits for the acknowledgement.
 fn disable<P: Platform>(p: &P) -> Result<(), Problem> {
-    let f = p.frame();
+    let f = p.regs();
+    let clock = p.clock();
     let cr0 = f.read32(regs::CR0);
     if cr0 & CR0_SMMUEN != 0 {
         f.write32(regs::CR0, cr0 & !CR0_SMMUEN);
     }
-    poll(p.env(), TIMEOUT_US, false, || {
+    poll(&clock, TIMEOUT_US, false, || {
         (f.read32(regs::CR0ACK) & CR0_SMMUEN == 0).then_some(())
     })
     .map_err(|_| {
@@ -37,9 +38,9 @@ fn disable<P: Platform>(p: &P) -> Result<(), Problem> {
 
 /// Sets GBPA.ABORT to `abort` with the UPDATE handshake.
 fn set_gbpa_abort<P: Platform>(p: &P, abort: bool) -> Result<(), Problem> {
-    let f = p.frame();
-    let env = p.env();
-    poll(env, TIMEOUT_US, false, || {
+    let f = p.regs();
+    let env = p.clock();
+    poll(&env, TIMEOUT_US, false, || {
         (f.read32(regs::GBPA) & GBPA_UPDATE == 0).then_some(())
     })
     .map_err(|_| Problem::fail(format_args!("GBPA.UPDATE stuck before the update")))?;
@@ -50,7 +51,7 @@ fn set_gbpa_abort<P: Platform>(p: &P, abort: bool) -> Result<(), Problem> {
         old & !GBPA_ABORT
     };
     f.write32(regs::GBPA, new | GBPA_UPDATE);
-    poll(env, TIMEOUT_US, false, || {
+    poll(&env, TIMEOUT_US, false, || {
         (f.read32(regs::GBPA) & GBPA_UPDATE == 0).then_some(())
     })
     .map_err(|_| Problem::fail(format_args!("GBPA.UPDATE not cleared by the SMMU")))?;
@@ -66,8 +67,8 @@ pub(crate) fn bypass<P: Platform>(p: &mut P) -> Outcome {
     disable(p)?;
     set_gbpa_abort(p, false)?;
     let len = page_transfer(p);
-    let src = DmaBuffer::new(p.env(), 4096)?;
-    let dst = DmaBuffer::new(p.env(), 4096)?;
+    let src = buffer(p, 4096)?;
+    let dst = buffer(p, 4096)?;
     round_trip(p, (&src, 0, src.phys()), (&dst, 0, dst.phys()), len, 0x11)?;
     Ok(alloc::format!(
         "{len} bytes copied untranslated (SMMUEN=0, GBPA.ABORT=0)"
@@ -77,12 +78,12 @@ pub(crate) fn bypass<P: Platform>(p: &mut P) -> Outcome {
 pub(crate) fn abort<P: Platform>(p: &mut P) -> Outcome {
     disable(p)?;
     set_gbpa_abort(p, false)?;
-    let src = DmaBuffer::new(p.env(), 4096)?;
-    let dst = DmaBuffer::new(p.env(), 4096)?;
+    let src = buffer(p, 4096)?;
+    let dst = buffer(p, 4096)?;
     // Load the device buffer with a pattern while traffic still passes, so a
     // write that wrongly gets through is visible in `dst`.
-    fill_pattern(p, &src, 0, 64, 0x22)?;
-    dst.fill(p.env(), 0, 64, SENTINEL)?;
+    fill_pattern(&src, 0, 64, 0x22)?;
+    dst.fill(0, 64, SENTINEL)?;
     let dev_err = |e| Problem::fail(format_args!("device: {e}"));
     p.device()
         .read_from_bus(src.phys(), 0, 64)
@@ -93,14 +94,14 @@ pub(crate) fn abort<P: Platform>(p: &mut P) -> Outcome {
     set_gbpa_abort(p, false)?;
     blocked?;
     ensure!(
-        untouched(p, &dst, 0, 64)?,
+        untouched(&dst, 0, 64)?,
         "a DMA write landed in memory although GBPA.ABORT=1"
     );
     // The same write in bypass lands: the device really held the pattern.
     p.device()
         .write_to_bus(0, dst.phys(), 64)
         .map_err(dev_err)?;
-    check_pattern(p, &dst, 0, 64, 0x22)?;
+    check_pattern(&dst, 0, 64, 0x22)?;
     Ok(alloc::string::String::from(
         "DMA write blocked with GBPA.ABORT=1, lands with ABORT=0 (SMMUEN=0)",
     ))

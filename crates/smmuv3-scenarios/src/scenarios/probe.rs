@@ -14,7 +14,7 @@ fn bit(v: u32, b: u32) -> bool {
 }
 
 pub(crate) fn run<P: Platform>(p: &mut P) -> Outcome {
-    let ids = IdRegs::read(p.frame());
+    let ids = IdRegs::read(&p.regs());
     let [idr0, idr1, _, idr3, _, idr5] = ids.idr;
     let mut detail = String::new();
     let _ = write!(
