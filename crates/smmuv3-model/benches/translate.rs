@@ -77,9 +77,23 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(h.smmu.translate(black_box(&req)).unwrap()))
     });
 
+    // Hits spread over 64 pages: every lookup goes to the TLB proper.
+    for i in 0..N {
+        h.smmu
+            .translate(&DmaRequest::read(SID, i * STEP, 4).privileged())
+            .unwrap();
+    }
+    let mut i = 0u64;
+    g.bench_function("tlb_hit_64_pages", |b| {
+        b.iter(|| {
+            i = (i + 1) % N;
+            let r = DmaRequest::read(SID, i * STEP, 4).privileged();
+            black_box(h.smmu.translate(&r).unwrap())
+        })
+    });
+
     // A one-entry TLB and walk cache: every translation walks all levels.
     let h = s1_model(1);
-    let mut i = 0u64;
     g.bench_function("s1_4level_walk", |b| {
         b.iter(|| {
             i = (i + 1) % N;

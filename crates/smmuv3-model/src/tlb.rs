@@ -33,6 +33,54 @@ impl Hasher for FastHasher {
     fn write_u8(&mut self, v: u8) {
         self.write_u64(u64::from(v));
     }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn write_isize(&mut self, v: isize) {
+        self.write_u64(v as u64);
+    }
+}
+
+/// A cache key: packed tag + entry size, and the input address divided by
+/// the entry size. Hashed with one multiply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key(u64, u64);
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(self.0 ^ self.1.rotate_left(29));
+    }
+}
+
+impl Key {
+    fn new(tag: Tag, size_log2: u32, ia: u64) -> Self {
+        let regime = match tag.regime {
+            Regime::Nh => 0u64,
+            Regime::El2 => 1,
+            Regime::S2 => 2,
+            Regime::Nested => 3,
+        };
+        let packed = regime | u64::from(tag.vmid) << 8 | u64::from(tag.asid) << 24;
+        Key(packed | u64::from(size_log2) << 48, ia >> size_log2)
+    }
+
+    fn tag(&self) -> Tag {
+        let regime = match self.0 & 0xff {
+            0 => Regime::Nh,
+            1 => Regime::El2,
+            2 => Regime::S2,
+            _ => Regime::Nested,
+        };
+        Tag {
+            regime,
+            vmid: (self.0 >> 8) as u16,
+            asid: (self.0 >> 24) as u16,
+        }
+    }
+
+    fn size_log2(&self) -> u32 {
+        (self.0 >> 48) as u32
+    }
 }
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
@@ -148,8 +196,8 @@ impl InvScope {
 
 /// TLB + walk cache.
 pub(crate) struct Tlb {
-    leaves: FastMap<(Tag, u32, u64), TlbEntry>,
-    walks: FastMap<(Tag, u32, u64), WalkEntry>,
+    leaves: FastMap<Key, TlbEntry>,
+    walks: FastMap<Key, WalkEntry>,
     capacity: usize,
     pub evictions: u64,
     pub granule_mismatch: u64,
@@ -174,7 +222,7 @@ impl Tlb {
     #[inline]
     pub fn lookup(&self, tag: Tag, ia: u64, sizes: &[u32]) -> Option<&TlbEntry> {
         for &s in sizes {
-            if let Some(e) = self.leaves.get(&(tag, s, ia >> s)) {
+            if let Some(e) = self.leaves.get(&Key::new(tag, s, ia)) {
                 return Some(e);
             }
         }
@@ -188,7 +236,7 @@ impl Tlb {
             self.walks.clear();
             self.evictions += 1;
         }
-        self.leaves.insert((tag, e.size_log2, ia >> e.size_log2), e);
+        self.leaves.insert(Key::new(tag, e.size_log2, ia), e);
     }
 
     /// Returns the deepest cached table descriptor for `ia` among the given
@@ -200,7 +248,7 @@ impl Tlb {
         levels: &[(u32, u32)],
     ) -> Option<(u32, WalkEntry)> {
         for &(level, lsb) in levels {
-            if let Some(w) = self.walks.get(&(tag, lsb, ia >> lsb)) {
+            if let Some(w) = self.walks.get(&Key::new(tag, lsb, ia)) {
                 return Some((level, *w));
             }
         }
@@ -212,15 +260,16 @@ impl Tlb {
             self.walks.clear();
             self.evictions += 1;
         }
-        self.walks.insert((tag, lsb, ia >> lsb), w);
+        self.walks.insert(Key::new(tag, lsb, ia), w);
     }
 
     /// Applies an invalidation; returns the number of entries removed.
     pub fn invalidate(&mut self, sc: &InvScope) -> usize {
         let before = self.leaves.len() + self.walks.len();
         let mut mismatch = 0;
-        self.leaves.retain(|(tag, _, _), e| {
-            if !sc.tag_matches(tag, e.global) || !sc.range_matches(e.match_base, e.match_size_log2)
+        self.leaves.retain(|k, e| {
+            if !sc.tag_matches(&k.tag(), e.global)
+                || !sc.range_matches(e.match_base, e.match_size_log2)
             {
                 return true;
             }
@@ -235,14 +284,15 @@ impl Tlb {
             false
         });
         if !sc.leaf_only {
-            self.walks.retain(|(tag, lsb, key), w| {
-                if !sc.tag_matches(tag, false) {
+            self.walks.retain(|k, w| {
+                let (lsb, key) = (k.size_log2(), k.1);
+                if !sc.tag_matches(&k.tag(), false) {
                     return true;
                 }
                 if sc.granule_shift.is_some_and(|g| g != w.granule_shift) {
                     return true;
                 }
-                !sc.range_matches(key << lsb, *lsb)
+                !sc.range_matches(key << lsb, lsb)
             });
         }
         self.granule_mismatch += mismatch;

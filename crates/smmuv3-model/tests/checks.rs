@@ -113,6 +113,8 @@ fn illegal_cd_fields() {
         (40, 0x3f, "T0SZ = 40 (too small a space)"),
         (3 << 6, 0, "TG0 reserved"),
         (7 << 32, 5 << 32, "IPS reserved"),
+        (1 << 43, 0, "HA without HTTU"),
+        (1 << 42, 0, "HD without HTTU"),
     ];
     for (set, clear, why) in cases {
         let mut c = good;

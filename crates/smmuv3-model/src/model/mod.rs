@@ -57,7 +57,19 @@ struct Stalled {
     stag: u16,
 }
 
+/// Copy of the TLB entry used by the last translation (hot-path cache).
+#[derive(Clone, Copy, Debug)]
+struct LastHit {
+    sid: u32,
+    ssid: u32,
+    page: u64,
+    size_log2: u32,
+    out_base: u64,
+    perms: crate::walk::Perms,
+}
+
 pub(crate) struct State {
+    last: Option<LastHit>,
     cfg: ModelConfig,
     ids: IdRegs,
     mem: Arc<SimMemory>,
@@ -176,6 +188,7 @@ impl SmmuModel {
         }
         let tlb = Tlb::new(config.tlb_capacity);
         let state = State {
+            last: None,
             cfg: config,
             ids,
             mem: memory.clone(),
@@ -531,6 +544,7 @@ impl State {
     #[allow(clippy::collapsible_match)]
     fn write32_inner(&mut self, offset: u64, value: u32) {
         self.stats.mmio_accesses += 1;
+        self.last = None;
         if offset % 4 != 0 || offset >= regs::FRAME_SIZE {
             return;
         }

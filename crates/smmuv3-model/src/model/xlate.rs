@@ -127,6 +127,18 @@ impl State {
         }
     }
 
+    /// Returns the effective (HA, HD) of a structure, or `None` when it asks
+    /// for more hardware updates than IDR0.HTTU advertises.
+    fn httu_bits(&self, ha: bool, hd: bool) -> Option<(bool, bool)> {
+        let ok = match self.cfg.httu {
+            Httu::None => !ha && !hd,
+            Httu::AccessFlag => !hd,
+            Httu::AccessAndDirty => true,
+        };
+        // Dirty updates without access-flag updates are treated as off.
+        ok.then_some((ha, ha && hd))
+    }
+
     pub(super) fn strtab_split(&self) -> u32 {
         match (self.regs.strtab_base_cfg >> strtab::SPLIT_SHIFT) & 0x1f {
             0..=7 => 6,
@@ -172,8 +184,9 @@ impl State {
             (_, 2) => 1,
             _ => return None,
         };
-        let ha = raw.s2ha() && self.cfg.httu != Httu::None;
-        let hd = ha && raw.s2hd() && self.cfg.httu == Httu::AccessAndDirty;
+        // HA/HD are RES0 without the matching HTTU support; QEMU rejects
+        // them, and so do we.
+        let (ha, hd) = self.httu_bits(raw.s2ha(), raw.s2hd())?;
         let tt = TableCfg {
             shift,
             start_level,
@@ -315,8 +328,7 @@ impl State {
         if !self.cfg.asid16 && raw.asid() >> 8 != 0 {
             return None;
         }
-        let ha = raw.ha() && self.cfg.httu != Httu::None;
-        let hd = ha && raw.hd() && self.cfg.httu == Httu::AccessAndDirty;
+        let (ha, hd) = self.httu_bits(raw.ha(), raw.hd())?;
         let mut tt = [None, None];
         for sel in 0..2u32 {
             if raw.epd(sel) {
@@ -692,6 +704,7 @@ impl State {
             }
         }
         self.stats.tlb_misses += 1;
+        self.last = None;
         let start = self.walk_start(tag, &tt, ipa);
         let mem = self.mem.clone();
         let mut steps = [(0, 0, TableAttrs::default()); 4];
@@ -829,12 +842,62 @@ impl State {
         }
     }
 
+    /// Serves a translation from the one-entry copy of the TLB entry used
+    /// last (same stream, same page), which any command, register write or
+    /// TLB miss drops; so it never outlives the entry it copies.
+    #[inline]
+    fn last_hit(&mut self, req: &DmaRequest, iova: u64) -> Option<Translation> {
+        let l = self.last.as_ref()?;
+        if l.sid != req.sid
+            || l.ssid != req.ssid.unwrap_or(NO_SSID)
+            || iova >> l.size_log2 != l.page
+            || req.ats_translated
+            || self.trace.is_some()
+        {
+            return None;
+        }
+        let acc = Access {
+            write: req.write,
+            privileged: req.privileged,
+            instruction: req.instruction && !req.write,
+        };
+        if !l.perms.allows(acc) {
+            return None;
+        }
+        let off = iova & ((1 << l.size_log2) - 1);
+        let t = Translation {
+            pa: l.out_base + off,
+            bytes_left: (1 << l.size_log2) - off,
+            bypass: false,
+            tlb_hit: true,
+        };
+        self.stats.tlb_hits += 1;
+        Some(t)
+    }
+
+    fn remember(&mut self, ctx: &Ctx, ev: Event, ia: u64, e: &TlbEntry) {
+        if ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
+            return;
+        }
+        self.last = Some(super::LastHit {
+            sid: ev.sid,
+            ssid: ev.ssid.unwrap_or(NO_SSID),
+            page: ia >> e.size_log2,
+            size_log2: e.size_log2,
+            out_base: e.out_base,
+            perms: e.perms,
+        });
+    }
+
     pub(super) fn translate(
         &mut self,
         req: &DmaRequest,
         iova: u64,
     ) -> Result<Translation, DmaFault> {
         self.stats.translations += 1;
+        if let Some(t) = self.last_hit(req, iova) {
+            return Ok(t);
+        }
         match self.translate_inner(req, iova) {
             Ok(t) => Ok(t),
             Err(stop) => Err(self.finish(stop)),
@@ -898,12 +961,15 @@ impl State {
             Mode::S2 => {
                 let s2 = ctx.ste.s2.unwrap_or_else(unreachable_s2);
                 match self.s2_translate(&s2, iova, acc) {
-                    Ok((pa, e)) => Ok(Translation {
-                        pa,
-                        bytes_left: (1u64 << e.size_log2) - (iova & ((1 << e.size_log2) - 1)),
-                        bypass: false,
-                        tlb_hit: false,
-                    }),
+                    Ok((pa, e)) => {
+                        self.remember(&ctx, base_ev, iova, &e);
+                        Ok(Translation {
+                            pa,
+                            bytes_left: (1u64 << e.size_log2) - (iova & ((1 << e.size_log2) - 1)),
+                            bypass: false,
+                            tlb_hit: false,
+                        })
+                    }
                     Err(f) => Err(self.s2_stop(&s2, f, iova, FaultClass::Input, base_ev)),
                 }
             }
@@ -963,6 +1029,9 @@ impl State {
             let off = key_va & ((1 << e.size_log2) - 1);
             if e.perms.allows(acc) {
                 self.stats.tlb_hits += 1;
+                if key_va == va {
+                    self.remember(ctx, base_ev, va, &e);
+                }
                 self.trace(|| TraceEntry::TlbHit {
                     sid: base_ev.sid,
                     iova: va,
@@ -989,6 +1058,7 @@ impl State {
             }
         }
         self.stats.tlb_misses += 1;
+        self.last = None;
 
         let start = self.walk_start(tag, &tt, key_va);
         let mem = self.mem.clone();
@@ -1075,6 +1145,9 @@ impl State {
         // Entries that a write would dirty stay uncached for writes: the
         // next write walks again and sets the dirty state.
         self.tlb.insert(tag, key_va, e);
+        if key_va == va {
+            self.remember(ctx, base_ev, va, &e);
+        }
         let off = key_va & ((1 << size_log2) - 1);
         Ok(Translation {
             pa,
