@@ -84,7 +84,7 @@ run() {
     timeout --kill-after=5 "$RUN_TIMEOUT" qemu-system-aarch64 \
         -M "$machine,iommu=smmuv3" -cpu cortex-a57 -m 1G \
         -display none -monitor none -serial stdio -nic none \
-        -semihosting-config "enable=on,target=native,arg=smmuv3-baremetal,arg=machine=$machine" \
+        -semihosting-config "enable=on,target=native,arg=smmuv3-baremetal,arg=machine=$machine${KERNEL_ARG:+,arg=$KERNEL_ARG}" \
         -device edu,dma_mask=0xffffffffffffffff \
         -kernel "$ELF" "$@" </dev/null >"$log" 2>&1
 }
@@ -93,14 +93,33 @@ run() {
 # result line (or to the end of the log when it never finished).
 trace_of() {
     awk -v name="$2" '
-        $0 ~ "^SCENARIO-BEGIN " name "$" { on = 1 }
+        { sub(/\r$/, "") }
+        $0 == "SCENARIO-BEGIN " name { on = 1 }
         on { print }
         on && index($0, "SCENARIO " name ":") == 1 { exit }
     ' "$1" | tr -d '\r'
 }
 
+# exception_check MACHINE: boots the kernel with selftest=exception, which
+# reads an unmapped address; the vectors must report ESR/ELR/FAR and the run
+# must end with the exception status (3). Printed as one more scenario line.
+exception_check() {
+    local machine=$1 elog="$OUT/$1.exception.log" status line
+    KERNEL_ARG=selftest=exception run "$machine" "$elog"
+    status=$?
+    line=$(tr -d '\r' <"$elog" | grep -m1 '^EXCEPTION ' || true)
+    if [[ $status -eq 3 && "$line" == "EXCEPTION sync (EL1h): ESR="*"FAR=0x0000010000000000"* ]]; then
+        echo "[$machine] SCENARIO exception-vectors: PASS ${line#EXCEPTION }"
+        return 0
+    fi
+    echo "[$machine] SCENARIO exception-vectors: FAIL exit status $status, want 3; exception line: ${line:-none}"
+    tr -d '\r' <"$elog" | tail -n 20
+    return 1
+}
+
 overall=0
 for machine in "${MACHINES[@]}"; do
+    exception_check "$machine" || overall=1
     log="$OUT/$machine.log"
     start=$(date +%s%N)
     run "$machine" "$log"
@@ -121,12 +140,13 @@ for machine in "${MACHINES[@]}"; do
     echo "[$machine] RUN: FAIL ($why, ${secs} s)"
     echo "---- [$machine] kernel output (last 40 lines) ----"
     tr -d '\r' <"$log" | tail -n 40
-    tlog="$OUT/$machine.trace.log"
-    run "$machine" "$tlog" -trace 'smmuv3_*' -trace smmu_ptw_level -d guest_errors
     if [[ -z "$failed" ]]; then
         # The run died before reporting: the last scenario begun is the culprit.
-        failed=$(tr -d '\r' <"$tlog" | sed -n 's/^SCENARIO-BEGIN \(.*\)$/\1/p' | tail -n1)
+        failed=$(tr -d '\r' <"$log" | sed -n 's/^SCENARIO-BEGIN \(.*\)$/\1/p' | tail -n1)
     fi
+    tlog="$OUT/$machine.trace.log"
+    # Tracing slows QEMU down: give the traced run more time.
+    RUN_TIMEOUT=$((RUN_TIMEOUT * 3)) run "$machine" "$tlog" -trace 'smmuv3_*' -trace smmu_ptw_level -d guest_errors
     for name in $failed; do
         echo "---- [$machine] QEMU SMMU trace of failing scenario $name ----"
         trace_of "$tlog" "$name" | tail -n 400

@@ -69,6 +69,7 @@ macro_rules! scenarios {
 }
 
 scenarios! {
+    pass "exception-vectors" => virt_exception_vectors, virt91_exception_vectors;
     pass "probe" => virt_probe, virt91_probe;
     pass "bypass-dma" => virt_bypass_dma, virt91_bypass_dma;
     pass "abort-dma" => virt_abort_dma, virt91_abort_dma;
