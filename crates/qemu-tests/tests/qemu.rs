@@ -83,5 +83,6 @@ scenarios! {
     pass "stale-tlb-range-tlbi" => virt_stale_tlb_range_tlbi, virt91_stale_tlb_range_tlbi;
     pass "unmap-then-fault" => virt_unmap_then_fault, virt91_unmap_then_fault;
     pass "scatter-gather-blocks" => virt_scatter_gather_blocks, virt91_scatter_gather_blocks;
+    pass "granules-dma" => virt_granules_dma, virt91_granules_dma;
     pass "ste-transitions" => virt_ste_transitions, virt91_ste_transitions;
 }

@@ -222,5 +222,6 @@ scenarios! {
     pass stale_tlb_range_tlbi = "stale-tlb-range-tlbi";
     pass unmap_then_fault = "unmap-then-fault";
     pass scatter_gather_blocks = "scatter-gather-blocks";
+    pass granules_dma = "granules-dma";
     pass ste_transitions = "ste-transitions";
 }

@@ -3,6 +3,7 @@
 mod blocks;
 mod bypass;
 mod faults;
+mod granules;
 mod probe;
 mod tlb;
 mod transitions;
@@ -36,6 +37,7 @@ pub const SCENARIOS: &[&str] = &[
     "stale-tlb-range-tlbi",
     "unmap-then-fault",
     "scatter-gather-blocks",
+    "granules-dma",
     "ste-transitions",
 ];
 
@@ -98,6 +100,10 @@ pub(crate) fn all<P: Platform>() -> Vec<Scenario<P>> {
             run: blocks::scatter_gather,
         },
         Scenario {
+            name: "granules-dma",
+            run: granules::run,
+        },
+        Scenario {
             name: "ste-transitions",
             run: transitions::run,
         },
@@ -123,6 +129,14 @@ pub(crate) trait Context<T> {
 impl<T, E: Display> Context<T> for Result<T, E> {
     fn ctx(self, what: &str) -> Result<T, Problem> {
         self.map_err(|e| Problem::Fail(format!("{what}: {e}")))
+    }
+}
+
+/// Prefixes a failure message with where it happened (skips pass through).
+pub(crate) fn within(what: &str) -> impl Fn(Problem) -> Problem + '_ {
+    move |e| match e {
+        Problem::Fail(m) => Problem::Fail(format!("{what}: {m}")),
+        skip => skip,
     }
 }
 

@@ -13,8 +13,8 @@ use smmuv3::{AttachOptions, Domain, DomainKind};
 
 use super::translate::{VA_BITS, rw};
 use super::{
-    Context, SENTINEL, bring_up, buffer, check_pattern, dev_read, dev_write, fill_pattern,
-    no_events, pattern,
+    Buf, Context, SENTINEL, bring_up, buffer, check_pattern, dev_read, dev_write, fill_pattern,
+    no_events, pattern, within,
 };
 use crate::{DmaDevice, Outcome, Platform, Problem, ensure};
 
@@ -52,61 +52,83 @@ pub(crate) fn stale_then_range_tlbi<P: Platform>(p: &mut P) -> Outcome {
         Ok(first[0])
     };
 
-    // 1. V -> A, and the SMMU caches the walk.
+    // V -> A, and the SMMU caches the walk.
     through_v(p)?;
     check_pattern(&out, 0, LEN, 0x51)?;
 
-    // 2. V -> B in the page table only: no TLBI (a fresh gather is dropped).
-    let pt = d.page_table();
-    let mut gather = Gather::new();
-    let n = pt
-        .unmap(IOVA_V, 4096, 1, &mut gather)
-        .ctx("page-table unmap without TLBI")?;
-    ensure!(n == 4096, "unmap returned {n}");
-    pt.map(IOVA_V, b.phys(), 4096, 1, rw())
-        .ctx("page-table map V -> B")?;
-    ensure!(
-        pt.translate(IOVA_V) == Some(b.phys()),
-        "page table does not translate V to B"
-    );
-    let seen = through_v(p)?;
-    ensure!(
-        seen == pattern(0x51, 0),
-        "without a TLBI the device saw {} (byte {seen:#04x}): the SMMU did not keep the cached translation",
-        if seen == pattern(0x52, 0) {
-            "the new page"
-        } else {
-            "neither page"
-        }
-    );
-
-    // 3. Our range TLBI over V's neighbourhood (5 pages: one range command
-    //    with RIL), then CMD_SYNC.
-    let req = TlbiRequest {
-        target: TlbiTarget::Stage1 { vmid, asid },
-        iova: IOVA_V - 0x2000,
-        size: 5 * 4096,
-        granule_log2: 12,
-        leaf_log2: Some(12),
-    };
+    // Each round: remap V in the page table only (no TLBI: a fresh gather is
+    // dropped), see the old page still used, invalidate a range around V
+    // with our planner, see the new page.
     let ril = smmu.features().ril;
-    let cmds: Vec<Command> = plan(&req, &TlbiPolicy::new(ril))
-        .ctx("planning the TLBI")?
-        .collect();
-    let ranged = cmds
-        .iter()
-        .any(|c| matches!(c, Command::TlbiNhVa { at, .. } if at.tg != 0));
-    ensure!(
-        ranged == ril,
-        "RIL={ril} but the plan's commands are {cmds:?}"
-    );
-    smmu.issue(&cmds, true).ctx("issuing the TLBI")?;
-    through_v(p)?;
-    check_pattern(&out, 0, LEN, 0x52)?;
+    let rounds: [(&Buf<P>, u8, u64, bool); 3] = [
+        // 5 pages: one range command with RIL.
+        (&b, 0x52, 2, ril),
+        // 33 pages: two range commands (1 + 32 pages); V is in the second.
+        (&a, 0x51, 32, ril),
+        // 3 pages with per-page (non-range) commands, valid on every SMMU.
+        (&b, 0x52, 1, false),
+    ];
+    let mut old_seed = 0x51;
+    let mut report = Vec::new();
+    for (round, (page, seed, below, use_ril)) in rounds.into_iter().enumerate() {
+        let pt = d.page_table();
+        let mut gather = Gather::new();
+        let n = pt
+            .unmap(IOVA_V, 4096, 1, &mut gather)
+            .ctx("page-table unmap without TLBI")?;
+        ensure!(n == 4096, "unmap returned {n}");
+        pt.map(IOVA_V, page.phys(), 4096, 1, rw())
+            .ctx("page-table remap of V")?;
+        ensure!(
+            pt.translate(IOVA_V) == Some(page.phys()),
+            "page table does not translate V to the new page"
+        );
+        let seen = through_v(p)?;
+        ensure!(
+            seen == pattern(old_seed, 0),
+            "round {round}: without a TLBI the device saw {} (byte {seen:#04x}): the SMMU did not keep the cached translation",
+            if seen == pattern(seed, 0) {
+                "the new page"
+            } else {
+                "neither page"
+            }
+        );
+
+        let req = TlbiRequest {
+            target: TlbiTarget::Stage1 { vmid, asid },
+            iova: IOVA_V - below * 4096,
+            size: (below + 3) * 4096,
+            granule_log2: 12,
+            leaf_log2: Some(12),
+        };
+        let cmds: Vec<Command> = plan(&req, &TlbiPolicy::new(use_ril))
+            .ctx("planning the TLBI")?
+            .collect();
+        let ranged = cmds
+            .iter()
+            .filter(|c| matches!(c, Command::TlbiNhVa { at, .. } if at.tg != 0))
+            .count();
+        ensure!(
+            (ranged == cmds.len()) == use_ril && !cmds.is_empty(),
+            "round {round}: RIL={use_ril} but the plan is {cmds:?}"
+        );
+        smmu.issue(&cmds, true).ctx("issuing the TLBI")?;
+        through_v(p)?;
+        check_pattern(&out, 0, LEN, seed).map_err(within(&format!(
+            "round {round} after {} TLBI commands",
+            cmds.len()
+        )))?;
+        report.push(format!(
+            "{} pages: {} {} cmd(s)",
+            below + 3,
+            cmds.len(),
+            if use_ril { "range" } else { "per-page" }
+        ));
+        old_seed = seed;
+    }
     no_events(p, &smmu, "during the stale-TLB check")?;
     Ok(format!(
-        "stale translation used until {} TLBI command(s){} + CMD_SYNC, then the new page",
-        cmds.len(),
-        if ranged { " (range form)" } else { "" }
+        "stale translation used until invalidated, then the new page; {}",
+        report.join(", ")
     ))
 }

@@ -12,7 +12,7 @@ use smmuv3::{AttachOptions, Domain, Update};
 use super::translate::{IOVA_DST, IOVA_SRC, IPA_DST, IPA_SRC, VA_BITS, rw, s1_domain, s2_domain};
 use super::{
     Buf, Context, SENTINEL, bring_up, buffer, dev_read, dev_write, fill_pattern, no_events,
-    round_trip, untouched,
+    round_trip, untouched, within,
 };
 use crate::{DmaDevice, Outcome, Platform, Problem, ensure};
 
@@ -39,10 +39,8 @@ fn works<P: Platform>(
     seed: u8,
     state: &str,
 ) -> Result<(), Problem> {
-    round_trip(p, (src, 0, at.0), (dst, 0, at.1), LEN, seed).map_err(|e| match e {
-        Problem::Fail(m) => Problem::fail(format_args!("in state {state}: {m}")),
-        skip => skip,
-    })
+    round_trip(p, (src, 0, at.0), (dst, 0, at.1), LEN, seed)
+        .map_err(within(&format!("in state {state}")))
 }
 
 pub(crate) fn run<P: Platform>(p: &mut P) -> Outcome {
