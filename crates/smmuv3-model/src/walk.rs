@@ -312,6 +312,30 @@ fn walk_once<E>(
         if oa_base >> cfg.oas != 0 {
             return fault(EventType::FAddrSize, level);
         }
+        if bit(desc, 52) {
+            let run = contiguous_entries(cfg.shift, level);
+            let first = idx & !(run - 1);
+            let run_base = oa_base.wrapping_sub((idx - first) << lsb);
+            if run_base & ((run << lsb) - 1) != 0 {
+                return fault(EventType::FTlbConflict, level);
+            }
+            for j in 0..run {
+                let pa = fetch(table + (first + j) * 8)?;
+                reads += 1;
+                let Ok(d) = mem.dev_read_u64(pa) else {
+                    return Ok(Err(Some(WalkFault {
+                        kind: EventType::FWalkEabt,
+                        level,
+                        fetch_pa: pa,
+                    })));
+                };
+                if !contiguous_member_ok(cfg, desc, d, lsb, idx - first, j) {
+                    // Misprogrammed contiguous hint: a TLB conflict is one
+                    // of the architecturally allowed outcomes; report it.
+                    return fault(EventType::FTlbConflict, level);
+                }
+            }
+        }
         let af = bit(desc, 10);
         let dbm = bit(desc, 51);
         let mut perms = if cfg.stage2 {
@@ -373,6 +397,32 @@ fn walk_once<E>(
             updates,
         }));
     }
+}
+
+/// Returns how many adjacent descriptors a contiguous hint spans.
+fn contiguous_entries(shift: u32, level: u32) -> u64 {
+    match (shift, level) {
+        (12, _) => 16,
+        (14, 3) => 128,
+        _ => 32,
+    }
+}
+
+/// Returns whether descriptor `d` (entry `j` of the run) is consistent with
+/// `desc` (entry `i`): valid, same type, contiguous, same attributes and the
+/// matching output address.
+fn contiguous_member_ok(cfg: &TableCfg, desc: u64, d: u64, lsb: u32, i: u64, j: u64) -> bool {
+    // Attributes that must agree: AttrIndx/MemAttr, NS, AP/S2AP, SH, nG,
+    // Contiguous, PXN, UXN/XN. AF and dirty state may differ (hardware
+    // updates them entry by entry).
+    let mut attrs: u64 = 0xff << 2 | 1 << 11 | 0x7 << 52;
+    if cfg.hd {
+        attrs &= !(1 << 7);
+    }
+    let base = desc_addr(cfg, desc, lsb).wrapping_sub(i << lsb);
+    d & 3 == desc & 3
+        && (d ^ desc) & attrs == 0
+        && desc_addr(cfg, d, lsb) == base.wrapping_add(j << lsb)
 }
 
 /// Returns the permissions the descriptor would give once its dirty state is

@@ -739,3 +739,52 @@ fn nested_cached_entry_reports_the_denying_stage() {
         (EventType::FPermission, true, ipa + 0x10)
     );
 }
+
+#[test]
+fn contiguous_hint_is_checked() {
+    let mut h = H::new(ModelConfig::default());
+    let pt = s1_setup(&mut h, 12, 48);
+    let block = MEM_BASE + (1 << 20); // 64 KiB aligned
+    const CONT: u64 = 1 << 52;
+    for i in 0..16u64 {
+        pt.map(
+            &h,
+            0x10_0000 + i * 0x1000,
+            block + i * 0x1000,
+            3,
+            S1_RW | CONT,
+        );
+    }
+    let r = |va| DmaRequest::read(SID, va, 4).privileged();
+    assert_eq!(h.smmu.translate(&r(0x10_5008)).unwrap().pa, block + 0x5008);
+    // One member pointing elsewhere: the run is misprogrammed.
+    for i in 0..16u64 {
+        pt.map(
+            &h,
+            0x20_0000 + i * 0x1000,
+            block + i * 0x1000,
+            3,
+            S1_RW | CONT,
+        );
+    }
+    pt.map(&h, 0x20_7000, block + 0x9000, 3, S1_RW | CONT);
+    assert_eq!(
+        h.smmu.translate(&r(0x20_3000)).unwrap_err().event_type(),
+        Some(EventType::FTlbConflict)
+    );
+    // A run whose output is not aligned to 64 KiB.
+    for i in 0..16u64 {
+        pt.map(
+            &h,
+            0x30_0000 + i * 0x1000,
+            block + 0x1000 + i * 0x1000,
+            3,
+            S1_RW | CONT,
+        );
+    }
+    assert_eq!(
+        h.smmu.translate(&r(0x30_0000)).unwrap_err().event_type(),
+        Some(EventType::FTlbConflict)
+    );
+    assert_eq!(h.events().len(), 2, "always recorded");
+}

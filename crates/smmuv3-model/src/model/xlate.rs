@@ -875,6 +875,70 @@ impl State {
         Some(t)
     }
 
+    /// Serves a TLB hit of an already cached context by reference, without
+    /// building the fault-reporting state the full path needs.
+    #[inline]
+    fn cached_hit(&mut self, req: &DmaRequest, iova: u64) -> Option<Translation> {
+        if self.regs.cr0 & cr0::SMMUEN == 0 || req.ats_translated || self.trace.is_some() {
+            return None;
+        }
+        let key = (req.sid, req.ssid.unwrap_or(NO_SSID));
+        let ctx = self.ctx_cache.get(&key)?;
+        if ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
+            return None;
+        }
+        let ia = match ctx.mode {
+            Mode::S2 => iova,
+            Mode::S1 | Mode::Nested => {
+                let cd = ctx.cd.as_ref()?;
+                let sel = usize::from(iova >> 55 & 1 == 1);
+                let tt = cd.tt[sel].as_ref()?;
+                let hi = if cd.tbi[sel] { 55 } else { 63 };
+                let top = crate::layout::bits(iova, hi, tt.ias);
+                let ones = (1u64 << (hi - tt.ias + 1)) - 1;
+                let want = if sel == 0 { 0 } else { ones };
+                if top != want {
+                    return None;
+                }
+                let low = iova & ((1u64 << tt.ias) - 1);
+                if sel == 1 {
+                    low | !((1u64 << tt.ias) - 1)
+                } else {
+                    low
+                }
+            }
+            _ => return None,
+        };
+        let acc = Access {
+            write: req.write,
+            privileged: req.privileged,
+            instruction: req.instruction && !req.write,
+        };
+        let e = *self.tlb.lookup(ctx.tag, ia, &ctx.sizes[..ctx.nsizes])?;
+        if !e.perms.allows(acc) {
+            return None;
+        }
+        self.stats.tlb_hits += 1;
+        self.stats.ste_hits += 1;
+        if ia == iova {
+            self.last = Some(super::LastHit {
+                sid: key.0,
+                ssid: key.1,
+                page: ia >> e.size_log2,
+                size_log2: e.size_log2,
+                out_base: e.out_base,
+                perms: e.perms,
+            });
+        }
+        let off = ia & ((1 << e.size_log2) - 1);
+        Some(Translation {
+            pa: e.out_base + off,
+            bytes_left: (1 << e.size_log2) - off,
+            bypass: false,
+            tlb_hit: true,
+        })
+    }
+
     fn remember(&mut self, ctx: &Ctx, ev: Event, ia: u64, e: &TlbEntry) {
         if ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
             return;
@@ -896,6 +960,9 @@ impl State {
     ) -> Result<Translation, DmaFault> {
         self.stats.translations += 1;
         if let Some(t) = self.last_hit(req, iova) {
+            return Ok(t);
+        }
+        if let Some(t) = self.cached_hit(req, iova) {
             return Ok(t);
         }
         match self.translate_inner(req, iova) {
@@ -1105,7 +1172,7 @@ impl State {
         let leaf = match r {
             Ok(l) => l,
             Err(f) => {
-                if f.kind == EventType::FWalkEabt {
+                if !f.kind.is_translation_fault() {
                     return Err(Stop::Config(Event {
                         kind: f.kind,
                         class: FaultClass::TableWalk,
