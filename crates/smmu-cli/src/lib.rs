@@ -7,3 +7,4 @@
 
 pub mod decode;
 pub mod pgtable_demo;
+pub mod system_demo;

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use smmu_cli::{decode, pgtable_demo};
+use smmu_cli::{decode, pgtable_demo, system_demo};
 
 #[derive(Parser)]
 #[command(
@@ -18,8 +18,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the end-to-end demonstration (the default).
-    Demo,
+    /// Run the end-to-end demonstration on the software SMMU (the default).
+    Demo {
+        /// Scatter-gather DMA operations to run.
+        #[arg(long, default_value_t = 2000)]
+        ops: u64,
+        /// Make the SMMU's memory accesses coherent with the CPU caches
+        /// (default: non-coherent, the stricter check).
+        #[arg(long)]
+        coherent: bool,
+        /// Workload seed.
+        #[arg(long, default_value_t = 0x5eed)]
+        seed: u64,
+    },
     /// Map a scatter-gather list on a non-coherent walker and report the cost.
     Pgtable,
     /// Decode hex words of an SMMUv3 structure or a page-table descriptor.
@@ -95,8 +106,17 @@ fn run_decode(what: DecodeWhat) -> Result<(), String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.cmd.unwrap_or(Cmd::Demo) {
-        Cmd::Demo | Cmd::Pgtable => pgtable(),
+    let result = match cli.cmd.unwrap_or(Cmd::Demo {
+        ops: 2000,
+        coherent: false,
+        seed: 0x5eed,
+    }) {
+        Cmd::Demo {
+            ops,
+            coherent,
+            seed,
+        } => demo(ops, coherent, seed),
+        Cmd::Pgtable => pgtable(),
         Cmd::Decode { what } => run_decode(what),
     };
     match result {
@@ -119,4 +139,27 @@ fn pgtable() -> Result<(), String> {
         return Err("the walker does not see what the CPU wrote".into());
     }
     Ok(())
+}
+
+fn demo(ops: u64, coherent: bool, seed: u64) -> Result<(), String> {
+    pgtable()?;
+    println!();
+    println!("smmuv3: the driver on the software SMMU, end to end");
+    let opts = system_demo::DemoOptions {
+        ops,
+        coherency: if coherent {
+            sim_memory::Coherency::Coherent
+        } else {
+            sim_memory::Coherency::NonCoherent
+        },
+        seed,
+        ..Default::default()
+    };
+    let report = system_demo::run(opts)?;
+    println!("{}", system_demo::render(&report));
+    if report.ok() {
+        Ok(())
+    } else {
+        Err("the demo saw wrong data, a stale translation or an unexpected fault".into())
+    }
 }
