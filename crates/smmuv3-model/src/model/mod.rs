@@ -70,6 +70,8 @@ struct LastHit {
 
 pub(crate) struct State {
     last: Option<LastHit>,
+    /// The hit path just found no TLB entry for this translation.
+    known_miss: bool,
     cfg: ModelConfig,
     ids: IdRegs,
     mem: Arc<SimMemory>,
@@ -189,6 +191,7 @@ impl SmmuModel {
         let tlb = Tlb::new(config.tlb_capacity);
         let state = State {
             last: None,
+            known_miss: false,
             cfg: config,
             ids,
             mem: memory.clone(),

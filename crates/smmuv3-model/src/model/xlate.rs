@@ -914,7 +914,11 @@ impl State {
             privileged: req.privileged,
             instruction: req.instruction && !req.write,
         };
-        let e = *self.tlb.lookup(ctx.tag, ia, &ctx.sizes[..ctx.nsizes])?;
+        let Some(&e) = self.tlb.lookup(ctx.tag, ia, &ctx.sizes[..ctx.nsizes]) else {
+            // The full path need not look again.
+            self.known_miss = ctx.mode != Mode::S2;
+            return None;
+        };
         if !e.perms.allows(acc) {
             return None;
         }
@@ -959,6 +963,7 @@ impl State {
         iova: u64,
     ) -> Result<Translation, DmaFault> {
         self.stats.translations += 1;
+        self.known_miss = false;
         if let Some(t) = self.last_hit(req, iova) {
             return Ok(t);
         }
@@ -1088,11 +1093,14 @@ impl State {
             None
         };
 
-        if let Some(e) = self
-            .tlb
-            .lookup(tag, key_va, &ctx.sizes[..ctx.nsizes])
-            .copied()
-        {
+        let cached = if std::mem::take(&mut self.known_miss) {
+            None
+        } else {
+            self.tlb
+                .lookup(tag, key_va, &ctx.sizes[..ctx.nsizes])
+                .copied()
+        };
+        if let Some(e) = cached {
             let off = key_va & ((1 << e.size_log2) - 1);
             if e.perms.allows(acc) {
                 self.stats.tlb_hits += 1;
