@@ -156,7 +156,43 @@ impl Edu {
         )
     }
 
-    fn transfer(
+    /// Starts copying `len` bytes from the device buffer at `offset` to bus
+    /// address `bus`; [`Edu::wait`] waits for it.
+    ///
+    /// # Errors
+    ///
+    /// See [`EduError`].
+    pub fn start_device_to_bus(
+        &mut self,
+        offset: usize,
+        bus: u64,
+        len: usize,
+    ) -> Result<(), EduError> {
+        self.start(
+            BUFFER_BASE + offset as u64,
+            bus,
+            offset,
+            len,
+            reg::CMD_TO_BUS,
+        )
+    }
+
+    /// Waits (bounded) for the running transfer to complete.
+    ///
+    /// # Errors
+    ///
+    /// [`EduError::Timeout`].
+    pub fn wait(&mut self) -> Result<(), EduError> {
+        if !timer::wait_until(DMA_TIMEOUT_US, || {
+            self.read64(reg::DMA_CMD) & reg::CMD_RUN == 0
+        }) {
+            return Err(EduError::Timeout);
+        }
+        crate::arch::dsb_sy();
+        Ok(())
+    }
+
+    fn start(
         &mut self,
         src: u64,
         dst: u64,
@@ -176,12 +212,18 @@ impl Edu {
         self.write64(reg::DMA_DST, dst);
         self.write64(reg::DMA_COUNT, len as u64);
         self.write64(reg::DMA_CMD, reg::CMD_RUN | dir);
-        if !timer::wait_until(DMA_TIMEOUT_US, || {
-            self.read64(reg::DMA_CMD) & reg::CMD_RUN == 0
-        }) {
-            return Err(EduError::Timeout);
-        }
-        crate::arch::dsb_sy();
         Ok(())
+    }
+
+    fn transfer(
+        &mut self,
+        src: u64,
+        dst: u64,
+        offset: usize,
+        len: usize,
+        dir: u64,
+    ) -> Result<(), EduError> {
+        self.start(src, dst, offset, len, dir)?;
+        self.wait()
     }
 }

@@ -84,5 +84,7 @@ scenarios! {
     pass "unmap-then-fault" => virt_unmap_then_fault, virt91_unmap_then_fault;
     pass "scatter-gather-blocks" => virt_scatter_gather_blocks, virt91_scatter_gather_blocks;
     pass "granules-dma" => virt_granules_dma, virt91_granules_dma;
+    pass "event-overflow" => virt_event_overflow, virt91_event_overflow;
     pass "ste-transitions" => virt_ste_transitions, virt91_ste_transitions;
+    pass "ste-switch-under-dma" => virt_ste_switch_under_dma, virt91_ste_switch_under_dma;
 }

@@ -25,7 +25,7 @@ use alloc::string::String;
 use core::fmt;
 
 pub use platform::{
-    DeviceError, DmaBuffer, DmaDevice, IdProfile, Platform, QEMU_VIRT, QEMU_VIRT_9_1,
+    DeviceError, DmaBuffer, DmaDevice, IdProfile, Leniency, Platform, QEMU_VIRT, QEMU_VIRT_9_1,
 };
 pub use scenarios::SCENARIOS;
 

@@ -35,6 +35,37 @@ pub trait DmaDevice {
     ///
     /// As for [`DmaDevice::read_from_bus`].
     fn write_to_bus(&mut self, offset: usize, iova: u64, len: usize) -> Result<(), DeviceError>;
+
+    /// Starts a DMA write like [`DmaDevice::write_to_bus`] without waiting
+    /// for it; [`DmaDevice::finish`] waits. A device whose transfers are
+    /// instantaneous (the default) completes it here.
+    ///
+    /// # Errors
+    ///
+    /// As for [`DmaDevice::read_from_bus`].
+    fn start_write_to_bus(
+        &mut self,
+        offset: usize,
+        iova: u64,
+        len: usize,
+    ) -> Result<(), DeviceError> {
+        self.write_to_bus(offset, iova, len)
+    }
+
+    /// Waits for the transfer started by [`DmaDevice::start_write_to_bus`].
+    ///
+    /// # Errors
+    ///
+    /// [`DeviceError::Timeout`] when it does not complete in time.
+    fn finish(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    /// Returns whether transfers really run in the background (so a
+    /// configuration change can race with one in flight).
+    fn is_asynchronous(&self) -> bool {
+        false
+    }
 }
 
 /// A DMA request that did not run or finish.
@@ -99,6 +130,16 @@ pub const QEMU_VIRT_9_1: IdProfile = IdProfile {
     aidr: 1,
 };
 
+/// Known, documented ways an SMMU implementation departs from the
+/// architecture, which scenarios tolerate (and report) rather than fail on.
+/// Each one is listed with its evidence in `baremetal/README.md`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Leniency {
+    /// A full event queue drops events without toggling EVENTQ_PROD.OVFLG
+    /// (QEMU 10).
+    pub no_eventq_overflow_flag: bool,
+}
+
 /// A machine the scenarios run on.
 ///
 /// Handles are returned by value because the driver owns its register
@@ -128,6 +169,12 @@ pub trait Platform {
 
     /// Returns the ID registers this machine must present, when known.
     fn expected_ids(&self) -> Option<IdProfile>;
+
+    /// Returns the departures from the architecture this machine is known
+    /// for (none by default).
+    fn leniency(&self) -> Leniency {
+        Leniency::default()
+    }
 
     /// Returns the RAM the device may reach: `(base, size)`. Scenarios that
     /// identity map memory at stage 2 map this range.

@@ -28,11 +28,24 @@ const SID: u32 = 0x8;
 const DEV_BUF: usize = 4096;
 
 /// An edu-like device: copies between its buffer and bus addresses through
-/// the model. Like edu, a transfer the SMMU terminates still "completes";
-/// the evidence is the event queue and the untouched memory.
+/// the model. Like edu under QEMU, a transfer goes out as 4-byte beats (so a
+/// faulting transfer raises one event per beat), and a transfer the SMMU
+/// terminates still "completes": the evidence is the event queue and the
+/// untouched memory.
 struct SimDevice {
     model: Arc<SmmuModel>,
     buf: Vec<u8>,
+}
+
+/// Bytes per bus beat.
+const BEAT: usize = 4;
+
+fn range(offset: usize, len: usize) -> Result<std::ops::Range<usize>, DeviceError> {
+    let end = offset
+        .checked_add(len)
+        .filter(|&e| e <= DEV_BUF && len > 0)
+        .ok_or(DeviceError::OutOfBuffer)?;
+    Ok(offset..end)
 }
 
 impl DmaDevice for SimDevice {
@@ -45,30 +58,30 @@ impl DmaDevice for SimDevice {
     }
 
     fn read_from_bus(&mut self, iova: u64, offset: usize, len: usize) -> Result<(), DeviceError> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= DEV_BUF && len > 0)
-            .ok_or(DeviceError::OutOfBuffer)?;
-        let mut tmp = vec![0u8; len];
-        if self
-            .model
-            .dma_read(&DmaRequest::read(SID, iova, len as u64), &mut tmp)
-            .is_ok()
-        {
-            self.buf[offset..end].copy_from_slice(&tmp);
+        let r = range(offset, len)?;
+        for (i, chunk) in self.buf[r].chunks_mut(BEAT).enumerate() {
+            let at = iova + (i * BEAT) as u64;
+            let mut beat = [0u8; BEAT];
+            let beat = &mut beat[..chunk.len()];
+            if self
+                .model
+                .dma_read(&DmaRequest::read(SID, at, beat.len() as u64), beat)
+                .is_ok()
+            {
+                chunk.copy_from_slice(beat);
+            }
         }
         Ok(())
     }
 
     fn write_to_bus(&mut self, offset: usize, iova: u64, len: usize) -> Result<(), DeviceError> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= DEV_BUF && len > 0)
-            .ok_or(DeviceError::OutOfBuffer)?;
-        let _ = self.model.dma_write(
-            &DmaRequest::write(SID, iova, len as u64),
-            &self.buf[offset..end],
-        );
+        let r = range(offset, len)?;
+        for (i, chunk) in self.buf[r].chunks(BEAT).enumerate() {
+            let at = iova + (i * BEAT) as u64;
+            let _ = self
+                .model
+                .dma_write(&DmaRequest::write(SID, at, chunk.len() as u64), chunk);
+        }
         Ok(())
     }
 }
@@ -223,5 +236,7 @@ scenarios! {
     pass unmap_then_fault = "unmap-then-fault";
     pass scatter_gather_blocks = "scatter-gather-blocks";
     pass granules_dma = "granules-dma";
+    pass event_overflow = "event-overflow";
     pass ste_transitions = "ste-transitions";
+    pass ste_switch_under_dma = "ste-switch-under-dma";
 }

@@ -4,6 +4,8 @@ mod blocks;
 mod bypass;
 mod faults;
 mod granules;
+mod inflight;
+mod overflow;
 mod probe;
 mod tlb;
 mod transitions;
@@ -38,7 +40,9 @@ pub const SCENARIOS: &[&str] = &[
     "unmap-then-fault",
     "scatter-gather-blocks",
     "granules-dma",
+    "event-overflow",
     "ste-transitions",
+    "ste-switch-under-dma",
 ];
 
 /// Returns every scenario for platform `P`, in run order.
@@ -104,8 +108,16 @@ pub(crate) fn all<P: Platform>() -> Vec<Scenario<P>> {
             run: granules::run,
         },
         Scenario {
+            name: "event-overflow",
+            run: overflow::run,
+        },
+        Scenario {
             name: "ste-transitions",
             run: transitions::run,
+        },
+        Scenario {
+            name: "ste-switch-under-dma",
+            run: inflight::run,
         },
     ];
     debug_assert!(list.iter().map(|s| s.name).eq(SCENARIOS.iter().copied()));
