@@ -470,3 +470,48 @@ fn stalled_fault_waits_for_resume() {
     h.sync();
     assert!(h.smmu.stalled().is_empty());
 }
+
+#[test]
+fn el2_entries_need_el2_invalidation_and_vaa_ignores_asid() {
+    let cfg = ModelConfig {
+        hyp: true,
+        ..ModelConfig::default()
+    };
+    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 4 << 20);
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
+    let mut s = ste_s1(cdp, 0, 0, 0);
+    s[1] |= 0b10 << 30; // STRW = EL2
+    h.set_ste(SID, s);
+    let a = h.alloc(4096);
+    let b = h.alloc(4096);
+    pt.map(&h, 0x1000, a, 3, S1_RW);
+    let req = DmaRequest::read(SID, 0x1000, 4).privileged();
+    assert_eq!(h.smmu.translate(&req).unwrap().pa, a);
+    pt.map(&h, 0x1000, b, 3, S1_RW);
+    h.cmd(op::TLBI_NH_ALL as u64, 0);
+    h.cmd(op::TLBI_NSNH_ALL as u64, 0);
+    h.sync();
+    assert_eq!(
+        h.smmu.translate(&req).unwrap().pa,
+        a,
+        "EL2 entries survive NH/NSNH"
+    );
+    h.cmd(op::TLBI_EL2_ALL as u64, 0);
+    h.sync();
+    assert_eq!(h.smmu.translate(&req).unwrap().pa, b);
+
+    // TLBI_NH_VAA: any ASID at that address.
+    let (mut h, pt) = s1_model(ModelConfig::default(), 12);
+    pt.map(&h, 0x1000, a, 3, S1_RW);
+    assert_eq!(h.smmu.translate(&req).unwrap().pa, a);
+    pt.map(&h, 0x1000, b, 3, S1_RW);
+    h.cmd(op::TLBI_NH_VAA as u64, 0x2000);
+    h.sync();
+    assert_eq!(h.smmu.translate(&req).unwrap().pa, a, "other address");
+    h.cmd(op::TLBI_NH_VAA as u64, 0x1000);
+    h.sync();
+    assert_eq!(h.smmu.translate(&req).unwrap().pa, b);
+}
