@@ -1,6 +1,7 @@
 //! Command queue consumption and command semantics.
 
 use super::State;
+use super::xlate::ctx_key_sid;
 use crate::config::StallModel;
 use crate::layout::{CMD_SIZE, RawCmd, op, sync_cs};
 use crate::regs::{cerror, cr0, gerror, irq_ctrl, queue};
@@ -171,7 +172,7 @@ impl State {
                 if !c.leaf() {
                     self.l1cd_cache.retain(|k, _| k.0 != sid);
                 }
-                self.ctx_cache.retain(|k, _| k.0 != sid);
+                self.ctx_cache.retain(|k, _| ctx_key_sid(*k) != sid);
                 Ok(())
             }
             op::CFGI_CD_ALL => {
@@ -181,7 +182,7 @@ impl State {
                 let sid = c.sid();
                 self.cd_cache.retain(|k, _| k.0 != sid);
                 self.l1cd_cache.retain(|k, _| k.0 != sid);
-                self.ctx_cache.retain(|k, _| k.0 != sid);
+                self.ctx_cache.retain(|k, _| ctx_key_sid(*k) != sid);
                 Ok(())
             }
             op::TLBI_NH_ALL if s1 => {
@@ -331,7 +332,7 @@ impl State {
         self.ste_cache.retain(|k, _| !inr(k));
         self.cd_cache.retain(|k, _| !inr(&k.0));
         self.l1cd_cache.retain(|k, _| !inr(&k.0));
-        self.ctx_cache.retain(|k, _| !inr(&k.0));
+        self.ctx_cache.retain(|k, _| !inr(&ctx_key_sid(*k)));
         if l1 {
             let split = self.strtab_split();
             self.l1std_cache.retain(|k, _| {

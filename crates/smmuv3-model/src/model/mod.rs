@@ -80,7 +80,7 @@ pub(crate) struct State {
     l1std_cache: FastMap<u32, u64>,
     cd_cache: FastMap<(u32, u32), Cd>,
     l1cd_cache: FastMap<(u32, u32), u64>,
-    ctx_cache: FastMap<(u32, u32), Ctx>,
+    ctx_cache: FastMap<u64, Ctx>,
     tlb: Tlb,
     stats: Stats,
     trace: Option<(usize, Vec<TraceEntry>)>,

@@ -16,6 +16,18 @@ use crate::{DmaFault, DmaRequest, Termination, Translation};
 /// Key of "no SubstreamID" in the per-(sid, ssid) caches.
 const NO_SSID: u32 = u32::MAX;
 
+/// Returns the context-cache key of a (StreamID, SubstreamID) pair.
+#[inline]
+pub(crate) fn ctx_key(sid: u32, ssid: u32) -> u64 {
+    u64::from(sid) << 32 | u64::from(ssid)
+}
+
+/// Returns the StreamID of a context-cache key.
+#[inline]
+pub(crate) fn ctx_key_sid(key: u64) -> u32 {
+    (key >> 32) as u32
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct S1Ste {
     ctx_ptr: u64,
@@ -565,7 +577,7 @@ impl State {
     }
 
     fn context(&mut self, sid: u32, ssid: Option<u32>, base_ev: Event) -> Result<Ctx, Stop> {
-        let key = (sid, ssid.unwrap_or(NO_SSID));
+        let key = ctx_key(sid, ssid.unwrap_or(NO_SSID));
         if let Some(c) = self.ctx_cache.get(&key) {
             self.stats.ste_hits += 1;
             return Ok(*c);
@@ -882,8 +894,8 @@ impl State {
         if self.regs.cr0 & cr0::SMMUEN == 0 || req.ats_translated || self.trace.is_some() {
             return None;
         }
-        let key = (req.sid, req.ssid.unwrap_or(NO_SSID));
-        let ctx = self.ctx_cache.get(&key)?;
+        let (sid, ssid) = (req.sid, req.ssid.unwrap_or(NO_SSID));
+        let ctx = self.ctx_cache.get(&ctx_key(sid, ssid))?;
         if ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
             return None;
         }
@@ -926,8 +938,8 @@ impl State {
         self.stats.ste_hits += 1;
         if ia == iova {
             self.last = Some(super::LastHit {
-                sid: key.0,
-                ssid: key.1,
+                sid,
+                ssid,
                 page: ia >> e.size_log2,
                 size_log2: e.size_log2,
                 out_base: e.out_base,
