@@ -52,23 +52,23 @@ impl RawSte {
     pub fn valid(&self) -> bool {
         bit(self.0[0], 0)
     }
-    /// STE.Config, bits [3:1].
+    /// STE.Config, bits \[3:1\].
     pub fn config(&self) -> u64 {
         bits(self.0[0], 3, 1)
     }
-    /// STE.S1Fmt, bits [5:4].
+    /// STE.S1Fmt, bits \[5:4\].
     pub fn s1fmt(&self) -> u64 {
         bits(self.0[0], 5, 4)
     }
-    /// STE.S1ContextPtr, bits [51:6].
+    /// STE.S1ContextPtr, bits \[51:6\].
     pub fn s1_context_ptr(&self) -> u64 {
         self.0[0] & addr_mask(6)
     }
-    /// STE.S1CDMax, bits [63:59].
+    /// STE.S1CDMax, bits \[63:59\].
     pub fn s1cdmax(&self) -> u32 {
         bits(self.0[0], 63, 59) as u32
     }
-    /// STE.S1DSS, bits [65:64].
+    /// STE.S1DSS, bits \[65:64\].
     pub fn s1dss(&self) -> u64 {
         bits(self.0[1], 1, 0)
     }
@@ -76,39 +76,39 @@ impl RawSte {
     pub fn s1stalld(&self) -> bool {
         bit(self.0[1], 27)
     }
-    /// STE.EATS, bits [93:92].
+    /// STE.EATS, bits \[93:92\].
     pub fn eats(&self) -> u64 {
         bits(self.0[1], 29, 28)
     }
-    /// STE.STRW, bits [95:94].
+    /// STE.STRW, bits \[95:94\].
     pub fn strw(&self) -> u64 {
         bits(self.0[1], 31, 30)
     }
-    /// STE.PRIVCFG, bits [113:112].
+    /// STE.PRIVCFG, bits \[113:112\].
     pub fn privcfg(&self) -> u64 {
         bits(self.0[1], 49, 48)
     }
-    /// STE.INSTCFG, bits [115:114].
+    /// STE.INSTCFG, bits \[115:114\].
     pub fn instcfg(&self) -> u64 {
         bits(self.0[1], 51, 50)
     }
-    /// STE.S2VMID, bits [143:128].
+    /// STE.S2VMID, bits \[143:128\].
     pub fn s2vmid(&self) -> u16 {
         bits(self.0[2], 15, 0) as u16
     }
-    /// STE.S2T0SZ, bits [165:160].
+    /// STE.S2T0SZ, bits \[165:160\].
     pub fn s2t0sz(&self) -> u32 {
         bits(self.0[2], 37, 32) as u32
     }
-    /// STE.S2SL0, bits [167:166].
+    /// STE.S2SL0, bits \[167:166\].
     pub fn s2sl0(&self) -> u32 {
         bits(self.0[2], 39, 38) as u32
     }
-    /// STE.S2TG, bits [175:174] (0 = 4K, 1 = 64K, 2 = 16K).
+    /// STE.S2TG, bits \[175:174\] (0 = 4K, 1 = 64K, 2 = 16K).
     pub fn s2tg(&self) -> u64 {
         bits(self.0[2], 47, 46)
     }
-    /// STE.S2PS, bits [178:176].
+    /// STE.S2PS, bits \[178:176\].
     pub fn s2ps(&self) -> u64 {
         bits(self.0[2], 50, 48)
     }
@@ -144,7 +144,7 @@ impl RawSte {
     pub fn s2r(&self) -> bool {
         bit(self.0[2], 58)
     }
-    /// STE.S2TTB, bits [243:196].
+    /// STE.S2TTB, bits \[243:196\].
     pub fn s2ttb(&self) -> u64 {
         self.0[3] & addr_mask(4)
     }
@@ -175,7 +175,7 @@ impl RawCd {
     pub fn valid(&self) -> bool {
         bit(self.0[0], 31)
     }
-    /// CD.IPS, bits [34:32].
+    /// CD.IPS, bits \[34:32\].
     pub fn ips(&self) -> u64 {
         bits(self.0[0], 34, 32)
     }
@@ -187,7 +187,7 @@ impl RawCd {
     pub fn wxn(&self) -> bool {
         bit(self.0[0], 36)
     }
-    /// CD.TBI, bits [39:38].
+    /// CD.TBI, bits \[39:38\].
     pub fn tbi(&self) -> u64 {
         bits(self.0[0], 39, 38)
     }
@@ -219,7 +219,7 @@ impl RawCd {
     pub fn abort(&self) -> bool {
         bit(self.0[0], 46)
     }
-    /// CD.ASID, bits [63:48].
+    /// CD.ASID, bits \[63:48\].
     pub fn asid(&self) -> u16 {
         bits(self.0[0], 63, 48) as u16
     }
@@ -227,7 +227,7 @@ impl RawCd {
     pub fn had(&self, sel: u32) -> bool {
         bit(self.0[1 + sel as usize], 1)
     }
-    /// CD.TTB0 / CD.TTB1, bits [51:4] of word 1 / 2.
+    /// CD.TTB0 / CD.TTB1, bits \[51:4\] of word 1 / 2.
     pub fn ttb(&self, sel: u32) -> u64 {
         self.0[1 + sel as usize] & addr_mask(4)
     }
@@ -237,11 +237,11 @@ impl RawCd {
     }
 }
 
-/// Level-1 stream table descriptor: Span, bits [4:0].
+/// Level-1 stream table descriptor: Span, bits \[4:0\].
 pub fn l1std_span(d: u64) -> u32 {
     bits(d, 4, 0) as u32
 }
-/// Level-1 stream table descriptor: L2Ptr, bits [51:6].
+/// Level-1 stream table descriptor: L2Ptr, bits \[51:6\].
 pub fn l1std_l2ptr(d: u64) -> u64 {
     d & addr_mask(6)
 }
@@ -249,12 +249,12 @@ pub fn l1std_l2ptr(d: u64) -> u64 {
 pub fn l1cd_valid(d: u64) -> bool {
     bit(d, 0)
 }
-/// Level-1 CD descriptor: L2Ptr, bits [51:12].
+/// Level-1 CD descriptor: L2Ptr, bits \[51:12\].
 pub fn l1cd_l2ptr(d: u64) -> u64 {
     d & addr_mask(12)
 }
 
-/// Command opcodes (bits [7:0] of the first word).
+/// Command opcodes (bits \[7:0\] of the first word).
 pub mod op {
     /// CMD_PREFETCH_CONFIG.
     pub const PREFETCH_CONFIG: u8 = 0x01;
@@ -342,7 +342,7 @@ pub fn opcode_name(op: u8) -> Option<&'static str> {
 pub struct RawCmd(pub [u64; 2]);
 
 impl RawCmd {
-    /// Opcode, bits [7:0].
+    /// Opcode, bits \[7:0\].
     pub fn opcode(&self) -> u8 {
         bits(self.0[0], 7, 0) as u8
     }
@@ -354,11 +354,11 @@ impl RawCmd {
     pub fn ssv(&self) -> bool {
         bit(self.0[0], 11)
     }
-    /// SubstreamID, bits [31:12].
+    /// SubstreamID, bits \[31:12\].
     pub fn ssid(&self) -> u32 {
         bits(self.0[0], 31, 12) as u32
     }
-    /// StreamID, bits [63:32].
+    /// StreamID, bits \[63:32\].
     pub fn sid(&self) -> u32 {
         bits(self.0[0], 63, 32) as u32
     }
@@ -366,63 +366,63 @@ impl RawCmd {
     pub fn leaf(&self) -> bool {
         bit(self.0[1], 0)
     }
-    /// CFGI_STE_RANGE.Range, bits [68:64].
+    /// CFGI_STE_RANGE.Range, bits \[68:64\].
     pub fn range(&self) -> u32 {
         bits(self.0[1], 4, 0) as u32
     }
-    /// TLBI NUM, bits [16:12].
+    /// TLBI NUM, bits \[16:12\].
     pub fn num(&self) -> u32 {
         bits(self.0[0], 16, 12) as u32
     }
-    /// TLBI SCALE, bits [24:20].
+    /// TLBI SCALE, bits \[24:20\].
     pub fn scale(&self) -> u32 {
         bits(self.0[0], 24, 20) as u32
     }
-    /// TLBI VMID, bits [47:32].
+    /// TLBI VMID, bits \[47:32\].
     pub fn vmid(&self) -> u16 {
         bits(self.0[0], 47, 32) as u16
     }
-    /// TLBI ASID, bits [63:48].
+    /// TLBI ASID, bits \[63:48\].
     pub fn asid(&self) -> u16 {
         bits(self.0[0], 63, 48) as u16
     }
-    /// TLBI TTL, bits [73:72].
+    /// TLBI TTL, bits \[73:72\].
     pub fn ttl(&self) -> u32 {
         bits(self.0[1], 9, 8) as u32
     }
-    /// TLBI TG, bits [75:74].
+    /// TLBI TG, bits \[75:74\].
     pub fn tg(&self) -> u32 {
         bits(self.0[1], 11, 10) as u32
     }
-    /// TLBI_NH_VA address, bits [127:76] (the full VA[63:12]).
+    /// TLBI_NH_VA address, bits \[127:76\] (the full VA\[63:12\]).
     pub fn va(&self) -> u64 {
         self.0[1] & !0xfff
     }
-    /// TLBI_S2_IPA address, bits [115:76] (IPA[51:12]).
+    /// TLBI_S2_IPA address, bits \[115:76\] (IPA\[51:12\]).
     pub fn ipa(&self) -> u64 {
         self.0[1] & addr_mask(12)
     }
-    /// CMD_SYNC.CS, bits [13:12].
+    /// CMD_SYNC.CS, bits \[13:12\].
     pub fn sync_cs(&self) -> u32 {
         bits(self.0[0], 13, 12) as u32
     }
-    /// CMD_SYNC.MSIData, bits [63:32].
+    /// CMD_SYNC.MSIData, bits \[63:32\].
     pub fn sync_msi_data(&self) -> u32 {
         bits(self.0[0], 63, 32) as u32
     }
-    /// CMD_SYNC.MSIAddress, bits [115:66].
+    /// CMD_SYNC.MSIAddress, bits \[115:66\].
     pub fn sync_msi_addr(&self) -> u64 {
         self.0[1] & addr_mask(2)
     }
-    /// ATC_INV.Size, bits [69:64].
+    /// ATC_INV.Size, bits \[69:64\].
     pub fn atc_size(&self) -> u32 {
         bits(self.0[1], 5, 0) as u32
     }
-    /// RESUME.STAG, bits [79:64].
+    /// RESUME.STAG, bits \[79:64\].
     pub fn stag(&self) -> u16 {
         bits(self.0[1], 15, 0) as u16
     }
-    /// RESUME.Action, bits [13:12] (0b00 retry, 0b01 abort).
+    /// RESUME.Action, bits \[13:12\] (0b00 retry, 0b01 abort).
     pub fn resume_action(&self) -> u32 {
         bits(self.0[0], 13, 12) as u32
     }

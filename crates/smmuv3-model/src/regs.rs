@@ -89,7 +89,7 @@ pub mod cr0 {
     pub const CMDQEN: u32 = 1 << 3;
     /// ATSCHK.
     pub const ATSCHK: u32 = 1 << 4;
-    /// VMW, bits [8:6].
+    /// VMW, bits \[8:6\].
     pub const VMW_MASK: u32 = 0x7 << 6;
 }
 
@@ -142,13 +142,13 @@ pub mod irq_ctrl {
 
 /// Queue registers (SMMU_*Q_BASE / PROD / CONS) fields.
 pub mod queue {
-    /// Base register LOG2SIZE, bits [4:0].
+    /// Base register LOG2SIZE, bits \[4:0\].
     pub const LOG2SIZE_MASK: u64 = 0x1f;
-    /// Base register ADDR, bits [51:5].
+    /// Base register ADDR, bits \[51:5\].
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_ffe0;
     /// Base register RA/WA hint, bit 62.
     pub const ALLOC_HINT: u64 = 1 << 62;
-    /// CMDQ_CONS.ERR, bits [30:24].
+    /// CMDQ_CONS.ERR, bits \[30:24\].
     pub const CONS_ERR_SHIFT: u32 = 24;
     /// CMDQ_CONS.ERR mask (after shifting).
     pub const CONS_ERR_MASK: u32 = 0x7f;
@@ -160,15 +160,15 @@ pub mod queue {
 
 /// SMMU_STRTAB_BASE / SMMU_STRTAB_BASE_CFG fields.
 pub mod strtab {
-    /// STRTAB_BASE.ADDR, bits [51:6].
+    /// STRTAB_BASE.ADDR, bits \[51:6\].
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_ffc0;
     /// STRTAB_BASE.RA, bit 62.
     pub const RA: u64 = 1 << 62;
-    /// STRTAB_BASE_CFG.LOG2SIZE, bits [5:0].
+    /// STRTAB_BASE_CFG.LOG2SIZE, bits \[5:0\].
     pub const LOG2SIZE_MASK: u32 = 0x3f;
-    /// STRTAB_BASE_CFG.SPLIT shift (bits [10:6]).
+    /// STRTAB_BASE_CFG.SPLIT shift (bits \[10:6\]).
     pub const SPLIT_SHIFT: u32 = 6;
-    /// STRTAB_BASE_CFG.FMT shift (bits [17:16]).
+    /// STRTAB_BASE_CFG.FMT shift (bits \[17:16\]).
     pub const FMT_SHIFT: u32 = 16;
     /// Writable bits of STRTAB_BASE_CFG.
     pub const CFG_MASK: u32 = 0x3 << 16 | 0x1f << 6 | 0x3f;

@@ -26,7 +26,7 @@ pub(crate) struct TableCfg {
     pub ttb: u64,
     /// Output address size in bits (IPS / S2PS after capping).
     pub oas: u32,
-    /// 64K-granule descriptors carry OA[51:48] in bits [15:12].
+    /// 64K-granule descriptors carry OA\[51:48\] in bits \[15:12\].
     pub pa52: bool,
     /// Stage 2 table (S2AP / XN formats).
     pub stage2: bool,
@@ -185,8 +185,8 @@ pub(crate) struct Start {
 }
 
 /// Extracts an output/next-level address from a descriptor: bits
-/// [47:lsb], plus OA[51:48] from bits [15:12] in the 52-bit 64K format.
-/// Bits [50:48] are RES0 and bit 51 is DBM, never address bits.
+/// [47:lsb], plus OA\[51:48\] from bits \[15:12\] in the 52-bit 64K format.
+/// Bits \[50:48\] are RES0 and bit 51 is DBM, never address bits.
 fn desc_addr(cfg: &TableCfg, desc: u64, lsb: u32) -> u64 {
     let lo = desc & ((1u64 << 48) - 1) & !((1u64 << lsb) - 1);
     if cfg.pa52 && cfg.shift == 16 {
