@@ -230,6 +230,7 @@ impl Gather {
 
     /// Returns whether adding `count` pages of `pgsize` at `iova` would need
     /// a sync first (page size changed, or the range is disjoint).
+    #[inline]
     pub fn needs_sync(&self, iova: u64, pgsize: u64, count: u64) -> bool {
         let end = iova.saturating_add(pgsize.saturating_mul(count));
         !self.is_empty() && (pgsize != self.pgsize || end < self.start || iova > self.end)
@@ -239,6 +240,7 @@ impl Gather {
     ///
     /// Returns `None` when they merged, or `Some(old)` when the gather had to
     /// restart with only the new pages: `old` must be invalidated first.
+    #[inline]
     pub fn add(&mut self, iova: u64, pgsize: u64, count: u64) -> Option<Gather> {
         let end = iova.saturating_add(pgsize.saturating_mul(count));
         if self.needs_sync(iova, pgsize, count) {

@@ -16,6 +16,9 @@ const LINK_END: u64 = 0b110;
 /// Bits of a link word that are not the address (tables are 64-byte aligned).
 const LINK_LOW: u64 = 0x3f;
 
+/// The `Prot` bits that change leaf attributes (all but CONTIG).
+const ATTR_PROT_MASK: u32 = 0x3f;
+
 /// Largest contiguous-hint group (16K granule, level 3).
 const MAX_CONTIG: usize = 128;
 
@@ -65,6 +68,8 @@ pub struct PageTable<E: PtEnv> {
     table_attrs: u64,
     /// Head of the push-only list of retired tables (a link word).
     retired: AtomicU64,
+    /// Leaf attribute bits per `Prot` (without CONTIG); 0 = no access.
+    attrs: [u64; ATTR_PROT_MASK as usize + 1],
 }
 
 // SAFETY: the table memory is only ever accessed through atomics, from any
@@ -130,6 +135,9 @@ impl<E: PtEnv> PageTable<E> {
             geo,
             root,
             retired: AtomicU64::new(LINK_END),
+            attrs: core::array::from_fn(|i| {
+                Self::attrs_for(&cfg, Prot::from_bits_truncate(i as u32))
+            }),
         })
     }
 
@@ -217,6 +225,15 @@ impl<E: PtEnv> PageTable<E> {
         unsafe { &*self.base(table).add(idx) }
     }
 
+    /// Returns the entries of the table at `table`, a table of `level`.
+    #[inline(always)]
+    fn slice(&self, table: u64, level: usize) -> &[AtomicU64] {
+        // SAFETY: as in `entry`: a live table of this PageTable at `level`,
+        // holding `entries_in(level)` naturally aligned 64-bit entries that
+        // are only accessed atomically, valid while `self` is borrowed.
+        unsafe { core::slice::from_raw_parts(self.base(table), self.entries_in(level)) }
+    }
+
     fn clean_entries(&self, table: u64, idx: usize, n: usize) -> Result<(), CacheError> {
         let off = idx * 8;
         let cpu = self.env.phys_to_cpu(table + off as u64);
@@ -224,23 +241,33 @@ impl<E: PtEnv> PageTable<E> {
     }
 
     /// Returns the attribute and type bits of a leaf at `level`.
+    #[inline(always)]
     fn leaf_attrs(&self, prot: Prot, level: usize) -> Result<u64, Error> {
-        if !prot.intersects(Prot::READ | Prot::WRITE) {
+        let a = self.attrs[(prot.bits() & ATTR_PROT_MASK) as usize];
+        if a == 0 {
             return Err(Error::NoPermission);
         }
-        let ty = if level == 3 { 3 } else { 1 };
+        Ok(a | if level == 3 { 3 } else { 1 })
+    }
+
+    /// Returns the attribute bits of leaves mapped with `prot` (0 when
+    /// `prot` grants no access).
+    fn attrs_for(cfg: &Config, prot: Prot) -> u64 {
+        if !prot.intersects(Prot::READ | Prot::WRITE) {
+            return 0;
+        }
         let sh = if prot.contains(Prot::CACHE) && !prot.contains(Prot::MMIO) {
             SH_INNER
         } else {
             SH_OUTER
         };
-        let mut d = ty | AF | (sh << SH_SHIFT);
-        match self.cfg.stage {
+        let mut d = AF | (sh << SH_SHIFT);
+        match cfg.stage {
             Stage::Stage1 => {
                 d |= s1::NG;
                 if !prot.contains(Prot::WRITE) {
                     d |= s1::AP_RDONLY;
-                } else if self.cfg.quirks.contains(Quirks::HD) {
+                } else if cfg.quirks.contains(Quirks::HD) {
                     d |= s1::DBM;
                 }
                 if !prot.contains(Prot::PRIV) {
@@ -257,7 +284,7 @@ impl<E: PtEnv> PageTable<E> {
                 if prot.contains(Prot::NOEXEC) {
                     d |= s1::UXN | s1::PXN;
                 }
-                if self.cfg.quirks.contains(Quirks::NS) {
+                if cfg.quirks.contains(Quirks::NS) {
                     d |= s1::NS;
                 }
             }
@@ -271,7 +298,7 @@ impl<E: PtEnv> PageTable<E> {
                 let attr = if prot.contains(Prot::MMIO) {
                     s2::MEMATTR_DEVICE_NGNRE
                 } else if prot.contains(Prot::CACHE) {
-                    if self.cfg.quirks.contains(Quirks::S2FWB) {
+                    if cfg.quirks.contains(Quirks::S2FWB) {
                         s2::MEMATTR_FWB_WB
                     } else {
                         s2::MEMATTR_WB
@@ -285,7 +312,7 @@ impl<E: PtEnv> PageTable<E> {
                 }
             }
         }
-        Ok(d)
+        d
     }
 
     /// Returns `(iova within ias, sign-extension bits)`.
@@ -552,12 +579,33 @@ impl<E: PtEnv> PageTable<E> {
         done: &mut u64,
     ) -> Result<(), Error> {
         let shift = self.geo.level_shift[level];
+        let run = &self.slice(table, level)[idx..idx + n];
         let mut i = 0;
-        while i < n {
-            let mut j = i;
-            while j < n && self.entry(table, idx + j).load(Ordering::Relaxed) == 0 {
-                j += 1;
+        if !contig && !self.pa52 {
+            // Fast path: one pass that checks and writes each entry, so
+            // every line is touched once.
+            let step = 1u64 << shift;
+            let mut d = self.pa_to_desc(pa) | attrs;
+            for e in run {
+                if e.load(Ordering::Relaxed) != 0 {
+                    break;
+                }
+                e.store(d, Ordering::Relaxed);
+                d += step;
+                i += 1;
             }
+            if i > 0 {
+                if self.clean_leaves {
+                    self.clean_entries(table, idx, i)?;
+                }
+                *done += (i as u64) << shift;
+            }
+        }
+        while i < n {
+            let j = i + run[i..]
+                .iter()
+                .position(|e| e.load(Ordering::Relaxed) != 0)
+                .unwrap_or(n - i);
             if j > i {
                 let pa_i = pa + ((i as u64) << shift);
                 self.write_leaves(table, idx + i, idx + j, pa_i, level, attrs, contig)?;
@@ -567,7 +615,7 @@ impl<E: PtEnv> PageTable<E> {
                 break;
             }
             let iova_j = iova.wrapping_add((j as u64) << shift);
-            let e = self.entry(table, idx + j);
+            let e = &run[j];
             let d = e.load(Ordering::Acquire);
             if !is_table(d, level) || !self.subtree_is_empty(self.desc_to_pa(d), level + 1) {
                 return Err(Error::Exists(iova_j));
@@ -614,32 +662,30 @@ impl<E: PtEnv> PageTable<E> {
                 }
             }
         }
-        let base = self.base(table);
-        // SAFETY (for the derefs below): `base` is a live table of this
-        // PageTable and `from..to` is within its entries (see `entry`).
+        let run = &self.slice(table, level)[from..to];
         if self.pa52 {
-            for k in from..to {
+            for (k, e) in (from..).zip(run) {
                 let bit = if (c0..c1).contains(&k) { CONTIG } else { 0 };
-                let d = self.pa_to_desc(pa + (((k - from) as u64) << shift)) | attrs | bit;
-                // SAFETY: see above.
-                unsafe { &*base.add(k) }.store(d, Ordering::Relaxed);
+                e.store(
+                    self.pa_to_desc(pa + (((k - from) as u64) << shift)) | attrs | bit,
+                    Ordering::Relaxed,
+                );
             }
         } else {
             let step = 1u64 << shift;
             let mut d = self.pa_to_desc(pa) | attrs;
-            for k in from..c0 {
-                // SAFETY: see above.
-                unsafe { &*base.add(k) }.store(d, Ordering::Relaxed);
+            let (head, rest) = run.split_at(c0 - from);
+            let (mid, tail) = rest.split_at(c1 - c0);
+            for e in head {
+                e.store(d, Ordering::Relaxed);
                 d += step;
             }
-            for k in c0..c1 {
-                // SAFETY: see above.
-                unsafe { &*base.add(k) }.store(d | CONTIG, Ordering::Relaxed);
+            for e in mid {
+                e.store(d | CONTIG, Ordering::Relaxed);
                 d += step;
             }
-            for k in c1..to {
-                // SAFETY: see above.
-                unsafe { &*base.add(k) }.store(d, Ordering::Relaxed);
+            for e in tail {
+                e.store(d, Ordering::Relaxed);
                 d += step;
             }
         }
@@ -771,47 +817,58 @@ impl<E: PtEnv> PageTable<E> {
         gather: &mut Gather,
     ) -> Result<usize, Error> {
         let shift = self.geo.level_shift[level];
-        // An empty table counts as unmapped: bytes reported are bytes that
-        // were mapped (it stays in place; a later block map replaces it).
-        let mut k = 0;
-        while k < n {
-            let d = self.entry(table, idx + k).load(Ordering::Acquire);
-            let mapped = is_leaf(d, level)
-                || (is_table(d, level) && !self.subtree_is_empty(self.desc_to_pa(d), level + 1));
-            if !mapped {
-                break;
-            }
-            k += 1;
-        }
-        if k == 0 {
-            return Ok(0);
-        }
+        let run = &self.slice(table, level)[idx..idx + n];
+        // Contiguous groups cut by the ends of the range lose the hint
+        // first. Groups are always complete, so only the groups holding the
+        // first and the last requested entries can be cut.
         let c = self.cfg.granule.contig_entries(level) as usize;
-        let first = self.entry(table, idx).load(Ordering::Relaxed);
+        let first = run[0].load(Ordering::Relaxed);
         if first & CONTIG != 0 && is_leaf(first, level) && idx & (c - 1) != 0 {
             self.uncontig_group(table, idx, level, iova)?;
         }
-        let last = self.entry(table, idx + k - 1).load(Ordering::Relaxed);
-        if last & CONTIG != 0 && is_leaf(last, level) && (idx + k) & (c - 1) != 0 {
-            let va_last = iova.wrapping_add(((k - 1) as u64) << shift);
-            self.uncontig_group(table, idx + k - 1, level, va_last)?;
+        let last = run[n - 1].load(Ordering::Relaxed);
+        if last & CONTIG != 0 && is_leaf(last, level) && (idx + n) & (c - 1) != 0 {
+            let va_last = iova.wrapping_add(((n - 1) as u64) << shift);
+            self.uncontig_group(table, idx + n - 1, level, va_last)?;
         }
-        for j in 0..k {
-            let e = self.entry(table, idx + j);
-            let d = e.load(Ordering::Relaxed);
-            if is_table(d, level) {
-                let old = e.swap(0, Ordering::AcqRel);
-                if is_table(old, level) {
-                    if self.noncoherent {
-                        self.clean_entries(table, idx + j, 1)?;
-                    }
-                    let va_j = iova.wrapping_add((j as u64) << shift);
-                    self.env.flush_walk(va_j, 1 << shift, self.granule());
-                    self.retire(self.desc_to_pa(old), level + 1);
+        let mut k = 0;
+        if level == 3 {
+            // No tables at the last level: check and clear in one pass.
+            for e in run {
+                if !is_leaf(e.load(Ordering::Relaxed), 3) {
+                    break;
                 }
-            } else {
                 e.store(0, Ordering::Relaxed);
+                k += 1;
             }
+        } else {
+            for (j, e) in run.iter().enumerate() {
+                let d = e.load(Ordering::Acquire);
+                if is_leaf(d, level) {
+                    e.store(0, Ordering::Relaxed);
+                } else if is_table(d, level)
+                    && !self.subtree_is_empty(self.desc_to_pa(d), level + 1)
+                {
+                    // Unmapping a size over a table removes all below it.
+                    let old = e.swap(0, Ordering::AcqRel);
+                    if is_table(old, level) {
+                        if self.noncoherent {
+                            self.clean_entries(table, idx + j, 1)?;
+                        }
+                        let va_j = iova.wrapping_add((j as u64) << shift);
+                        self.env.flush_walk(va_j, 1 << shift, self.granule());
+                        self.retire(self.desc_to_pa(old), level + 1);
+                    }
+                } else {
+                    // Nothing mapped here (an empty table counts as nothing:
+                    // it stays, a later block map replaces it).
+                    break;
+                }
+                k += 1;
+            }
+        }
+        if k == 0 {
+            return Ok(0);
         }
         if self.noncoherent {
             self.clean_entries(table, idx, k)?;
