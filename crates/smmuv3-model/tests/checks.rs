@@ -293,3 +293,34 @@ fn event_queue_interrupt_is_raised_when_enabled() {
     assert!(h.smmu.take_interrupts().eventq);
     assert_eq!(h.events().len(), 2);
 }
+
+#[test]
+fn asid_shared_by_different_tables_is_a_config_conflict() {
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    let pa = Pt::new_s1(&h, 12, 48);
+    let pb = Pt::new_s1(&h, 12, 48);
+    let page = h.alloc(4096);
+    pa.map(&h, 0x1000, page, 3, S1_RW);
+    pb.map(&h, 0x1000, page, 3, S1_RW);
+    let (ca, cb) = (h.alloc(64), h.alloc(64));
+    h.write_words(ca, &cd(16, 0, 5, pa.root, 5));
+    h.write_words(cb, &cd(16, 0, 5, pb.root, 5));
+    h.set_ste(1, ste_s1(ca, 0, 0, 0));
+    h.set_ste(2, ste_s1(cb, 0, 0, 0));
+    let r = |sid| DmaRequest::read(sid, 0x1000, 4).privileged();
+    assert!(h.smmu.translate(&r(1)).is_ok());
+    assert_eq!(kind(&h, r(2)), Some(EventType::FCfgConflict));
+    // Sharing the ASID with the same tables is fine (one domain, two devices).
+    h.write_words(cb, &cd(16, 0, 5, pa.root, 5));
+    h.cfgi_ste(2);
+    assert!(h.smmu.translate(&r(2)).is_ok());
+    // So is a different ASID.
+    h.write_words(cb, &cd(16, 0, 5, pb.root, 6));
+    h.cfgi_ste(2);
+    assert!(h.smmu.translate(&r(2)).is_ok());
+}

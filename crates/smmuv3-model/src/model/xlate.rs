@@ -62,6 +62,8 @@ pub(crate) struct Ste {
 /// A decoded, valid CD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Cd {
+    /// TLB tag space of the CD: (regime code, VMID) of its STE.
+    space: (u8, u16),
     asid: u16,
     tt: [Option<TableCfg>; 2],
     tbi: [bool; 2],
@@ -383,7 +385,15 @@ impl State {
             tt[sel as usize] = Some(t);
         }
         let tbi = raw.tbi();
+        let regime = if ste.el2 {
+            1
+        } else if ste.s2.is_some() {
+            3
+        } else {
+            0
+        };
         Some(Cd {
+            space: (regime, ste.vmid),
             asid: raw.asid(),
             tt,
             tbi: [tbi & 1 != 0, tbi & 2 != 0],
@@ -572,6 +582,19 @@ impl State {
         let Some(cd) = self.decode_cd(&RawCd(words), ste) else {
             return Err(cd_ev(EventType::CBadCd));
         };
+        // Two cached CDs that share an ASID (in one VMID and regime) but
+        // describe different tables would make their TLB entries alias: a
+        // driver reused an ASID without CFGI_CD/TLBI. Report the conflict
+        // instead of translating through whichever entry happens to hit.
+        let conflict = self.cd_cache.iter().any(|(k, o)| {
+            *k != (sid, ssid)
+                && o.space == cd.space
+                && o.asid == cd.asid
+                && (o.tt != cd.tt || o.tbi != cd.tbi || o.perm != cd.perm)
+        });
+        if conflict {
+            return Err(cd_ev(EventType::FCfgConflict));
+        }
         self.cd_cache.insert((sid, ssid), cd);
         Ok(cd)
     }
