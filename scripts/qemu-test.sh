@@ -60,6 +60,8 @@ qemu_major=$(qemu-system-aarch64 --version | sed -n 's/^QEMU emulator version \(
 [[ -n "$qemu_major" && "$qemu_major" -ge 10 ]] || skip "qemu-system-aarch64 is version ${qemu_major:-unknown}, need >= 10 (bookworm-backports)"
 
 mkdir -p "$OUT"
+# Traces are only written for failing runs: never show an old one.
+rm -f "$OUT"/*.trace.log
 
 # --- build --------------------------------------------------------------------
 echo "qemu-test: building the test kernel (first build of core+alloc takes ~45 s)" >&2
