@@ -90,6 +90,10 @@ pub struct DomainEnv<R: RegisterFrame, M: DmaMemory, C: Clock> {
     granule_log2: u8,
     /// First invalidation failure inside a hook (hooks cannot return errors).
     failed: SpinLock<Option<Error>>,
+    /// Ranges whose walk caches and TLB entries were flushed during the
+    /// current unmap (a disconnected table): leaves gathered inside them
+    /// are unreachable and already invalidated.
+    walked: SpinLock<Vec<(u64, u64)>>,
 }
 
 // SAFETY: every method forwards to the SMMU's memory `M`, which upholds the
@@ -139,6 +143,14 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> DomainEnv<R, M, C> {
         i.issue(&cmds, true)
     }
 
+    /// Returns whether `[start, end)` lies inside one flushed walk range.
+    fn already_flushed(&self, start: u64, end: u64) -> bool {
+        self.walked
+            .lock()
+            .iter()
+            .any(|&(s, e)| s <= start && end <= e)
+    }
+
     fn record(&self, r: Result<(), Error>) {
         if let Err(e) = r {
             let mut f = self.failed.lock();
@@ -151,11 +163,15 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> DomainEnv<R, M, C> {
 
 impl<R: RegisterFrame, M: DmaMemory, C: Clock> TlbHooks for DomainEnv<R, M, C> {
     fn flush_walk(&self, iova: u64, size: u64, _granule: u64) {
-        self.record(self.invalidate(iova, size, None));
+        let r = self.invalidate(iova, size, None);
+        if r.is_ok() {
+            self.walked.lock().push((iova, iova.saturating_add(size)));
+        }
+        self.record(r);
     }
 
     fn sync_gather(&self, gather: &Gather) {
-        if gather.is_empty() {
+        if gather.is_empty() || self.already_flushed(gather.start(), gather.end()) {
             return;
         }
         let leaf = gather.pgsize().trailing_zeros() as u8;
@@ -194,6 +210,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
             shared: shared.clone(),
             granule_log2: cfg.granule.shift() as u8,
             failed: SpinLock::new(None),
+            walked: SpinLock::new(Vec::new()),
         };
         let pt = PageTable::new(cfg, env)?;
         i.next_domain.fetch_add(1, Ordering::Relaxed);
@@ -328,8 +345,10 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
     /// invalidated before returning.
     pub fn unmap(&mut self, iova: u64, len: u64) -> Result<u64, Error> {
         let mut gather = Gather::new();
+        self.pt.env().walked.lock().clear();
         let r = self.pt.unmap_range(iova, len, &mut gather);
-        if !gather.is_empty() {
+        let env = self.pt.env();
+        if !gather.is_empty() && !env.already_flushed(gather.start(), gather.end()) {
             let leaf = gather.pgsize().trailing_zeros() as u8;
             let res = self
                 .pt
