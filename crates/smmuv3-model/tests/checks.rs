@@ -324,3 +324,110 @@ fn asid_shared_by_different_tables_is_a_config_conflict() {
     h.cfgi_ste(2);
     assert!(h.smmu.translate(&r(2)).is_ok());
 }
+
+#[test]
+fn cd_fetch_faults_and_substream_errors() {
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    // CD fetch abort: F_CD_FETCH with the fetch address.
+    let cdp = h.alloc(64 * 4);
+    h.set_ste(SID, ste_s1(cdp, 2, 0, 0));
+    h.mem.inject_abort(cdp + 64, 64);
+    let e = *h
+        .smmu
+        .translate(&DmaRequest::read(SID, 0, 4).with_ssid(1))
+        .unwrap_err()
+        .event()
+        .unwrap();
+    assert_eq!(
+        (e.kind, e.addr2, e.ssid),
+        (EventType::FCdFetch, cdp + 64, Some(1))
+    );
+    h.mem.clear_aborts();
+    // SubstreamID on a stream without stage 1.
+    let pt = Pt::new_s2(&h, 12, 40, 1);
+    h.set_ste(
+        2,
+        ste_s2(&S2 {
+            vmid: 1,
+            t0sz: 24,
+            sl0: 1,
+            tg: 0,
+            ps: 2,
+            ttb: pt.root,
+        }),
+    );
+    assert_eq!(
+        kind(&h, DmaRequest::read(2, 0, 4).with_ssid(0)),
+        Some(EventType::CBadSubstreamId)
+    );
+    // Nested: a CD table pointer at an IPA stage 2 does not map: S2 fault,
+    // class CD, recorded because S2R is set.
+    h.set_ste(
+        3,
+        ste_nested(
+            0x1000,
+            &S2 {
+                vmid: 1,
+                t0sz: 24,
+                sl0: 1,
+                tg: 0,
+                ps: 2,
+                ttb: pt.root,
+            },
+        ),
+    );
+    let e = *h
+        .smmu
+        .translate(&DmaRequest::read(3, 0, 4))
+        .unwrap_err()
+        .event()
+        .unwrap();
+    assert_eq!(
+        (e.kind, e.s2, e.class, e.addr2),
+        (
+            EventType::FTranslation,
+            true,
+            smmuv3_model::FaultClass::Cd,
+            0x1000
+        )
+    );
+    assert_eq!(h.events().len(), 3);
+}
+
+#[test]
+fn stall_term_releases_every_stalled_transaction_of_a_stream() {
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    let mut c = cd(16, 0, 5, pt.root, 1);
+    c[0] |= 1 << 44;
+    h.write_words(cdp, &c);
+    h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
+    for va in [0x1000, 0x2000, 0x3000] {
+        assert!(matches!(
+            h.smmu.translate(&DmaRequest::read(SID, va, 4)),
+            Err(smmuv3_model::DmaFault::Stalled { .. })
+        ));
+    }
+    assert_eq!(h.smmu.stalled().len(), 3);
+    let tags: Vec<u16> = h.events().iter().map(|e| e.stag).collect();
+    assert_eq!(tags.len(), 3);
+    assert!(tags[0] != tags[1] && tags[1] != tags[2]);
+    h.cmd(
+        smmuv3_model::layout::op::STALL_TERM as u64 | u64::from(SID) << 32,
+        0,
+    );
+    h.sync();
+    assert!(h.smmu.stalled().is_empty());
+    assert_eq!(h.smmu.stats().stalls, 3);
+}
