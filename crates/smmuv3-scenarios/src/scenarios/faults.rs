@@ -3,18 +3,19 @@
 //! untouched. Faulting transfers are 4 bytes: one event each.
 
 use alloc::format;
+use alloc::string::String;
 
 use io_pgtable::{Granule, Prot};
 use smmuv3::driver::StrtabFormat;
 use smmuv3::event::EventType;
-use smmuv3::{AttachOptions, Domain};
+use smmuv3::{AttachOptions, Domain, Smmu, SmmuConfig};
 
 use super::translate::{IOVA_DST, IOVA_SRC, IPA_BITS, VA_BITS, rw, s1_domain};
 use super::{
     Context, SENTINEL, bring_up, buffer, check_pattern, dev_read, dev_write, expect_fault,
-    fill_pattern, no_events, page_transfer, round_trip, untouched,
+    fill_pattern, no_events, page_transfer, round_trip, untouched, within,
 };
-use crate::{DmaDevice, Outcome, Platform, ensure};
+use crate::{DmaDevice, Outcome, Platform, Problem, ensure};
 
 /// An IOVA nothing maps.
 const IOVA_HOLE: u64 = 0x8_7654_3000;
@@ -103,37 +104,61 @@ pub(crate) fn permission<P: Platform>(p: &mut P) -> Outcome {
     ))
 }
 
-pub(crate) fn unmap_then_fault<P: Platform>(p: &mut P) -> Outcome {
-    let (src, dst) = (buffer(p, 4096)?, buffer(p, 4096)?);
-    let smmu = bring_up(p, StrtabFormat::Auto)?;
+/// Pages unmapped at once (the changed translation is the last).
+const UNMAP_PAGES: u64 = 3;
+
+fn unmap_once<P: Platform>(p: &mut P, use_ril: bool, seed: u8) -> Result<String, Problem> {
+    let (src, dst) = (buffer(p, 4096)?, buffer(p, 4 * 4096)?);
+    let cfg = SmmuConfig {
+        use_ril,
+        ..SmmuConfig::default()
+    };
+    let smmu = Smmu::new(p.regs(), p.mem(), p.clock(), cfg).ctx("driver bring-up")?;
     let sid = p.device().stream_id();
     let mut d = Domain::new_stage1(&smmu, Granule::K4, VA_BITS).ctx("stage-1 domain")?;
     d.map(IOVA_SRC, src.phys(), 4096, rw()).ctx("map source")?;
-    d.map(IOVA_DST, dst.phys(), 4096, rw())
+    d.map(IOVA_DST, dst.phys(), UNMAP_PAGES * 4096, rw())
         .ctx("map destination")?;
     smmu.attach(sid, None, &d, AttachOptions::default())
         .ctx("attach")?;
 
     // The write lands while mapped (and the SMMU caches the translation).
-    round_trip(p, (&src, 0, IOVA_SRC), (&dst, 0, IOVA_DST), SMALL, 0x45)?;
-    let unmapped = d.unmap(IOVA_DST, 4096).ctx("unmap")?;
+    let last = IOVA_DST + (UNMAP_PAGES - 1) * 4096;
+    let last_off = ((UNMAP_PAGES - 1) * 4096) as usize;
+    round_trip(p, (&src, 0, IOVA_SRC), (&dst, last_off, last), SMALL, seed)?;
+    let before = smmu.stats().tlbi_commands();
+    let unmapped = d.unmap(IOVA_DST, UNMAP_PAGES * 4096).ctx("unmap")?;
+    let tlbis = smmu.stats().tlbi_commands() - before;
     ensure!(
-        unmapped == 4096,
-        "unmap returned {unmapped} bytes, want 4096"
+        unmapped == UNMAP_PAGES * 4096,
+        "unmap returned {unmapped} bytes"
     );
     ensure!(
-        d.translate(IOVA_DST).is_none(),
+        d.translate(last).is_none(),
         "page still translates after unmap"
     );
 
-    dst.fill(0, SMALL, SENTINEL)?;
-    dev_write(p, IOVA_DST, SMALL)?;
-    expect_fault(p, &smmu, EventType::Translation, sid, IOVA_DST, false)?;
+    dst.fill(last_off, SMALL, SENTINEL)?;
+    dev_write(p, last, SMALL)?;
+    expect_fault(p, &smmu, EventType::Translation, sid, last, false)?;
     ensure!(
-        untouched(&dst, 0, SMALL)?,
-        "the write reached memory after unmap: the driver's invalidation missed the cached translation"
+        untouched(&dst, last_off, SMALL)?,
+        "the write reached memory after unmap: the driver's invalidation ({tlbis} TLBI commands, RIL {use_ril}) missed the cached translation"
     );
     Ok(format!(
-        "write after unmap of {IOVA_DST:#x} faults (F_TRANSLATION), memory untouched"
+        "{} ({tlbis} TLBI)",
+        if use_ril && smmu.features().ril {
+            "range"
+        } else {
+            "per-page"
+        }
+    ))
+}
+
+pub(crate) fn unmap_then_fault<P: Platform>(p: &mut P) -> Outcome {
+    let with_ril = unmap_once(p, true, 0x45).map_err(within("driver with RIL"))?;
+    let without = unmap_once(p, false, 0x46).map_err(within("driver without RIL"))?;
+    Ok(format!(
+        "write after the driver's unmap of {UNMAP_PAGES} pages faults (F_TRANSLATION), memory untouched: {with_ril}, {without}"
     ))
 }
