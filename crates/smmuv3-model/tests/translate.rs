@@ -436,12 +436,12 @@ fn two_level_stream_table_checks_span_exactly() {
     assert!(t(&h, 0x102).unwrap().bypass);
     assert_eq!(
         t(&h, 0x104).unwrap_err().event_type(),
-        Some(EventType::CBadSte),
+        Some(EventType::CBadStreamId),
         "outside span"
     );
     assert_eq!(
         t(&h, 0x204).unwrap_err().event_type(),
-        Some(EventType::CBadSte),
+        Some(EventType::CBadStreamId),
         "span 0"
     );
     // Span = SPLIT + 2 is reserved (QEMU accepts it; we do not).
@@ -450,7 +450,7 @@ fn two_level_stream_table_checks_span_exactly() {
     h.write_words(l2b, &ste_bypass());
     assert_eq!(
         t(&h, 0x200).unwrap_err().event_type(),
-        Some(EventType::CBadSte)
+        Some(EventType::CBadStreamId)
     );
     h.w64(l1 + 16, l2b | u64::from(split + 1));
     assert!(
@@ -651,7 +651,7 @@ fn substreams_linear_and_two_level_cd_tables_with_s1dss() {
     );
     assert_eq!(
         r!(Some(1)).unwrap_err().event_type(),
-        Some(EventType::CBadCd),
+        Some(EventType::CBadSubstreamId),
         "L1CD invalid"
     );
     assert_eq!(
@@ -787,4 +787,33 @@ fn contiguous_hint_is_checked() {
         Some(EventType::FTlbConflict)
     );
     assert_eq!(h.events().len(), 2, "always recorded");
+}
+
+#[test]
+fn bad_streamid_is_recorded_only_with_recinvsid() {
+    let mut h = H::new(ModelConfig::default());
+    h.enable_linear(2);
+    h.smmu.write32(regs::CR0, 0);
+    h.smmu.write32(regs::CR2, 0);
+    h.smmu.write32(
+        regs::CR0,
+        regs::cr0::SMMUEN | regs::cr0::CMDQEN | regs::cr0::EVENTQEN,
+    );
+    let r = h.smmu.translate(&DmaRequest::read(9, 0, 4));
+    assert!(matches!(
+        r,
+        Err(DmaFault::Terminated {
+            recorded: false,
+            ..
+        })
+    ));
+    assert!(h.events().is_empty());
+    h.smmu.write32(regs::CR0, 0);
+    h.smmu.write32(regs::CR2, 0b10);
+    h.smmu.write32(
+        regs::CR0,
+        regs::cr0::SMMUEN | regs::cr0::CMDQEN | regs::cr0::EVENTQEN,
+    );
+    let _ = h.smmu.translate(&DmaRequest::read(9, 0, 4));
+    assert_eq!(h.events().len(), 1);
 }

@@ -452,17 +452,20 @@ impl State {
                 }
             };
             let span = l1std_span(l1);
-            // Span 0 means no level-2 table; a Span larger than SPLIT + 1
-            // is reserved and treated the same (QEMU accepts one more).
-            if span == 0 || span > split + 1 {
-                return Err(ev(EventType::CBadSte));
+            // Span 0 means no level-2 table; a Span above 11 is reserved and
+            // one above SPLIT + 1 is out of bounds: all behave as 0 (QEMU
+            // accepts one more). The StreamID is then invalid.
+            if span == 0 || span > 11 || span > split + 1 {
+                return Err(ev(EventType::CBadStreamId));
             }
             self.l1std_cache.insert(l1idx, l1);
             let l2idx = sid & ((1 << split) - 1);
             if u64::from(l2idx) >= 1u64 << (span - 1) {
-                return Err(ev(EventType::CBadSte));
+                return Err(ev(EventType::CBadStreamId));
             }
-            l1std_l2ptr(l1) + u64::from(l2idx) * STE_SIZE
+            // The level-2 array is aligned to its size by the SMMU.
+            let l2 = l1std_l2ptr(l1) & !((STE_SIZE << (span - 1)) - 1);
+            l2 + u64::from(l2idx) * STE_SIZE
         } else {
             base + u64::from(sid) * STE_SIZE
         };
@@ -563,7 +566,7 @@ impl State {
                         }));
                     };
                     if !l1cd_valid(d) {
-                        return Err(cd_ev(EventType::CBadCd));
+                        return Err(cd_ev(EventType::CBadSubstreamId));
                     }
                     self.l1cd_cache.insert((sid, l1idx), d);
                     d
@@ -833,7 +836,14 @@ impl State {
             Stop::Global => DmaFault::GlobalAbort,
             Stop::StreamAbort => DmaFault::StreamAbort,
             Stop::Config(ev) => {
-                let recorded = self.record_event(ev);
+                // Invalid StreamIDs are only reported when software asks.
+                let recorded = if ev.kind == EventType::CBadStreamId && self.regs.cr2 & 2 == 0 {
+                    self.stats.events[usize::from(ev.kind.code())] += 1;
+                    self.stats.events_suppressed += 1;
+                    false
+                } else {
+                    self.record_event(ev)
+                };
                 DmaFault::Terminated {
                     event: ev,
                     recorded,

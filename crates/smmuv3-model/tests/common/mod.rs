@@ -86,6 +86,8 @@ impl H {
     }
 
     pub fn enable_queues(&mut self, cmdq_log2: u32, evtq_log2: u32) {
+        // Record C_BAD_STREAMID (RECINVSID) and ignore broadcast TLBI (PTM).
+        self.smmu.write32(regs::CR2, 0b110);
         self.cmdq_log2 = cmdq_log2;
         self.evtq_log2 = evtq_log2;
         self.cmdq = self.alloc(16 << cmdq_log2);
