@@ -409,12 +409,13 @@ fn stream_table_errors() {
     assert_eq!(k(&h, 16), Some(EventType::CBadStreamId));
     assert_eq!(k(&h, 5), Some(EventType::CBadSte), "V = 0");
     h.set_ste(6, [1 | 0b010 << 1, 0, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(k(&h, 6), Some(EventType::CBadSte), "reserved config");
+    // Reserved configurations behave as abort: no event.
+    assert_eq!(k(&h, 6), None, "reserved config");
     h.mem.inject_abort(h.ste_at(7), 64);
     assert_eq!(k(&h, 7), Some(EventType::FSteFetch));
     let evs = h.events();
-    assert_eq!(evs.len(), 4);
-    assert_eq!(evs[3].addr2, h.ste_at(7));
+    assert_eq!(evs.len(), 3);
+    assert_eq!(evs[2].addr2, h.ste_at(7));
 }
 
 #[test]
@@ -674,10 +675,8 @@ fn substreams_linear_and_two_level_cd_tables_with_s1dss() {
     s = ste_s1(l1, 8, 1, 2);
     h.set_ste(SID, s);
     assert_eq!(r!(None).unwrap().pa, b);
-    assert_eq!(
-        r!(Some(0)).unwrap_err().event_type(),
-        Some(EventType::CBadSubstreamId)
-    );
+    let e = *r!(Some(0)).unwrap_err().event().unwrap();
+    assert_eq!((e.kind, e.ssid), (EventType::FStreamDisabled, Some(0)));
 }
 
 #[test]

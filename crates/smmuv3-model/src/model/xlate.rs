@@ -250,13 +250,16 @@ impl State {
         if !raw.valid() {
             return None;
         }
-        let config = raw.config();
+        // Config 0b0xx other than 0b000 is reserved and behaves as abort.
+        let config = match raw.config() {
+            c @ (ste_config::BYPASS | ste_config::S1 | ste_config::S2 | ste_config::NESTED) => c,
+            _ => ste_config::ABORT,
+        };
         let (s1_on, s2_on) = match config {
-            ste_config::ABORT | ste_config::BYPASS => (false, false),
             ste_config::S1 => (true, false),
             ste_config::S2 => (false, true),
             ste_config::NESTED => (true, true),
-            _ => return None,
+            _ => (false, false),
         };
         if (s1_on && !self.cfg.stage1) || (s2_on && !self.cfg.stage2) {
             return None;
@@ -268,15 +271,22 @@ impl State {
         };
         let mut el2 = false;
         let s1 = if s1_on {
-            let cdmax = raw.s1cdmax();
+            // Without substream support S1CDMax is IGNORED.
+            let cdmax = if self.cfg.ssid_bits == 0 {
+                0
+            } else {
+                raw.s1cdmax()
+            };
             if cdmax > u32::from(self.cfg.ssid_bits) {
                 return None;
             }
-            let fmt = if cdmax == 0 { 0 } else { raw.s1fmt() };
-            if fmt == 3 || (fmt != 0 && !self.cfg.cd2l) {
-                return None;
-            }
-            if cdmax != 0 && raw.s1dss() == 3 {
+            // S1Fmt 0b11 is reserved and behaves as linear.
+            let fmt = match raw.s1fmt() {
+                _ if cdmax == 0 => 0,
+                3 => 0,
+                f => f,
+            };
+            if fmt != 0 && !self.cfg.cd2l {
                 return None;
             }
             // The CD table pointer is an IPA when stage 2 is on.
@@ -293,7 +303,8 @@ impl State {
                 ctx_ptr: raw.s1_context_ptr(),
                 fmt,
                 cdmax,
-                s1dss: raw.s1dss(),
+                // S1DSS 0b11 is reserved and behaves as terminate.
+                s1dss: if raw.s1dss() == 3 { 0 } else { raw.s1dss() },
                 stalld: raw.s1stalld(),
             })
         } else {
@@ -548,15 +559,20 @@ impl State {
         }
         self.stats.cd_misses += 1;
         let cd_ev = |k| Stop::Config(Event { kind: k, ..base_ev });
+        // Tables are aligned to their size: the SMMU treats the RES0 low
+        // pointer bits as zero.
         let cd_ipa = if s1.fmt == 0 {
-            s1.ctx_ptr + u64::from(ssid) * 64
+            let table = s1.ctx_ptr & !((64u64 << s1.cdmax) - 1);
+            table + u64::from(ssid) * 64
         } else {
             let split = if s1.fmt == 1 { 6 } else { 10 };
+            let l1_bytes = (8u64 << s1.cdmax.saturating_sub(split)).max(64);
+            let l1_base = s1.ctx_ptr & !(l1_bytes - 1);
             let l1idx = ssid >> split;
             let l1 = match self.l1cd_cache.get(&(sid, l1idx)) {
                 Some(&d) => d,
                 None => {
-                    let ipa = s1.ctx_ptr + u64::from(l1idx) * 8;
+                    let ipa = l1_base + u64::from(l1idx) * 8;
                     let pa = self.s2_fetch_addr(ste, ipa, FaultClass::Cd, base_ev)?;
                     let Ok(d) = self.mem.dev_read_u64(pa) else {
                         return Err(Stop::Config(Event {
@@ -572,7 +588,8 @@ impl State {
                     d
                 }
             };
-            l1cd_l2ptr(l1) + u64::from(ssid & ((1 << split) - 1)) * 64
+            let l2 = l1cd_l2ptr(l1) & !((64u64 << split) - 1);
+            l2 + u64::from(ssid & ((1 << split) - 1)) * 64
         };
         let cd_pa = self.s2_fetch_addr(ste, cd_ipa, FaultClass::Cd, base_ev)?;
         let Some(words) = self.read_words::<8>(cd_pa) else {
@@ -626,11 +643,13 @@ impl State {
             (_, Some(s1)) => {
                 let use_ssid = match ssid {
                     Some(s) => {
-                        if s1.cdmax == 0
-                            || u64::from(s) >> s1.cdmax != 0
-                            || (s == 0 && s1.s1dss == 2)
-                        {
+                        if s1.cdmax == 0 || u64::from(s) >> s1.cdmax != 0 {
                             return Err(bad_ssid());
+                        }
+                        if s == 0 && s1.s1dss == 2 {
+                            // Substream 0 belongs to traffic without one.
+                            let ev = Event::new(EventType::FStreamDisabled, sid);
+                            return Err(Stop::Config(ev.with_ssid(ssid)));
                         }
                         Some(s)
                     }
