@@ -110,7 +110,6 @@ fn illegal_cd_fields() {
         (0, 0x3f, "T0SZ = 0"),
         (40, 0x3f, "T0SZ = 40 (too small a space)"),
         (3 << 6, 0, "TG0 reserved"),
-        (7 << 32, 5 << 32, "IPS reserved"),
         (1 << 43, 0, "HA without HTTU"),
         (1 << 42, 0, "HD without HTTU"),
     ];
@@ -129,10 +128,10 @@ fn illegal_cd_fields() {
             "{why}"
         );
     }
-    // TTB beyond IPS, and TTB not aligned to the start table.
+    // TTB beyond the effective IPS (44 bits here).
     for (ttb, why) in [
         (1u64 << 44, "TTB beyond IPS 44"),
-        (pt.root + 16, "TTB misaligned"),
+        (1u64 << 47, "TTB far beyond IPS"),
     ] {
         h.write_words(cdp, &cd(16, 0, 4, ttb, 1));
         h.cmd(
@@ -428,4 +427,24 @@ fn stall_term_releases_every_stalled_transaction_of_a_stream() {
     h.sync();
     assert!(h.smmu.stalled().is_empty());
     assert_eq!(h.smmu.stats().stalls, 3);
+}
+
+#[test]
+fn misaligned_table_bases_are_aligned_by_the_smmu() {
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let page = h.alloc(4096);
+    pt.map(&h, 0x1000, page, 3, S1_RW);
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &cd(16, 0, 5, pt.root + 0x10, 1));
+    h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
+    let t = h
+        .smmu
+        .translate(&DmaRequest::read(SID, 0x1000, 4).privileged());
+    assert_eq!(t.unwrap().pa, page);
 }

@@ -525,10 +525,6 @@ fn bad_stage2_geometry_is_c_bad_ste() {
         S2 { sl0: 3, ..good },   // reserved
         S2 { t0sz: 10, ..good }, // IPA wider than PS
         S2 { tg: 3, ..good },    // reserved granule
-        S2 {
-            ttb: pt.root + 64,
-            ..good
-        }, // misaligned for 8 KiB
     ];
     for (i, s) in cases.iter().enumerate() {
         h.set_ste(SID, ste_s2(s));

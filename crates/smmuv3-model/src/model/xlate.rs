@@ -224,9 +224,12 @@ impl State {
         if start_level == 1 && shift == 16 && !tt.pa52 {
             return None;
         }
-        if tt.ttb >> eff_ps != 0 || tt.ttb & (tt.start_table_bytes() - 1) != 0 {
+        if tt.ttb >> eff_ps != 0 {
             return None;
         }
+        // Bits below the start table's alignment are treated as zero.
+        let mut tt = tt;
+        tt.ttb &= !(tt.start_table_bytes() - 1);
         if raw.s2s() && self.cfg.stall_model == StallModel::TerminateOnly {
             return None;
         }
@@ -337,10 +340,14 @@ impl State {
     }
 
     fn decode_cd(&self, raw: &RawCd, ste: &Ste) -> Option<Cd> {
-        if !raw.valid() || !raw.aa64() || raw.endi() {
+        // ENDI only matters when a table is walked at all.
+        if !raw.valid() || !raw.aa64() || (raw.endi() && !(raw.epd(0) && raw.epd(1))) {
             return None;
         }
-        let ips = u32::from(oas_field_to_bits(raw.ips())?).min(u32::from(self.cfg.oas_bits));
+        // IPS 0b111 is reserved and behaves as 0b110 (52 bits) from v3.1;
+        // values above the OAS are capped to it.
+        let ips_field = if raw.ips() == 7 { 6 } else { raw.ips() };
+        let ips = u32::from(oas_field_to_bits(ips_field)?).min(u32::from(self.cfg.oas_bits));
         if raw.stall()
             && (self.cfg.stall_model == StallModel::TerminateOnly
                 || ste.s1.is_some_and(|s| s.stalld))
@@ -390,9 +397,12 @@ impl State {
                 affd: raw.affd(),
                 xnx: false,
             };
-            if t.ttb >> oas != 0 || t.ttb & (t.start_table_bytes() - 1) != 0 {
+            if t.ttb >> oas != 0 {
                 return None;
             }
+            // The SMMU aligns TTB to the start table (64 bytes at least).
+            let mut t = t;
+            t.ttb &= !(t.start_table_bytes() - 1);
             tt[sel as usize] = Some(t);
         }
         let tbi = raw.tbi();
