@@ -346,7 +346,9 @@ fn range_invalidation_covers_exactly_num_scale_tg() {
         (5, 0),
     ] {
         for start in [0u64, 3, 16] {
-            let (w0, w1) = tlbi_nh_va_range(1, start << 12, num, scale, 1, 0, true);
+            // NUM = SCALE = 0 needs a level hint (TTL 0 would be reserved).
+            let ttl = u64::from(num == 0 && scale == 0) * 3;
+            let (w0, w1) = tlbi_nh_va_range(1, start << 12, num, scale, 1, ttl, true);
             let got = invalidated(12, 3, N, w0, w1);
             let pages = (num + 1) << scale;
             for (i, g) in got.iter().enumerate() {
@@ -512,6 +514,46 @@ fn el2_entries_need_el2_invalidation_and_vaa_ignores_asid() {
     h.sync();
     assert_eq!(h.smmu.translate(&req).unwrap().pa, a, "other address");
     h.cmd(op::TLBI_NH_VAA as u64, 0x1000);
+    h.sync();
+    assert_eq!(h.smmu.translate(&req).unwrap().pa, b);
+}
+
+#[test]
+fn reserved_range_encodings_and_wide_ids_on_narrow_smmus() {
+    let (mut h, _) = s1_model(ModelConfig::default(), 12);
+    // TG set, NUM = SCALE = 0 and no level hint: reserved.
+    let (w0, w1) = tlbi_nh_va_range(1, 0x1000, 0, 0, 1, 0, true);
+    assert_eq!(h.cmd(w0, w1), cerror::ILL);
+    let cons = h.smmu.read32(regs::CMDQ_CONS) & 0xfffff;
+    h.write_words(h.cmdq + u64::from(cons & 0xff) * 16, &[op::SYNC as u64, 0]);
+    h.ack_gerror();
+    // 16K TTL = 1 is treated as 0: reserved again for a single granule.
+    let (w0, w1) = tlbi_nh_va_range(1, 0x4000, 0, 0, 2, 1, true);
+    assert_eq!(h.cmd(w0, w1), cerror::ILL);
+    let cons = h.smmu.read32(regs::CMDQ_CONS) & 0xfffff;
+    h.write_words(h.cmdq + u64::from(cons & 0xff) * 16, &[op::SYNC as u64, 0]);
+    h.ack_gerror();
+
+    // 8-bit ASIDs: a TLBI with ASID[15:8] set affects nothing.
+    let cfg = ModelConfig {
+        asid16: false,
+        ..ModelConfig::default()
+    };
+    let (mut h, pt) = s1_model(cfg, 12);
+    let a = h.alloc(4096);
+    let b = h.alloc(4096);
+    pt.map(&h, 0x1000, a, 3, S1_RW);
+    let req = DmaRequest::read(SID, 0x1000, 4).privileged();
+    assert_eq!(h.smmu.translate(&req).unwrap().pa, a);
+    pt.map(&h, 0x1000, b, 3, S1_RW);
+    h.cmd(op::TLBI_NH_ASID as u64 | 0x101 << 48, 0);
+    h.sync();
+    assert_eq!(
+        h.smmu.translate(&req).unwrap().pa,
+        a,
+        "ASID 0x101 is not ASID 1"
+    );
+    h.cmd(op::TLBI_NH_ASID as u64 | 1 << 48, 0);
     h.sync();
     assert_eq!(h.smmu.translate(&req).unwrap().pa, b);
 }

@@ -13,6 +13,9 @@ const EL2: &[Regime] = &[Regime::El2];
 const S2: &[Regime] = &[Regime::S2];
 const VM: &[Regime] = &[Regime::Nh, Regime::S2, Regime::Nested];
 
+/// Address range, TTL level and TG granule shift of a TLBI by address.
+type TlbiRange = (Option<(u64, u64)>, Option<u32>, Option<u32>);
+
 impl State {
     /// Consumes commands from CONS up to PROD, stopping at the first error
     /// (CMDQ_CONS.ERR + GERROR.CMDQ_ERR) or when injection says so. Bounded:
@@ -108,17 +111,28 @@ impl State {
 
     /// Returns the invalidation range of a TLBI-by-address command:
     /// `[start, end)`, TTL level and TG granule shift.
-    fn tlbi_range(&self, c: &RawCmd, addr: u64) -> (Option<(u64, u64)>, Option<u32>, Option<u32>) {
+    fn tlbi_range(&self, c: &RawCmd, addr: u64) -> Result<TlbiRange, u32> {
         let tg = if self.cfg.ril { c.tg() } else { 0 };
         if tg == 0 {
             // Single address: matches every entry that translates it.
-            return (Some((addr, addr.saturating_add(1))), None, None);
+            return Ok((Some((addr, addr.saturating_add(1))), None, None));
         }
         let shift = match tg {
             1 => 12,
             2 => 14,
             _ => 16,
         };
+        // TTL 0b01 with the 16K granule is reserved (no level-1 blocks
+        // without DS) and treated as 0b00.
+        let ttl = match (tg, c.ttl()) {
+            (2, 1) => 0,
+            (_, t) => t,
+        };
+        // A single granule without a level hint says nothing a non-range
+        // command would not: the encoding is reserved.
+        if c.num() == 0 && c.scale() == 0 && ttl == 0 {
+            return Err(cerror::ILL);
+        }
         let start = addr & !((1u64 << shift) - 1);
         let pages = u64::from(c.num()) + 1;
         let len_log2 = c.scale() + shift;
@@ -131,9 +145,17 @@ impl State {
                 .unwrap_or(u64::MAX)
         };
         let end = start.saturating_add(len);
-        let ttl = c.ttl();
         let level = (ttl != 0).then_some(ttl);
-        (Some((start, end)), level, Some(shift))
+        Ok((Some((start, end)), level, Some(shift)))
+    }
+
+    /// Returns whether the ASID/VMID operands fit the implemented widths;
+    /// with 8-bit ones the upper bits are RES0 and a command that sets them
+    /// is not required to affect anything (the model does nothing).
+    fn ids_fit(&self, c: &RawCmd, asid: bool, vmid: bool) -> bool {
+        let a = !asid || self.cfg.asid16 || c.asid() >> 8 == 0;
+        let v = !vmid || !self.cfg.stage2 || self.cfg.vmid16 || c.vmid() >> 8 == 0;
+        a && v
     }
 
     fn execute_inner(&mut self, c: RawCmd) -> Result<(), u32> {
@@ -186,6 +208,9 @@ impl State {
                 Ok(())
             }
             op::TLBI_NH_ALL if s1 => {
+                if !self.ids_fit(&c, false, true) {
+                    return Ok(());
+                }
                 let sc = InvScope {
                     vmid: s2.then(|| self.vmid_of(&c)),
                     ..InvScope::all(NH)
@@ -194,6 +219,9 @@ impl State {
                 Ok(())
             }
             op::TLBI_NH_ASID if s1 => {
+                if !self.ids_fit(&c, true, true) {
+                    return Ok(());
+                }
                 let sc = InvScope {
                     vmid: s2.then(|| self.vmid_of(&c)),
                     asid: Some(self.asid_of(&c)),
@@ -204,7 +232,10 @@ impl State {
                 Ok(())
             }
             op::TLBI_NH_VA | op::TLBI_NH_VAA if s1 => {
-                let (range, level, granule_shift) = self.tlbi_range(&c, c.va());
+                let (range, level, granule_shift) = self.tlbi_range(&c, c.va())?;
+                if !self.ids_fit(&c, c.opcode() == op::TLBI_NH_VA, true) {
+                    return Ok(());
+                }
                 let sc = InvScope {
                     vmid: s2.then(|| self.vmid_of(&c)),
                     asid: (c.opcode() == op::TLBI_NH_VA).then(|| self.asid_of(&c)),
@@ -222,6 +253,9 @@ impl State {
                 Ok(())
             }
             op::TLBI_EL2_ASID if self.cfg.hyp => {
+                if !self.ids_fit(&c, true, false) {
+                    return Ok(());
+                }
                 let sc = InvScope {
                     asid: Some(self.asid_of(&c)),
                     non_global_only: true,
@@ -231,7 +265,10 @@ impl State {
                 Ok(())
             }
             op::TLBI_EL2_VA | op::TLBI_EL2_VAA if self.cfg.hyp => {
-                let (range, level, granule_shift) = self.tlbi_range(&c, c.va());
+                let (range, level, granule_shift) = self.tlbi_range(&c, c.va())?;
+                if !self.ids_fit(&c, c.opcode() == op::TLBI_EL2_VA, false) {
+                    return Ok(());
+                }
                 let sc = InvScope {
                     asid: (c.opcode() == op::TLBI_EL2_VA).then(|| self.asid_of(&c)),
                     range,
@@ -244,6 +281,9 @@ impl State {
                 Ok(())
             }
             op::TLBI_S12_VMALL if s2 => {
+                if !self.ids_fit(&c, false, true) {
+                    return Ok(());
+                }
                 let sc = InvScope {
                     vmid: Some(self.vmid_of(&c)),
                     ..InvScope::all(VM)
@@ -254,7 +294,10 @@ impl State {
             op::TLBI_S2_IPA if s2 => {
                 // Only stage-2 entries: combined stage 1+2 entries need a
                 // later TLBI_NH_ALL / S12_VMALL, as the architecture says.
-                let (range, level, granule_shift) = self.tlbi_range(&c, c.ipa());
+                let (range, level, granule_shift) = self.tlbi_range(&c, c.ipa())?;
+                if !self.ids_fit(&c, false, true) {
+                    return Ok(());
+                }
                 let sc = InvScope {
                     vmid: Some(self.vmid_of(&c)),
                     range,
