@@ -52,15 +52,19 @@ fn bring_up_reports_features_and_enables() {
         assert_eq!(st.by_opcode[0x04], 1, "CFGI_ALL");
         assert_eq!(st.by_opcode[0x30], 1, "TLBI_NSNH_ALL");
         assert_eq!(st.syncs, 1);
-        // A stream whose level-2 table was never installed has no valid STE.
+        // A stream whose level-2 table was never installed is an invalid
+        // stream ID (level-1 descriptor with Span 0).
         let err = sys
             .model
             .dma_write(&DmaRequest::write(5, 0x1000, 4), &[1; 4])
             .unwrap_err();
-        assert_eq!(err.event_type(), Some(smmuv3_model::EventType::CBadSte));
+        assert_eq!(
+            err.event_type(),
+            Some(smmuv3_model::EventType::CBadStreamId)
+        );
         let evs = sys.smmu.drain_events().unwrap().events;
         assert_eq!(evs.len(), 1);
-        assert_eq!((evs[0].ty, evs[0].sid), (EventType::BadSte, 5));
+        assert_eq!((evs[0].ty, evs[0].sid), (EventType::BadStreamId, 5));
         // Once a neighbour is attached, the span's STEs abort silently.
         let up = sys.smmu.set_bypass(6).unwrap();
         assert_eq!(
@@ -121,6 +125,12 @@ fn map_use_unmap(sys: &System, dom: &mut HostedDomain, sid: u32, ssid: Option<u3
     // device view, so the DMA below would fail otherwise).
     if sys.mem.coherency() == Coherency::NonCoherent {
         assert!(sys.mem.cache_stats().lines_cleaned > cleans);
+    } else {
+        assert_eq!(
+            sys.mem.cache_stats().lines_cleaned,
+            cleans,
+            "a coherent SMMU needs no cleans"
+        );
     }
     let req = |off: u64| {
         let r = DmaRequest::write(sid, iova + off, 16);

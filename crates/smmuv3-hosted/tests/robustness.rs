@@ -239,3 +239,40 @@ fn mmu600_errata_and_no_ril() {
     d.unmap(0x100_0000, 64 * 4096).unwrap();
     assert_eq!(sys.model.stats().command(0x12) - before, 64);
 }
+
+#[test]
+fn ats_streams_get_atc_invalidations() {
+    let sys = sys_with(
+        ModelConfig {
+            ats: true,
+            ..ModelConfig::default()
+        },
+        SmmuConfig::default(),
+    );
+    let mut d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    let opts = AttachOptions {
+        ats: true,
+        ..Default::default()
+    };
+    sys.smmu.attach(9, None, &d, opts).unwrap();
+    sys.smmu
+        .attach(10, None, &d, AttachOptions::default())
+        .unwrap();
+    let pa = sys.mem.alloc(0x4000).unwrap();
+    d.map(0x7000, pa, 0x2000, RW).unwrap();
+    sys.model
+        .dma_write(&DmaRequest::write(9, 0x7000, 4), &[1; 4])
+        .unwrap();
+    let before = sys.model.stats().command(0x40);
+    d.unmap(0x7000, 0x2000).unwrap();
+    // One ATC_INV for the one ATS stream, spanning the pages 0x7000-0x8fff
+    // (naturally aligned: 0x0000-0xffff, 2^4 pages).
+    assert_eq!(sys.model.stats().command(0x40), before + 1);
+    // Without ATS support, asking for it is refused.
+    let plain = sys_with(ModelConfig::default(), SmmuConfig::default());
+    let d2 = HostedDomain::new_stage1(&plain.smmu, Granule::K4, 48).unwrap();
+    assert!(matches!(
+        plain.smmu.attach(1, None, &d2, opts),
+        Err(Error::Unsupported(_))
+    ));
+}

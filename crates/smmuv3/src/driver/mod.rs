@@ -200,9 +200,63 @@ impl IdAlloc {
     }
 }
 
+/// The environment's memory, with cache maintenance skipped when the SMMU
+/// is coherent (IDR0.COHACC): cleans are then pure cost.
+pub(crate) struct Mem<M> {
+    inner: M,
+    coherent: bool,
+}
+
+// SAFETY: forwards allocation to `M`, which upholds the contract.
+unsafe impl<M: DmaMemory> io_pgtable::env::TableMemory for Mem<M> {
+    fn alloc_table(
+        &self,
+        size: usize,
+    ) -> Result<io_pgtable::env::TableBlock, io_pgtable::env::AllocError> {
+        self.inner.alloc_table(size)
+    }
+
+    unsafe fn free_table(&self, block: io_pgtable::env::TableBlock, size: usize) {
+        // SAFETY: forwarded from our caller; the block came from `inner`.
+        unsafe { self.inner.free_table(block, size) }
+    }
+
+    fn phys_to_cpu(&self, phys: u64) -> core::ptr::NonNull<u8> {
+        self.inner.phys_to_cpu(phys)
+    }
+}
+
+impl<M: DmaMemory> io_pgtable::env::CacheMaintenance for Mem<M> {
+    fn clean(
+        &self,
+        cpu: core::ptr::NonNull<u8>,
+        phys: u64,
+        len: usize,
+    ) -> Result<(), io_pgtable::env::CacheError> {
+        if self.coherent {
+            return Ok(());
+        }
+        self.inner.clean(cpu, phys, len)
+    }
+}
+
+impl<M: DmaMemory> crate::env::CacheInvalidate for Mem<M> {
+    fn invalidate(
+        &self,
+        cpu: core::ptr::NonNull<u8>,
+        phys: u64,
+        len: usize,
+    ) -> Result<(), io_pgtable::env::CacheError> {
+        if self.coherent {
+            return Ok(());
+        }
+        self.inner.invalidate(cpu, phys, len)
+    }
+}
+
 pub(crate) struct Inner<R: RegisterFrame, M: DmaMemory, C: Clock> {
     regs: R,
-    mem: M,
+    mem: Mem<M>,
     clock: C,
     features: Features,
     cfg: SmmuConfig,
@@ -298,6 +352,10 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         cfg: SmmuConfig,
         features: Features,
     ) -> Result<Self, Error> {
+        let mem = Mem {
+            inner: mem,
+            coherent: features.coherent,
+        };
         let sync = cmdq::resolve_sync(cfg.sync, &features)?;
         let cmdq = cmdq::Cmdq::new(&mem, cfg.cmdq_log2.min(features.cmdq_log2), sync)?;
         let evtq = evtq::Evtq::new(&mem, cfg.evtq_log2.min(features.evtq_log2))?;
@@ -412,7 +470,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
 
     /// Returns the memory environment.
     pub fn mem(&self) -> &M {
-        &self.inner.mem
+        &self.inner.mem.inner
     }
 
     /// Returns how CMD_SYNC completion is awaited.
