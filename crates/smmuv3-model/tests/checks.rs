@@ -448,3 +448,38 @@ fn misaligned_table_bases_are_aligned_by_the_smmu() {
         .translate(&DmaRequest::read(SID, 0x1000, 4).privileged());
     assert_eq!(t.unwrap().pa, page);
 }
+
+#[test]
+fn ste_contiguous_span_must_hold_identical_entries() {
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    let mut ste = ste_bypass();
+    ste[1] |= 2 << 13; // CONT = 2: StreamIDs 4..7 share one STE
+    for sid in 4..8 {
+        h.write_words(h.ste_at(sid), &ste);
+    }
+    h.cmd(smmuv3_model::layout::op::CFGI_STE_RANGE as u64, 31);
+    h.sync();
+    assert!(h.smmu.translate(&DmaRequest::read(5, 0, 4)).unwrap().bypass);
+    // One member differs (abort instead of bypass): the promise is broken.
+    let mut other = ste;
+    other[0] = 1;
+    h.write_words(h.ste_at(7), &other);
+    h.cmd(smmuv3_model::layout::op::CFGI_STE_RANGE as u64, 31);
+    h.sync();
+    assert_eq!(
+        kind(&h, DmaRequest::read(5, 0, 4)),
+        Some(EventType::FCfgConflict)
+    );
+    // CONT values themselves may differ while software updates the span.
+    let mut c3 = ste;
+    c3[1] = (c3[1] & !(0xf << 13)) | 1 << 13;
+    h.write_words(h.ste_at(7), &c3);
+    h.cmd(smmuv3_model::layout::op::CFGI_STE_RANGE as u64, 31);
+    h.sync();
+    assert!(h.smmu.translate(&DmaRequest::read(5, 0, 4)).is_ok());
+}

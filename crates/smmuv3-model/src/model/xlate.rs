@@ -456,6 +456,7 @@ impl State {
         }
         let base = self.regs.strtab_base & strtab::ADDR_MASK;
         let two_level = (cfg >> strtab::FMT_SHIFT) & 3 == 1 && self.cfg.two_level_strtab;
+        // (array base, first StreamID of the array, STEs in the array)
         let ste_pa = if two_level {
             let split = self.strtab_split();
             let l1idx = sid >> split;
@@ -486,10 +487,12 @@ impl State {
             }
             // The level-2 array is aligned to its size by the SMMU.
             let l2 = l1std_l2ptr(l1) & !((STE_SIZE << (span - 1)) - 1);
-            l2 + u64::from(l2idx) * STE_SIZE
+            (l2, sid & !((1 << split) - 1), 1u64 << (span - 1))
         } else {
-            base + u64::from(sid) * STE_SIZE
+            (base, 0, 1u64 << log2size)
         };
+        let (array, array_first, array_len) = ste_pa;
+        let ste_pa = array + u64::from(sid - array_first) * STE_SIZE;
         let Some(words) = self.read_words::<8>(ste_pa) else {
             return Err(Stop::Config(Event {
                 addr2: ste_pa,
@@ -499,8 +502,49 @@ impl State {
         let Some(ste) = self.decode_ste(&RawSte(words)) else {
             return Err(ev(EventType::CBadSte));
         };
+        self.check_ste_span(sid, &words, array, array_first, array_len)?;
         self.ste_cache.insert(sid, ste);
         Ok(ste)
+    }
+
+    /// Checks the STE.CONT promise: every STE of the contiguous span
+    /// (capped to the array holding it) is identical but for CONT. A broken
+    /// promise is reported as F_CFG_CONFLICT, one of the architected
+    /// outcomes.
+    fn check_ste_span(
+        &self,
+        sid: u32,
+        words: &[u64; 8],
+        array: u64,
+        array_first: u32,
+        array_len: u64,
+    ) -> Result<(), Stop> {
+        const CONT: u64 = 0xf << 13;
+        let cont = crate::layout::bits(words[1], 16, 13) as u32;
+        if cont == 0 {
+            return Ok(());
+        }
+        let n = 1u64 << cont;
+        let first = u64::from(sid) & !(n - 1);
+        let lo = first.max(u64::from(array_first));
+        let hi = (first + n).min(u64::from(array_first) + array_len);
+        for other in lo..hi {
+            let pa = array + (other - u64::from(array_first)) * STE_SIZE;
+            let Some(o) = self.read_words::<8>(pa) else {
+                return Err(Stop::Config(Event {
+                    addr2: pa,
+                    ..Event::new(EventType::FSteFetch, sid)
+                }));
+            };
+            let same = o.iter().zip(words).enumerate().all(|(i, (a, b))| {
+                let mask = if i == 1 { !CONT } else { u64::MAX };
+                (a ^ b) & mask == 0
+            });
+            if !same {
+                return Err(Stop::Config(Event::new(EventType::FCfgConflict, sid)));
+            }
+        }
+        Ok(())
     }
 
     /// Translates a structure address through stage 2 when the STE nests.
