@@ -120,8 +120,9 @@ pub fn ttl_hint(granule_log2: u8, leaf_log2: u8) -> u8 {
 /// request.
 ///
 /// The range is first widened to whole granules (or whole leaves for
-/// leaf-only requests without RIL). With RIL, a non-leaf range whose page
-/// count is 1 modulo 32 is widened by one page to save a command.
+/// leaf-only requests without RIL). With RIL, a range without a level hint
+/// whose page count is 1 modulo 32 is widened by one page: that saves a
+/// command and avoids the reserved NUM = SCALE = TTL = 0 encoding.
 ///
 /// # Errors
 ///
@@ -161,7 +162,11 @@ pub fn plan(req: &TlbiRequest, policy: &TlbiPolicy) -> Result<TlbiPlan, CommandE
     let end = end.div_ceil(1 << step_log2) << step_log2;
     let kind = if policy.ril {
         let mut pages = (end - start) >> tg;
-        if !leaf && pages % RANGE_NUM_MAX == 1 {
+        // A range command with NUM = SCALE = TTL = 0 is a reserved encoding;
+        // only the first command can have SCALE = 0, so widening an odd
+        // count by one page avoids it (and saves a command for non-leaf
+        // ranges, as Linux does).
+        if (!leaf || ttl == 0) && pages % RANGE_NUM_MAX == 1 {
             pages += 1;
         }
         Kind::Range {
@@ -327,6 +332,13 @@ mod tests {
         // 33 pages non-leaf: widened to 34 = 17 * 2 -> one command.
         let cmds: Vec<_> = plan(&req(0, 33 << 12, None), &p).unwrap().collect();
         assert_eq!(cmds.len(), 1);
+        // Leaf-only without a usable level hint (TTL 0): one page would be
+        // the reserved NUM = SCALE = TTL = 0 form, so it is widened to two.
+        let Some(Command::TlbiNhVa { at, .. }) = plan(&req(0, 4096, Some(13)), &p).unwrap().next()
+        else {
+            panic!()
+        };
+        assert_eq!((at.ttl, at.num, at.scale), (0, 0, 1), "two pages as 1 << 1");
         // 33 pages leaf-only: exact, two commands.
         assert_eq!(plan(&req(0, 33 << 12, Some(12)), &p).unwrap().count(), 2);
     }
@@ -443,6 +455,9 @@ mod tests {
             }
             for c in &cmds {
                 prop_assert!(c.encode().is_ok());
+                if let Command::TlbiNhVa { at, .. } = c {
+                    prop_assert!(!(at.tg != 0 && at.num == 0 && at.scale == 0 && at.ttl == 0), "reserved encoding {:?}", at);
+                }
             }
         }
 
