@@ -144,6 +144,9 @@ pub struct ModelConfig {
     /// Terminate model (IDR0.TERM_MODEL): `true` means CD.A = 0 (RAZ/WI
     /// termination) is not supported and always aborts.
     pub term_model_abort_only: bool,
+    /// STE.PRIVCFG/INSTCFG overrides (IDR1.ATTR_PERMS_OVR); without it the
+    /// incoming privilege and instruction attributes are always used.
+    pub attr_perms_ovr: bool,
     /// Hierarchical attribute disables (IDR3.HAD).
     pub had: bool,
     /// Extended XN encodings at stage 2 (IDR3.XNX).
@@ -189,6 +192,7 @@ impl Default for ModelConfig {
             btm: false,
             stall_model: StallModel::StallAndTerminate,
             term_model_abort_only: false,
+            attr_perms_ovr: true,
             had: true,
             xnx: true,
             coherent: None,
@@ -215,6 +219,7 @@ impl ModelConfig {
             msi: false,
             stall_model: StallModel::TerminateOnly,
             term_model_abort_only: true,
+            attr_perms_ovr: false,
             gbpa_abort_at_reset: false,
             ..Self::default()
         }

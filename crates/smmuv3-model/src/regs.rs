@@ -273,7 +273,8 @@ impl IdRegs {
         let idr1 = u32::from(cfg.sid_bits)
             | u32::from(cfg.ssid_bits) << 6
             | u32::from(cfg.evtq_log2) << 16
-            | u32::from(cfg.cmdq_log2) << 21;
+            | u32::from(cfg.cmdq_log2) << 21
+            | b(cfg.attr_perms_ovr, 26);
         let idr3 = b(cfg.had, 2) | b(cfg.xnx, 4) | b(cfg.ril, 10) | u32::from(cfg.bbml & 3) << 11;
         let idr5 = oas_bits_to_field(cfg.oas_bits).unwrap_or(5)
             | b(cfg.gran4k, 4)

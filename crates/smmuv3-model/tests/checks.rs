@@ -35,14 +35,6 @@ fn illegal_ste_fields() {
         ),
         (
             {
-                let mut s = ste_s1(cdp, 8, 0, 0);
-                s[1] |= 0b01 << 48;
-                s
-            },
-            "PRIVCFG reserved",
-        ),
-        (
-            {
                 let mut s = ste_s2(&S2 {
                     vmid: 1,
                     t0sz: 24,

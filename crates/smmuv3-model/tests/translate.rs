@@ -523,7 +523,7 @@ fn bad_stage2_geometry_is_c_bad_ste() {
     let cases = [
         S2 { sl0: 0, ..good },   // level 2 start would need 512 tables
         S2 { sl0: 3, ..good },   // reserved
-        S2 { t0sz: 10, ..good }, // IPA wider than PS
+        S2 { t0sz: 10, ..good }, // IPA wider than the IAS (48 bits)
         S2 { tg: 3, ..good },    // reserved granule
     ];
     for (i, s) in cases.iter().enumerate() {
@@ -811,4 +811,37 @@ fn bad_streamid_is_recorded_only_with_recinvsid() {
     );
     let _ = h.smmu.translate(&DmaRequest::read(9, 0, 4));
     assert_eq!(h.events().len(), 1);
+}
+
+#[test]
+fn stage2_input_may_exceed_its_output_size() {
+    let mut h = H::new(ModelConfig::default());
+    h.enable_linear(4);
+    // 48-bit IPA space (T0SZ 16, level 0 start) with a 40-bit S2PS.
+    let pt = Pt::new_s2(&h, 12, 48, 0);
+    let s2 = S2 {
+        vmid: 1,
+        t0sz: 16,
+        sl0: 2,
+        tg: 0,
+        ps: 2,
+        ttb: pt.root,
+    };
+    h.set_ste(SID, ste_s2(&s2));
+    let page = h.alloc(4096);
+    pt.map(&h, 0x8000_0000_0000 - 0x1000, page, 3, S2_RW);
+    let t = h
+        .smmu
+        .translate(&DmaRequest::read(SID, 0x8000_0000_0000 - 0x1000, 4))
+        .unwrap();
+    assert_eq!(t.pa, page);
+    // Output beyond S2PS: stage-2 address size fault.
+    pt.map(&h, 0x2000, 1 << 40, 3, S2_RW);
+    let e = *h
+        .smmu
+        .translate(&DmaRequest::read(SID, 0x2000, 4))
+        .unwrap_err()
+        .event()
+        .unwrap();
+    assert_eq!((e.kind, e.s2), (EventType::FAddrSize, true));
 }

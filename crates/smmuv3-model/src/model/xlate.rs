@@ -184,8 +184,12 @@ impl State {
         if shift != 16 {
             eff_ps = eff_ps.min(48);
         }
+        // The IPA space may be larger than S2PS; it is bounded by the IAS
+        // (= OAS here, no AArch32), at least 16 bits of T0SZ below 64K.
         let t0sz = raw.s2t0sz();
-        if !(64 - eff_ps..=39).contains(&t0sz) {
+        let oas = u32::from(self.cfg.oas_bits);
+        let floor = if shift == 16 { 12 } else { 16 };
+        if !((64 - oas).max(floor)..=39).contains(&t0sz) {
             return None;
         }
         let ias = 64 - t0sz;
@@ -313,20 +317,27 @@ impl State {
         } else {
             None
         };
+        // S2VMID tags NS-EL1 translations of either stage when stage 2 is
+        // implemented; EL2 StreamWorld and bypass ignore it.
         let vmid = match s2 {
             Some(s) => s.vmid,
-            None if self.cfg.stage2 => {
-                if self.cfg.vmid16 {
-                    raw.s2vmid()
-                } else {
-                    raw.s2vmid() & 0xff
+            None if self.cfg.stage2 && s1_on && !el2 => {
+                if !self.cfg.vmid16 && raw.s2vmid() >> 8 != 0 {
+                    return None;
                 }
+                raw.s2vmid()
             }
             None => 0,
         };
-        if raw.privcfg() == 1 || raw.instcfg() == 1 {
-            return None;
-        }
+        // Overrides exist only with IDR1.ATTR_PERMS_OVR; 0b01 is reserved
+        // and behaves as "use incoming".
+        let ovr = |v: u64| {
+            if self.cfg.attr_perms_ovr && v != 1 {
+                v
+            } else {
+                0
+            }
+        };
         Some(Ste {
             config,
             s1,
@@ -334,8 +345,8 @@ impl State {
             vmid,
             el2,
             eats: if self.cfg.ats { raw.eats() } else { 0 },
-            privcfg: raw.privcfg(),
-            instcfg: raw.instcfg(),
+            privcfg: ovr(raw.privcfg()),
+            instcfg: ovr(raw.instcfg()),
         })
     }
 
