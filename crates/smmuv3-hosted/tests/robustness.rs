@@ -276,3 +276,32 @@ fn ats_streams_get_atc_invalidations() {
         Err(Error::Unsupported(_))
     ));
 }
+
+#[test]
+fn shutdown_stops_translation_and_commands() {
+    let sys = sys_with(ModelConfig::default(), SmmuConfig::default());
+    let d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    let pa = sys.mem.alloc(4096).unwrap();
+    d.map(0x1000, pa, 4096, RW).unwrap();
+    sys.smmu
+        .attach(4, None, &d, AttachOptions::default())
+        .unwrap();
+    sys.model
+        .dma_write(&DmaRequest::write(4, 0x1000, 4), &[1; 4])
+        .unwrap();
+    sys.smmu.shutdown().unwrap();
+    // GBPA aborts while disabled.
+    assert_eq!(
+        sys.model
+            .dma_write(&DmaRequest::write(4, 0x1000, 4), &[1; 4]),
+        Err(DmaFault::GlobalAbort)
+    );
+    assert_eq!(
+        sys.smmu.issue(&[Command::TlbiNsnhAll], true),
+        Err(Error::QueueDisabled)
+    );
+    // Dropping a domain of a shut-down SMMU frees it without waiting.
+    let tables = sys.mem.blocks_allocated();
+    drop(d);
+    assert!(sys.mem.blocks_allocated() < tables, "page tables freed");
+}

@@ -44,6 +44,9 @@ pub enum Error {
     /// A command could not be built.
     #[error("command: {0}")]
     Command(#[from] CommandError),
+    /// The command queue is disabled (the SMMU was shut down).
+    #[error("command queue disabled (SMMU shut down)")]
+    QueueDisabled,
     /// The device did not respond in time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),

@@ -268,6 +268,9 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
 
     /// Issues `cmds` and, when `sync`, a CMD_SYNC, waiting for completion.
     pub(crate) fn issue(&self, cmds: &[Command], sync: bool) -> Result<(), Error> {
+        if !self.cmdq_on.load(core::sync::atomic::Ordering::Acquire) {
+            return Err(Error::QueueDisabled);
+        }
         // Encode everything first: a bad operand issues nothing.
         let words: Vec<([u64; 2], u8)> = cmds
             .iter()

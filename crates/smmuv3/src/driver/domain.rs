@@ -379,14 +379,16 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
 
 impl<R: RegisterFrame, M: DmaMemory, C: Clock> Drop for Domain<R, M, C> {
     fn drop(&mut self) {
-        // Streams must stop using the tables before they are freed.
+        // Streams must stop using the tables before they are freed. A shut
+        // down SMMU walks nothing, and a new bring-up invalidates all TLBs.
+        let quiescent = self.smmu.is_quiescent();
         let attached = self.attached();
         let mut ok = true;
         for (sid, ssid) in attached {
-            ok &= self.smmu.detach(sid, ssid).is_ok();
+            ok &= quiescent || self.smmu.detach(sid, ssid).is_ok();
         }
         // Only an id whose TLB entries are provably gone may be reused.
-        let invalidated = ok && self.flush_all().is_ok();
+        let invalidated = quiescent || (ok && self.flush_all().is_ok());
         let i = &self.smmu.inner;
         match self.shared.kind {
             DomainKind::Stage1 { asid, .. } => i.asids.lock().free(asid, invalidated),

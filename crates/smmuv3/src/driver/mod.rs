@@ -268,6 +268,8 @@ pub(crate) struct Inner<R: RegisterFrame, M: DmaMemory, C: Clock> {
     vmids: SpinLock<IdAlloc>,
     stats: Stats,
     enabled: AtomicBool,
+    /// CMDQEN is acknowledged set: commands can be consumed.
+    cmdq_on: AtomicBool,
     next_domain: AtomicU64,
 }
 
@@ -317,6 +319,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
         if self.cfg.gbpa_abort {
             self.write_gbpa(true)?;
         }
+        self.cmdq_on.store(false, Ordering::Release);
         self.write_cr0(0)?;
         self.enabled.store(false, Ordering::Release);
         Ok(())
@@ -377,6 +380,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
             streams: SpinLock::new(streams),
             stats: Stats::new(),
             enabled: AtomicBool::new(false),
+            cmdq_on: AtomicBool::new(false),
             next_domain: AtomicU64::new(1),
         };
         let smmu = Self {
@@ -428,6 +432,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         let g = r.read32(regs::GERROR);
         r.write32(regs::GERRORN, g);
         i.write_cr0(cr0::CMDQEN.make(1) as u32)?;
+        i.cmdq_on.store(true, Ordering::Release);
         let mut inval = Vec::new();
         inval.push(Command::CFGI_ALL);
         if i.features.hyp {
@@ -521,6 +526,12 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         self.inner.enabled.load(Ordering::Acquire)
     }
 
+    /// Returns whether the SMMU was shut down (queues and translation off):
+    /// nothing walks the tables any more.
+    pub(crate) fn is_quiescent(&self) -> bool {
+        !self.inner.cmdq_on.load(Ordering::Acquire) && !self.is_enabled()
+    }
+
     /// Handles active global errors: a command error is reported, the bad
     /// command skipped and the queue resumed; other errors are acknowledged.
     ///
@@ -528,7 +539,8 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
     ///
     /// # Errors
     ///
-    /// [`Error::CommandRejected`] describing a skipped command.
+    /// [`Error::CommandRejected`] describing a skipped command;
+    /// [`Error::Global`] when the SMMU entered service failure mode.
     pub fn handle_gerror(&self) -> Result<u32, Error> {
         let mut q = self.inner.cmdq.lock();
         let active = self.inner.service_gerror(&mut q)?;
@@ -563,6 +575,10 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
         }
         // Acknowledge by making GERRORN equal GERROR for the handled bits.
         self.regs.write32(regs::GERRORN, n ^ active);
+        if active & gerror::SFM_ERR.mask() as u32 != 0 {
+            // Service failure mode: the SMMU stopped; only a reset helps.
+            return Err(Error::Global(active));
+        }
         Ok(active)
     }
 }

@@ -228,18 +228,18 @@ impl Streams {
     }
 
     /// Returns the block and word index of a stream's STE, installing a
-    /// level-2 table when needed. The flag tells whether one was installed.
+    /// level-2 table when needed (then also its SPLIT).
     fn ste_slot(
         &mut self,
         mem: &impl DmaMemory,
         sid: u32,
-    ) -> Result<(&DevBlock, usize, bool), Error> {
+    ) -> Result<(&DevBlock, usize, Option<u8>), Error> {
         match &mut self.table {
             Table::Linear { blk, log2 } => {
                 if u64::from(sid) >> *log2 != 0 {
                     return Err(Error::BadStreamId(sid));
                 }
-                Ok((blk, sid as usize * WORDS, false))
+                Ok((blk, sid as usize * WORDS, None))
             }
             Table::TwoLevel {
                 l1,
@@ -251,7 +251,7 @@ impl Streams {
                     return Err(Error::BadStreamId(sid));
                 }
                 let i = (sid >> *split) as usize;
-                let mut installed = false;
+                let mut installed = None;
                 if l2[i].is_none() {
                     let blk = DevBlock::alloc(mem, 64usize << *split)?;
                     init_stes(&blk, mem)?;
@@ -260,7 +260,7 @@ impl Streams {
                     l1.write(i, desc);
                     l1.clean(mem, i * 8, 8)?;
                     l2[i] = Some(blk);
-                    installed = true;
+                    installed = Some(*split);
                 }
                 let blk = l2[i].as_ref().ok_or(Error::BadStreamId(sid))?;
                 let within = sid as usize & ((1usize << *split) - 1);
@@ -455,12 +455,13 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
             self.master_ste(m)?
         };
         let (blk, at, installed) = st.ste_slot(&self.mem, sid)?;
-        if installed {
-            let base = sid & !((1 << STRTAB_SPLIT) - 1);
+        if let Some(split) = installed {
+            // The SMMU may cache level-1 descriptors: drop the span's.
+            let base = sid & !((1u32 << split) - 1);
             self.issue(
                 &[Command::CfgiSteRange {
                     sid: base,
-                    range: STRTAB_SPLIT - 1,
+                    range: split - 1,
                 }],
                 true,
             )?;
