@@ -166,8 +166,8 @@ fn bench(c: &mut Criterion) {
     for l in LOADS {
         let mut g = c.benchmark_group(l.name);
         let big = l.count >= 512;
-        g.warm_up_time(Duration::from_millis(300));
-        g.measurement_time(Duration::from_millis(if big { 2000 } else { 1000 }));
+        g.warm_up_time(Duration::from_millis(200));
+        g.measurement_time(Duration::from_millis(if big { 1500 } else { 800 }));
         if big {
             g.sample_size(10);
         }

@@ -444,6 +444,25 @@ impl<E: PtEnv> PageTable<E> {
         if len & (g - 1) != 0 {
             return Err(Partial::at(0, Error::UnalignedSize(len)));
         }
+        // The whole range is validated before anything is touched.
+        let fail = |e| Partial::at(0, e);
+        let (va0, _) = self.normalize(iova).map_err(fail)?;
+        let end = va0.checked_add(len).ok_or(fail(Error::Overflow))?;
+        if end - 1 > self.ias_mask {
+            return Err(fail(Error::IovaOutOfRange(iova)));
+        }
+        if iova & (g - 1) != 0 {
+            return Err(fail(Error::UnalignedIova(iova)));
+        }
+        if let Some(pa) = paddr {
+            let pend = pa.checked_add(len).ok_or(fail(Error::Overflow))?;
+            if (pend - 1) >> self.cfg.oas != 0 {
+                return Err(fail(Error::PaddrOutOfRange(pa)));
+            }
+            if pa & (g - 1) != 0 {
+                return Err(fail(Error::UnalignedPaddr(pa)));
+            }
+        }
         let (mut va, mut pa, mut left, mut done) = (iova, paddr.unwrap_or(iova), len, 0usize);
         while left > 0 {
             let align = va | pa;

@@ -5,7 +5,8 @@ mod common;
 
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::{assert_agree, dev_walk, dirty_lines_ignoring_sw, memory, memory_for, table};
 use io_pgtable::env::{
@@ -346,6 +347,24 @@ fn dirty_tracking_reports_and_clears_device_writes() {
 struct SkipEnv {
     inner: SimEnv,
     skip: AtomicBool,
+    /// Make cleans fail (an environment error).
+    fail: AtomicBool,
+    /// Cleans attempted.
+    calls: AtomicU64,
+    /// Dirty lines (walker-visible bits) seen when pages reach the gather.
+    dirty_at_add: Mutex<Vec<u64>>,
+}
+
+impl SkipEnv {
+    fn new(mem: &Arc<SimMemory>) -> Self {
+        Self {
+            inner: SimEnv::new(mem.clone()),
+            skip: AtomicBool::new(false),
+            fail: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            dirty_at_add: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 // SAFETY: delegates every memory operation to SimEnv.
@@ -364,6 +383,10 @@ unsafe impl TableMemory for SkipEnv {
 
 impl CacheMaintenance for SkipEnv {
     fn clean(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(CacheError { phys, len });
+        }
         if self.skip.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -378,15 +401,19 @@ impl TlbHooks for SkipEnv {
     fn sync_gather(&self, gather: &Gather) {
         self.inner.sync_gather(gather);
     }
+    fn add_pages(&self, gather: &mut Gather, iova: u64, pgsize: u64, count: u64) {
+        let dirty = dirty_lines_ignoring_sw(self.inner.mem());
+        self.dirty_at_add.lock().unwrap().push(dirty);
+        if let Some(old) = gather.add(iova, pgsize, count) {
+            self.sync_gather(&old);
+        }
+    }
 }
 
 #[test]
 fn a_skipped_clean_is_caught_by_the_device_walker() {
     let mem: Arc<SimMemory> = memory(false, 1 << 20);
-    let env = SkipEnv {
-        inner: SimEnv::new(mem.clone()),
-        skip: AtomicBool::new(false),
-    };
+    let env = SkipEnv::new(&mem);
     let pt = PageTable::new(s1_4k(WalkCoherency::NonCoherent), env).unwrap();
     let walk = |iova| dev_walk(&mem, &pt.regs(), iova);
     assert_eq!(pt.map(0, 0x5000, K4, 1, RW), Ok(4096));
@@ -646,4 +673,58 @@ fn map_range_uses_the_largest_aligned_pages() {
     let mut g = Gather::new();
     assert_eq!(pt.unmap_range(iova, len, &mut g), Ok(len as usize));
     assert_eq!(pt.translate(0x4000_0000), None);
+}
+
+#[test]
+fn table_memory_is_exactly_the_tables_needed() {
+    use io_pgtable::env::{Counting, HostEnv};
+    let env = Counting::new(HostEnv::default());
+    let mut pt = PageTable::new(Config::stage1(Granule::K4, 48, 48), &env).unwrap();
+    assert_eq!(env.stats().bytes_live, 4096, "the start table");
+    let gb = 1u64 << 30;
+    // 1G as 4K pages: one level-1, one level-2 and 512 level-3 tables.
+    assert_eq!(pt.map(gb, gb, K4, 262_144, RW), Ok(1 << 30));
+    assert_eq!(env.stats().bytes_live, (1 + 1 + 1 + 512) * 4096);
+    // 1G as 2M blocks elsewhere: one more level-2 table only.
+    assert_eq!(pt.map(2 * gb, 0, M2, 512, RW), Ok(1 << 30));
+    assert_eq!(env.stats().bytes_live, (1 + 1 + 2 + 512) * 4096);
+    // Unmapping at 1G retires the level-2 table and its 512 children.
+    let mut g = Gather::new();
+    assert_eq!(pt.unmap(gb, gb, 1, &mut g), Ok(1 << 30));
+    assert_eq!(pt.reclaim(), 513);
+    assert_eq!(env.stats().bytes_live, 3 * 4096);
+    drop(pt);
+    let s = env.stats();
+    assert_eq!((s.bytes_live, s.allocs), (0, s.frees));
+}
+
+#[test]
+fn unmap_cleans_before_the_tlb_hears_of_it_and_sync_stops_at_the_first_error() {
+    let mem: Arc<SimMemory> = memory(false, 1 << 20);
+    let pt = PageTable::new(s1_4k(WalkCoherency::Deferred), SkipEnv::new(&mem)).unwrap();
+    // Three level-3 tables' worth of deferred leaves.
+    assert_eq!(pt.map(0, 0, K4, 1536, RW), Ok(1536 * 4096));
+    pt.env().fail.store(true, Ordering::Relaxed);
+    let before = pt.env().calls.load(Ordering::Relaxed);
+    assert_eq!(
+        pt.sync_map(0, 1536 * K4),
+        Err(Error::Cache(CacheError {
+            phys: pt.walk(0).steps()[3].desc_phys,
+            len: 4096
+        }))
+    );
+    assert_eq!(
+        pt.env().calls.load(Ordering::Relaxed),
+        before + 1,
+        "stopped at the first error"
+    );
+    pt.env().fail.store(false, Ordering::Relaxed);
+    pt.sync_map(0, 1536 * K4).unwrap();
+    assert_eq!(dirty_lines_ignoring_sw(&mem), 0);
+    // Every unmapped run is clean in memory before it reaches the gather.
+    let mut g = Gather::new();
+    assert_eq!(pt.unmap(4 * K4, K4, 1000, &mut g), Ok(1000 * 4096));
+    let seen = pt.env().dirty_at_add.lock().unwrap().clone();
+    assert_eq!(seen, vec![0, 0], "two runs, one per level-3 table");
+    assert_eq!(dev_walk(&mem, &pt.regs(), 5 * K4), Ok(None));
 }

@@ -101,7 +101,7 @@ fn run(cfg: Config, pt: &PageTable<SimEnv>) {
 
 fn matrix(mode: WalkCoherency) {
     // Small memory (dirty-line scans read all of it), reused by every table.
-    let mem = memory_for(mode, 4 << 20);
+    let mem = memory_for(mode, 2 << 20);
     let mut n = 0;
     for granule in [Granule::K4, Granule::K16, Granule::K64] {
         for oas in SIZES {
@@ -145,7 +145,7 @@ fn linux_matrix_52_bit_64k() {
         WalkCoherency::NonCoherent,
         WalkCoherency::Deferred,
     ] {
-        let mem = memory_for(mode, 8 << 20);
+        let mem = memory_for(mode, 2 << 20);
         for (ias, oas) in [(48, 52), (52, 52)] {
             for cfg in [
                 Config::stage1(Granule::K64, ias, oas),
