@@ -1,0 +1,78 @@
+//! Runs a fixed number of translations of one kind, for load-independent
+//! measurement with `perf stat -e cycles:u,instructions:u` (see
+//! BENCHMARKS.md): `translate_loop <hit|hit64|walk|nested> <count>`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use smmuv3_model::{Coherency, DmaRequest, ModelConfig};
+
+const SID: u32 = 1;
+const STEP: u64 = (1 << 30) + 0x1000;
+const N: u64 = 64;
+
+fn model(tlb_capacity: usize, nested: bool) -> H {
+    let cfg = ModelConfig {
+        tlb_capacity,
+        ..ModelConfig::default()
+    };
+    let mut h = H::with(cfg, Coherency::Coherent, 16 << 20);
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
+    if nested {
+        let s2pt = Pt::new_s2(&h, 12, 40, 1);
+        for i in 0..8u64 {
+            let a = MEM_BASE + i * (2 << 20);
+            s2pt.map(&h, a, a, 2, S2_RW);
+        }
+        let s2 = S2 {
+            vmid: 1,
+            t0sz: 24,
+            sl0: 1,
+            tg: 0,
+            ps: 2,
+            ttb: s2pt.root,
+        };
+        h.set_ste(SID, ste_nested(cdp, &s2));
+    } else {
+        h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
+    }
+    let page = h.alloc(4096);
+    for i in 0..N {
+        pt.map(&h, i * STEP, page, 3, S1_RW);
+    }
+    h
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args.get(1).map_or("hit", String::as_str);
+    let count: u64 = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let (h, spread) = match mode {
+        "hit" => (model(1 << 16, false), false),
+        "hit64" => (model(1 << 16, false), true),
+        "walk" => (model(1, false), true),
+        "nested" => (model(1, true), true),
+        other => {
+            eprintln!("unknown mode {other}; use hit, hit64, walk or nested");
+            std::process::exit(2);
+        }
+    };
+    let mut sum = 0u64;
+    for i in 0..count {
+        let va = if spread { (i % N) * STEP } else { 0x40 };
+        let r = DmaRequest::read(SID, va, 4).privileged();
+        sum = sum.wrapping_add(h.smmu.translate(&r).map_or(0, |t| t.pa));
+    }
+    let s = h.smmu.stats();
+    println!(
+        "{mode}: {count} translations, {} TLB hits, {} walks, {} descriptor reads (checksum {sum:#x})",
+        s.tlb_hits, s.walks, s.descriptor_reads
+    );
+}
