@@ -73,7 +73,7 @@ fn malformed_commands_are_illegal() {
             0,
             "SSec on the non-secure queue",
         ),
-        (op::CFGI_CD as u64 | 1 << 12 << 8, 0, "SSID beyond SSIDSIZE"),
+        (op::PRI_RESP as u64, 0, "no PRI"),
     ];
     for (w0, w1, why) in cases {
         assert_eq!(h.cmd(w0, w1), cerror::ILL, "{why}");
@@ -556,4 +556,25 @@ fn reserved_range_encodings_and_wide_ids_on_narrow_smmus() {
     h.cmd(op::TLBI_NH_ASID as u64 | 1 << 48, 0);
     h.sync();
     assert_eq!(h.smmu.translate(&req).unwrap().pa, b);
+}
+
+#[test]
+fn out_of_range_parameters_do_nothing_and_cd_commands_need_stage1() {
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    // SIDSIZE is 16: StreamID 0x10000 is out of range; SSID 1 << 8 too.
+    assert_eq!(h.cmd(op::CFGI_STE as u64 | 0x1_0000 << 32, 0), 0);
+    assert_eq!(h.cmd(op::CFGI_CD as u64 | 1 << 20, 0), 0);
+    assert_eq!(h.cmd(op::CFGI_CD_ALL as u64 | 0x1_0000 << 32, 0), 0);
+    let mut s2 = H::with(
+        ModelConfig::stage2_only(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    s2.enable_linear(4);
+    assert_eq!(s2.cmd(op::CFGI_CD as u64, 0), cerror::ILL);
 }

@@ -170,11 +170,13 @@ impl State {
                 // Prefetches are hints; an out-of-range StreamID is ignored.
                 Ok(())
             }
+            // Out-of-range StreamID/SubstreamID parameters: the command has
+            // no effect (one of the CONSTRAINED UNPREDICTABLE outcomes).
             op::CFGI_STE => {
-                if !self.sid_ok(c.sid()) {
-                    return Err(cerror::ILL);
+                if self.sid_ok(c.sid()) {
+                    let sid = u64::from(c.sid());
+                    self.invalidate_ste_range(sid, sid + 1, !c.leaf());
                 }
-                self.invalidate_ste_range(u64::from(c.sid()), u64::from(c.sid()) + 1, !c.leaf());
                 Ok(())
             }
             op::CFGI_STE_RANGE => {
@@ -183,28 +185,25 @@ impl State {
                 self.invalidate_ste_range(start, start + n, true);
                 Ok(())
             }
-            op::CFGI_CD => {
-                if !self.sid_ok(c.sid())
-                    || (self.cfg.ssid_bits < 20 && c.ssid() >> self.cfg.ssid_bits != 0)
-                {
-                    return Err(cerror::ILL);
+            op::CFGI_CD if s1 => {
+                let ssid_ok = self.cfg.ssid_bits >= 20 || c.ssid() >> self.cfg.ssid_bits == 0;
+                if self.sid_ok(c.sid()) && ssid_ok {
+                    let (sid, ssid) = (c.sid(), c.ssid());
+                    self.cd_cache.remove(&(sid, ssid));
+                    if !c.leaf() {
+                        self.l1cd_cache.retain(|k, _| k.0 != sid);
+                    }
+                    self.ctx_cache.retain(|k, _| ctx_key_sid(*k) != sid);
                 }
-                let (sid, ssid) = (c.sid(), c.ssid());
-                self.cd_cache.remove(&(sid, ssid));
-                if !c.leaf() {
-                    self.l1cd_cache.retain(|k, _| k.0 != sid);
-                }
-                self.ctx_cache.retain(|k, _| ctx_key_sid(*k) != sid);
                 Ok(())
             }
-            op::CFGI_CD_ALL => {
-                if !self.sid_ok(c.sid()) {
-                    return Err(cerror::ILL);
+            op::CFGI_CD_ALL if s1 => {
+                if self.sid_ok(c.sid()) {
+                    let sid = c.sid();
+                    self.cd_cache.retain(|k, _| k.0 != sid);
+                    self.l1cd_cache.retain(|k, _| k.0 != sid);
+                    self.ctx_cache.retain(|k, _| ctx_key_sid(*k) != sid);
                 }
-                let sid = c.sid();
-                self.cd_cache.retain(|k, _| k.0 != sid);
-                self.l1cd_cache.retain(|k, _| k.0 != sid);
-                self.ctx_cache.retain(|k, _| ctx_key_sid(*k) != sid);
                 Ok(())
             }
             op::TLBI_NH_ALL if s1 => {
@@ -313,12 +312,8 @@ impl State {
                 self.inv(&InvScope::all(VM));
                 Ok(())
             }
-            op::ATC_INV if self.cfg.ats => {
-                if !self.sid_ok(c.sid()) {
-                    return Err(cerror::ILL);
-                }
-                Ok(())
-            }
+            // No ATC is modelled: nothing cached to invalidate.
+            op::ATC_INV if self.cfg.ats => Ok(()),
             op::RESUME | op::STALL_TERM if self.cfg.stall_model != StallModel::TerminateOnly => {
                 let sid = c.sid();
                 if c.opcode() == op::RESUME {
