@@ -7,6 +7,27 @@
 //!   bounded wait of the driver is bounded by an iteration count;
 //! * [`System`]: memory, model and driver brought up together, the fixture
 //!   of the end-to-end tests, benchmarks and the command-line tool.
+//!
+//! ```
+//! use io_pgtable::{Granule, Prot};
+//! use sim_memory::Coherency;
+//! use smmuv3::{AttachOptions, SmmuConfig};
+//! use smmuv3_hosted::{HostedDomain, System};
+//! use smmuv3_model::{DmaRequest, ModelConfig};
+//!
+//! let sys = System::new(8 << 20, Coherency::NonCoherent, ModelConfig::default(), SmmuConfig::default()).unwrap();
+//! let mut dom = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+//! sys.smmu.attach(7, None, &dom, AttachOptions::default()).unwrap();
+//! let buf = sys.mem.alloc(4096).unwrap();
+//! dom.map(0x1000_0000, buf, 4096, Prot::READ | Prot::WRITE).unwrap();
+//! sys.model.dma_write(&DmaRequest::write(7, 0x1000_0008, 4), &[1, 2, 3, 4]).unwrap();
+//! dom.unmap(0x1000_0000, 4096).unwrap();
+//! // The device now faults, and the driver decodes the event.
+//! assert!(sys.model.dma_write(&DmaRequest::write(7, 0x1000_0008, 4), &[0; 4]).is_err());
+//! let events = sys.smmu.drain_events().unwrap().events;
+//! assert_eq!(events[0].ty, smmuv3::event::EventType::Translation);
+//! println!("{}", events[0]);
+//! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]

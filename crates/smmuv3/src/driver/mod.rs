@@ -452,6 +452,10 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         i.write_cr0(en as u32)?;
         // 6. Interrupts stay off: the driver polls (the host may enable them).
         r.write32(regs::IRQ_CTRL, 0);
+        poll(&i.clock, i.timeout(), false, || {
+            (r.read32(regs::IRQ_CTRLACK) == 0).then_some(())
+        })
+        .map_err(|_| Error::Timeout("IRQ_CTRLACK"))?;
         // 7. Translate.
         i.write_cr0((en | cr0::SMMUEN.make(1)) as u32)?;
         i.enabled.store(true, Ordering::Release);
