@@ -101,7 +101,7 @@ fn bench(c: &mut Criterion) {
             black_box(h.smmu.translate(&r).unwrap())
         })
     });
-    assert!(h.smmu.stats().tlb_hits < h.smmu.stats().tlb_misses / 100);
+    assert_eq!(h.smmu.stats().tlb_hits, 0, "every translation walked");
 
     let h = nested_model(1);
     g.bench_function("nested_walk", |b| {

@@ -729,10 +729,7 @@ fn nested_cached_entry_reports_the_denying_stage() {
     assert_eq!(h.smmu.translate(&r).unwrap().pa, page + 0x10);
     let w = DmaRequest::write(SID, 0x1010, 4).privileged();
     let e = *h.smmu.translate(&w).unwrap_err().event().unwrap();
-    assert_eq!(
-        (e.kind, e.s2, e.addr2),
-        (EventType::FPermission, true, ipa + 0x10)
-    );
+    assert_eq!((e.kind, e.s2, e.addr2), (EventType::FPermission, true, ipa));
 }
 
 #[test]
@@ -844,4 +841,26 @@ fn stage2_input_may_exceed_its_output_size() {
         .event()
         .unwrap();
     assert_eq!((e.kind, e.s2), (EventType::FAddrSize, true));
+}
+
+#[test]
+fn bypassed_stage1_output_must_fit_the_address_size() {
+    let mut h = H::new(ModelConfig::default());
+    h.enable_linear(4);
+    h.set_ste(1, ste_bypass());
+    let e = *h
+        .smmu
+        .translate(&DmaRequest::read(1, 1 << 48, 4))
+        .unwrap_err()
+        .event()
+        .unwrap();
+    assert_eq!(
+        (e.kind, e.s2, e.class),
+        (EventType::FAddrSize, false, FaultClass::Input)
+    );
+    assert!(
+        h.smmu
+            .translate(&DmaRequest::read(1, (1 << 48) - 8, 4))
+            .is_ok()
+    );
 }

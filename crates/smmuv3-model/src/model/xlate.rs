@@ -591,10 +591,12 @@ impl State {
             kind: f.kind,
             s2: true,
             class,
+            // The record holds FetchAddr[55:3] for aborts and IPA[55:12]
+            // for translation-related faults.
             addr2: if f.kind == EventType::FWalkEabt {
                 f.fetch_pa
             } else {
-                ipa
+                ipa & !0xfff
             },
             ..base_ev
         };
@@ -1156,9 +1158,20 @@ impl State {
             }
             return Ok(bypass(iova));
         }
+        // With stage 1 bypassed its output is the input address, which must
+        // fit the implemented address size (IAS = OAS here).
+        let s1_bypass_too_wide = iova >> self.cfg.oas_bits != 0;
+        let bypass_fault = || {
+            Stop::Config(Event {
+                kind: EventType::FAddrSize,
+                ..base_ev
+            })
+        };
         match ctx.mode {
             Mode::Abort => Err(Stop::StreamAbort),
+            Mode::Bypass if s1_bypass_too_wide => Err(bypass_fault()),
             Mode::Bypass => Ok(bypass(iova)),
+            Mode::S2 if s1_bypass_too_wide => Err(bypass_fault()),
             Mode::S2 => {
                 let s2 = ctx.ste.s2.unwrap_or_else(unreachable_s2);
                 match self.s2_translate(&s2, iova, acc) {
