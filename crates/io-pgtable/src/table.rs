@@ -605,7 +605,19 @@ impl<E: PtEnv> PageTable<E> {
             // every line is touched once.
             let step = 1u64 << shift;
             let mut d = self.pa_to_desc(pa) | attrs;
-            for e in run {
+            // A cache line (8 entries) at a time: one branch per line.
+            while i + 8 <= n {
+                let line = &run[i..i + 8];
+                if line.iter().fold(0, |a, e| a | e.load(Ordering::Relaxed)) != 0 {
+                    break;
+                }
+                for e in line {
+                    e.store(d, Ordering::Relaxed);
+                    d += step;
+                }
+                i += 8;
+            }
+            for e in &run[i..] {
                 if e.load(Ordering::Relaxed) != 0 {
                     break;
                 }
@@ -852,8 +864,19 @@ impl<E: PtEnv> PageTable<E> {
         }
         let mut k = 0;
         if level == 3 {
-            // No tables at the last level: check and clear in one pass.
-            for e in run {
+            // No tables at the last level: check and clear in one pass, a
+            // cache line (8 entries) at a time.
+            while k + 8 <= n {
+                let line = &run[k..k + 8];
+                if line.iter().fold(3, |a, e| a & e.load(Ordering::Relaxed)) & 3 != 3 {
+                    break;
+                }
+                for e in line {
+                    e.store(0, Ordering::Relaxed);
+                }
+                k += 8;
+            }
+            for e in &run[k..] {
                 if !is_leaf(e.load(Ordering::Relaxed), 3) {
                     break;
                 }
