@@ -20,20 +20,23 @@ pub enum SyncMethod {
     Auto,
     /// Poll CMDQ_CONS.
     Poll,
-    /// Wait for events (WFE) woken by the SMMU's SEV, re-reading CMDQ_CONS.
+    /// Wait for events (WFE) woken by the SMMU's SEV, re-reading CMDQ_CONS;
+    /// polling when SEV is not usable.
     Sev,
     /// The CMD_SYNC writes a sequence number to memory; poll that word.
+    /// Polling CMDQ_CONS when MSIs are not supported.
     Msi,
 }
 
-pub(super) fn resolve_sync(want: SyncMethod, f: &Features) -> Result<SyncMethod, Error> {
-    Ok(match want {
-        SyncMethod::Auto if f.sev => SyncMethod::Sev,
-        SyncMethod::Auto => SyncMethod::Poll,
-        SyncMethod::Sev if !f.sev => return Err(Error::Unsupported("SEV (IDR0.SEV or errata)")),
-        SyncMethod::Msi if !f.msi => return Err(Error::Unsupported("MSI (IDR0.MSI)")),
-        other => other,
-    })
+/// Returns the completion method to use: the one asked for when the SMMU
+/// supports it, else polling (SEV and MSI are optimisations, never needed
+/// for correctness).
+pub(super) fn resolve_sync(want: SyncMethod, f: &Features) -> SyncMethod {
+    match want {
+        SyncMethod::Auto | SyncMethod::Sev if f.sev => SyncMethod::Sev,
+        SyncMethod::Msi if f.msi => SyncMethod::Msi,
+        _ => SyncMethod::Poll,
+    }
 }
 
 /// Commands per batch before a CMD_SYNC is forced (MMU-700 erratum).

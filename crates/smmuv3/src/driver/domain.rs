@@ -179,6 +179,13 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> TlbHooks for DomainEnv<R, M, C> {
     }
 }
 
+/// Returns the input size to build a table with: what was asked, at most
+/// what the SMMU walks, and at most 48 bits unless the granule is 64 KiB.
+fn clamp_ias(granule: Granule, want: u8, smmu_max: u8) -> u32 {
+    let arch_max = if granule == Granule::K64 { 52 } else { 48 };
+    u32::from(want.min(smmu_max).min(arch_max))
+}
+
 /// A translation domain.
 pub struct Domain<R: RegisterFrame, M: DmaMemory, C: Clock> {
     smmu: Smmu<R, M, C>,
@@ -234,7 +241,11 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
             return Err(Error::Unsupported("stage 1 (IDR0.S1P)"));
         }
         let asid = smmu.inner.asids.lock().alloc()?;
-        let cfg = Config::stage1(granule, va_bits.min(f.va_bits).into(), f.oas_bits.into());
+        let cfg = Config::stage1(
+            granule,
+            clamp_ias(granule, va_bits, f.va_bits),
+            f.oas_bits.into(),
+        );
         Self::build(smmu, DomainKind::Stage1 { asid, vmid: 0 }, cfg).inspect_err(|_| {
             smmu.inner.asids.lock().free(asid, true);
         })
@@ -262,7 +273,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         };
         let asid = smmu.inner.asids.lock().alloc()?;
         let ipa = parent.pt.config().ias;
-        let cfg = Config::stage1(granule, va_bits.min(f.va_bits).into(), ipa);
+        let cfg = Config::stage1(granule, clamp_ias(granule, va_bits, f.va_bits), ipa);
         Self::build(smmu, DomainKind::Stage1 { asid, vmid }, cfg).inspect_err(|_| {
             smmu.inner.asids.lock().free(asid, true);
         })
@@ -282,7 +293,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         let vmid = smmu.inner.vmids.lock().alloc()?;
         let cfg = Config::stage2(
             granule,
-            ipa_bits.min(f.ipa_bits).min(48).into(),
+            clamp_ias(granule, ipa_bits, f.ipa_bits),
             f.oas_bits.into(),
         );
         Self::build(smmu, DomainKind::Stage2 { vmid }, cfg).inspect_err(|_| {

@@ -326,6 +326,18 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
     }
 }
 
+/// Calls `make` with `log2`, then smaller sizes down to
+/// [`probe::MIN_QUEUE_LOG2`], while it fails for lack of memory.
+fn shrinking<T>(log2: u8, mut make: impl FnMut(u8) -> Result<T, Error>) -> Result<T, Error> {
+    let mut l = log2.max(probe::MIN_QUEUE_LOG2);
+    loop {
+        match make(l) {
+            Err(Error::Alloc(_)) if l > probe::MIN_QUEUE_LOG2 => l -= 1,
+            other => return other,
+        }
+    }
+}
+
 impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
     /// Probes and brings up the SMMU: disables it, programs GBPA, CR1/CR2,
     /// the stream table (every STE aborting), the command and event queues,
@@ -359,9 +371,14 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
             inner: mem,
             coherent: features.coherent,
         };
-        let sync = cmdq::resolve_sync(cfg.sync, &features)?;
-        let cmdq = cmdq::Cmdq::new(&mem, cfg.cmdq_log2.min(features.cmdq_log2), sync)?;
-        let evtq = evtq::Evtq::new(&mem, cfg.evtq_log2.min(features.evtq_log2))?;
+        let sync = cmdq::resolve_sync(cfg.sync, &features);
+        // Queues shrink (down to the usable minimum) when memory is short.
+        let cmdq = shrinking(cfg.cmdq_log2.min(features.cmdq_log2), |l| {
+            cmdq::Cmdq::new(&mem, l, sync)
+        })?;
+        let evtq = shrinking(cfg.evtq_log2.min(features.evtq_log2), |l| {
+            evtq::Evtq::new(&mem, l)
+        })?;
         let streams = streams::Streams::new(&mem, &cfg, &features)?;
         let inner = Inner {
             entry_env: EntryEnv {
