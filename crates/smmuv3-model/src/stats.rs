@@ -18,6 +18,8 @@ pub struct Stats {
     pub sync_msi_writes: u64,
     /// CMD_SYNC completions signalled by SEV.
     pub sync_sevs: u64,
+    /// Event queue and GERROR MSIs written.
+    pub msi_writes: u64,
     /// Translations requested (one per translated unit of a DMA).
     pub translations: u64,
     /// Translations served by the TLB.
@@ -76,6 +78,7 @@ impl Default for Stats {
             dropped_commands: 0,
             sync_msi_writes: 0,
             sync_sevs: 0,
+            msi_writes: 0,
             translations: 0,
             tlb_hits: 0,
             tlb_misses: 0,

@@ -475,3 +475,33 @@ fn ste_contiguous_span_must_hold_identical_entries() {
     h.sync();
     assert!(h.smmu.translate(&DmaRequest::read(5, 0, 4)).is_ok());
 }
+
+#[test]
+fn event_and_gerror_interrupts_are_delivered_by_msi() {
+    use smmuv3_model::regs;
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    let doorbell = h.alloc(64);
+    h.smmu.write64(regs::EVENTQ_IRQ_CFG0, doorbell);
+    h.smmu.write32(regs::EVENTQ_IRQ_CFG1, 0xe0e0);
+    h.smmu.write64(regs::GERROR_IRQ_CFG0, doorbell + 8);
+    h.smmu.write32(regs::GERROR_IRQ_CFG1, 0x6e6e);
+    h.smmu.write32(
+        regs::IRQ_CTRL,
+        regs::irq_ctrl::EVENTQ_IRQEN | regs::irq_ctrl::GERROR_IRQEN,
+    );
+    let _ = h.smmu.translate(&DmaRequest::read(SID, 0, 4));
+    assert_eq!(h.r64(doorbell) as u32, 0xe0e0);
+    h.cmd(0xff, 0);
+    assert_eq!(h.r64(doorbell + 8) as u32, 0x6e6e);
+    // An aborting event MSI raises MSI_EVENTQ_ABT_ERR.
+    h.ack_gerror();
+    h.mem.inject_abort(doorbell, 8);
+    let _ = h.smmu.translate(&DmaRequest::read(SID, 0, 4));
+    assert_ne!(h.gerror_active() & regs::gerror::MSI_EVENTQ_ABT_ERR, 0);
+    assert!(h.smmu.stats().msi_writes >= 3);
+}

@@ -471,7 +471,26 @@ impl State {
         self.stats.gerrors[bit.trailing_zeros() as usize] += 1;
         if self.regs.irq_ctrl & irq_ctrl::GERROR_IRQEN != 0 {
             self.irq.gerror = true;
+            // A failing GERROR MSI is itself a global error, but only once:
+            // never recurse through it.
+            if bit != gerror::MSI_GERROR_ABT_ERR
+                && !self.send_msi(self.regs.gerror_irq_cfg0, self.regs.gerror_irq_cfg1)
+            {
+                self.raise_gerror(gerror::MSI_GERROR_ABT_ERR);
+            }
         }
+    }
+
+    /// Writes an MSI (32-bit data to a 4-byte aligned address) when MSIs
+    /// are implemented and an address is programmed; returns false when the
+    /// write aborted.
+    fn send_msi(&mut self, cfg0: u64, data: u32) -> bool {
+        let addr = cfg0 & crate::layout::addr_mask(2);
+        if !self.cfg.msi || addr == 0 {
+            return true;
+        }
+        self.stats.msi_writes += 1;
+        self.mem.dev_write(addr, &data.to_le_bytes()).is_ok()
     }
 
     fn read32(&mut self, offset: u64) -> u32 {
@@ -701,6 +720,9 @@ impl State {
         self.stats.events_recorded += 1;
         if self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN != 0 {
             self.irq.eventq = true;
+            if !self.send_msi(self.regs.eventq_irq_cfg0, self.regs.eventq_irq_cfg1) {
+                self.raise_gerror(gerror::MSI_EVENTQ_ABT_ERR);
+            }
         }
         true
     }
