@@ -18,7 +18,7 @@ pub struct Stats {
     pub sync_msi_writes: u64,
     /// CMD_SYNC completions signalled by SEV.
     pub sync_sevs: u64,
-    /// Event queue and GERROR MSIs written.
+    /// Event queue MSIs written (or attempted).
     pub msi_writes: u64,
     /// Translations requested (one per translated unit of a DMA).
     pub translations: u64,

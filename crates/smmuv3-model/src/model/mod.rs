@@ -470,18 +470,13 @@ impl State {
         self.regs.gerror ^= bit;
         self.stats.gerrors[bit.trailing_zeros() as usize] += 1;
         if self.regs.irq_ctrl & irq_ctrl::GERROR_IRQEN != 0 {
+            // Signalled on the wired-interrupt view only: GERROR MSIs are
+            // not modelled (their abort would itself be a new global error).
             self.irq.gerror = true;
-            // A failing GERROR MSI is itself a global error, but only once:
-            // never recurse through it.
-            if bit != gerror::MSI_GERROR_ABT_ERR
-                && !self.send_msi(self.regs.gerror_irq_cfg0, self.regs.gerror_irq_cfg1)
-            {
-                self.raise_gerror(gerror::MSI_GERROR_ABT_ERR);
-            }
         }
     }
 
-    /// Writes an MSI (32-bit data to a 4-byte aligned address) when MSIs
+    /// Writes an event queue MSI (32-bit data to a 4-byte aligned address) when MSIs
     /// are implemented and an address is programmed; returns false when the
     /// write aborted.
     fn send_msi(&mut self, cfg0: u64, data: u32) -> bool {
