@@ -58,9 +58,14 @@
 //! MSI write, wired interrupt or SEV; stall and resume.
 //!
 //! Not modelled: PRI queue, ATS translation requests and the ATC (ATC_INV
-//! is accepted when ATS is advertised), secure state, MSI delivery other
-//! than CMD_SYNC's, memory attributes (MemAttr/SH/alloc hints are parsed but
-//! only validated), big-endian tables, AArch32 tables.
+//! is accepted when ATS is advertised), secure and realm state, GERROR and
+//! PRI MSIs (event queue and CMD_SYNC MSIs are written), event merging,
+//! VMID wildcards, the E2H distinction of EL2 entries, DS (52-bit with 4K or
+//! 16K granules), 128-bit descriptors, hardware table-AF updates, memory
+//! attributes (MemAttr/SH/alloc hints are parsed but only validated),
+//! big-endian and AArch32 tables. A stalled transaction is released by
+//! CMD_RESUME / CMD_STALL_TERM but not replayed: the device sees
+//! [`DmaFault::Stalled`] and retries itself.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
