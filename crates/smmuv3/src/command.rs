@@ -54,12 +54,21 @@ pub struct TlbiAddr {
 impl TlbiAddr {
     /// Returns the bytes this operand covers, given the table's granule (log2)
     /// for non-range forms.
+    ///
+    /// Saturates at `u64::MAX` for operands no command can hold.
     pub fn span(&self, granule_log2: u8) -> u64 {
+        let shl = |v: u64, by: u32| {
+            if by >= 64 || v.leading_zeros() < by {
+                u64::MAX
+            } else {
+                v << by
+            }
+        };
         if self.tg == 0 {
-            1 << granule_log2
+            shl(1, granule_log2.into())
         } else {
             let tg = 10 + 2 * u32::from(self.tg);
-            (u64::from(self.num) + 1) << (u32::from(self.scale) + tg)
+            shl(u64::from(self.num) + 1, u32::from(self.scale) + tg)
         }
     }
 }
@@ -136,13 +145,19 @@ pub enum Command {
         prgi: u16,
         resp: u8,
     },
-    /// Retry (`abort` false) or abort a stalled transaction.
+    /// Retry (`abort` false) or abort a stalled transaction (Action 0b01 /
+    /// 0b10; a decoded terminate, 0b00, reads as abort).
     Resume { sid: u32, stag: u16, abort: bool },
     /// Terminate all stalled transactions of a stream.
     StallTerm { sid: u32 },
     /// Complete when every earlier command has.
     Sync { signal: SyncSignal },
 }
+
+/// CMD_RESUME Action: retry the transaction.
+const RESUME_RETRY: u64 = 0b01;
+/// CMD_RESUME Action: abort the transaction.
+const RESUME_ABORT: u64 = 0b10;
 
 fn put(w: u64, f: Field, v: u64, name: &'static str) -> Result<u64, CommandError> {
     if !f.fits(v) {
@@ -310,10 +325,10 @@ impl Command {
                 sid: s,
                 stag,
                 abort,
-            } => [
-                Field::new(13, 12).set(sid(w0, s), abort.into()),
-                stag.into(),
-            ],
+            } => {
+                let action = if abort { RESUME_ABORT } else { RESUME_RETRY };
+                [c::RESUME_ACTION.set(sid(w0, s), action), stag.into()]
+            }
             Self::StallTerm { sid: s } => [sid(w0, s), 0],
             Self::Sync { signal } => match signal {
                 SyncSignal::None => [c::SYNC_CS.set(w0, c::CS_NONE), 0],
@@ -405,7 +420,8 @@ impl Command {
             op::RESUME => Self::Resume {
                 sid,
                 stag: w1 as u16,
-                abort: Field::new(13, 12).get(w0) != 0,
+                // Terminate (0b00) ends the transaction like abort does.
+                abort: c::RESUME_ACTION.get(w0) != RESUME_RETRY,
             },
             op::STALL_TERM => Self::StallTerm { sid },
             op::SYNC => Self::Sync {
@@ -728,6 +744,28 @@ mod tests {
         .encode()
         .unwrap();
         assert_eq!(w, [0x2046, 0]);
+    }
+
+    #[test]
+    fn resume_actions() {
+        let enc = |abort| {
+            Command::Resume {
+                sid: 1,
+                stag: 2,
+                abort,
+            }
+            .encode()
+            .unwrap()[0]
+                >> 12
+                & 3
+        };
+        assert_eq!(enc(false), 0b01, "retry");
+        assert_eq!(enc(true), 0b10, "abort");
+        let terminate = [u64::from(op::RESUME), 0];
+        assert!(matches!(
+            Command::decode(terminate),
+            Ok(Command::Resume { abort: true, .. })
+        ));
     }
 
     #[test]

@@ -150,7 +150,85 @@ fn s2_words(e: &mut Entry, s2: &S2Ref) {
     e[3] = r.vttbr & ste::S2TTB.mask();
 }
 
+/// A configuration that no entry can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// A value does not fit its field (or an address is misaligned).
+    #[error("{field} value {value:#x} does not fit the entry")]
+    DoesNotFit {
+        /// Field name.
+        field: &'static str,
+        /// Offending value.
+        value: u64,
+    },
+}
+
+fn check(field: &'static str, value: u64, ok: bool) -> Result<(), EntryError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(EntryError::DoesNotFit { field, value })
+    }
+}
+
+impl SteConfig {
+    /// Checks that every operand fits its STE field.
+    ///
+    /// # Errors
+    ///
+    /// [`EntryError::DoesNotFit`] naming the first operand that does not.
+    pub fn validate(&self) -> Result<(), EntryError> {
+        let cd = |c: &CdTableRef| {
+            check("S1CDMax", c.cdmax_log2.into(), c.cdmax_log2 <= 20)?;
+            check("S1ContextPtr", c.ptr, c.ptr & !ste::S1CTXPTR.mask() == 0)
+        };
+        let s2 = |s: &S2Ref| {
+            let r = &s.regs;
+            check("S2T0SZ", r.t0sz.into(), ste::S2T0SZ.fits(r.t0sz.into()))?;
+            check("S2SL0", r.sl0.into(), ste::S2SL0.fits(r.sl0.into()))?;
+            check("S2TG", r.tg0.into(), r.tg0 <= 2)?;
+            check("S2PS", r.ps.into(), r.ps <= 6)?;
+            check("S2TTB", r.vttbr, r.vttbr & !ste::S2TTB.mask() == 0)
+        };
+        match self {
+            Self::Abort | Self::Bypass => Ok(()),
+            Self::Stage1 { cd: c, .. } => cd(c),
+            Self::Stage2 { s2: t, .. } => s2(t),
+            Self::Nested { cd: c, s2: t, .. } => cd(c).and_then(|()| s2(t)),
+        }
+    }
+}
+
+/// Returns the STE for a configuration, refusing operands that do not fit.
+///
+/// # Errors
+///
+/// As [`SteConfig::validate`].
+pub fn try_build_ste(cfg: &SteConfig, env: &EntryEnv) -> Result<Entry, EntryError> {
+    cfg.validate()?;
+    Ok(build_ste(cfg, env))
+}
+
+/// Returns the CD for a stage-1 table and ASID, refusing operands that do
+/// not fit.
+///
+/// # Errors
+///
+/// [`EntryError::DoesNotFit`] for a misaligned or too wide TTB, or a T0SZ,
+/// TG0 or IPS encoding outside its field.
+pub fn try_build_cd(regs: &Stage1Regs, asid: u16) -> Result<Entry, EntryError> {
+    check("TTB0", regs.ttbr, regs.ttbr & !cd::TTB0.mask() == 0)?;
+    check("T0SZ", regs.t0sz.into(), cd::T0SZ.fits(regs.t0sz.into()))?;
+    check("TG0", regs.tg0.into(), regs.tg0 <= 2)?;
+    check("IPS", regs.ips.into(), regs.ips <= 6)?;
+    Ok(build_cd(regs, asid))
+}
+
 /// Returns the STE for a configuration.
+///
+/// Operands are masked into their fields: use [`try_build_ste`] (or
+/// [`SteConfig::validate`]) for values that do not come from io-pgtable and
+/// the driver's own tables.
 pub fn build_ste(cfg: &SteConfig, env: &EntryEnv) -> Entry {
     let mut e = [0u64; WORDS];
     let v = ste::V.make(1);
@@ -308,6 +386,57 @@ mod tests {
     }
 
     #[test]
+    fn operands_that_do_not_fit_are_refused() {
+        let bad = SteConfig::Stage1 {
+            cd: CdTableRef {
+                ptr: 1 << 52,
+                two_level: false,
+                cdmax_log2: 4,
+            },
+            s1dss: S1Dss::Ssid0,
+            ats: false,
+        };
+        assert!(matches!(
+            try_build_ste(&bad, &ENV),
+            Err(EntryError::DoesNotFit {
+                field: "S1ContextPtr",
+                ..
+            })
+        ));
+        let bad = SteConfig::Stage1 {
+            cd: cdt(32),
+            s1dss: S1Dss::Ssid0,
+            ats: false,
+        };
+        assert!(matches!(
+            try_build_ste(&bad, &ENV),
+            Err(EntryError::DoesNotFit {
+                field: "S1CDMax",
+                ..
+            })
+        ));
+        let mut s = s2();
+        s.regs.vttbr = 0x4010_0008;
+        assert!(try_build_ste(&SteConfig::Stage2 { s2: s, ats: false }, &ENV).is_err());
+        assert_eq!(
+            try_build_ste(
+                &SteConfig::Stage2 {
+                    s2: s2(),
+                    ats: false
+                },
+                &ENV
+            ),
+            Ok(build_ste(
+                &SteConfig::Stage2 {
+                    s2: s2(),
+                    ats: false
+                },
+                &ENV
+            ))
+        );
+    }
+
+    #[test]
     fn cd_fields() {
         let regs = Stage1Regs {
             ttbr: 0x4030_0000,
@@ -322,7 +451,17 @@ mod tests {
             hd: false,
             mair: 0x0004_ff44,
         };
-        let e = build_cd(&regs, 42);
+        let e = try_build_cd(&regs, 42).unwrap();
+        assert!(
+            try_build_cd(
+                &Stage1Regs {
+                    ttbr: 1 << 53,
+                    ..regs
+                },
+                42
+            )
+            .is_err()
+        );
         assert_eq!(cd::V.get(e[0]), 1);
         assert_eq!(cd::ASID.get(e[0]), 42);
         assert_eq!(cd::T0SZ.get(e[0]), 16);

@@ -8,6 +8,8 @@ use crate::command::{Command, CommandError, TlbiAddr};
 
 /// Largest NUM + 1 of a range TLBI.
 const RANGE_NUM_MAX: u64 = 32;
+/// Largest SCALE of a range TLBI.
+const MAX_SCALE: u32 = 31;
 
 /// Which TLB entries an invalidation targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,12 +110,17 @@ enum Kind {
 /// Returns the level hint (TTL) for a leaf of `leaf_log2` bytes in tables
 /// of `granule_log2`, or 0 when it is not a valid leaf size.
 pub fn ttl_hint(granule_log2: u8, leaf_log2: u8) -> u8 {
-    let bits = granule_log2 - 3;
-    if leaf_log2 < granule_log2 || (leaf_log2 - granule_log2) % bits != 0 {
+    let Some(bits) = granule_log2.checked_sub(3).filter(|b| *b > 0) else {
+        return 0;
+    };
+    let Some(above) = leaf_log2.checked_sub(granule_log2) else {
+        return 0;
+    };
+    if above % bits != 0 {
         return 0;
     }
-    let level = 3 - (leaf_log2 - granule_log2) / bits;
-    if (1..=3).contains(&level) { level } else { 0 }
+    // Levels 1..=3; a leaf above level 1 gets no hint (0).
+    3u8.checked_sub(above / bits).unwrap_or_default()
 }
 
 /// Returns the commands (without the final CMD_SYNC) that invalidate the
@@ -218,8 +225,14 @@ impl Iterator for TlbiPlan {
                 if *pages == 0 {
                     return None;
                 }
-                let scale = pages.trailing_zeros();
-                let num = (*pages >> scale) % RANGE_NUM_MAX;
+                // SCALE is 5 bits: beyond 2^31 granules, take up to 32
+                // chunks of 2^31 at a time.
+                let scale = pages.trailing_zeros().min(MAX_SCALE);
+                let num = if scale == MAX_SCALE {
+                    (*pages >> scale).min(RANGE_NUM_MAX)
+                } else {
+                    (*pages >> scale) % RANGE_NUM_MAX
+                };
                 let at = TlbiAddr {
                     addr: *addr,
                     leaf: *leaf,
@@ -371,6 +384,34 @@ mod tests {
         assert!(plan(&r, &p).is_err());
         assert!(plan(&req(u64::MAX - 10, 4096, None), &p).is_err());
         assert!(plan(&req(0, 4096, Some(11)), &p).is_err());
+    }
+
+    #[test]
+    fn huge_ranges_stay_encodable() {
+        // 2^35 pages with RIL: SCALE saturates at 31, and 32 x 2^31 pages
+        // cover it in one command.
+        let cmds: Vec<_> = plan(&req(0, 1 << 47, None), &TlbiPolicy::new(true))
+            .unwrap()
+            .collect();
+        for c in &cmds {
+            c.encode().unwrap();
+        }
+        let v = covered(&cmds, 12).unwrap();
+        assert_eq!(v, [(0, 1 << 47)]);
+        // 2^36 + 2^31 pages: two chunks of scale 31 (32 and 1 of 2^31).
+        let cmds: Vec<_> = plan(
+            &req(0, (1 << 48) + (1 << 43), Some(12)),
+            &TlbiPolicy::new(true),
+        )
+        .unwrap()
+        .collect();
+        let v = covered(&cmds, 12).unwrap();
+        assert_eq!(v.last().unwrap().1, (1 << 48) + (1 << 43));
+        // A leaf size far above the table's levels: no level hint, no panic.
+        assert!(plan(&req(0, 1 << 48, Some(48)), &TlbiPolicy::new(false)).is_ok());
+        assert_eq!(ttl_hint(12, 48), 0);
+        assert_eq!(ttl_hint(3, 12), 0);
+        assert_eq!(ttl_hint(0, 12), 0);
     }
 
     #[test]
