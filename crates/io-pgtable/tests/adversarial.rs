@@ -1136,3 +1136,81 @@ fn map_range_validates_the_whole_range() {
     assert!(matches!(r, Err(Partial { done: 0, .. })), "{r:?}");
     assert_eq!(rig.pt.translate(0x3e_8000), None);
 }
+
+/// Overlapping concurrent maps and unmaps (unspecified mappings, but no
+/// undefined behaviour): afterwards the table is a tree a non-coherent
+/// walker reads exactly as the CPU does, every probe translates to where
+/// some thread mapped it, and dropping it frees the tree.
+#[test]
+fn overlapping_concurrent_calls_leave_a_consistent_tree() {
+    for (g, seed) in [
+        (Granule::K4, 1u64),
+        (Granule::K16, 2),
+        (Granule::K64, 3),
+        (Granule::K4, 4),
+    ] {
+        let cfg = Config::stage1(g, 40, 40).with_coherency(WalkCoherency::NonCoherent);
+        let mem = sim(false);
+        let baseline = mem.bytes_allocated();
+        let pt = PageTable::new(cfg, SimEnv::new(mem.clone())).unwrap();
+        let gs = g.size();
+        let block = (0..64)
+            .map(|b| 1u64 << b)
+            .filter(|p| pt.pgsize_bitmap() & p != 0)
+            .find(|&p| p > gs)
+            .unwrap();
+        // Two blocks' worth of window, physical addresses in [PA, PA + 4 blocks).
+        const PA: u64 = 0x80_0000_0000;
+        std::thread::scope(|s| {
+            for t in 0..3u64 {
+                let pt = &pt;
+                s.spawn(move || {
+                    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) + t + 1;
+                    let mut next = || {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x
+                    };
+                    let mut gather = Gather::new();
+                    for _ in 0..400 {
+                        let r = next();
+                        let (pgsize, slots) = if r % 8 == 0 {
+                            (block, 2)
+                        } else {
+                            (gs, 2 * block / gs)
+                        };
+                        let idx = (r >> 8) % slots;
+                        let count = 1 + ((r >> 40) % 4) as usize;
+                        let iova = idx * pgsize;
+                        if r & 0x10 != 0 {
+                            let _ =
+                                pt.map(iova, PA + iova, pgsize, count, Prot::READ | Prot::WRITE);
+                        } else {
+                            let _ = pt.unmap(iova, pgsize, count, &mut gather);
+                        }
+                    }
+                });
+            }
+        });
+        let regs = pt.regs();
+        for k in 0..(2 * block / gs) + 2 {
+            let iova = k * gs + (k % 7) * 8;
+            let cpu = pt.translate(iova);
+            if let Some(pa) = cpu {
+                assert_eq!(pa, PA + iova, "{g:?}: {iova:#x} maps elsewhere");
+            }
+            assert_eq!(
+                common::dev_walk(&mem, &regs, iova),
+                Ok(cpu),
+                "{g:?}: device view of {iova:#x}"
+            );
+        }
+        drop(pt);
+        assert_eq!(
+            mem.bytes_allocated(),
+            baseline,
+            "{g:?}: table memory leaked"
+        );
+    }
+}
