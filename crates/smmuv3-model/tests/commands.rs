@@ -578,3 +578,41 @@ fn out_of_range_parameters_do_nothing_and_cd_commands_need_stage1() {
     s2.enable_linear(4);
     assert_eq!(s2.cmd(op::CFGI_CD as u64, 0), cerror::ILL);
 }
+
+#[test]
+fn non_coherent_queue_needs_cleans_for_commands_and_structures() {
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::NonCoherent,
+        4 << 20,
+    );
+    h.enable_linear(4);
+    // A command stored without a clean: the SMMU reads the old (zero)
+    // entry, opcode 0, which is illegal.
+    let idx = h.prod & 0xff;
+    h.mem
+        .cpu_write_u64(h.cmdq + u64::from(idx) * 16, op::SYNC as u64)
+        .unwrap();
+    h.prod += 1;
+    h.smmu.write32(regs::CMDQ_PROD, h.prod);
+    assert_eq!((h.smmu.read32(regs::CMDQ_CONS) >> 24) & 0x7f, cerror::ILL);
+    // Cleaning and acknowledging lets it through.
+    h.mem.clean(h.cmdq + u64::from(idx) * 16, 16).unwrap();
+    h.ack_gerror();
+    assert_eq!(h.smmu.read32(regs::CMDQ_CONS) & 0xfffff, h.prod);
+    // An STE stored without a clean is invisible too (the SMMU sees V = 0).
+    for (i, w) in ste_bypass().iter().enumerate() {
+        h.mem.cpu_write_u64(h.ste_at(1) + i as u64 * 8, *w).unwrap();
+    }
+    h.cfgi_ste(1);
+    let r = h.smmu.translate(&DmaRequest::read(1, 0x1000, 4));
+    assert_eq!(r.unwrap_err().event_type(), Some(EventType::CBadSte));
+    h.mem.clean(h.ste_at(1), 64).unwrap();
+    h.cfgi_ste(1);
+    assert!(
+        h.smmu
+            .translate(&DmaRequest::read(1, 0x1000, 4))
+            .unwrap()
+            .bypass
+    );
+}

@@ -602,7 +602,9 @@ impl State {
                 let was_cmdq_err = self.gerror_active(gerror::CMDQ_ERR);
                 self.regs.gerrorn = value & gerror::ALL;
                 if was_cmdq_err && !self.gerror_active(gerror::CMDQ_ERR) {
-                    // Acknowledged: consumption restarts at CONS.
+                    // Acknowledged: ERR is UNKNOWN from now on (the model
+                    // clears it) and consumption restarts at CONS.
+                    self.regs.cmdq_cons &= queue::PTR_MASK;
                     self.process_cmdq();
                 }
             }
