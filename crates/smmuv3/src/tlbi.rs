@@ -120,7 +120,7 @@ pub fn ttl_hint(granule_log2: u8, leaf_log2: u8) -> u8 {
         return 0;
     }
     // Levels 1..=3; a leaf above level 1 gets no hint (0).
-    3u8.checked_sub(above / bits).unwrap_or_default()
+    3u8.saturating_sub(above / bits)
 }
 
 /// Returns the commands (without the final CMD_SYNC) that invalidate the
