@@ -422,9 +422,14 @@ impl RawCmd {
     pub fn stag(&self) -> u16 {
         bits(self.0[1], 15, 0) as u16
     }
-    /// RESUME.Action, bits \[13:12\] (0b00 retry, 0b01 abort).
-    pub fn resume_action(&self) -> u32 {
-        bits(self.0[0], 13, 12) as u32
+    /// RESUME.Ac, bit 12: 1 retries the transaction, 0 terminates it.
+    pub fn resume_retry(&self) -> bool {
+        bit(self.0[0], 12)
+    }
+    /// RESUME.Ab, bit 13: a terminated transaction aborts (1) or completes
+    /// with RAZ/WI (0); IGNORED on retry.
+    pub fn resume_abort(&self) -> bool {
+        bit(self.0[0], 13)
     }
 }
 
