@@ -15,7 +15,7 @@ use std::sync::Arc;
 use io_pgtable::env::{AllocError, SimEnv};
 use io_pgtable::{
     Config, Error, Gather, Geometry, Granule, PageTable, Partial, Prot, Quirks, Stage,
-    WalkCoherency,
+    WalkCoherency, WalkStep,
 };
 use proptest::prelude::*;
 use sim_memory::{Coherency, SimMemory};
@@ -538,10 +538,52 @@ impl Rig {
             }
             let steps = self.pt.walk(iova);
             assert!(!steps.steps().is_empty() && steps.steps().len() <= 4);
+            self.check_contig_group(iova, steps.steps().last().unwrap());
             if self.cfg.coherency != WalkCoherency::Coherent {
                 let dev = common::dev_walk(&self.mem, &regs, iova);
                 assert_eq!(dev, Ok(want), "device walk of {iova:#x}");
             }
+        }
+    }
+}
+
+impl Rig {
+    /// A leaf with the contiguous hint must sit in a complete group: every
+    /// entry of the aligned group valid, hinted, and mapping consecutive
+    /// output addresses (otherwise the SMMU may raise a TLB conflict or
+    /// translate through a stale neighbour).
+    fn check_contig_group(&self, iova: u64, last: &WalkStep) {
+        if last.desc & 1 == 0 || last.desc & io_pgtable::layout::CONTIG == 0 {
+            return;
+        }
+        let level = usize::from(last.level);
+        let leaf = 1u64 << self.pt.geometry().level_shift[level];
+        let span = leaf * self.cfg.granule.contig_entries(level);
+        let base = (iova & self.ias_mask & !(span - 1)) | self.hi;
+        let base_pa = self.pt.translate(base);
+        assert!(
+            base_pa.is_some(),
+            "contiguous group at {base:#x} has a hole at its start"
+        );
+        let base_pa = base_pa.unwrap();
+        assert_eq!(
+            base_pa & (span - 1),
+            0,
+            "contiguous group at {base:#x} maps unaligned {base_pa:#x}"
+        );
+        for k in 0..self.cfg.granule.contig_entries(level) {
+            let v = base + k * leaf;
+            assert_eq!(
+                self.pt.translate(v),
+                Some(base_pa + k * leaf),
+                "contiguous group at {base:#x}, entry {k}"
+            );
+            let d = self.pt.walk(v).steps().last().unwrap().desc;
+            assert_ne!(
+                d & io_pgtable::layout::CONTIG,
+                0,
+                "contiguous group at {base:#x}: entry {k} not hinted"
+            );
         }
     }
 }
@@ -577,6 +619,9 @@ enum Op {
         clear: bool,
     },
     Probe(Val),
+    /// Whole contiguous-hint groups of pages: group index in the window,
+    /// number of groups.
+    MapContig(u8, u8),
 }
 
 /// An address or length, biased towards the edges of the configuration.
@@ -649,6 +694,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (val(), val()).prop_map(|(iova, len)| Op::UnmapRange { iova, len }),
         1 => (val(), val(), any::<bool>()).prop_map(|(iova, len, clear)| Op::Dirty { iova, len, clear }),
         1 => val().prop_map(Op::Probe),
+        2 => (0u8..8, 1u8..3).prop_map(|(g, n)| Op::MapContig(g, n)),
     ]
 }
 
@@ -794,6 +840,21 @@ impl Rig {
                 self.sync_and_dirty(iova, len, clear);
             }
             Op::Probe(v) => self.verify(&[self.val(v)]),
+            Op::MapContig(group, n) => {
+                let per = self.cfg.granule.contig_entries(3);
+                let span = per * self.gran;
+                let iova = u64::from(group) * span;
+                let prot = Prot::READ | Prot::WRITE | Prot::CONTIG;
+                self.map(
+                    iova | self.hi,
+                    0x4000_0000 + iova,
+                    self.gran,
+                    per * u64::from(n),
+                    prot,
+                );
+                // Probe every group just written, and its neighbours.
+                self.verify(&[iova.wrapping_sub(1), iova, iova + span * u64::from(n)]);
+            }
         }
     }
 
