@@ -47,6 +47,9 @@ pub enum Error {
     /// The command queue is disabled (the SMMU was shut down).
     #[error("command queue disabled (SMMU shut down)")]
     QueueDisabled,
+    /// The SMMU reported a queue pointer no queue can have.
+    #[error("impossible queue pointer in {0}")]
+    BadPointer(&'static str),
     /// The device did not respond in time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),

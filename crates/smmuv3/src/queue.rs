@@ -48,8 +48,11 @@ impl QueueIndex {
     }
 
     /// Returns how many entries can be produced.
+    ///
+    /// Pointers no queue can have (more than full) give 0, never an
+    /// underflow.
     pub const fn space(&self, prod: u32, cons: u32) -> u32 {
-        self.entries() - self.used(prod, cons)
+        self.entries().saturating_sub(self.used(prod, cons))
     }
 
     /// Returns whether the queue is full.
@@ -82,6 +85,9 @@ mod tests {
         assert_eq!(q.advance(7, 1), 0);
         assert_eq!(q.index(5), 1);
         assert_eq!(q.used(1, 6), 3);
+        // CONS "ahead" of PROD reads as more than full: no space, no panic.
+        assert_eq!(q.used(0, 3), 5);
+        assert_eq!(q.space(0, 3), 0);
         assert!(q.consumed(2, 3, 3));
         assert!(!q.consumed(2, 3, 2));
         assert!(q.consumed(7, 0, 0));

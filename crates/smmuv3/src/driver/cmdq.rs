@@ -172,10 +172,15 @@ impl Cmdq {
 }
 
 impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
-    fn read_cons(&self, q: &mut Cmdq) -> u32 {
+    /// Reads CMDQ_CONS, refusing a value no queue can have (ahead of PROD):
+    /// trusting it would overwrite commands the SMMU has not read.
+    fn read_cons(&self, q: &mut Cmdq) -> Result<u32, Error> {
         let c = self.regs.read32(regs::CMDQ_CONS) & q.q.ptr_mask();
+        if q.q.used(q.prod, c) > q.q.entries() {
+            return Err(Error::BadPointer("CMDQ_CONS"));
+        }
         q.cons = c;
-        c
+        Ok(c)
     }
 
     fn cmdq_err_active(&self) -> bool {
@@ -194,7 +199,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
         if q.q.space(q.prod, q.cons) > 0 {
             return Ok(());
         }
-        self.read_cons(q);
+        self.read_cons(q)?;
         if q.q.space(q.prod, q.cons) > 0 {
             return Ok(());
         }
@@ -207,7 +212,9 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
                     return Some(Err(e));
                 }
             }
-            self.read_cons(q);
+            if let Err(e) = self.read_cons(q) {
+                return Some(Err(e));
+            }
             (q.q.space(q.prod, q.cons) > 0).then_some(Ok(()))
         })
         .map_err(|_| Error::Timeout("command queue space"))?
@@ -254,17 +261,17 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
                     }
                     m.read(0) as u32 == seq
                 }
-                _ => {
-                    let cons = self.read_cons(q);
-                    q.q.consumed(at, q.prod, cons)
-                }
+                _ => match self.read_cons(q) {
+                    Ok(cons) => q.q.consumed(at, q.prod, cons),
+                    Err(e) => return Some(Err(e)),
+                },
             };
             done.then_some(Ok(()))
         });
         res.map_err(|_| Error::Timeout("CMD_SYNC completion"))??;
         Stats::bump(&self.stats.syncs, 1);
         if q.sync == SyncMethod::Msi {
-            self.read_cons(q);
+            self.read_cons(q)?;
         }
         Ok(())
     }

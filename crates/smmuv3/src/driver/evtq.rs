@@ -81,6 +81,15 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
             if prod == q.cons {
                 break;
             }
+            if q.q.used(prod, q.cons) > q.q.entries() {
+                // A producer more than a queue ahead is impossible: the
+                // records cannot be trusted. Resynchronise and report them
+                // as lost.
+                batch.overflowed = true;
+                Stats::bump(&self.stats.overflows, 1);
+                q.cons = prod;
+                break;
+            }
             while q.cons != prod {
                 let idx = q.q.index(q.cons) as usize;
                 q.blk
