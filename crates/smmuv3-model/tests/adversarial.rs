@@ -604,3 +604,92 @@ fn hostile_command_queue_bases() {
         }
     });
 }
+
+/// Random (often invalid) configurations: the model refuses with a typed
+/// error exactly when `validate` does, and otherwise advertises exactly
+/// what it was configured with.
+#[test]
+fn random_configurations_are_refused_or_advertised_exactly() {
+    use smmuv3_model::{Httu, SimMemory, StallModel};
+    let mem = std::sync::Arc::new(SimMemory::new(MEM_BASE, 1 << 20, Coherency::Coherent).unwrap());
+    let mut up = 0;
+    for seed in 1..=3000u64 {
+        let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let b = |r: &mut Rng| r.next() & 1 != 0;
+        let cfg = ModelConfig {
+            stage1: b(&mut r),
+            stage2: b(&mut r),
+            asid16: b(&mut r),
+            vmid16: b(&mut r),
+            sid_bits: r.pick(&[0, 5, 8, 16, 24, 32, 33, 64]),
+            ssid_bits: r.pick(&[0, 8, 20, 21, 255]),
+            two_level_strtab: b(&mut r),
+            cd2l: b(&mut r),
+            ril: b(&mut r),
+            bbml: r.below(4) as u8,
+            oas_bits: r.pick(&[32, 36, 40, 42, 44, 48, 52, 0, 33, 255]),
+            gran4k: b(&mut r),
+            gran16k: b(&mut r),
+            gran64k: b(&mut r),
+            vax52: b(&mut r),
+            cmdq_log2: r.pick(&[0, 7, 10, 19, 20, 255]),
+            evtq_log2: r.pick(&[0, 7, 10, 19, 20, 255]),
+            iidr: r.next() as u32,
+            arch_minor: r.below(16) as u8,
+            httu: r.pick(&[Httu::None, Httu::AccessFlag, Httu::AccessAndDirty]),
+            ats: b(&mut r),
+            sev: b(&mut r),
+            msi: b(&mut r),
+            hyp: b(&mut r),
+            btm: b(&mut r),
+            stall_model: r.pick(&[
+                StallModel::StallAndTerminate,
+                StallModel::TerminateOnly,
+                StallModel::StallForced,
+            ]),
+            coherent: r.pick(&[None, Some(true), Some(false)]),
+            tlb_capacity: r.pick(&[0usize, 1, 1 << 16, 1 << 16, usize::MAX]),
+            ..ModelConfig::default()
+        };
+        let valid = cfg.validate();
+        let smmu = SmmuModel::new(cfg.clone(), mem.clone());
+        let what = format!("seed {seed}: {cfg:?}");
+        match (valid, smmu) {
+            (Err(a), Err(b)) => assert_eq!(a, b, "{what}"),
+            (Ok(()), Err(e)) => assert!(
+                matches!(e, smmuv3_model::ConfigError::CoherencyMismatch { .. })
+                    && cfg.coherent == Some(false),
+                "{what}: {e}"
+            ),
+            (Err(e), Ok(_)) => panic!("{what}: invalid ({e}) but built"),
+            (Ok(()), Ok(m)) => {
+                up += 1;
+                let idr0 = m.read32(regs::IDR0);
+                let idr1 = m.read32(regs::IDR1);
+                let idr5 = m.read32(regs::IDR5);
+                assert_eq!(idr0 & 1 != 0, cfg.stage2, "{what}: IDR0.S2P");
+                assert_eq!(idr0 & 2 != 0, cfg.stage1, "{what}: IDR0.S1P");
+                assert_eq!(idr1 & 0x3f, u32::from(cfg.sid_bits), "{what}: IDR1.SIDSIZE");
+                assert_eq!(
+                    (idr1 >> 6) & 0x1f,
+                    u32::from(cfg.ssid_bits),
+                    "{what}: IDR1.SSIDSIZE"
+                );
+                assert_eq!(
+                    (idr1 >> 21) & 0x1f,
+                    u32::from(cfg.cmdq_log2),
+                    "{what}: IDR1.CMDQS"
+                );
+                assert_eq!(
+                    (idr1 >> 16) & 0x1f,
+                    u32::from(cfg.evtq_log2),
+                    "{what}: IDR1.EVENTQS"
+                );
+                assert_eq!((idr5 >> 4) & 1 != 0, cfg.gran4k, "{what}: IDR5.GRAN4K");
+                assert_eq!((idr5 >> 6) & 1 != 0, cfg.gran64k, "{what}: IDR5.GRAN64K");
+                assert_eq!(m.read32(regs::IIDR), cfg.iidr, "{what}: IIDR");
+            }
+        }
+    }
+    assert!(up > 20, "only {up} valid configurations");
+}
