@@ -261,3 +261,30 @@ fn remap_never_shows_a_stale_translation() {
         assert_eq!(tlbis, unmaps + 4);
     });
 }
+
+#[test]
+fn hypervisor_stage2_at_vmid0() {
+    both(|coh| {
+        let sys = system(coh);
+        // The host's stage 2 as a hypervisor keeps it: VMID 0, identity.
+        let mut host = HostedDomain::new_stage2_with_vmid(&sys.smmu, Granule::K4, 40, 0).unwrap();
+        assert_eq!(host.kind(), smmuv3::DomainKind::Stage2 { vmid: 0 });
+        assert!(
+            HostedDomain::new_stage2_with_vmid(&sys.smmu, Granule::K4, 40, 0).is_err(),
+            "VMID 0 taken"
+        );
+        host.map(sys.mem.base(), sys.mem.base(), MEM, RW).unwrap();
+        sys.smmu
+            .attach(0x60, None, &host, AttachOptions::default())
+            .unwrap();
+        let pa = sys.mem.alloc(0x2000).unwrap();
+        dma_roundtrip(&sys, DmaRequest::write(0x60, pa, 8), pa, &[5; 8]).unwrap();
+        // Donating the page to the hypervisor: unmap it from the shadow
+        // (the 2 MiB block splits) and the device can no longer reach it.
+        assert_eq!(host.unmap(pa, 0x1000).unwrap(), 0x1000);
+        check_fault(&sys, DmaRequest::write(0x60, pa, 4), EventType::Translation);
+        // Its neighbour in the same former block still works.
+        let next = pa + 0x1000;
+        dma_roundtrip(&sys, DmaRequest::write(0x60, next, 8), next, &[6; 8]).unwrap();
+    });
+}

@@ -301,6 +301,36 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         })
     }
 
+    /// Returns a new stage-2 domain with the given VMID, e.g. VMID 0 for a
+    /// hypervisor's host stage 2 (as pKVM does). VMID 0 is otherwise the tag
+    /// of stage-1-only streams: invalidating this domain then also drops
+    /// their TLB entries (harmless over-invalidation).
+    ///
+    /// # Errors
+    ///
+    /// As [`Domain::new_stage2`]; [`Error::IdsExhausted`] when the VMID is
+    /// in use, quarantined or wider than the SMMU's VMIDs.
+    pub fn new_stage2_with_vmid(
+        smmu: &Smmu<R, M, C>,
+        granule: Granule,
+        ipa_bits: u8,
+        vmid: u16,
+    ) -> Result<Self, Error> {
+        let f = smmu.features();
+        if !f.stage2 {
+            return Err(Error::Unsupported("stage 2 (IDR0.S2P)"));
+        }
+        let vmid = smmu.inner.vmids.lock().claim(vmid)?;
+        let cfg = Config::stage2(
+            granule,
+            clamp_ias(granule, ipa_bits, f.ipa_bits),
+            f.oas_bits.into(),
+        );
+        Self::build(smmu, DomainKind::Stage2 { vmid }, cfg).inspect_err(|_| {
+            smmu.inner.vmids.lock().free(vmid, true);
+        })
+    }
+
     pub(crate) fn shared(&self) -> &Arc<DomainShared> {
         &self.shared
     }

@@ -192,6 +192,16 @@ impl IdAlloc {
         Err(Error::IdsExhausted(self.name))
     }
 
+    /// Takes a specific id (0 included), if free.
+    fn claim(&mut self, id: u16) -> Result<u16, Error> {
+        let i = u32::from(id);
+        if i > self.max || self.used.contains(&i) || self.quarantined.contains(&i) {
+            return Err(Error::IdsExhausted(self.name));
+        }
+        self.used.insert(i);
+        Ok(id)
+    }
+
     fn free(&mut self, id: u16, invalidated: bool) {
         self.used.remove(&u32::from(id));
         if !invalidated {
