@@ -135,7 +135,7 @@ fn pgtable() -> Result<(), String> {
     let sg = pgtable_demo::sample_sg_list();
     let report = pgtable_demo::run(&sg, 0x1_0000_0000)?;
     println!("{report}");
-    if report.device_mismatches != 0 || report.redundant_lines != 0 {
+    if report.device_mismatches != 0 {
         return Err("the walker does not see what the CPU wrote".into());
     }
     Ok(())

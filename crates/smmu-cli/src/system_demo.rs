@@ -465,11 +465,12 @@ fn provoke_faults(
         nic.req(true, 0x5000_0000, 4),
         T::Permission,
     ));
-    // 3. A stream ID no STE describes (its level-2 table was never made).
+    // 3. A stream ID no STE describes: its level-2 stream table was never
+    // made, so the level-1 descriptor has SPAN 0 (C_BAD_STREAMID).
     cases.push((
-        "unknown stream",
+        "stream without a level-2 table",
         DmaRequest::write(0xbeef, 0x1000, 4),
-        T::BadSte,
+        T::BadStreamId,
     ));
     // 4. Stage 2: an IPA beyond the mapped guest memory.
     let disk = &devices[1];
