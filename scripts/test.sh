@@ -37,7 +37,7 @@ cargo rustc --quiet --manifest-path checks/nostd/Cargo.toml -- -C panic=abort
 echo "no_std link check: ok"
 
 step "tests (workspace; QEMU scenarios included when available)"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 step "summary"
 echo "QEMU bare-metal scenarios: $qemu_status"
