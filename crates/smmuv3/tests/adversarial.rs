@@ -919,3 +919,38 @@ fn build_ste_does_not_truncate_the_cd_table_size() {
     assert_eq!(field(e[0], 63, 59), 32, "S1CDMax");
     assert_eq!(e[0] & 0x000f_ffff_ffff_ffc0, 1 << 52, "S1ContextPtr");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// `atc_inv` covers any range with the smallest naturally aligned span
+    /// of 4 KiB pages, and the command encodes.
+    #[test]
+    fn atc_inv_covers_any_range_minimally(
+        iova in prop_oneof![any::<u64>(), 0u64..1 << 40, Just(u64::MAX - 4095)],
+        size in prop_oneof![0u64..1 << 24, any::<u64>(), Just(1u64)],
+        sid in any::<u32>(),
+    ) {
+        let c = smmuv3::command::atc_inv(sid, None, iova, size);
+        let Command::AtcInv { addr, size_log2, sid: s, .. } = c else {
+            return Err(TestCaseError::fail(format!("not an ATC_INV: {c:?}")));
+        };
+        prop_assert_eq!(s, sid);
+        prop_assert!(c.encode().is_ok(), "{c:?}");
+        let whole = size == 0 || iova.checked_add(size - 1).is_none();
+        if whole || size_log2 >= 52 {
+            // Everything: only when the range needs it.
+            prop_assert!(whole || ((iova >> 12) ^ ((iova + size - 1) >> 12)) >> 51 != 0, "{c:?}");
+            return Ok(());
+        }
+        let span = 4096u64 << size_log2;
+        prop_assert_eq!(addr & (span - 1), 0, "unaligned {:?}", c);
+        prop_assert!(addr <= iova && iova - addr + size <= span, "{c:?} misses {iova:#x}+{size:#x}");
+        if size_log2 > 0 {
+            // Half the span would not do.
+            let half = span / 2;
+            let lo = iova & !(half - 1);
+            prop_assert!(iova + size - 1 - lo >= half, "{c:?} is not minimal");
+        }
+    }
+}
