@@ -10,7 +10,7 @@ use smmuv3::command::Command;
 use smmuv3::driver::{StrtabFormat, SyncMethod};
 use smmuv3::event::EventType;
 use smmuv3::{AttachOptions, CmdqErrorKind, DomainKind, Error, SmmuConfig};
-use smmuv3_hosted::{HostedDomain, System};
+use smmuv3_hosted::{HostedDomain, MEM_BASE, System};
 use smmuv3_model::{DmaFault, DmaRequest, ModelConfig};
 
 const MEM: u64 = 16 << 20;
@@ -304,4 +304,36 @@ fn shutdown_stops_translation_and_commands() {
     let tables = sys.mem.blocks_allocated();
     drop(d);
     assert!(sys.mem.blocks_allocated() < tables, "page tables freed");
+}
+
+#[test]
+fn teardown_frees_every_block() {
+    let sys = sys_with(ModelConfig::default(), SmmuConfig::default());
+    let System { mem, model, smmu } = sys;
+    assert!(mem.blocks_allocated() > 0, "queues and stream table");
+    {
+        let s2 = HostedDomain::new_stage2(&smmu, Granule::K4, 40).unwrap();
+        s2.map(MEM_BASE, MEM_BASE, MEM, RW).unwrap();
+        let s1 = HostedDomain::new_nested_stage1(&s2, Granule::K4, 48).unwrap();
+        s1.map(0x1000, MEM_BASE, 0x10_0000, RW).unwrap();
+        let opts = AttachOptions {
+            ssid_bits: 8,
+            ..Default::default()
+        };
+        smmu.attach_nested(5, None, &s2, &s1, opts).unwrap();
+        smmu.attach(0x300, Some(7), &s1, opts).unwrap_err();
+        let s1b = HostedDomain::new_stage1(&smmu, Granule::K4, 48).unwrap();
+        smmu.attach(0x300, Some(7), &s1b, opts).unwrap();
+        // Domains go first: they detach their streams.
+    }
+    assert_eq!(
+        model.dma_write(&DmaRequest::write(5, 0x1000, 4), &[0; 4]),
+        Err(DmaFault::StreamAbort)
+    );
+    drop(smmu);
+    assert_eq!(
+        mem.blocks_allocated(),
+        0,
+        "everything the driver allocated was freed"
+    );
 }
