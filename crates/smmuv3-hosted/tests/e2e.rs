@@ -330,3 +330,45 @@ fn cleans_and_tlbis_are_counted_and_minimal() {
         );
     });
 }
+
+#[test]
+fn every_granule_on_both_stages() {
+    let sys = system(Coherency::NonCoherent);
+    let mut sid = 0x80;
+    for g in [Granule::K4, Granule::K16, Granule::K64] {
+        let size = g.size();
+        for stage2 in [false, true] {
+            let mut dom = if stage2 {
+                HostedDomain::new_stage2(&sys.smmu, g, 40).unwrap()
+            } else {
+                HostedDomain::new_stage1(&sys.smmu, g, 48).unwrap()
+            };
+            sys.smmu
+                .attach(sid, None, &dom, AttachOptions::default())
+                .unwrap();
+            let pa = sys.mem.alloc(2 * size).unwrap();
+            let iova = 0x4000_0000;
+            dom.map(iova, pa, 2 * size, RW).unwrap();
+            dma_roundtrip(
+                &sys,
+                DmaRequest::write(sid, iova + size + 8, 8),
+                pa + size + 8,
+                &[3; 8],
+            )
+            .unwrap();
+            let tlbis = sys.smmu.stats().tlbi_commands();
+            dom.unmap(iova, 2 * size).unwrap();
+            assert_eq!(
+                sys.smmu.stats().tlbi_commands() - tlbis,
+                1,
+                "{g:?} stage2={stage2}"
+            );
+            check_fault(
+                &sys,
+                DmaRequest::write(sid, iova + size + 8, 4),
+                EventType::Translation,
+            );
+            sid += 1;
+        }
+    }
+}
