@@ -159,6 +159,16 @@ fn every_valid_config_maps_both_ends_of_its_range() {
                     assert_eq!(pt.map(top, 0, gs, 1, rw), Ok(gs as usize), "{cfg:?}");
                     assert_eq!(pt.translate(gs - 1), Some(pa_top + gs - 1), "{cfg:?}");
                     assert_eq!(pt.translate(top + 8), Some(8), "{cfg:?}");
+                    // An independent walker driven only by the register
+                    // values (T0SZ, TG, SL0, PS) finds the same leaves.
+                    let regs = pt.regs();
+                    for v in [0, gs - 1, top, top + 8, gs, top - gs] {
+                        assert_eq!(
+                            common::dev_walk(&mem, &regs, v),
+                            Ok(pt.translate(v)),
+                            "{cfg:?}: walk of {v:#x} from {regs:x?}"
+                        );
+                    }
                     assert_eq!(pt.translate(1u64 << ias), None, "{cfg:?}");
                     assert_eq!(
                         pt.map(1u64 << ias, 0, gs, 1, rw).map_err(|p| p.error),
