@@ -25,6 +25,9 @@ const STRTAB_L1_MAX_LOG2: u8 = 12;
 /// CDs per 4 KiB level-2 CD table, log2.
 const CD_L2_LOG2: u8 = 6;
 
+/// A link a stream dropped: (domain, stream, substream).
+type Gone = (Arc<DomainShared>, u32, Option<u32>);
+
 /// A (substream, domain) pair to attach.
 type Link<'a, R, M, C> = (Option<u32>, &'a Domain<R, M, C>);
 
@@ -100,6 +103,7 @@ enum Mode {
 }
 
 struct Master {
+    sid: u32,
     mode: Mode,
     cd: Option<CdTable>,
     /// Stage-1 domains by CD index (the no-SSID attach uses CD 0).
@@ -110,8 +114,9 @@ struct Master {
 }
 
 impl Master {
-    fn new() -> Self {
+    fn new(sid: u32) -> Self {
         Self {
+            sid,
             mode: Mode::Abort,
             cd: None,
             s1: BTreeMap::new(),
@@ -534,16 +539,37 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
         m.mode == Mode::Translate && !m.s1.is_empty()
     }
 
-    /// Drops `sid`'s links to domains, removing it from their lists.
-    fn unlink(m: &mut Master, sid: u32, s1_index: Option<u32>, s2: bool) {
+    /// Drops `sid`'s links to domains. The domains forget the stream only
+    /// in [`Self::forget`], after the STE stopped using them: until then a
+    /// dropped domain still detaches the stream before freeing its tables.
+    fn unlink(m: &mut Master, sid: u32, s1_index: Option<u32>, s2: bool, gone: &mut Vec<Gone>) {
         if let Some(i) = s1_index {
             if let Some((ssid, d, _)) = m.s1.remove(&i) {
-                d.remove(sid, ssid);
+                gone.push((d, sid, ssid));
             }
         }
         if s2 {
             if let Some((d, _)) = m.s2.take() {
-                d.remove(sid, None);
+                gone.push((d, sid, None));
+            }
+        }
+    }
+
+    /// Removes `gone` links from their domains, keeping those `m` still has.
+    fn forget(m: Option<&Master>, gone: Vec<Gone>) {
+        for (d, sid, ssid) in gone {
+            d.remove(sid, ssid);
+        }
+        if let Some(m) = m {
+            let links =
+                m.s1.values()
+                    .map(|(ssid, d, _)| (*ssid, d))
+                    .chain(m.s2.iter().map(|(d, _)| (None, d)));
+            for (ssid, d) in links {
+                d.add(m.sid, ssid);
+                if m.ats {
+                    d.add_ats(m.sid, ssid);
+                }
             }
         }
     }
@@ -551,16 +577,18 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
     fn set_mode(&self, sid: u32, mode: Mode) -> Result<Update, Error> {
         let mut st = self.streams.lock();
         let mut up = Update::default();
-        let m = st.masters.entry(sid).or_insert_with(Master::new);
+        let m = st.masters.entry(sid).or_insert_with(|| Master::new(sid));
+        let mut gone = Vec::new();
         let indices: Vec<u32> = m.s1.keys().copied().collect();
         for i in indices {
-            Self::unlink(m, sid, Some(i), false);
+            Self::unlink(m, sid, Some(i), false, &mut gone);
         }
-        Self::unlink(m, sid, None, true);
+        Self::unlink(m, sid, None, true, &mut gone);
         m.mode = mode;
         m.ats = false;
         let old_cd = m.cd.take();
         self.sync_ste(&mut st, sid, &mut up)?;
+        Self::forget(st.masters.get(&sid), gone);
         if let Some(c) = old_cd {
             // SAFETY: the STE no longer points at the table and the update
             // was synced (CFGI_STE + CMD_SYNC completed).
@@ -654,7 +682,8 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         // The CD table the SMMU may be using right now, from the live STE.
         let cd_live = st.cd_table_in_use(sid);
         let mut retired: Vec<CdTable> = Vec::new();
-        let m = st.masters.entry(sid).or_insert_with(Master::new);
+        let mut gone: Vec<Gone> = Vec::new();
+        let m = st.masters.entry(sid).or_insert_with(|| Master::new(sid));
         if m.mode != Mode::Translate {
             m.s1.clear();
             m.s2 = None;
@@ -674,9 +703,9 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
                             .map(|(k, _)| *k)
                             .collect();
                     for k in stale {
-                        Inner::<R, M, C>::unlink(m, sid, Some(k), false);
+                        Inner::<R, M, C>::unlink(m, sid, Some(k), false, &mut gone);
                     }
-                    Inner::<R, M, C>::unlink(m, sid, None, true);
+                    Inner::<R, M, C>::unlink(m, sid, None, true, &mut gone);
                     shared.add(sid, None);
                     m.s2 = Some((shared, regs));
                 }
@@ -695,14 +724,14 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
                         }
                         _ => {
                             // Plain stage 1 replaces stage 2 and nested contexts.
-                            Inner::<R, M, C>::unlink(m, sid, None, true);
+                            Inner::<R, M, C>::unlink(m, sid, None, true, &mut gone);
                             let stale: Vec<u32> =
                                 m.s1.iter()
                                     .filter(|(_, (_, d, _))| d.vmid() != 0)
                                     .map(|(k, _)| *k)
                                     .collect();
                             for k in stale {
-                                Inner::<R, M, C>::unlink(m, sid, Some(k), false);
+                                Inner::<R, M, C>::unlink(m, sid, Some(k), false, &mut gone);
                             }
                         }
                     }
@@ -715,7 +744,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
                         // longer points at it.
                         let keys: Vec<u32> = m.s1.keys().copied().collect();
                         for k in keys {
-                            Inner::<R, M, C>::unlink(m, sid, Some(k), false);
+                            Inner::<R, M, C>::unlink(m, sid, Some(k), false, &mut gone);
                         }
                         retired.extend(m.cd.take());
                     }
@@ -754,7 +783,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
                     let live = m.cd.as_ref().is_some_and(|c| cd_live == Some(c.blk.phys()));
                     let cd = build_cd(&r, asid);
                     i.write_cd(m, sid, index, &cd, live, &mut up)?;
-                    Inner::<R, M, C>::unlink(m, sid, Some(index), false);
+                    Inner::<R, M, C>::unlink(m, sid, Some(index), false, &mut gone);
                     shared.add(sid, ssid);
                     m.s1.insert(index, (ssid, shared, regs));
                 }
@@ -766,6 +795,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         m.mode = Mode::Translate;
         m.ats = opts.ats;
         i.sync_ste(&mut st, sid, &mut up)?;
+        Inner::<R, M, C>::forget(st.masters.get(&sid), gone);
         for c in retired {
             // SAFETY: the STE was rewritten to point at the new table and the
             // update completed (synced), so the SMMU no longer fetches from it.
@@ -793,11 +823,13 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         }
         let live = true;
         i.write_cd(m, sid, s, &[0; WORDS], live, &mut up)?;
-        Inner::<R, M, C>::unlink(m, sid, Some(s), false);
+        let mut gone = Vec::new();
+        Inner::<R, M, C>::unlink(m, sid, Some(s), false, &mut gone);
         if m.s1.is_empty() {
             // No stage-1 context left: the STE stops pointing at the table.
             i.sync_ste(&mut st, sid, &mut up)?;
         }
+        Inner::<R, M, C>::forget(st.masters.get(&sid), gone);
         Ok(up)
     }
 }
