@@ -229,6 +229,9 @@ impl ModelConfig {
     pub fn qemu_stage1_only() -> Self {
         Self {
             stage2: false,
+            // QEMU's virt-9.1 SMMU reports IDR3 = 0x1404: no XNX without
+            // stage 2.
+            xnx: false,
             ..Self::qemu_like()
         }
     }

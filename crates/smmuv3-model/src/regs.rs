@@ -303,6 +303,7 @@ mod tests {
         assert_eq!((r.iidr, r.aidr), (0, 1));
         let s1 = IdRegs::new(&ModelConfig::qemu_stage1_only(), true);
         assert_eq!(s1.idr[0], 0x0d44_101a);
+        assert_eq!(s1.idr[3], 0x1404, "QEMU virt-9.1 has no XNX");
     }
 
     #[test]

@@ -178,16 +178,13 @@ fn qemu_virt() -> ModelPlatform {
     )
 }
 
-/// The model as QEMU's stage-1-only `virt-9.1`. QEMU drops IDR3.XNX (a
-/// stage-2 feature) along with stage 2; `ModelConfig::qemu_stage1_only()`
-/// keeps it (IDR3 0x1414 instead of QEMU's 0x1404: found by the probe
-/// scenario), so it is cleared here until the model's profile matches.
+/// The model as QEMU's stage-1-only `virt-9.1` (IDR3 0x1404: no XNX).
 fn qemu_virt_9_1() -> ModelPlatform {
-    let cfg = ModelConfig {
-        xnx: false,
-        ..ModelConfig::qemu_stage1_only()
-    };
-    ModelPlatform::new(cfg, Coherency::Coherent, Some(QEMU_VIRT_9_1))
+    ModelPlatform::new(
+        ModelConfig::qemu_stage1_only(),
+        Coherency::Coherent,
+        Some(QEMU_VIRT_9_1),
+    )
 }
 
 fn non_coherent() -> ModelPlatform {
