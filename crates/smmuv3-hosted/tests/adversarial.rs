@@ -952,3 +952,53 @@ fn substream_table_sizes_and_ids() {
         }
     });
 }
+
+/// Everything after a shutdown (including a second shutdown) is a typed
+/// error or a no-op, and dropping domains afterwards does not panic.
+#[test]
+fn calls_after_shutdown_are_typed() {
+    watchdog("after shutdown", 30, || {
+        let sys = System::new(
+            MEM,
+            Coherency::Coherent,
+            ModelConfig::default(),
+            SmmuConfig::default(),
+        )
+        .unwrap();
+        let mut d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+        sys.smmu
+            .attach(1, None, &d, AttachOptions::default())
+            .unwrap();
+        let pa = sys.mem.alloc(4096).unwrap();
+        d.map(0x1000, pa, 4096, RW).unwrap();
+        sys.smmu.shutdown().unwrap();
+        assert!(!sys.smmu.is_enabled());
+        let again = returns(|| sys.smmu.shutdown()).expect("second shutdown panicked");
+        assert!(
+            matches!(again, Ok(()) | Err(Error::QueueDisabled)),
+            "{again:?}"
+        );
+        assert_eq!(
+            sys.smmu.issue(&[Command::TlbiNsnhAll], true),
+            Err(Error::QueueDisabled)
+        );
+        let r = returns(|| sys.smmu.attach(2, None, &d, AttachOptions::default()))
+            .expect("attach panicked");
+        assert!(r.is_err(), "attach after shutdown: {r:?}");
+        let r = returns(|| d.unmap(0x1000, 4096)).expect("unmap panicked");
+        assert!(
+            matches!(r, Err(Error::QueueDisabled)) || r == Ok(4096),
+            "{r:?}"
+        );
+        // Draining a disabled event queue finds nothing new.
+        let r = returns(|| sys.smmu.drain_events()).expect("drain panicked");
+        assert!(r.map(|b| b.events.is_empty()).unwrap_or(true));
+        // DMA no longer translates through the domain.
+        assert!(
+            sys.model
+                .dma_read(&DmaRequest::read(1, 0x1000, 4), &mut [0; 4])
+                .is_err()
+        );
+        returns(move || drop(d)).expect("dropping a domain after shutdown panicked");
+    });
+}
