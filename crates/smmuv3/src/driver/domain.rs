@@ -186,6 +186,16 @@ fn clamp_ias(granule: Granule, want: u8, smmu_max: u8) -> u32 {
     u32::from(want.min(smmu_max).min(arch_max))
 }
 
+/// Returns the output size to build a table with: 52-bit output needs the
+/// 64 KiB granule, other granules stop at 48 bits.
+fn clamp_oas(granule: Granule, oas: u32) -> u32 {
+    if granule == Granule::K64 {
+        oas
+    } else {
+        oas.min(48)
+    }
+}
+
 /// A translation domain.
 pub struct Domain<R: RegisterFrame, M: DmaMemory, C: Clock> {
     smmu: Smmu<R, M, C>,
@@ -244,7 +254,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         let cfg = Config::stage1(
             granule,
             clamp_ias(granule, va_bits, f.va_bits),
-            f.oas_bits.into(),
+            clamp_oas(granule, f.oas_bits.into()),
         );
         Self::build(smmu, DomainKind::Stage1 { asid, vmid: 0 }, cfg).inspect_err(|_| {
             smmu.inner.asids.lock().free(asid, true);
@@ -273,7 +283,11 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         };
         let asid = smmu.inner.asids.lock().alloc()?;
         let ipa = parent.pt.config().ias;
-        let cfg = Config::stage1(granule, clamp_ias(granule, va_bits, f.va_bits), ipa);
+        let cfg = Config::stage1(
+            granule,
+            clamp_ias(granule, va_bits, f.va_bits),
+            clamp_oas(granule, ipa),
+        );
         Self::build(smmu, DomainKind::Stage1 { asid, vmid }, cfg).inspect_err(|_| {
             smmu.inner.asids.lock().free(asid, true);
         })
@@ -294,7 +308,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         let cfg = Config::stage2(
             granule,
             clamp_ias(granule, ipa_bits, f.ipa_bits),
-            f.oas_bits.into(),
+            clamp_oas(granule, f.oas_bits.into()),
         );
         Self::build(smmu, DomainKind::Stage2 { vmid }, cfg).inspect_err(|_| {
             smmu.inner.vmids.lock().free(vmid, true);
@@ -324,7 +338,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         let cfg = Config::stage2(
             granule,
             clamp_ias(granule, ipa_bits, f.ipa_bits),
-            f.oas_bits.into(),
+            clamp_oas(granule, f.oas_bits.into()),
         );
         Self::build(smmu, DomainKind::Stage2 { vmid }, cfg).inspect_err(|_| {
             smmu.inner.vmids.lock().free(vmid, true);
