@@ -29,8 +29,12 @@
 //! coherency) and [`env::TlbHooks`] (`flush_walk` when a table is
 //! disconnected, `add_pages` into a [`Gather`]). The first two know nothing
 //! of page tables; the SMMUv3 driver uses them for its own structures.
-//! Implementations: `env::HostEnv` and `env::Counting` (feature `std`),
-//! `env::SimEnv` over the workspace's simulated memory (feature `sim`).
+//! Implementations: `env::HostEnv` (heap tables, phys == virt, cleans that
+//! do nothing or `clflush`) and `env::Counting` (wraps any environment and
+//! counts allocations, live bytes, cleans, lines, walk flushes) with feature
+//! `std`; `env::SimEnv` over the workspace's simulated memory (feature
+//! `sim`). The traits are also implemented for `&T`, so one environment can
+//! serve several tables and be inspected while they live.
 //!
 //! # Configuration and registers
 //!
@@ -39,7 +43,9 @@
 //! concatenation (up to 16 start tables: whenever stage 2 would start at
 //! level 0, and where the architecture forbids the start level for the
 //! output size) and the page-size bitmap (4K: 4K|2M|1G; 16K: 16K|32M;
-//! 64K: 64K|512M, plus 4T with a 52-bit output). [`PageTable::regs`]
+//! 64K: 64K|512M, plus 4T level-1 blocks with a 52-bit output; blocks
+//! needing FEAT_LPA2, such as 4K level-0 or 16K level-1 blocks, are not
+//! offered). [`PageTable::regs`]
 //! returns what the driver programs: [`Stage1Regs`] (TTB, T0SZ, TG0,
 //! IRGN0/ORGN0/SH0, IPS, EPD1, MAIR) for the context descriptor and
 //! [`Stage2Regs`] (S2TTB, T0SZ, SL0, IRGN0/ORGN0/SH0, TG0, PS) for the
@@ -55,9 +61,12 @@
 //!
 //! * [`PageTable::map`] / [`PageTable::unmap`]: Linux's `map_pages` /
 //!   `unmap_pages`, returning bytes done, and on error a [`Partial`] with
-//!   the bytes done before it. [`PageTable::map_range`] and
-//!   [`PageTable::unmap_range`] pick the largest page sizes the alignment
-//!   allows.
+//!   the bytes done before it. Unmap stops at the first entry with nothing
+//!   mapped under it (an empty table left by earlier unmaps counts as
+//!   nothing) and adds every unmapped run to the [`Gather`] (tables
+//!   included), so one driver sync after it always suffices.
+//!   [`PageTable::map_range`] and [`PageTable::unmap_range`] validate the
+//!   whole range, then pick the largest page sizes the alignment allows.
 //! * [`PageTable::translate`], [`PageTable::walk`] (descriptor per level).
 //! * [`PageTable::read_and_clear_dirty`] (stage 1 with [`Quirks::HD`]).
 //! * [`PageTable::sync_map`] for [`WalkCoherency::Deferred`].

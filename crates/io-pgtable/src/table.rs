@@ -570,14 +570,23 @@ impl<E: PtEnv> PageTable<E> {
 
     /// Cleans a table descriptor and records that it was (software bit), so
     /// later mappers need not clean it again.
+    ///
+    /// The bit is set only after the clean, so a racing mapper that sees it
+    /// knows the walker can reach the table. Whoever sets it cleans the
+    /// line once more: the walker ignores the bit, but leaving memory that
+    /// differs from what the device sees would hide real missing cleans
+    /// from a checker comparing the two views.
     fn sync_table_desc(&self, table: u64, idx: usize, d: u64) -> Result<(), Error> {
         self.clean_entries(table, idx, 1)?;
-        let _ = self.entry(table, idx).compare_exchange(
+        let marked = self.entry(table, idx).compare_exchange(
             d,
             d | SW_SYNCED,
             Ordering::AcqRel,
             Ordering::Relaxed,
         );
+        if marked.is_ok() {
+            self.clean_entries(table, idx, 1)?;
+        }
         Ok(())
     }
 
@@ -1191,15 +1200,22 @@ impl<E: PtEnv> PageTable<E> {
             return Ok(());
         }
         let mut clean = |table: u64, level: usize, from: usize, to: usize, _va: u64| {
-            // Lines are runs of 8 entries (tables are 64-byte aligned).
+            // Lines are runs of 8 entries (tables are 64-byte aligned); a
+            // line is cleaned if it holds a leaf of the range, and adjacent
+            // such lines are merged into one call.
+            let entries = self.slice(table, level);
             let mut run: Option<(usize, usize)> = None;
-            for k in from..to {
-                if !is_leaf(self.entry(table, k).load(Ordering::Relaxed), level) {
+            for line in (from >> 3)..=((to - 1) >> 3) {
+                let lo = (line << 3).max(from);
+                let hi = ((line << 3) + 8).min(to);
+                if !entries[lo..hi]
+                    .iter()
+                    .any(|e| is_leaf(e.load(Ordering::Relaxed), level))
+                {
                     continue;
                 }
-                let line = k >> 3;
                 run = match run {
-                    Some((a, b)) if line <= b + 1 => Some((a, line)),
+                    Some((a, b)) if line == b + 1 => Some((a, line)),
                     Some((a, b)) => {
                         self.clean_entries(table, a << 3, (b - a + 1) << 3)?;
                         Some((line, line))

@@ -91,11 +91,7 @@ fn run(cfg: Config, pt: &PageTable<SimEnv>) {
     probe(pt, last, size);
     // Nothing may remain dirty for the walker after the syncs.
     if cfg.coherency != WalkCoherency::Coherent {
-        assert_eq!(
-            common::dirty_lines_ignoring_sw(pt.env().mem()),
-            0,
-            "{cfg:?}"
-        );
+        assert_eq!(pt.env().mem().all_dirty_lines(), 0, "{cfg:?}");
     }
 }
 

@@ -103,28 +103,6 @@ pub fn assert_agree(pt: &PageTable<SimEnv>, iova: u64) {
     );
 }
 
-/// Software bits 58:55 are ignored by the walker; the table code sets one
-/// after cleaning a table descriptor.
-const SW_BITS: u64 = 0xf << 55;
-
-/// Returns the number of 64-byte lines whose CPU and device views differ in
-/// bits the walker uses.
-pub fn dirty_lines_ignoring_sw(mem: &SimMemory) -> u64 {
-    let mut n = 0;
-    let mut pa = mem.base();
-    while pa < mem.base() + mem.size() {
-        let dirty = (0..8).any(|w| {
-            let a = pa + 8 * w;
-            let cpu = mem.cpu_read_u64(a).unwrap();
-            let dev = mem.dev_read_u64(a).unwrap();
-            (cpu ^ dev) & !SW_BITS != 0
-        });
-        n += u64::from(dirty);
-        pa += 64;
-    }
-    n
-}
-
 /// Reference model: disjoint mapped intervals `start -> (end, phys)`.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
