@@ -295,3 +295,55 @@ fn transitions_are_hitless_and_minimal_coherent() {
 fn transitions_are_hitless_and_minimal_non_coherent() {
     run(Coherency::NonCoherent);
 }
+
+/// Moving a substream between stage-1 domains rewrites its CD only: ASID
+/// and TTB0 both change, so the CD must break (3 syncs) while the STE and
+/// the other substreams stay untouched.
+#[test]
+fn substream_switch_rewrites_only_its_cd() {
+    let sys = System::new(
+        MEM,
+        Coherency::NonCoherent,
+        ModelConfig::default(),
+        SmmuConfig::default(),
+    )
+    .unwrap();
+    let opts = AttachOptions {
+        ssid_bits: 4,
+        ..Default::default()
+    };
+    let doms: Vec<HostedDomain> = (0..3)
+        .map(|_| HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap())
+        .collect();
+    let bufs: Vec<u64> = (0..3u8)
+        .map(|i| {
+            let b = sys.mem.alloc(4096).unwrap();
+            fill(&sys, b, 0x40 + i);
+            doms[usize::from(i)].map(0x8000, b, 4096, RW).unwrap();
+            b
+        })
+        .collect();
+    assert_eq!(bufs.len(), 3);
+    sys.smmu.attach(SID, Some(1), &doms[0], opts).unwrap();
+    sys.smmu.attach(SID, Some(2), &doms[1], opts).unwrap();
+    let read = |ssid| {
+        let mut b = [0u8; 4];
+        sys.model
+            .dma_read(&DmaRequest::read(SID, 0x8000, 4).with_ssid(ssid), &mut b)
+            .map(|()| b[0])
+    };
+    assert_eq!((read(1), read(2)), (Ok(0x40), Ok(0x41)));
+    let before = sys.model.stats().command(0x46);
+    let up = sys.smmu.attach(SID, Some(2), &doms[2], opts).unwrap();
+    assert_eq!((up.ste_syncs, up.cd_syncs), (0, 3), "{up:?}");
+    assert_eq!(sys.model.stats().command(0x46) - before, 3);
+    assert_eq!((read(1), read(2)), (Ok(0x40), Ok(0x42)));
+    // Detaching one substream clears V (sync), then the now unused words
+    // (sync), as the reference algorithm does.
+    let up = sys.smmu.detach(SID, Some(2)).unwrap();
+    assert_eq!((up.ste_syncs, up.cd_syncs), (0, 2));
+    assert_eq!(read(1), Ok(0x40));
+    assert_eq!(read(2).unwrap_err().event_type(), Some(EventType::CBadCd));
+    assert_eq!(doms[2].attached(), vec![]);
+    assert_eq!(doms[0].attached(), vec![(SID, Some(1))]);
+}
