@@ -337,3 +337,49 @@ fn teardown_frees_every_block() {
         "everything the driver allocated was freed"
     );
 }
+
+#[test]
+fn stalled_faults_are_terminated_when_drained() {
+    let sys = sys_with(
+        ModelConfig {
+            stall_model: smmuv3_model::StallModel::StallForced,
+            ..ModelConfig::default()
+        },
+        SmmuConfig::default(),
+    );
+    let d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    sys.smmu
+        .attach(6, None, &d, AttachOptions::default())
+        .unwrap();
+    let e = sys
+        .model
+        .dma_write(&DmaRequest::write(6, 0x9000, 4), &[0; 4])
+        .unwrap_err();
+    assert!(matches!(e, DmaFault::Stalled { .. }), "{e}");
+    assert_eq!(sys.model.stalled().len(), 1);
+    let b = sys.smmu.drain_events().unwrap();
+    assert_eq!(b.events.len(), 1);
+    let tag = b.events[0].fault.unwrap().stall_tag;
+    assert!(tag.is_some(), "{}", b.events[0]);
+    assert!(sys.model.stalled().is_empty(), "CMD_RESUME (abort) sent");
+    assert_eq!(sys.smmu.stats().by_opcode[0x44], 1);
+    // A host with its own fault handling keeps stalls for itself.
+    sys.smmu.set_abort_stalls(false);
+    let _ = sys
+        .model
+        .dma_write(&DmaRequest::write(6, 0xa000, 4), &[0; 4]);
+    assert_eq!(sys.smmu.drain_events().unwrap().events.len(), 1);
+    assert_eq!(sys.model.stalled().len(), 1);
+    let (sid, stag) = sys.model.stalled()[0];
+    sys.smmu
+        .issue(
+            &[Command::Resume {
+                sid,
+                stag,
+                abort: true,
+            }],
+            true,
+        )
+        .unwrap();
+    assert!(sys.model.stalled().is_empty());
+}

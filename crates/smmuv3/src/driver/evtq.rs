@@ -4,6 +4,7 @@ use alloc::vec::Vec;
 
 use super::{Inner, Stats};
 use crate::Error;
+use crate::command::Command;
 use crate::env::{Clock, DmaMemory, RegisterFrame};
 use crate::event::Event;
 use crate::layout::event::EVENT_BYTES;
@@ -105,6 +106,27 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
         let ack = evtq::OVFLG.set(q.cons.into(), q.ovack.into()) as u32;
         self.regs.write32(regs::EVENTQ_CONS, ack);
         Stats::bump(&self.stats.events, batch.events.len() as u64);
+        drop(q);
+        if self
+            .abort_stalls
+            .load(core::sync::atomic::Ordering::Relaxed)
+        {
+            let resumes: Vec<Command> = batch
+                .events
+                .iter()
+                .filter_map(|e| {
+                    let stag = e.fault?.stall_tag?;
+                    Some(Command::Resume {
+                        sid: e.sid,
+                        stag,
+                        abort: true,
+                    })
+                })
+                .collect();
+            if !resumes.is_empty() {
+                self.issue(&resumes, true)?;
+            }
+        }
         Ok(batch)
     }
 }

@@ -280,6 +280,8 @@ pub(crate) struct Inner<R: RegisterFrame, M: DmaMemory, C: Clock> {
     enabled: AtomicBool,
     /// CMDQEN is acknowledged set: commands can be consumed.
     cmdq_on: AtomicBool,
+    /// Terminate stalled transactions when their events are drained.
+    abort_stalls: AtomicBool,
     next_domain: AtomicU64,
 }
 
@@ -408,6 +410,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
             stats: Stats::new(),
             enabled: AtomicBool::new(false),
             cmdq_on: AtomicBool::new(false),
+            abort_stalls: AtomicBool::new(true),
             next_domain: AtomicU64::new(1),
         };
         let smmu = Self {
@@ -579,6 +582,15 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
             Some(e) => Err(e),
             None => Ok(active),
         }
+    }
+
+    /// Sets whether [`Smmu::drain_events`] terminates stalled transactions
+    /// (CMD_RESUME with abort) whose fault events it drains; on by default,
+    /// since the driver has no page-fault handler and a stall-forced SMMU
+    /// would otherwise leave the device waiting. A host that resolves
+    /// faults itself turns it off and sends CMD_RESUME.
+    pub fn set_abort_stalls(&self, on: bool) {
+        self.inner.abort_stalls.store(on, Ordering::Relaxed);
     }
 
     /// Drains the event queue.
