@@ -23,7 +23,7 @@
 //! # Environment
 //!
 //! [`PageTable<E>`] is generic over [`env::PtEnv`], the combination of three
-//! small traits in [`env`] that replace Linux's compile-time switches:
+//! small traits in [`env`](mod@env) that replace Linux's compile-time switches:
 //! [`env::TableMemory`] (zeroed, naturally aligned table memory and its
 //! physical address), [`env::CacheMaintenance`] (clean to the point of
 //! coherency) and [`env::TlbHooks`] (`flush_walk` when a table is
