@@ -729,3 +729,25 @@ fn unmap_cleans_before_the_tlb_hears_of_it_and_sync_stops_at_the_first_error() {
     assert_eq!(seen, vec![0, 0], "two runs, one per level-3 table");
     assert_eq!(dev_walk(&mem, &pt.regs(), 5 * K4), Ok(None));
 }
+
+#[test]
+fn a_mapper_cleans_a_table_descriptor_a_racer_published_but_did_not_clean_yet() {
+    let mem = memory(false, 1 << 20);
+    let pt = table(s1_4k(WalkCoherency::NonCoherent), &mem);
+    assert_eq!(pt.map(0, 0x1000, K4, 1, RW), Ok(4096));
+    // Rewind the level-2 descriptor to the state a racing installer leaves
+    // between its compare-exchange and its clean: published in the CPU
+    // view, not yet cleaned (device still sees 0), software bit clear.
+    let step = pt.walk(0).steps()[2];
+    assert_ne!(step.desc & layout::SW_SYNCED, 0);
+    mem.cpu_write_u64(step.desc_phys, step.desc & !layout::SW_SYNCED)
+        .unwrap();
+    mem.dev_write_u64(step.desc_phys, 0).unwrap();
+    assert_eq!(dev_walk(&mem, &pt.regs(), K4), Ok(None));
+    // Another mapper descending through it must clean it before returning.
+    assert_eq!(pt.map(K4, 0x2000, K4, 1, RW), Ok(4096));
+    assert_eq!(dev_walk(&mem, &pt.regs(), K4), Ok(Some(0x2000)));
+    assert_eq!(dev_walk(&mem, &pt.regs(), 0), Ok(Some(0x1000)));
+    assert_ne!(pt.walk(0).steps()[2].desc & layout::SW_SYNCED, 0);
+    assert_eq!(mem.all_dirty_lines(), 0);
+}
