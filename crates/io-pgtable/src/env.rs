@@ -115,6 +115,16 @@ pub trait CacheMaintenance {
     /// [`CacheError`] when the environment detects a range it does not
     /// manage (a bug in the caller); hardware implementations never fail.
     fn clean(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError>;
+
+    /// Orders earlier CPU stores to device-walked memory before a later store
+    /// that makes them reachable (linking a new table). The default is a
+    /// release fence, enough for CPU observers; hardware environments with a
+    /// coherent device outside the inner-shareable domain override it with
+    /// the device barrier (`DMB OSHST` on Arm).
+    #[inline]
+    fn publish_barrier(&self) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+    }
 }
 
 /// TLB maintenance that io-pgtable asks of the driver owning the TLB.
@@ -161,6 +171,9 @@ unsafe impl<T: TableMemory + ?Sized> TableMemory for &T {
 impl<T: CacheMaintenance + ?Sized> CacheMaintenance for &T {
     fn clean(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError> {
         (**self).clean(cpu, phys, len)
+    }
+    fn publish_barrier(&self) {
+        (**self).publish_barrier()
     }
 }
 

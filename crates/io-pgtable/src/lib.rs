@@ -109,6 +109,11 @@
 //! mapper descending through a descriptor without it cleans it first, so no
 //! mapper returns while its leaves hang below a table the walker cannot see.
 //!
+//! Leaf stores are relaxed atomics: the caller orders them before the
+//! device may use the IOVA (on Arm, the `DSB` the driver issues before
+//! ringing the command queue or the doorbell of the DMA-ing device). Table
+//! links are preceded by [`env::CacheMaintenance::publish_barrier`].
+//!
 //! Overlapping concurrent calls give unspecified mappings but never
 //! undefined behaviour. The hazard is a table disconnected by one call while
 //! another still walks it. **Reclamation**: a disconnected table is not

@@ -553,6 +553,7 @@ impl<E: PtEnv> PageTable<E> {
             desc |= SW_SYNCED;
         }
         let e = self.entry(table, idx);
+        self.env.publish_barrier();
         match e.compare_exchange(0, desc, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
                 if self.noncoherent {
@@ -1011,6 +1012,7 @@ impl<E: PtEnv> PageTable<E> {
         self.env
             .flush_walk(block_va, 1 << self.geo.level_shift[level], self.granule());
         let td = self.pa_to_desc(child.phys) | 3 | self.table_attrs | SW_SYNCED;
+        self.env.publish_barrier();
         e.store(td, Ordering::Release);
         if self.noncoherent {
             self.clean_entries(table, idx, 1)?;

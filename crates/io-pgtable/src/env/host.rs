@@ -222,6 +222,11 @@ impl<E: CacheMaintenance> CacheMaintenance for Counting<E> {
         }
         self.inner.clean(cpu, phys, len)
     }
+
+    #[inline]
+    fn publish_barrier(&self) {
+        self.inner.publish_barrier()
+    }
 }
 
 impl<E: TlbHooks> TlbHooks for Counting<E> {
