@@ -778,6 +778,11 @@ impl<E: PtEnv> PageTable<E> {
     /// For a non-coherent walker the cleared entries are cleaned before the
     /// pages are added to the gather.
     ///
+    /// The gather's page size is the `pgsize` of the call even where a whole
+    /// table of smaller pages was removed; those were already invalidated
+    /// (leaf and walk entries) by the synchronous `flush_walk`, so a driver
+    /// may use the gather's page size as a leaf-level (TTL) hint.
+    ///
     /// # Errors
     ///
     /// [`Partial`] with the bytes unmapped before the error: bad input as
