@@ -13,8 +13,12 @@ use crate::tlb::{Regime, Tag, TlbEntry, WalkEntry};
 use crate::walk::{self, Access, Leaf, Perms, S1Perm, Start, TableAttrs, TableCfg, WalkFault};
 use crate::{DmaFault, DmaRequest, Termination, Translation};
 
-/// Key of "no SubstreamID" in the per-(sid, ssid) caches.
+/// Key of "no SubstreamID" in the per-(sid, ssid) caches (never a valid
+/// SubstreamID: those have at most [`MAX_SSID_BITS`] bits).
 const NO_SSID: u32 = u32::MAX;
+
+/// The widest SubstreamID the architecture defines (IDR1.SSIDSIZE <= 20).
+const MAX_SSID_BITS: u32 = 20;
 
 /// Returns the context-cache key of a (StreamID, SubstreamID) pair.
 #[inline]
@@ -1095,6 +1099,14 @@ impl State {
     ) -> Result<Translation, DmaFault> {
         self.stats.translations += 1;
         self.known_miss = false;
+        if let Some(s) = req.ssid.filter(|s| s >> MAX_SSID_BITS != 0) {
+            if self.regs.cr0 & cr0::SMMUEN != 0 {
+                // Kept away from the caches, whose keys only tell apart
+                // architecturally possible SubstreamIDs.
+                let stop = self.wide_ssid(req.sid, s);
+                return Err(self.finish(stop));
+            }
+        }
         if let Some(t) = self.last_hit(req, iova) {
             return Ok(t);
         }
@@ -1104,6 +1116,22 @@ impl State {
         match self.translate_inner(req, iova) {
             Ok(t) => Ok(t),
             Err(stop) => Err(self.finish(stop)),
+        }
+    }
+
+    /// Returns how a transaction with a SubstreamID wider than the
+    /// architecture's 20 bits ends: no CD can be selected by it, so after
+    /// the stream's own checks (invalid StreamID, STE fetch, bad or
+    /// aborting STE) it is C_BAD_SUBSTREAMID. The event carries the 20 bits
+    /// its record can hold, so the event returned equals the one recorded.
+    fn wide_ssid(&mut self, sid: u32, ssid: u32) -> Stop {
+        match self.get_ste(sid) {
+            Err(stop) => stop,
+            Ok(ste) if ste.config == ste_config::ABORT => Stop::StreamAbort,
+            Ok(_) => Stop::Config(
+                Event::new(EventType::CBadSubstreamId, sid)
+                    .with_ssid(Some(ssid & ((1 << MAX_SSID_BITS) - 1))),
+            ),
         }
     }
 
@@ -1149,7 +1177,8 @@ impl State {
             instruction: acc.instruction,
             ..base_ev
         };
-        if req.ats_translated && ctx.mode != Mode::Bypass {
+        // An aborting STE aborts translated traffic too, silently.
+        if req.ats_translated && !matches!(ctx.mode, Mode::Bypass | Mode::Abort) {
             if ctx.ste.eats == 0 {
                 return Err(Stop::Config(Event {
                     kind: EventType::FTranslForbidden,
