@@ -263,11 +263,14 @@ fn ats_streams_get_atc_invalidations() {
     sys.model
         .dma_write(&DmaRequest::write(9, 0x7000, 4), &[1; 4])
         .unwrap();
-    let before = sys.model.stats().command(0x40);
+    let before = sys.model.stats();
     d.unmap(0x7000, 0x2000).unwrap();
+    let after = sys.model.stats();
     // One ATC_INV for the one ATS stream, spanning the pages 0x7000-0x8fff
-    // (naturally aligned: 0x0000-0xffff, 2^4 pages).
-    assert_eq!(sys.model.stats().command(0x40), before + 1);
+    // (naturally aligned: 0x0000-0xffff, 2^4 pages), after the TLBI was
+    // synced: two CMD_SYNCs.
+    assert_eq!(after.command(0x40), before.command(0x40) + 1);
+    assert_eq!(after.command(0x46), before.command(0x46) + 2);
     // Without ATS support, asking for it is refused.
     let plain = sys_with(ModelConfig::default(), SmmuConfig::default());
     let d2 = HostedDomain::new_stage1(&plain.smmu, Granule::K4, 48).unwrap();

@@ -136,11 +136,21 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> DomainEnv<R, M, C> {
             ril: i.features.ril && i.cfg.use_ril,
             max_ops: i.cfg.tlbi_max_ops,
         };
-        let mut cmds: Vec<Command> = plan(&req, &policy)?.collect();
-        for &(sid, ssid) in self.shared.ats.lock().iter() {
-            cmds.push(atc_inv(sid, ssid, iova, size));
+        let cmds: Vec<Command> = plan(&req, &policy)?.collect();
+        i.issue(&cmds, true)?;
+        // ATCs only after the TLB invalidation completed: otherwise a
+        // device could refill its ATC from a stale TLB entry in between.
+        let atc: Vec<Command> = self
+            .shared
+            .ats
+            .lock()
+            .iter()
+            .map(|&(sid, ssid)| atc_inv(sid, ssid, iova, size))
+            .collect();
+        if atc.is_empty() {
+            return Ok(());
         }
-        i.issue(&cmds, true)
+        i.issue(&atc, true)
     }
 
     /// Returns whether `[start, end)` lies inside one flushed walk range.
