@@ -427,6 +427,38 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         Ok(r? as u64)
     }
 
+    /// As [`Domain::unmap`] but through a shared reference, so threads can
+    /// unmap disjoint ranges concurrently: page-table pages that fell empty
+    /// are retired, not freed, until [`Domain::reclaim`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Domain::unmap`].
+    pub fn unmap_shared(&self, iova: u64, len: u64) -> Result<u64, Error> {
+        let mut gather = Gather::new();
+        let r = self.pt.unmap_range(iova, len, &mut gather);
+        let env = self.pt.env();
+        if !gather.is_empty() {
+            // Walk flushes of concurrent callers are not tracked per caller:
+            // always invalidate the gathered leaves.
+            let leaf = gather.pgsize().trailing_zeros() as u8;
+            let res = env.invalidate(gather.start(), gather.len(), Some(leaf));
+            env.record(res);
+        }
+        self.take_hook_error()?;
+        Ok(r? as u64)
+    }
+
+    /// Frees page-table pages retired by [`Domain::unmap_shared`] (their
+    /// TLB entries were invalidated before the unmaps returned; `&mut self`
+    /// proves no walk by this driver is in flight).
+    ///
+    /// Returns how many tables were freed.
+    pub fn reclaim(&mut self) -> usize {
+        self.pt.env().walked.lock().clear();
+        self.pt.reclaim()
+    }
+
     /// Returns the output address `iova` maps to, if any.
     pub fn translate(&self, iova: u64) -> Option<u64> {
         self.pt.translate(iova)
