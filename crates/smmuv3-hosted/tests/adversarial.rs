@@ -731,7 +731,6 @@ fn stuck_registers_give_the_expected_errors() {
 /// consumer (wrap bit set, index past the consumer) is impossible: the
 /// drain must not read more records than the queue holds.
 #[test]
-#[ignore = "BUG: Smmu::drain_events trusts an impossible EVENTQ_PROD and returns up to 2*size-1 records per pass (255 from a 128-entry queue), re-reading stale slots"]
 fn impossible_event_producer_index_is_bounded() {
     watchdog("impossible EVENTQ_PROD", 30, || {
         let (r, _model) = stuck(0x1_00a8, 0x7_ffff);
@@ -782,7 +781,6 @@ fn returns<T>(f: impl FnOnce() -> T) -> Option<T> {
 /// (ahead of PROD, or more than a queue behind it). The driver must not
 /// trust it into negative free space: every call returns a typed result.
 #[test]
-#[ignore = "BUG: cmdq free space is entries - used(prod, cons) with a CONS read from the device: a CONS ahead of PROD underflows (panic in debug, overwrite of pending commands in release)"]
 fn impossible_command_consumer_index_is_not_trusted() {
     watchdog("impossible CMDQ_CONS", 60, || {
         for lie in [1u32, 0x81, 0x1ff, 0xff, u32::MAX] {
@@ -868,7 +866,6 @@ fn more_commands_than_queue_slots() {
 /// all of it) still hosts 4K and 16K domains, limited to 48-bit output as
 /// those granules are.
 #[test]
-#[ignore = "BUG: on a 52-bit OAS SMMU, Domain::new_stage1/new_stage2 pass OAS 52 to io-pgtable for 4K/16K granules and fail with BadConfig instead of limiting output to 48 bits"]
 fn oas_52_smmu_hosts_4k_and_16k_domains() {
     let model = ModelConfig {
         oas_bits: 52,
