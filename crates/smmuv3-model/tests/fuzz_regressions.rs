@@ -88,3 +88,22 @@ fn all_ones_substream_id_does_not_alias_ssid_less_traffic() {
     assert_eq!(fault.event_type(), Some(EventType::CBadSubstreamId));
     assert_eq!(h.events().len(), 1);
 }
+
+/// model_ops: `delay_commands(0)` after a longer delay left the pending
+/// commands unconsumed until the next doorbell, although no delay was left.
+#[test]
+fn ending_a_command_delay_consumes_pending_commands() {
+    let mut h = ats();
+    h.smmu.delay_commands(5);
+    h.cmd(smmuv3_model::layout::op::SYNC as u64, 0);
+    let cons = || h.smmu.read32(smmuv3_model::regs::CMDQ_CONS) & 0xfffff;
+    let before = h.smmu.stats().total_commands();
+    assert_ne!(cons(), h.prod, "delayed");
+    h.smmu.delay_commands(0);
+    assert_eq!(
+        h.smmu.read32(smmuv3_model::regs::CMDQ_CONS) & 0xfffff,
+        h.prod,
+        "consumed at once"
+    );
+    assert_eq!(h.smmu.stats().total_commands(), before + 1);
+}

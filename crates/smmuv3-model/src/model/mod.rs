@@ -424,9 +424,12 @@ impl SmmuModel {
     }
 
     /// Fault injection: delays consumption of pending and future commands
-    /// until software has read SMMU_CMDQ_CONS `polls` times.
+    /// until software has read SMMU_CMDQ_CONS `polls` times; 0 ends a delay
+    /// and consumes what is pending at once.
     pub fn delay_commands(&self, polls: u32) {
-        self.lock().inject.delay_polls = polls;
+        let mut s = self.lock();
+        s.inject.delay_polls = polls;
+        s.process_cmdq();
     }
 
     /// Returns the stall tags of transactions waiting for CMD_RESUME.
