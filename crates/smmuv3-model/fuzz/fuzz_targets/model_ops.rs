@@ -22,6 +22,10 @@ const SIZE: u64 = 64 << 10;
 const STRTAB: u64 = BASE;
 const CMDQ: u64 = BASE + 0x1000;
 const EVTQ: u64 = BASE + 0x2000;
+/// Linear CD table (16 CDs) and the pages that hold page tables and data.
+const CDTAB: u64 = BASE + 0x3000;
+const FIRST_TABLE_PAGE: u64 = 4;
+const PAGES: u64 = SIZE >> 12;
 /// Upper bounds that keep one input fast: steps, DMA bytes, initial words.
 const MAX_OPS: usize = 256;
 const MAX_DMA: u64 = 0x4000;
@@ -242,6 +246,34 @@ enum Op {
         iova: Iova,
         write: bool,
     },
+    /// A plausible STE (then `noise` flips bits of one word).
+    Ste {
+        sid: u8,
+        kind: u8,
+        cdmax: u8,
+        s1dss: u8,
+        s2: S2Params,
+        noise: Option<(u8, u64)>,
+    },
+    /// A plausible CD in the linear CD table.
+    Cd {
+        ssid: u8,
+        t0sz: u8,
+        tg0: u8,
+        ips: u8,
+        root: u8,
+        asid: u16,
+        noise: Option<(u8, u64)>,
+    },
+    /// A table, page or block descriptor pointing into memory.
+    Desc {
+        table: u8,
+        index: u16,
+        target: u8,
+        kind: u8,
+        attrs: u16,
+        upper: u16,
+    },
     InjectAbort(Addr, u16),
     ClearAborts,
     Pause,
@@ -253,12 +285,80 @@ enum Op {
     ResetStats,
 }
 
+/// Stage-2 fields of a plausible STE.
+#[derive(Arbitrary, Debug)]
+struct S2Params {
+    vmid: u16,
+    t0sz: u8,
+    sl0: u8,
+    tg: u8,
+    ps: u8,
+    root: u8,
+}
+
+/// Returns the physical address of a table/data page of the input's choice.
+fn page(p: u8) -> u64 {
+    let span = PAGES - FIRST_TABLE_PAGE;
+    BASE + (FIRST_TABLE_PAGE + u64::from(p) % span) * 0x1000
+}
+
+/// Returns the words of a plausible STE (layout as in IHI 0070 5.2).
+fn ste_words(kind: u8, cdmax: u8, s1dss: u8, s2: &S2Params) -> [u64; 8] {
+    let s1_word1 = u64::from(s1dss % 4) | 1 << 2 | 1 << 4 | 3 << 6;
+    let word2 = u64::from(s2.vmid)
+        | u64::from(s2.t0sz % 64) << 32
+        | u64::from(s2.sl0 % 4) << 38
+        | 1 << 40
+        | 1 << 42
+        | 3 << 44
+        | u64::from(s2.tg % 4) << 46
+        | u64::from(s2.ps % 8) << 48
+        | 1 << 51
+        | 1 << 58;
+    let cdmax = u64::from(cdmax % 6) << 59;
+    match kind % 5 {
+        0 => [1, 0, 0, 0, 0, 0, 0, 0],
+        1 => [1 | 0b100 << 1, 0, 0, 0, 0, 0, 0, 0],
+        2 => [1 | 0b101 << 1 | CDTAB | cdmax, s1_word1, 0, 0, 0, 0, 0, 0],
+        3 => [1 | 0b110 << 1, 0, word2, page(s2.root), 0, 0, 0, 0],
+        _ => [
+            1 | 0b111 << 1 | CDTAB | cdmax,
+            s1_word1,
+            word2,
+            page(s2.root),
+            0,
+            0,
+            0,
+            0,
+        ],
+    }
+}
+
+/// Returns the words of a plausible AArch64 CD with TTB0 only.
+fn cd_words(t0sz: u8, tg0: u8, ips: u8, root: u8, asid: u16) -> [u64; 8] {
+    let w0 = u64::from(t0sz % 64)
+        | u64::from(tg0 % 4) << 6
+        | 1 << 8
+        | 1 << 10
+        | 3 << 12
+        | 1 << 30
+        | 1 << 31
+        | u64::from(ips % 8) << 32
+        | 1 << 41
+        | 1 << 45
+        | 1 << 46
+        | u64::from(asid) << 48;
+    [w0, page(root), 0, 0xff, 0, 0, 0, 0]
+}
+
 #[derive(Arbitrary, Debug)]
 struct Input {
     cfg: Cfg,
     noncoherent: bool,
     /// Program a stream table and enabled queues before the steps.
     setup: bool,
+    /// SMMU_CR2 for the setup (RECINVSID, PTM, E2H).
+    cr2: u8,
     /// Initial memory words (word index, value), device-visible.
     init: Vec<(u16, u64)>,
     ops: Vec<Op>,
@@ -378,6 +478,55 @@ impl Harness {
                     assert_eq!(again.bypass, t.bypass);
                 }
             }
+            Op::Ste {
+                sid,
+                kind,
+                cdmax,
+                s1dss,
+                s2,
+                noise,
+            } => {
+                let mut w = ste_words(kind, cdmax, s1dss, &s2);
+                if let Some((i, bits)) = noise {
+                    w[usize::from(i % 8)] ^= bits;
+                }
+                self.store(STRTAB + u64::from(sid % 32) * 64, &w);
+            }
+            Op::Cd {
+                ssid,
+                t0sz,
+                tg0,
+                ips,
+                root,
+                asid,
+                noise,
+            } => {
+                let mut w = cd_words(t0sz, tg0, ips, root, asid);
+                if let Some((i, bits)) = noise {
+                    w[usize::from(i % 8)] ^= bits;
+                }
+                self.store(CDTAB + u64::from(ssid % 16) * 64, &w);
+            }
+            Op::Desc {
+                table,
+                index,
+                target,
+                kind,
+                attrs,
+                upper,
+            } => {
+                let low = match kind % 4 {
+                    0 => 0,
+                    1 => 1,
+                    _ => 3,
+                };
+                let d = page(target)
+                    | low
+                    | u64::from(attrs & 0xffc)
+                    | 1 << 10
+                    | u64::from(upper & 0x3fff) << 50;
+                self.store(page(table) + u64::from(index % 512) * 8, &[d]);
+            }
             Op::InjectAbort(a, len) => self.mem.inject_abort(a.get(), u64::from(len)),
             Op::ClearAborts => self.mem.clear_aborts(),
             Op::Pause => {
@@ -410,6 +559,18 @@ impl Harness {
             }
             Op::ResetStats => self.smmu.reset_stats(),
         }
+    }
+
+    /// CPU stores, cleaned: what a careful driver does.
+    fn store(&mut self, pa: u64, words: &[u64]) {
+        for (i, w) in words.iter().enumerate() {
+            self.mem
+                .cpu_write_u64(pa + 8 * i as u64, *w)
+                .expect("structure store");
+        }
+        self.mem
+            .clean(pa, 8 * words.len() as u64)
+            .expect("structure clean");
     }
 
     fn command(&mut self, words: [u64; 2], clean: bool) {
@@ -578,6 +739,7 @@ fuzz_target!(|input: Input| {
     if input.setup {
         smmu.write64(regs::STRTAB_BASE, STRTAB);
         smmu.write32(regs::STRTAB_BASE_CFG, 5);
+        smmu.write32(regs::CR2, u32::from(input.cr2 & 7));
         smmu.write64(regs::CMDQ_BASE, CMDQ | 4);
         smmu.write64(regs::EVENTQ_BASE, EVTQ | 3);
         smmu.write32(regs::CR0, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN);
