@@ -31,6 +31,18 @@ const MAX_OPS: usize = 256;
 const MAX_DMA: u64 = 0x4000;
 const MAX_INIT: usize = 512;
 
+/// Input addresses that [`Op::Map`] and DMAs share.
+const FIXED_IOVAS: &[u64] = &[
+    0x1000,
+    0x2ff8,
+    0x20_0000,
+    0x4000_0000,
+    0x8000_1000,
+    0x7f_ffff_f000,
+    0xffff_ffff_f000,
+    0x1_0000_0000_0000,
+];
+
 /// Registers worth hitting often (any other offset is reachable too).
 const REGS: &[u64] = &[
     regs::CR0,
@@ -195,6 +207,10 @@ impl Addr {
 /// An input address for a DMA.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Iova {
+    /// One of a few fixed addresses, so that a mapping and a DMA meet.
+    Fixed(u8),
+    /// Inside the simulated memory (bypass and identity-like mappings).
+    Mem(u16),
     Low(u16),
     Page(u32),
     Raw(u64),
@@ -203,6 +219,8 @@ enum Iova {
 impl Iova {
     fn get(self) -> u64 {
         match self {
+            Iova::Fixed(i) => FIXED_IOVAS[usize::from(i) % FIXED_IOVAS.len()],
+            Iova::Mem(v) => BASE + u64::from(v) % SIZE,
             Iova::Low(v) => u64::from(v),
             Iova::Page(p) => u64::from(p) << 12,
             Iova::Raw(a) => a,
@@ -274,6 +292,17 @@ enum Op {
         attrs: u16,
         upper: u16,
     },
+    /// A 4K-granule walk for `iova` from `root`: table descriptors from
+    /// level `start` to the leaf level, then a page or block descriptor.
+    Map {
+        root: u8,
+        iova: Iova,
+        start: u8,
+        leaf_level: u8,
+        tables: [u8; 3],
+        target: u8,
+        attrs: u16,
+    },
     InjectAbort(Addr, u16),
     ClearAborts,
     Pause,
@@ -306,7 +335,7 @@ fn page(p: u8) -> u64 {
 fn ste_words(kind: u8, cdmax: u8, s1dss: u8, s2: &S2Params) -> [u64; 8] {
     let s1_word1 = u64::from(s1dss % 4) | 1 << 2 | 1 << 4 | 3 << 6;
     let word2 = u64::from(s2.vmid)
-        | u64::from(s2.t0sz % 64) << 32
+        | (16 + u64::from(s2.t0sz % 33)) << 32
         | u64::from(s2.sl0 % 4) << 38
         | 1 << 40
         | 1 << 42
@@ -315,7 +344,12 @@ fn ste_words(kind: u8, cdmax: u8, s1dss: u8, s2: &S2Params) -> [u64; 8] {
         | u64::from(s2.ps % 8) << 48
         | 1 << 51
         | 1 << 58;
-    let cdmax = u64::from(cdmax % 6) << 59;
+    // Mostly no substreams: presets without SSIDs refuse any S1CDMax.
+    let cdmax = if cdmax < 0xc0 {
+        0
+    } else {
+        u64::from(cdmax % 6) << 59
+    };
     match kind % 5 {
         0 => [1, 0, 0, 0, 0, 0, 0, 0],
         1 => [1 | 0b100 << 1, 0, 0, 0, 0, 0, 0, 0],
@@ -336,7 +370,8 @@ fn ste_words(kind: u8, cdmax: u8, s1dss: u8, s2: &S2Params) -> [u64; 8] {
 
 /// Returns the words of a plausible AArch64 CD with TTB0 only.
 fn cd_words(t0sz: u8, tg0: u8, ips: u8, root: u8, asid: u16) -> [u64; 8] {
-    let w0 = u64::from(t0sz % 64)
+    // T0SZ 16..=48 mostly valid for some granule; noise reaches the rest.
+    let w0 = (16 + u64::from(t0sz % 33))
         | u64::from(tg0 % 4) << 6
         | 1 << 8
         | 1 << 10
@@ -355,8 +390,11 @@ fn cd_words(t0sz: u8, tg0: u8, ips: u8, root: u8, asid: u16) -> [u64; 8] {
 struct Input {
     cfg: Cfg,
     noncoherent: bool,
-    /// Program a stream table and enabled queues before the steps.
-    setup: bool,
+    /// Before the steps: 0 nothing; 1 a 32-entry linear stream table and
+    /// enabled queues; 2 also valid STEs for StreamIDs 0-7 (kind StreamID
+    /// mod 5) over CD 0 (4K, T0SZ 25, root page 0) and a stage-2 4K,
+    /// T0SZ 25, SL0 1 table at page 1.
+    setup: u8,
     /// SMMU_CR2 for the setup (RECINVSID, PTM, E2H).
     cr2: u8,
     /// Initial memory words (word index, value), device-visible.
@@ -447,7 +485,8 @@ impl Harness {
             } => {
                 let req = DmaRequest {
                     sid: wide_sid.unwrap_or(u32::from(sid % 8)),
-                    ssid,
+                    // Mostly SubstreamIDs a CD table of 16 can hold.
+                    ssid: ssid.map(|s| if s < 0xf000_0000 { s % 16 } else { s }),
                     iova: iova.get(),
                     len: u64::from(len) % MAX_DMA,
                     write,
@@ -487,7 +526,8 @@ impl Harness {
                 noise,
             } => {
                 let mut w = ste_words(kind, cdmax, s1dss, &s2);
-                if let Some((i, bits)) = noise {
+                // A quarter of the flips land; the rest keep the template.
+                if let Some((i, bits)) = noise.filter(|(i, _)| *i < 64) {
                     w[usize::from(i % 8)] ^= bits;
                 }
                 self.store(STRTAB + u64::from(sid % 32) * 64, &w);
@@ -502,7 +542,8 @@ impl Harness {
                 noise,
             } => {
                 let mut w = cd_words(t0sz, tg0, ips, root, asid);
-                if let Some((i, bits)) = noise {
+                // A quarter of the flips land; the rest keep the template.
+                if let Some((i, bits)) = noise.filter(|(i, _)| *i < 64) {
                     w[usize::from(i % 8)] ^= bits;
                 }
                 self.store(CDTAB + u64::from(ssid % 16) * 64, &w);
@@ -526,6 +567,30 @@ impl Harness {
                     | 1 << 10
                     | u64::from(upper & 0x3fff) << 50;
                 self.store(page(table) + u64::from(index % 512) * 8, &[d]);
+            }
+            Op::Map {
+                root,
+                iova,
+                start,
+                leaf_level,
+                tables,
+                target,
+                attrs,
+            } => {
+                let va = iova.get();
+                let start = usize::from(start % 4);
+                let leaf = (start + usize::from(leaf_level) % 4).min(3);
+                let mut table = page(root);
+                for (level, next) in (start..leaf).zip(tables) {
+                    let idx = (va >> (12 + 9 * (3 - level))) & 511;
+                    let next = page(next);
+                    self.store(table + idx * 8, &[next | 3]);
+                    table = next;
+                }
+                let idx = (va >> (12 + 9 * (3 - leaf))) & 511;
+                let kind = if leaf == 3 { 3 } else { 1 };
+                let d = page(target) | kind | u64::from(attrs & 0xffc) | 1 << 10;
+                self.store(table + idx * 8, &[d]);
             }
             Op::InjectAbort(a, len) => self.mem.inject_abort(a.get(), u64::from(len)),
             Op::ClearAborts => self.mem.clear_aborts(),
@@ -736,7 +801,8 @@ fuzz_target!(|input: Input| {
         let a = BASE + (u64::from(w) * 8) % SIZE;
         mem.dev_write_u64(a, v).expect("initial word");
     }
-    if input.setup {
+    let setup = input.setup % 3;
+    if setup >= 1 {
         smmu.write64(regs::STRTAB_BASE, STRTAB);
         smmu.write32(regs::STRTAB_BASE_CFG, 5);
         smmu.write32(regs::CR2, u32::from(input.cr2 & 7));
@@ -752,6 +818,21 @@ fuzz_target!(|input: Input| {
         delay: 0,
         tlb_capacity,
     };
+    if setup == 2 {
+        let s2 = S2Params {
+            vmid: 1,
+            t0sz: 25 - 16,
+            sl0: 1,
+            tg: 0,
+            ps: 5,
+            root: 1,
+        };
+        for sid in 0..8u8 {
+            let w = ste_words(sid, 0, 0, &s2);
+            h.store(STRTAB + u64::from(sid) * 64, &w);
+        }
+        h.store(CDTAB, &cd_words(25 - 16, 0, 5, 0, 1));
+    }
     h.check();
     for op in input.ops.into_iter().take(MAX_OPS) {
         h.step(op);
