@@ -219,10 +219,9 @@ fn page_table(input: &PtInput) {
                 } else {
                     count
                 };
-                if let Ok(n) = table.unmap(iova, pgsize, count, &mut gather) {
-                    if n as u64 == pgsize * count as u64 && n > 0 {
-                        assert_eq!(table.translate(iova), None, "unmapped start");
-                    }
+                let r = table.unmap(iova, pgsize, count, &mut gather);
+                if r.is_ok_and(|n| n > 0 && n as u64 == pgsize * count as u64) {
+                    assert_eq!(table.translate(iova), None, "unmapped start");
                 }
             }
             PtOp::Translate(iova) => {
