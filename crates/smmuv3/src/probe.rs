@@ -85,6 +85,9 @@ pub enum ProbeError {
     /// IDR1.SIDSIZE is above the architectural maximum of 32.
     #[error("stream ID size {0} is above 32 bits")]
     BadSidSize(u8),
+    /// IDR1.SSIDSIZE is above the architectural maximum of 20.
+    #[error("substream ID size {0} is above 20 bits")]
+    BadSsidSize(u8),
 }
 
 /// Hardware update of table entries (IDR0.HTTU).
@@ -331,6 +334,12 @@ pub fn parse(ids: &IdRegs) -> Result<Features, ProbeError> {
     if sid_bits > 32 {
         return Err(ProbeError::BadSidSize(sid_bits));
     }
+    // Substream IDs are at most 20 bits (PCIe PASID width); a larger value
+    // would size CD tables the STE cannot describe.
+    let ssid_bits = get(idr1::SSIDSIZE, i1);
+    if ssid_bits > 20 {
+        return Err(ProbeError::BadSsidSize(ssid_bits));
+    }
     let oas_enc = get(idr5::OAS, i5);
     let oas = oas_bits(oas_enc).ok_or(ProbeError::BadOas(oas_enc))?;
 
@@ -384,7 +393,7 @@ pub fn parse(ids: &IdRegs) -> Result<Features, ProbeError> {
             _ => StallModel::StallAndTerminate,
         },
         sid_bits,
-        ssid_bits: get(idr1::SSIDSIZE, i1),
+        ssid_bits,
         cmdq_log2,
         evtq_log2,
         priq_log2: get(idr1::PRIQS, i1),
@@ -432,6 +441,12 @@ mod tests {
         assert_eq!(f.stall, StallModel::TerminateOnly);
         assert_eq!((f.asid_bits, f.vmid_bits), (16, 16));
         assert_eq!((f.sid_bits, f.ssid_bits), (16, 0));
+        // SSIDSIZE above 20 (fuzz finding) is refused; 20 is the maximum.
+        let mut wide = QEMU;
+        wide.idr[1] = (wide.idr[1] & !(0x1f << 6)) | 25 << 6;
+        assert_eq!(parse(&wide).map(|_| ()), Err(ProbeError::BadSsidSize(25)));
+        wide.idr[1] = (wide.idr[1] & !(0x1f << 6)) | 20 << 6;
+        assert_eq!(parse(&wide).map(|f| f.ssid_bits), Ok(20));
         assert_eq!((f.cmdq_log2, f.evtq_log2), (19, 19));
         assert_eq!(f.bbml, 2);
         assert_eq!(f.oas_bits, 44);

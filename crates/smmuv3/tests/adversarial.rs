@@ -87,6 +87,10 @@ fn expected_probe_error(ids: &IdRegs) -> Option<ProbeError> {
     if sid > 32 {
         return Some(ProbeError::BadSidSize(sid));
     }
+    let ssid = bits(i1, 10, 6) as u8;
+    if ssid > 20 {
+        return Some(ProbeError::BadSsidSize(ssid));
+    }
     let oas = bits(i5, 2, 0) as u8;
     if oas > 6 {
         return Some(ProbeError::BadOas(oas));
