@@ -7,7 +7,8 @@
 # impossible the QEMU tests are reported as SKIPPED, loudly, and everything
 # else still runs), format, clippy, the no_std link check, then every test of
 # the workspace (unit, integration, property, fuzz smoke, doc tests, and the
-# bare-metal scenarios under QEMU through crates/qemu-tests).
+# bare-metal scenarios under QEMU through crates/qemu-tests), and a short
+# coverage-guided libFuzzer run of the model and the decoders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,8 +38,34 @@ cargo rustc --quiet --manifest-path checks/nostd/Cargo.toml -- -C panic=abort
 echo "no_std link check: ok"
 
 step "tests (workspace; QEMU scenarios included when available)"
-cargo test --workspace --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+tests_rc=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || tests_rc=$?
+# Totals over every test binary and doc-test run, for the closing line.
+read -r passed failed ignored < <(awk '/^test result:/ {p+=$4; f+=$6; i+=$8} END {print p+0, f+0, i+0}' "$log")
+if [ "$tests_rc" -ne 0 ]; then
+    echo "tests: $passed passed, $failed failed, $ignored skipped"
+    exit "$tests_rc"
+fi
+
+step "fuzz smoke: libFuzzer on the model and the decoders (20 s per target)"
+fuzz_status=ran
+if cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked; then
+    bash scripts/fuzz.sh 20
+else
+    fuzz_status="SKIPPED (cargo-fuzz could not be installed)"
+    cat >&2 <<'BANNER'
+################################################################################
+##  FUZZ SMOKE SKIPPED -- NOT RUN, NOT PASSED: cargo-fuzz could not be
+##  installed. The proptest fuzz smoke tests above still ran.
+################################################################################
+BANNER
+fi
 
 step "summary"
 echo "QEMU bare-metal scenarios: $qemu_status"
+echo "libFuzzer smoke: $fuzz_status"
 echo "total time: $(( $(date +%s) - started )) s"
+# Ignored tests are the QEMU scenarios when QEMU could not be set up.
+echo "tests: $passed passed, $failed failed, $ignored skipped"
