@@ -260,13 +260,25 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         if !f.stage1 {
             return Err(Error::Unsupported("stage 1 (IDR0.S1P)"));
         }
+        Self::stage1_under(smmu, 0, granule, va_bits, f.oas_bits.into())
+    }
+
+    /// Returns a stage-1 domain with a fresh ASID, tagged with `vmid` (0 when
+    /// not nested), whose output is `out_bits` wide.
+    fn stage1_under(
+        smmu: &Smmu<R, M, C>,
+        vmid: u16,
+        granule: Granule,
+        va_bits: u8,
+        out_bits: u32,
+    ) -> Result<Self, Error> {
         let asid = smmu.inner.asids.lock().alloc()?;
         let cfg = Config::stage1(
             granule,
-            clamp_ias(granule, va_bits, f.va_bits),
-            clamp_oas(granule, f.oas_bits.into()),
+            clamp_ias(granule, va_bits, smmu.features().va_bits),
+            clamp_oas(granule, out_bits),
         );
-        Self::build(smmu, DomainKind::Stage1 { asid, vmid: 0 }, cfg).inspect_err(|_| {
+        Self::build(smmu, DomainKind::Stage1 { asid, vmid }, cfg).inspect_err(|_| {
             smmu.inner.asids.lock().free(asid, true);
         })
     }
@@ -291,16 +303,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         let DomainKind::Stage2 { vmid } = parent.kind() else {
             return Err(Error::Unsupported("nested stage 1 needs a stage-2 parent"));
         };
-        let asid = smmu.inner.asids.lock().alloc()?;
-        let ipa = parent.pt.config().ias;
-        let cfg = Config::stage1(
-            granule,
-            clamp_ias(granule, va_bits, f.va_bits),
-            clamp_oas(granule, ipa),
-        );
-        Self::build(smmu, DomainKind::Stage1 { asid, vmid }, cfg).inspect_err(|_| {
-            smmu.inner.asids.lock().free(asid, true);
-        })
+        Self::stage1_under(smmu, vmid, granule, va_bits, parent.pt.config().ias)
     }
 
     /// Returns a new stage-2 domain with a fresh VMID, translating
