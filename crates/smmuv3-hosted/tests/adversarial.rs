@@ -177,6 +177,17 @@ fn acceptable(e: &Error) -> bool {
     )
 }
 
+/// A coherent system with the default model and driver configurations.
+fn default_system() -> System {
+    System::new(
+        MEM,
+        Coherency::Coherent,
+        ModelConfig::default(),
+        SmmuConfig::default(),
+    )
+    .unwrap()
+}
+
 /// Random validated model configurations with random driver
 /// configurations: bring-up and a DMA round trip work, or fail typed.
 #[test]
@@ -419,13 +430,7 @@ fn stopped_command_queue_times_out_at_any_point() {
 #[test]
 fn garbage_arguments_are_typed_errors() {
     watchdog("garbage arguments", 60, || {
-        let sys = System::new(
-            MEM,
-            Coherency::Coherent,
-            ModelConfig::default(),
-            SmmuConfig::default(),
-        )
-        .unwrap();
+        let sys = default_system();
         let f = *sys.smmu.features();
         let d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
         // Stream and substream IDs out of range.
@@ -815,13 +820,7 @@ fn impossible_command_consumer_index_is_not_trusted() {
 #[test]
 fn huge_unmap_invalidates_everything() {
     watchdog("huge unmap", 60, || {
-        let sys = System::new(
-            MEM,
-            Coherency::Coherent,
-            ModelConfig::default(),
-            SmmuConfig::default(),
-        )
-        .unwrap();
+        let sys = default_system();
         let mut d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
         sys.smmu
             .attach(1, None, &d, AttachOptions::default())
@@ -888,13 +887,7 @@ fn oas_52_smmu_hosts_4k_and_16k_domains() {
 fn substream_table_sizes_and_ids() {
     watchdog("substreams", 60, || {
         use smmuv3::config::S1Dss;
-        let sys = System::new(
-            MEM,
-            Coherency::Coherent,
-            ModelConfig::default(),
-            SmmuConfig::default(),
-        )
-        .unwrap();
+        let sys = default_system();
         let max = sys.smmu.features().ssid_bits;
         let pa = sys.mem.alloc(4096).unwrap();
         for (k, bits) in [0u8, 1, 2, max, max + 1, 20, 21, 32, 64, 255]
@@ -955,13 +948,7 @@ fn substream_table_sizes_and_ids() {
 #[test]
 fn calls_after_shutdown_are_typed() {
     watchdog("after shutdown", 30, || {
-        let sys = System::new(
-            MEM,
-            Coherency::Coherent,
-            ModelConfig::default(),
-            SmmuConfig::default(),
-        )
-        .unwrap();
+        let sys = default_system();
         let mut d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
         sys.smmu
             .attach(1, None, &d, AttachOptions::default())

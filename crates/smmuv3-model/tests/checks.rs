@@ -12,14 +12,16 @@ fn kind(h: &H, req: DmaRequest) -> Option<EventType> {
     h.smmu.translate(&req).unwrap_err().event_type()
 }
 
+/// A 4 MiB coherent model with a linear stream table of 16 STEs, enabled.
+fn linear(cfg: ModelConfig) -> H {
+    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 4 << 20);
+    h.enable_linear(4);
+    h
+}
+
 #[test]
 fn illegal_ste_fields() {
-    let mut h = H::with(
-        ModelConfig::default(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    h.enable_linear(4);
+    let mut h = linear(ModelConfig::default());
     let cdp = h.alloc(64 * 256);
     let req = DmaRequest::read(SID, 0, 4).with_ssid(1);
     let cases: Vec<([u64; 8], &str)> = vec![
@@ -59,12 +61,7 @@ fn illegal_ste_fields() {
             .all(|e| e.kind == EventType::CBadSte && e.sid == SID)
     );
     // Stage 2 on a stage-1-only SMMU.
-    let mut s1 = H::with(
-        ModelConfig::stage1_only(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    s1.enable_linear(4);
+    let mut s1 = linear(ModelConfig::stage1_only());
     let ttb = s1.alloc(8192);
     s1.set_ste(
         SID,
@@ -85,12 +82,7 @@ fn illegal_ste_fields() {
 
 #[test]
 fn illegal_cd_fields() {
-    let mut h = H::with(
-        ModelConfig::default(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    h.enable_linear(4);
+    let mut h = linear(ModelConfig::default());
     let pt = Pt::new_s1(&h, 12, 48);
     let cdp = h.alloc(64);
     h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
@@ -150,12 +142,7 @@ fn illegal_cd_fields() {
         "stall disabled"
     );
     // QEMU-like: CD.A = 0 is not supported (TERM_MODEL = 1).
-    let mut q = H::with(
-        ModelConfig::qemu_like(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    q.enable_linear(4);
+    let mut q = linear(ModelConfig::qemu_like());
     let cdq = q.alloc(64);
     let mut c = cd(16, 0, 4, pt.root & 0xffff_ffff, 1);
     c[0] &= !(1 << 46);
@@ -169,12 +156,7 @@ fn illegal_cd_fields() {
 
 #[test]
 fn privcfg_and_instcfg_override_the_incoming_attributes() {
-    let mut h = H::with(
-        ModelConfig::default(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    h.enable_linear(4);
+    let mut h = linear(ModelConfig::default());
     let pt = Pt::new_s1(&h, 12, 48);
     let cdp = h.alloc(64);
     h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
@@ -200,8 +182,7 @@ fn ats_translated_traffic_needs_eats() {
         ats: true,
         ..ModelConfig::default()
     };
-    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 4 << 20);
-    h.enable_linear(4);
+    let mut h = linear(cfg);
     let pt = Pt::new_s1(&h, 12, 48);
     let cdp = h.alloc(64);
     h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
@@ -221,8 +202,7 @@ fn stage2_hardware_dirty_update_and_multi_page_dma() {
         httu: Httu::AccessAndDirty,
         ..ModelConfig::default()
     };
-    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 4 << 20);
-    h.enable_linear(4);
+    let mut h = linear(cfg);
     let pt = Pt::new_s2(&h, 12, 40, 1);
     let mut s = ste_s2(&S2 {
         vmid: 2,
@@ -262,12 +242,7 @@ fn stage2_hardware_dirty_update_and_multi_page_dma() {
 
 #[test]
 fn event_queue_interrupt_is_raised_when_enabled() {
-    let mut h = H::with(
-        ModelConfig::default(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    h.enable_linear(4);
+    let mut h = linear(ModelConfig::default());
     let _ = h.smmu.translate(&DmaRequest::read(SID, 0, 4));
     assert!(!h.smmu.take_interrupts().eventq);
     h.smmu.write32(
@@ -285,12 +260,7 @@ fn event_queue_interrupt_is_raised_when_enabled() {
 
 #[test]
 fn asid_shared_by_different_tables_is_a_config_conflict() {
-    let mut h = H::with(
-        ModelConfig::default(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    h.enable_linear(4);
+    let mut h = linear(ModelConfig::default());
     let pa = Pt::new_s1(&h, 12, 48);
     let pb = Pt::new_s1(&h, 12, 48);
     let page = h.alloc(4096);
@@ -316,12 +286,7 @@ fn asid_shared_by_different_tables_is_a_config_conflict() {
 
 #[test]
 fn cd_fetch_faults_and_substream_errors() {
-    let mut h = H::with(
-        ModelConfig::default(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    h.enable_linear(4);
+    let mut h = linear(ModelConfig::default());
     // CD fetch abort: F_CD_FETCH with the fetch address.
     let cdp = h.alloc(64 * 4);
     h.set_ste(SID, ste_s1(cdp, 2, 0, 0));
@@ -390,12 +355,7 @@ fn cd_fetch_faults_and_substream_errors() {
 
 #[test]
 fn stall_term_releases_every_stalled_transaction_of_a_stream() {
-    let mut h = H::with(
-        ModelConfig::default(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    h.enable_linear(4);
+    let mut h = linear(ModelConfig::default());
     let pt = Pt::new_s1(&h, 12, 48);
     let cdp = h.alloc(64);
     let mut c = cd(16, 0, 5, pt.root, 1);
@@ -423,12 +383,7 @@ fn stall_term_releases_every_stalled_transaction_of_a_stream() {
 
 #[test]
 fn misaligned_table_bases_are_aligned_by_the_smmu() {
-    let mut h = H::with(
-        ModelConfig::default(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    h.enable_linear(4);
+    let mut h = linear(ModelConfig::default());
     let pt = Pt::new_s1(&h, 12, 48);
     let page = h.alloc(4096);
     pt.map(&h, 0x1000, page, 3, S1_RW);
@@ -443,12 +398,7 @@ fn misaligned_table_bases_are_aligned_by_the_smmu() {
 
 #[test]
 fn ste_contiguous_span_must_hold_identical_entries() {
-    let mut h = H::with(
-        ModelConfig::default(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    h.enable_linear(4);
+    let mut h = linear(ModelConfig::default());
     let mut ste = ste_bypass();
     ste[1] |= 2 << 13; // CONT = 2: StreamIDs 4..7 share one STE
     for sid in 4..8 {
@@ -479,12 +429,7 @@ fn ste_contiguous_span_must_hold_identical_entries() {
 #[test]
 fn event_interrupts_are_delivered_by_msi() {
     use smmuv3_model::regs;
-    let mut h = H::with(
-        ModelConfig::default(),
-        smmuv3_model::Coherency::Coherent,
-        4 << 20,
-    );
-    h.enable_linear(4);
+    let mut h = linear(ModelConfig::default());
     let doorbell = h.alloc(64);
     h.smmu.write64(regs::EVENTQ_IRQ_CFG0, doorbell);
     h.smmu.write32(regs::EVENTQ_IRQ_CFG1, 0xe0e0);
