@@ -60,9 +60,6 @@ pub const SH_INNER: u64 = 0b11;
 pub const AF: u64 = 1 << 10;
 /// Contiguous hint, bit 52.
 pub const CONTIG: u64 = 1 << 52;
-/// Software bit 55 (ignored by hardware): "this table descriptor has been
-/// cleaned to the point of coherency" for non-coherent walkers.
-pub const SW_SYNCED: u64 = 1 << 55;
 
 /// Output address bits 47:granule-shift of a descriptor.
 pub const ADDR_MASK_48: u64 = 0x0000_ffff_ffff_f000;
@@ -155,8 +152,6 @@ mod tests {
         assert_eq!(s1::PXN.trailing_zeros(), 53);
         assert_eq!(s1::UXN.trailing_zeros(), 54);
         assert_eq!(s2::XN, s1::UXN);
-        // Software bits are 58:55; ours must be one of them.
-        assert!((55..=58).contains(&SW_SYNCED.trailing_zeros()));
         assert_eq!(s1::NS_TABLE.trailing_zeros(), 63);
         // PA[51:48] -> bits 15:12.
         assert_eq!((0xfu64 << 48) >> PA_HI_SHIFT_52, PA_HI_MASK_52);

@@ -28,6 +28,27 @@ pub trait DmaMemory: TableMemory + CacheMaintenance + CacheInvalidate {}
 
 impl<T: TableMemory + CacheMaintenance + CacheInvalidate> DmaMemory for T {}
 
+/// The environment one SMMU instance runs in: its register frame, the
+/// memory its structures live in, and a clock for bounded waits.
+///
+/// The driver's types are generic over this one trait (`Smmu<E>`,
+/// `Domain<E>`) rather than over three parameters. A platform names its
+/// parts once; `(R, M, C)` tuples implement it for quick assembly.
+pub trait SmmuEnv {
+    /// The SMMU's register frame.
+    type Regs: RegisterFrame;
+    /// Memory for stream tables, CD tables, queues and page tables.
+    type Mem: DmaMemory;
+    /// The clock of bounded waits.
+    type Clock: Clock;
+}
+
+impl<R: RegisterFrame, M: DmaMemory, C: Clock> SmmuEnv for (R, M, C) {
+    type Regs = R;
+    type Mem = M;
+    type Clock = C;
+}
+
 /// A 32/64-bit register frame (the SMMU's 128 KiB MMIO window).
 ///
 /// Offsets are byte offsets from the frame base. Implementations must not

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use sim_memory::{MemError, SimMemory};
 
 use super::{AllocError, CacheError, CacheMaintenance, Gather, MIN_TABLE_SIZE, TableBlock};
-use super::{TableMemory, TlbHooks};
+use super::{TableMemory, TlbError, TlbHooks};
 
 /// Environment over simulated memory: tables are allocated from the
 /// [`SimMemory`] buddy allocator, cleans go to [`SimMemory::clean`] (so a
@@ -17,6 +17,8 @@ pub struct SimEnv {
     mem: Arc<SimMemory>,
     flush_walks: AtomicU64,
     gather_syncs: AtomicU64,
+    /// Ranges invalidated by the hooks since the last `take_invalidated`.
+    invalidated: std::sync::Mutex<std::vec::Vec<(u64, u64)>>,
 }
 
 impl SimEnv {
@@ -26,6 +28,7 @@ impl SimEnv {
             mem,
             flush_walks: AtomicU64::new(0),
             gather_syncs: AtomicU64::new(0),
+            invalidated: Default::default(),
         }
     }
 
@@ -42,6 +45,19 @@ impl SimEnv {
     /// Returns how many times `sync_gather` was called.
     pub fn gather_syncs(&self) -> u64 {
         self.gather_syncs.load(Ordering::Relaxed)
+    }
+
+    /// Returns the `(start, end)` ranges `flush_walk` and `sync_gather`
+    /// invalidated since the last call, and forgets them.
+    pub fn take_invalidated(&self) -> std::vec::Vec<(u64, u64)> {
+        core::mem::take(&mut *self.invalidated.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn log(&self, start: u64, end: u64) {
+        self.invalidated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((start, end));
     }
 }
 
@@ -85,14 +101,26 @@ impl CacheMaintenance for SimEnv {
             .clean(phys, len as u64)
             .map_err(|_| CacheError { phys, len })
     }
+
+    fn device_write_barrier(&self) {
+        super::barrier::device_write();
+    }
+
+    fn full_barrier(&self) {
+        super::barrier::full();
+    }
 }
 
 impl TlbHooks for SimEnv {
-    fn flush_walk(&self, _iova: u64, _size: u64, _granule: u64) {
+    fn flush_walk(&self, iova: u64, size: u64, _granule: u64) -> Result<(), TlbError> {
         self.flush_walks.fetch_add(1, Ordering::Relaxed);
+        self.log(iova, iova.wrapping_add(size));
+        Ok(())
     }
 
-    fn sync_gather(&self, _gather: &Gather) {
+    fn sync_gather(&self, gather: &Gather) -> Result<(), TlbError> {
         self.gather_syncs.fetch_add(1, Ordering::Relaxed);
+        self.log(gather.start(), gather.end());
+        Ok(())
     }
 }

@@ -1,10 +1,8 @@
 //! Command queue producer.
 
-use alloc::vec::Vec;
-
 use super::{Inner, Stats};
 use crate::command::{Command, SyncSignal};
-use crate::env::{Clock, DmaMemory, RegisterFrame, poll};
+use crate::env::{DmaMemory, RegisterFrame, SmmuEnv, poll};
 use crate::error::CmdqErrorKind;
 use crate::layout::cmd::CMD_BYTES;
 use crate::mem::DevBlock;
@@ -12,6 +10,7 @@ use crate::probe::Features;
 use crate::queue::QueueIndex;
 use crate::regs::{self, cmdq_cons, gerror, q_base};
 use crate::{Error, layout};
+use io_pgtable::env::CacheMaintenance;
 
 /// How CMD_SYNC completion is awaited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,10 +139,7 @@ impl Cmdq {
 
     /// Replaces the command at CONS, which the SMMU rejected, by a CMD_SYNC
     /// so the queue can resume, and records the rejection.
-    pub(super) fn skip_bad_command<R: RegisterFrame, M: DmaMemory, C: Clock>(
-        &mut self,
-        inner: &Inner<R, M, C>,
-    ) -> Result<(), Error> {
+    pub(super) fn skip_bad_command<E: SmmuEnv>(&mut self, inner: &Inner<E>) -> Result<(), Error> {
         let cons_reg = inner.regs.read32(regs::CMDQ_CONS);
         let kind = match cmdq_cons::ERR.get(cons_reg.into()) {
             cmdq_cons::CERROR_ILL => CmdqErrorKind::Illegal,
@@ -171,7 +167,7 @@ impl Cmdq {
     }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
+impl<E: SmmuEnv> Inner<E> {
     /// Reads CMDQ_CONS, refusing a value no queue can have (ahead of PROD):
     /// trusting it would overwrite commands the SMMU has not read.
     fn read_cons(&self, q: &mut Cmdq) -> Result<u32, Error> {
@@ -188,8 +184,11 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
         g & gerror::CMDQ_ERR.mask() as u32 != 0
     }
 
+    /// Makes the queued commands (and every earlier store the device must
+    /// see: STEs, CDs, page tables) visible, then rings the doorbell.
     fn publish(&self, q: &mut Cmdq) -> Result<(), Error> {
         q.clean_pending(&self.mem)?;
+        self.mem.device_write_barrier();
         self.regs.write32(regs::CMDQ_PROD, q.prod);
         Ok(())
     }
@@ -278,14 +277,24 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
 
     /// Issues `cmds` and, when `sync`, a CMD_SYNC, waiting for completion.
     pub(crate) fn issue(&self, cmds: &[Command], sync: bool) -> Result<(), Error> {
+        self.issue_iter(cmds.iter().copied(), sync)
+    }
+
+    /// As [`Inner::issue`] for commands from an iterator (a TLBI plan),
+    /// without allocating: every command is encoded once to check it (a bad
+    /// operand issues nothing), then again as it is written to the queue.
+    pub(crate) fn issue_iter<I>(&self, cmds: I, sync: bool) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = Command>,
+        I::IntoIter: Clone,
+    {
         if !self.cmdq_on.load(core::sync::atomic::Ordering::Acquire) {
             return Err(Error::QueueDisabled);
         }
-        // Encode everything first: a bad operand issues nothing.
-        let words: Vec<([u64; 2], u8)> = cmds
-            .iter()
-            .map(|c| c.encode().map(|w| (w, c.opcode())))
-            .collect::<Result<_, _>>()?;
+        let cmds = cmds.into_iter();
+        for c in cmds.clone() {
+            c.encode()?;
+        }
         let mut q = self.cmdq.lock();
         let chunk = if self.features.errata.force_sync {
             FORCED_SYNC_BATCH
@@ -293,12 +302,12 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
             usize::MAX
         };
         let mut since_sync = 0;
-        for &(w, op) in &words {
+        for c in cmds {
             if since_sync == chunk {
                 self.sync_and_wait(&mut q)?;
                 since_sync = 0;
             }
-            self.push(&mut q, w, op)?;
+            self.push(&mut q, c.encode()?, c.opcode())?;
             since_sync += 1;
         }
         if sync {
