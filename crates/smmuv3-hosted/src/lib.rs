@@ -104,7 +104,7 @@ impl RegisterFrame for ModelFrame {
 pub struct SimDmaMemory {
     env: SimEnv,
     /// Barriers asked for (device-write and full), for ordering checks.
-    barriers: AtomicU64,
+    barriers: Arc<AtomicU64>,
 }
 
 impl SimDmaMemory {
@@ -112,13 +112,19 @@ impl SimDmaMemory {
     pub fn new(mem: Arc<SimMemory>) -> Self {
         Self {
             env: SimEnv::new(mem),
-            barriers: AtomicU64::new(0),
+            barriers: Arc::default(),
         }
     }
 
     /// Returns how many barriers the driver asked for so far.
     pub fn barriers(&self) -> u64 {
         self.barriers.load(Ordering::Relaxed)
+    }
+
+    /// Returns the barrier counter itself, for hooks that check ordering
+    /// while the driver runs (e.g. at every doorbell).
+    pub fn barrier_counter(&self) -> Arc<AtomicU64> {
+        self.barriers.clone()
     }
 
     /// Returns the memory.
