@@ -203,6 +203,15 @@ pub trait TlbHooks {
         pgsize: u64,
         count: u64,
     ) -> Result<(), TlbError> {
+        if gather.is_empty() {
+            // The common case of a single run: no merge, no sync.
+            *gather = Gather {
+                start: iova,
+                end: iova.saturating_add(pgsize.saturating_mul(count)),
+                pgsize,
+            };
+            return Ok(());
+        }
         if gather.needs_sync(iova, pgsize, count) {
             if let Err(e) = self.sync_gather(gather) {
                 gather.widen(iova, pgsize, count);

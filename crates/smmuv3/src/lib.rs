@@ -26,6 +26,8 @@
 //!   ASID/VMID, map/unmap with the invalidation they need).
 //!
 //! A hypervisor that keeps its own queue can use the pure layers only: e.g.
+//! [`cmdq::Producer`] over its queue memory (encode, publish with the device
+//! barrier, bounded wait on CONS, CMDQ_CONS.ERR handling, no allocation),
 //! `probe::parse` on the ID registers, `tlbi::plan` for stage-2 IPA
 //! invalidation at its VMID, `config::try_build_ste` and
 //! `entry::plan_update` + `entry::apply` to rewrite STEs hitlessly.
@@ -45,6 +47,7 @@
 extern crate alloc;
 
 pub mod bits;
+pub mod cmdq;
 pub mod command;
 pub mod config;
 pub mod entry;

@@ -64,6 +64,20 @@ impl DevBlock {
         unsafe { AtomicU64::from_ptr(p) }
     }
 
+    /// Returns the block as 64-bit atomic words (for
+    /// [`crate::cmdq::QueueMemory`]).
+    pub fn words(&self) -> &[AtomicU64] {
+        if self.size == 0 {
+            return &[];
+        }
+        // SAFETY: `TableMemory`'s contract gives us `size` bytes, 8-byte
+        // aligned, valid while the block is live (the borrow of `self`),
+        // and accessed only atomically.
+        unsafe {
+            core::slice::from_raw_parts(self.block.cpu.as_ptr().cast::<AtomicU64>(), self.size / 8)
+        }
+    }
+
     /// Returns the 64-bit word at `index`.
     pub fn read(&self, index: usize) -> u64 {
         self.word(index).load(Ordering::Acquire)

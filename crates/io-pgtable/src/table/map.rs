@@ -47,7 +47,7 @@ impl<E: PtEnv> PageTable<E> {
         }
         let attrs = self.leaf_attrs(prot, level).map_err(fail)?;
         let contig = prot.contains(Prot::CONTIG) && level >= 2;
-        let shift = self.geo.level_shift[level];
+        let shift = self.shift(level);
         let end = va + size;
         let mut pa = paddr;
         let mut done = 0u64;
@@ -114,6 +114,10 @@ impl<E: PtEnv> PageTable<E> {
             if pa & (g - 1) != 0 {
                 return Err(fail(Error::UnalignedPaddr(pa)));
             }
+        }
+        if len == g {
+            // One granule (the commonest DMA mapping): no size to choose.
+            return op(iova, paddr.unwrap_or(iova), g, 1);
         }
         let (mut va, mut pa, mut left, mut done) = (iova, paddr.unwrap_or(iova), len, 0usize);
         while left > 0 {
@@ -295,7 +299,7 @@ impl<E: PtEnv> PageTable<E> {
         contig: bool,
         done: &mut u64,
     ) -> Result<(), Error> {
-        let shift = self.geo.level_shift[level];
+        let shift = self.shift(level);
         let run = &self.slice(table, level)[idx..idx + n];
         let mut i = 0;
         if !contig && !self.pa52 {
@@ -389,7 +393,7 @@ impl<E: PtEnv> PageTable<E> {
         attrs: u64,
         contig: bool,
     ) -> Result<(), CacheError> {
-        let shift = self.geo.level_shift[level];
+        let shift = self.shift(level);
         let (mut c0, mut c1) = (to, to);
         if contig {
             let c = self.cfg.granule.contig_entries(level) as usize;

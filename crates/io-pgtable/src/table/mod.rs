@@ -29,6 +29,9 @@ const LINK_END: u64 = 0b110;
 /// Bits of a link word that are not the address (tables are 64-byte aligned).
 const LINK_LOW: u64 = 0x3f;
 
+/// `level_of` entry of a shift that is no page size.
+const NO_LEVEL: u8 = u8::MAX;
+
 /// The `Prot` bits that change leaf attributes (all but CONTIG).
 const ATTR_PROT_MASK: u32 = 0x3f;
 
@@ -68,8 +71,19 @@ pub struct PageTable<E: PtEnv> {
     addr_mask: u64,
     /// 52-bit output: PA\[51:48\] in descriptor bits 15:12.
     pa52: bool,
+    /// Descriptor bits holding PA\[51:48\] (0 unless `pa52`), so the
+    /// conversions need no branch.
+    pa_hi_mask: u64,
+    /// `level_shift` and `index_mask` of the geometry, copied here and
+    /// indexed with `level & 3` so the hot paths have no bounds checks.
+    shift_of: [u32; 4],
+    mask_of: [u64; 4],
+    /// Leaf level of each page-size shift (`NO_LEVEL` where none).
+    level_of: [u8; 64],
     /// `2^ias - 1`.
     ias_mask: u64,
+    /// Sign-extension bits of every IOVA (all ones above `ias` for TTBR1).
+    upper: u64,
     /// Any cache maintenance at all (non-coherent or deferred).
     noncoherent: bool,
     /// Leaf writes cleaned in `map` (non-coherent, not deferred).
@@ -143,7 +157,23 @@ impl<E: PtEnv> PageTable<E> {
             cfg,
             addr_mask: layout::ADDR_MASK_48 & !((1u64 << geo.shift) - 1),
             pa52: cfg.oas == 52,
+            pa_hi_mask: if cfg.oas == 52 {
+                layout::PA_HI_MASK_52
+            } else {
+                0
+            },
+            shift_of: geo.level_shift,
+            mask_of: geo.index_mask,
+            level_of: core::array::from_fn(|s| match geo.level_of_shift(s as u32) {
+                Some(l) if geo.pgsize_bitmap & (1 << s) != 0 => l as u8,
+                _ => NO_LEVEL,
+            }),
             ias_mask: (1u64 << cfg.ias) - 1,
+            upper: if cfg.quirks.contains(Quirks::TTBR1) {
+                !((1u64 << cfg.ias) - 1)
+            } else {
+                0
+            },
             noncoherent,
             clean_leaves: cfg.coherency == WalkCoherency::NonCoherent,
             table_attrs,
@@ -196,37 +226,33 @@ impl<E: PtEnv> PageTable<E> {
 
     #[inline(always)]
     fn desc_to_pa(&self, d: u64) -> u64 {
-        let pa = d & self.addr_mask;
-        if self.pa52 {
-            pa | ((d & layout::PA_HI_MASK_52) << layout::PA_HI_SHIFT_52)
-        } else {
-            pa
-        }
+        (d & self.addr_mask) | ((d & self.pa_hi_mask) << layout::PA_HI_SHIFT_52)
     }
 
     #[inline(always)]
     fn pa_to_desc(&self, pa: u64) -> u64 {
-        let d = pa & self.addr_mask;
-        if self.pa52 {
-            d | ((pa >> layout::PA_HI_SHIFT_52) & layout::PA_HI_MASK_52)
-        } else {
-            d
-        }
+        (pa & self.addr_mask) | ((pa >> layout::PA_HI_SHIFT_52) & self.pa_hi_mask)
+    }
+
+    /// Returns log2 of the size an entry maps at `level`.
+    #[inline(always)]
+    fn shift(&self, level: usize) -> u32 {
+        self.shift_of[level & 3]
     }
 
     #[inline(always)]
     fn index(&self, va: u64, level: usize) -> usize {
-        ((va >> self.geo.level_shift[level]) & self.geo.index_mask[level]) as usize
+        ((va >> self.shift(level)) & self.mask_of[level & 3]) as usize
     }
 
     #[inline(always)]
     fn entries_in(&self, level: usize) -> usize {
-        self.geo.index_mask[level] as usize + 1
+        self.mask_of[level & 3] as usize + 1
     }
 
     #[inline(always)]
     fn block_size(&self, level: usize) -> u64 {
-        1 << self.geo.level_shift[level]
+        1 << self.shift(level)
     }
 
     #[inline(always)]
@@ -350,11 +376,7 @@ impl<E: PtEnv> PageTable<E> {
     /// Returns the sign-extension bits of every IOVA of the table.
     #[inline]
     fn upper_bits(&self) -> u64 {
-        if self.cfg.quirks.contains(Quirks::TTBR1) {
-            !self.ias_mask
-        } else {
-            0
-        }
+        self.upper
     }
 
     /// Returns `(iova within ias, sign-extension bits)`.
@@ -374,7 +396,9 @@ impl<E: PtEnv> PageTable<E> {
         if pgcount == 0 {
             return Err(Error::ZeroCount);
         }
-        if !pgsize.is_power_of_two() || pgsize & self.geo.pgsize_bitmap == 0 {
+        // Only sizes of the page-size bitmap have a level here.
+        let level = self.level_of[(pgsize.trailing_zeros() & 63) as usize];
+        if !pgsize.is_power_of_two() || level == NO_LEVEL {
             return Err(Error::BadPageSize(pgsize));
         }
         let (va, hi) = self.normalize(iova)?;
@@ -386,11 +410,7 @@ impl<E: PtEnv> PageTable<E> {
         if end - 1 > self.ias_mask {
             return Err(Error::IovaOutOfRange(iova));
         }
-        let level = self
-            .geo
-            .level_of_shift(pgsize.trailing_zeros())
-            .ok_or(Error::BadPageSize(pgsize))?;
-        Ok((va, hi, level, size))
+        Ok((va, hi, level as usize, size))
     }
 
     /// Entries of a non-root table at `level` (always one granule).

@@ -18,7 +18,7 @@ impl<E: PtEnv> PageTable<E> {
             if is_table(d, l) {
                 table = self.desc_to_pa(d);
             } else if is_leaf(d, l) {
-                let off = va & ((1u64 << self.geo.level_shift[l]) - 1);
+                let off = va & ((1u64 << self.shift(l)) - 1);
                 return Some(self.desc_to_pa(d) | off);
             } else {
                 return None;
@@ -61,7 +61,7 @@ impl<E: PtEnv> PageTable<E> {
         hi: u64,
         f: &mut impl FnMut(u64, usize, usize, usize, u64) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let shift = self.geo.level_shift[level];
+        let shift = self.shift(level);
         let from = self.index(lo, level);
         let to = self.index(hi, level) + 1;
         let va_from = lo & !((1u64 << shift) - 1);
@@ -181,7 +181,7 @@ impl<E: PtEnv> PageTable<E> {
         }
         let (lo, hi, sext) = self.check_span(iova, size)?;
         let mut scan = |table: u64, level: usize, from: usize, to: usize, va: u64| {
-            let shift = self.geo.level_shift[level];
+            let shift = self.shift(level);
             for k in from..to {
                 let e = self.entry(table, k);
                 let d = e.load(Ordering::Acquire);

@@ -99,7 +99,7 @@ impl<E: PtEnv> PageTable<E> {
         if start < 3 {
             let root = self.root.phys;
             for k in 0..self.entries_in(start) {
-                let va = (k as u64) << self.geo.level_shift[start];
+                let va = (k as u64) << self.shift(start);
                 freed += self.compact_entry(root, k, start, va | self.upper_bits())?;
             }
         }
@@ -124,7 +124,7 @@ impl<E: PtEnv> PageTable<E> {
         let mut freed = 0;
         if cl < 3 {
             for k in 0..self.entries_in_sub(cl) {
-                let va = iova.wrapping_add((k as u64) << self.geo.level_shift[cl]);
+                let va = iova.wrapping_add((k as u64) << self.shift(cl));
                 freed += self.compact_entry(child, k, cl, va)?;
             }
         }

@@ -36,7 +36,7 @@ impl<E: PtEnv> PageTable<E> {
         level: usize,
         iova: u64,
     ) -> Result<(), Error> {
-        let shift = self.geo.level_shift[level];
+        let shift = self.shift(level);
         let c = self.cfg.granule.contig_entries(level) as usize;
         let g0 = idx & !(c - 1);
         let group_va = iova.wrapping_sub(((idx - g0) as u64) << shift);
@@ -107,7 +107,7 @@ impl<E: PtEnv> PageTable<E> {
         let size = self.granule() as usize;
         let child = self.env.alloc_table(size)?;
         let cl = level + 1;
-        let cshift = self.geo.level_shift[cl];
+        let cshift = self.shift(cl);
         let mut attrs = d & !(self.addr_mask | 3 | CONTIG);
         if self.pa52 {
             attrs &= !layout::PA_HI_MASK_52;

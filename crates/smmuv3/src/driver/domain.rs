@@ -174,15 +174,15 @@ impl<E: SmmuEnv> DomainEnv<E> {
         };
         let cmds = plan(&req, &policy)?;
         let whole_vmid = cmds.is_whole_target();
-        i.issue_iter(cmds, true)?;
+        i.issue_encodable(cmds, true)?;
         if self.shared.nest_parent.load(Ordering::Acquire) && !whole_vmid {
             // IPA invalidation need not remove combined stage 1+2 entries;
             // only after it completed (so no walk refills them from stale
             // stage-2 entries) are the VMID's stage-1 entries dropped.
-            i.issue_iter(
-                [Command::TlbiNhAll {
+            i.issue_encodable(
+                core::iter::once(Command::TlbiNhAll {
                     vmid: self.shared.tlb_vmid(),
-                }],
+                }),
                 true,
             )?;
         }
