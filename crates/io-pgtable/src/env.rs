@@ -196,6 +196,7 @@ pub trait TlbHooks {
     ///
     /// [`TlbError`] from the sync; `gather` then holds everything still to
     /// invalidate.
+    #[inline]
     fn add_pages(
         &self,
         gather: &mut Gather,

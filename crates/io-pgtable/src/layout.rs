@@ -7,6 +7,21 @@ pub const VALID: u64 = 1 << 0;
 /// Bit 1 at levels 0..=2: table (1) or block (0); at level 3 it must be 1
 /// for a page descriptor.
 pub const TABLE_OR_PAGE: u64 = 1 << 1;
+/// The descriptor type bits (1:0).
+pub const TYPE_MASK: u64 = VALID | TABLE_OR_PAGE;
+/// Type bits of a table descriptor (levels 0..=2).
+pub const TYPE_TABLE: u64 = VALID | TABLE_OR_PAGE;
+/// Type bits of a block descriptor (levels 1..=2).
+pub const TYPE_BLOCK: u64 = VALID;
+/// Type bits of a page descriptor (level 3).
+pub const TYPE_PAGE: u64 = VALID | TABLE_OR_PAGE;
+
+/// Returns the type bits of a leaf at `level`: a page at level 3, a block
+/// above.
+#[inline(always)]
+pub const fn leaf_type(level: usize) -> u64 {
+    if level == 3 { TYPE_PAGE } else { TYPE_BLOCK }
+}
 
 /// Stage 1 lower attributes.
 pub mod s1 {
@@ -139,6 +154,20 @@ pub const fn ps_encoding(bits: u32) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptor_types_follow_the_architecture() {
+        // Arm ARM D8.3: bits 1:0 = 0b11 table (levels 0-2) or page (level
+        // 3), 0b01 block, bit 0 clear invalid.
+        assert_eq!(TYPE_TABLE, 0b11);
+        assert_eq!(TYPE_BLOCK, 0b01);
+        assert_eq!(TYPE_PAGE, 0b11);
+        assert_eq!(TYPE_MASK, 0b11);
+        assert_eq!(
+            (leaf_type(1), leaf_type(2), leaf_type(3)),
+            (0b01, 0b01, 0b11)
+        );
+    }
 
     #[test]
     fn descriptor_fields_sit_where_the_architecture_puts_them() {

@@ -150,19 +150,21 @@ pub fn plan(req: &TlbiRequest, policy: &TlbiPolicy) -> Result<TlbiPlan, CommandE
     }
     // Lower-half ranges end at 2^52 at most; stage-1 ranges may also lie in
     // the upper half (TTBR1, sign-extended VAs), ending at 2^64 at most.
-    let end128 = u128::from(req.iova) + u128::from(req.size);
-    let lower = end128 <= 1 << 52;
-    let upper = matches!(req.target, TlbiTarget::Stage1 { .. })
-        && req.iova >= UPPER_HALF
-        && end128 <= 1 << 64;
-    if !lower && !upper {
-        return Err(bad());
-    }
+    // The last byte, not the end, keeps the arithmetic in u64.
+    let upper_ok = matches!(req.target, TlbiTarget::Stage1 { .. }) && req.iova >= UPPER_HALF;
     if req.size == 0 {
+        if req.iova > 1 << 52 && !upper_ok {
+            return Err(bad());
+        }
         return Ok(TlbiPlan {
             target: req.target,
             kind: Kind::All(true),
         });
+    }
+    let last = req.iova.checked_add(req.size - 1).ok_or_else(bad)?;
+    let lower = last < 1 << 52;
+    if !lower && !upper_ok {
+        return Err(bad());
     }
     let (leaf, ttl) = match req.leaf_log2 {
         Some(l) if l < tg || l > 52 => return Err(bad()),
@@ -175,8 +177,8 @@ pub fn plan(req: &TlbiRequest, policy: &TlbiPolicy) -> Result<TlbiPlan, CommandE
         req.leaf_log2.unwrap_or(tg)
     };
     let start = req.iova >> step_log2 << step_log2;
-    let end = end128.div_ceil(1 << step_log2) << step_log2;
-    let span = (end - u128::from(start)) as u64;
+    let last = last | ((1 << step_log2) - 1);
+    let span = last - start + 1;
     let kind = if policy.ril {
         let mut pages = span >> tg;
         // A range command with NUM = SCALE = TTL = 0 is a reserved encoding;
@@ -185,7 +187,7 @@ pub fn plan(req: &TlbiRequest, policy: &TlbiPolicy) -> Result<TlbiPlan, CommandE
         // ranges, as Linux does).
         let mut addr = start;
         if (!leaf || ttl == 0) && pages % RANGE_NUM_MAX == 1 {
-            if !lower && u128::from(start) + (u128::from(pages + 1) << tg) > 1 << 64 {
+            if last == u64::MAX {
                 // No room above the top of the upper half: widen below.
                 addr -= 1 << tg;
             }

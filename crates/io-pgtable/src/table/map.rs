@@ -6,7 +6,7 @@ use super::{PageTable, is_table};
 use crate::config::Prot;
 use crate::env::{CacheError, PtEnv};
 use crate::error::{Error, Partial};
-use crate::layout::CONTIG;
+use crate::layout::{self, CONTIG};
 
 impl<E: PtEnv> PageTable<E> {
     /// Maps `pgcount` pages of `pgsize` bytes from `iova` to `paddr`.
@@ -200,7 +200,7 @@ impl<E: PtEnv> PageTable<E> {
     /// after the clean. A reader that acquired the link therefore reads the
     /// counter at or after the installer's increment; reading zero means it
     /// also read after the matching decrement, so the clean is visible.
-    #[inline]
+    #[inline(always)]
     pub(super) fn clean_link_in_flight(&self, table: u64, idx: usize) -> Result<(), Error> {
         if self.noncoherent && self.links_in_flight.load(Ordering::Acquire) != 0 {
             self.clean_entries(table, idx, 1)?;
@@ -240,7 +240,7 @@ impl<E: PtEnv> PageTable<E> {
     /// Returns the descriptor of a table at `phys`.
     #[inline]
     pub(super) fn table_desc(&self, phys: u64) -> u64 {
-        self.pa_to_desc(phys) | 3 | self.table_attrs
+        self.pa_to_desc(phys) | layout::TYPE_TABLE | self.table_attrs
     }
 
     /// Replaces `old` by table descriptor `desc` in entry `idx` of `table`
@@ -445,7 +445,7 @@ impl<E: PtEnv> PageTable<E> {
             if is_table(d, level) {
                 self.subtree_is_empty(self.desc_to_pa(d), level + 1)
             } else {
-                d & 1 == 0
+                d & layout::VALID == 0
             }
         })
     }

@@ -120,12 +120,12 @@ impl<E: PtEnv> core::fmt::Debug for PageTable<E> {
 
 #[inline(always)]
 fn is_table(d: u64, level: usize) -> bool {
-    level < 3 && d & 3 == 3
+    level < 3 && d & layout::TYPE_MASK == layout::TYPE_TABLE
 }
 
 #[inline(always)]
 fn is_leaf(d: u64, level: usize) -> bool {
-    d & 3 == if level == 3 { 3 } else { 1 }
+    d & layout::TYPE_MASK == layout::leaf_type(level)
 }
 
 impl<E: PtEnv> PageTable<E> {
@@ -305,7 +305,7 @@ impl<E: PtEnv> PageTable<E> {
         if a == 0 {
             return Err(Error::NoPermission);
         }
-        Ok(a | if level == 3 { 3 } else { 1 })
+        Ok(a | layout::leaf_type(level))
     }
 
     /// Returns the attribute bits of leaves mapped with `prot` (0 when

@@ -5,6 +5,7 @@ use core::sync::atomic::Ordering;
 use super::{LINK_END, LINK_LOW, LINK_TAG, PageTable, is_table};
 use crate::env::{PtEnv, TableBlock};
 use crate::error::Error;
+use crate::layout::VALID;
 
 impl<E: PtEnv> PageTable<E> {
     /// Retires a disconnected table (and the tables below it): zeroes it so
@@ -131,7 +132,7 @@ impl<E: PtEnv> PageTable<E> {
         let empty = self
             .slice(child, cl)
             .iter()
-            .all(|e| e.load(Ordering::Relaxed) & 1 == 0);
+            .all(|e| e.load(Ordering::Relaxed) & VALID == 0);
         if empty && self.disconnect(table, idx, d, level, iova)? {
             freed += self.reclaim_list();
         }

@@ -65,7 +65,7 @@ impl<E: PtEnv> PageTable<E> {
         }
         if !self.bbml2() {
             for (s, e) in saved.iter().zip(group) {
-                if s & 1 != 0 {
+                if s & layout::VALID != 0 {
                     e.store(s & !CONTIG, Ordering::Release);
                 }
             }
@@ -108,11 +108,11 @@ impl<E: PtEnv> PageTable<E> {
         let child = self.env.alloc_table(size)?;
         let cl = level + 1;
         let cshift = self.shift(cl);
-        let mut attrs = d & !(self.addr_mask | 3 | CONTIG);
+        let mut attrs = d & !(self.addr_mask | layout::TYPE_MASK | CONTIG);
         if self.pa52 {
             attrs &= !layout::PA_HI_MASK_52;
         }
-        let ty = if cl == 3 { 3 } else { 1 };
+        let ty = layout::leaf_type(cl);
         let pa = self.desc_to_pa(d);
         let base = child.cpu.as_ptr().cast::<AtomicU64>();
         for k in 0..self.entries_in_sub(cl) {

@@ -5,7 +5,7 @@ use core::sync::atomic::Ordering;
 use super::{PageTable, is_leaf, is_table};
 use crate::env::{Gather, PtEnv};
 use crate::error::{Error, Partial};
-use crate::layout::CONTIG;
+use crate::layout::{CONTIG, TABLE_OR_PAGE, TYPE_PAGE, VALID};
 
 /// How far a run of clears got before an error: entries cleared (and,
 /// for leaves, gathered), and why it stopped.
@@ -67,15 +67,18 @@ impl<E: PtEnv> PageTable<E> {
                 if is_table(d, l) {
                     self.clean_link_in_flight(table, idx)
                         .map_err(|e| Partial::at(done, e))?;
-                    let span = self.block_size(l);
-                    if l + 1 == level && va & (span - 1) == 0 && end - va >= span {
-                        if let Some(removed) = self
-                            .remove_full_table(table, idx, d, l, va | hi)
-                            .map_err(|e| Partial::at(done, e))?
-                        {
-                            done += removed;
-                            va += removed;
-                            continue 'outer;
+                    // The call covers the whole table below: remove it
+                    // whole (if it holds only leaves).
+                    if l + 1 == level && va & (self.block_size(l) - 1) == 0 {
+                        if end - va >= self.block_size(l) {
+                            if let Some(removed) = self
+                                .remove_full_table(table, idx, d, l, va | hi)
+                                .map_err(|e| Partial::at(done, e))?
+                            {
+                                done += removed;
+                                va += removed;
+                                continue 'outer;
+                            }
                         }
                     }
                     table = self.desc_to_pa(d);
@@ -220,7 +223,8 @@ impl<E: PtEnv> PageTable<E> {
             let mut k = 0;
             while k + 8 <= n {
                 let line = &run[k..k + 8];
-                if line.iter().fold(3, |a, e| a & e.load(Ordering::Relaxed)) & 3 != 3 {
+                let all = line.iter().fold(!0, |a, e| a & e.load(Ordering::Relaxed));
+                if all & TYPE_PAGE != TYPE_PAGE {
                     break;
                 }
                 for e in line {
@@ -251,7 +255,7 @@ impl<E: PtEnv> PageTable<E> {
                 let d = e.load(Ordering::Relaxed);
                 (a & d, o | d)
             });
-            if all & 1 == 0 || any & 2 != 0 {
+            if all & VALID == 0 || any & TABLE_OR_PAGE != 0 {
                 break;
             }
             for e in line {
