@@ -52,7 +52,7 @@ pub mod env;
 mod error;
 pub mod event;
 pub mod layout;
-pub mod mem;
+pub(crate) mod mem;
 pub mod probe;
 pub mod queue;
 pub mod regs;
