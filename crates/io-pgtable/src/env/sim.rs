@@ -43,7 +43,10 @@ const WINDOW: u64 = 64 * 1024;
 ///   1 MiB-aligned window, so the pointer is valid up to the end of that
 ///   window: a walk through a wild descriptor reads zeros (invalid
 ///   descriptors, a translation fault), and stores through it land in the
-///   scratch area, never in simulated memory or anywhere else.
+///   scratch area, never in simulated memory or anywhere else (all wild
+///   addresses share the area, so after such a store a later wild walk may
+///   read what was stored: garbage in, garbage out, but never undefined
+///   behaviour).
 ///
 /// Either way the pointer is congruent to the address modulo 8, stays valid
 /// as long as `self`, and all memory behind it is `AtomicU64`s, so every
