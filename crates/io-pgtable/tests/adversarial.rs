@@ -4,7 +4,7 @@
 //! allocation failures) and must answer with a typed error or a result an
 //! independent interval model agrees with. Nothing may panic.
 //!
-//! Run with `cargo test -p io-pgtable --features sim --test adversarial`.
+//! Run with `cargo test -p io-pgtable --test adversarial`.
 
 mod common;
 

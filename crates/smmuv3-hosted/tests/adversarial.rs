@@ -988,3 +988,30 @@ fn calls_after_shutdown_are_typed() {
         returns(move || drop(d)).expect("dropping a domain after shutdown panicked");
     });
 }
+
+/// A table descriptor pointing outside simulated memory, written through
+/// `SimMemory`'s safe API: the driver's lookups must see a translation
+/// fault (before `SimEnv` gave such addresses a zeroed scratch window, this
+/// walked a dangling pointer) and the device must not reach any memory.
+#[test]
+fn table_descriptor_outside_memory_is_a_fault_for_driver_and_device() {
+    let sys = default_system();
+    let mut dom = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 39).unwrap();
+    sys.smmu
+        .attach(3, None, &dom, AttachOptions::default())
+        .unwrap();
+    // Root entry 0 (level 1) covers IOVA [0, 1 GiB).
+    let root = dom.page_table().root_phys();
+    sys.mem
+        .cpu_write_u64(root, (MEM_BASE + MEM) | 0b11)
+        .unwrap();
+    for iova in [0, 0x1000, 0x3fff_f000] {
+        assert_eq!(dom.translate(iova), None, "iova {iova:#x}");
+    }
+    let dma = sys
+        .model
+        .dma_write(&DmaRequest::write(3, 0x1000, 4), &[1; 4]);
+    assert!(dma.is_err(), "DMA through a wild table: {dma:?}");
+    let unmapped = dom.unmap(0x1000, 0x1000).unwrap_or(0);
+    assert_eq!(unmapped, 0);
+}

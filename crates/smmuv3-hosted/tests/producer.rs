@@ -3,12 +3,14 @@
 //! against the model's registers.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use io_pgtable::env::{CacheMaintenance, TableBlock, TableMemory};
 
 use sim_memory::{Coherency, SimMemory};
 use smmuv3::cmdq::{Producer, QueueMemory};
 use smmuv3::command::{Command, TlbiAddr};
 use smmuv3::env::RegisterFrame;
-use smmuv3::mem::DevBlock;
 use smmuv3::regs::{self, cr0, q_base};
 use smmuv3::{CmdqErrorKind, Error};
 use smmuv3_hosted::{MEM_BASE, ModelFrame, PollClock, SimDmaMemory};
@@ -20,18 +22,20 @@ struct Rig {
     model: Arc<SmmuModel>,
     frame: ModelFrame,
     mem: SimDmaMemory,
-    blk: DevBlock,
+    blk: TableBlock,
     clock: PollClock,
 }
+
+const QUEUE_BYTES: usize = 16 << LOG2;
 
 fn rig(coh: Coherency) -> Rig {
     let sim = Arc::new(SimMemory::new(MEM_BASE, 4 << 20, coh).unwrap());
     let model = Arc::new(SmmuModel::new(ModelConfig::default(), sim.clone()).unwrap());
     let frame = ModelFrame::new(model.clone());
     let mem = SimDmaMemory::new(sim);
-    let blk = DevBlock::alloc(&mem, 16 << LOG2).unwrap();
-    blk.clean(&mem, 0, blk.size()).unwrap();
-    let base = q_base::ALLOC.make(1) | blk.phys() | q_base::LOG2SIZE.make(LOG2.into());
+    let blk = mem.alloc_table(QUEUE_BYTES).unwrap();
+    mem.clean(blk.cpu, blk.phys, QUEUE_BYTES).unwrap();
+    let base = q_base::ALLOC.make(1) | blk.phys | q_base::LOG2SIZE.make(LOG2.into());
     frame.write64(regs::CMDQ_BASE, base);
     frame.write32(regs::CMDQ_PROD, 0);
     frame.write32(regs::CMDQ_CONS, 0);
@@ -47,8 +51,20 @@ fn rig(coh: Coherency) -> Rig {
 }
 
 impl Rig {
+    /// The queue memory, as a hypervisor holding it would borrow it.
+    fn queue(&self) -> QueueMemory<'_> {
+        // SAFETY: the block is `QUEUE_BYTES` of table memory from
+        // `self.mem`, 64-byte aligned, never freed while `self` lives (the
+        // memory is kept alive by `self.mem`), and only ever accessed
+        // atomically (by us and by the model).
+        let words = unsafe {
+            std::slice::from_raw_parts(self.blk.cpu.as_ptr().cast::<AtomicU64>(), QUEUE_BYTES / 8)
+        };
+        QueueMemory::new(words, self.blk.phys)
+    }
+
     fn submit(&self, p: &mut Producer, cmds: &[Command]) -> Result<(), Error> {
-        let q = QueueMemory::new(self.blk.words(), self.blk.phys());
+        let q = self.queue();
         p.submit(
             &q,
             &self.mem,
@@ -103,7 +119,7 @@ fn a_rejected_command_is_skipped_and_reported() {
     let r = rig(Coherency::Coherent);
     let mut p = Producer::new(LOG2);
     // Write an illegal command by hand (opcode 0x7f), then submit more.
-    let q = QueueMemory::new(r.blk.words(), r.blk.phys());
+    let q = r.queue();
     p.write(&q, [0x7f, 0]).unwrap();
     let e = r.submit(&mut p, &[tlbi(3)]).unwrap_err();
     assert!(
@@ -176,7 +192,7 @@ impl RegisterFrame for LyingCons<'_> {
 fn an_impossible_cons_is_refused() {
     let r = rig(Coherency::Coherent);
     let mut p = Producer::new(LOG2);
-    let q = QueueMemory::new(r.blk.words(), r.blk.phys());
+    let q = r.queue();
     p.write(&q, tlbi(1).encode().unwrap()).unwrap();
     // PROD is 1: a CONS of 5 (ahead of it) is no state a queue can be in.
     assert_eq!(

@@ -2,8 +2,8 @@
 //!
 //! One code base for every environment that drives an SMMUv3: a kernel-like
 //! host, a hypervisor, a bare-metal test kernel, and the in-process software
-//! model. The environment is a register frame ([`env::RegisterFrame`]; a
-//! volatile [`env::MmioFrame`] for hardware), a clock for bounded waits
+//! model. The environment is a register frame ([`env::RegisterFrame`]; an
+//! [`env::MmioFrame`] over `safe-mmio` for hardware), a clock for bounded waits
 //! ([`env::Clock`]), and memory: io-pgtable's `TableMemory` and
 //! `CacheMaintenance` (the same seam the page tables use) plus
 //! [`env::CacheInvalidate`] for what the SMMU writes. `no_std` + `alloc`.
@@ -55,7 +55,7 @@ pub mod env;
 mod error;
 pub mod event;
 pub mod layout;
-pub mod mem;
+pub(crate) mod mem;
 pub mod probe;
 pub mod queue;
 pub mod regs;

@@ -69,16 +69,17 @@ impl<E: PtEnv> PageTable<E> {
                         .map_err(|e| Partial::at(done, e))?;
                     // The call covers the whole table below: remove it
                     // whole (if it holds only leaves).
-                    if l + 1 == level && va & (self.block_size(l) - 1) == 0 {
-                        if end - va >= self.block_size(l) {
-                            if let Some(removed) = self
-                                .remove_full_table(table, idx, d, l, va | hi)
-                                .map_err(|e| Partial::at(done, e))?
-                            {
-                                done += removed;
-                                va += removed;
-                                continue 'outer;
-                            }
+                    if l + 1 == level
+                        && va & (self.block_size(l) - 1) == 0
+                        && end - va >= self.block_size(l)
+                    {
+                        if let Some(removed) = self
+                            .remove_full_table(table, idx, d, l, va | hi)
+                            .map_err(|e| Partial::at(done, e))?
+                        {
+                            done += removed;
+                            va += removed;
+                            continue 'outer;
                         }
                     }
                     table = self.desc_to_pa(d);
