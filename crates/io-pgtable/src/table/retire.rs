@@ -12,10 +12,19 @@ impl<E: PtEnv> PageTable<E> {
     /// racing walkers read only invalid entries, and pushes it on the
     /// retired list with the link in word 0.
     pub(super) fn retire(&self, table: u64, level: usize) {
-        for k in 0..self.entries_in_sub(level) {
-            let old = self.entry(table, k).swap(0, Ordering::AcqRel);
-            if is_table(old, level) {
-                self.retire(self.desc_to_pa(old), level + 1);
+        if level == 3 {
+            // No tables below the last level: plain stores suffice.
+            for e in self.slice(table, level) {
+                e.store(0, Ordering::Relaxed);
+            }
+        } else {
+            // A swap, so each table below is found (and retired) once even
+            // if a racer changes the entry.
+            for k in 0..self.entries_in_sub(level) {
+                let old = self.entry(table, k).swap(0, Ordering::AcqRel);
+                if is_table(old, level) {
+                    self.retire(self.desc_to_pa(old), level + 1);
+                }
             }
         }
         let link = self.entry(table, 0);

@@ -121,11 +121,19 @@ impl<E: PtEnv> PageTable<E> {
     ) -> Result<Option<u64>, Error> {
         let child = self.desc_to_pa(d);
         let cl = level + 1;
-        if !self
-            .slice(child, cl)
-            .iter()
-            .all(|e| is_leaf(e.load(Ordering::Relaxed), cl))
-        {
+        let entries = self.slice(child, cl);
+        let all_leaves = if cl == 3 {
+            // A cache line at a time: every page has both type bits set.
+            entries.chunks_exact(8).all(|line| {
+                let all = line.iter().fold(!0, |a, e| a & e.load(Ordering::Relaxed));
+                all & TYPE_PAGE == TYPE_PAGE
+            })
+        } else {
+            entries
+                .iter()
+                .all(|e| is_leaf(e.load(Ordering::Relaxed), cl))
+        };
+        if !all_leaves {
             return Ok(None);
         }
         if !self.disconnect(table, idx, d, level, iova)? {
