@@ -77,6 +77,7 @@ scenarios! {
     pass "stage1-dma" => virt_stage1_dma, virt91_stage1_dma;
     s2 "stage2-dma" => virt_stage2_dma, virt91_stage2_dma;
     s2 "nested-dma" => virt_nested_dma, virt91_nested_dma;
+    s2 "nested-s2-unmap" => virt_nested_s2_unmap, virt91_nested_s2_unmap;
     pass "two-level-stream-table" => virt_two_level_stream_table, virt91_two_level_stream_table;
     pass "fault-translation" => virt_fault_translation, virt91_fault_translation;
     pass "fault-permission" => virt_fault_permission, virt91_fault_permission;

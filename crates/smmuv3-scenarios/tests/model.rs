@@ -226,6 +226,7 @@ scenarios! {
     pass stage1_dma = "stage1-dma";
     s2 stage2_dma = "stage2-dma";
     s2 nested_dma = "nested-dma";
+    s2 nested_s2_unmap = "nested-s2-unmap";
     pass two_level_stream_table = "two-level-stream-table";
     pass fault_translation = "fault-translation";
     pass fault_permission = "fault-permission";

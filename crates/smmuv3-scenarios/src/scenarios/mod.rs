@@ -33,6 +33,7 @@ pub const SCENARIOS: &[&str] = &[
     "stage1-dma",
     "stage2-dma",
     "nested-dma",
+    "nested-s2-unmap",
     "two-level-stream-table",
     "fault-translation",
     "fault-permission",
@@ -78,6 +79,10 @@ pub(crate) fn all<P: Platform>() -> Vec<Scenario<P>> {
         Scenario {
             name: "nested-dma",
             run: translate::nested,
+        },
+        Scenario {
+            name: "nested-s2-unmap",
+            run: translate::nested_s2_unmap,
         },
         Scenario {
             name: "two-level-stream-table",

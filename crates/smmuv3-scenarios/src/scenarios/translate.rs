@@ -1,15 +1,18 @@
-//! stage1-dma, stage2-dma, nested-dma, linear-stream-table,
-//! two-level-stream-table: real DMA through each translation regime and
-//! both stream table formats, with our driver and page tables.
+//! stage1-dma, stage2-dma, nested-dma, nested-s2-unmap,
+//! linear-stream-table, two-level-stream-table: real DMA through each
+//! translation regime and both stream table formats, with our driver and
+//! page tables.
 
 use alloc::format;
 
 use io_pgtable::{Granule, Prot};
 use smmuv3::driver::StrtabFormat;
+use smmuv3::event::EventType;
 use smmuv3::{AttachOptions, Domain};
 
 use super::{
-    Buf, Context, Drv, bring_up, buffer, need_stage2, no_events, page_transfer, round_trip,
+    Buf, Context, Drv, SENTINEL, bring_up, buffer, dev_write, events, list, need_stage2, no_events,
+    page_transfer, round_trip, untouched,
 };
 use crate::{DmaDevice, Outcome, Platform, Problem, ensure};
 
@@ -133,6 +136,69 @@ pub(crate) fn nested<P: Platform>(p: &mut P) -> Outcome {
     no_events(p, &smmu, "after nested DMA")?;
     Ok(format!(
         "{len} bytes iova {IOVA_SRC:#x} -> ipa {IPA_SRC:#x} -> pa through both stages"
+    ))
+}
+
+/// A stage-2 unmap under a live nested stream: `TLBI_S2_IPA` need not
+/// remove the combined stage 1+2 entry the nested DMA left in the TLB, so
+/// the driver must also drop the VMID's stage-1 entries; the next write
+/// must fault at stage 2 and leave memory untouched.
+pub(crate) fn nested_s2_unmap<P: Platform>(p: &mut P) -> Outcome {
+    let len = page_transfer(p);
+    let (src, dst) = (buffer(p, 4096)?, buffer(p, 4096)?);
+    let smmu = bring_up(p, StrtabFormat::Auto)?;
+    need_stage2::<P>(&smmu)?;
+    if !smmu.features().nesting {
+        return Err(Problem::skip(format_args!(
+            "SMMU cannot nest (errata or a missing stage)"
+        )));
+    }
+    let sid = p.device().stream_id();
+    let mut s2 = s2_domain(p, &smmu, &src, &dst, true)?;
+    let s1 = Domain::new_nested_stage1(&s2, Granule::K4, VA_BITS).ctx("nested stage-1 domain")?;
+    s1.map(IOVA_SRC, IPA_SRC, 4096, rw())
+        .ctx("stage-1 map to the source IPA")?;
+    s1.map(IOVA_DST, IPA_DST, 4096, rw())
+        .ctx("stage-1 map to the destination IPA")?;
+    smmu.attach(sid, None, &s2, AttachOptions::default())
+        .ctx("attach stage 2")?;
+    smmu.attach(sid, None, &s1, AttachOptions::default())
+        .ctx("attach nested stage 1")?;
+    // The write lands, and the SMMU may cache it as one combined entry.
+    round_trip(p, (&src, 0, IOVA_SRC), (&dst, 0, IOVA_DST), len, 0x36)?;
+    let before = smmu.stats();
+    let n = s2
+        .unmap(IPA_DST, 4096)
+        .ctx("stage-2 unmap of the destination")?;
+    ensure!(n == 4096, "stage-2 unmap returned {n}");
+    let after = smmu.stats();
+    let nh_all = after.by_opcode[0x10] - before.by_opcode[0x10];
+    ensure!(
+        nh_all >= 1,
+        "no TLBI_NH_ALL after the stage-2 unmap of a nest parent"
+    );
+    // A small write: one transaction, one fault event.
+    let small = 4;
+    dst.fill(0, small, SENTINEL)?;
+    dev_write(p, IOVA_DST, small)?;
+    let ev = events(p, &smmu, 1)?;
+    let [e] = ev.as_slice() else {
+        return Err(Problem::fail(format_args!(
+            "want one stage-2 fault, got {}: {}",
+            ev.len(),
+            list(&ev)
+        )));
+    };
+    ensure!(
+        e.ty == EventType::Translation && e.fault.is_some_and(|f| f.stage2),
+        "want a stage-2 translation fault, got {e}"
+    );
+    ensure!(
+        untouched(&dst, 0, small)?,
+        "the write reached memory after the stage-2 unmap: a combined stage 1+2 TLB entry survived"
+    );
+    Ok(format!(
+        "after the stage-2 unmap ({nh_all} TLBI_NH_ALL) the nested write faults at stage 2, memory untouched"
     ))
 }
 
