@@ -60,7 +60,7 @@ platform!(Wide, u64::MAX);
 // 8 pages of IOVA: frame 0 reserved, 7 usable.
 platform!(Tiny, 8 * 4096 - 1);
 
-fn buffer<P: VirtioPlatform>(f: &Fixture, len: usize, fill: u8) -> NonNull<[u8]> {
+fn buffer(f: &Fixture, len: usize, fill: u8) -> NonNull<[u8]> {
     let pa = f.buffer(len as u64, fill);
     let ptr = NonNull::new(f.sys.mem.cpu_ptr(pa).unwrap()).unwrap();
     NonNull::slice_from_raw_parts(ptr, len)
@@ -69,7 +69,7 @@ fn buffer<P: VirtioPlatform>(f: &Fixture, len: usize, fill: u8) -> NonNull<[u8]>
 #[test]
 fn share_maps_for_the_direction_and_unshare_makes_it_unreachable() {
     let f = &Wide::state().f;
-    let out = buffer::<Wide>(f, 512, 0x3c);
+    let out = buffer(f, 512, 0x3c);
     // SAFETY: the buffer is test memory handed to the device until unshare.
     let dma = unsafe { VirtioHal::<Wide>::share(out, BufferDirection::DriverToDevice) };
     assert_ne!(dma, 0);
@@ -87,7 +87,7 @@ fn share_maps_for_the_direction_and_unshare_makes_it_unreachable() {
     unsafe { VirtioHal::<Wide>::unshare(dma, out, BufferDirection::DriverToDevice) };
     f.assert_unreachable(dma, 512);
 
-    let inb = buffer::<Wide>(f, 64, 0);
+    let inb = buffer(f, 64, 0);
     // SAFETY: as above.
     let dma = unsafe { VirtioHal::<Wide>::share(inb, BufferDirection::DeviceToDriver) };
     assert!(f.dev_write(dma, &[0x99; 64]));
@@ -117,7 +117,7 @@ fn dma_alloc_is_coherent_and_dealloc_unmaps() {
 #[test]
 fn exhaustion_returns_the_faulting_address_zero() {
     let f = &Tiny::state().f;
-    let bufs: Vec<_> = (0..8).map(|_| buffer::<Tiny>(f, 4096, 1)).collect();
+    let bufs: Vec<_> = (0..8).map(|_| buffer(f, 4096, 1)).collect();
     // SAFETY: test buffers handed to the device until unshare.
     let addrs: Vec<u64> = bufs
         .iter()
