@@ -102,7 +102,8 @@ impl FlushQueue {
         flush: &dyn Fn() -> Result<(), E>,
         free: &mut dyn FnMut(u64, u64),
     ) -> Result<(), E> {
-        let mut ring = self.rings[cpu % self.rings.len()].0.lock();
+        let n = self.rings.len();
+        let mut ring = self.rings[if cpu < n { cpu } else { cpu % n }].0.lock();
         ring.pop_done(self.finished.load(Ordering::Acquire), free);
         let mut res = Ok(());
         if ring.len == RING_SIZE

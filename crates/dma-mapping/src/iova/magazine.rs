@@ -48,6 +48,7 @@ impl Magazine {
 
     /// Pops an entry whose range ends at or below `limit` (the top one when
     /// it qualifies, else the first that does, swapped out).
+    #[inline]
     fn pop(&mut self, pages: u64, limit: u64) -> Option<u64> {
         let fits = |pfn: u64| pfn + pages <= limit;
         let top = self.len.checked_sub(1)?;
@@ -112,10 +113,14 @@ impl RangeCache {
     }
 
     fn cpu(&self, cpu: usize) -> &CpuCache {
-        &self.cpus[cpu % self.cpus.len()]
+        // A division costs more than the rest of the fast path: only pay
+        // it for out-of-range ids.
+        let n = self.cpus.len();
+        &self.cpus[if cpu < n { cpu } else { cpu % n }]
     }
 
     /// Returns a cached frame of `order` ending at or below `limit`.
+    #[inline]
     pub fn get(&self, cpu: usize, order: usize, limit: u64) -> Option<u64> {
         let pages = 1u64 << order;
         let mut mags = self.cpu(cpu).orders.lock();
@@ -144,6 +149,7 @@ impl RangeCache {
     /// Caches `pfn` of `order`. Returns frames the caller must give back
     /// to the tree: none normally, a whole magazine when the depot
     /// overflowed (`spill` receives them).
+    #[inline]
     pub fn put(&self, cpu: usize, order: usize, pfn: u64, spill: &mut dyn FnMut(u64)) {
         let mut mags = self.cpu(cpu).orders.lock();
         let m = &mut mags[order];

@@ -91,6 +91,7 @@ impl IovaAllocator {
     /// Returns the first frame of a free run of `pages` frames (rounded as
     /// [`rounded_pages`] says, size-aligned) ending at or below frame
     /// `limit`, from CPU `cpu`'s cache when possible.
+    #[inline]
     pub fn alloc(&self, pages: u64, limit: u64, cpu: usize) -> Option<u64> {
         if pages == 0 {
             return None;
@@ -126,6 +127,7 @@ impl IovaAllocator {
     ///
     /// [`TreeError::NotAllocated`] when the tree path detects a double or
     /// foreign free (the cached path cannot check; DMA debugging does).
+    #[inline]
     pub fn free(&self, pfn: u64, pages: u64, cpu: usize) -> Result<(), TreeError> {
         let pages = rounded_pages(pages);
         if let (Some(c), Some(o)) = (&self.cache, cache_order(pages)) {
