@@ -2,6 +2,7 @@
 //! `share` maps for the direction, `unshare` unmaps (and the device can no
 //! longer reach the buffer), `dma_alloc` gives coherent memory, exhaustion
 //! yields the faulting address 0.
+#![cfg(feature = "virtio")]
 
 mod common;
 

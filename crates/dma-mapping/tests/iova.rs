@@ -211,3 +211,10 @@ fn large_sizes_bypass_the_caches() {
         Err(TreeError::NotAllocated { pfn: p, pages: 64 })
     );
 }
+
+#[test]
+fn an_impossible_geometry_is_an_empty_space_not_a_panic() {
+    let a = IovaAllocator::new(IovaConfig::new(12, 8, 1));
+    assert_eq!(a.alloc(1, u64::MAX, 0), None);
+    assert_eq!(a.tree_free_pages(), 0);
+}

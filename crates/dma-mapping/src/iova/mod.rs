@@ -37,11 +37,9 @@ impl IovaConfig {
     /// granule `1 << shift`, caches for `ncpus` CPUs and a depot trimmed to
     /// twice the CPU count (at least 8 magazines).
     pub fn new(shift: u32, bits: u32, ncpus: usize) -> Self {
-        let end_pfn = if bits - shift >= 64 {
-            u64::MAX
-        } else {
-            1u64 << (bits - shift)
-        };
+        // An impossible geometry (bits <= shift) gives an empty space.
+        let span = bits.saturating_sub(shift);
+        let end_pfn = if span >= 64 { u64::MAX } else { 1u64 << span };
         Self {
             shift,
             start_pfn: 1,
