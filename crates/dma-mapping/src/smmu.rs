@@ -126,3 +126,100 @@ where
         self.dom.read().translate(iova)
     }
 }
+
+/// CPU identity and time, the part of [`crate::DmaEnv`] the driver's
+/// memory does not provide.
+pub trait CpuClock: Send + Sync {
+    /// Returns the current CPU's index.
+    fn cpu_id(&self) -> usize;
+    /// Returns a monotonic tick count.
+    fn now_ticks(&self) -> u64;
+}
+
+/// A [`crate::DmaEnv`] whose cache maintenance, CPU pointers and coherent
+/// memory are the driver's own memory environment (`smmuv3::env::DmaMemory`:
+/// io-pgtable's `CacheMaintenance` clean, the driver's `CacheInvalidate`,
+/// `TableMemory`), so DMA buffers and page tables go through one seam.
+pub struct StackEnv<M, K> {
+    mem: M,
+    clock: K,
+}
+
+impl<M: DmaMemory + Send + Sync, K: CpuClock> StackEnv<M, K> {
+    /// Returns the environment over the driver's memory `mem`.
+    ///
+    /// # Safety
+    ///
+    /// `mem`'s `phys_to_cpu` must return a valid CPU pointer for every
+    /// physical address devices will DMA to (not only table memory): the
+    /// DMA layer copies bounce buffers through it.
+    pub unsafe fn new(mem: M, clock: K) -> Self {
+        Self { mem, clock }
+    }
+
+    /// Returns the driver's memory environment.
+    pub fn mem(&self) -> &M {
+        &self.mem
+    }
+}
+
+fn cache_err(e: io_pgtable::env::CacheError) -> crate::CacheError {
+    crate::CacheError {
+        phys: e.phys,
+        len: e.len as u64,
+    }
+}
+
+// SAFETY: `phys_to_cpu` is valid for all DMA memory (the constructor's
+// contract); coherent memory is `TableMemory` blocks, zeroed, naturally
+// aligned and used by nobody else until freed (that trait's contract).
+unsafe impl<M: DmaMemory + Send + Sync, K: CpuClock> crate::DmaEnv for StackEnv<M, K> {
+    fn cpu_id(&self) -> usize {
+        self.clock.cpu_id()
+    }
+
+    fn now_ticks(&self) -> u64 {
+        self.clock.now_ticks()
+    }
+
+    fn clean(&self, phys: u64, len: u64) -> Result<(), crate::CacheError> {
+        let cpu = self.mem.phys_to_cpu(phys);
+        io_pgtable::env::CacheMaintenance::clean(&self.mem, cpu, phys, len as usize)
+            .map_err(cache_err)
+    }
+
+    fn invalidate(&self, phys: u64, len: u64) -> Result<(), crate::CacheError> {
+        let cpu = self.mem.phys_to_cpu(phys);
+        smmuv3::env::CacheInvalidate::invalidate(&self.mem, cpu, phys, len as usize)
+            .map_err(cache_err)
+    }
+
+    fn phys_to_cpu(&self, phys: u64, _len: u64) -> Option<core::ptr::NonNull<u8>> {
+        Some(self.mem.phys_to_cpu(phys))
+    }
+
+    /// Table memory is cacheable: for a non-coherent device the zeroes are
+    /// cleaned here, and later CPU writes need `sync_for_device`-style
+    /// cleans by the caller (no uncached mapping is available).
+    fn alloc_coherent(&self, size: u64) -> Option<(u64, core::ptr::NonNull<u8>)> {
+        let b = self.mem.alloc_table(usize::try_from(size).ok()?).ok()?;
+        if io_pgtable::env::CacheMaintenance::clean(&self.mem, b.cpu, b.phys, size as usize)
+            .is_err()
+        {
+            // SAFETY: just allocated, never handed out.
+            unsafe { self.mem.free_table(b, size as usize) };
+            return None;
+        }
+        Some((b.phys, b.cpu))
+    }
+
+    unsafe fn free_coherent(&self, phys: u64, size: u64) {
+        let block = io_pgtable::env::TableBlock {
+            cpu: self.mem.phys_to_cpu(phys),
+            phys,
+        };
+        // SAFETY: our caller passes a live allocation of `alloc_coherent`,
+        // i.e. a table block of this size, unreachable now.
+        unsafe { self.mem.free_table(block, size as usize) };
+    }
+}
