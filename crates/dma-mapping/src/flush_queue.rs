@@ -44,8 +44,9 @@ struct CpuRing(SpinMutex<Ring>);
 /// The per-CPU flush queues of one domain.
 pub struct FlushQueue {
     rings: Box<[CpuRing]>,
-    /// Flushes started / completed: an entry stamped `s` is safe to free
-    /// once `finished > s`, i.e. a flush that started after it completed.
+    /// Flush tickets issued / highest ticket completed: an entry stamped
+    /// `s` (tickets issued when it was queued) is safe to free once
+    /// `finished > s`, i.e. a flush that started after it completed.
     started: AtomicU64,
     finished: AtomicU64,
     last_flush: AtomicU64,
@@ -77,9 +78,13 @@ impl FlushQueue {
     /// Runs `flush` (an IOTLB invalidation of the whole domain) as a
     /// counted flush.
     fn counted<E>(&self, now: u64, flush: &dyn Fn() -> Result<(), E>) -> Result<(), E> {
-        self.started.fetch_add(1, Ordering::AcqRel);
+        // Each flush takes a ticket; `finished` is the highest ticket that
+        // completed, so a failed flush delays nothing beyond the next
+        // successful one (counting completions instead would leave
+        // `finished` one behind for good after a failure).
+        let ticket = self.started.fetch_add(1, Ordering::AcqRel) + 1;
         flush()?;
-        self.finished.fetch_add(1, Ordering::AcqRel);
+        self.finished.fetch_max(ticket, Ordering::AcqRel);
         self.last_flush.store(now, Ordering::Relaxed);
         Ok(())
     }
