@@ -121,8 +121,12 @@ pub fn fixture(coh: Coherency, inv: Invalidation) -> Fixture {
 }
 
 pub fn fixture_with(coh: Coherency, inv: Invalidation, ncpus: usize) -> Fixture {
+    fixture_granule(coh, inv, ncpus, Granule::K4)
+}
+
+pub fn fixture_granule(coh: Coherency, inv: Invalidation, ncpus: usize, g: Granule) -> Fixture {
     let sys = System::new(MEM, coh, ModelConfig::default(), SmmuConfig::default()).unwrap();
-    let hd = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    let hd = HostedDomain::new_stage1(&sys.smmu, g, 48).unwrap();
     sys.smmu
         .attach(SID, None, &hd, AttachOptions::default())
         .unwrap();
