@@ -62,8 +62,8 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
     ///
     /// # Errors
     ///
-    /// [`DmaError::BadDomain`] when the domain reports no page size or an
-    /// IOVA space smaller than two granules.
+    /// [`DmaError::BadDomain`] when the domain reports no page size, a
+    /// granule below 4 KiB, or no IOVA space beyond one granule.
     pub fn new(domain: D, env: Arc<E>, cfg: DomainConfig) -> Res<Self, D> {
         let bitmap = domain.pgsize_bitmap();
         let bits = domain.iova_bits();
@@ -71,7 +71,8 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
             return Err(DmaError::BadDomain);
         }
         let shift = bitmap.trailing_zeros();
-        if bits <= shift || bits > 64 {
+        // Granules below 4 KiB exist in no IOMMU format.
+        if shift < 12 || bits <= shift || bits > 64 {
             return Err(DmaError::BadDomain);
         }
         let iova = IovaAllocator::new(IovaConfig::new(shift, bits, cfg.ncpus));
@@ -126,7 +127,7 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
     pub(crate) fn alloc_iova(&self, len: u64, mask: u64, low_first: bool) -> Res<u64, D> {
         let pages = len >> self.shift;
         let cpu = self.env.cpu_id();
-        let limit = |m: u64| (m >> self.shift) + 1;
+        let limit = |m: u64| (m >> self.shift).saturating_add(1);
         const LOW: u64 = (1 << 32) - 1;
         let pfn = if low_first && mask > LOW {
             self.iova.alloc(pages, limit(LOW), cpu)

@@ -76,15 +76,20 @@ fn failed_sentinel<P: VirtioPlatform>() -> u64 {
 // `unshare` copies device data back before unmapping.
 unsafe impl<P: VirtioPlatform> Hal for VirtioHal<P> {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        let size = (pages * PAGE_SIZE) as u64;
-        match P::device().alloc_coherent(size) {
+        let Some(size) = pages.checked_mul(PAGE_SIZE) else {
+            return (0, NonNull::dangling());
+        };
+        match P::device().alloc_coherent(size as u64) {
             Ok(b) => (b.dma.0, b.cpu),
             Err(_) => (0, NonNull::dangling()),
         }
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
-        let size = (pages * PAGE_SIZE) as u64;
+        let Some(size) = pages.checked_mul(PAGE_SIZE) else {
+            return -1;
+        };
+        let size = size as u64;
         let phys = P::virt_to_phys(vaddr);
         // SAFETY: virtio-drivers passes back what `dma_alloc` returned once
         // the device stopped using it.

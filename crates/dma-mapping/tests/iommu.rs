@@ -261,3 +261,49 @@ fn iova_exhaustion_is_a_typed_error() {
         f.assert_unreachable(a.0, 4096);
     }
 }
+
+/// A domain reporting a geometry no IOMMU has.
+struct Odd(u64, u32);
+
+impl IommuDomain for Odd {
+    type Error = std::convert::Infallible;
+    fn pgsize_bitmap(&self) -> u64 {
+        self.0
+    }
+    fn iova_bits(&self) -> u32 {
+        self.1
+    }
+    fn coherent(&self) -> bool {
+        true
+    }
+    fn map(&self, _: u64, _: u64, _: u64, _: dma_mapping::IommuProt) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn sync_map(&self, _: u64, _: u64) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn unmap(&self, _: u64, l: u64) -> Result<u64, Self::Error> {
+        Ok(l)
+    }
+    fn unmap_deferred(&self, _: u64, l: u64) -> Result<u64, Self::Error> {
+        Ok(l)
+    }
+    fn flush_all(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn translate(&self, _: u64) -> Option<u64> {
+        None
+    }
+}
+
+#[test]
+fn impossible_domain_geometries_are_refused() {
+    let f = fixture(Coherency::Coherent, Invalidation::Strict);
+    for (bitmap, bits) in [(0, 48), (1, 48), (0x800, 48), (0x1000, 12), (0x1000, 65)] {
+        let r = dma_mapping::DmaDomain::new(Odd(bitmap, bits), f.env.clone(), Default::default());
+        assert!(matches!(r, Err(DmaError::BadDomain)), "{bitmap:#x} {bits}");
+    }
+    assert!(
+        dma_mapping::DmaDomain::new(Odd(0x1000, 13), f.env.clone(), Default::default()).is_ok()
+    );
+}

@@ -45,7 +45,7 @@ impl IovaConfig {
             start_pfn: 1,
             end_pfn,
             ncpus,
-            depot_max: (2 * ncpus).max(8),
+            depot_max: ncpus.saturating_mul(2).max(8),
         }
     }
 }
