@@ -8,6 +8,7 @@ use core::alloc::{GlobalAlloc, Layout};
 // Name the crates so they are linked, not just listed.
 pub use io_pgtable as _pgtable;
 pub use smmuv3 as _smmuv3;
+pub use dma_mapping as _dma_mapping;
 
 /// An allocator that never allocates: `alloc` users need one to link.
 struct NoAlloc;

@@ -1,0 +1,275 @@
+//! CPU-time measurements of the DMA layer, robust on a shared machine: it
+//! reads each thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`, x86-64 Linux),
+//! so time spent preempted is not counted (elsewhere: the wall clock).
+//!
+//! `cargo run --release -p dma-mapping --example cputime` prints every
+//! figure of BENCHMARKS.md; `-- OP ITERS` runs one operation ITERS times
+//! and nothing else, for `valgrind --tool=callgrind` instruction counts
+//! (see `scripts` in BENCHMARKS.md). OP is one of the names printed.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../benches/host.rs"]
+mod host;
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Instant;
+
+use dma_mapping::iova::{IovaAllocator, IovaConfig};
+use dma_mapping::{
+    Attrs, BouncePool, DeviceConfig, Direction, DmaDevice, DmaDomain, DmaEnv, DomainConfig,
+    Invalidation, IommuDomain, PhysSegment,
+};
+use host::{HostEnv, NullDomain};
+use sim_memory::Coherency;
+use vm_allocator::{AddressAllocator, AllocPolicy};
+
+/// Returns this thread's CPU time in ns.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn cpu_ns() -> u128 {
+    const CLOCK_GETTIME: usize = 228;
+    const CLOCK_THREAD_CPUTIME_ID: usize = 3;
+    let mut ts = [0i64; 2];
+    let ret: isize;
+    // SAFETY: clock_gettime writes one `struct timespec` (two i64 on
+    // x86-64) to the pointer, which points at `ts`; the syscall
+    // instruction clobbers rcx and r11 only.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") CLOCK_GETTIME as isize => ret,
+            in("rdi") CLOCK_THREAD_CPUTIME_ID,
+            in("rsi") ts.as_mut_ptr(),
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    assert_eq!(ret, 0, "clock_gettime failed");
+    ts[0] as u128 * 1_000_000_000 + ts[1] as u128
+}
+
+/// Returns the wall-clock ns since the first call (no thread CPU clock).
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn cpu_ns() -> u128 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos()
+}
+
+type Op = Arc<dyn Fn(usize) + Send + Sync>;
+
+const LAZY: Invalidation = Invalidation::Lazy {
+    timeout_ticks: u64::MAX,
+};
+
+fn map_unmap<E: DmaEnv, D: IommuDomain>(dev: &DmaDevice<E, D>, pa: u64) {
+    // SAFETY: `pa` is memory this program owns; no device runs.
+    unsafe {
+        let a = dev
+            .map_phys(black_box(pa), 4096, Direction::ToDevice, Attrs::empty())
+            .unwrap();
+        dev.unmap_phys(a, 4096, Direction::ToDevice, Attrs::empty())
+            .unwrap();
+    }
+}
+
+/// Every measured operation by name. The model fixtures are leaked: they
+/// live for the whole run.
+fn ops() -> Vec<(&'static str, Op)> {
+    let mut v: Vec<(&'static str, Op)> = Vec::new();
+    let env = Arc::new(HostEnv::default());
+    for (name, inv) in [
+        ("layer_only_strict", Invalidation::Strict),
+        ("layer_only_lazy", LAZY),
+    ] {
+        let dom = Arc::new(
+            DmaDomain::new(
+                NullDomain,
+                env.clone(),
+                DomainConfig {
+                    invalidation: inv,
+                    ncpus: 2,
+                },
+            )
+            .unwrap(),
+        );
+        let dev = DmaDevice::behind_iommu(DeviceConfig::new(1), dom);
+        let pa = host::region(4096);
+        v.push((name, Arc::new(move |_| map_unmap(&dev, pa))));
+    }
+    let coherent = DeviceConfig {
+        coherent: Some(true),
+        ..DeviceConfig::new(1)
+    };
+    let direct = DmaDevice::direct(coherent, env.clone());
+    let pa = host::region(4096);
+    v.push(("direct", Arc::new(move |_| map_unmap(&direct, pa))));
+    let pool = Arc::new(BouncePool::new(host::region(1 << 20), 1 << 20).unwrap());
+    let bounce = DmaDevice::direct(
+        DeviceConfig {
+            force_bounce: true,
+            ..coherent
+        },
+        env.clone(),
+    )
+    .with_bounce(pool);
+    v.push(("bounce", Arc::new(move |_| map_unmap(&bounce, pa))));
+    for (name, inv) in [
+        ("iommu_model_strict", Invalidation::Strict),
+        ("iommu_model_lazy", LAZY),
+    ] {
+        let f: &'static common::Fixture =
+            Box::leak(Box::new(common::fixture(Coherency::Coherent, inv)));
+        let dev = f.device(DeviceConfig::new(1));
+        let pa = f.buffer(4096, 1);
+        v.push((name, Arc::new(move |_| map_unmap(&dev, pa))));
+    }
+    {
+        let f: &'static common::Fixture = Box::leak(Box::new(common::fixture(
+            Coherency::Coherent,
+            Invalidation::Strict,
+        )));
+        let dev = f.device(DeviceConfig::new(1));
+        let base = f.buffer(128 * 4096, 1);
+        let segs: Vec<PhysSegment> = (0..64u64)
+            .map(|i| PhysSegment {
+                phys: base + 2 * i * 4096,
+                len: 4096,
+            })
+            .collect();
+        v.push((
+            "map_sg_64x4k",
+            Arc::new(move |_| {
+                // SAFETY: memory this program owns; no device runs.
+                unsafe {
+                    let m = dev
+                        .map_sg(&segs, Direction::ToDevice, Attrs::empty())
+                        .unwrap();
+                    dev.unmap_sg(m).unwrap();
+                }
+            }),
+        ));
+    }
+    let magazine = Arc::new(IovaAllocator::new(IovaConfig::new(12, 48, 2)));
+    let tree = Arc::new(IovaAllocator::new(IovaConfig::new(12, 48, 0)));
+    let peer = Arc::new(Mutex::new(
+        AddressAllocator::new(4096, (1 << 48) - 4096).unwrap(),
+    ));
+    for _ in 0..1024 {
+        tree.alloc(1, u64::MAX, 0).unwrap();
+        peer.lock()
+            .unwrap()
+            .allocate(4096, 4096, AllocPolicy::LastMatch)
+            .unwrap();
+    }
+    v.push(("iova_magazine", {
+        let a = magazine;
+        Arc::new(move |cpu| {
+            let p = a.alloc(black_box(1), u64::MAX, cpu).unwrap();
+            a.free(p, 1, cpu).unwrap();
+        })
+    }));
+    v.push(("iova_tree", {
+        let a = tree;
+        Arc::new(move |cpu| {
+            let p = a.alloc(black_box(1), u64::MAX, cpu).unwrap();
+            a.free(p, 1, cpu).unwrap();
+        })
+    }));
+    v.push(("iova_vm_allocator", {
+        let a = peer;
+        Arc::new(move |_| {
+            let mut a = a.lock().unwrap();
+            let r = a
+                .allocate(black_box(4096), 4096, AllocPolicy::LastMatch)
+                .unwrap();
+            a.free(&r).unwrap();
+        })
+    }));
+    v
+}
+
+/// Returns the CPU ns per call of `op` on each of `threads` threads run
+/// at once (the median of the threads' own CPU times), and how many of them
+/// really ran at once: their summed CPU time over the wall time of the
+/// timed phase (2.0 = two threads on two cores all along).
+fn measure(op: &Op, threads: usize, iters: u64) -> (f64, f64) {
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let hs: Vec<_> = (0..threads)
+        .map(|t| {
+            let (op, barrier) = (op.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                host::set_cpu(t);
+                common::set_cpu(t);
+                for _ in 0..iters / 10 {
+                    op(t);
+                }
+                barrier.wait();
+                let start = cpu_ns();
+                for _ in 0..iters {
+                    op(t);
+                }
+                cpu_ns() - start
+            })
+        })
+        .collect();
+    barrier.wait();
+    let wall = Instant::now();
+    let cpu: Vec<u128> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let wall = wall.elapsed().as_nanos().max(1) as f64;
+    let together = cpu.iter().sum::<u128>() as f64 / wall;
+    let mut per: Vec<f64> = cpu.iter().map(|&c| c as f64 / iters as f64).collect();
+    per.sort_by(f64::total_cmp);
+    (per[per.len() / 2], together)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let ops = ops();
+    if let [name, iters] = &args[..] {
+        let iters: u64 = iters.parse().expect("ITERS");
+        let (_, op) = ops.iter().find(|(n, _)| n == name).expect("unknown OP");
+        for _ in 0..iters {
+            op(0);
+        }
+        return;
+    }
+    let wall = Instant::now();
+    println!(
+        "{:<22} {:>12} {:>12} {:>9} {:>9}",
+        "op", "1 thread ns", "2 threads ns", "scaling", "together"
+    );
+    for (name, op) in &ops {
+        let iters = if name.starts_with("iommu") || name.starts_with("map_sg") {
+            20_000
+        } else {
+            2_000_000
+        };
+        let iters = if *name == "iova_vm_allocator" {
+            2_000
+        } else {
+            iters
+        };
+        // Best of 5 runs each, against preemption and frequency noise.
+        let one = (0..5)
+            .map(|_| measure(op, 1, iters).0)
+            .fold(f64::MAX, f64::min);
+        let shareable = name.starts_with("iova") || name.starts_with("layer");
+        if shareable {
+            // The run where the threads overlapped most, so contention shows.
+            let (two, together) = (0..5)
+                .map(|_| measure(op, 2, iters))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            // Aggregate throughput of two threads over one thread's.
+            println!(
+                "{name:<22} {one:>12.1} {two:>12.1} {:>8.2}x {together:>9.2}",
+                2.0 * one / two
+            );
+        } else {
+            println!("{name:<22} {one:>12.1} {:>12} {:>9}", "-", "-");
+        }
+    }
+    eprintln!("(wall time {:.1} s)", wall.elapsed().as_secs_f64());
+}
