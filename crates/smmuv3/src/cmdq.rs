@@ -88,6 +88,29 @@ pub struct Rejected {
     pub raw: [u64; 2],
 }
 
+impl From<Rejected> for Error {
+    fn from(r: Rejected) -> Self {
+        Error::CommandRejected {
+            kind: r.kind,
+            raw: r.raw,
+            decoded: Command::decode(r.raw).ok(),
+        }
+    }
+}
+
+/// Encodes every command once, so a batch with a bad operand is refused
+/// before any of it is written.
+///
+/// # Errors
+///
+/// [`Error::Command`] for the first command that does not encode.
+pub(crate) fn check_encodable(cmds: impl Iterator<Item = Command>) -> Result<(), Error> {
+    for c in cmds {
+        c.encode()?;
+    }
+    Ok(())
+}
+
 /// The producer side of one command queue: its PROD, the last CONS read,
 /// and the entries written but not yet published.
 #[derive(Clone, Copy, Debug)]
@@ -273,9 +296,7 @@ impl Producer {
         I::IntoIter: Clone,
     {
         let cmds = cmds.into_iter();
-        for c in cmds.clone() {
-            c.encode()?;
-        }
+        check_encodable(cmds.clone())?;
         let mut rejected = None;
         let sync = Command::Sync {
             signal: SyncSignal::None,
@@ -302,11 +323,7 @@ impl Producer {
         self.publish(mem, cache, regs)?;
         let r = self.wait(mem, cache, regs, clock, timeout_us, |p| p.is_consumed(last))?;
         match rejected.or(r) {
-            Some(r) => Err(Error::CommandRejected {
-                kind: r.kind,
-                raw: r.raw,
-                decoded: Command::decode(r.raw).ok(),
-            }),
+            Some(r) => Err(r.into()),
             None => Ok(()),
         }
     }

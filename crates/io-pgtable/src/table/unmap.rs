@@ -248,7 +248,7 @@ impl<E: PtEnv> PageTable<E> {
                 e.store(0, Ordering::Relaxed);
                 k += 1;
             }
-            self.gather_leaves(table, idx, k, iova, level, gather)
+            self.gather_leaves(table, idx, iova, level, 0..k, gather)
                 .map_err(|e| (k, e))?;
             return Ok(k);
         }
@@ -285,16 +285,8 @@ impl<E: PtEnv> PageTable<E> {
                 // it stays, a later block map or `compact` removes it).
                 break;
             }
-            let va_from = iova.wrapping_add((leaves_from as u64) << shift);
-            self.gather_leaves(
-                table,
-                idx + leaves_from,
-                k - leaves_from,
-                va_from,
-                level,
-                gather,
-            )
-            .map_err(|e| (k, e))?;
+            self.gather_leaves(table, idx, iova, level, leaves_from..k, gather)
+                .map_err(|e| (k, e))?;
             let va_k = iova.wrapping_add((k as u64) << shift);
             match self.disconnect(table, idx + k, d, level, va_k) {
                 Ok(true) => k += 1,
@@ -303,37 +295,32 @@ impl<E: PtEnv> PageTable<E> {
             }
             leaves_from = k;
         }
-        let va_from = iova.wrapping_add((leaves_from as u64) << shift);
-        self.gather_leaves(
-            table,
-            idx + leaves_from,
-            k - leaves_from,
-            va_from,
-            level,
-            gather,
-        )
-        .map_err(|e| (k, e))?;
+        self.gather_leaves(table, idx, iova, level, leaves_from..k, gather)
+            .map_err(|e| (k, e))?;
         Ok(k)
     }
 
-    /// Cleans `count` cleared leaf entries from `idx` of `table` and adds
-    /// them to the gather. A failed clean still gathers them (the caller
-    /// must invalidate what it cleared) and reports the error.
+    /// Cleans the cleared leaf entries `run` of the run that starts at
+    /// entry `idx` of `table` (IOVA `iova`) and adds them to the gather. A
+    /// failed clean still gathers them (the caller must invalidate what it
+    /// cleared) and reports the error.
     fn gather_leaves(
         &self,
         table: u64,
         idx: usize,
-        count: usize,
         iova: u64,
         level: usize,
+        run: core::ops::Range<usize>,
         gather: &mut Gather,
     ) -> Result<(), Error> {
-        if count == 0 {
+        if run.is_empty() {
             return Ok(());
         }
-        let cleaned = self.clean_if_needed(table, idx, count);
+        let count = run.len();
+        let cleaned = self.clean_if_needed(table, idx + run.start, count);
+        let va = iova.wrapping_add((run.start as u64) << self.shift(level));
         self.env
-            .add_pages(gather, iova, self.block_size(level), count as u64)?;
+            .add_pages(gather, va, self.block_size(level), count as u64)?;
         cleaned?;
         Ok(())
     }

@@ -110,8 +110,19 @@ pub(crate) fn stage2<P: Platform>(p: &mut P) -> Outcome {
     ))
 }
 
-pub(crate) fn nested<P: Platform>(p: &mut P) -> Outcome {
-    let len = page_transfer(p);
+/// A nested stream (stage 1 at `IOVA_*` over stage 2 at `IPA_*`) attached
+/// to the device, with its source and destination pages.
+struct Nested<P: Platform> {
+    smmu: Drv<P>,
+    s2: super::Dom<P>,
+    // Kept alive: the stream's CD points at its tables.
+    _s1: super::Dom<P>,
+    src: Buf<P>,
+    dst: Buf<P>,
+    sid: u32,
+}
+
+fn nested_stream<P: Platform>(p: &mut P) -> Result<Nested<P>, Problem> {
     let (src, dst) = (buffer(p, 4096)?, buffer(p, 4096)?);
     let smmu = bring_up(p, StrtabFormat::Auto)?;
     need_stage2::<P>(&smmu)?;
@@ -124,7 +135,7 @@ pub(crate) fn nested<P: Platform>(p: &mut P) -> Outcome {
     let s2 = s2_domain(p, &smmu, &src, &dst, true)?;
     // Stage 1 outputs IPAs; stage 2 turns them into the buffers' PAs.
     let s1 = Domain::new_nested_stage1(&s2, Granule::K4, VA_BITS).ctx("nested stage-1 domain")?;
-    s1.map(IOVA_SRC, IPA_SRC, 4096, super::translate::rw())
+    s1.map(IOVA_SRC, IPA_SRC, 4096, rw())
         .ctx("stage-1 map to the source IPA")?;
     s1.map(IOVA_DST, IPA_DST, 4096, rw())
         .ctx("stage-1 map to the destination IPA")?;
@@ -132,8 +143,21 @@ pub(crate) fn nested<P: Platform>(p: &mut P) -> Outcome {
         .ctx("attach stage 2")?;
     smmu.attach(sid, None, &s1, AttachOptions::default())
         .ctx("attach nested stage 1")?;
-    round_trip(p, (&src, 0, IOVA_SRC), (&dst, 0, IOVA_DST), len, 0x33)?;
-    no_events(p, &smmu, "after nested DMA")?;
+    Ok(Nested {
+        smmu,
+        s2,
+        _s1: s1,
+        src,
+        dst,
+        sid,
+    })
+}
+
+pub(crate) fn nested<P: Platform>(p: &mut P) -> Outcome {
+    let len = page_transfer(p);
+    let n = nested_stream(p)?;
+    round_trip(p, (&n.src, 0, IOVA_SRC), (&n.dst, 0, IOVA_DST), len, 0x33)?;
+    no_events(p, &n.smmu, "after nested DMA")?;
     Ok(format!(
         "{len} bytes iova {IOVA_SRC:#x} -> ipa {IPA_SRC:#x} -> pa through both stages"
     ))
@@ -145,25 +169,14 @@ pub(crate) fn nested<P: Platform>(p: &mut P) -> Outcome {
 /// must fault at stage 2 and leave memory untouched.
 pub(crate) fn nested_s2_unmap<P: Platform>(p: &mut P) -> Outcome {
     let len = page_transfer(p);
-    let (src, dst) = (buffer(p, 4096)?, buffer(p, 4096)?);
-    let smmu = bring_up(p, StrtabFormat::Auto)?;
-    need_stage2::<P>(&smmu)?;
-    if !smmu.features().nesting {
-        return Err(Problem::skip(format_args!(
-            "SMMU cannot nest (errata or a missing stage)"
-        )));
-    }
-    let sid = p.device().stream_id();
-    let mut s2 = s2_domain(p, &smmu, &src, &dst, true)?;
-    let s1 = Domain::new_nested_stage1(&s2, Granule::K4, VA_BITS).ctx("nested stage-1 domain")?;
-    s1.map(IOVA_SRC, IPA_SRC, 4096, rw())
-        .ctx("stage-1 map to the source IPA")?;
-    s1.map(IOVA_DST, IPA_DST, 4096, rw())
-        .ctx("stage-1 map to the destination IPA")?;
-    smmu.attach(sid, None, &s2, AttachOptions::default())
-        .ctx("attach stage 2")?;
-    smmu.attach(sid, None, &s1, AttachOptions::default())
-        .ctx("attach nested stage 1")?;
+    let Nested {
+        smmu,
+        mut s2,
+        _s1,
+        src,
+        dst,
+        sid,
+    } = nested_stream(p)?;
     // The write lands, and the SMMU may cache it as one combined entry.
     round_trip(p, (&src, 0, IOVA_SRC), (&dst, 0, IOVA_DST), len, 0x36)?;
     let before = smmu.stats();
@@ -190,8 +203,8 @@ pub(crate) fn nested_s2_unmap<P: Platform>(p: &mut P) -> Outcome {
         )));
     };
     ensure!(
-        e.ty == EventType::Translation && e.fault.is_some_and(|f| f.stage2),
-        "want a stage-2 translation fault, got {e}"
+        e.ty == EventType::Translation && e.sid == sid && e.fault.is_some_and(|f| f.stage2),
+        "want a stage-2 translation fault of stream {sid:#x}, got {e}"
     );
     ensure!(
         untouched(&dst, 0, small)?,

@@ -1,7 +1,7 @@
 //! Command queue producer.
 
 use super::{Inner, Stats};
-use crate::cmdq::{Producer, QueueMemory};
+use crate::cmdq::{Producer, QueueMemory, check_encodable};
 use crate::command::{Command, SyncSignal};
 use crate::env::{DmaMemory, SmmuEnv, poll};
 use crate::layout::cmd::CMD_BYTES;
@@ -110,11 +110,7 @@ impl Cmdq {
         let mem = QueueMemory::new(self.blk.words(), self.blk.phys());
         let r = self.prod.skip_rejected(&mem, &inner.mem, &inner.regs)?;
         if self.rejection.is_none() {
-            self.rejection = Some(Error::CommandRejected {
-                kind: r.kind,
-                raw: r.raw,
-                decoded: Command::decode(r.raw).ok(),
-            });
+            self.rejection = Some(r.into());
         }
         Ok(())
     }
@@ -232,9 +228,7 @@ impl<E: SmmuEnv> Inner<E> {
         I::IntoIter: Clone,
     {
         let cmds = cmds.into_iter();
-        for c in cmds.clone() {
-            c.encode()?;
-        }
+        check_encodable(cmds.clone())?;
         self.issue_encodable(cmds, sync)
     }
 
