@@ -6,7 +6,9 @@
 //! [`env::MmioFrame`] over `safe-mmio` for hardware), a clock for bounded waits
 //! ([`env::Clock`]), and memory: io-pgtable's `TableMemory` and
 //! `CacheMaintenance` (the same seam the page tables use) plus
-//! [`env::CacheInvalidate`] for what the SMMU writes. `no_std` + `alloc`.
+//! [`env::CacheInvalidate`] for what the SMMU writes. `no_std`; the
+//! default feature `alloc` adds the `Smmu` and `Domain` objects, and
+//! without it every other layer builds with neither std nor a heap.
 //!
 //! # Layers, each usable alone
 //!
@@ -44,6 +46,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "alloc", test))]
 extern crate alloc;
 
 pub mod bits;
@@ -55,6 +58,7 @@ pub mod env;
 mod error;
 pub mod event;
 pub mod layout;
+#[cfg(feature = "alloc")]
 pub(crate) mod mem;
 pub mod probe;
 pub mod queue;
@@ -63,6 +67,8 @@ pub mod sync;
 pub mod tlbi;
 
 pub use error::{CmdqErrorKind, Error};
+#[cfg(feature = "alloc")]
 pub mod driver;
 
+#[cfg(feature = "alloc")]
 pub use driver::{AttachOptions, Domain, DomainKind, Smmu, SmmuConfig, Update};

@@ -49,7 +49,7 @@ pub struct SmmuConfig {
     pub linear_max_log2: u8,
     /// How CMD_SYNC completion is awaited.
     pub sync: SyncMethod,
-    /// Bound of every wait on the device, in [`Clock`] microseconds.
+    /// Bound of every wait on the device, in [`crate::env::Clock`] microseconds.
     pub timeout_us: u64,
     /// Without RIL: invalidate the whole ASID/VMID above this many commands.
     pub tlbi_max_ops: u64,
