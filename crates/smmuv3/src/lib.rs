@@ -62,4 +62,4 @@ pub mod tlbi;
 pub use error::{CmdqErrorKind, Error};
 pub mod driver;
 
-pub use driver::{AttachOptions, Domain, DomainKind, Smmu, SmmuConfig, Update};
+pub use driver::{AttachOptions, Domain, DomainKind, ExternalStage2, Smmu, SmmuConfig, Update};
