@@ -253,3 +253,27 @@ fn a_batch_donation_costs_one_invalidation_per_smmu() {
     assert_eq!(fx.hyp.owner(start - P), Some(Owner::Host));
     assert_eq!(fx.hyp.owner(start + 1000 * P), Some(Owner::Host));
 }
+
+/// The table memory target, at build: 1 GiB of host RAM (plus the small
+/// simulated part) costs block mode less than a hundredth of leaf mode.
+#[test]
+fn block_mode_tables_are_under_a_hundredth_of_leaf_mode() {
+    let bytes = |force_leaf| {
+        let fx = Fixture::new(Setup {
+            host_ram: 2 << 20,
+            extra_ram: 1 << 30,
+            sim_size: 32 << 20,
+            force_leaf,
+            ..Setup::default()
+        });
+        // Every extra page is mapped, identity.
+        let pt = fx.hyp.shadow().page_table();
+        for k in [0u64, 1, 511, 512, (1 << 18) - 1] {
+            let pa = common::EXTRA_BASE + k * P;
+            assert_eq!(pt.translate(pa), Some(pa));
+        }
+        fx.hyp.stats().table_bytes
+    };
+    let (block, leaf) = (bytes(false), bytes(true));
+    assert!(block * 100 < leaf, "block {block} bytes, leaf {leaf} bytes");
+}

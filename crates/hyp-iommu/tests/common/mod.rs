@@ -37,6 +37,10 @@ pub struct Setup {
     pub force_leaf: bool,
     /// Extra RAM beyond the simulated memory (translate-only), bytes.
     pub extra_ram: u64,
+    /// Model TLB entries.
+    pub tlb_capacity: usize,
+    /// Simulated memory size (0: derived from `host_ram`).
+    pub sim_size: u64,
 }
 
 impl Default for Setup {
@@ -48,6 +52,8 @@ impl Default for Setup {
             host_ram: 8 << 20,
             force_leaf: false,
             extra_ram: 0,
+            tlb_capacity: 1 << 16,
+            sim_size: 0,
         }
     }
 }
@@ -67,9 +73,10 @@ pub struct Fixture {
     pub setup: Setup,
 }
 
-pub fn model_config(bbml: u8) -> ModelConfig {
+pub fn model_config(setup: &Setup) -> ModelConfig {
     ModelConfig {
-        bbml,
+        bbml: setup.bbml,
+        tlb_capacity: setup.tlb_capacity,
         ..ModelConfig::default()
     }
 }
@@ -89,10 +96,14 @@ pub fn smmu_on(mem: &Arc<SimMemory>, model: &Arc<SmmuModel>) -> HostedSmmu {
 
 impl Fixture {
     pub fn new(setup: Setup) -> Self {
-        let total = (setup.host_ram * 2).max(32 << 20).next_power_of_two();
+        let total = if setup.sim_size > 0 {
+            setup.sim_size
+        } else {
+            (setup.host_ram * 2).max(32 << 20).next_power_of_two()
+        };
         let mem = Arc::new(SimMemory::new(MEM_BASE, total, setup.coherency).unwrap());
         let models: Vec<_> = (0..setup.smmus)
-            .map(|_| Arc::new(SmmuModel::new(model_config(setup.bbml), mem.clone()).unwrap()))
+            .map(|_| Arc::new(SmmuModel::new(model_config(&setup), mem.clone()).unwrap()))
             .collect();
         let smmus: Vec<HostedSmmu> = models.iter().map(|m| smmu_on(&mem, m)).collect();
         let base = mem.alloc(setup.host_ram).unwrap();
