@@ -33,7 +33,7 @@ cargo fmt --all -- --check
 step "clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "no_std: io-pgtable and smmuv3 link without std (checks/nostd)"
+step "no_std: io-pgtable, smmuv3 and hyp-iommu link without std (checks/nostd)"
 cargo rustc --quiet --manifest-path checks/nostd/Cargo.toml -- -C panic=abort
 echo "no_std link check: ok"
 

@@ -94,8 +94,17 @@ pub fn smmu_on(mem: &Arc<SimMemory>, model: &Arc<SmmuModel>) -> HostedSmmu {
     .unwrap()
 }
 
-impl Fixture {
-    pub fn new(setup: Setup) -> Self {
+/// Everything but the hypervisor IOMMU: memory, models, drivers, the map.
+pub struct Parts {
+    pub mem: Arc<SimMemory>,
+    pub models: Vec<Arc<SmmuModel>>,
+    pub smmus: Vec<HostedSmmu>,
+    pub ram: Range,
+    pub map: MemoryMap,
+}
+
+impl Parts {
+    pub fn new(setup: &Setup) -> Self {
         let total = if setup.sim_size > 0 {
             setup.sim_size
         } else {
@@ -103,7 +112,7 @@ impl Fixture {
         };
         let mem = Arc::new(SimMemory::new(MEM_BASE, total, setup.coherency).unwrap());
         let models: Vec<_> = (0..setup.smmus)
-            .map(|_| Arc::new(SmmuModel::new(model_config(&setup), mem.clone()).unwrap()))
+            .map(|_| Arc::new(SmmuModel::new(model_config(setup), mem.clone()).unwrap()))
             .collect();
         let smmus: Vec<HostedSmmu> = models.iter().map(|m| smmu_on(&mem, m)).collect();
         let base = mem.alloc(setup.host_ram).unwrap();
@@ -122,16 +131,39 @@ impl Fixture {
             rams.push(Range::new(EXTRA_BASE, setup.extra_ram));
         }
         let map = MemoryMap::new(&rams, &[MMIO], &hyp_ranges).unwrap();
-        let hyp = HypIommu::new(
-            &map,
+        Self {
+            mem,
+            models,
             smmus,
-            SimDmaMemory::new(mem.clone()),
-            SimScrub(mem.clone()),
-            Options {
-                force_leaf: setup.force_leaf,
-            },
+            ram,
+            map,
+        }
+    }
+
+    /// Returns a hypervisor IOMMU over these parts.
+    pub fn hyp(&self, force_leaf: bool) -> Hyp {
+        HypIommu::new(
+            &self.map,
+            self.smmus.clone(),
+            SimDmaMemory::new(self.mem.clone()),
+            SimScrub(self.mem.clone()),
+            Options { force_leaf },
         )
-        .unwrap();
+        .unwrap()
+    }
+}
+
+impl Fixture {
+    pub fn new(setup: Setup) -> Self {
+        let parts = Parts::new(&setup);
+        let hyp = parts.hyp(setup.force_leaf);
+        let Parts {
+            mem,
+            models,
+            ram,
+            map,
+            ..
+        } = parts;
         Self {
             mem,
             models,
