@@ -2,6 +2,7 @@
 //! SMMU walks, identity-mapping host-owned RAM and MMIO.
 
 use alloc::vec::Vec;
+use core::mem::ManuallyDrop;
 
 use io_pgtable::config::{Config, Granule, Quirks, Regs, Stage2Regs, WalkCoherency};
 use io_pgtable::env::{CacheMaintenance, Gather, TableMemory};
@@ -97,7 +98,8 @@ impl Geometry {
 
 /// The shadow stage 2.
 pub struct Shadow<M: TableMemory + CacheMaintenance, E: SmmuEnv> {
-    pt: PageTable<ShadowEnv<M, E>>,
+    /// Dropped only once no stream points at it (see `Drop`).
+    pt: ManuallyDrop<PageTable<ShadowEnv<M, E>>>,
     geo: Geometry,
     /// Pages whose invalidation failed on some SMMU: invalidated again by
     /// every later operation until one succeeds (tables retired under them
@@ -151,7 +153,7 @@ where
         let mut geo = geo;
         geo.pgsizes &= pt.pgsize_bitmap();
         let shadow = Self {
-            pt,
+            pt: ManuallyDrop::new(pt),
             geo,
             carry: None,
         };
@@ -346,4 +348,37 @@ where
         }
     }
     Ok(())
+}
+
+impl<M, E> Drop for Shadow<M, E>
+where
+    M: TableMemory + CacheMaintenance,
+    E: SmmuEnv,
+{
+    fn drop(&mut self) {
+        // Every stream stops walking the tables before they are freed: the
+        // bindings detach their streams (which then abort) and invalidate
+        // VMID 0 as they drop. An SMMU that is off walks nothing.
+        let mut ok = true;
+        {
+            let mut slots = self.pt.env().slots.lock();
+            for slot in slots.iter_mut() {
+                let (Some(smmu), Some(b)) = (&slot.smmu, &slot.binding) else {
+                    continue;
+                };
+                for sid in b.attached() {
+                    ok &= smmu.detach(sid, None).is_ok();
+                }
+                slot.binding = None;
+            }
+        }
+        if ok {
+            // SAFETY: `pt` is never used again (we are in `drop`), and no
+            // stream of any SMMU points at its tables any more: every detach
+            // completed (synced) and the bindings are gone.
+            unsafe { ManuallyDrop::drop(&mut self.pt) };
+        }
+        // Otherwise an SMMU may still walk the tables: leak them rather than
+        // let it walk freed memory.
+    }
 }

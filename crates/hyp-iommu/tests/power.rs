@@ -134,3 +134,40 @@ fn an_unresponsive_smmu_fails_the_donation_cleanly() {
         ));
     }
 }
+
+#[test]
+fn dropping_the_hypervisor_iommu_detaches_before_freeing_the_shadow() {
+    let fx = two_smmus();
+    let t = fx.page(7);
+    fx.cpu_write(t, &[1; 8]);
+    assert_eq!(fx.dma_read(0, SID, t, 8).unwrap(), [1; 8]);
+    let blocks = fx.mem.blocks_allocated();
+    let Fixture {
+        hyp, models, mem, ..
+    } = fx;
+    let smmu = hyp.smmu(0).unwrap();
+    // The first register write of the teardown (the detach's command)
+    // must still see the shadow's tables allocated.
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let (f, m) = (first.clone(), mem.clone());
+    smmu.regs().set_hook(Some(Arc::new(move |_, _| {
+        f.lock().unwrap().get_or_insert(m.blocks_allocated());
+    })));
+    drop(hyp);
+    smmu.regs().set_hook(None);
+    assert_eq!(
+        *first.lock().unwrap(),
+        Some(blocks),
+        "tables freed before the streams were detached"
+    );
+    assert!(mem.blocks_allocated() < blocks, "shadow tables freed");
+    // Nothing walks the freed tables: SMMU 0 (its driver kept alive)
+    // aborts the stream, SMMU 1 (its driver gone) is disabled.
+    let mut buf = [0u8; 8];
+    let read = |m: &Arc<SmmuModel>, buf: &mut [u8]| {
+        m.dma_read(&smmuv3_model::DmaRequest::read(SID, t, 8), buf)
+    };
+    assert_eq!(read(&models[0], &mut buf), Err(DmaFault::StreamAbort));
+    assert_eq!(read(&models[1], &mut buf), Err(DmaFault::GlobalAbort));
+    drop(smmu);
+}
