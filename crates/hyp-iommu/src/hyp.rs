@@ -8,7 +8,7 @@ use smmuv3::env::SmmuEnv;
 use smmuv3::{ExternalStage2, Smmu};
 
 use crate::error::Error;
-use crate::invalidate::{HOST_VMID, InvalidationStats};
+use crate::invalidate::{HOST_VMID, ShadowStats};
 use crate::memmap::MemoryMap;
 use crate::owner::{Change, Owner, Ownership, ShareTarget, check_guest};
 use crate::scrub::Scrub;
@@ -90,7 +90,7 @@ where
     }
 
     /// Returns the invalidation and table-memory counters.
-    pub fn stats(&self) -> InvalidationStats {
+    pub fn stats(&self) -> ShadowStats {
         self.shadow.stats()
     }
 

@@ -75,7 +75,7 @@ impl Pending {
 
 /// Counters of the invalidations sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InvalidationStats {
+pub struct ShadowStats {
     /// Invalidations (each: one plan per SMMU that is on).
     pub invalidations: u64,
     /// Invalidations skipped on SMMUs that were off.
@@ -118,8 +118,8 @@ impl<M, E: SmmuEnv> ShadowEnv<M, E> {
     }
 
     /// Returns the counters.
-    pub fn stats(&self) -> InvalidationStats {
-        InvalidationStats {
+    pub fn stats(&self) -> ShadowStats {
+        ShadowStats {
             invalidations: self.invalidations.load(Ordering::Relaxed),
             skipped_off: self.skipped_off.load(Ordering::Relaxed),
             table_bytes: self.table_bytes.load(Ordering::Relaxed),

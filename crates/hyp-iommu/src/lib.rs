@@ -47,7 +47,7 @@ pub mod shadow;
 
 pub use error::Error;
 pub use hyp::{HypIommu, Options};
-pub use invalidate::{HOST_VMID, InvalidationStats, ShadowEnv};
+pub use invalidate::{HOST_VMID, ShadowEnv, ShadowStats};
 pub use memmap::{MemoryMap, PAGE, Range};
 pub use owner::{MAX_GUEST, Owner, Ownership, ShareTarget};
 pub use scrub::{Scrub, ScrubError};

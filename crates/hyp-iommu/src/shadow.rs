@@ -11,7 +11,7 @@ use smmuv3::Smmu;
 use smmuv3::env::SmmuEnv;
 
 use crate::error::Error;
-use crate::invalidate::{InvalidationStats, ShadowEnv, Slot};
+use crate::invalidate::{ShadowEnv, ShadowStats, Slot};
 use crate::memmap::{MemoryMap, PAGE};
 
 /// Host RAM: read/write, normal write-back cacheable.
@@ -195,7 +195,7 @@ where
     }
 
     /// Returns the invalidation and table-memory counters.
-    pub fn stats(&self) -> InvalidationStats {
+    pub fn stats(&self) -> ShadowStats {
         self.pt.env().stats()
     }
 

@@ -277,3 +277,63 @@ fn block_mode_tables_are_under_a_hundredth_of_leaf_mode() {
     let (block, leaf) = (bytes(false), bytes(true));
     assert!(block * 100 < leaf, "block {block} bytes, leaf {leaf} bytes");
 }
+
+/// The shadow's geometry is what every SMMU can walk: the smallest sizes,
+/// the common page sizes, coherent and block mode only if all are.
+#[test]
+fn geometry_is_the_intersection_of_every_smmu() {
+    use std::sync::Arc;
+
+    use hyp_iommu::Geometry;
+    use smmuv3_model::{ModelConfig, SmmuModel};
+
+    let mem = Arc::new(
+        sim_memory::SimMemory::new(smmuv3_hosted::MEM_BASE, 32 << 20, Coherency::Coherent).unwrap(),
+    );
+    let rich = Arc::new(SmmuModel::new(ModelConfig::default(), mem.clone()).unwrap());
+    let small = Arc::new(
+        SmmuModel::new(
+            ModelConfig {
+                oas_bits: 40,
+                bbml: 1,
+                gran64k: false,
+                ..ModelConfig::default()
+            },
+            mem.clone(),
+        )
+        .unwrap(),
+    );
+    let a = common::smmu_on(&mem, &rich);
+    // The platform says this one's accesses are not coherent.
+    let b = smmuv3_hosted::HostedSmmu::new(
+        smmuv3_hosted::ModelFrame::new(small),
+        smmuv3_hosted::SimDmaMemory::new(mem.clone()),
+        smmuv3_hosted::PollClock::default(),
+        smmuv3::SmmuConfig {
+            coherent: Some(false),
+            ..smmuv3::SmmuConfig::default()
+        },
+    )
+    .unwrap();
+    let both = Geometry::of(&[a.clone(), b.clone()], false).unwrap();
+    assert_eq!(both.ias, 40);
+    assert_eq!(both.mode, Mode::Leaf);
+    assert!(!both.coherent);
+    assert_eq!(
+        both.pgsizes,
+        a.features().pgsize_bitmap & b.features().pgsize_bitmap
+    );
+    assert_eq!(
+        both.pgsizes & (1 << 16),
+        0,
+        "no 64K pages on the small SMMU"
+    );
+    let alone = Geometry::of(std::slice::from_ref(&a), false).unwrap();
+    assert_eq!(
+        (alone.ias, alone.mode, alone.coherent),
+        (48, Mode::Block, true)
+    );
+    assert!(alone.admits(&a) && !alone.admits(&b));
+    assert!(both.admits(&a) && both.admits(&b));
+    assert!(Geometry::of::<common::Env>(&[], false).is_err());
+}
