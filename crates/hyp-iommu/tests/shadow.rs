@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{Fixture, Setup, is_s2_translation_fault};
 use hyp_iommu::{Mode, Owner};
+use io_pgtable::layout::s2;
 use sim_memory::Coherency;
 
 const P: u64 = 4096;
@@ -67,6 +68,20 @@ fn host_streams_go_from_bypass_to_the_shadow() {
             Some(common::MMIO.base + 0x40)
         );
         assert_eq!(pt.translate(hyp_page), None);
+        let memattr = |pa: u64| {
+            let leaf = pt.walk(pa).steps().last().unwrap().desc;
+            (leaf >> s2::MEMATTR_SHIFT) & 0xf
+        };
+        assert_eq!(memattr(common::MMIO.base), s2::MEMATTR_DEVICE_NGNRE);
+        assert_eq!(memattr(pa), s2::MEMATTR_WB);
+        let rw = s2::S2AP_READ | s2::S2AP_WRITE;
+        for at in [pa, common::MMIO.base] {
+            assert_eq!(
+                pt.walk(at).steps().last().unwrap().desc & rw,
+                rw,
+                "{at:#x} read/write"
+            );
+        }
     }
 }
 
