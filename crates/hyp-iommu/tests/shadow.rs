@@ -7,7 +7,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::{Fixture, Setup, is_s2_translation_fault};
 use hyp_iommu::{Mode, Owner};
@@ -93,7 +93,7 @@ fn donate_under_concurrent_dma(setup: Setup) {
     attach_all(&mut fx);
     let blocks = fx.ram.len >> 21;
     let targets: Vec<u64> = (0..blocks)
-        .map(|b| fx.ram.base + (b << 21) + (b * 37 % 512) * P)
+        .map(|b| fx.ram.base + (b << 21) + (b * 37 % 510 + 1) * P)
         .collect();
     if fx.hyp.mode() == Mode::Block {
         for &t in &targets {
@@ -110,11 +110,12 @@ fn donate_under_concurrent_dma(setup: Setup) {
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
     let models = fx.models.clone();
     let (base, pages) = (fx.ram.base, fx.ram.len / P);
     let skip = targets.clone();
     let reader = {
-        let stop = stop.clone();
+        let (stop, progress) = (stop.clone(), progress.clone());
         std::thread::spawn(move || {
             let (mut reads, mut faults, mut wrong) = (0u64, 0u64, 0u64);
             let mut k = 0;
@@ -132,6 +133,7 @@ fn donate_under_concurrent_dma(setup: Setup) {
                     Err(_) => faults += 1,
                 }
                 reads += 1;
+                progress.fetch_add(1, Ordering::Release);
             }
             (reads, faults, wrong)
         })
@@ -139,8 +141,43 @@ fn donate_under_concurrent_dma(setup: Setup) {
     let before: Vec<_> = (0..fx.setup.smmus)
         .map(|s| fx.hyp.smmu(s).unwrap().stats())
         .collect();
+    // And at every register write the driver makes during a donation (the
+    // doorbells of its TLBI and CMD_SYNC commands), the device reads both
+    // neighbours of the page being donated: the split is never visible.
+    let current = Arc::new(AtomicU64::new(0));
+    let in_window = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    for s in 0..fx.setup.smmus {
+        let (model, current, in_window) =
+            (fx.models[s].clone(), current.clone(), in_window.clone());
+        let hook: smmuv3_hosted::WriteHook = Arc::new(move |_, _| {
+            let t = current.load(Ordering::Acquire);
+            if t == 0 {
+                return;
+            }
+            for pa in [t - P, t + P] {
+                let mut buf = [0u8; 8];
+                let ok = model
+                    .dma_read(&smmuv3_model::DmaRequest::read(SID, pa, 8), &mut buf)
+                    .is_ok_and(|()| buf == pattern(pa));
+                let mut w = in_window.lock().unwrap();
+                w.0 += 1;
+                w.1 += u64::from(!ok);
+            }
+        });
+        fx.hyp.smmu(s).unwrap().regs().set_hook(Some(hook));
+    }
+    let mut during = 0;
     for (g, &t) in targets.iter().enumerate() {
+        // The reader is running (and keeps running between donations).
+        let seen = progress.load(Ordering::Acquire);
+        while progress.load(Ordering::Acquire) < seen + 64 {
+            std::thread::yield_now();
+        }
+        let p0 = progress.load(Ordering::Acquire);
+        current.store(t, Ordering::Release);
         fx.hyp.donate_to_guest(t, P, g as u16).unwrap();
+        current.store(0, Ordering::Release);
+        during += progress.load(Ordering::Acquire) - p0;
         // Out of reach the moment the call returns, on every SMMU.
         for s in 0..fx.setup.smmus {
             let f = fx.dma_read(s, SID, t, 8).unwrap_err();
@@ -170,6 +207,23 @@ fn donate_under_concurrent_dma(setup: Setup) {
     }
     stop.store(true, Ordering::Release);
     let (reads, faults, wrong) = reader.join().unwrap();
+    let (window_dmas, window_bad) = *in_window.lock().unwrap();
+    eprintln!(
+        "{:?}: {reads} neighbour DMAs, {during} of them while a donation was in progress; {window_dmas} at the driver's doorbells",
+        fx.hyp.mode()
+    );
+    // Each donation rings at least 2 doorbells per SMMU (TLBI + sync, twice).
+    assert!(
+        window_dmas >= 2 * 2 * targets.len() as u64,
+        "{window_dmas} window DMAs"
+    );
+    assert_eq!(
+        window_bad, 0,
+        "a neighbour faulted or read wrong data inside a donation"
+    );
+    for s in 0..fx.setup.smmus {
+        fx.hyp.smmu(s).unwrap().regs().set_hook(None);
+    }
     assert!(reads >= pages, "the DMA thread ran ({reads} reads)");
     assert_eq!(
         (faults, wrong),
@@ -203,6 +257,7 @@ fn block_mode_donation_splits_without_faulting_neighbours() {
         donate_under_concurrent_dma(Setup {
             coherency,
             smmus: 2,
+            host_ram: 32 << 20,
             ..Setup::default()
         });
     }
