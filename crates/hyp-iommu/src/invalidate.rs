@@ -10,7 +10,7 @@
 //! invalidates everything.
 //!
 //! During a batched operation the hooks only record what to invalidate,
-//! and [`ShadowEnv::finish`] sends one invalidation for all of it. That
+//! and the operation's end sends one invalidation for all of it. That
 //! is sound because nothing they cover is handed out before `finish`
 //! returns: a block replaced in one store (BBML2) translates as before,
 //! and a disconnected table is retired, not freed, until the shadow's
