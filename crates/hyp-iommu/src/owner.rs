@@ -323,6 +323,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pin_count_at_its_limit_refuses_another_pin_and_changes_nothing() {
+        let map = MemoryMap::new(
+            &[crate::memmap::Range::new(0x4000_0000, 4 * PAGE)],
+            &[],
+            &[],
+        )
+        .unwrap();
+        let mut o = Ownership::new(&map);
+        let all = o.span(0x4000_0000, 4 * PAGE).unwrap();
+        o.pin(all).unwrap();
+        // Four billion pins are not counted one by one here.
+        o.pins.insert(0x4000_2000 / PAGE, u32::MAX);
+        let before = o.clone();
+        assert_eq!(o.pin(all), Err(Error::PinOverflow(0x4000_2000)));
+        assert_eq!(o, before);
+        assert_eq!(o.pins(0x4000_0000), 1);
+        o.unpin(all).unwrap();
+        assert_eq!(o.pins(0x4000_2000), u32::MAX - 1);
+        assert_eq!(o.pinned_pages(), 1);
+    }
+
+    #[test]
     fn packing_round_trips() {
         for o in [
             Owner::Host,
