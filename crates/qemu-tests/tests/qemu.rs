@@ -88,4 +88,5 @@ scenarios! {
     pass "event-overflow" => virt_event_overflow, virt91_event_overflow;
     pass "ste-transitions" => virt_ste_transitions, virt91_ste_transitions;
     pass "ste-switch-under-dma" => virt_ste_switch_under_dma, virt91_ste_switch_under_dma;
+    s2 "hyp-shadow" => virt_hyp_shadow, virt91_hyp_shadow;
 }

@@ -49,6 +49,9 @@ pub struct Stats {
     /// Range invalidations whose TG did not match a cached entry's granule
     /// (architecturally unpredictable; the model keeps the entry).
     pub tlbi_granule_mismatches: u64,
+    /// Walks refused as TLB conflicts (a block/table change without
+    /// break-before-make on an SMMU with IDR3.BBML < 2).
+    pub tlb_conflicts: u64,
     /// Events generated, indexed by event type code.
     pub events: [u64; 256],
     /// Events written to the event queue.
@@ -93,6 +96,7 @@ impl Default for Stats {
             tlb_entries_invalidated: 0,
             tlb_evictions: 0,
             tlbi_granule_mismatches: 0,
+            tlb_conflicts: 0,
             events: [0; 256],
             events_recorded: 0,
             events_suppressed: 0,

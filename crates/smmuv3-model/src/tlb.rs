@@ -194,13 +194,31 @@ impl InvScope {
     }
 }
 
+/// Every leaf size of the three granules (4K, 16K, 64K pages and blocks).
+const LEAF_SIZES: [u32; 10] = [12, 14, 16, 21, 25, 29, 30, 36, 39, 42];
+
 /// TLB + walk cache.
+///
+/// Break-before-make (IDR3.BBML): with level 2 a cached block and the
+/// table software put in its place in one store are both "programmed
+/// entries" and either may translate (the cached one is used). Below level
+/// 2 such a change of a live translation, with both translations possibly
+/// cached, is reported as a TLB conflict (an architecturally allowed
+/// outcome): a hit on a block entry is re-walked, and a walk whose leaf
+/// has another size than an entry still cached for the same address is
+/// not cached and makes the access fault with F_TLB_CONFLICT. A correct
+/// break-before-make sequence invalidates the block before the table is
+/// written, so it never conflicts. Table-to-block merges are only caught
+/// when the walked address itself still has a smaller entry cached.
 pub(crate) struct Tlb {
     leaves: FastMap<Key, TlbEntry>,
     walks: FastMap<Key, WalkEntry>,
     capacity: usize,
+    /// IDR3.BBML < 2: block/table changes without break-before-make conflict.
+    strict_bbm: bool,
     pub evictions: u64,
     pub granule_mismatch: u64,
+    pub conflicts: u64,
 }
 
 impl Tlb {
@@ -209,9 +227,22 @@ impl Tlb {
             leaves: FastMap::default(),
             walks: FastMap::default(),
             capacity,
+            strict_bbm: false,
             evictions: 0,
             granule_mismatch: 0,
+            conflicts: 0,
         }
+    }
+
+    /// Returns whether block hits are walked again (BBML < 2), so that no
+    /// copy of a block entry may serve a translation either.
+    pub fn rewalks_blocks(&self) -> bool {
+        self.strict_bbm
+    }
+
+    /// Sets the break-before-make level the TLB honours (IDR3.BBML).
+    pub fn set_bbml(&mut self, bbml: u8) {
+        self.strict_bbm = bbml < 2;
     }
 
     pub fn len(&self) -> usize {
@@ -223,13 +254,30 @@ impl Tlb {
     pub fn lookup(&self, tag: Tag, ia: u64, sizes: &[u32]) -> Option<&TlbEntry> {
         for &s in sizes {
             if let Some(e) = self.leaves.get(&Key::new(tag, s, ia)) {
+                if self.strict_bbm && Some(&s) != sizes.iter().min() {
+                    // A block: walk again to see whether it was replaced
+                    // by a table without break-before-make.
+                    return None;
+                }
                 return Some(e);
             }
         }
         None
     }
 
-    pub fn insert(&mut self, tag: Tag, ia: u64, e: TlbEntry) {
+    /// Caches `e` for `ia`. Returns true, caching nothing, when break-
+    /// before-make is enforced and an entry of another size is still cached
+    /// for `ia`: a TLB conflict.
+    pub fn insert(&mut self, tag: Tag, ia: u64, e: TlbEntry) -> bool {
+        if self.strict_bbm
+            && LEAF_SIZES
+                .iter()
+                .filter(|&&s| s != e.size_log2)
+                .any(|&s| self.leaves.contains_key(&Key::new(tag, s, ia)))
+        {
+            self.conflicts += 1;
+            return true;
+        }
         if self.leaves.len() >= self.capacity {
             // Dropping everything is always architecturally allowed.
             self.leaves.clear();
@@ -237,6 +285,7 @@ impl Tlb {
             self.evictions += 1;
         }
         self.leaves.insert(Key::new(tag, e.size_log2, ia), e);
+        false
     }
 
     /// Returns the deepest cached table descriptor for `ia` among the given

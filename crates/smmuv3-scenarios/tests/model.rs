@@ -237,4 +237,5 @@ scenarios! {
     pass event_overflow = "event-overflow";
     pass ste_transitions = "ste-transitions";
     pass ste_switch_under_dma = "ste-switch-under-dma";
+    s2 hyp_shadow = "hyp-shadow";
 }

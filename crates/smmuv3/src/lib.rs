@@ -71,4 +71,4 @@ pub use error::{CmdqErrorKind, Error};
 pub mod driver;
 
 #[cfg(feature = "alloc")]
-pub use driver::{AttachOptions, Domain, DomainKind, Smmu, SmmuConfig, Update};
+pub use driver::{AttachOptions, Domain, DomainKind, ExternalStage2, Smmu, SmmuConfig, Update};

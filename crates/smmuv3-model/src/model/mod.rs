@@ -188,7 +188,8 @@ impl SmmuModel {
         if config.gbpa_abort_at_reset {
             regs.gbpa |= gbpa::ABORT;
         }
-        let tlb = Tlb::new(config.tlb_capacity);
+        let mut tlb = Tlb::new(config.tlb_capacity);
+        tlb.set_bbml(config.bbml);
         let state = State {
             last: None,
             known_miss: false,
@@ -364,6 +365,7 @@ impl SmmuModel {
         let mut st = s.stats.clone();
         st.tlb_evictions = s.tlb.evictions;
         st.tlbi_granule_mismatches = s.tlb.granule_mismatch;
+        st.tlb_conflicts = s.tlb.conflicts;
         st
     }
 
@@ -373,6 +375,7 @@ impl SmmuModel {
         s.stats = Stats::default();
         s.tlb.evictions = 0;
         s.tlb.granule_mismatch = 0;
+        s.tlb.conflicts = 0;
     }
 
     /// Returns the number of leaf entries in the TLB.

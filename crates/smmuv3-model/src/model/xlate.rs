@@ -873,7 +873,13 @@ impl State {
             s1_perms: Perms::all(),
             ipa_base: 0,
         };
-        self.tlb.insert(tag, ipa, e);
+        if self.tlb.insert(tag, ipa, e) {
+            return Err(WalkFault {
+                kind: EventType::FTlbConflict,
+                level: leaf.level,
+                fetch_pa: 0,
+            });
+        }
         Ok((leaf.oa_base + (ipa & ((1 << leaf.size_log2) - 1)), e))
     }
 
@@ -988,6 +994,7 @@ impl State {
             || iova >> l.size_log2 != l.page
             || req.ats_translated
             || self.trace.is_some()
+            || (l.size_log2 >= 21 && self.tlb.rewalks_blocks())
         {
             return None;
         }
@@ -1390,7 +1397,9 @@ impl State {
         };
         // Entries that a write would dirty stay uncached for writes: the
         // next write walks again and sets the dirty state.
-        self.tlb.insert(tag, key_va, e);
+        if self.tlb.insert(tag, key_va, e) {
+            return Err(s1_fault(EventType::FTlbConflict));
+        }
         if key_va == va {
             self.remember(ctx, base_ev, va, &e);
         }

@@ -4,6 +4,7 @@ mod blocks;
 mod bypass;
 mod faults;
 mod granules;
+mod hyp;
 mod inflight;
 mod overflow;
 mod probe;
@@ -44,6 +45,7 @@ pub const SCENARIOS: &[&str] = &[
     "event-overflow",
     "ste-transitions",
     "ste-switch-under-dma",
+    "hyp-shadow",
 ];
 
 /// Returns every scenario for platform `P`, in run order.
@@ -123,6 +125,10 @@ pub(crate) fn all<P: Platform>() -> Vec<Scenario<P>> {
         Scenario {
             name: "ste-switch-under-dma",
             run: inflight::run,
+        },
+        Scenario {
+            name: "hyp-shadow",
+            run: hyp::shadow,
         },
     ];
     debug_assert!(list.iter().map(|s| s.name).eq(SCENARIOS.iter().copied()));

@@ -50,6 +50,15 @@ pub(crate) struct DomainShared {
 }
 
 impl DomainShared {
+    pub(crate) fn new(kind: DomainKind) -> Self {
+        Self {
+            kind,
+            attached: SpinLock::new(Vec::new()),
+            ats: SpinLock::new(Vec::new()),
+            nest_parent: AtomicBool::new(false),
+        }
+    }
+
     pub(crate) fn kind(&self) -> DomainKind {
         self.kind
     }
@@ -76,6 +85,15 @@ impl DomainShared {
         if !a.contains(&(sid, ssid)) {
             a.push((sid, ssid));
         }
+    }
+
+    /// Returns the streams attached without a substream.
+    pub(crate) fn attached_sids(&self) -> Vec<u32> {
+        let a = self.attached.lock();
+        a.iter()
+            .filter(|(_, ssid)| ssid.is_none())
+            .map(|(sid, _)| *sid)
+            .collect()
     }
 
     pub(crate) fn add_ats(&self, sid: u32, ssid: Option<u32>) {
@@ -259,12 +277,7 @@ impl<E: SmmuEnv> Domain<E> {
         } else {
             WalkCoherency::Deferred
         });
-        let shared = Arc::new(DomainShared {
-            kind,
-            attached: SpinLock::new(Vec::new()),
-            ats: SpinLock::new(Vec::new()),
-            nest_parent: AtomicBool::new(false),
-        });
+        let shared = Arc::new(DomainShared::new(kind));
         let env = DomainEnv {
             inner: i.clone(),
             shared: shared.clone(),

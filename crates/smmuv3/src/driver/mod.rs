@@ -5,6 +5,7 @@
 mod cmdq;
 mod domain;
 mod evtq;
+mod external;
 mod streams;
 
 use alloc::sync::Arc;
@@ -14,6 +15,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub use cmdq::SyncMethod;
 pub use domain::{Domain, DomainKind};
 pub use evtq::EventBatch;
+pub use external::ExternalStage2;
 pub use streams::{AttachOptions, Update};
 
 use crate::command::Command;

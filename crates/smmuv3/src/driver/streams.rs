@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use io_pgtable::config::Regs;
 
 use super::domain::{DomainKind, DomainShared};
-use super::{Domain, Inner, Smmu, SmmuConfig, Stats, StrtabFormat};
+use super::{Domain, ExternalStage2, Inner, Smmu, SmmuConfig, Stats, StrtabFormat};
 use crate::Error;
 use crate::command::Command;
 use crate::config::{CdTableRef, S1Dss, S2Ref, SteConfig, build_cd, build_ste};
@@ -28,8 +28,8 @@ const CD_L2_LOG2: u8 = 6;
 /// A link a stream dropped: (domain, stream, substream).
 type Gone = (Arc<DomainShared>, u32, Option<u32>);
 
-/// A (substream, domain) pair to attach.
-type Link<'a, E> = (Option<u32>, &'a Domain<E>);
+/// A substream, the domain to attach it to, and the domain's table registers.
+type Link<'a> = (Option<u32>, &'a Arc<DomainShared>, Regs);
 
 /// How a stream is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -642,7 +642,21 @@ impl<E: SmmuEnv> Smmu<E> {
         domain: &Domain<E>,
         opts: AttachOptions,
     ) -> Result<Update, Error> {
-        self.attach_many(sid, &[(ssid, domain)], opts)
+        self.attach_many(sid, &[(ssid, domain.shared(), domain.table_regs())], opts)
+    }
+
+    /// Attaches the whole stream `sid` to `s2`, a stage-2 page table the
+    /// driver does not own (see [`ExternalStage2`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadStreamId`], allocation and command errors.
+    pub fn attach_external(&self, sid: u32, s2: &ExternalStage2<E>) -> Result<Update, Error> {
+        self.attach_many(
+            sid,
+            &[(None, s2.shared(), Regs::Stage2(s2.regs()))],
+            AttachOptions::default(),
+        )
     }
 
     /// Attaches `sid` to stage-2 domain `s2` and its substream `ssid` (CD 0
@@ -664,13 +678,20 @@ impl<E: SmmuEnv> Smmu<E> {
         if !self.inner.features.nesting {
             return Err(Error::Unsupported("nesting (IDR0.S1P+S2P, errata)"));
         }
-        self.attach_many(sid, &[(None, s2), (ssid, s1)], opts)
+        self.attach_many(
+            sid,
+            &[
+                (None, s2.shared(), s2.table_regs()),
+                (ssid, s1.shared(), s1.table_regs()),
+            ],
+            opts,
+        )
     }
 
     fn attach_many(
         &self,
         sid: u32,
-        links: &[Link<'_, E>],
+        links: &[Link<'_>],
         opts: AttachOptions,
     ) -> Result<Update, Error> {
         let i = &*self.inner;
@@ -688,9 +709,8 @@ impl<E: SmmuEnv> Smmu<E> {
             m.s1.clear();
             m.s2 = None;
         }
-        for &(ssid, domain) in links {
-            let shared = domain.shared().clone();
-            let regs = domain.table_regs();
+        for &(ssid, domain, regs) in links {
+            let shared = domain.clone();
             match shared.kind() {
                 DomainKind::Stage2 { vmid } => {
                     if ssid.is_some() {
@@ -789,7 +809,7 @@ impl<E: SmmuEnv> Smmu<E> {
                 }
             }
             if opts.ats {
-                domain.shared().add_ats(sid, ssid);
+                domain.add_ats(sid, ssid);
             }
         }
         m.mode = Mode::Translate;

@@ -2,7 +2,7 @@
 //! reads each thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`, x86-64 Linux),
 //! so time spent preempted is not counted (elsewhere: the wall clock).
 //!
-//! `cargo run --release -p dma-mapping --example cputime` prints every
+//! `cargo run --release -p dma-mapping --example dma_cputime` prints every
 //! figure of BENCHMARKS.md; `-- OP ITERS` runs one operation ITERS times
 //! and nothing else, for `valgrind --tool=callgrind` instruction counts
 //! (see `scripts` in BENCHMARKS.md). OP is one of the names printed.

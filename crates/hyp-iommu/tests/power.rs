@@ -1,0 +1,173 @@
+//! Power and errors: an SMMU that was off is re-programmed from the
+//! hypervisor's state alone and invalidated before it translates again;
+//! invalidations skip it while it is off; an SMMU that stops answering
+//! fails a donation cleanly (the page stays the host's, reachable as
+//! before) and is reported.
+
+mod common;
+
+use common::{Fixture, Setup, is_s2_translation_fault, smmu_on};
+use hyp_iommu::{Error, Mode, Owner};
+use smmuv3_model::{DmaFault, SmmuModel};
+use std::sync::Arc;
+
+const SID: u32 = 0x10;
+const P: u64 = 4096;
+
+fn two_smmus() -> Fixture {
+    let mut fx = Fixture::new(Setup {
+        smmus: 2,
+        ..Setup::default()
+    });
+    for s in 0..2 {
+        fx.hyp.attach_host_stream(s, SID).unwrap();
+    }
+    fx
+}
+
+#[test]
+fn a_powered_off_smmu_is_skipped_and_fully_invalidated_when_back() {
+    let mut fx = two_smmus();
+    let t = fx.page(100);
+    fx.cpu_write(t, &[9; 8]);
+    // SMMU 1 caches the page's translation.
+    assert_eq!(fx.dma_read(1, SID, t, 8).unwrap(), [9; 8]);
+    fx.hyp.power_off(1).unwrap();
+    assert!(!fx.hyp.is_on(1));
+    assert_eq!(
+        fx.dma_read(1, SID, t, 8),
+        Err(DmaFault::GlobalAbort),
+        "GBPA aborts"
+    );
+    let cmds = fx.models[1].stats().total_commands();
+    let skipped = fx.hyp.stats().skipped_off;
+    fx.hyp.donate_to_guest(t, P, 3).unwrap();
+    assert_eq!(
+        fx.models[1].stats().total_commands(),
+        cmds,
+        "no command to an SMMU that is off"
+    );
+    assert_eq!(fx.hyp.stats().skipped_off, skipped + 1);
+    assert!(is_s2_translation_fault(
+        &fx.dma_read(0, SID, t, 8).unwrap_err()
+    ));
+    // The stale entry is still in SMMU 1's TLB: only the bring-up's
+    // invalidation may remove it.
+    assert!(fx.models[1].tlb_entries() > 0);
+    let fresh = smmu_on(&fx.mem, &fx.models[1]);
+    fx.hyp.power_on(1, fresh).unwrap();
+    let f = fx.dma_read(1, SID, t, 8).unwrap_err();
+    assert!(is_s2_translation_fault(&f), "{f:?}");
+    // The host stream is back on the shadow.
+    let n = fx.page(101);
+    fx.cpu_write(n, &[4; 8]);
+    assert_eq!(fx.dma_read(1, SID, n, 8).unwrap(), [4; 8]);
+    let hyp_page = fx.map.hyp()[0].base;
+    assert!(is_s2_translation_fault(
+        &fx.dma_read(1, SID, hyp_page, 8).unwrap_err()
+    ));
+}
+
+#[test]
+fn power_requests_are_checked() {
+    let mut fx = two_smmus();
+    assert_eq!(fx.hyp.power_off(2), Err(Error::NoSmmu(2)));
+    fx.hyp.power_off(1).unwrap();
+    assert_eq!(fx.hyp.power_off(1), Err(Error::SmmuOff(1)));
+    assert_eq!(fx.hyp.attach_host_stream(1, 0x30), Err(Error::SmmuOff(1)));
+    let again = smmu_on(&fx.mem, &fx.models[0]);
+    assert_eq!(fx.hyp.power_on(0, again), Err(Error::SmmuOn(0)));
+    // A block-mode shadow refuses an SMMU without BBML2.
+    assert_eq!(fx.hyp.mode(), Mode::Block);
+    let weak = Arc::new(
+        SmmuModel::new(
+            common::model_config(&Setup {
+                bbml: 1,
+                ..Setup::default()
+            }),
+            fx.mem.clone(),
+        )
+        .unwrap(),
+    );
+    let weak = smmu_on(&fx.mem, &weak);
+    assert!(matches!(
+        fx.hyp.power_on(1, weak),
+        Err(Error::Unsuitable(_))
+    ));
+    assert!(!fx.hyp.is_on(1));
+}
+
+#[test]
+fn an_unresponsive_smmu_fails_the_donation_cleanly() {
+    let mut fx = two_smmus();
+    let t = fx.page(200);
+    fx.cpu_write(t, &[5; 8]);
+    for s in 0..2 {
+        assert_eq!(fx.dma_read(s, SID, t, 8).unwrap(), [5; 8]);
+    }
+    let owners = fx.hyp.ownership().clone();
+    fx.models[1].pause_commands();
+    let r = fx.hyp.donate_to_guest(t, P, 1);
+    match r {
+        Err(Error::Unresponsive {
+            smmu: 1,
+            error: smmuv3::Error::Timeout(_),
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Nothing half-changed: the host still owns it, the shadow maps it,
+    // both SMMUs still translate it.
+    assert_eq!(fx.hyp.ownership(), &owners);
+    assert_eq!(fx.hyp.owner(t), Some(Owner::Host));
+    assert_eq!(fx.hyp.shadow().page_table().translate(t), Some(t));
+    for s in 0..2 {
+        assert_eq!(fx.dma_read(s, SID, t, 8).unwrap(), [5; 8]);
+        fx.dma_write(s, SID, t + 8, &[6; 8]).unwrap();
+    }
+    fx.models[1].resume_commands();
+    // Once it answers again the donation goes through on both.
+    let r = fx.hyp.donate_to_guest(t, P, 1);
+    assert_eq!(r, Ok(()), "after resume");
+    for s in 0..2 {
+        assert!(is_s2_translation_fault(
+            &fx.dma_read(s, SID, t, 8).unwrap_err()
+        ));
+    }
+}
+
+#[test]
+fn dropping_the_hypervisor_iommu_detaches_before_freeing_the_shadow() {
+    let fx = two_smmus();
+    let t = fx.page(7);
+    fx.cpu_write(t, &[1; 8]);
+    assert_eq!(fx.dma_read(0, SID, t, 8).unwrap(), [1; 8]);
+    let blocks = fx.mem.blocks_allocated();
+    let Fixture {
+        hyp, models, mem, ..
+    } = fx;
+    let smmu = hyp.smmu(0).unwrap();
+    // The first register write of the teardown (the detach's command)
+    // must still see the shadow's tables allocated.
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let (f, m) = (first.clone(), mem.clone());
+    smmu.regs().set_hook(Some(Arc::new(move |_, _| {
+        f.lock().unwrap().get_or_insert(m.blocks_allocated());
+    })));
+    drop(hyp);
+    smmu.regs().set_hook(None);
+    assert_eq!(
+        *first.lock().unwrap(),
+        Some(blocks),
+        "tables freed before the streams were detached"
+    );
+    assert!(mem.blocks_allocated() < blocks, "shadow tables freed");
+    // Nothing walks the freed tables: SMMU 0 (its driver kept alive)
+    // aborts the stream, SMMU 1 (its driver gone) is disabled.
+    let mut buf = [0u8; 8];
+    let read = |m: &Arc<SmmuModel>, buf: &mut [u8]| {
+        m.dma_read(&smmuv3_model::DmaRequest::read(SID, t, 8), buf)
+    };
+    assert_eq!(read(&models[0], &mut buf), Err(DmaFault::StreamAbort));
+    assert_eq!(read(&models[1], &mut buf), Err(DmaFault::GlobalAbort));
+    drop(smmu);
+}
