@@ -74,6 +74,7 @@
 pub mod config;
 pub mod event;
 pub mod layout;
+pub mod memory;
 mod model;
 pub mod regs;
 pub mod stats;
@@ -82,6 +83,7 @@ mod walk;
 
 pub use config::{ConfigError, Httu, ModelConfig, StallModel};
 pub use event::{Event, EventType, FaultClass};
+pub use memory::{DeviceMemory, GuestRam};
 pub use model::SmmuModel;
 pub use sim_memory::{Coherency, MemError, SimMemory};
 pub use stats::{Stats, TraceEntry};

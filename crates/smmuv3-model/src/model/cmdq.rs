@@ -1,7 +1,7 @@
 //! Command queue consumption and command semantics.
 
 use super::State;
-use super::xlate::ctx_key_sid;
+use super::context::ctx_key_sid;
 use crate::config::StallModel;
 use crate::layout::{CMD_SIZE, RawCmd, op, sync_cs};
 use crate::regs::{cerror, cr0, gerror, irq_ctrl, queue};
@@ -39,7 +39,7 @@ impl State {
             let index = q.idx(cons);
             let addr = q.base + u64::from(index) * CMD_SIZE;
             let mut raw = [0u8; 16];
-            let result = match self.mem.dev_read(addr, &mut raw) {
+            let result = match self.mem.read(addr, &mut raw) {
                 Err(_) => {
                     self.stats.command_aborts += 1;
                     Err(cerror::ABT)
@@ -336,7 +336,7 @@ impl State {
                 let addr = c.sync_msi_addr();
                 if self.cfg.msi && addr != 0 {
                     let data = c.sync_msi_data().to_le_bytes();
-                    if self.mem.dev_write(addr, &data).is_err() {
+                    if self.mem.write(addr, &data).is_err() {
                         self.raise_gerror(gerror::MSI_CMDQ_ABT_ERR);
                     } else {
                         self.stats.sync_msi_writes += 1;

@@ -1,11 +1,15 @@
 //! The SMMU state machine: register frame, queues, caches, translation.
 
 mod cmdq;
+mod context;
+mod decode;
 mod xlate;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sim_memory::{Coherency, SimMemory};
+use sim_memory::SimMemory;
+
+use crate::memory::DeviceMemory;
 
 use crate::config::{ConfigError, ModelConfig};
 use crate::event::Event;
@@ -14,7 +18,8 @@ use crate::stats::{Stats, TraceEntry};
 use crate::tlb::{FastMap, Tlb};
 use crate::{DmaFault, DmaRequest, Interrupts, Termination, Translation};
 
-use xlate::{Cd, Ctx, Ste};
+use context::Ctx;
+use decode::{Cd, Ste};
 
 /// Registers software can program.
 #[derive(Clone, Debug, Default)]
@@ -74,7 +79,7 @@ pub(crate) struct State {
     known_miss: bool,
     cfg: ModelConfig,
     ids: IdRegs,
-    mem: Arc<SimMemory>,
+    mem: Arc<dyn DeviceMemory>,
     regs: Regs,
     ste_cache: FastMap<u32, Ste>,
     l1std_cache: FastMap<u32, u64>,
@@ -97,7 +102,7 @@ pub(crate) struct State {
 /// single ordered interface of a real SMMU.
 pub struct SmmuModel {
     state: Mutex<State>,
-    mem: Arc<SimMemory>,
+    mem: Arc<dyn DeviceMemory>,
 }
 
 impl core::fmt::Debug for SmmuModel {
@@ -172,11 +177,29 @@ impl SmmuModel {
     /// [`ConfigError`] when the configuration is invalid or contradicts the
     /// memory.
     pub fn new(config: ModelConfig, memory: Arc<SimMemory>) -> Result<Self, ConfigError> {
+        Self::with_memory(config, memory)
+    }
+
+    /// Returns a model of the SMMU described by `config` over any
+    /// [`DeviceMemory`] backend (e.g. [`crate::GuestRam`] over a VMM's guest
+    /// memory).
+    ///
+    /// # Errors
+    ///
+    /// As [`SmmuModel::new`].
+    pub fn with_memory(
+        config: ModelConfig,
+        memory: Arc<dyn DeviceMemory>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
-        let actual = memory.coherency();
-        let coherent = actual == Coherency::Coherent;
+        let coherent = memory.coherent();
         if let Some(forced) = config.coherent {
             if forced != coherent {
+                let actual = if coherent {
+                    sim_memory::Coherency::Coherent
+                } else {
+                    sim_memory::Coherency::NonCoherent
+                };
                 return Err(ConfigError::CoherencyMismatch { forced, actual });
             }
         }
@@ -221,8 +244,8 @@ impl SmmuModel {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Returns the simulated memory the model reads and writes.
-    pub fn memory(&self) -> &Arc<SimMemory> {
+    /// Returns the memory the model reads and writes.
+    pub fn memory(&self) -> &Arc<dyn DeviceMemory> {
         &self.mem
     }
 
@@ -346,8 +369,8 @@ impl SmmuModel {
             };
             let n = (len - done).min(t.bytes_left.clamp(1, usize::MAX as u64) as usize);
             let r = match &mut data {
-                Buf::Write(b) => self.mem.dev_write(t.pa, &b[done..done + n]),
-                Buf::Read(b) => self.mem.dev_read(t.pa, &mut b[done..done + n]),
+                Buf::Write(b) => self.mem.write(t.pa, &b[done..done + n]),
+                Buf::Read(b) => self.mem.read(t.pa, &mut b[done..done + n]),
             };
             if let Err(error) = r {
                 return Err(DmaFault::Bus { pa: t.pa, error });
@@ -488,7 +511,7 @@ impl State {
             return true;
         }
         self.stats.msi_writes += 1;
-        self.mem.dev_write(addr, &data.to_le_bytes()).is_ok()
+        self.mem.write(addr, &data.to_le_bytes()).is_ok()
     }
 
     fn read32(&mut self, offset: u64) -> u32 {
@@ -711,7 +734,7 @@ impl State {
             return false;
         }
         let addr = q.base + u64::from(q.idx(prod)) * crate::layout::EVENT_SIZE;
-        if self.mem.dev_write(addr, &ev.to_bytes()).is_err() {
+        if self.mem.write(addr, &ev.to_bytes()).is_err() {
             self.raise_gerror(gerror::EVENTQ_ABT_ERR);
             self.stats.events_discarded += 1;
             return false;
