@@ -84,7 +84,7 @@ mod walk;
 pub use config::{ConfigError, Httu, ModelConfig, StallModel};
 pub use event::{Event, EventType, FaultClass};
 pub use memory::{DeviceMemory, GuestRam};
-pub use model::SmmuModel;
+pub use model::{CachedUnit, IotlbGuard, SmmuModel, StreamIommu};
 pub use sim_memory::{Coherency, MemError, SimMemory};
 pub use stats::{Stats, TraceEntry};
 

@@ -67,6 +67,9 @@ pub struct Stats {
     pub dma_bytes: u64,
     /// MMIO register accesses.
     pub mmio_accesses: u64,
+    /// vm-memory `Iotlb` units dropped because the model entry they copy
+    /// was invalidated or evicted (see `SmmuModel::iommu`).
+    pub iotlb_invalidations: u64,
 }
 
 impl Default for Stats {
@@ -102,6 +105,7 @@ impl Default for Stats {
             stalls: 0,
             dma_bytes: 0,
             mmio_accesses: 0,
+            iotlb_invalidations: 0,
         }
     }
 }

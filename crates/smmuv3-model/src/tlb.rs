@@ -199,6 +199,8 @@ pub(crate) struct Tlb {
     leaves: FastMap<Key, TlbEntry>,
     walks: FastMap<Key, WalkEntry>,
     capacity: usize,
+    /// Cleared: nothing is cached, every translation walks.
+    pub enabled: bool,
     pub evictions: u64,
     pub granule_mismatch: u64,
 }
@@ -209,6 +211,7 @@ impl Tlb {
             leaves: FastMap::default(),
             walks: FastMap::default(),
             capacity,
+            enabled: true,
             evictions: 0,
             granule_mismatch: 0,
         }
@@ -230,6 +233,9 @@ impl Tlb {
     }
 
     pub fn insert(&mut self, tag: Tag, ia: u64, e: TlbEntry) {
+        if !self.enabled {
+            return;
+        }
         if self.leaves.len() >= self.capacity {
             // Dropping everything is always architecturally allowed.
             self.leaves.clear();
@@ -256,6 +262,9 @@ impl Tlb {
     }
 
     pub fn walk_insert(&mut self, tag: Tag, ia: u64, lsb: u32, w: WalkEntry) {
+        if !self.enabled {
+            return;
+        }
         if self.walks.len() >= self.capacity {
             self.walks.clear();
             self.evictions += 1;

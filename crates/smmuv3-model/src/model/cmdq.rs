@@ -86,6 +86,11 @@ impl State {
         if r == Err(cerror::ILL) {
             self.stats.illegal_commands += 1;
         }
+        if !matches!(opc, op::SYNC | op::PREFETCH_CONFIG | op::PREFETCH_ADDR) {
+            // Before any later CMD_SYNC can complete, the Iotlbs forget
+            // what this command invalidated.
+            self.sync_iotlbs();
+        }
         r
     }
 

@@ -3,7 +3,10 @@
 mod cmdq;
 mod context;
 mod decode;
+mod iotlb;
 mod xlate;
+
+pub use iotlb::{CachedUnit, IotlbGuard, StreamIommu};
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -93,6 +96,8 @@ pub(crate) struct State {
     irq: Interrupts,
     stalled: Vec<Stalled>,
     next_stag: u16,
+    /// The `Iotlb`s of [`StreamIommu`]s, kept coherent with the caches.
+    iotlbs: Vec<std::sync::Weak<iotlb::IotlbSlot>>,
 }
 
 /// A software SMMUv3; see the crate documentation.
@@ -231,6 +236,7 @@ impl SmmuModel {
             irq: Interrupts::default(),
             stalled: Vec::new(),
             next_stag: 0,
+            iotlbs: Vec::new(),
         };
         Ok(Self {
             state: Mutex::new(state),
@@ -396,6 +402,25 @@ impl SmmuModel {
         s.stats = Stats::default();
         s.tlb.evictions = 0;
         s.tlb.granule_mismatch = 0;
+    }
+
+    /// Enables or disables the TLB and walk cache (disabling empties them):
+    /// with it off every translation walks, as in IOMMU emulators without
+    /// a TLB. For comparisons; the default is on.
+    pub fn set_tlb_enabled(&self, on: bool) {
+        let mut s = self.lock();
+        s.tlb.enabled = on;
+        s.last = None;
+        if !on {
+            let all = crate::tlb::InvScope::all(&[
+                crate::tlb::Regime::Nh,
+                crate::tlb::Regime::El2,
+                crate::tlb::Regime::S2,
+                crate::tlb::Regime::Nested,
+            ]);
+            s.tlb.invalidate(&all);
+            s.sync_iotlbs();
+        }
     }
 
     /// Returns the number of leaf entries in the TLB.
@@ -621,6 +646,7 @@ impl State {
                 if value & gbpa::UPDATE != 0 {
                     // The update completes at once: UPDATE reads 0 again.
                     self.regs.gbpa = value & gbpa::FIELDS;
+                    self.sync_iotlbs();
                 }
             }
             regs::IRQ_CTRL => self.regs.irq_ctrl = value & 0b101,
@@ -711,6 +737,9 @@ impl State {
         self.regs.cr0 = new;
         if new & cr0::CMDQEN != 0 && old & cr0::CMDQEN == 0 {
             self.process_cmdq();
+        }
+        if (new ^ old) & cr0::SMMUEN != 0 {
+            self.sync_iotlbs();
         }
     }
 

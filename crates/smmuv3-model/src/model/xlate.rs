@@ -383,10 +383,15 @@ impl State {
         if let Some(t) = self.cached_hit(req, iova) {
             return Ok(t);
         }
-        match self.translate_inner(req, iova) {
+        let evictions = self.tlb.evictions;
+        let r = match self.translate_inner(req, iova) {
             Ok(t) => Ok(t),
             Err(stop) => Err(self.finish(stop)),
+        };
+        if self.tlb.evictions != evictions {
+            self.sync_iotlbs();
         }
+        r
     }
 
     /// Returns how a transaction with a SubstreamID wider than the
