@@ -4,9 +4,10 @@ use crate::event::{Event, EventType};
 
 /// Counters of everything the model did since creation or
 /// [`crate::SmmuModel::reset_stats`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Commands executed, indexed by opcode (illegal ones included).
+    #[serde(with = "wide")]
     pub commands: [u64; 256],
     /// Commands rejected with CERROR_ILL.
     pub illegal_commands: u64,
@@ -50,6 +51,7 @@ pub struct Stats {
     /// (architecturally unpredictable; the model keeps the entry).
     pub tlbi_granule_mismatches: u64,
     /// Events generated, indexed by event type code.
+    #[serde(with = "wide")]
     pub events: [u64; 256],
     /// Events written to the event queue.
     pub events_recorded: u64,
@@ -169,4 +171,20 @@ pub enum TraceEntry {
         /// Input address.
         iova: u64,
     },
+}
+
+/// Serde for the 256-entry counter arrays (serde derives stop at 32).
+mod wide {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u64; 256], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u64; 256], D::Error> {
+        let v = Vec::<u64>::deserialize(d)?;
+        let n = v.len();
+        v.try_into()
+            .map_err(|_| serde::de::Error::invalid_length(n, &"256 counters"))
+    }
 }

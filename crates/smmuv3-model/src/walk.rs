@@ -13,7 +13,7 @@ use crate::memory::DeviceMemory;
 const HTTU_RETRIES: u32 = 8;
 
 /// Geometry and controls of one translation table (one TTB).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TableCfg {
     /// log2 of the granule: 12, 14 or 16.
     pub shift: u32,
@@ -77,14 +77,14 @@ pub(crate) struct Access {
 }
 
 /// Stage-1 controls that only apply to the permission check.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct S1Perm {
     pub wxn: bool,
     pub pan: bool,
 }
 
 /// Effective permissions of a leaf, for caching in the TLB.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Perms {
     pub read_priv: bool,
     pub read_user: bool,
@@ -166,7 +166,7 @@ pub(crate) struct Leaf {
 pub(crate) type WalkSteps = [(u32, u64, TableAttrs); 4];
 
 /// Hierarchical attributes accumulated from table descriptors.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TableAttrs {
     pub no_user: bool,
     pub read_only: bool,

@@ -341,7 +341,9 @@ impl State {
                 let addr = c.sync_msi_addr();
                 if self.cfg.msi && addr != 0 {
                     let data = c.sync_msi_data().to_le_bytes();
-                    if self.mem.write(addr, &data).is_err() {
+                    if self.outbox.msi(addr, c.sync_msi_data()) {
+                        self.stats.sync_msi_writes += 1;
+                    } else if self.mem.write(addr, &data).is_err() {
                         self.raise_gerror(gerror::MSI_CMDQ_ABT_ERR);
                     } else {
                         self.stats.sync_msi_writes += 1;
@@ -349,6 +351,7 @@ impl State {
                 } else {
                     let _ = irq_ctrl::GERROR_IRQEN;
                     self.irq.cmd_sync = true;
+                    self.outbox.irq(super::signal::IrqLine::CmdSync);
                 }
             }
             // Without SEV support the wake-up event simply does not happen

@@ -32,7 +32,7 @@ pub(crate) fn ctx_key_sid(key: u64) -> u32 {
     (key >> 32) as u32
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum Mode {
     Abort,
     Bypass,
@@ -43,7 +43,7 @@ pub(super) enum Mode {
 
 /// Everything a translation of one (sid, ssid) needs, derived from the
 /// cached STE and CD (so dropping it never changes behaviour).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Ctx {
     pub(super) mode: Mode,
     pub(super) ste: Ste,

@@ -8,7 +8,7 @@ use crate::layout::{RawCd, RawSte, ste_config};
 use crate::regs::oas_field_to_bits;
 use crate::walk::{S1Perm, TableCfg};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct S1Ste {
     pub(super) ctx_ptr: u64,
     pub(super) fmt: u64,
@@ -17,7 +17,7 @@ pub(crate) struct S1Ste {
     pub(super) stalld: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct S2Ste {
     pub(super) tt: TableCfg,
     pub(super) vmid: u16,
@@ -26,7 +26,7 @@ pub(crate) struct S2Ste {
 }
 
 /// A decoded, valid STE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Ste {
     pub(super) config: u64,
     pub(super) s1: Option<S1Ste>,
@@ -40,7 +40,7 @@ pub(crate) struct Ste {
 }
 
 /// A decoded, valid CD.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Cd {
     /// TLB tag space of the CD: (regime code, VMID) of its STE.
     pub(super) space: (u8, u16),

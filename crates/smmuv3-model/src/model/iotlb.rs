@@ -176,7 +176,9 @@ impl vm_memory::iommu::Iommu for StreamIommu {
                 return Ok(it);
             }
         }
-        let private = self.model.resolve(self, iova.0, length as u64, access)?;
+        let private = self.model.resolve(self, iova.0, length as u64, access);
+        self.model.deliver();
+        let private = private?;
         if let (Some(slot), None) = (&self.slot, &private) {
             let g = IotlbGuard::Shared(slot.read_iotlb());
             if let Ok(it) = Iotlb::lookup(g, iova, length, access) {
@@ -187,9 +189,13 @@ impl vm_memory::iommu::Iommu for StreamIommu {
         }
         let iotlb = match private {
             Some(i) => i,
-            None => self
-                .model
-                .resolve_private(self, iova.0, length as u64, access)?,
+            None => {
+                let p = self
+                    .model
+                    .resolve_private(self, iova.0, length as u64, access);
+                self.model.deliver();
+                p?
+            }
         };
         Iotlb::lookup(IotlbGuard::Private(Box::new(iotlb)), iova, length, access).map_err(|_| {
             IommuError::CannotResolve {

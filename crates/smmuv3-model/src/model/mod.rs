@@ -4,9 +4,13 @@ mod cmdq;
 mod context;
 mod decode;
 mod iotlb;
+mod signal;
+mod snapshot;
 mod xlate;
 
 pub use iotlb::{CachedUnit, IotlbGuard, StreamIommu};
+pub use signal::{IrqHandler, IrqLine, MsiHandler};
+pub use snapshot::{ModelSnapshot, SNAPSHOT_VERSION, SnapshotError};
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -25,7 +29,7 @@ use context::Ctx;
 use decode::{Cd, Ste};
 
 /// Registers software can program.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Regs {
     cr0: u32,
     cr1: u32,
@@ -51,7 +55,7 @@ struct Regs {
 }
 
 /// Fault injection state.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Inject {
     paused: bool,
     drop: u64,
@@ -59,7 +63,7 @@ struct Inject {
 }
 
 /// A stalled transaction waiting for CMD_RESUME / CMD_STALL_TERM.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Stalled {
     sid: u32,
     stag: u16,
@@ -98,6 +102,8 @@ pub(crate) struct State {
     next_stag: u16,
     /// The `Iotlb`s of [`StreamIommu`]s, kept coherent with the caches.
     iotlbs: Vec<std::sync::Weak<iotlb::IotlbSlot>>,
+    /// Interrupts and MSIs for the callbacks, delivered after unlocking.
+    outbox: signal::Outbox,
 }
 
 /// A software SMMUv3; see the crate documentation.
@@ -108,6 +114,9 @@ pub(crate) struct State {
 pub struct SmmuModel {
     state: Mutex<State>,
     mem: Arc<dyn DeviceMemory>,
+    /// Set when the outbox holds signals for the callbacks.
+    pending: Arc<std::sync::atomic::AtomicBool>,
+    handlers: std::sync::RwLock<signal::Handlers>,
 }
 
 impl core::fmt::Debug for SmmuModel {
@@ -217,6 +226,7 @@ impl SmmuModel {
             regs.gbpa |= gbpa::ABORT;
         }
         let tlb = Tlb::new(config.tlb_capacity);
+        let pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = State {
             last: None,
             known_miss: false,
@@ -237,10 +247,13 @@ impl SmmuModel {
             stalled: Vec::new(),
             next_stag: 0,
             iotlbs: Vec::new(),
+            outbox: signal::Outbox::new(pending.clone()),
         };
         Ok(Self {
             state: Mutex::new(state),
             mem: memory,
+            pending,
+            handlers: Default::default(),
         })
     }
 
@@ -268,7 +281,9 @@ impl SmmuModel {
     /// Reads a 32-bit register at `offset` in the 128 KiB frame. Unknown,
     /// reserved and misaligned offsets read as zero.
     pub fn read32(&self, offset: u64) -> u32 {
-        self.lock().read32(offset)
+        let v = self.lock().read32(offset);
+        self.deliver();
+        v
     }
 
     /// Writes a 32-bit register. Writes to read-only, reserved or unknown
@@ -276,12 +291,16 @@ impl SmmuModel {
     /// current state (e.g. a queue base while the queue is enabled).
     pub fn write32(&self, offset: u64, value: u32) {
         self.lock().write32(offset, value);
+        self.deliver();
     }
 
     /// Reads a 64-bit register (or two consecutive 32-bit registers).
     pub fn read64(&self, offset: u64) -> u64 {
         let mut s = self.lock();
-        u64::from(s.read32(offset)) | u64::from(s.read32(offset.wrapping_add(4))) << 32
+        let v = u64::from(s.read32(offset)) | u64::from(s.read32(offset.wrapping_add(4))) << 32;
+        drop(s);
+        self.deliver();
+        v
     }
 
     /// Writes a 64-bit register (low half first, like two 32-bit writes).
@@ -290,6 +309,8 @@ impl SmmuModel {
         s.trace(|| TraceEntry::MmioWrite { offset, value });
         s.write32_inner(offset, value as u32);
         s.write32_inner(offset.wrapping_add(4), (value >> 32) as u32);
+        drop(s);
+        self.deliver();
     }
 
     /// Translates one address without moving data.
@@ -299,7 +320,9 @@ impl SmmuModel {
     /// [`DmaFault`] describing the termination (events are recorded exactly
     /// as for a DMA).
     pub fn translate(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
-        self.lock().translate(req, req.iova)
+        let r = self.lock().translate(req, req.iova);
+        self.deliver();
+        r
     }
 
     /// Performs a device read: translates every unit of
@@ -352,7 +375,13 @@ impl SmmuModel {
         }
     }
 
-    fn dma_inner(&self, req: &DmaRequest, mut data: Buf<'_>) -> Result<(), DmaFault> {
+    fn dma_inner(&self, req: &DmaRequest, data: Buf<'_>) -> Result<(), DmaFault> {
+        let r = self.dma_units(req, data);
+        self.deliver();
+        r
+    }
+
+    fn dma_units(&self, req: &DmaRequest, mut data: Buf<'_>) -> Result<(), DmaFault> {
         let len = data.len();
         let mut done = 0usize;
         while done < len {
@@ -463,6 +492,8 @@ impl SmmuModel {
         let mut s = self.lock();
         s.inject.paused = false;
         s.process_cmdq();
+        drop(s);
+        self.deliver();
     }
 
     /// Fault injection: the next `n` commands are consumed (CONS advances)
@@ -478,6 +509,8 @@ impl SmmuModel {
         let mut s = self.lock();
         s.inject.delay_polls = polls;
         s.process_cmdq();
+        drop(s);
+        self.deliver();
     }
 
     /// Returns the stall tags of transactions waiting for CMD_RESUME.
@@ -524,6 +557,7 @@ impl State {
             // Signalled on the wired-interrupt view only: GERROR MSIs are
             // not modelled (their abort would itself be a new global error).
             self.irq.gerror = true;
+            self.outbox.irq(signal::IrqLine::Gerror);
         }
     }
 
@@ -536,6 +570,9 @@ impl State {
             return true;
         }
         self.stats.msi_writes += 1;
+        if self.outbox.msi(addr, data) {
+            return true;
+        }
         self.mem.write(addr, &data.to_le_bytes()).is_ok()
     }
 
@@ -772,6 +809,7 @@ impl State {
         self.stats.events_recorded += 1;
         if self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN != 0 {
             self.irq.eventq = true;
+            self.outbox.irq(signal::IrqLine::EventQ);
             if !self.send_msi(self.regs.eventq_irq_cfg0, self.regs.eventq_irq_cfg1) {
                 self.raise_gerror(gerror::MSI_EVENTQ_ABT_ERR);
             }
