@@ -163,9 +163,75 @@ impl State {
         a && v
     }
 
-    fn execute_inner(&mut self, c: RawCmd) -> Result<(), u32> {
+    /// Returns the rule a command breaks (CERROR_ILL), if any: the one
+    /// place command legality is decided, for execution and for the
+    /// linter alike.
+    pub(super) fn command_rule(&self, c: &RawCmd) -> Option<&'static str> {
         if c.ssec() {
             // No secure state: only the non-secure queue exists.
+            return Some("SSEC = 1 on the non-secure command queue");
+        }
+        let (s1, s2, hyp) = (self.cfg.stage1, self.cfg.stage2, self.cfg.hyp);
+        let stall = self.cfg.stall_model != StallModel::TerminateOnly;
+        let supported = match c.opcode() {
+            op::PREFETCH_CONFIG
+            | op::PREFETCH_ADDR
+            | op::CFGI_STE
+            | op::CFGI_STE_RANGE
+            | op::TLBI_NSNH_ALL
+            | op::SYNC => Ok(()),
+            op::CFGI_CD | op::CFGI_CD_ALL | op::TLBI_NH_ALL | op::TLBI_NH_ASID => s1
+                .then_some(())
+                .ok_or("the command needs stage 1 (IDR0.S1P)"),
+            op::TLBI_NH_VA | op::TLBI_NH_VAA => s1
+                .then_some(())
+                .ok_or("the command needs stage 1 (IDR0.S1P)"),
+            op::TLBI_EL2_ALL | op::TLBI_EL2_ASID | op::TLBI_EL2_VA | op::TLBI_EL2_VAA => {
+                hyp.then_some(()).ok_or("TLBI_EL2_* needs IDR0.HYP")
+            }
+            op::TLBI_S12_VMALL | op::TLBI_S2_IPA => s2
+                .then_some(())
+                .ok_or("the command needs stage 2 (IDR0.S2P)"),
+            op::ATC_INV => self
+                .cfg
+                .ats
+                .then_some(())
+                .ok_or("CMD_ATC_INV needs IDR0.ATS"),
+            op::RESUME | op::STALL_TERM => stall
+                .then_some(())
+                .ok_or("CMD_RESUME/CMD_STALL_TERM need stall support (IDR0.STALL_MODEL)"),
+            op::TLBI_EL3_ALL | op::TLBI_EL3_VA => {
+                Err("TLBI_EL3_* on the non-secure command queue (no secure state)")
+            }
+            _ => Err("unknown or reserved opcode"),
+        };
+        if let Err(rule) = supported {
+            return Some(rule);
+        }
+        match c.opcode() {
+            op::TLBI_NH_VA
+            | op::TLBI_NH_VAA
+            | op::TLBI_EL2_VA
+            | op::TLBI_EL2_VAA
+            | op::TLBI_S2_IPA
+                if self.cfg.ril && c.tg() != 0 =>
+            {
+                let ttl = if c.tg() == 2 && c.ttl() == 1 {
+                    0
+                } else {
+                    c.ttl()
+                };
+                (c.num() == 0 && c.scale() == 0 && ttl == 0)
+                    .then_some("range TLBI with TG set and NUM = SCALE = TTL = 0 is reserved")
+            }
+            op::SYNC => (!matches!(c.sync_cs(), sync_cs::NONE | sync_cs::IRQ | sync_cs::SEV))
+                .then_some("CMD_SYNC.CS = 0b11 is reserved"),
+            _ => None,
+        }
+    }
+
+    fn execute_inner(&mut self, c: RawCmd) -> Result<(), u32> {
+        if self.command_rule(&c).is_some() {
             return Err(cerror::ILL);
         }
         let s1 = self.cfg.stage1;

@@ -138,7 +138,7 @@ impl State {
                 ..Event::new(EventType::FSteFetch, sid)
             }));
         };
-        let Some(ste) = self.decode_ste(&RawSte(words)) else {
+        let Ok(ste) = self.decode_ste(&RawSte(words)) else {
             return Err(ev(EventType::CBadSte));
         };
         self.check_ste_span(sid, &words, array, array_first, array_len)?;
@@ -261,7 +261,7 @@ impl State {
                 ..base_ev
             }));
         };
-        let Some(cd) = self.decode_cd(&RawCd(words), ste) else {
+        let Ok(cd) = self.decode_cd(&RawCd(words), ste) else {
             return Err(cd_ev(EventType::CBadCd));
         };
         // Two cached CDs that share an ASID (in one VMID and regime) but

@@ -4,10 +4,12 @@ mod cmdq;
 mod context;
 mod decode;
 mod iotlb;
+mod lint;
 mod signal;
 mod snapshot;
 mod xlate;
 
+pub use decode::Violation;
 pub use iotlb::{CachedUnit, IotlbGuard, StreamIommu};
 pub use signal::{IrqHandler, IrqLine, MsiHandler};
 pub use snapshot::{ModelSnapshot, SNAPSHOT_VERSION, SnapshotError};
