@@ -388,7 +388,12 @@ impl SmmuModel {
         let mut done = 0usize;
         while done < len {
             let iova = req.iova.wrapping_add(done as u64);
-            let t = self.lock().translate(req, iova);
+            // The unit is translated and copied under one lock: a CMD_SYNC
+            // completes only after transactions using the old translation
+            // (as the architecture requires), and the hot path pays one
+            // lock per unit.
+            let mut s = self.lock();
+            let t = s.translate(req, iova);
             let t = match t {
                 Ok(t) => t,
                 Err(
@@ -412,7 +417,8 @@ impl SmmuModel {
             if let Err(error) = r {
                 return Err(DmaFault::Bus { pa: t.pa, error });
             }
-            self.lock().stats.dma_bytes += n as u64;
+            s.stats.dma_bytes += n as u64;
+            drop(s);
             done += n;
         }
         Ok(())
