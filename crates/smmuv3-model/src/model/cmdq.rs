@@ -79,7 +79,7 @@ impl State {
     }
 
     fn execute(&mut self, c: RawCmd) -> Result<(), u32> {
-        self.last = None;
+        self.set_last(None);
         let opc = c.opcode();
         self.stats.commands[usize::from(opc)] += 1;
         let r = self.execute_inner(c);

@@ -3,6 +3,7 @@
 mod cmdq;
 mod context;
 mod decode;
+mod hot;
 mod iotlb;
 mod lint;
 mod signal;
@@ -84,6 +85,8 @@ struct LastHit {
 
 pub(crate) struct State {
     last: Option<LastHit>,
+    /// The lock-free copy of `last`.
+    hot: Arc<hot::Hot>,
     /// The hit path just found no TLB entry for this translation.
     known_miss: bool,
     cfg: ModelConfig,
@@ -119,6 +122,7 @@ pub struct SmmuModel {
     /// Set when the outbox holds signals for the callbacks.
     pending: Arc<std::sync::atomic::AtomicBool>,
     handlers: std::sync::RwLock<signal::Handlers>,
+    hot: Arc<hot::Hot>,
 }
 
 impl core::fmt::Debug for SmmuModel {
@@ -229,8 +233,10 @@ impl SmmuModel {
         }
         let tlb = Tlb::new(config.tlb_capacity);
         let pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hot = Arc::new(hot::Hot::default());
         let state = State {
             last: None,
+            hot: hot.clone(),
             known_miss: false,
             cfg: config,
             ids,
@@ -256,6 +262,7 @@ impl SmmuModel {
             mem: memory,
             pending,
             handlers: Default::default(),
+            hot,
         })
     }
 
@@ -322,6 +329,9 @@ impl SmmuModel {
     /// [`DmaFault`] describing the termination (events are recorded exactly
     /// as for a DMA).
     pub fn translate(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
+        if let Some(t) = self.hot.hit(req, context::NO_SSID, context::MAX_SSID_BITS) {
+            return Ok(t);
+        }
         let r = self.lock().translate(req, req.iova);
         self.deliver();
         r
@@ -426,7 +436,8 @@ impl SmmuModel {
 
     /// Returns a snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        let s = self.lock();
+        let mut s = self.lock();
+        s.fold_hot_hits();
         let mut st = s.stats.clone();
         st.tlb_evictions = s.tlb.evictions;
         st.tlbi_granule_mismatches = s.tlb.granule_mismatch;
@@ -436,6 +447,7 @@ impl SmmuModel {
     /// Resets every counter to zero.
     pub fn reset_stats(&self) {
         let mut s = self.lock();
+        s.fold_hot_hits();
         s.stats = Stats::default();
         s.tlb.evictions = 0;
         s.tlb.granule_mismatch = 0;
@@ -447,7 +459,7 @@ impl SmmuModel {
     pub fn set_tlb_enabled(&self, on: bool) {
         let mut s = self.lock();
         s.tlb.enabled = on;
-        s.last = None;
+        s.set_last(None);
         if !on {
             let all = crate::tlb::InvScope::all(&[
                 crate::tlb::Regime::Nh,
@@ -468,7 +480,10 @@ impl SmmuModel {
     /// Starts recording up to `capacity` trace entries (older ones are
     /// dropped first); a capacity of 0 stops tracing.
     pub fn set_trace(&self, capacity: usize) {
-        self.lock().trace = (capacity > 0).then(|| (capacity, Vec::new()));
+        let mut s = self.lock();
+        s.trace = (capacity > 0).then(|| (capacity, Vec::new()));
+        // Traced translations all take the locked path.
+        s.set_last(None);
     }
 
     /// Returns and clears the recorded trace.
@@ -532,6 +547,21 @@ impl SmmuModel {
 }
 
 impl State {
+    /// Replaces the copy of the last TLB entry used (and its lock-free
+    /// twin, which is never published while tracing).
+    fn set_last(&mut self, last: Option<LastHit>) {
+        self.last = last;
+        let publish = if self.trace.is_some() { None } else { last };
+        self.hot.publish(publish.as_ref());
+    }
+
+    /// Moves the lock-free path's hit count into the statistics.
+    fn fold_hot_hits(&mut self) {
+        let n = self.hot.hits.swap(0, std::sync::atomic::Ordering::Relaxed);
+        self.stats.translations += n;
+        self.stats.tlb_hits += n;
+    }
+
     fn trace(&mut self, f: impl FnOnce() -> TraceEntry) {
         if let Some((cap, v)) = &mut self.trace {
             if v.len() >= *cap {
@@ -657,7 +687,7 @@ impl State {
     #[allow(clippy::collapsible_match)]
     fn write32_inner(&mut self, offset: u64, value: u32) {
         self.stats.mmio_accesses += 1;
-        self.last = None;
+        self.set_last(None);
         if offset % 4 != 0 || offset >= regs::FRAME_SIZE {
             return;
         }

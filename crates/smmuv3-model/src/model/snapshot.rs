@@ -69,7 +69,8 @@ fn sorted<K: Ord + Copy, V: Copy>(m: &FastMap<K, V>) -> Vec<(K, V)> {
 impl SmmuModel {
     /// Returns a snapshot of the whole model state.
     pub fn snapshot(&self) -> ModelSnapshot {
-        let s = self.lock();
+        let mut s = self.lock();
+        s.fold_hot_hits();
         ModelSnapshot {
             version: SNAPSHOT_VERSION,
             config: s.cfg.clone(),
@@ -104,6 +105,7 @@ impl SmmuModel {
         if s.cfg != snap.config {
             return Err(SnapshotError::ConfigMismatch);
         }
+        s.fold_hot_hits();
         s.restore_from(snap);
         drop(s);
         self.deliver();
@@ -125,7 +127,7 @@ impl State {
         self.irq = snap.irq;
         self.stalled = snap.stalled.clone();
         self.next_stag = snap.next_stag;
-        self.last = None;
+        self.set_last(None);
         self.known_miss = false;
         self.sync_iotlbs();
     }

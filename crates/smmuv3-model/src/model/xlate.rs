@@ -102,7 +102,7 @@ impl State {
             }
         }
         self.stats.tlb_misses += 1;
-        self.last = None;
+        self.set_last(None);
         let start = self.walk_start(tag, &tt, ipa);
         let mem = self.mem.clone();
         let mut steps = [(0, 0, TableAttrs::default()); 4];
@@ -330,14 +330,14 @@ impl State {
         self.stats.tlb_hits += 1;
         self.stats.ste_hits += 1;
         if ia == iova {
-            self.last = Some(super::LastHit {
+            self.set_last(Some(super::LastHit {
                 sid,
                 ssid,
                 page: ia >> e.size_log2,
                 size_log2: e.size_log2,
                 out_base: e.out_base,
                 perms: e.perms,
-            });
+            }));
         }
         let off = ia & ((1 << e.size_log2) - 1);
         Some(Translation {
@@ -352,14 +352,14 @@ impl State {
         if ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
             return;
         }
-        self.last = Some(super::LastHit {
+        self.set_last(Some(super::LastHit {
             sid: ev.sid,
             ssid: ev.ssid.unwrap_or(NO_SSID),
             page: ia >> e.size_log2,
             size_log2: e.size_log2,
             out_base: e.out_base,
             perms: e.perms,
-        });
+        }));
     }
 
     pub(super) fn translate(
@@ -579,7 +579,7 @@ impl State {
             }
         }
         self.stats.tlb_misses += 1;
-        self.last = None;
+        self.set_last(None);
 
         let start = self.walk_start(tag, &tt, key_va);
         let mem = self.mem.clone();
