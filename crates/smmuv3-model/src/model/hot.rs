@@ -8,6 +8,8 @@
 //! first invalidates the copy, before the state lock is released.
 
 use core::sync::atomic::{AtomicU64, Ordering, fence};
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 
 use super::LastHit;
 use crate::walk::{Access, Perms};
@@ -41,8 +43,20 @@ fn perm_mask(p: &Perms) -> u64 {
     .fold(0, |m, (i, b)| m | u64::from(*b) << i)
 }
 
+/// Source of the identities that tell models apart in the per-thread
+/// counter lists.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's hit counters: (model identity, counter). Each counter
+    /// is written by this thread only, so counting needs no atomic
+    /// read-modify-write (a locked instruction would cost as much as the
+    /// rest of the hit).
+    static MINE: RefCell<Vec<(u64, Arc<AtomicU64>)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The published copy.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Hot {
     seq: AtomicU64,
     /// StreamID << 32 | SubstreamID (or `NO_SSID`).
@@ -51,11 +65,60 @@ pub(crate) struct Hot {
     /// VALID | permission mask << 8 | size_log2.
     meta: AtomicU64,
     out_base: AtomicU64,
-    /// Translations served here (folded into the statistics).
-    pub hits: AtomicU64,
+    id: u64,
+    /// Every thread's hit counter and the part of it already folded into
+    /// the statistics.
+    counters: Mutex<Vec<(Arc<AtomicU64>, u64)>>,
+}
+
+impl Default for Hot {
+    fn default() -> Self {
+        Self {
+            seq: AtomicU64::new(0),
+            key: AtomicU64::new(0),
+            page: AtomicU64::new(0),
+            meta: AtomicU64::new(0),
+            out_base: AtomicU64::new(0),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            counters: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 impl Hot {
+    /// Counts one hit on this thread's counter.
+    #[inline]
+    fn count(&self) {
+        MINE.with(|m| {
+            let mut m = m.borrow_mut();
+            if let Some((_, c)) = m.iter().rev().find(|(id, _)| *id == self.id) {
+                // Single writer: a plain load and store are exact.
+                c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                return;
+            }
+            // Forget counters of models that are gone.
+            m.retain(|(_, c)| Arc::strong_count(c) > 1);
+            let c = Arc::new(AtomicU64::new(1));
+            self.counters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((c.clone(), 0));
+            m.push((self.id, c));
+        });
+    }
+
+    /// Returns the hits counted since the last call.
+    pub fn take_hits(&self) -> u64 {
+        let mut v = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for (c, folded) in v.iter_mut() {
+            let now = c.load(Ordering::Relaxed);
+            n += now - *folded;
+            *folded = now;
+        }
+        n
+    }
+
     /// Publishes `last` (or nothing). Callers hold the state lock, so there
     /// is a single writer.
     pub fn publish(&self, last: Option<&LastHit>) {
@@ -108,7 +171,7 @@ impl Hot {
         if key != want || req.iova >> size_log2 != page || (meta >> 8) >> access_bit(acc) & 1 == 0 {
             return None;
         }
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.count();
         let off = req.iova & ((1 << size_log2) - 1);
         Some(Translation {
             pa: out_base + off,

@@ -557,7 +557,7 @@ impl State {
 
     /// Moves the lock-free path's hit count into the statistics.
     fn fold_hot_hits(&mut self) {
-        let n = self.hot.hits.swap(0, std::sync::atomic::Ordering::Relaxed);
+        let n = self.hot.take_hits();
         self.stats.translations += n;
         self.stats.tlb_hits += n;
     }
