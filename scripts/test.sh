@@ -5,7 +5,9 @@
 #
 # Steps: install what the QEMU tests need (scripts/setup-qemu.sh; when that is
 # impossible the QEMU tests are reported as SKIPPED, loudly, and everything
-# else still runs), format, clippy, the no_std link check, then every test of
+# else still runs), format, clippy, the no_std link check, a build of each
+# crate's tests on their own (`cargo test -p NAME --no-run`), packaging
+# (`cargo package --workspace --no-verify`), then every test of
 # the workspace (unit, integration, property, fuzz smoke, doc tests, and the
 # bare-metal scenarios under QEMU through crates/qemu-tests), and a short
 # coverage-guided libFuzzer run of the model and the decoders.
@@ -36,6 +38,26 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "no_std: io-pgtable and smmuv3 link without std (checks/nostd)"
 cargo rustc --quiet --manifest-path checks/nostd/Cargo.toml -- -C panic=abort
 echo "no_std link check: ok"
+
+step "each crate's tests build on their own (no features borrowed from the workspace)"
+# `cargo test --workspace` unifies features across members, which hides a
+# crate whose tests need a feature it does not enable itself. Building each
+# crate's tests alone catches that; running them again would only repeat
+# the workspace run below, so this only builds (and reuses its cache).
+for manifest in crates/*/Cargo.toml; do
+    name=$(sed -n 's/^name = "\(.*\)"$/\1/p' "$manifest" | head -n 1)
+    cargo test --quiet -p "$name" --no-run
+    echo "cargo test -p $name: builds"
+done
+
+step "packaging: every crate packages (metadata, versions on path dependencies)"
+# --no-verify keeps this to seconds; it still refuses a path dependency
+# without a version. A full verified build of the library crates works too
+# (packaged together, so each verifies against the others):
+#   cargo package -p sim-memory -p io-pgtable -p smmuv3 -p smmuv3-model \
+#       -p smmuv3-hosted -p smmuv3-scenarios --allow-dirty
+cargo package --quiet --workspace --no-verify --allow-dirty
+echo "cargo package --workspace: ok"
 
 step "tests (workspace; QEMU scenarios included when available)"
 log=$(mktemp)

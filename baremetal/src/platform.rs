@@ -67,6 +67,14 @@ impl CacheMaintenance for Env {
         arch::dcache_range(CacheOp::Clean, cpu.as_ptr() as u64, len as u64);
         Ok(())
     }
+
+    fn device_write_barrier(&self) {
+        io_pgtable::env::barrier::device_write();
+    }
+
+    fn full_barrier(&self) {
+        io_pgtable::env::barrier::full();
+    }
 }
 
 impl CacheInvalidate for Env {

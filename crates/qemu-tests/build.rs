@@ -53,6 +53,9 @@ fn main() {
     ] {
         println!("cargo::rerun-if-changed={p}");
     }
+    // dpkg keeps the packaged (old) mtimes of what it installs, so the paths
+    // above can look unchanged after setup-qemu.sh; its database does change.
+    println!("cargo::rerun-if-changed=/var/lib/dpkg/status");
     if let Some(why) = missing() {
         println!("cargo::rustc-cfg=qemu_missing");
         println!(

@@ -2,15 +2,17 @@
 //! in the same run, plus a memset of the same PTE bytes. See BENCHMARKS.md.
 //!
 //! Every case times one operation on a table whose intermediate tables
-//! already exist (steady state: both crates keep tables after unmap), and
-//! undoes it outside the timed region.
+//! already exist where the crate keeps them (aarch64-paging frees a table
+//! whose whole range is unmapped), and undoes it outside the timed region.
+//! Both crates unmap to zero descriptors (checked once per workload).
+
+mod peer;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use aarch64_paging::descriptor::El1Attributes;
 use aarch64_paging::idmap::IdMap;
-use aarch64_paging::paging::{Constraints, El1And0, MemoryRegion};
+use aarch64_paging::paging::{El1And0, MemoryRegion};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use io_pgtable::env::{CleanMode, HostEnv};
 use io_pgtable::{Config, Gather, Granule, PageTable, Prot, WalkCoherency};
@@ -24,16 +26,6 @@ const BASE: u64 = 0x40_0000_0000 + M2;
 const PA: u64 = 0x80_0000_0000 + M2;
 
 const PROT: Prot = Prot::READ.union(Prot::WRITE).union(Prot::CACHE);
-const A64_RW: El1Attributes = El1Attributes::VALID
-    .union(El1Attributes::ATTRIBUTE_INDEX_1)
-    .union(El1Attributes::INNER_SHAREABLE)
-    .union(El1Attributes::ACCESSED)
-    .union(El1Attributes::NON_GLOBAL);
-const A64_INVALID: El1Attributes = El1Attributes::ATTRIBUTE_INDEX_1
-    .union(El1Attributes::INNER_SHAREABLE)
-    .union(El1Attributes::ACCESSED)
-    .union(El1Attributes::NON_GLOBAL);
-
 /// A workload: `count` pages of `pgsize`.
 #[derive(Clone, Copy)]
 struct Load {
@@ -123,31 +115,16 @@ fn our_unmap(pt: &PageTable<HostEnv>, l: Load) {
     black_box(g);
 }
 
-fn theirs() -> IdMap<El1And0> {
-    IdMap::with_asid(1, 0, El1And0)
-}
-
 fn region(l: Load) -> MemoryRegion {
-    let start = BASE as usize;
-    MemoryRegion::new(start, start + (l.pgsize * l.count) as usize)
-}
-
-fn constraints(l: Load) -> Constraints {
-    if l.pgsize == K4 {
-        Constraints::NO_BLOCK_MAPPINGS
-    } else {
-        Constraints::empty()
-    }
+    peer::region(BASE, l.pgsize * l.count)
 }
 
 fn their_map(t: &mut IdMap<El1And0>, l: Load) {
-    t.map_range_with_constraints(black_box(&region(l)), A64_RW, constraints(l))
-        .unwrap();
+    peer::map(t, black_box(&region(l)), l.pgsize);
 }
 
 fn their_unmap(t: &mut IdMap<El1And0>, l: Load) {
-    t.map_range_with_constraints(black_box(&region(l)), A64_INVALID, constraints(l))
-        .unwrap();
+    peer::unmap(t, black_box(&region(l)), l.pgsize);
 }
 
 /// Times `op` only, running `undo` after each call outside the timing.
@@ -175,6 +152,7 @@ fn bench(c: &mut Criterion) {
             let pt = ours(mode);
             our_map(&pt, l);
             our_unmap(&pt, l);
+            assert_eq!(pt.walk(BASE).steps().last().map(|s| s.desc), Some(0));
             if l.count == 1 {
                 g.bench_function(BenchmarkId::new("io-pgtable/map+unmap", mode.name), |b| {
                     b.iter(|| {
@@ -191,9 +169,10 @@ fn bench(c: &mut Criterion) {
                 });
             }
         }
-        let mut t = theirs();
+        let mut t = peer::table();
         their_map(&mut t, l);
         their_unmap(&mut t, l);
+        peer::assert_unmapped(&t, &region(l));
         if l.count == 1 {
             g.bench_function("aarch64-paging/map+unmap", |b| {
                 b.iter(|| {

@@ -4,14 +4,17 @@
 //! spent preempted by other processes is not counted (elsewhere it falls
 //! back to the wall clock).
 //!
-//! `cargo run --release -p io-pgtable --features std --example cputime`
+//! Both crates unmap to zero descriptors, as their users do (checked once
+//! per workload before measuring; see `benches/peer/mod.rs`).
+//!
+//! `cargo run --release -p io-pgtable --example cputime`
+
+#[path = "../benches/peer/mod.rs"]
+mod peer;
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use aarch64_paging::descriptor::El1Attributes;
-use aarch64_paging::idmap::IdMap;
-use aarch64_paging::paging::{Constraints, El1And0, MemoryRegion};
 use io_pgtable::env::{CleanMode, Counting, HostEnv};
 use io_pgtable::{Config, Gather, Granule, PageTable, Prot, WalkCoherency};
 
@@ -21,13 +24,6 @@ const G1: u64 = 1 << 30;
 const BASE: u64 = 0x40_0000_0000 + M2;
 const PA: u64 = 0x80_0000_0000 + M2;
 const PROT: Prot = Prot::READ.union(Prot::WRITE).union(Prot::CACHE);
-const A64_RW: El1Attributes = El1Attributes::VALID
-    .union(El1Attributes::ATTRIBUTE_INDEX_1)
-    .union(El1Attributes::INNER_SHAREABLE)
-    .union(El1Attributes::ACCESSED)
-    .union(El1Attributes::NON_GLOBAL);
-const A64_INVALID: El1Attributes = A64_RW.difference(El1Attributes::VALID);
-
 /// Returns this thread's CPU time in ns.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn cpu_ns(_start: Instant) -> u128 {
@@ -153,6 +149,7 @@ fn main() {
             };
             map();
             unmap();
+            assert_eq!(pt.walk(BASE).steps().last().map(|s| s.desc), Some(0));
             let pair = measure(&c, n, false, map, unmap);
             let (m, u) = if long {
                 (
@@ -168,26 +165,14 @@ fn main() {
                 format!("io-pgtable/{mode}")
             );
         }
-        let mut t: IdMap<El1And0> = IdMap::with_asid(1, 0, El1And0);
-        let region = MemoryRegion::new(BASE as usize, (BASE + size) as usize);
-        let cons = if pgsize == K4 {
-            Constraints::NO_BLOCK_MAPPINGS
-        } else {
-            Constraints::empty()
-        };
+        let mut t = peer::table();
+        let region = peer::region(BASE, size);
         let t = std::cell::RefCell::new(&mut t);
-        let map = || {
-            t.borrow_mut()
-                .map_range_with_constraints(black_box(&region), A64_RW, cons)
-                .unwrap()
-        };
-        let unmap = || {
-            t.borrow_mut()
-                .map_range_with_constraints(black_box(&region), A64_INVALID, cons)
-                .unwrap()
-        };
+        let map = || peer::map(&mut t.borrow_mut(), black_box(&region), pgsize);
+        let unmap = || peer::unmap(&mut t.borrow_mut(), black_box(&region), pgsize);
         map();
         unmap();
+        peer::assert_unmapped(&t.borrow(), &region);
         let n_theirs = if long { n.min(20) } else { n / 4 };
         let pair = measure(&c, n_theirs, false, map, unmap);
         let (m, u) = if long {

@@ -41,6 +41,12 @@ bitflags::bitflags! {
         const HD = 1 << 3;
         /// Stage 2: FEAT_S2FWB MemAttr encodings.
         const S2FWB = 1 << 4;
+        /// Every walker of the table implements break-before-make level 2
+        /// (SMMU `IDR3.BBML == 2`): a block may be replaced by a table
+        /// mapping the same range (and a contiguous run rewritten without
+        /// the hint) in one descriptor store, then invalidated, with no
+        /// window in which the rest of the block faults.
+        const BBML2 = 1 << 5;
     }
 }
 

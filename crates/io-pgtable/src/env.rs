@@ -16,6 +16,7 @@
 
 use core::ptr::NonNull;
 
+pub mod barrier;
 #[cfg(feature = "std")]
 mod host;
 #[cfg(feature = "sim")]
@@ -103,7 +104,12 @@ pub unsafe trait TableMemory {
     fn phys_to_cpu(&self, phys: u64) -> NonNull<u8>;
 }
 
-/// Cache maintenance towards a device.
+/// Cache maintenance and ordering towards a device.
+///
+/// The barriers have no default implementation on purpose: a wrapper that
+/// forgets to forward one does not compile, so no layer can silently drop
+/// the ordering a device depends on. On a coherent walker `clean` may do
+/// nothing, but the barriers never may.
 pub trait CacheMaintenance {
     /// Cleans every cache line overlapping `[phys, phys + len)` (CPU pointer
     /// `cpu`) to the point of coherency, so a non-coherent device reads what
@@ -116,41 +122,106 @@ pub trait CacheMaintenance {
     /// manage (a bug in the caller); hardware implementations never fail.
     fn clean(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError>;
 
-    /// Orders earlier CPU stores to device-walked memory before a later store
-    /// that makes them reachable (linking a new table). The default is a
-    /// release fence, enough for CPU observers; hardware environments with a
-    /// coherent device outside the inner-shareable domain override it with
-    /// the device barrier (`DMB OSHST` on Arm).
-    #[inline]
-    fn publish_barrier(&self) {
-        core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
-    }
+    /// Orders every earlier CPU store to memory a device reads before every
+    /// later store, to memory or to a device register, as the device
+    /// observes them: a table's contents before the descriptor that links
+    /// it, leaf stores before the caller hands the IOVA to a device, queue
+    /// entries before the doorbell that publishes them. `DMB OSHST` on Arm
+    /// (Linux's `dma_wmb()`); a compiler-and-CPU release fence suffices only
+    /// where the device is a CPU-side model.
+    fn device_write_barrier(&self);
+
+    /// Completes every earlier memory access before any later access
+    /// (loads included): before reading what a device wrote after seeing
+    /// its completion in a register, and before a doorbell whose device may
+    /// read memory through a path outside the shareability domain. `DSB SY`
+    /// on Arm (Linux's `mb()`).
+    fn full_barrier(&self);
+}
+
+/// Why a TLB or walk-cache invalidation failed. The entries it was asked
+/// to invalidate may still be cached: the caller must not reuse the memory
+/// they pointed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TlbError {
+    /// The device did not complete the invalidation in time.
+    #[error("TLB invalidation timed out")]
+    Timeout,
+    /// The device rejected an invalidation command (raw command words).
+    #[error("TLB invalidation command {0:x?} rejected")]
+    Rejected([u64; 2]),
+    /// The invalidation could not be issued (queue disabled, bad operand).
+    #[error("TLB invalidation not issued: {0}")]
+    NotIssued(&'static str),
 }
 
 /// TLB maintenance that io-pgtable asks of the driver owning the TLB.
+///
+/// The contract (see the crate docs): io-pgtable adds only unmapped
+/// **leaves** to a [`Gather`]; a table it disconnects is flushed right away
+/// with [`TlbHooks::flush_walk`] and retired, never gathered. Every hook is
+/// fallible and synchronous, and a failure surfaces in the operation's
+/// [`crate::Partial`] with exactly what was done, so the caller always
+/// knows what is still to invalidate. Nothing is remembered between calls.
 pub trait TlbHooks {
     /// Invalidates every TLB and walk-cache entry for `[iova, iova + size)`
     /// and **waits** for completion.
     ///
-    /// Called after a table was disconnected (before its memory is reused)
-    /// and in break-before-make sequences (block split, contiguous run
-    /// rewrite), so it must be synchronous. `granule` is the smallest page
-    /// size of the table (a hint for range invalidation).
-    fn flush_walk(&self, iova: u64, size: u64, granule: u64);
+    /// Called after a table was disconnected (before its memory can be
+    /// reused) and in break-before-make sequences (block split, contiguous
+    /// run rewrite). `granule` is the smallest page size of the table (a
+    /// hint for range invalidation).
+    ///
+    /// # Errors
+    ///
+    /// [`TlbError`] when the invalidation did not complete.
+    fn flush_walk(&self, iova: u64, size: u64, granule: u64) -> Result<(), TlbError>;
 
     /// Invalidates the leaf TLB entries of `gather` and waits, because
     /// [`TlbHooks::add_pages`] is about to start a new, incompatible range.
-    fn sync_gather(&self, gather: &Gather);
+    ///
+    /// # Errors
+    ///
+    /// [`TlbError`] when the invalidation did not complete.
+    fn sync_gather(&self, gather: &Gather) -> Result<(), TlbError>;
 
     /// Adds `count` unmapped leaves of `pgsize` bytes at `iova` to `gather`.
     ///
     /// The default merges into the gather and calls
     /// [`TlbHooks::sync_gather`] first when the page size changes or the
-    /// range is disjoint.
-    fn add_pages(&self, gather: &mut Gather, iova: u64, pgsize: u64, count: u64) {
-        if let Some(old) = gather.add(iova, pgsize, count) {
-            self.sync_gather(&old);
+    /// range is disjoint. When that sync fails nothing is lost: the gather
+    /// is widened to cover both ranges (over-invalidation is safe).
+    ///
+    /// # Errors
+    ///
+    /// [`TlbError`] from the sync; `gather` then holds everything still to
+    /// invalidate.
+    #[inline]
+    fn add_pages(
+        &self,
+        gather: &mut Gather,
+        iova: u64,
+        pgsize: u64,
+        count: u64,
+    ) -> Result<(), TlbError> {
+        if gather.is_empty() {
+            // The common case of a single run: no merge, no sync.
+            *gather = Gather {
+                start: iova,
+                end: iova.saturating_add(pgsize.saturating_mul(count)),
+                pgsize,
+            };
+            return Ok(());
         }
+        if gather.needs_sync(iova, pgsize, count) {
+            if let Err(e) = self.sync_gather(gather) {
+                gather.widen(iova, pgsize, count);
+                return Err(e);
+            }
+            gather.take();
+        }
+        gather.add(iova, pgsize, count);
+        Ok(())
     }
 }
 
@@ -172,19 +243,28 @@ impl<T: CacheMaintenance + ?Sized> CacheMaintenance for &T {
     fn clean(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError> {
         (**self).clean(cpu, phys, len)
     }
-    fn publish_barrier(&self) {
-        (**self).publish_barrier()
+    fn device_write_barrier(&self) {
+        (**self).device_write_barrier()
+    }
+    fn full_barrier(&self) {
+        (**self).full_barrier()
     }
 }
 
 impl<T: TlbHooks + ?Sized> TlbHooks for &T {
-    fn flush_walk(&self, iova: u64, size: u64, granule: u64) {
+    fn flush_walk(&self, iova: u64, size: u64, granule: u64) -> Result<(), TlbError> {
         (**self).flush_walk(iova, size, granule)
     }
-    fn sync_gather(&self, gather: &Gather) {
+    fn sync_gather(&self, gather: &Gather) -> Result<(), TlbError> {
         (**self).sync_gather(gather)
     }
-    fn add_pages(&self, gather: &mut Gather, iova: u64, pgsize: u64, count: u64) {
+    fn add_pages(
+        &self,
+        gather: &mut Gather,
+        iova: u64,
+        pgsize: u64,
+        count: u64,
+    ) -> Result<(), TlbError> {
         (**self).add_pages(gather, iova, pgsize, count)
     }
 }
@@ -276,6 +356,25 @@ impl Gather {
             self.end = self.end.max(end);
         }
         None
+    }
+
+    /// Grows the gather to cover `count` pages of `pgsize` at `iova` as well
+    /// as what it held (and everything between), keeping the smaller page
+    /// size: a superset to invalidate when a sync that should have split the
+    /// two ranges failed.
+    pub fn widen(&mut self, iova: u64, pgsize: u64, count: u64) {
+        let end = iova.saturating_add(pgsize.saturating_mul(count));
+        if self.is_empty() {
+            *self = Self {
+                start: iova,
+                end,
+                pgsize,
+            };
+            return;
+        }
+        self.start = self.start.min(iova);
+        self.end = self.end.max(end);
+        self.pgsize = self.pgsize.min(pgsize);
     }
 
     /// Empties the gather (after the driver invalidated it), returning what

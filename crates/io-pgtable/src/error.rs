@@ -1,6 +1,6 @@
 //! Errors.
 
-use crate::env::{AllocError, CacheError};
+use crate::env::{AllocError, CacheError, TlbError};
 
 /// Why an operation or a configuration was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +47,9 @@ pub enum Error {
     /// Cache maintenance failed.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// A TLB or walk-cache invalidation asked of the driver failed.
+    #[error(transparent)]
+    Tlb(#[from] TlbError),
 }
 
 /// An operation that stopped part way: how far it got and why it stopped.

@@ -7,6 +7,21 @@ pub const VALID: u64 = 1 << 0;
 /// Bit 1 at levels 0..=2: table (1) or block (0); at level 3 it must be 1
 /// for a page descriptor.
 pub const TABLE_OR_PAGE: u64 = 1 << 1;
+/// The descriptor type bits (1:0).
+pub const TYPE_MASK: u64 = VALID | TABLE_OR_PAGE;
+/// Type bits of a table descriptor (levels 0..=2).
+pub const TYPE_TABLE: u64 = VALID | TABLE_OR_PAGE;
+/// Type bits of a block descriptor (levels 1..=2).
+pub const TYPE_BLOCK: u64 = VALID;
+/// Type bits of a page descriptor (level 3).
+pub const TYPE_PAGE: u64 = VALID | TABLE_OR_PAGE;
+
+/// Returns the type bits of a leaf at `level`: a page at level 3, a block
+/// above.
+#[inline(always)]
+pub const fn leaf_type(level: usize) -> u64 {
+    if level == 3 { TYPE_PAGE } else { TYPE_BLOCK }
+}
 
 /// Stage 1 lower attributes.
 pub mod s1 {
@@ -60,9 +75,6 @@ pub const SH_INNER: u64 = 0b11;
 pub const AF: u64 = 1 << 10;
 /// Contiguous hint, bit 52.
 pub const CONTIG: u64 = 1 << 52;
-/// Software bit 55 (ignored by hardware): "this table descriptor has been
-/// cleaned to the point of coherency" for non-coherent walkers.
-pub const SW_SYNCED: u64 = 1 << 55;
 
 /// Output address bits 47:granule-shift of a descriptor.
 pub const ADDR_MASK_48: u64 = 0x0000_ffff_ffff_f000;
@@ -144,6 +156,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn descriptor_types_follow_the_architecture() {
+        // Arm ARM D8.3: bits 1:0 = 0b11 table (levels 0-2) or page (level
+        // 3), 0b01 block, bit 0 clear invalid.
+        assert_eq!(TYPE_TABLE, 0b11);
+        assert_eq!(TYPE_BLOCK, 0b01);
+        assert_eq!(TYPE_PAGE, 0b11);
+        assert_eq!(TYPE_MASK, 0b11);
+        assert_eq!(
+            (leaf_type(1), leaf_type(2), leaf_type(3)),
+            (0b01, 0b01, 0b11)
+        );
+    }
+
+    #[test]
     fn descriptor_fields_sit_where_the_architecture_puts_them() {
         assert_eq!(s1::AP_UNPRIV | s1::AP_RDONLY, 0b11 << 6);
         assert_eq!(s2::S2AP_READ | s2::S2AP_WRITE, 0b11 << 6);
@@ -155,8 +181,6 @@ mod tests {
         assert_eq!(s1::PXN.trailing_zeros(), 53);
         assert_eq!(s1::UXN.trailing_zeros(), 54);
         assert_eq!(s2::XN, s1::UXN);
-        // Software bits are 58:55; ours must be one of them.
-        assert!((55..=58).contains(&SW_SYNCED.trailing_zeros()));
         assert_eq!(s1::NS_TABLE.trailing_zeros(), 63);
         // PA[51:48] -> bits 15:12.
         assert_eq!((0xfu64 << 48) >> PA_HI_SHIFT_52, PA_HI_MASK_52);

@@ -280,9 +280,13 @@ impl SimMemory {
     /// Returns the CPU-view host pointer of physical address `pa`, or `None`
     /// when `pa` is outside the memory.
     ///
-    /// The pointer stays valid for the life of `self`. Accesses through it
-    /// must be atomic (e.g. via [`AtomicU64::from_ptr`]) because the device
-    /// side may read concurrently.
+    /// The pointer stays valid for the life of `self` (freeing a block
+    /// returns it to the allocator, never to the host), up to the end of
+    /// the memory, which is a multiple of 64 KiB past a 64 KiB-aligned base.
+    /// Accesses through it must be atomic (e.g. via [`AtomicU64::from_ptr`])
+    /// because the device side may access it concurrently; every safe method
+    /// of this type is atomic itself (64-bit words, with a compare-and-swap
+    /// merge for partial words), so none races with such accesses.
     pub fn cpu_ptr(&self, pa: u64) -> Option<*mut u8> {
         let off = self.offset(pa, 1).ok()?;
         if off == self.size {

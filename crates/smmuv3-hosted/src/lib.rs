@@ -103,6 +103,8 @@ impl RegisterFrame for ModelFrame {
 /// invalidation for what the model writes (events, MSIs).
 pub struct SimDmaMemory {
     env: SimEnv,
+    /// Barriers asked for (device-write and full), for ordering checks.
+    barriers: Arc<AtomicU64>,
 }
 
 impl SimDmaMemory {
@@ -110,7 +112,19 @@ impl SimDmaMemory {
     pub fn new(mem: Arc<SimMemory>) -> Self {
         Self {
             env: SimEnv::new(mem),
+            barriers: Arc::default(),
         }
+    }
+
+    /// Returns how many barriers the driver asked for so far.
+    pub fn barriers(&self) -> u64 {
+        self.barriers.load(Ordering::Relaxed)
+    }
+
+    /// Returns the barrier counter itself, for hooks that check ordering
+    /// while the driver runs (e.g. at every doorbell).
+    pub fn barrier_counter(&self) -> Arc<AtomicU64> {
+        self.barriers.clone()
     }
 
     /// Returns the memory.
@@ -140,6 +154,16 @@ impl CacheMaintenance for SimDmaMemory {
     fn clean(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError> {
         self.env.clean(cpu, phys, len)
     }
+
+    fn device_write_barrier(&self) {
+        self.barriers.fetch_add(1, Ordering::Relaxed);
+        self.env.device_write_barrier()
+    }
+
+    fn full_barrier(&self) {
+        self.barriers.fetch_add(1, Ordering::Relaxed);
+        self.env.full_barrier()
+    }
 }
 
 impl CacheInvalidate for SimDmaMemory {
@@ -168,9 +192,9 @@ impl Clock for PollClock {
 }
 
 /// The driver type of a hosted system.
-pub type HostedSmmu = smmuv3::Smmu<ModelFrame, SimDmaMemory, PollClock>;
+pub type HostedSmmu = smmuv3::Smmu<(ModelFrame, SimDmaMemory, PollClock)>;
 /// The domain type of a hosted system.
-pub type HostedDomain = smmuv3::Domain<ModelFrame, SimDmaMemory, PollClock>;
+pub type HostedDomain = smmuv3::Domain<(ModelFrame, SimDmaMemory, PollClock)>;
 
 /// Simulated memory, the model on it, and the driver brought up on both.
 pub struct System {

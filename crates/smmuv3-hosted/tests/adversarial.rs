@@ -132,6 +132,7 @@ fn random_driver(r: &mut Rng) -> SmmuConfig {
         tlbi_max_ops: r.pick(&[0, 1, 512, u64::MAX]),
         use_ril: r.flip(),
         gbpa_abort: r.flip(),
+        coherent: None,
     }
 }
 
@@ -278,8 +279,8 @@ impl RegisterFrame for HostileFrame {
     }
 }
 
-type HostileSmmu = smmuv3::Smmu<HostileFrame, SimDmaMemory, PollClock>;
-type HostileDomain = smmuv3::Domain<HostileFrame, SimDmaMemory, PollClock>;
+type HostileSmmu = smmuv3::Smmu<(HostileFrame, SimDmaMemory, PollClock)>;
+type HostileDomain = smmuv3::Domain<(HostileFrame, SimDmaMemory, PollClock)>;
 
 /// Registers a broken or malicious device could report wrongly.
 const LIES: [usize; 14] = [
@@ -609,7 +610,7 @@ fn stopped_queue_timeout_is_bounded_in_polls() {
                     ..SmmuConfig::default()
                 };
                 let ticks = CountingClock::default();
-                let smmu = smmuv3::Smmu::new(
+                let smmu: smmuv3::Smmu<(_, _, _)> = smmuv3::Smmu::new(
                     ModelFrame::new(model.clone()),
                     SimDmaMemory::new(mem.clone()),
                     ticks.clone(),
@@ -664,7 +665,7 @@ impl RegisterFrame for StuckFrame {
     }
 }
 
-type StuckSmmu = smmuv3::Smmu<StuckFrame, SimDmaMemory, PollClock>;
+type StuckSmmu = smmuv3::Smmu<(StuckFrame, SimDmaMemory, PollClock)>;
 
 fn stuck(offset: usize, value: u32) -> (Result<StuckSmmu, Error>, Arc<SmmuModel>) {
     let mem = Arc::new(SimMemory::new(MEM_BASE, MEM, Coherency::Coherent).unwrap());
@@ -800,8 +801,9 @@ fn impossible_command_consumer_index_is_not_trusted() {
                 timeout_us: 300,
                 ..SmmuConfig::default()
             };
-            let smmu = smmuv3::Smmu::new(frame, SimDmaMemory::new(mem), PollClock::default(), cfg)
-                .unwrap();
+            let smmu: smmuv3::Smmu<(_, _, _)> =
+                smmuv3::Smmu::new(frame, SimDmaMemory::new(mem), PollClock::default(), cfg)
+                    .unwrap();
             *lie_cell.lock().unwrap() = Some(lie);
             for round in 0..3 {
                 let many = vec![Command::TlbiNsnhAll; 200];
@@ -985,4 +987,31 @@ fn calls_after_shutdown_are_typed() {
         );
         returns(move || drop(d)).expect("dropping a domain after shutdown panicked");
     });
+}
+
+/// A table descriptor pointing outside simulated memory, written through
+/// `SimMemory`'s safe API: the driver's lookups must see a translation
+/// fault (before `SimEnv` gave such addresses a zeroed scratch window, this
+/// walked a dangling pointer) and the device must not reach any memory.
+#[test]
+fn table_descriptor_outside_memory_is_a_fault_for_driver_and_device() {
+    let sys = default_system();
+    let mut dom = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 39).unwrap();
+    sys.smmu
+        .attach(3, None, &dom, AttachOptions::default())
+        .unwrap();
+    // Root entry 0 (level 1) covers IOVA [0, 1 GiB).
+    let root = dom.page_table().root_phys();
+    sys.mem
+        .cpu_write_u64(root, (MEM_BASE + MEM) | 0b11)
+        .unwrap();
+    for iova in [0, 0x1000, 0x3fff_f000] {
+        assert_eq!(dom.translate(iova), None, "iova {iova:#x}");
+    }
+    let dma = sys
+        .model
+        .dma_write(&DmaRequest::write(3, 0x1000, 4), &[1; 4]);
+    assert!(dma.is_err(), "DMA through a wild table: {dma:?}");
+    let unmapped = dom.unmap(0x1000, 0x1000).unwrap_or(0);
+    assert_eq!(unmapped, 0);
 }

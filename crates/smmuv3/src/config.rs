@@ -94,6 +94,17 @@ pub struct EntryEnv {
     pub stall: StallModel,
 }
 
+impl From<&crate::probe::Features> for EntryEnv {
+    /// Returns the entry environment of a probed SMMU (after the driver
+    /// settled coherency: see `SmmuConfig::coherent`).
+    fn from(f: &crate::probe::Features) -> Self {
+        Self {
+            coherent: f.coherent,
+            stall: f.stall,
+        }
+    }
+}
+
 fn fetch_attrs(coherent: bool) -> u64 {
     use crate::regs::cr1;
     if coherent {

@@ -6,6 +6,8 @@
 use core::ptr::NonNull;
 
 use io_pgtable::env::{CacheError, CacheMaintenance, TableMemory};
+use safe_mmio::fields::ReadPureWrite;
+use safe_mmio::{SharedMmioPointer, UniqueMmioPointer};
 
 /// Invalidation of CPU cache lines, so the CPU reads what a non-coherent
 /// device wrote (event records, CMD_SYNC MSI words).
@@ -27,6 +29,27 @@ pub trait CacheInvalidate {
 pub trait DmaMemory: TableMemory + CacheMaintenance + CacheInvalidate {}
 
 impl<T: TableMemory + CacheMaintenance + CacheInvalidate> DmaMemory for T {}
+
+/// The environment one SMMU instance runs in: its register frame, the
+/// memory its structures live in, and a clock for bounded waits.
+///
+/// The driver's types are generic over this one trait (`Smmu<E>`,
+/// `Domain<E>`) rather than over three parameters. A platform names its
+/// parts once; `(R, M, C)` tuples implement it for quick assembly.
+pub trait SmmuEnv {
+    /// The SMMU's register frame.
+    type Regs: RegisterFrame;
+    /// Memory for stream tables, CD tables, queues and page tables.
+    type Mem: DmaMemory;
+    /// The clock of bounded waits.
+    type Clock: Clock;
+}
+
+impl<R: RegisterFrame, M: DmaMemory, C: Clock> SmmuEnv for (R, M, C) {
+    type Regs = R;
+    type Mem = M;
+    type Clock = C;
+}
 
 /// A 32/64-bit register frame (the SMMU's 128 KiB MMIO window).
 ///
@@ -100,17 +123,29 @@ pub fn poll<T>(
     }
 }
 
-/// A register frame reached by volatile loads and stores, for real hardware
-/// (and QEMU).
+/// A register frame for real hardware (and QEMU), accessed through
+/// [`safe_mmio`].
+///
+/// Every register access is exactly one load or store of its width. On
+/// aarch64 safe-mmio issues them as inline assembly (`ldr`/`str` with a
+/// plain base register), not as compiler-chosen volatile accesses, which
+/// may become pre/post-indexed or pair forms. That matters under a
+/// hypervisor that traps the SMMU frame (pKVM, KVM, Xen emulating or
+/// filtering it): a trapped access is emulated from the syndrome register,
+/// and only single loads and stores without writeback report a valid
+/// syndrome (ESR_EL2.ISV = 1); anything else cannot be emulated and the
+/// guest is killed. On other architectures safe-mmio falls back to one
+/// volatile access, which is what the host unit test exercises.
 pub struct MmioFrame {
     base: NonNull<u8>,
 }
 
-// SAFETY: the frame is device memory; accesses are single volatile loads and
+// SAFETY: the frame is device memory; accesses are single MMIO loads and
 // stores that the device serialises, so sharing the pointer between threads
-// cannot create a data race in the Rust sense.
+// cannot create a data race in the Rust sense (and `new`'s caller promised
+// the frame may be accessed from any thread).
 unsafe impl Send for MmioFrame {}
-// SAFETY: as for `Send`; `&MmioFrame` only allows volatile register accesses.
+// SAFETY: as for `Send`; `&MmioFrame` only allows single register accesses.
 unsafe impl Sync for MmioFrame {}
 
 impl MmioFrame {
@@ -119,44 +154,61 @@ impl MmioFrame {
     /// # Safety
     ///
     /// `base` must point to [`crate::regs::FRAME_SIZE`] bytes of SMMUv3
-    /// registers, mapped as device memory for the life of the returned
-    /// value, and no other code may use the frame in a way that breaks the
-    /// driver's invariants (e.g. reprogram the queues).
+    /// registers, 8-byte aligned, mapped as device memory for the life of
+    /// the returned value and accessible from any thread, and no other code
+    /// may access the frame (or use it in a way that breaks the driver's
+    /// invariants, e.g. reprogram the queues) while the value lives.
     pub unsafe fn new(base: NonNull<u8>) -> Self {
         Self { base }
     }
 
-    fn ptr<T>(&self, offset: usize) -> *mut T {
+    /// Returns the register of type `T` at `offset`.
+    ///
+    /// Panics when it is misaligned or leaves the frame: offsets are the
+    /// driver's constants, so that is a driver bug.
+    fn reg<T>(&self, offset: usize) -> UniqueMmioPointer<'_, ReadPureWrite<T>> {
+        let size = core::mem::size_of::<T>();
         assert!(
-            offset + core::mem::size_of::<T>() <= crate::regs::FRAME_SIZE
-                && offset % core::mem::size_of::<T>() == 0,
+            offset
+                .checked_add(size)
+                .is_some_and(|end| end <= crate::regs::FRAME_SIZE)
+                && offset % size == 0,
             "register offset {offset:#x} out of frame or misaligned"
         );
-        self.base.as_ptr().wrapping_add(offset).cast()
+        // SAFETY: `offset + size <= FRAME_SIZE` (checked), so the pointer
+        // stays inside the frame `new`'s caller vouched for: device memory,
+        // valid for reads and writes from any thread for the life of `self`,
+        // aligned (base 8-aligned, offset a multiple of the width). No other
+        // code accesses the frame (`new`'s contract), and this pointer lives
+        // for one access only. Other accesses through `self` at the same
+        // moment (other threads) are single device transactions of their
+        // own, never Rust references to the registers, so the uniqueness
+        // safe-mmio asks for (no conflicting use of the same registers
+        // through another alias while the pointer exists, for its `&mut`
+        // API's sake) is not undermined: nothing here keeps the pointer or
+        // relies on the register value staying put between accesses. SMMUv3
+        // register reads have no side effects (ReadPureWrite), and 32- and
+        // 64-bit single-copy atomic accesses are what the architecture
+        // permits for its 32- and 64-bit registers.
+        unsafe { UniqueMmioPointer::new(self.base.add(offset).cast()) }
     }
 }
 
 impl RegisterFrame for MmioFrame {
     fn read32(&self, offset: usize) -> u32 {
-        // SAFETY: `new`'s contract makes the frame valid device memory;
-        // `ptr` checked the access is aligned and inside it.
-        unsafe { self.ptr::<u32>(offset).read_volatile() }
+        SharedMmioPointer::from(self.reg::<u32>(offset)).read()
     }
 
     fn write32(&self, offset: usize, value: u32) {
-        // SAFETY: as in `read32`.
-        unsafe { self.ptr::<u32>(offset).write_volatile(value) }
+        self.reg::<u32>(offset).write(value)
     }
 
     fn read64(&self, offset: usize) -> u64 {
-        // SAFETY: as in `read32`; SMMUv3 permits 64-bit single-copy atomic
-        // accesses to its 64-bit registers.
-        unsafe { self.ptr::<u64>(offset).read_volatile() }
+        SharedMmioPointer::from(self.reg::<u64>(offset)).read()
     }
 
     fn write64(&self, offset: usize, value: u64) {
-        // SAFETY: as in `read64`.
-        unsafe { self.ptr::<u64>(offset).write_volatile(value) }
+        self.reg::<u64>(offset).write(value)
     }
 }
 
@@ -200,5 +252,28 @@ mod tests {
         assert_eq!(frame.read64(0x80), 0x1234_5678_9abc_def0);
         assert_eq!(frame.read32(0x20), 0xd);
         assert_eq!(mem[4], 0xd);
+        assert_eq!(mem[0x80 / 8], 0x1234_5678_9abc_def0);
+        let last = crate::regs::FRAME_SIZE - 8;
+        frame.write64(last, u64::MAX);
+        assert_eq!(mem[last / 8], u64::MAX);
+        assert_eq!(frame.read32(last + 4), u32::MAX);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of frame or misaligned")]
+    fn volatile_frame_refuses_offsets_past_the_end() {
+        let mut mem = alloc::vec![0u64; crate::regs::FRAME_SIZE / 8];
+        // SAFETY: as in `volatile_frame_reads_and_writes_memory`.
+        let frame = unsafe { MmioFrame::new(NonNull::new(mem.as_mut_ptr().cast()).unwrap()) };
+        frame.read32(crate::regs::FRAME_SIZE);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of frame or misaligned")]
+    fn volatile_frame_refuses_misaligned_offsets() {
+        let mut mem = alloc::vec![0u64; crate::regs::FRAME_SIZE / 8];
+        // SAFETY: as in `volatile_frame_reads_and_writes_memory`.
+        let frame = unsafe { MmioFrame::new(NonNull::new(mem.as_mut_ptr().cast()).unwrap()) };
+        frame.write64(0x84, 0);
     }
 }

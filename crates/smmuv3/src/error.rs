@@ -44,6 +44,9 @@ pub enum Error {
     /// A command could not be built.
     #[error("command: {0}")]
     Command(#[from] CommandError),
+    /// The command queue has no free entry (per the last CONS read).
+    #[error("command queue full")]
+    QueueFull,
     /// The command queue is disabled (the SMMU was shut down).
     #[error("command queue disabled (SMMU shut down)")]
     QueueDisabled,

@@ -2,8 +2,8 @@
 //!
 //! One code base for every environment that drives an SMMUv3: a kernel-like
 //! host, a hypervisor, a bare-metal test kernel, and the in-process software
-//! model. The environment is a register frame ([`env::RegisterFrame`]; a
-//! volatile [`env::MmioFrame`] for hardware), a clock for bounded waits
+//! model. The environment is a register frame ([`env::RegisterFrame`]; an
+//! [`env::MmioFrame`] over `safe-mmio` for hardware), a clock for bounded waits
 //! ([`env::Clock`]), and memory: io-pgtable's `TableMemory` and
 //! `CacheMaintenance` (the same seam the page tables use) plus
 //! [`env::CacheInvalidate`] for what the SMMU writes. `no_std` + `alloc`.
@@ -26,6 +26,8 @@
 //!   ASID/VMID, map/unmap with the invalidation they need).
 //!
 //! A hypervisor that keeps its own queue can use the pure layers only: e.g.
+//! [`cmdq::Producer`] over its queue memory (encode, publish with the device
+//! barrier, bounded wait on CONS, CMDQ_CONS.ERR handling, no allocation),
 //! `probe::parse` on the ID registers, `tlbi::plan` for stage-2 IPA
 //! invalidation at its VMID, `config::try_build_ste` and
 //! `entry::plan_update` + `entry::apply` to rewrite STEs hitlessly.
@@ -45,6 +47,7 @@
 extern crate alloc;
 
 pub mod bits;
+pub mod cmdq;
 pub mod command;
 pub mod config;
 pub mod entry;
@@ -52,7 +55,7 @@ pub mod env;
 mod error;
 pub mod event;
 pub mod layout;
-pub mod mem;
+pub(crate) mod mem;
 pub mod probe;
 pub mod queue;
 pub mod regs;

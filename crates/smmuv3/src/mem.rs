@@ -1,5 +1,18 @@
 //! Device-visible memory owned by the driver (stream tables, CD tables,
 //! queues), reached through io-pgtable's environment traits.
+//!
+//! Crate-private on purpose: a [`DevBlock`] does not borrow the environment
+//! it came from, so it is only sound where its owner keeps that environment
+//! alive for as long as the block. The driver does: every block lives in
+//! the same `Inner` as the `Mem` it was allocated from, and `Inner`'s `Drop`
+//! frees the blocks before its fields (the memory among them) are dropped.
+//! Public, it would let safe code drop the environment (and with it, say,
+//! simulated memory) and then read a freed block:
+//!
+//! ```compile_fail,E0603
+//! // Outside the crate, a block cannot be made at all.
+//! use smmuv3::mem::DevBlock;
+//! ```
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,6 +39,9 @@ unsafe impl Sync for DevBlock {}
 impl DevBlock {
     /// Returns a zeroed block of `size` bytes (a power of two, at least 64),
     /// naturally aligned.
+    ///
+    /// The block may only be used while `mem` is alive (see the module
+    /// documentation).
     ///
     /// # Errors
     ///
@@ -60,8 +76,35 @@ impl DevBlock {
             .cast::<u64>();
         // SAFETY: `TableMemory`'s contract gives us `size` bytes, 8-byte
         // aligned (natural alignment of at least 64), valid while the block
-        // is live, and accessed only atomically; the index is in bounds.
+        // is live and its environment alive (the only owner, the driver,
+        // keeps both together; see the module documentation), and accessed
+        // only atomically; the index is in bounds (checked above; an empty
+        // block left by `take` has size 0, so no index passes).
         unsafe { AtomicU64::from_ptr(p) }
+    }
+
+    /// Returns the block as 64-bit atomic words (for
+    /// [`crate::cmdq::QueueMemory`]).
+    pub fn words(&self) -> &[AtomicU64] {
+        if self.size == 0 {
+            return &[];
+        }
+        // SAFETY: `TableMemory`'s contract gives us `size` bytes, 8-byte
+        // aligned, valid while the block is live (the borrow of `self`),
+        // and accessed only atomically.
+        unsafe {
+            core::slice::from_raw_parts(self.block.cpu.as_ptr().cast::<AtomicU64>(), self.size / 8)
+        }
+    }
+
+    /// Panics unless `[offset, offset + len)` lies in the block (a driver
+    /// bug); an overflowing sum must not wrap past the check.
+    fn check_range(&self, offset: usize, len: usize) {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.size),
+            "range {offset:#x}+{len:#x} outside a block of {} bytes",
+            self.size
+        );
     }
 
     /// Returns the 64-bit word at `index`.
@@ -86,7 +129,7 @@ impl DevBlock {
         offset: usize,
         len: usize,
     ) -> Result<(), Error> {
-        assert!(offset + len <= self.size);
+        self.check_range(offset, len);
         let cpu = self.block.cpu.as_ptr().wrapping_add(offset);
         let cpu = core::ptr::NonNull::new(cpu).unwrap_or(self.block.cpu);
         cache.clean(cpu, self.block.phys + offset as u64, len)?;
@@ -104,7 +147,7 @@ impl DevBlock {
         offset: usize,
         len: usize,
     ) -> Result<(), Error> {
-        assert!(offset + len <= self.size);
+        self.check_range(offset, len);
         let cpu = self.block.cpu.as_ptr().wrapping_add(offset);
         let cpu = core::ptr::NonNull::new(cpu).unwrap_or(self.block.cpu);
         cache.invalidate(cpu, self.block.phys + offset as u64, len)?;
@@ -138,5 +181,77 @@ impl DevBlock {
         // `alloc_table(size)` on `mem` and is freed once (self is consumed,
         // and `take` leaves an empty block behind).
         unsafe { mem.free_table(self.block, self.size) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::cell::Cell;
+    use core::ptr::NonNull;
+    use core::sync::atomic::AtomicU64;
+
+    use io_pgtable::env::{AllocError, CacheError, CacheMaintenance, TableBlock, TableMemory};
+
+    use super::DevBlock;
+
+    const PHYS: u64 = 0x8000;
+
+    /// One 64-byte block of table memory at `PHYS`.
+    #[repr(align(64))]
+    struct OneBlock([AtomicU64; 8], Cell<Option<(u64, usize)>>);
+
+    // SAFETY: hands out its own 64 zeroed, 64-aligned, atomically accessed
+    // bytes for one size only; the tests allocate it once.
+    unsafe impl TableMemory for OneBlock {
+        fn alloc_table(&self, size: usize) -> Result<TableBlock, AllocError> {
+            if size != 64 {
+                return Err(AllocError::BadSize { size });
+            }
+            let cpu = NonNull::from(&self.0).cast();
+            Ok(TableBlock { cpu, phys: PHYS })
+        }
+        unsafe fn free_table(&self, _block: TableBlock, _size: usize) {}
+        fn phys_to_cpu(&self, phys: u64) -> NonNull<u8> {
+            NonNull::from(&self.0[((phys - PHYS) / 8) as usize]).cast()
+        }
+    }
+
+    impl CacheMaintenance for OneBlock {
+        fn clean(&self, _cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError> {
+            self.1.set(Some((phys, len)));
+            Ok(())
+        }
+        fn device_write_barrier(&self) {}
+        fn full_barrier(&self) {}
+    }
+
+    fn one() -> OneBlock {
+        OneBlock(Default::default(), Cell::new(None))
+    }
+
+    #[test]
+    fn words_and_cleans_stay_inside_the_block() {
+        let mem = one();
+        let b = DevBlock::alloc(&mem, 8).unwrap();
+        assert_eq!((b.phys(), b.size()), (PHYS, 64));
+        b.write(7, 0xabcd);
+        assert_eq!(b.read(7), 0xabcd);
+        b.clean(&mem, 56, 8).unwrap();
+        assert_eq!(mem.1.get(), Some((PHYS + 56, 8)));
+    }
+
+    #[test]
+    #[should_panic(expected = "outside a block")]
+    fn a_word_past_the_end_panics() {
+        let mem = one();
+        DevBlock::alloc(&mem, 64).unwrap().read(8);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside a block")]
+    fn a_clean_whose_end_overflows_panics_instead_of_wrapping() {
+        let mem = one();
+        let b = DevBlock::alloc(&mem, 64).unwrap();
+        let _ = b.clean(&mem, usize::MAX, 2);
     }
 }

@@ -10,6 +10,8 @@ use crate::command::{Command, CommandError, TlbiAddr};
 const RANGE_NUM_MAX: u64 = 32;
 /// Largest SCALE of a range TLBI.
 const MAX_SCALE: u32 = 31;
+/// First address of the upper (TTBR1) half of a 52-bit VA space.
+const UPPER_HALF: u64 = !((1 << 52) - 1);
 
 /// Which TLB entries an invalidation targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,7 +136,8 @@ pub fn ttl_hint(granule_log2: u8, leaf_log2: u8) -> u8 {
 /// # Errors
 ///
 /// [`CommandError::BadRange`] for an unsupported granule, a leaf smaller
-/// than the granule, or a range that wraps the address space.
+/// than the granule, or a range outside the lower 2^52 bytes (and, for a
+/// stage-1 target, outside the upper 2^52 bytes of TTBR1 addresses).
 pub fn plan(req: &TlbiRequest, policy: &TlbiPolicy) -> Result<TlbiPlan, CommandError> {
     let bad = || CommandError::BadRange {
         iova: req.iova,
@@ -145,15 +148,23 @@ pub fn plan(req: &TlbiRequest, policy: &TlbiPolicy) -> Result<TlbiPlan, CommandE
     if !matches!(tg, 12 | 14 | 16) {
         return Err(bad());
     }
-    let end = req.iova.checked_add(req.size).ok_or_else(bad)?;
-    if end > 1 << 52 {
-        return Err(bad());
-    }
+    // Lower-half ranges end at 2^52 at most; stage-1 ranges may also lie in
+    // the upper half (TTBR1, sign-extended VAs), ending at 2^64 at most.
+    // The last byte, not the end, keeps the arithmetic in u64.
+    let upper_ok = matches!(req.target, TlbiTarget::Stage1 { .. }) && req.iova >= UPPER_HALF;
     if req.size == 0 {
+        if req.iova > 1 << 52 && !upper_ok {
+            return Err(bad());
+        }
         return Ok(TlbiPlan {
             target: req.target,
             kind: Kind::All(true),
         });
+    }
+    let last = req.iova.checked_add(req.size - 1).ok_or_else(bad)?;
+    let lower = last < 1 << 52;
+    if !lower && !upper_ok {
+        return Err(bad());
     }
     let (leaf, ttl) = match req.leaf_log2 {
         Some(l) if l < tg || l > 52 => return Err(bad()),
@@ -166,25 +177,31 @@ pub fn plan(req: &TlbiRequest, policy: &TlbiPolicy) -> Result<TlbiPlan, CommandE
         req.leaf_log2.unwrap_or(tg)
     };
     let start = req.iova >> step_log2 << step_log2;
-    let end = end.div_ceil(1 << step_log2) << step_log2;
+    let last = last | ((1 << step_log2) - 1);
+    let span = last - start + 1;
     let kind = if policy.ril {
-        let mut pages = (end - start) >> tg;
+        let mut pages = span >> tg;
         // A range command with NUM = SCALE = TTL = 0 is a reserved encoding;
         // only the first command can have SCALE = 0, so widening an odd
         // count by one page avoids it (and saves a command for non-leaf
         // ranges, as Linux does).
+        let mut addr = start;
         if (!leaf || ttl == 0) && pages % RANGE_NUM_MAX == 1 {
+            if last == u64::MAX {
+                // No room above the top of the upper half: widen below.
+                addr -= 1 << tg;
+            }
             pages += 1;
         }
         Kind::Range {
-            addr: start,
+            addr,
             pages,
             tg_log2: tg,
             ttl,
             leaf,
         }
     } else {
-        let ops = (end - start) >> step_log2;
+        let ops = span >> step_log2;
         if ops >= policy.max_ops {
             Kind::All(false)
         } else {
@@ -201,6 +218,16 @@ pub fn plan(req: &TlbiRequest, policy: &TlbiPolicy) -> Result<TlbiPlan, CommandE
         target: req.target,
         kind,
     })
+}
+
+impl TlbiPlan {
+    /// Returns whether the plan invalidates everything of its target (one
+    /// ASID- or VMID-wide command) rather than a range. For a stage-2
+    /// target that command (`TLBI_S12_VMALL`) also removes the VMID's
+    /// stage-1 and combined entries.
+    pub fn is_whole_target(&self) -> bool {
+        matches!(self.kind, Kind::All(_))
+    }
 }
 
 impl Iterator for TlbiPlan {
@@ -241,7 +268,8 @@ impl Iterator for TlbiPlan {
                     scale: scale as u8,
                     num: (num - 1) as u8,
                 };
-                *addr += num << (scale + u32::from(*tg_log2));
+                // Wraps to 0 after the last command of an upper-half range.
+                *addr = addr.wrapping_add(num << (scale + u32::from(*tg_log2)));
                 *pages -= num << scale;
                 Some(self.target.by_addr(at))
             }
@@ -261,7 +289,7 @@ impl Iterator for TlbiPlan {
                     ttl: *ttl,
                     ..Default::default()
                 };
-                *addr += 1 << *step_log2;
+                *addr = addr.wrapping_add(1 << *step_log2);
                 *left -= 1;
                 Some(self.target.by_addr(at))
             }

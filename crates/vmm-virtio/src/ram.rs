@@ -223,6 +223,16 @@ impl CacheMaintenance for GuestDmaMemory {
         // Guest RAM is coherent with the model's walker.
         Ok(())
     }
+
+    fn device_write_barrier(&self) {
+        // The device is a model in this process: ordering the CPU's stores
+        // (release) is what its reads need.
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+    }
+
+    fn full_barrier(&self) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl CacheInvalidate for GuestDmaMemory {

@@ -12,9 +12,9 @@ use crate::frame::MmioFrame;
 use crate::ram::{GuestDmaMemory, RamError};
 
 /// The guest's SMMU driver (over MMIO exits and guest RAM).
-pub type GuestSmmu = smmuv3::Smmu<MmioFrame, GuestDmaMemory, PollClock>;
+pub type GuestSmmu = smmuv3::Smmu<(MmioFrame, GuestDmaMemory, PollClock)>;
 /// A domain of the guest's driver.
-pub type GuestDomain = smmuv3::Domain<MmioFrame, GuestDmaMemory, PollClock>;
+pub type GuestDomain = smmuv3::Domain<(MmioFrame, GuestDmaMemory, PollClock)>;
 
 /// Errors bringing a [`Vm`] up.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{AllocError, CacheError, CacheMaintenance, Gather, MIN_TABLE_SIZE, TableBlock};
-use super::{TableMemory, TlbHooks};
+use super::{TableMemory, TlbError, TlbHooks};
 
 /// What [`HostEnv::clean`] does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,6 +81,16 @@ impl CacheMaintenance for HostEnv {
         }
         Ok(())
     }
+
+    #[inline]
+    fn device_write_barrier(&self) {
+        super::barrier::device_write();
+    }
+
+    #[inline]
+    fn full_barrier(&self) {
+        super::barrier::full();
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -103,9 +113,13 @@ fn flush_lines(_cpu: NonNull<u8>, _len: usize) {}
 
 impl TlbHooks for HostEnv {
     #[inline]
-    fn flush_walk(&self, _iova: u64, _size: u64, _granule: u64) {}
+    fn flush_walk(&self, _iova: u64, _size: u64, _granule: u64) -> Result<(), TlbError> {
+        Ok(())
+    }
     #[inline]
-    fn sync_gather(&self, _gather: &Gather) {}
+    fn sync_gather(&self, _gather: &Gather) -> Result<(), TlbError> {
+        Ok(())
+    }
 }
 
 /// Counters of an environment wrapped in [`Counting`].
@@ -127,6 +141,8 @@ pub struct EnvStats {
     pub flush_walks: u64,
     /// Calls to `sync_gather`.
     pub gather_syncs: u64,
+    /// Calls to `device_write_barrier` or `full_barrier`.
+    pub barriers: u64,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +155,7 @@ struct Counters {
     lines_cleaned: AtomicU64,
     flush_walks: AtomicU64,
     gather_syncs: AtomicU64,
+    barriers: AtomicU64,
 }
 
 /// Wraps an environment and counts what is asked of it.
@@ -175,6 +192,7 @@ impl<E> Counting<E> {
             lines_cleaned: l(&c.lines_cleaned),
             flush_walks: l(&c.flush_walks),
             gather_syncs: l(&c.gather_syncs),
+            barriers: l(&c.barriers),
         }
     }
 
@@ -185,6 +203,7 @@ impl<E> Counting<E> {
         self.c.lines_cleaned.store(0, Ordering::Relaxed);
         self.c.flush_walks.store(0, Ordering::Relaxed);
         self.c.gather_syncs.store(0, Ordering::Relaxed);
+        self.c.barriers.store(0, Ordering::Relaxed);
     }
 }
 
@@ -224,19 +243,26 @@ impl<E: CacheMaintenance> CacheMaintenance for Counting<E> {
     }
 
     #[inline]
-    fn publish_barrier(&self) {
-        self.inner.publish_barrier()
+    fn device_write_barrier(&self) {
+        self.c.barriers.fetch_add(1, Ordering::Relaxed);
+        self.inner.device_write_barrier()
+    }
+
+    #[inline]
+    fn full_barrier(&self) {
+        self.c.barriers.fetch_add(1, Ordering::Relaxed);
+        self.inner.full_barrier()
     }
 }
 
 impl<E: TlbHooks> TlbHooks for Counting<E> {
-    fn flush_walk(&self, iova: u64, size: u64, granule: u64) {
+    fn flush_walk(&self, iova: u64, size: u64, granule: u64) -> Result<(), TlbError> {
         self.c.flush_walks.fetch_add(1, Ordering::Relaxed);
-        self.inner.flush_walk(iova, size, granule);
+        self.inner.flush_walk(iova, size, granule)
     }
 
-    fn sync_gather(&self, gather: &Gather) {
+    fn sync_gather(&self, gather: &Gather) -> Result<(), TlbError> {
         self.c.gather_syncs.fetch_add(1, Ordering::Relaxed);
-        self.inner.sync_gather(gather);
+        self.inner.sync_gather(gather)
     }
 }

@@ -125,10 +125,16 @@ pub(crate) fn all<P: Platform>() -> Vec<Scenario<P>> {
 }
 
 /// The driver instance of a platform.
-pub(crate) type Drv<P> = Smmu<<P as Platform>::Regs, <P as Platform>::Mem, <P as Platform>::Clock>;
+pub(crate) type Drv<P> = Smmu<Parts<P>>;
 /// A translation domain of a platform's driver.
-pub(crate) type Dom<P> =
-    Domain<<P as Platform>::Regs, <P as Platform>::Mem, <P as Platform>::Clock>;
+pub(crate) type Dom<P> = Domain<Parts<P>>;
+/// The driver environment of a platform: its register frame, memory and
+/// clock.
+pub(crate) type Parts<P> = (
+    <P as Platform>::Regs,
+    <P as Platform>::Mem,
+    <P as Platform>::Clock,
+);
 /// A DMA buffer from the platform's memory.
 pub(crate) type Buf<P> = DmaBuffer<<P as Platform>::Mem>;
 

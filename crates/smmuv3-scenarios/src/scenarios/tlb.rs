@@ -30,7 +30,7 @@ pub(crate) fn stale_then_range_tlbi<P: Platform>(p: &mut P) -> Outcome {
     let smmu = bring_up(p, StrtabFormat::Auto)?;
     let sid = p.device().stream_id();
     let d = Domain::new_stage1(&smmu, Granule::K4, VA_BITS).ctx("stage-1 domain")?;
-    let DomainKind::Stage1 { asid, vmid } = d.kind() else {
+    let DomainKind::Stage1 { asid, parent_vmid } = d.kind() else {
         return Err(Problem::fail(format_args!(
             "stage-1 domain of kind {:?}",
             d.kind()
@@ -79,6 +79,7 @@ pub(crate) fn stale_then_range_tlbi<P: Platform>(p: &mut P) -> Outcome {
         ensure!(n == 4096, "unmap returned {n}");
         pt.map(IOVA_V, page.phys(), 4096, 1, rw())
             .ctx("page-table remap of V")?;
+        pt.sync_map(IOVA_V, 4096).ctx("page-table sync of V")?;
         ensure!(
             pt.translate(IOVA_V) == Some(page.phys()),
             "page table does not translate V to the new page"
@@ -95,7 +96,10 @@ pub(crate) fn stale_then_range_tlbi<P: Platform>(p: &mut P) -> Outcome {
         );
 
         let req = TlbiRequest {
-            target: TlbiTarget::Stage1 { vmid, asid },
+            target: TlbiTarget::Stage1 {
+                vmid: parent_vmid.unwrap_or(0),
+                asid,
+            },
             iova: IOVA_V - below * 4096,
             size: (below + 3) * 4096,
             granule_log2: 12,

@@ -1,16 +1,13 @@
 //! Command queue producer.
 
-use alloc::vec::Vec;
-
 use super::{Inner, Stats};
+use crate::cmdq::{Producer, QueueMemory};
 use crate::command::{Command, SyncSignal};
-use crate::env::{Clock, DmaMemory, RegisterFrame, poll};
-use crate::error::CmdqErrorKind;
+use crate::env::{DmaMemory, SmmuEnv, poll};
 use crate::layout::cmd::CMD_BYTES;
 use crate::mem::DevBlock;
 use crate::probe::Features;
-use crate::queue::QueueIndex;
-use crate::regs::{self, cmdq_cons, gerror, q_base};
+use crate::regs::q_base;
 use crate::{Error, layout};
 
 /// How CMD_SYNC completion is awaited.
@@ -44,11 +41,7 @@ const FORCED_SYNC_BATCH: usize = 63;
 
 pub(crate) struct Cmdq {
     blk: DevBlock,
-    q: QueueIndex,
-    prod: u32,
-    cons: u32,
-    /// First entry written but not yet cleaned and published.
-    unpublished: u32,
+    prod: Producer,
     sync: SyncMethod,
     msi: Option<DevBlock>,
     msi_seq: u32,
@@ -70,10 +63,7 @@ impl Cmdq {
         };
         Ok(Self {
             blk,
-            q: QueueIndex::new(log2),
-            prod: 0,
-            cons: 0,
-            unpublished: 0,
+            prod: Producer::new(log2),
             sync,
             msi,
             msi_seq: 0,
@@ -84,13 +74,11 @@ impl Cmdq {
     pub(super) fn base_reg(&self) -> u64 {
         q_base::ALLOC.make(1)
             | (self.blk.phys() & q_base::ADDR.mask())
-            | q_base::LOG2SIZE.make(self.q.log2().into())
+            | q_base::LOG2SIZE.make(self.prod.queue().log2().into())
     }
 
     pub(super) fn reset_ptrs(&mut self) {
-        self.prod = 0;
-        self.cons = 0;
-        self.unpublished = 0;
+        self.prod.reset();
     }
 
     pub(super) fn sync_method(&self) -> SyncMethod {
@@ -116,98 +104,48 @@ impl Cmdq {
         }
     }
 
-    fn slot(&self, ptr: u32) -> usize {
-        self.q.index(ptr) as usize * 2
-    }
-
-    /// Cleans the entries written since the last publication.
-    fn clean_pending(&mut self, mem: &impl DmaMemory) -> Result<(), Error> {
-        let n = self.q.used(self.prod, self.unpublished);
-        if n == 0 {
-            return Ok(());
-        }
-        let first = self.q.index(self.unpublished) as usize;
-        let till_end = (self.q.entries() as usize - first).min(n as usize);
-        self.blk
-            .clean(mem, first * CMD_BYTES, till_end * CMD_BYTES)?;
-        if (n as usize) > till_end {
-            self.blk
-                .clean(mem, 0, (n as usize - till_end) * CMD_BYTES)?;
-        }
-        self.unpublished = self.prod;
-        Ok(())
-    }
-
     /// Replaces the command at CONS, which the SMMU rejected, by a CMD_SYNC
     /// so the queue can resume, and records the rejection.
-    pub(super) fn skip_bad_command<R: RegisterFrame, M: DmaMemory, C: Clock>(
-        &mut self,
-        inner: &Inner<R, M, C>,
-    ) -> Result<(), Error> {
-        let cons_reg = inner.regs.read32(regs::CMDQ_CONS);
-        let kind = match cmdq_cons::ERR.get(cons_reg.into()) {
-            cmdq_cons::CERROR_ILL => CmdqErrorKind::Illegal,
-            cmdq_cons::CERROR_ABT => CmdqErrorKind::Abort,
-            cmdq_cons::CERROR_ATC_INV_SYNC => CmdqErrorKind::AtcInvSync,
-            other => CmdqErrorKind::Other(other as u8),
-        };
-        let at = self.slot(cons_reg & self.q.ptr_mask());
-        let raw = [self.blk.read(at), self.blk.read(at + 1)];
-        let nop = Command::Sync {
-            signal: SyncSignal::None,
-        }
-        .encode()?;
-        self.blk.write(at, nop[0]);
-        self.blk.write(at + 1, nop[1]);
-        self.blk.clean(&inner.mem, at * 8, CMD_BYTES)?;
+    pub(super) fn skip_bad_command<E: SmmuEnv>(&mut self, inner: &Inner<E>) -> Result<(), Error> {
+        let mem = QueueMemory::new(self.blk.words(), self.blk.phys());
+        let r = self.prod.skip_rejected(&mem, &inner.mem, &inner.regs)?;
         if self.rejection.is_none() {
             self.rejection = Some(Error::CommandRejected {
-                kind,
-                raw,
-                decoded: Command::decode(raw).ok(),
+                kind: r.kind,
+                raw: r.raw,
+                decoded: Command::decode(r.raw).ok(),
             });
         }
         Ok(())
     }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
-    /// Reads CMDQ_CONS, refusing a value no queue can have (ahead of PROD):
-    /// trusting it would overwrite commands the SMMU has not read.
+impl<E: SmmuEnv> Inner<E> {
     fn read_cons(&self, q: &mut Cmdq) -> Result<u32, Error> {
-        let c = self.regs.read32(regs::CMDQ_CONS) & q.q.ptr_mask();
-        if q.q.used(q.prod, c) > q.q.entries() {
-            return Err(Error::BadPointer("CMDQ_CONS"));
-        }
-        q.cons = c;
-        Ok(c)
+        Ok(q.prod.read_cons(&self.regs)?.ptr)
     }
 
-    fn cmdq_err_active(&self) -> bool {
-        let g = self.regs.read32(regs::GERROR) ^ self.regs.read32(regs::GERRORN);
-        g & gerror::CMDQ_ERR.mask() as u32 != 0
-    }
-
+    /// Makes the queued commands (and every earlier store the device must
+    /// see: STEs, CDs, page tables) visible, then rings the doorbell.
     fn publish(&self, q: &mut Cmdq) -> Result<(), Error> {
-        q.clean_pending(&self.mem)?;
-        self.regs.write32(regs::CMDQ_PROD, q.prod);
-        Ok(())
+        let mem = QueueMemory::new(q.blk.words(), q.blk.phys());
+        q.prod.publish(&mem, &self.mem, &self.regs)
     }
 
     /// Waits until the queue has room for one more entry.
     fn wait_space(&self, q: &mut Cmdq) -> Result<(), Error> {
-        if q.q.space(q.prod, q.cons) > 0 {
+        if q.prod.space() > 0 {
             return Ok(());
         }
         self.read_cons(q)?;
-        if q.q.space(q.prod, q.cons) > 0 {
+        if q.prod.space() > 0 {
             return Ok(());
         }
         // Let the SMMU see what is queued, then wait for it to make room.
         self.publish(q)?;
         let use_wfe = q.sync == SyncMethod::Sev;
         poll(&self.clock, self.timeout(), use_wfe, || {
-            if self.cmdq_err_active() {
+            if Producer::error_active(&self.regs) {
                 if let Err(e) = self.service_gerror(q) {
                     return Some(Err(e));
                 }
@@ -215,18 +153,15 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
             if let Err(e) = self.read_cons(q) {
                 return Some(Err(e));
             }
-            (q.q.space(q.prod, q.cons) > 0).then_some(Ok(()))
+            (q.prod.space() > 0).then_some(Ok(()))
         })
         .map_err(|_| Error::Timeout("command queue space"))?
     }
 
     fn push(&self, q: &mut Cmdq, words: [u64; 2], opcode: u8) -> Result<u32, Error> {
         self.wait_space(q)?;
-        let at = q.prod;
-        let s = q.slot(at);
-        q.blk.write(s, words[0]);
-        q.blk.write(s + 1, words[1]);
-        q.prod = q.q.advance(q.prod, 1);
+        let mem = QueueMemory::new(q.blk.words(), q.blk.phys());
+        let at = q.prod.write(&mem, words)?;
         Stats::bump(&self.stats.by_opcode[opcode as usize], 1);
         Ok(at)
     }
@@ -249,11 +184,10 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
         let use_wfe = q.sync == SyncMethod::Sev;
         let seq = q.msi_seq;
         let res = poll(&self.clock, self.timeout(), use_wfe, || {
-            if self.cmdq_err_active() {
-                if let Err(e) = self.service_gerror(q) {
-                    return Some(Err(e));
-                }
-            }
+            // Completion first: the SMMU stops consuming at a command error
+            // until it is acknowledged, so a consumed CMD_SYNC means every
+            // command before it was handled, and the error registers need
+            // reading only while waiting.
             let done = match (&q.msi, q.sync) {
                 (Some(m), SyncMethod::Msi) => {
                     if let Err(e) = m.invalidate(&self.mem, 0, 8) {
@@ -262,11 +196,19 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
                     m.read(0) as u32 == seq
                 }
                 _ => match self.read_cons(q) {
-                    Ok(cons) => q.q.consumed(at, q.prod, cons),
+                    Ok(_) => q.prod.is_consumed(at),
                     Err(e) => return Some(Err(e)),
                 },
             };
-            done.then_some(Ok(()))
+            if done {
+                return Some(Ok(()));
+            }
+            if Producer::error_active(&self.regs) {
+                if let Err(e) = self.service_gerror(q) {
+                    return Some(Err(e));
+                }
+            }
+            None
         });
         res.map_err(|_| Error::Timeout("CMD_SYNC completion"))??;
         Stats::bump(&self.stats.syncs, 1);
@@ -278,14 +220,35 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
 
     /// Issues `cmds` and, when `sync`, a CMD_SYNC, waiting for completion.
     pub(crate) fn issue(&self, cmds: &[Command], sync: bool) -> Result<(), Error> {
+        self.issue_iter(cmds.iter().copied(), sync)
+    }
+
+    /// As [`Inner::issue`] for commands from an iterator (a TLBI plan),
+    /// without allocating: every command is encoded once to check it (a bad
+    /// operand issues nothing), then again as it is written to the queue.
+    pub(crate) fn issue_iter<I>(&self, cmds: I, sync: bool) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = Command>,
+        I::IntoIter: Clone,
+    {
+        let cmds = cmds.into_iter();
+        for c in cmds.clone() {
+            c.encode()?;
+        }
+        self.issue_encodable(cmds, sync)
+    }
+
+    /// As [`Inner::issue_iter`] for commands known to encode (a TLBI plan:
+    /// the planner emits only encodable commands), so they are encoded
+    /// once. A command that does not encode after all stops the batch
+    /// there with its error.
+    pub(crate) fn issue_encodable<I>(&self, cmds: I, sync: bool) -> Result<(), Error>
+    where
+        I: Iterator<Item = Command>,
+    {
         if !self.cmdq_on.load(core::sync::atomic::Ordering::Acquire) {
             return Err(Error::QueueDisabled);
         }
-        // Encode everything first: a bad operand issues nothing.
-        let words: Vec<([u64; 2], u8)> = cmds
-            .iter()
-            .map(|c| c.encode().map(|w| (w, c.opcode())))
-            .collect::<Result<_, _>>()?;
         let mut q = self.cmdq.lock();
         let chunk = if self.features.errata.force_sync {
             FORCED_SYNC_BATCH
@@ -293,12 +256,12 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
             usize::MAX
         };
         let mut since_sync = 0;
-        for &(w, op) in &words {
+        for c in cmds {
             if since_sync == chunk {
                 self.sync_and_wait(&mut q)?;
                 since_sync = 0;
             }
-            self.push(&mut q, w, op)?;
+            self.push(&mut q, c.encode()?, c.opcode())?;
             since_sync += 1;
         }
         if sync {

@@ -5,30 +5,31 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use io_pgtable::config::{Config, Granule, Regs, WalkCoherency};
 use io_pgtable::env::{
-    AllocError, CacheError, CacheMaintenance, Gather, TableBlock, TableMemory, TlbHooks,
+    AllocError, CacheError, CacheMaintenance, Gather, TableBlock, TableMemory, TlbError, TlbHooks,
 };
 use io_pgtable::{PageTable, Prot};
 
 use super::{Inner, Smmu};
 use crate::Error;
 use crate::command::{Command, atc_inv};
-use crate::env::{Clock, DmaMemory, RegisterFrame};
+use crate::env::SmmuEnv;
 use crate::sync::SpinLock;
 use crate::tlbi::{TlbiPolicy, TlbiRequest, TlbiTarget, plan};
 
 /// Which translation a domain provides, and its TLB tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DomainKind {
-    /// Stage 1 (VA -> PA, or VA -> IPA when nested under VMID `vmid`).
+    /// Stage 1 (VA -> PA, or VA -> IPA when nested).
     Stage1 {
         /// ASID.
         asid: u16,
-        /// VMID of the stage 2 it is nested under (0: not nested).
-        vmid: u16,
+        /// VMID of the stage-2 domain it is nested under; `None` when not
+        /// nested. (VMID 0 is a valid parent: a hypervisor's host stage 2.)
+        parent_vmid: Option<u16>,
     },
     /// Stage 2 (IPA -> PA).
     Stage2 {
@@ -42,6 +43,10 @@ pub(crate) struct DomainShared {
     kind: DomainKind,
     attached: SpinLock<Vec<(u32, Option<u32>)>>,
     ats: SpinLock<Vec<(u32, Option<u32>)>>,
+    /// Stage 2 only: stage-1 contexts may be nested on it, so the TLBs may
+    /// hold combined stage 1+2 entries that IPA invalidation need not
+    /// remove.
+    nest_parent: AtomicBool,
 }
 
 impl DomainShared {
@@ -49,9 +54,20 @@ impl DomainShared {
         self.kind
     }
 
-    pub(crate) fn vmid(&self) -> u16 {
+    /// Returns the VMID the domain's TLB entries are tagged with (0 for a
+    /// stage-1 domain that is not nested, as the SMMU tags them).
+    pub(crate) fn tlb_vmid(&self) -> u16 {
         match self.kind {
-            DomainKind::Stage1 { vmid, .. } | DomainKind::Stage2 { vmid } => vmid,
+            DomainKind::Stage1 { parent_vmid, .. } => parent_vmid.unwrap_or(0),
+            DomainKind::Stage2 { vmid } => vmid,
+        }
+    }
+
+    /// Returns the VMID of the stage 2 a stage-1 domain is nested under.
+    pub(crate) fn parent_vmid(&self) -> Option<u16> {
+        match self.kind {
+            DomainKind::Stage1 { parent_vmid, .. } => parent_vmid,
+            DomainKind::Stage2 { .. } => None,
         }
     }
 
@@ -76,29 +92,27 @@ impl DomainShared {
 
     fn target(&self) -> TlbiTarget {
         match self.kind {
-            DomainKind::Stage1 { asid, vmid } => TlbiTarget::Stage1 { vmid, asid },
+            DomainKind::Stage1 { asid, .. } => TlbiTarget::Stage1 {
+                vmid: self.tlb_vmid(),
+                asid,
+            },
             DomainKind::Stage2 { vmid } => TlbiTarget::Stage2 { vmid },
         }
     }
 }
 
 /// The environment io-pgtable sees for a domain: the SMMU's memory, and TLB
-/// hooks that invalidate through the SMMU's command queue.
-pub struct DomainEnv<R: RegisterFrame, M: DmaMemory, C: Clock> {
-    inner: Arc<Inner<R, M, C>>,
+/// hooks that invalidate through the SMMU's command queue. It remembers
+/// nothing between calls: every hook is synchronous and returns its error.
+pub struct DomainEnv<E: SmmuEnv> {
+    inner: Arc<Inner<E>>,
     shared: Arc<DomainShared>,
     granule_log2: u8,
-    /// First invalidation failure inside a hook (hooks cannot return errors).
-    failed: SpinLock<Option<Error>>,
-    /// Ranges whose walk caches and TLB entries were flushed during the
-    /// current unmap (a disconnected table): leaves gathered inside them
-    /// are unreachable and already invalidated.
-    walked: SpinLock<Vec<(u64, u64)>>,
 }
 
-// SAFETY: every method forwards to the SMMU's memory `M`, which upholds the
+// SAFETY: every method forwards to the SMMU's memory, which upholds the
 // `TableMemory` contract itself.
-unsafe impl<R: RegisterFrame, M: DmaMemory, C: Clock> TableMemory for DomainEnv<R, M, C> {
+unsafe impl<E: SmmuEnv> TableMemory for DomainEnv<E> {
     fn alloc_table(&self, size: usize) -> Result<TableBlock, AllocError> {
         self.inner.mem.alloc_table(size)
     }
@@ -114,15 +128,37 @@ unsafe impl<R: RegisterFrame, M: DmaMemory, C: Clock> TableMemory for DomainEnv<
     }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> CacheMaintenance for DomainEnv<R, M, C> {
+impl<E: SmmuEnv> CacheMaintenance for DomainEnv<E> {
     fn clean(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError> {
         self.inner.mem.clean(cpu, phys, len)
     }
+
+    fn device_write_barrier(&self) {
+        self.inner.mem.device_write_barrier()
+    }
+
+    fn full_barrier(&self) {
+        self.inner.mem.full_barrier()
+    }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> DomainEnv<R, M, C> {
+/// Returns the io-pgtable view of a driver error met while invalidating.
+fn tlb_error(e: Error) -> TlbError {
+    match e {
+        Error::Timeout(_) => TlbError::Timeout,
+        Error::CommandRejected { raw, .. } => TlbError::Rejected(raw),
+        Error::QueueDisabled => TlbError::NotIssued("command queue disabled"),
+        Error::Command(_) => TlbError::NotIssued("invalidation not encodable"),
+        Error::BadPointer(_) => TlbError::NotIssued("impossible CMDQ_CONS"),
+        Error::Global(_) => TlbError::NotIssued("SMMU global error"),
+        _ => TlbError::NotIssued("command queue error"),
+    }
+}
+
+impl<E: SmmuEnv> DomainEnv<E> {
     /// Invalidates `[iova, iova + size)` (leaf entries of `leaf_log2` only,
-    /// or everything) plus the ATCs of ATS streams, and waits.
+    /// or everything), the combined entries of a nesting parent, and the
+    /// ATCs of ATS streams, and waits. Allocates nothing.
     fn invalidate(&self, iova: u64, size: u64, leaf_log2: Option<u8>) -> Result<(), Error> {
         let i = &self.inner;
         let req = TlbiRequest {
@@ -136,56 +172,50 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> DomainEnv<R, M, C> {
             ril: i.features.ril && i.cfg.use_ril,
             max_ops: i.cfg.tlbi_max_ops,
         };
-        let cmds: Vec<Command> = plan(&req, &policy)?.collect();
-        i.issue(&cmds, true)?;
+        let cmds = plan(&req, &policy)?;
+        let whole_vmid = cmds.is_whole_target();
+        i.issue_encodable(cmds, true)?;
+        if self.shared.nest_parent.load(Ordering::Acquire) && !whole_vmid {
+            // IPA invalidation need not remove combined stage 1+2 entries;
+            // only after it completed (so no walk refills them from stale
+            // stage-2 entries) are the VMID's stage-1 entries dropped.
+            i.issue_encodable(
+                core::iter::once(Command::TlbiNhAll {
+                    vmid: self.shared.tlb_vmid(),
+                }),
+                true,
+            )?;
+        }
         // ATCs only after the TLB invalidation completed: otherwise a
         // device could refill its ATC from a stale TLB entry in between.
-        let atc: Vec<Command> = self
-            .shared
-            .ats
-            .lock()
-            .iter()
-            .map(|&(sid, ssid)| atc_inv(sid, ssid, iova, size))
-            .collect();
-        if atc.is_empty() {
+        let ats = self.shared.ats.lock();
+        if ats.is_empty() {
             return Ok(());
         }
-        i.issue(&atc, true)
+        i.issue_iter(
+            ats.iter()
+                .map(|&(sid, ssid)| atc_inv(sid, ssid, iova, size)),
+            true,
+        )
     }
 
-    /// Returns whether `[start, end)` lies inside one flushed walk range.
-    fn already_flushed(&self, start: u64, end: u64) -> bool {
-        self.walked
-            .lock()
-            .iter()
-            .any(|&(s, e)| s <= start && end <= e)
-    }
-
-    fn record(&self, r: Result<(), Error>) {
-        if let Err(e) = r {
-            let mut f = self.failed.lock();
-            if f.is_none() {
-                *f = Some(e);
-            }
+    /// Invalidates the leaves of `gather` (nothing when it is empty).
+    fn invalidate_gather(&self, gather: &Gather) -> Result<(), Error> {
+        if gather.is_empty() {
+            return Ok(());
         }
+        let leaf = gather.pgsize().trailing_zeros() as u8;
+        self.invalidate(gather.start(), gather.len(), Some(leaf))
     }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> TlbHooks for DomainEnv<R, M, C> {
-    fn flush_walk(&self, iova: u64, size: u64, _granule: u64) {
-        let r = self.invalidate(iova, size, None);
-        if r.is_ok() {
-            self.walked.lock().push((iova, iova.saturating_add(size)));
-        }
-        self.record(r);
+impl<E: SmmuEnv> TlbHooks for DomainEnv<E> {
+    fn flush_walk(&self, iova: u64, size: u64, _granule: u64) -> Result<(), TlbError> {
+        self.invalidate(iova, size, None).map_err(tlb_error)
     }
 
-    fn sync_gather(&self, gather: &Gather) {
-        if gather.is_empty() || self.already_flushed(gather.start(), gather.end()) {
-            return;
-        }
-        let leaf = gather.pgsize().trailing_zeros() as u8;
-        self.record(self.invalidate(gather.start(), gather.len(), Some(leaf)));
+    fn sync_gather(&self, gather: &Gather) -> Result<(), TlbError> {
+        self.invalidate_gather(gather).map_err(tlb_error)
     }
 }
 
@@ -207,14 +237,14 @@ fn clamp_oas(granule: Granule, oas: u32) -> u32 {
 }
 
 /// A translation domain.
-pub struct Domain<R: RegisterFrame, M: DmaMemory, C: Clock> {
-    smmu: Smmu<R, M, C>,
-    pt: ManuallyDrop<PageTable<DomainEnv<R, M, C>>>,
+pub struct Domain<E: SmmuEnv> {
+    smmu: Smmu<E>,
+    pt: ManuallyDrop<PageTable<DomainEnv<E>>>,
     shared: Arc<DomainShared>,
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
-    fn build(smmu: &Smmu<R, M, C>, kind: DomainKind, cfg: Config) -> Result<Self, Error> {
+impl<E: SmmuEnv> Domain<E> {
+    fn build(smmu: &Smmu<E>, kind: DomainKind, cfg: Config) -> Result<Self, Error> {
         let i = &smmu.inner;
         let gsize = cfg.granule.size();
         if i.features.pgsize_bitmap & gsize == 0 {
@@ -222,22 +252,23 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
                 "granule not supported by the SMMU (IDR5)",
             ));
         }
+        // Decided once, at probe: a non-coherent walker gets deferred
+        // cleans, one `sync_map` per map call or batch.
         let cfg = cfg.with_coherency(if i.features.coherent {
             WalkCoherency::Coherent
         } else {
-            WalkCoherency::NonCoherent
+            WalkCoherency::Deferred
         });
         let shared = Arc::new(DomainShared {
             kind,
             attached: SpinLock::new(Vec::new()),
             ats: SpinLock::new(Vec::new()),
+            nest_parent: AtomicBool::new(false),
         });
         let env = DomainEnv {
             inner: i.clone(),
             shared: shared.clone(),
             granule_log2: cfg.granule.shift() as u8,
-            failed: SpinLock::new(None),
-            walked: SpinLock::new(Vec::new()),
         };
         let pt = PageTable::new(cfg, env)?;
         i.next_domain.fetch_add(1, Ordering::Relaxed);
@@ -255,19 +286,19 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
     ///
     /// [`Error::Unsupported`] without stage 1 or the granule,
     /// [`Error::IdsExhausted`], page-table and allocation errors.
-    pub fn new_stage1(smmu: &Smmu<R, M, C>, granule: Granule, va_bits: u8) -> Result<Self, Error> {
+    pub fn new_stage1(smmu: &Smmu<E>, granule: Granule, va_bits: u8) -> Result<Self, Error> {
         let f = smmu.features();
         if !f.stage1 {
             return Err(Error::Unsupported("stage 1 (IDR0.S1P)"));
         }
-        Self::stage1_under(smmu, 0, granule, va_bits, f.oas_bits.into())
+        Self::stage1_under(smmu, None, granule, va_bits, f.oas_bits.into())
     }
 
-    /// Returns a stage-1 domain with a fresh ASID, tagged with `vmid` (0 when
-    /// not nested), whose output is `out_bits` wide.
+    /// Returns a stage-1 domain with a fresh ASID, nested under stage-2
+    /// VMID `parent_vmid` (or not nested), whose output is `out_bits` wide.
     fn stage1_under(
-        smmu: &Smmu<R, M, C>,
-        vmid: u16,
+        smmu: &Smmu<E>,
+        parent_vmid: Option<u16>,
         granule: Granule,
         va_bits: u8,
         out_bits: u32,
@@ -278,7 +309,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
             clamp_ias(granule, va_bits, smmu.features().va_bits),
             clamp_oas(granule, out_bits),
         );
-        Self::build(smmu, DomainKind::Stage1 { asid, vmid }, cfg).inspect_err(|_| {
+        Self::build(smmu, DomainKind::Stage1 { asid, parent_vmid }, cfg).inspect_err(|_| {
             smmu.inner.asids.lock().free(asid, true);
         })
     }
@@ -291,7 +322,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
     /// As [`Domain::new_stage1`], and [`Error::Unsupported`] without
     /// nesting or when `parent` is not stage 2.
     pub fn new_nested_stage1(
-        parent: &Domain<R, M, C>,
+        parent: &Domain<E>,
         granule: Granule,
         va_bits: u8,
     ) -> Result<Self, Error> {
@@ -303,7 +334,9 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         let DomainKind::Stage2 { vmid } = parent.kind() else {
             return Err(Error::Unsupported("nested stage 1 needs a stage-2 parent"));
         };
-        Self::stage1_under(smmu, vmid, granule, va_bits, parent.pt.config().ias)
+        let child = Self::stage1_under(smmu, Some(vmid), granule, va_bits, parent.pt.config().ias)?;
+        parent.mark_nest_parent();
+        Ok(child)
     }
 
     /// Returns a new stage-2 domain with a fresh VMID, translating
@@ -312,7 +345,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
     /// # Errors
     ///
     /// As [`Domain::new_stage1`] for stage 2.
-    pub fn new_stage2(smmu: &Smmu<R, M, C>, granule: Granule, ipa_bits: u8) -> Result<Self, Error> {
+    pub fn new_stage2(smmu: &Smmu<E>, granule: Granule, ipa_bits: u8) -> Result<Self, Error> {
         let f = smmu.features();
         if !f.stage2 {
             return Err(Error::Unsupported("stage 2 (IDR0.S2P)"));
@@ -329,16 +362,17 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
     }
 
     /// Returns a new stage-2 domain with the given VMID, e.g. VMID 0 for a
-    /// hypervisor's host stage 2 (as pKVM does). VMID 0 is otherwise the tag
-    /// of stage-1-only streams: invalidating this domain then also drops
-    /// their TLB entries (harmless over-invalidation).
+    /// hypervisor's host stage 2 (as pKVM does). The SMMU also tags the TLB
+    /// entries of stage-1-only streams with VMID 0, so invalidating such a
+    /// domain as a nesting parent also drops theirs (harmless
+    /// over-invalidation); the driver itself never confuses the two.
     ///
     /// # Errors
     ///
     /// As [`Domain::new_stage2`]; [`Error::IdsExhausted`] when the VMID is
     /// in use, quarantined or wider than the SMMU's VMIDs.
     pub fn new_stage2_with_vmid(
-        smmu: &Smmu<R, M, C>,
+        smmu: &Smmu<E>,
         granule: Granule,
         ipa_bits: u8,
         vmid: u16,
@@ -372,7 +406,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
     }
 
     /// Returns the page table (for translation queries and walks).
-    pub fn page_table(&self) -> &PageTable<DomainEnv<R, M, C>> {
+    pub fn page_table(&self) -> &PageTable<DomainEnv<E>> {
         &self.pt
     }
 
@@ -381,24 +415,59 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
         self.shared.attached.lock().clone()
     }
 
-    fn take_hook_error(&self) -> Result<(), Error> {
-        match self.pt.env().failed.lock().take() {
-            Some(e) => Err(e),
-            None => Ok(()),
+    /// Declares that stage-1 contexts the driver did not build (a host's,
+    /// shadowed by a hypervisor) may be nested on this stage-2 domain: its
+    /// invalidations then also drop the VMID's stage-1 entries
+    /// (`TLBI_NH_ALL`), which may be combined stage 1+2 entries. Nested
+    /// domains made by [`Domain::new_nested_stage1`] set it themselves.
+    pub fn mark_nest_parent(&self) {
+        if matches!(self.shared.kind, DomainKind::Stage2 { .. }) {
+            self.shared.nest_parent.store(true, Ordering::Release);
         }
     }
 
     /// Maps `[iova, iova + len)` to `[pa, pa + len)` with the largest pages
-    /// the alignment allows. New mappings need no invalidation.
+    /// the alignment allows, and makes the mapping visible to the device
+    /// before returning (deferred cleans, then the device write barrier).
+    /// New mappings need no invalidation.
     ///
     /// # Errors
     ///
     /// [`Error::Partial`] when the page table stopped part way (what was
-    /// mapped stays mapped), or an invalidation error from a hook.
+    /// mapped stays mapped, and is made visible too); [`Error::PageTable`]
+    /// when making it visible failed.
     pub fn map(&self, iova: u64, pa: u64, len: u64, prot: Prot) -> Result<(), Error> {
         let r = self.pt.map_range(iova, pa, len, prot);
-        self.take_hook_error()?;
+        let done = match r {
+            Ok(n) => n as u64,
+            Err(p) => p.done as u64,
+        };
+        self.pt.sync_map(iova, done)?;
         r?;
+        Ok(())
+    }
+
+    /// As [`Domain::map`] but leaves the mapping invisible to a
+    /// non-coherent device until [`Domain::sync_map`] covers it: a batch of
+    /// maps then cleans each dirty cache line once, not once per call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Partial`] when the page table stopped part way.
+    pub fn map_deferred(&self, iova: u64, pa: u64, len: u64, prot: Prot) -> Result<(), Error> {
+        self.pt.map_range(iova, pa, len, prot)?;
+        Ok(())
+    }
+
+    /// Makes the mappings of earlier [`Domain::map_deferred`] calls in
+    /// `[iova, iova + len)` visible to the device (one clean per dirty line,
+    /// then the device write barrier).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PageTable`] for a bad range or a failed clean.
+    pub fn sync_map(&self, iova: u64, len: u64) -> Result<(), Error> {
+        self.pt.sync_map(iova, len)?;
         Ok(())
     }
 
@@ -409,25 +478,16 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
     ///
     /// # Errors
     ///
-    /// As [`Domain::map`]; on an error the range unmapped so far is still
-    /// invalidated before returning.
+    /// [`Error::Partial`] when the page table stopped part way (its `done`
+    /// counts every cleared byte, and those are invalidated before this
+    /// returns), or the invalidation's own error. Either way nothing the
+    /// call cleared stays reachable unless the invalidation itself failed.
     pub fn unmap(&mut self, iova: u64, len: u64) -> Result<u64, Error> {
-        let mut gather = Gather::new();
-        self.pt.env().walked.lock().clear();
-        let r = self.pt.unmap_range(iova, len, &mut gather);
-        let env = self.pt.env();
-        if !gather.is_empty() && !env.already_flushed(gather.start(), gather.end()) {
-            let leaf = gather.pgsize().trailing_zeros() as u8;
-            let res = self
-                .pt
-                .env()
-                .invalidate(gather.start(), gather.len(), Some(leaf));
-            self.pt.env().record(res);
-        }
-        self.take_hook_error()?;
-        // Invalidation completed: retired tables are unreachable now.
+        let r = self.unmap_shared(iova, len);
+        // Every retired table was flushed from the walk caches before it was
+        // retired, and `&mut self` proves no CPU walk is in flight.
         self.pt.reclaim();
-        Ok(r? as u64)
+        r
     }
 
     /// As [`Domain::unmap`] but through a shared reference, so threads can
@@ -440,26 +500,34 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
     pub fn unmap_shared(&self, iova: u64, len: u64) -> Result<u64, Error> {
         let mut gather = Gather::new();
         let r = self.pt.unmap_range(iova, len, &mut gather);
-        let env = self.pt.env();
-        if !gather.is_empty() {
-            // Walk flushes of concurrent callers are not tracked per caller:
-            // always invalidate the gathered leaves.
-            let leaf = gather.pgsize().trailing_zeros() as u8;
-            let res = env.invalidate(gather.start(), gather.len(), Some(leaf));
-            env.record(res);
-        }
-        self.take_hook_error()?;
+        // Exactly what the gather holds: leaves only, from this call only.
+        self.pt.env().invalidate_gather(&gather)?;
         Ok(r? as u64)
     }
 
     /// Frees page-table pages retired by [`Domain::unmap_shared`] (their
-    /// TLB entries were invalidated before the unmaps returned; `&mut self`
-    /// proves no walk by this driver is in flight).
+    /// TLB and walk-cache entries were invalidated before they were retired;
+    /// `&mut self` proves no walk by this driver is in flight).
     ///
     /// Returns how many tables were freed.
     pub fn reclaim(&mut self) -> usize {
-        self.pt.env().walked.lock().clear();
         self.pt.reclaim()
+    }
+
+    /// Frees every page-table page left empty by unmaps smaller than it
+    /// (an unmap frees a table only when it covers the table's whole
+    /// range), after invalidating its walk-cache entries. Needs `&mut self`:
+    /// freeing a table a concurrent mapper is filling would lose its
+    /// mapping.
+    ///
+    /// Returns how many tables were freed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PageTable`] when an invalidation or clean failed; that
+    /// table stays linked.
+    pub fn compact(&mut self) -> Result<usize, Error> {
+        Ok(self.pt.compact()?)
     }
 
     /// Returns the output address `iova` maps to, if any.
@@ -477,7 +545,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Domain<R, M, C> {
     }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Drop for Domain<R, M, C> {
+impl<E: SmmuEnv> Drop for Domain<E> {
     fn drop(&mut self) {
         // Streams must stop using the tables before they are freed. A shut
         // down SMMU walks nothing, and a new bring-up invalidates all TLBs.

@@ -5,12 +5,13 @@ use alloc::vec::Vec;
 use super::{Inner, Stats};
 use crate::Error;
 use crate::command::Command;
-use crate::env::{Clock, DmaMemory, RegisterFrame};
+use crate::env::{DmaMemory, RegisterFrame, SmmuEnv};
 use crate::event::Event;
 use crate::layout::event::EVENT_BYTES;
 use crate::mem::DevBlock;
 use crate::queue::QueueIndex;
 use crate::regs::{self, evtq, q_base};
+use io_pgtable::env::CacheMaintenance;
 
 /// Events drained from the queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,7 +66,7 @@ impl Evtq {
     }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
+impl<E: SmmuEnv> Inner<E> {
     pub(super) fn drain_events(&self) -> Result<EventBatch, Error> {
         let mut q = self.evtq.lock();
         let mut batch = EventBatch::default();
@@ -82,6 +83,9 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
             if prod == q.cons {
                 break;
             }
+            // The records the SMMU wrote before advancing PROD are read
+            // only after that register read.
+            self.mem.full_barrier();
             if q.q.used(prod, q.cons) > q.q.entries() {
                 // A producer more than a queue ahead is impossible: the
                 // records cannot be trusted. Resynchronise and report them
@@ -99,7 +103,9 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
                 batch.events.push(Event::decode(w));
                 q.cons = q.q.advance(q.cons, 1);
             }
-            // Free the slots (and acknowledge an overflow) before looking again.
+            // Free the slots (and acknowledge an overflow) before looking
+            // again, once every read of them completed.
+            self.mem.full_barrier();
             let ack = evtq::OVFLG.set(q.cons.into(), q.ovack.into()) as u32;
             self.regs.write32(regs::EVENTQ_CONS, ack);
         }
@@ -124,7 +130,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
                 })
                 .collect();
             if !resumes.is_empty() {
-                self.issue(&resumes, true)?;
+                self.issue_iter(resumes, true)?;
             }
         }
         Ok(batch)

@@ -17,11 +17,12 @@ pub use evtq::EventBatch;
 pub use streams::{AttachOptions, Update};
 
 use crate::command::Command;
-use crate::env::{Clock, DmaMemory, RegisterFrame, poll};
+use crate::env::{DmaMemory, RegisterFrame, SmmuEnv, poll};
 use crate::probe::{self, Features};
 use crate::regs::{self, cr0, cr1, cr2, gbpa, gerror};
 use crate::sync::SpinLock;
 use crate::{Error, config::EntryEnv};
+use io_pgtable::env::CacheMaintenance;
 
 /// Stream table format choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub struct SmmuConfig {
     pub use_ril: bool,
     /// Abort (rather than bypass) traffic while the SMMU is disabled.
     pub gbpa_abort: bool,
+    /// Whether the platform makes the SMMU's accesses coherent (firmware's
+    /// `dma-coherent`); `None` trusts IDR0.COHACC.
+    pub coherent: Option<bool>,
 }
 
 impl Default for SmmuConfig {
@@ -70,6 +74,7 @@ impl Default for SmmuConfig {
             tlbi_max_ops: 512,
             use_ril: true,
             gbpa_abort: true,
+            coherent: None,
         }
     }
 }
@@ -211,7 +216,9 @@ impl IdAlloc {
 }
 
 /// The environment's memory, with cache maintenance skipped when the SMMU
-/// is coherent (IDR0.COHACC): cleans are then pure cost.
+/// is coherent: cleans and invalidates are then pure cost. The barriers are
+/// never skipped. `coherent` is the one decision [`Smmu::with_features`]
+/// made from the probed features and the platform's word.
 pub(crate) struct Mem<M> {
     inner: M,
     coherent: bool,
@@ -248,6 +255,14 @@ impl<M: DmaMemory> io_pgtable::env::CacheMaintenance for Mem<M> {
         }
         self.inner.clean(cpu, phys, len)
     }
+
+    fn device_write_barrier(&self) {
+        self.inner.device_write_barrier()
+    }
+
+    fn full_barrier(&self) {
+        self.inner.full_barrier()
+    }
 }
 
 impl<M: DmaMemory> crate::env::CacheInvalidate for Mem<M> {
@@ -264,10 +279,10 @@ impl<M: DmaMemory> crate::env::CacheInvalidate for Mem<M> {
     }
 }
 
-pub(crate) struct Inner<R: RegisterFrame, M: DmaMemory, C: Clock> {
-    regs: R,
-    mem: Mem<M>,
-    clock: C,
+pub(crate) struct Inner<E: SmmuEnv> {
+    regs: E::Regs,
+    mem: Mem<E::Mem>,
+    clock: E::Clock,
     features: Features,
     cfg: SmmuConfig,
     entry_env: EntryEnv,
@@ -288,11 +303,11 @@ pub(crate) struct Inner<R: RegisterFrame, M: DmaMemory, C: Clock> {
 /// An SMMUv3 instance: owns its register frame, queues and stream table.
 ///
 /// Cheap to clone (shared); every method takes `&self`.
-pub struct Smmu<R: RegisterFrame, M: DmaMemory, C: Clock> {
-    inner: Arc<Inner<R, M, C>>,
+pub struct Smmu<E: SmmuEnv> {
+    inner: Arc<Inner<E>>,
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Clone for Smmu<R, M, C> {
+impl<E: SmmuEnv> Clone for Smmu<E> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -300,12 +315,15 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Clone for Smmu<R, M, C> {
     }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
+impl<E: SmmuEnv> Inner<E> {
     fn timeout(&self) -> u64 {
         self.cfg.timeout_us
     }
 
     fn write_cr0(&self, val: u32) -> Result<(), Error> {
+        // Enabling the queues or translation makes the SMMU read what we
+        // wrote: order it first.
+        self.mem.device_write_barrier();
         self.regs.write32(regs::CR0, val);
         poll(&self.clock, self.timeout(), false, || {
             (self.regs.read32(regs::CR0ACK) == val).then_some(())
@@ -350,7 +368,7 @@ fn shrinking<T>(log2: u8, mut make: impl FnMut(u8) -> Result<T, Error>) -> Resul
     }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
+impl<E: SmmuEnv> Smmu<E> {
     /// Probes and brings up the SMMU: disables it, programs GBPA, CR1/CR2,
     /// the stream table (every STE aborting), the command and event queues,
     /// issues the global invalidations and enables translation.
@@ -361,7 +379,12 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
     /// structures do not fit, [`Error::Timeout`] when the device does not
     /// acknowledge, [`Error::Unsupported`] for a configuration the hardware
     /// does not allow.
-    pub fn new(regs: R, mem: M, clock: C, cfg: SmmuConfig) -> Result<Self, Error> {
+    pub fn new(
+        regs: E::Regs,
+        mem: E::Mem,
+        clock: E::Clock,
+        cfg: SmmuConfig,
+    ) -> Result<Self, Error> {
         let features = probe::probe(&regs)?;
         Self::with_features(regs, mem, clock, cfg, features)
     }
@@ -373,12 +396,20 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
     ///
     /// As [`Smmu::new`].
     pub fn with_features(
-        regs: R,
-        mem: M,
-        clock: C,
+        regs: E::Regs,
+        mem: E::Mem,
+        clock: E::Clock,
         cfg: SmmuConfig,
         features: Features,
     ) -> Result<Self, Error> {
+        // Coherency is decided here, once: the platform's word (firmware's
+        // "dma-coherent") wins over IDR0.COHACC, as on Linux. Memory
+        // maintenance, STE/CD fetch attributes, CR1 and page-table walkers
+        // all follow `features.coherent` from now on.
+        let mut features = features;
+        if let Some(c) = cfg.coherent {
+            features.coherent = c;
+        }
         let mem = Mem {
             inner: mem,
             coherent: features.coherent,
@@ -393,10 +424,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         })?;
         let streams = streams::Streams::new(&mem, &cfg, &features)?;
         let inner = Inner {
-            entry_env: EntryEnv {
-                coherent: features.coherent,
-                stall: features.stall,
-            },
+            entry_env: EntryEnv::from(&features),
             asids: SpinLock::new(IdAlloc::new("ASID", features.asid_bits)),
             vmids: SpinLock::new(IdAlloc::new("VMID", features.vmid_bits)),
             regs,
@@ -503,12 +531,12 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
     }
 
     /// Returns the register frame.
-    pub fn regs(&self) -> &R {
+    pub fn regs(&self) -> &E::Regs {
         &self.inner.regs
     }
 
     /// Returns the memory environment.
-    pub fn mem(&self) -> &M {
+    pub fn mem(&self) -> &E::Mem {
         &self.inner.mem.inner
     }
 
@@ -603,7 +631,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
     }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
+impl<E: SmmuEnv> Inner<E> {
     fn service_gerror(&self, q: &mut cmdq::Cmdq) -> Result<u32, Error> {
         let g = self.regs.read32(regs::GERROR);
         let n = self.regs.read32(regs::GERRORN);
@@ -626,7 +654,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
     }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Drop for Inner<R, M, C> {
+impl<E: SmmuEnv> Drop for Inner<E> {
     fn drop(&mut self) {
         // Free the structures only when the SMMU provably stopped using them.
         let stopped = !self.enabled.load(Ordering::Acquire) || self.disable().is_ok();

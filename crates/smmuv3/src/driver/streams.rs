@@ -12,7 +12,7 @@ use crate::Error;
 use crate::command::Command;
 use crate::config::{CdTableRef, S1Dss, S2Ref, SteConfig, build_cd, build_ste};
 use crate::entry::{Entry, EntryKind, WORDS, apply, plan_update};
-use crate::env::{Clock, DmaMemory, RegisterFrame};
+use crate::env::{DmaMemory, SmmuEnv};
 use crate::layout::{cd, ste};
 use crate::mem::DevBlock;
 use crate::probe::Features;
@@ -29,7 +29,7 @@ const CD_L2_LOG2: u8 = 6;
 type Gone = (Arc<DomainShared>, u32, Option<u32>);
 
 /// A (substream, domain) pair to attach.
-type Link<'a, R, M, C> = (Option<u32>, &'a Domain<R, M, C>);
+type Link<'a, E> = (Option<u32>, &'a Domain<E>);
 
 /// How a stream is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -385,7 +385,7 @@ fn read_entry(blk: &DevBlock, at: usize) -> Entry {
     core::array::from_fn(|i| blk.read(at + i))
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
+impl<E: SmmuEnv> Inner<E> {
     /// Hitlessly rewrites an 8-word entry; each step is cleaned and followed
     /// by `inval` + CMD_SYNC.
     fn rewrite(
@@ -419,7 +419,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
                 let s2 = match &m.s2 {
                     Some((d, Regs::Stage2(r))) => Some(S2Ref {
                         regs: *r,
-                        vmid: d.vmid(),
+                        vmid: d.tlb_vmid(),
                     }),
                     Some(_) => {
                         return Err(Error::Unsupported(
@@ -598,7 +598,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Inner<R, M, C> {
     }
 }
 
-impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
+impl<E: SmmuEnv> Smmu<E> {
     /// Makes `sid` abort all its traffic (detaching it from any domain).
     ///
     /// # Errors
@@ -639,7 +639,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         &self,
         sid: u32,
         ssid: Option<u32>,
-        domain: &Domain<R, M, C>,
+        domain: &Domain<E>,
         opts: AttachOptions,
     ) -> Result<Update, Error> {
         self.attach_many(sid, &[(ssid, domain)], opts)
@@ -657,8 +657,8 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         &self,
         sid: u32,
         ssid: Option<u32>,
-        s2: &Domain<R, M, C>,
-        s1: &Domain<R, M, C>,
+        s2: &Domain<E>,
+        s1: &Domain<E>,
         opts: AttachOptions,
     ) -> Result<Update, Error> {
         if !self.inner.features.nesting {
@@ -670,7 +670,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
     fn attach_many(
         &self,
         sid: u32,
-        links: &[Link<'_, R, M, C>],
+        links: &[Link<'_, E>],
         opts: AttachOptions,
     ) -> Result<Update, Error> {
         let i = &*self.inner;
@@ -699,39 +699,39 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
                     // Stage-1 contexts tagged with another VMID go.
                     let stale: Vec<u32> =
                         m.s1.iter()
-                            .filter(|(_, (_, d, _))| d.vmid() != vmid)
+                            .filter(|(_, (_, d, _))| d.parent_vmid() != Some(vmid))
                             .map(|(k, _)| *k)
                             .collect();
                     for k in stale {
-                        Inner::<R, M, C>::unlink(m, sid, Some(k), false, &mut gone);
+                        Inner::<E>::unlink(m, sid, Some(k), false, &mut gone);
                     }
-                    Inner::<R, M, C>::unlink(m, sid, None, true, &mut gone);
+                    Inner::<E>::unlink(m, sid, None, true, &mut gone);
                     shared.add(sid, None);
                     m.s2 = Some((shared, regs));
                 }
-                DomainKind::Stage1 { asid, vmid } => {
+                DomainKind::Stage1 { asid, parent_vmid } => {
                     let Regs::Stage1(r) = regs else {
                         return Err(Error::Unsupported(
                             "stage-1 domain without stage-1 registers",
                         ));
                     };
-                    match &m.s2 {
-                        Some((d, _)) if d.vmid() == vmid => {}
-                        _ if vmid != 0 => {
+                    match (&m.s2, parent_vmid) {
+                        (Some((d, _)), Some(p)) if d.tlb_vmid() == p => {}
+                        (_, Some(_)) => {
                             return Err(Error::Unsupported(
                                 "nested stage-1 domain without its stage-2 parent attached",
                             ));
                         }
                         _ => {
                             // Plain stage 1 replaces stage 2 and nested contexts.
-                            Inner::<R, M, C>::unlink(m, sid, None, true, &mut gone);
+                            Inner::<E>::unlink(m, sid, None, true, &mut gone);
                             let stale: Vec<u32> =
                                 m.s1.iter()
-                                    .filter(|(_, (_, d, _))| d.vmid() != 0)
+                                    .filter(|(_, (_, d, _))| d.parent_vmid().is_some())
                                     .map(|(k, _)| *k)
                                     .collect();
                             for k in stale {
-                                Inner::<R, M, C>::unlink(m, sid, Some(k), false, &mut gone);
+                                Inner::<E>::unlink(m, sid, Some(k), false, &mut gone);
                             }
                         }
                     }
@@ -744,7 +744,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
                         // longer points at it.
                         let keys: Vec<u32> = m.s1.keys().copied().collect();
                         for k in keys {
-                            Inner::<R, M, C>::unlink(m, sid, Some(k), false, &mut gone);
+                            Inner::<E>::unlink(m, sid, Some(k), false, &mut gone);
                         }
                         retired.extend(m.cd.take());
                     }
@@ -783,7 +783,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
                     let live = m.cd.as_ref().is_some_and(|c| cd_live == Some(c.blk.phys()));
                     let cd = build_cd(&r, asid);
                     i.write_cd(m, sid, index, &cd, live, &mut up)?;
-                    Inner::<R, M, C>::unlink(m, sid, Some(index), false, &mut gone);
+                    Inner::<E>::unlink(m, sid, Some(index), false, &mut gone);
                     shared.add(sid, ssid);
                     m.s1.insert(index, (ssid, shared, regs));
                 }
@@ -795,7 +795,7 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         m.mode = Mode::Translate;
         m.ats = opts.ats;
         i.sync_ste(&mut st, sid, &mut up)?;
-        Inner::<R, M, C>::forget(st.masters.get(&sid), gone);
+        Inner::<E>::forget(st.masters.get(&sid), gone);
         for c in retired {
             // SAFETY: the STE was rewritten to point at the new table and the
             // update completed (synced), so the SMMU no longer fetches from it.
@@ -824,12 +824,12 @@ impl<R: RegisterFrame, M: DmaMemory, C: Clock> Smmu<R, M, C> {
         let live = true;
         i.write_cd(m, sid, s, &[0; WORDS], live, &mut up)?;
         let mut gone = Vec::new();
-        Inner::<R, M, C>::unlink(m, sid, Some(s), false, &mut gone);
+        Inner::<E>::unlink(m, sid, Some(s), false, &mut gone);
         if m.s1.is_empty() {
             // No stage-1 context left: the STE stops pointing at the table.
             i.sync_ste(&mut st, sid, &mut up)?;
         }
-        Inner::<R, M, C>::forget(st.masters.get(&sid), gone);
+        Inner::<E>::forget(st.masters.get(&sid), gone);
         Ok(up)
     }
 }
