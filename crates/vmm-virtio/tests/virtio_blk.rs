@@ -9,7 +9,10 @@
 use io_pgtable::Granule;
 use smmuv3::AttachOptions;
 use smmuv3::event::EventType;
-use smmuv3_model::{ModelConfig, pci_rid};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use smmuv3_model::{IrqLine, ModelConfig, pci_rid, regs};
 use virtio_drivers::Error as VirtioError;
 use virtio_drivers::device::blk::{BlkReq, BlkResp, SECTOR_SIZE, VirtIOBlk};
 use vm_memory::iommu::IommuMemory;
@@ -131,6 +134,18 @@ fn virtio_blk_reads_and_writes_a_disk_through_the_smmu() {
 fn unmapping_a_buffer_under_a_request_faults_instead_of_touching_memory() {
     let mut s = setup();
     s.handle.lock().unwrap().serve_on_notify = false;
+    // The VMM takes the SMMU's event interrupt through the callback; the
+    // guest enables it with an MMIO write.
+    let irqs = Arc::new(AtomicU32::new(0));
+    let seen = irqs.clone();
+    s.vm.model.set_irq_handler(Some(Arc::new(move |line| {
+        if line == IrqLine::EventQ {
+            seen.fetch_add(1, Ordering::Relaxed);
+        }
+    })));
+    s.vm.device
+        .mmio_write(regs::IRQ_CTRL, &regs::irq_ctrl::EVENTQ_IRQEN.to_le_bytes())
+        .unwrap();
     let gpa = s.vm.ram.alloc(SECTOR_SIZE as u64).unwrap();
     s.vm.ram
         .guest()
@@ -147,7 +162,9 @@ fn unmapping_a_buffer_under_a_request_faults_instead_of_touching_memory() {
     // The guest unmaps the data buffer (with its TLB invalidation) while
     // the request is in flight.
     let revoked = SmmuHal::with(|c| c.revoke_gpa(gpa)).flatten().unwrap();
+    assert_eq!(irqs.load(Ordering::Relaxed), 0);
     assert_eq!(InProcessTransport::process(&s.handle), 1);
+    assert_eq!(irqs.load(Ordering::Relaxed), 1, "one event, one interrupt");
     // SAFETY: the same buffers as passed to `read_blocks_nb`.
     let r = unsafe { s.blk.complete_read_blocks(token, &req, buf, &mut resp) };
     assert_eq!(r, Err(VirtioError::IoError));
