@@ -8,7 +8,7 @@
 //! first invalidates the copy, before the state lock is released.
 
 use core::sync::atomic::{AtomicU64, Ordering, fence};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
 
 use super::LastHit;
@@ -53,6 +53,9 @@ thread_local! {
     /// read-modify-write (a locked instruction would cost as much as the
     /// rest of the hit).
     static MINE: RefCell<Vec<(u64, Arc<AtomicU64>)>> = const { RefCell::new(Vec::new()) };
+    /// The counter this thread used last: (model identity, counter). A
+    /// plain copyable cell, so the common case is one thread-local load.
+    static LAST: Cell<(u64, *const AtomicU64)> = const { Cell::new((0, core::ptr::null())) };
 }
 
 /// The published copy.
@@ -89,11 +92,28 @@ impl Hot {
     /// Counts one hit on this thread's counter.
     #[inline]
     fn count(&self) {
+        let (id, ptr) = LAST.get();
+        if id == self.id {
+            // SAFETY: LAST only ever names a counter of this thread's MINE
+            // list, together with the identity of the model it counts for
+            // (identities are never reused). That model is `self`, alive
+            // here, and its `counters` list holds a clone of the counter's
+            // Arc until it is dropped, so the pointer is valid.
+            let c = unsafe { &*ptr };
+            // Single writer: a plain load and store are exact.
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            return;
+        }
+        self.count_slow();
+    }
+
+    #[cold]
+    fn count_slow(&self) {
         MINE.with(|m| {
             let mut m = m.borrow_mut();
             if let Some((_, c)) = m.iter().rev().find(|(id, _)| *id == self.id) {
-                // Single writer: a plain load and store are exact.
                 c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                LAST.set((self.id, Arc::as_ptr(c)));
                 return;
             }
             // Forget counters of models that are gone.
@@ -103,6 +123,7 @@ impl Hot {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push((c.clone(), 0));
+            LAST.set((self.id, Arc::as_ptr(&c)));
             m.push((self.id, c));
         });
     }
