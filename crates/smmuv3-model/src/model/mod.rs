@@ -87,6 +87,8 @@ pub(crate) struct State {
     last: Option<LastHit>,
     /// The lock-free copy of `last`.
     hot: Arc<hot::Hot>,
+    /// `last` is published in `hot`.
+    hot_live: bool,
     /// The hit path just found no TLB entry for this translation.
     known_miss: bool,
     cfg: ModelConfig,
@@ -237,6 +239,7 @@ impl SmmuModel {
         let state = State {
             last: None,
             hot: hot.clone(),
+            hot_live: false,
             known_miss: false,
             cfg: config,
             ids,
@@ -551,8 +554,20 @@ impl State {
     /// twin, which is never published while tracing).
     fn set_last(&mut self, last: Option<LastHit>) {
         self.last = last;
-        let publish = if self.trace.is_some() { None } else { last };
-        self.hot.publish(publish.as_ref());
+        // Published only once the copy serves a repeat (see
+        // `publish_last`), so translations spread over many pages do not
+        // pay for publishing.
+        self.hot.publish(None);
+        self.hot_live = false;
+    }
+
+    /// Publishes the in-lock copy to the lock-free path (once per copy, and
+    /// never while tracing, whose translations must all take the lock).
+    fn publish_last(&mut self) {
+        if !self.hot_live && self.trace.is_none() {
+            self.hot.publish(self.last.as_ref());
+            self.hot_live = true;
+        }
     }
 
     /// Moves the lock-free path's hit count into the statistics.

@@ -277,6 +277,8 @@ impl State {
             tlb_hit: true,
         };
         self.stats.tlb_hits += 1;
+        // The page repeats: let the next ones skip the lock.
+        self.publish_last();
         Some(t)
     }
 
