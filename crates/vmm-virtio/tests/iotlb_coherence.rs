@@ -194,4 +194,11 @@ fn failed_translation_records_the_event_and_fills_nothing() {
         assert_eq!(it.next().unwrap().base, GuestAddress(buf + 16));
     }
     assert_eq!(sys.model.stats().translations - before, 3);
+    // A range that wraps the address space is a typed error, not a panic.
+    for io in [&io, &uncached] {
+        let e = io
+            .translate(GuestAddress(u64::MAX - 0xfff), 0x2000, Permissions::Read)
+            .unwrap_err();
+        assert!(e.to_string().contains("wraps"), "{e}");
+    }
 }

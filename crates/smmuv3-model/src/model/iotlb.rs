@@ -170,6 +170,14 @@ impl vm_memory::iommu::Iommu for StreamIommu {
         length: usize,
         access: Permissions,
     ) -> Result<IotlbIterator<IotlbGuard<'_>>, IommuError> {
+        // A device-chosen range that wraps the address space is refused
+        // here: vm-memory's `Iotlb` adds base and length unchecked.
+        if iova.0.checked_add(length as u64).is_none() {
+            return Err(IommuError::CannotResolve {
+                iova_range: IovaRange { base: iova, length },
+                reason: "the range wraps the 64-bit address space".into(),
+            });
+        }
         if let Some(slot) = &self.slot {
             let g = IotlbGuard::Shared(slot.read_iotlb());
             if let Ok(it) = Iotlb::lookup(g, iova, length, access) {
