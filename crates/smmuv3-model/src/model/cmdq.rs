@@ -82,11 +82,14 @@ impl State {
         self.set_last(None);
         let opc = c.opcode();
         self.stats.commands[usize::from(opc)] += 1;
+        // Commands only ever remove cache entries; what a `StreamIommu`
+        // probe reads (TLB leaves, contexts) changed iff one went.
+        let before = (self.stats.tlb_entries_invalidated, self.ctx_cache.len());
         let r = self.execute_inner(c);
         if r == Err(cerror::ILL) {
             self.stats.illegal_commands += 1;
         }
-        if !matches!(opc, op::SYNC | op::PREFETCH_CONFIG | op::PREFETCH_ADDR) {
+        if (self.stats.tlb_entries_invalidated, self.ctx_cache.len()) != before {
             // Before any later CMD_SYNC can complete, the Iotlbs forget
             // what this command invalidated.
             self.sync_iotlbs();
