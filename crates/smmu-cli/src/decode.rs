@@ -341,6 +341,188 @@ pub fn pte(args: &[String], stage: Stage, level: u8, granule: u64) -> Result<Str
     Ok(s)
 }
 
+/// Returns the fields of `words` as a JSON object (addresses in place).
+fn fields_json(words: &[u64], defs: &[FieldDef]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for &(w, name, f) in defs {
+        let v = f.get(words[w]);
+        let v = if name.contains("Ptr") || name.contains("TTB") {
+            v << f.lo
+        } else {
+            v
+        };
+        m.insert(name.into(), format!("{v:#x}").into());
+    }
+    m.into()
+}
+
+fn hex_words(w: &[u64]) -> Vec<String> {
+    w.iter().map(|v| format!("{v:#x}")).collect()
+}
+
+/// Returns an STE as JSON: its words, summary line and fields.
+///
+/// # Errors
+///
+/// [`DecodeError`] for bad input.
+pub fn ste_json(args: &[String]) -> Result<serde_json::Value, DecodeError> {
+    let w: [u64; 8] = parse_words("an STE", args)?;
+    let text = ste_words(args)?;
+    Ok(serde_json::json!({
+        "kind": "ste",
+        "words": hex_words(&w),
+        "summary": text.lines().next().unwrap_or_default(),
+        "fields": fields_json(&w, STE_FIELDS),
+    }))
+}
+
+/// Returns a CD as JSON.
+///
+/// # Errors
+///
+/// [`DecodeError`] for bad input.
+pub fn cd_json(args: &[String]) -> Result<serde_json::Value, DecodeError> {
+    let w: [u64; 8] = parse_words("a CD", args)?;
+    let text = cd_words(args)?;
+    Ok(serde_json::json!({
+        "kind": "cd",
+        "words": hex_words(&w),
+        "summary": text.lines().next().unwrap_or_default(),
+        "fields": fields_json(&w, CD_FIELDS),
+    }))
+}
+
+/// Returns a command as JSON.
+///
+/// # Errors
+///
+/// As [`command_words`].
+pub fn command_json(args: &[String]) -> Result<serde_json::Value, DecodeError> {
+    let w: [u64; 2] = parse_words("a command", args)?;
+    let cmd = Command::decode(w).map_err(|e| DecodeError::Malformed(format!("{e}")))?;
+    Ok(serde_json::json!({
+        "kind": "cmd",
+        "words": hex_words(&w),
+        "opcode": format!("{:#x}", w[0] & 0xff),
+        "name": smmuv3_model::layout::opcode_name((w[0] & 0xff) as u8),
+        "text": cmd.to_string(),
+    }))
+}
+
+/// Returns a decoded event record as JSON.
+pub fn event_value(w: [u64; 4]) -> serde_json::Value {
+    let e = Event::decode(w);
+    let fault = e.fault.map(|f| {
+        serde_json::json!({
+            "addr": format!("{:#x}", f.addr),
+            "ipa": f.ipa.map(|a| format!("{a:#x}")),
+            "stage2": f.stage2,
+            "read": f.read,
+            "privileged": f.privileged,
+            "instruction": f.instruction,
+            "class": format!("{:?}", f.class),
+            "stall_tag": f.stall_tag,
+        })
+    });
+    serde_json::json!({
+        "kind": "event",
+        "words": hex_words(&w),
+        "type": e.ty.name(),
+        "code": format!("{:#x}", w[0] & 0xff),
+        "sid": format!("{:#x}", e.sid),
+        "ssid": e.ssid.map(|s| format!("{s:#x}")),
+        "fault": fault,
+        "fetch_addr": e.fetch_addr.map(|a| format!("{a:#x}")),
+        "text": e.to_string(),
+    })
+}
+
+/// Returns an event record as JSON.
+///
+/// # Errors
+///
+/// [`DecodeError`] for bad input.
+pub fn event_json(args: &[String]) -> Result<serde_json::Value, DecodeError> {
+    Ok(event_value(parse_words("an event record", args)?))
+}
+
+/// Returns a page-table descriptor as JSON (the text lines, keyed).
+///
+/// # Errors
+///
+/// As [`pte`].
+pub fn pte_json(
+    args: &[String],
+    stage: Stage,
+    level: u8,
+    granule: u64,
+) -> Result<serde_json::Value, DecodeError> {
+    let text = pte(args, stage, level, granule)?;
+    let mut m = serde_json::Map::new();
+    for l in text.lines().skip(1) {
+        if let Some((k, v)) = l.split_once(" = ") {
+            m.insert(k.trim().into(), v.trim().into());
+        }
+    }
+    Ok(serde_json::json!({
+        "kind": "pte",
+        "summary": text.lines().next().unwrap_or_default(),
+        "fields": m,
+    }))
+}
+
+/// Decodes every event dump of a kernel log: text, or JSON when `json`.
+///
+/// # Errors
+///
+/// [`DecodeError`] from [`crate::klog::parse_log`].
+pub fn log(text: &str, json: bool) -> Result<String, DecodeError> {
+    let events = crate::klog::parse_log(text)?;
+    if json {
+        let v: Vec<serde_json::Value> = events
+            .iter()
+            .map(|le| {
+                let mut v = event_value(le.words);
+                v["line"] = le.line.into();
+                v["header_code"] = format!("{:#x}", le.header_code).into();
+                v["header_matches"] = le.header_matches().into();
+                v["kernel_summary"] = le.summary.clone().into();
+                v["summary_sid_matches"] = le
+                    .summary_sid()
+                    .map(|s| s == Event::decode(le.words).sid)
+                    .into();
+                v
+            })
+            .collect();
+        return Ok(
+            serde_json::to_string_pretty(&serde_json::json!({ "events": v })).unwrap_or_default(),
+        );
+    }
+    let mut s = String::new();
+    for le in &events {
+        let e = Event::decode(le.words);
+        let _ = writeln!(s, "line {}: {e}", le.line);
+        if !le.header_matches() {
+            let _ = writeln!(
+                s,
+                "  note: the header says event {:#x}, the record's type field is {:#x}",
+                le.header_code,
+                le.words[0] & 0xff
+            );
+        }
+        if let Some(sid) = le.summary_sid() {
+            if sid != e.sid {
+                let _ = writeln!(
+                    s,
+                    "  note: the kernel's summary names sid {sid:#x}, the record {:#x}",
+                    e.sid
+                );
+            }
+        }
+    }
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,6 +585,43 @@ mod tests {
             command_words(&args("7f 0")),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn kernel_log_dumps_decode_and_cross_check() {
+        let t = "[ 1.0] arm-smmu-v3 x: event 0x10 received:\n\
+                 [ 1.0] arm-smmu-v3 x:  0x0000000800000010\n\
+                 [ 1.0] arm-smmu-v3 x:  0x0000020000000000\n\
+                 [ 1.0] arm-smmu-v3 x:  0x00000000fffff000\n\
+                 [ 1.0] arm-smmu-v3 x:  0x0000000000000000\n\
+                 [ 1.0] arm-smmu-v3 x: event: F_TRANSLATION client: 0000:00:01.0 sid: 0x9 ssid: 0x0 iova: 0xfffff000 ipa: 0x0\n";
+        let text = log(t, false).unwrap();
+        assert!(text.starts_with("line 1: F_TRANSLATION"), "{text}");
+        assert!(text.contains("0xfffff000"), "{text}");
+        // The summary names sid 9, the record sid 8: flagged.
+        assert!(
+            text.contains("summary names sid 0x9, the record 0x8"),
+            "{text}"
+        );
+        let j: serde_json::Value = serde_json::from_str(&log(t, true).unwrap()).unwrap();
+        let e = &j["events"][0];
+        assert_eq!(e["type"], "F_TRANSLATION");
+        assert_eq!(e["sid"], "0x8");
+        assert_eq!(e["fault"]["addr"], "0xfffff000");
+        assert_eq!(e["fault"]["read"], false);
+        assert_eq!(e["summary_sid_matches"], false);
+        assert_eq!(e["line"], 1);
+    }
+
+    #[test]
+    fn json_decoders_name_fields() {
+        let j = ste_json(&args("0xd 0 0x8000000000005 0x80001000")).unwrap();
+        assert_eq!(j["fields"]["S2VMID"], "0x5");
+        assert_eq!(j["fields"]["S2TTB"], "0x80001000");
+        let j = command_json(&args("0x46 0")).unwrap();
+        assert_eq!(j["name"], "SYNC");
+        let j = pte_json(&args("0x40000000000fc7"), Stage::S1, 3, 4096).unwrap();
+        assert_eq!(j["fields"]["type"], "page");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod decode;
+pub mod klog;
 pub mod pgtable_demo;
 pub mod system_demo;

@@ -3,7 +3,9 @@
 
 use clap::{Parser, Subcommand};
 
-use smmu_cli::{decode, pgtable_demo, system_demo};
+use std::io::Read as _;
+
+use smmu_cli::{check, decode, klog, pgtable_demo, system_demo};
 
 #[derive(Parser)]
 #[command(
@@ -12,6 +14,9 @@ use smmu_cli::{decode, pgtable_demo, system_demo};
     about = "Arm SMMUv3 stack: simulation and decoders"
 )]
 struct Cli {
+    /// Print decode/check results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -33,10 +38,45 @@ enum Cmd {
     },
     /// Map a scatter-gather list on a non-coherent walker and report the cost.
     Pgtable,
-    /// Decode hex words of an SMMUv3 structure or a page-table descriptor.
+    /// Decode hex words of an SMMUv3 structure or a page-table descriptor,
+    /// or the event dumps of Linux's arm-smmu-v3 kernel log.
     Decode {
         #[command(subcommand)]
         what: DecodeWhat,
+    },
+    /// Say whether an STE, CD or command is legal for an SMMU and, if not,
+    /// which rule it breaks (exit status 1 when illegal).
+    Check {
+        /// The SMMU to check against.
+        #[arg(long, value_enum, default_value = "default", global = true)]
+        preset: check::Preset,
+        #[command(subcommand)]
+        what: CheckWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckWhat {
+    /// Stream table entry: up to 8 64-bit words.
+    Ste {
+        /// Hex words.
+        #[arg(required = true)]
+        words: Vec<String>,
+    },
+    /// Context descriptor: up to 8 64-bit words.
+    Cd {
+        /// The STE it hangs under (default: a plain stage-1 STE).
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        ste: Vec<String>,
+        /// Hex words.
+        #[arg(required = true)]
+        words: Vec<String>,
+    },
+    /// Command-queue entry: 2 64-bit words.
+    Cmd {
+        /// Hex words.
+        #[arg(required = true)]
+        words: Vec<String>,
     },
 }
 
@@ -60,11 +100,17 @@ enum DecodeWhat {
         #[arg(required = true)]
         words: Vec<String>,
     },
-    /// Event record: 4 64-bit words.
+    /// Event record: 4 64-bit words, or pasted arm-smmu-v3 kernel log
+    /// lines (read from standard input when no argument is given).
     Event {
-        /// Hex words.
-        #[arg(required = true)]
+        /// Hex words or log text.
         words: Vec<String>,
+    },
+    /// Every event dump in an arm-smmu-v3 kernel log (a file, or standard
+    /// input when absent or `-`).
+    Log {
+        /// Log file.
+        file: Option<std::path::PathBuf>,
     },
     /// VMSAv8-64 page-table descriptor: 1 word.
     Pte {
@@ -83,20 +129,61 @@ enum DecodeWhat {
     },
 }
 
-fn run_decode(what: DecodeWhat) -> Result<(), String> {
+fn stdin_text() -> Result<String, String> {
+    let mut t = String::new();
+    std::io::stdin()
+        .read_to_string(&mut t)
+        .map_err(|e| format!("reading standard input: {e}"))?;
+    Ok(t)
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn run_decode(what: DecodeWhat, json: bool) -> Result<(), String> {
+    let e = |e: decode::DecodeError| e.to_string();
     let text = match what {
-        DecodeWhat::Ste { words } => decode::ste_words(&words),
-        DecodeWhat::Cd { words } => decode::cd_words(&words),
-        DecodeWhat::Cmd { words } => decode::command_words(&words),
-        DecodeWhat::Event { words } => decode::event_words(&words),
+        DecodeWhat::Ste { words } if json => json_text(&decode::ste_json(&words).map_err(e)?),
+        DecodeWhat::Ste { words } => decode::ste_words(&words).map_err(e)?,
+        DecodeWhat::Cd { words } if json => json_text(&decode::cd_json(&words).map_err(e)?),
+        DecodeWhat::Cd { words } => decode::cd_words(&words).map_err(e)?,
+        DecodeWhat::Cmd { words } if json => json_text(&decode::command_json(&words).map_err(e)?),
+        DecodeWhat::Cmd { words } => decode::command_words(&words).map_err(e)?,
+        DecodeWhat::Event { words } => {
+            let joined = words.join(" ");
+            if words.is_empty() {
+                decode::log(&stdin_text()?, json).map_err(e)?
+            } else if klog::looks_like_log(&joined) {
+                decode::log(&words.join("\n"), json).map_err(e)?
+            } else if json {
+                json_text(&decode::event_json(&words).map_err(e)?)
+            } else {
+                decode::event_words(&words).map_err(e)?
+            }
+        }
+        DecodeWhat::Log { file } => {
+            let text = match file {
+                Some(f) if f.as_os_str() != "-" => {
+                    std::fs::read_to_string(&f).map_err(|err| format!("{}: {err}", f.display()))?
+                }
+                _ => stdin_text()?,
+            };
+            decode::log(&text, json).map_err(e)?
+        }
         DecodeWhat::Pte {
             stage,
             level,
             granule,
             words,
-        } => decode::pte(&words, stage, level, granule),
-    }
-    .map_err(|e| e.to_string())?;
+        } if json => json_text(&decode::pte_json(&words, stage, level, granule).map_err(e)?),
+        DecodeWhat::Pte {
+            stage,
+            level,
+            granule,
+            words,
+        } => decode::pte(&words, stage, level, granule).map_err(e)?,
+    };
     print!("{text}");
     if !text.ends_with('\n') {
         println!();
@@ -104,8 +191,25 @@ fn run_decode(what: DecodeWhat) -> Result<(), String> {
     Ok(())
 }
 
+/// Returns Ok(true) when legal.
+fn run_check(what: CheckWhat, preset: check::Preset, json: bool) -> Result<bool, String> {
+    let v = match what {
+        CheckWhat::Ste { words } => check::ste(&words, preset),
+        CheckWhat::Cd { words, ste } => check::cd(&words, &ste, preset),
+        CheckWhat::Cmd { words } => check::cmd(&words, preset),
+    }
+    .map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", json_text(&v.json()));
+    } else {
+        println!("{}", v.text());
+    }
+    Ok(v.legal())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     let result = match cli.cmd.unwrap_or(Cmd::Demo {
         ops: 2000,
         coherent: false,
@@ -117,7 +221,12 @@ fn main() -> std::process::ExitCode {
             seed,
         } => demo(ops, coherent, seed),
         Cmd::Pgtable => pgtable(),
-        Cmd::Decode { what } => run_decode(what),
+        Cmd::Decode { what } => run_decode(what, json),
+        Cmd::Check { preset, what } => match run_check(what, preset, json) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -94,6 +94,31 @@ pub struct DemoReport {
     pub config_cache: (u64, u64, u64, u64),
     /// Wall time of the workload, seconds.
     pub seconds: f64,
+    /// Where the workload's time went.
+    pub phases: Phases,
+}
+
+/// Workload time by phase, seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phases {
+    /// Driver + io-pgtable mapping the scatter-gather list.
+    pub map: f64,
+    /// Device DMA through the model (translation, TLB, walks, copies of
+    /// the probes).
+    pub dma: f64,
+    /// Unmap with range TLB invalidation, the stale-translation probe and
+    /// draining its event.
+    pub unmap: f64,
+    /// The CPU side on simulated memory: filling, cleaning, invalidating
+    /// and checking the probes.
+    pub cpu: f64,
+}
+
+impl Phases {
+    /// Returns the SMMU stack's time (map + DMA + unmap).
+    pub fn stack(&self) -> f64 {
+        self.map + self.dma + self.unmap
+    }
 }
 
 impl DemoReport {
@@ -326,8 +351,23 @@ fn attach_devices(sys: &System, rep: &mut DemoReport, ram: u64) -> Result<Vec<De
     ])
 }
 
-/// Maps a random scatter-gather list, moves data both ways, checks it,
-/// unmaps, and checks the IOVA faults afterwards.
+/// Bytes the device moves in each direction per mapped page: enough to
+/// tell every page's buffer apart, little enough that the simulated memory
+/// does not dominate what is measured.
+const PROBE: u64 = 64;
+
+/// Returns the pattern byte of page `page` of segment `seg` in operation
+/// `tag` (distinct per page, so a wrong translation reads wrong data).
+fn pattern(tag: u8, seg: usize, page: u64) -> u8 {
+    tag ^ (seg as u8).wrapping_mul(31) ^ (page as u8).wrapping_mul(7)
+}
+
+/// Maps a random scatter-gather list, lets the device read and write a
+/// probe in every mapped page, checks both directions, unmaps, and checks
+/// the IOVA faults afterwards. The SMMU stack's phases are timed apart
+/// from the CPU side's simulated-memory work.
+// Kept out of line so profiles (callgrind --toggle-collect) can isolate it.
+#[inline(never)]
 fn one_op(
     sys: &System,
     dev: &mut Device,
@@ -359,15 +399,27 @@ fn one_op(
         segs.push((pool + s * slot + offset, len));
     }
     let total: u64 = segs.iter().map(|s| s.1).sum();
-
-    // CPU fills the buffers and, as a DMA API would for a non-coherent
-    // device, cleans them.
+    // One probe per page, at a random line of the page.
     let tag = rng.next() as u8;
-    for (i, &(pa, len)) in segs.iter().enumerate() {
-        let data = vec![tag ^ i as u8; len as usize];
-        sys.mem.cpu_write(pa, &data).map_err(err("cpu write"))?;
-        sys.mem.clean(pa, len).map_err(err("clean buffer"))?;
+    let mut probes = Vec::new();
+    for (i, &(_, len)) in segs.iter().enumerate() {
+        for page in 0..len / granule {
+            let off = page * granule + rng.below(granule / PROBE) * PROBE;
+            probes.push((i, off, pattern(tag, i, page)));
+        }
     }
+
+    // CPU fills the probes and, as a DMA API would for a non-coherent
+    // device, cleans them.
+    let t0 = Instant::now();
+    for &(i, off, p) in &probes {
+        let pa = segs[i].0 + off;
+        sys.mem
+            .cpu_write(pa, &[p; PROBE as usize])
+            .map_err(err("cpu write"))?;
+        sys.mem.clean(pa, PROBE).map_err(err("clean buffer"))?;
+    }
+    let t1 = Instant::now();
 
     // Map back to back from IOVA (bypass: the device uses physical addresses).
     let mut iovas = Vec::new();
@@ -383,32 +435,38 @@ fn one_op(
         }
     }
     rep.segments += nsegs;
+    let t2 = Instant::now();
 
-    // Device reads every segment, then writes a new pattern back.
-    for (i, (&(_, len), &va)) in segs.iter().zip(&iovas).enumerate() {
-        let mut got = vec![0u8; len as usize];
+    // Device reads every probe, then writes the inverted pattern back.
+    let mut got = [0u8; PROBE as usize];
+    for &(i, off, p) in &probes {
+        let va = iovas[i] + off;
+        let ok = sys
+            .model
+            .dma_read(&dev.req(false, va, PROBE), &mut got)
+            .is_ok();
+        if !ok || got != [p; PROBE as usize] {
+            rep.data_errors += 1;
+        }
         if sys
             .model
-            .dma_read(&dev.req(false, va, len), &mut got)
+            .dma_write(&dev.req(true, va, PROBE), &[!p; PROBE as usize])
             .is_err()
-            || got.iter().any(|&b| b != tag ^ i as u8)
         {
             rep.data_errors += 1;
         }
-        let new = vec![!(tag ^ i as u8); len as usize];
-        if sys.model.dma_write(&dev.req(true, va, len), &new).is_err() {
-            rep.data_errors += 1;
-        }
-        rep.dma_bytes += 2 * len;
+        rep.dma_bytes += 2 * PROBE;
     }
-    for (i, &(pa, len)) in segs.iter().enumerate() {
-        sys.mem.invalidate(pa, len).map_err(err("invalidate"))?;
-        let mut back = vec![0u8; len as usize];
-        sys.mem.cpu_read(pa, &mut back).map_err(err("cpu read"))?;
-        if back.iter().any(|&b| b != !(tag ^ i as u8)) {
+    let t3 = Instant::now();
+    for &(i, off, p) in &probes {
+        let pa = segs[i].0 + off;
+        sys.mem.invalidate(pa, PROBE).map_err(err("invalidate"))?;
+        sys.mem.cpu_read(pa, &mut got).map_err(err("cpu read"))?;
+        if got != [!p; PROBE as usize] {
             rep.data_errors += 1;
         }
     }
+    let t4 = Instant::now();
 
     // Unmap; the old IOVA must now fault even though the model's TLB held it.
     if let Some(d) = dev.domain.as_mut() {
@@ -422,6 +480,12 @@ fn one_op(
         }
         drain(sys, rep)?;
     }
+    let t5 = Instant::now();
+    let d = |a: Instant, b: Instant| (b - a).as_secs_f64();
+    rep.phases.map += d(t1, t2);
+    rep.phases.dma += d(t2, t3);
+    rep.phases.unmap += d(t4, t5);
+    rep.phases.cpu += d(t0, t1) + d(t3, t4);
     Ok(())
 }
 
@@ -515,11 +579,22 @@ pub fn render(rep: &DemoReport) -> String {
     let _ = writeln!(s, "== scatter-gather DMA workload");
     let _ = writeln!(
         s,
-        "  {} operations, {} segments, {:.1} MiB moved, {:.0} ops/s",
+        "  {} operations, {} segments, {:.1} MiB moved ({PROBE}-byte probes per page), {:.0} ops/s",
         rep.ops,
         rep.segments,
         rep.dma_bytes as f64 / (1 << 20) as f64,
         rep.ops as f64 / rep.seconds.max(1e-9)
+    );
+    let ph = &rep.phases;
+    let pct = |x: f64| 100.0 * x / rep.seconds.max(1e-9);
+    let _ = writeln!(
+        s,
+        "  SMMU stack {:.0}% of the workload time (map {:.0}%, DMA through the model {:.0}%, unmap + TLBI + probe {:.0}%); CPU side on simulated memory {:.0}%",
+        pct(ph.stack()),
+        pct(ph.map),
+        pct(ph.dma),
+        pct(ph.unmap),
+        pct(ph.cpu)
     );
     let _ = writeln!(
         s,
@@ -605,6 +680,16 @@ mod tests {
             let faults: u64 = r.events.values().sum();
             assert!(faults >= 48, "{:?}", r.events);
             assert_eq!(r.provoked.len(), 4);
+            // Every phase ran and the split accounts for the workload.
+            let ph = r.phases;
+            assert!(ph.map > 0.0 && ph.dma > 0.0 && ph.unmap > 0.0 && ph.cpu > 0.0);
+            assert!(
+                ph.stack() + ph.cpu <= r.seconds * 1.01,
+                "{ph:?} {}",
+                r.seconds
+            );
+            // One probe per mapped page, each moved both ways.
+            assert!(r.dma_bytes >= 2 * PROBE * r.segments);
             let tlbi: u64 = r
                 .commands
                 .iter()

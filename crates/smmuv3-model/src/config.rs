@@ -4,7 +4,7 @@
 use crate::regs::{iidr, oas_bits_to_field};
 
 /// Hardware translation table update support (SMMU_IDR0.HTTU).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Httu {
     /// No hardware updates: a clear access flag always faults.
     None,
@@ -15,7 +15,7 @@ pub enum Httu {
 }
 
 /// Stall support (SMMU_IDR0.STALL_MODEL).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StallModel {
     /// Stall and terminate models both supported (encoding 0b00).
     StallAndTerminate,
@@ -85,7 +85,7 @@ pub enum ConfigError {
 /// Implementation choices of the model. [`Default`] is a rich SMMU (an
 /// MMU-700-like part with stage 1, stage 2, nesting, 2-level tables, range
 /// invalidation and all granules); see also the presets.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
     /// Stage 1 translation (IDR0.S1P).
     pub stage1: bool,

@@ -254,6 +254,148 @@ pub fn l1cd_l2ptr(d: u64) -> u64 {
     d & addr_mask(12)
 }
 
+/// A VMSAv8-64 translation table descriptor (stage 1 or stage 2; Arm DDI
+/// 0487 D8.3): the bit positions the model's walker reads and updates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RawDesc(pub u64);
+
+/// Descriptor bit positions and fields.
+pub mod desc {
+    /// Valid, bit 0.
+    pub const VALID: u32 = 0;
+    /// Table (levels 0-2) or page (level 3) when set; block when clear, bit 1.
+    pub const TABLE: u32 = 1;
+    /// Stage 1 AP\[1\] (EL0 access) / stage 2 S2AP\[0\] (read), bit 6.
+    pub const AP_USER_S2_READ: u32 = 6;
+    /// Stage 1 AP\[2\] (read-only) / stage 2 S2AP\[1\] (write), bit 7; also
+    /// the dirty state of a DBM descriptor.
+    pub const AP_RO_S2_WRITE: u32 = 7;
+    /// Access flag, bit 10.
+    pub const AF: u32 = 10;
+    /// Not global (stage 1), bit 11.
+    pub const NG: u32 = 11;
+    /// Dirty bit modifier, bit 51.
+    pub const DBM: u32 = 51;
+    /// Contiguous hint, bit 52.
+    pub const CONTIGUOUS: u32 = 52;
+    /// Stage 1 PXN / stage 2 XN\[0\] (with FEAT_XNX), bit 53.
+    pub const PXN: u32 = 53;
+    /// Stage 1 UXN / stage 2 XN\[1\], bit 54.
+    pub const UXN: u32 = 54;
+    /// Table descriptor PXNTable, bit 59.
+    pub const PXN_TABLE: u32 = 59;
+    /// Table descriptor UXNTable, bit 60.
+    pub const UXN_TABLE: u32 = 60;
+    /// Table descriptor APTable\[0\] (no EL0 access), bit 61.
+    pub const AP_TABLE_NO_USER: u32 = 61;
+    /// Table descriptor APTable\[1\] (read-only), bit 62.
+    pub const AP_TABLE_RO: u32 = 62;
+    /// Output address bits \[47:lsb\] live in the same descriptor bits.
+    pub const OA_HI: u32 = 47;
+    /// With the 64K granule and 52-bit output, OA\[51:48\] sit in bits
+    /// \[15:12\].
+    pub const OA52_HI: u32 = 15;
+    /// Low bit of OA\[51:48\] in the 52-bit 64K format.
+    pub const OA52_LO: u32 = 12;
+    /// Lower attributes that all members of a contiguous run must share:
+    /// AttrIndx/MemAttr, NS, AP/S2AP, SH (bits \[9:2\]) and nG.
+    pub const RUN_LOWER_ATTRS: u64 = 0xff << 2 | 1 << NG;
+    /// Upper attributes a contiguous run shares: Contiguous, PXN, UXN/XN.
+    pub const RUN_UPPER_ATTRS: u64 = 0x7 << CONTIGUOUS;
+}
+
+impl RawDesc {
+    /// Returns whether the descriptor is valid.
+    pub fn valid(&self) -> bool {
+        bit(self.0, desc::VALID)
+    }
+    /// Returns whether it is a table (levels 0-2) or page (level 3).
+    pub fn is_table(&self) -> bool {
+        bit(self.0, desc::TABLE)
+    }
+    /// Returns the low two bits (valid and type).
+    pub fn kind(&self) -> u64 {
+        bits(self.0, desc::TABLE, desc::VALID)
+    }
+    /// Returns the access flag.
+    pub fn af(&self) -> bool {
+        bit(self.0, desc::AF)
+    }
+    /// Returns the dirty bit modifier.
+    pub fn dbm(&self) -> bool {
+        bit(self.0, desc::DBM)
+    }
+    /// Returns the nG bit.
+    pub fn not_global(&self) -> bool {
+        bit(self.0, desc::NG)
+    }
+    /// Returns the contiguous hint.
+    pub fn contiguous(&self) -> bool {
+        bit(self.0, desc::CONTIGUOUS)
+    }
+    /// Returns stage 1 AP\[1\] (EL0 access) / stage 2 S2AP\[0\] (read).
+    pub fn ap_user_or_s2_read(&self) -> bool {
+        bit(self.0, desc::AP_USER_S2_READ)
+    }
+    /// Returns stage 1 AP\[2\] (read-only) / stage 2 S2AP\[1\] (write).
+    pub fn ap_ro_or_s2_write(&self) -> bool {
+        bit(self.0, desc::AP_RO_S2_WRITE)
+    }
+    /// Returns stage 1 PXN.
+    pub fn pxn(&self) -> bool {
+        bit(self.0, desc::PXN)
+    }
+    /// Returns stage 1 UXN (stage 2 XN\[1\]).
+    pub fn uxn(&self) -> bool {
+        bit(self.0, desc::UXN)
+    }
+    /// Returns the stage 2 XN\[1:0\] field (FEAT_XNX encoding).
+    pub fn s2_xn(&self) -> u64 {
+        bits(self.0, desc::UXN, desc::PXN)
+    }
+    /// Returns the table descriptor's PXNTable.
+    pub fn pxn_table(&self) -> bool {
+        bit(self.0, desc::PXN_TABLE)
+    }
+    /// Returns the table descriptor's UXNTable.
+    pub fn uxn_table(&self) -> bool {
+        bit(self.0, desc::UXN_TABLE)
+    }
+    /// Returns the table descriptor's APTable\[0\] (no EL0 access).
+    pub fn ap_table_no_user(&self) -> bool {
+        bit(self.0, desc::AP_TABLE_NO_USER)
+    }
+    /// Returns the table descriptor's APTable\[1\] (read-only).
+    pub fn ap_table_ro(&self) -> bool {
+        bit(self.0, desc::AP_TABLE_RO)
+    }
+    /// Returns the output (or next-level table) address: bits \[47:lsb\],
+    /// plus OA\[51:48\] from bits \[15:12\] when `pa52` (64K granule with
+    /// 52-bit output). Bits \[50:48\] are RES0 and bit 51 is DBM, never
+    /// address bits.
+    pub fn addr(&self, lsb: u32, pa52: bool) -> u64 {
+        let lo = self.0 & ((1u64 << (desc::OA_HI + 1)) - 1) & !((1u64 << lsb) - 1);
+        if pa52 {
+            lo | bits(self.0, desc::OA52_HI, desc::OA52_LO) << 48
+        } else {
+            lo
+        }
+    }
+    /// Returns the descriptor with the access flag set.
+    pub fn with_af(self) -> Self {
+        Self(self.0 | 1 << desc::AF)
+    }
+    /// Returns the descriptor in its dirty state: stage 2 sets S2AP\[1\]
+    /// (writable), stage 1 clears AP\[2\] (read-only).
+    pub fn dirtied(self, stage2: bool) -> Self {
+        if stage2 {
+            Self(self.0 | 1 << desc::AP_RO_S2_WRITE)
+        } else {
+            Self(self.0 & !(1 << desc::AP_RO_S2_WRITE))
+        }
+    }
+}
+
 /// Command opcodes (bits \[7:0\] of the first word).
 pub mod op {
     /// CMD_PREFETCH_CONFIG.
@@ -517,6 +659,31 @@ mod tests {
         );
         assert_eq!(opcode_name(0x46), Some("SYNC"));
         assert_eq!(opcode_name(0x47), None);
+    }
+
+    #[test]
+    fn descriptor_fields_sit_at_architected_bits() {
+        let d = RawDesc(1 | 1 << 1 | 1 << 6 | 1 << 10 | 1 << 11 | 1 << 51 | 1 << 52 | 1 << 53);
+        assert!(d.valid() && d.is_table() && d.ap_user_or_s2_read() && d.af());
+        assert!(d.not_global() && d.dbm() && d.contiguous() && d.pxn());
+        assert!(!d.uxn() && !d.ap_ro_or_s2_write());
+        assert_eq!((d.kind(), d.s2_xn()), (3, 1));
+        let t = RawDesc(1 << 59 | 1 << 60 | 1 << 61 | 1 << 62 | 1 << 54 | 1 << 7);
+        assert!(t.pxn_table() && t.uxn_table() && t.ap_table_no_user() && t.ap_table_ro());
+        assert!(t.uxn() && t.ap_ro_or_s2_write() && !t.valid());
+        assert_eq!(t.s2_xn(), 2);
+        assert_eq!(RawDesc(0).with_af().0, 1 << 10);
+        assert_eq!(RawDesc(1 << 7).dirtied(false).0, 0);
+        assert_eq!(RawDesc(0).dirtied(true).0, 1 << 7);
+        // OA[47:lsb]; bits 51:48 are DBM/RES0, not address bits.
+        let a = RawDesc(0x000f_1234_5678_9fff);
+        assert_eq!(a.addr(12, false), 0x1234_5678_9000);
+        assert_eq!(a.addr(16, false), 0x1234_5678_0000);
+        // 52-bit 64K format: OA[51:48] from bits 15:12.
+        let b = RawDesc(0x0000_1234_5678_0000 | 0xa << 12 | 3);
+        assert_eq!(b.addr(16, true), 0x000a_1234_5678_0000);
+        assert_eq!(desc::RUN_LOWER_ATTRS, 0xbfc);
+        assert_eq!(desc::RUN_UPPER_ATTRS, 0x7 << 52);
     }
 
     #[test]

@@ -72,8 +72,10 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod device;
 pub mod event;
 pub mod layout;
+pub mod memory;
 mod model;
 pub mod regs;
 pub mod stats;
@@ -81,8 +83,13 @@ mod tlb;
 mod walk;
 
 pub use config::{ConfigError, Httu, ModelConfig, StallModel};
+pub use device::{MmioError, RidMapping, SmmuDevice, pci_rid};
 pub use event::{Event, EventType, FaultClass};
-pub use model::SmmuModel;
+pub use memory::{DeviceMemory, GuestRam};
+pub use model::{
+    CachedUnit, IotlbGuard, IrqHandler, IrqLine, ModelSnapshot, MsiHandler, SNAPSHOT_VERSION,
+    SmmuModel, SnapshotError, StreamIommu, Violation,
+};
 pub use sim_memory::{Coherency, MemError, SimMemory};
 pub use stats::{Stats, TraceEntry};
 
@@ -247,7 +254,9 @@ pub struct Translation {
 }
 
 /// Pending interrupt flags (wired-interrupt view).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Interrupts {
     /// An event was written while IRQ_CTRL.EVENTQ_IRQEN was set.
     pub eventq: bool,

@@ -4,9 +4,10 @@ use crate::event::{Event, EventType};
 
 /// Counters of everything the model did since creation or
 /// [`crate::SmmuModel::reset_stats`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Commands executed, indexed by opcode (illegal ones included).
+    #[serde(with = "wide")]
     pub commands: [u64; 256],
     /// Commands rejected with CERROR_ILL.
     pub illegal_commands: u64,
@@ -53,6 +54,7 @@ pub struct Stats {
     /// break-before-make on an SMMU with IDR3.BBML < 2).
     pub tlb_conflicts: u64,
     /// Events generated, indexed by event type code.
+    #[serde(with = "wide")]
     pub events: [u64; 256],
     /// Events written to the event queue.
     pub events_recorded: u64,
@@ -70,6 +72,9 @@ pub struct Stats {
     pub dma_bytes: u64,
     /// MMIO register accesses.
     pub mmio_accesses: u64,
+    /// vm-memory `Iotlb` units dropped because the model entry they copy
+    /// was invalidated or evicted (see `SmmuModel::iommu`).
+    pub iotlb_invalidations: u64,
 }
 
 impl Default for Stats {
@@ -106,6 +111,7 @@ impl Default for Stats {
             stalls: 0,
             dma_bytes: 0,
             mmio_accesses: 0,
+            iotlb_invalidations: 0,
         }
     }
 }
@@ -169,4 +175,20 @@ pub enum TraceEntry {
         /// Input address.
         iova: u64,
     },
+}
+
+/// Serde for the 256-entry counter arrays (serde derives stop at 32).
+mod wide {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u64; 256], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u64; 256], D::Error> {
+        let v = Vec::<u64>::deserialize(d)?;
+        let n = v.len();
+        v.try_into()
+            .map_err(|_| serde::de::Error::invalid_length(n, &"256 counters"))
+    }
 }

@@ -86,7 +86,7 @@ impl Key {
 pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// Translation regime an entry belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Regime {
     /// Stage 1 only, non-hypervisor EL1&0.
     Nh,
@@ -99,7 +99,7 @@ pub(crate) enum Regime {
 }
 
 /// TLB tag.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Tag {
     pub regime: Regime,
     pub vmid: u16,
@@ -107,7 +107,7 @@ pub(crate) struct Tag {
 }
 
 /// A cached leaf translation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TlbEntry {
     /// Output address of the first byte of the entry.
     pub out_base: u64,
@@ -134,7 +134,7 @@ pub(crate) struct TlbEntry {
 
 /// A cached table descriptor (walk cache): the next-level table covering
 /// `[base, base + 2^size_log2)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct WalkEntry {
     pub next_table: u64,
     pub attrs: TableAttrs,
@@ -216,18 +216,66 @@ pub(crate) struct Tlb {
     capacity: usize,
     /// IDR3.BBML < 2: block/table changes without break-before-make conflict.
     strict_bbm: bool,
+    /// Cleared: nothing is cached, every translation walks.
+    pub enabled: bool,
     pub evictions: u64,
     pub granule_mismatch: u64,
     pub conflicts: u64,
 }
 
+/// The TLB's content for a model snapshot (keys as raw pairs, sorted).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct TlbSnapshot {
+    leaves: Vec<((u64, u64), TlbEntry)>,
+    walks: Vec<((u64, u64), WalkEntry)>,
+    capacity: usize,
+    enabled: bool,
+    evictions: u64,
+    granule_mismatch: u64,
+    #[serde(default)]
+    strict_bbm: bool,
+    #[serde(default)]
+    conflicts: u64,
+}
+
 impl Tlb {
+    pub fn snapshot(&self) -> TlbSnapshot {
+        let mut leaves: Vec<_> = self.leaves.iter().map(|(k, e)| ((k.0, k.1), *e)).collect();
+        let mut walks: Vec<_> = self.walks.iter().map(|(k, w)| ((k.0, k.1), *w)).collect();
+        leaves.sort_unstable_by_key(|(k, _)| *k);
+        walks.sort_unstable_by_key(|(k, _)| *k);
+        TlbSnapshot {
+            leaves,
+            walks,
+            capacity: self.capacity,
+            enabled: self.enabled,
+            evictions: self.evictions,
+            granule_mismatch: self.granule_mismatch,
+            strict_bbm: self.strict_bbm,
+            conflicts: self.conflicts,
+        }
+    }
+
+    pub fn from_snapshot(s: &TlbSnapshot) -> Self {
+        Self {
+            leaves: s.leaves.iter().map(|&((a, b), e)| (Key(a, b), e)).collect(),
+            walks: s.walks.iter().map(|&((a, b), w)| (Key(a, b), w)).collect(),
+            capacity: s.capacity,
+            enabled: s.enabled,
+            evictions: s.evictions,
+            granule_mismatch: s.granule_mismatch,
+            strict_bbm: s.strict_bbm,
+            conflicts: s.conflicts,
+        }
+    }
+
     pub fn new(capacity: usize) -> Self {
         Self {
             leaves: FastMap::default(),
             walks: FastMap::default(),
             capacity,
             strict_bbm: false,
+            enabled: true,
             evictions: 0,
             granule_mismatch: 0,
             conflicts: 0,
@@ -267,8 +315,12 @@ impl Tlb {
 
     /// Caches `e` for `ia`. Returns true, caching nothing, when break-
     /// before-make is enforced and an entry of another size is still cached
-    /// for `ia`: a TLB conflict.
+    /// for `ia`: a TLB conflict. Caches nothing (and reports no conflict)
+    /// when the TLB is disabled.
     pub fn insert(&mut self, tag: Tag, ia: u64, e: TlbEntry) -> bool {
+        if !self.enabled {
+            return false;
+        }
         if self.strict_bbm
             && LEAF_SIZES
                 .iter()
@@ -305,6 +357,9 @@ impl Tlb {
     }
 
     pub fn walk_insert(&mut self, tag: Tag, ia: u64, lsb: u32, w: WalkEntry) {
+        if !self.enabled {
+            return;
+        }
         if self.walks.len() >= self.capacity {
             self.walks.clear();
             self.evictions += 1;

@@ -4,17 +4,16 @@
 //! state hardware updates). Written from the architecture, independent of
 //! the `io-pgtable` crate on purpose.
 
-use sim_memory::SimMemory;
-
-use crate::event::{EventType, FaultClass};
-use crate::layout::{bit, bits};
+use crate::event::EventType;
+use crate::layout::{RawDesc, desc as d};
+use crate::memory::DeviceMemory;
 
 /// How many times a walk restarts when a hardware update loses a race with
 /// a CPU store before it gives up (bounded work, never a hang).
 const HTTU_RETRIES: u32 = 8;
 
 /// Geometry and controls of one translation table (one TTB).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TableCfg {
     /// log2 of the granule: 12, 14 or 16.
     pub shift: u32,
@@ -78,14 +77,14 @@ pub(crate) struct Access {
 }
 
 /// Stage-1 controls that only apply to the permission check.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct S1Perm {
     pub wxn: bool,
     pub pan: bool,
 }
 
 /// Effective permissions of a leaf, for caching in the TLB.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Perms {
     pub read_priv: bool,
     pub read_user: bool,
@@ -167,7 +166,7 @@ pub(crate) struct Leaf {
 pub(crate) type WalkSteps = [(u32, u64, TableAttrs); 4];
 
 /// Hierarchical attributes accumulated from table descriptors.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TableAttrs {
     pub no_user: bool,
     pub read_only: bool,
@@ -184,16 +183,10 @@ pub(crate) struct Start {
     pub attrs: TableAttrs,
 }
 
-/// Extracts an output/next-level address from a descriptor: bits
-/// [47:lsb], plus OA\[51:48\] from bits \[15:12\] in the 52-bit 64K format.
-/// Bits \[50:48\] are RES0 and bit 51 is DBM, never address bits.
-fn desc_addr(cfg: &TableCfg, desc: u64, lsb: u32) -> u64 {
-    let lo = desc & ((1u64 << 48) - 1) & !((1u64 << lsb) - 1);
-    if cfg.pa52 && cfg.shift == 16 {
-        lo | bits(desc, 15, 12) << 48
-    } else {
-        lo
-    }
+/// Extracts an output/next-level address from a descriptor (the 52-bit
+/// format only with the 64K granule).
+fn desc_addr(cfg: &TableCfg, desc: RawDesc, lsb: u32) -> u64 {
+    desc.addr(lsb, cfg.pa52 && cfg.shift == 16)
 }
 
 /// Walks `ia` through the table of `cfg`.
@@ -205,7 +198,7 @@ fn desc_addr(cfg: &TableCfg, desc: u64, lsb: u32) -> u64 {
 /// `steps` receives the table descriptors used (for the walk cache).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn walk<E>(
-    mem: &SimMemory,
+    mem: &dyn DeviceMemory,
     cfg: &TableCfg,
     start: Start,
     ia: u64,
@@ -236,7 +229,7 @@ pub(crate) fn walk<E>(
 
 #[allow(clippy::too_many_arguments)]
 fn walk_once<E>(
-    mem: &SimMemory,
+    mem: &dyn DeviceMemory,
     cfg: &TableCfg,
     start: Start,
     ia: u64,
@@ -268,8 +261,8 @@ fn walk_once<E>(
         let desc_ia = table + idx * 8;
         let desc_pa = fetch(desc_ia)?;
         reads += 1;
-        let desc = match mem.dev_read_u64(desc_pa) {
-            Ok(d) => d,
+        let desc = match mem.read_u64(desc_pa) {
+            Ok(v) => RawDesc(v),
             Err(_) => {
                 return Ok(Err(Some(WalkFault {
                     kind: EventType::FWalkEabt,
@@ -278,20 +271,20 @@ fn walk_once<E>(
                 })));
             }
         };
-        if !bit(desc, 0) {
+        if !desc.valid() {
             return fault(EventType::FTranslation, level);
         }
-        let is_table = bit(desc, 1);
+        let is_table = desc.is_table();
         if level < 3 && is_table {
             let next = desc_addr(cfg, desc, cfg.shift);
             if next >> cfg.oas != 0 {
                 return fault(EventType::FAddrSize, level);
             }
             if !cfg.stage2 && !cfg.had {
-                attrs.pxn |= bit(desc, 59);
-                attrs.uxn |= bit(desc, 60);
-                attrs.no_user |= bit(desc, 61);
-                attrs.read_only |= bit(desc, 62);
+                attrs.pxn |= desc.pxn_table();
+                attrs.uxn |= desc.uxn_table();
+                attrs.no_user |= desc.ap_table_no_user();
+                attrs.read_only |= desc.ap_table_ro();
             }
             if *nsteps < steps.len() {
                 steps[*nsteps] = (level, next, attrs);
@@ -312,7 +305,7 @@ fn walk_once<E>(
         if oa_base >> cfg.oas != 0 {
             return fault(EventType::FAddrSize, level);
         }
-        if bit(desc, 52) {
+        if desc.contiguous() {
             let run = contiguous_entries(cfg.shift, level);
             let first = idx & !(run - 1);
             let run_base = oa_base.wrapping_sub((idx - first) << lsb);
@@ -322,22 +315,22 @@ fn walk_once<E>(
             for j in 0..run {
                 let pa = fetch(table + (first + j) * 8)?;
                 reads += 1;
-                let Ok(d) = mem.dev_read_u64(pa) else {
+                let Ok(member) = mem.read_u64(pa) else {
                     return Ok(Err(Some(WalkFault {
                         kind: EventType::FWalkEabt,
                         level,
                         fetch_pa: pa,
                     })));
                 };
-                if !contiguous_member_ok(cfg, desc, d, lsb, idx - first, j) {
+                if !contiguous_member_ok(cfg, desc, RawDesc(member), lsb, idx - first, j) {
                     // Misprogrammed contiguous hint: a TLB conflict is one
                     // of the architecturally allowed outcomes; report it.
                     return fault(EventType::FTlbConflict, level);
                 }
             }
         }
-        let af = bit(desc, 10);
-        let dbm = bit(desc, 51);
+        let af = desc.af();
+        let dbm = desc.dbm();
         let mut perms = if cfg.stage2 {
             s2_perms(cfg, desc)
         } else {
@@ -360,18 +353,14 @@ fn walk_once<E>(
         }
         let mut new = desc;
         if !af && cfg.ha {
-            new |= 1 << 10;
+            new = new.with_af();
         }
         if needs_dirty {
-            new = if cfg.stage2 {
-                new | 1 << 7
-            } else {
-                new & !(1 << 7)
-            };
+            new = new.dirtied(cfg.stage2);
         }
         let mut updates = 0;
         if new != desc {
-            match mem.dev_cmpxchg_u64(desc_pa, desc, new) {
+            match mem.cmpxchg_u64(desc_pa, desc.0, new.0) {
                 Ok(Ok(_)) => updates = 1,
                 Ok(Err(_)) => return Ok(Err(None)),
                 Err(_) => {
@@ -386,13 +375,12 @@ fn walk_once<E>(
                 perms = perms_if_dirty(cfg, desc, attrs, s1perm);
             }
         }
-        let _ = FaultClass::TableWalk;
         return Ok(Ok(Leaf {
             oa_base,
             size_log2: lsb,
             level,
             perms,
-            not_global: bit(desc, 11),
+            not_global: desc.not_global(),
             reads,
             updates,
         }));
@@ -411,35 +399,41 @@ fn contiguous_entries(shift: u32, level: u32) -> u64 {
 /// Returns whether descriptor `d` (entry `j` of the run) is consistent with
 /// `desc` (entry `i`): valid, same type, contiguous, same attributes and the
 /// matching output address.
-fn contiguous_member_ok(cfg: &TableCfg, desc: u64, d: u64, lsb: u32, i: u64, j: u64) -> bool {
-    // Attributes that must agree: AttrIndx/MemAttr, NS, AP/S2AP, SH, nG,
-    // Contiguous, PXN, UXN/XN. AF and dirty state may differ (hardware
-    // updates them entry by entry).
-    let mut attrs: u64 = 0xff << 2 | 1 << 11 | 0x7 << 52;
+fn contiguous_member_ok(
+    cfg: &TableCfg,
+    desc: RawDesc,
+    member: RawDesc,
+    lsb: u32,
+    i: u64,
+    j: u64,
+) -> bool {
+    // AF and dirty state may differ (hardware updates them entry by entry).
+    let mut attrs = d::RUN_LOWER_ATTRS | d::RUN_UPPER_ATTRS;
     if cfg.hd {
-        attrs &= !(1 << 7);
+        attrs &= !(1 << d::AP_RO_S2_WRITE);
     }
     let base = desc_addr(cfg, desc, lsb).wrapping_sub(i << lsb);
-    d & 3 == desc & 3
-        && (d ^ desc) & attrs == 0
-        && desc_addr(cfg, d, lsb) == base.wrapping_add(j << lsb)
+    member.kind() == desc.kind()
+        && (member.0 ^ desc.0) & attrs == 0
+        && desc_addr(cfg, member, lsb) == base.wrapping_add(j << lsb)
 }
 
 /// Returns the permissions the descriptor would give once its dirty state is
 /// set by hardware.
-fn perms_if_dirty(cfg: &TableCfg, desc: u64, attrs: TableAttrs, s1perm: S1Perm) -> Perms {
+fn perms_if_dirty(cfg: &TableCfg, desc: RawDesc, attrs: TableAttrs, s1perm: S1Perm) -> Perms {
+    let dirty = desc.dirtied(cfg.stage2);
     if cfg.stage2 {
-        s2_perms(cfg, desc | 1 << 7)
+        s2_perms(cfg, dirty)
     } else {
-        s1_perms(desc & !(1 << 7), attrs, s1perm)
+        s1_perms(dirty, attrs, s1perm)
     }
 }
 
-fn s1_perms(desc: u64, t: TableAttrs, p: S1Perm) -> Perms {
-    let user = bit(desc, 6) && !t.no_user;
-    let ro = bit(desc, 7) || t.read_only;
-    let uxn = bit(desc, 54) || t.uxn;
-    let pxn = bit(desc, 53) || t.pxn;
+fn s1_perms(desc: RawDesc, t: TableAttrs, p: S1Perm) -> Perms {
+    let user = desc.ap_user_or_s2_read() && !t.no_user;
+    let ro = desc.ap_ro_or_s2_write() || t.read_only;
+    let uxn = desc.uxn() || t.uxn;
+    let pxn = desc.pxn() || t.pxn;
     let write_user = user && !ro;
     let writable = !ro;
     // Privileged code may not execute memory that unprivileged code can
@@ -459,13 +453,13 @@ fn s1_perms(desc: u64, t: TableAttrs, p: S1Perm) -> Perms {
     }
 }
 
-fn s2_perms(cfg: &TableCfg, desc: u64) -> Perms {
-    let r = bit(desc, 6);
-    let w = bit(desc, 7);
+fn s2_perms(cfg: &TableCfg, desc: RawDesc) -> Perms {
+    let r = desc.ap_user_or_s2_read();
+    let w = desc.ap_ro_or_s2_write();
     let xn = if cfg.xnx {
-        bits(desc, 54, 53)
+        desc.s2_xn()
     } else {
-        bits(desc, 54, 54) << 1
+        u64::from(desc.uxn()) << 1
     };
     let (xp, xu) = match xn {
         0 => (true, true),
@@ -487,7 +481,7 @@ fn s2_perms(cfg: &TableCfg, desc: u64) -> Perms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sim_memory::Coherency;
+    use sim_memory::{Coherency, SimMemory};
 
     fn cfg4k() -> TableCfg {
         TableCfg {
@@ -547,7 +541,7 @@ mod tests {
             ..cfg4k()
         };
         let d = 0x0000_1234_5678_0000u64 | 0xa << 12 | 3;
-        assert_eq!(desc_addr(&c, d, 16), 0x000a_1234_5678_0000);
+        assert_eq!(desc_addr(&c, RawDesc(d), 16), 0x000a_1234_5678_0000);
     }
 
     #[test]

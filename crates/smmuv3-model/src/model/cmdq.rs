@@ -1,7 +1,7 @@
 //! Command queue consumption and command semantics.
 
 use super::State;
-use super::xlate::ctx_key_sid;
+use super::context::ctx_key_sid;
 use crate::config::StallModel;
 use crate::layout::{CMD_SIZE, RawCmd, op, sync_cs};
 use crate::regs::{cerror, cr0, gerror, irq_ctrl, queue};
@@ -39,7 +39,7 @@ impl State {
             let index = q.idx(cons);
             let addr = q.base + u64::from(index) * CMD_SIZE;
             let mut raw = [0u8; 16];
-            let result = match self.mem.dev_read(addr, &mut raw) {
+            let result = match self.mem.read(addr, &mut raw) {
                 Err(_) => {
                     self.stats.command_aborts += 1;
                     Err(cerror::ABT)
@@ -79,12 +79,20 @@ impl State {
     }
 
     fn execute(&mut self, c: RawCmd) -> Result<(), u32> {
-        self.last = None;
+        self.set_last(None);
         let opc = c.opcode();
         self.stats.commands[usize::from(opc)] += 1;
+        // Commands only ever remove cache entries; what a `StreamIommu`
+        // probe reads (TLB leaves, contexts) changed iff one went.
+        let before = (self.stats.tlb_entries_invalidated, self.ctx_cache.len());
         let r = self.execute_inner(c);
         if r == Err(cerror::ILL) {
             self.stats.illegal_commands += 1;
+        }
+        if (self.stats.tlb_entries_invalidated, self.ctx_cache.len()) != before {
+            // Before any later CMD_SYNC can complete, the Iotlbs forget
+            // what this command invalidated.
+            self.sync_iotlbs();
         }
         r
     }
@@ -158,9 +166,75 @@ impl State {
         a && v
     }
 
-    fn execute_inner(&mut self, c: RawCmd) -> Result<(), u32> {
+    /// Returns the rule a command breaks (CERROR_ILL), if any: the one
+    /// place command legality is decided, for execution and for the
+    /// linter alike.
+    pub(super) fn command_rule(&self, c: &RawCmd) -> Option<&'static str> {
         if c.ssec() {
             // No secure state: only the non-secure queue exists.
+            return Some("SSEC = 1 on the non-secure command queue");
+        }
+        let (s1, s2, hyp) = (self.cfg.stage1, self.cfg.stage2, self.cfg.hyp);
+        let stall = self.cfg.stall_model != StallModel::TerminateOnly;
+        let supported = match c.opcode() {
+            op::PREFETCH_CONFIG
+            | op::PREFETCH_ADDR
+            | op::CFGI_STE
+            | op::CFGI_STE_RANGE
+            | op::TLBI_NSNH_ALL
+            | op::SYNC => Ok(()),
+            op::CFGI_CD | op::CFGI_CD_ALL | op::TLBI_NH_ALL | op::TLBI_NH_ASID => s1
+                .then_some(())
+                .ok_or("the command needs stage 1 (IDR0.S1P)"),
+            op::TLBI_NH_VA | op::TLBI_NH_VAA => s1
+                .then_some(())
+                .ok_or("the command needs stage 1 (IDR0.S1P)"),
+            op::TLBI_EL2_ALL | op::TLBI_EL2_ASID | op::TLBI_EL2_VA | op::TLBI_EL2_VAA => {
+                hyp.then_some(()).ok_or("TLBI_EL2_* needs IDR0.HYP")
+            }
+            op::TLBI_S12_VMALL | op::TLBI_S2_IPA => s2
+                .then_some(())
+                .ok_or("the command needs stage 2 (IDR0.S2P)"),
+            op::ATC_INV => self
+                .cfg
+                .ats
+                .then_some(())
+                .ok_or("CMD_ATC_INV needs IDR0.ATS"),
+            op::RESUME | op::STALL_TERM => stall
+                .then_some(())
+                .ok_or("CMD_RESUME/CMD_STALL_TERM need stall support (IDR0.STALL_MODEL)"),
+            op::TLBI_EL3_ALL | op::TLBI_EL3_VA => {
+                Err("TLBI_EL3_* on the non-secure command queue (no secure state)")
+            }
+            _ => Err("unknown or reserved opcode"),
+        };
+        if let Err(rule) = supported {
+            return Some(rule);
+        }
+        match c.opcode() {
+            op::TLBI_NH_VA
+            | op::TLBI_NH_VAA
+            | op::TLBI_EL2_VA
+            | op::TLBI_EL2_VAA
+            | op::TLBI_S2_IPA
+                if self.cfg.ril && c.tg() != 0 =>
+            {
+                let ttl = if c.tg() == 2 && c.ttl() == 1 {
+                    0
+                } else {
+                    c.ttl()
+                };
+                (c.num() == 0 && c.scale() == 0 && ttl == 0)
+                    .then_some("range TLBI with TG set and NUM = SCALE = TTL = 0 is reserved")
+            }
+            op::SYNC => (!matches!(c.sync_cs(), sync_cs::NONE | sync_cs::IRQ | sync_cs::SEV))
+                .then_some("CMD_SYNC.CS = 0b11 is reserved"),
+            _ => None,
+        }
+    }
+
+    fn execute_inner(&mut self, c: RawCmd) -> Result<(), u32> {
+        if self.command_rule(&c).is_some() {
             return Err(cerror::ILL);
         }
         let s1 = self.cfg.stage1;
@@ -336,7 +410,9 @@ impl State {
                 let addr = c.sync_msi_addr();
                 if self.cfg.msi && addr != 0 {
                     let data = c.sync_msi_data().to_le_bytes();
-                    if self.mem.dev_write(addr, &data).is_err() {
+                    if self.outbox.msi(addr, c.sync_msi_data()) {
+                        self.stats.sync_msi_writes += 1;
+                    } else if self.mem.write(addr, &data).is_err() {
                         self.raise_gerror(gerror::MSI_CMDQ_ABT_ERR);
                     } else {
                         self.stats.sync_msi_writes += 1;
@@ -344,6 +420,7 @@ impl State {
                 } else {
                     let _ = irq_ctrl::GERROR_IRQEN;
                     self.irq.cmd_sync = true;
+                    self.outbox.irq(super::signal::IrqLine::CmdSync);
                 }
             }
             // Without SEV support the wake-up event simply does not happen

@@ -1,11 +1,25 @@
 //! The SMMU state machine: register frame, queues, caches, translation.
 
 mod cmdq;
+mod context;
+mod decode;
+mod hot;
+mod iotlb;
+mod lint;
+mod signal;
+mod snapshot;
 mod xlate;
+
+pub use decode::Violation;
+pub use iotlb::{CachedUnit, IotlbGuard, StreamIommu};
+pub use signal::{IrqHandler, IrqLine, MsiHandler};
+pub use snapshot::{ModelSnapshot, SNAPSHOT_VERSION, SnapshotError};
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sim_memory::{Coherency, SimMemory};
+use sim_memory::SimMemory;
+
+use crate::memory::DeviceMemory;
 
 use crate::config::{ConfigError, ModelConfig};
 use crate::event::Event;
@@ -14,10 +28,11 @@ use crate::stats::{Stats, TraceEntry};
 use crate::tlb::{FastMap, Tlb};
 use crate::{DmaFault, DmaRequest, Interrupts, Termination, Translation};
 
-use xlate::{Cd, Ctx, Ste};
+use context::Ctx;
+use decode::{Cd, Ste};
 
 /// Registers software can program.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Regs {
     cr0: u32,
     cr1: u32,
@@ -43,7 +58,7 @@ struct Regs {
 }
 
 /// Fault injection state.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Inject {
     paused: bool,
     drop: u64,
@@ -51,7 +66,7 @@ struct Inject {
 }
 
 /// A stalled transaction waiting for CMD_RESUME / CMD_STALL_TERM.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Stalled {
     sid: u32,
     stag: u16,
@@ -70,11 +85,15 @@ struct LastHit {
 
 pub(crate) struct State {
     last: Option<LastHit>,
+    /// The lock-free copy of `last`.
+    hot: Arc<hot::Hot>,
+    /// `last` is published in `hot`.
+    hot_live: bool,
     /// The hit path just found no TLB entry for this translation.
     known_miss: bool,
     cfg: ModelConfig,
     ids: IdRegs,
-    mem: Arc<SimMemory>,
+    mem: Arc<dyn DeviceMemory>,
     regs: Regs,
     ste_cache: FastMap<u32, Ste>,
     l1std_cache: FastMap<u32, u64>,
@@ -88,6 +107,10 @@ pub(crate) struct State {
     irq: Interrupts,
     stalled: Vec<Stalled>,
     next_stag: u16,
+    /// The `Iotlb`s of [`StreamIommu`]s, kept coherent with the caches.
+    iotlbs: Vec<std::sync::Weak<iotlb::IotlbSlot>>,
+    /// Interrupts and MSIs for the callbacks, delivered after unlocking.
+    outbox: signal::Outbox,
 }
 
 /// A software SMMUv3; see the crate documentation.
@@ -97,7 +120,11 @@ pub(crate) struct State {
 /// single ordered interface of a real SMMU.
 pub struct SmmuModel {
     state: Mutex<State>,
-    mem: Arc<SimMemory>,
+    mem: Arc<dyn DeviceMemory>,
+    /// Set when the outbox holds signals for the callbacks.
+    pending: Arc<std::sync::atomic::AtomicBool>,
+    handlers: std::sync::RwLock<signal::Handlers>,
+    hot: Arc<hot::Hot>,
 }
 
 impl core::fmt::Debug for SmmuModel {
@@ -172,11 +199,29 @@ impl SmmuModel {
     /// [`ConfigError`] when the configuration is invalid or contradicts the
     /// memory.
     pub fn new(config: ModelConfig, memory: Arc<SimMemory>) -> Result<Self, ConfigError> {
+        Self::with_memory(config, memory)
+    }
+
+    /// Returns a model of the SMMU described by `config` over any
+    /// [`DeviceMemory`] backend (e.g. [`crate::GuestRam`] over a VMM's guest
+    /// memory).
+    ///
+    /// # Errors
+    ///
+    /// As [`SmmuModel::new`].
+    pub fn with_memory(
+        config: ModelConfig,
+        memory: Arc<dyn DeviceMemory>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
-        let actual = memory.coherency();
-        let coherent = actual == Coherency::Coherent;
+        let coherent = memory.coherent();
         if let Some(forced) = config.coherent {
             if forced != coherent {
+                let actual = if coherent {
+                    sim_memory::Coherency::Coherent
+                } else {
+                    sim_memory::Coherency::NonCoherent
+                };
                 return Err(ConfigError::CoherencyMismatch { forced, actual });
             }
         }
@@ -190,8 +235,12 @@ impl SmmuModel {
         }
         let mut tlb = Tlb::new(config.tlb_capacity);
         tlb.set_bbml(config.bbml);
+        let pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hot = Arc::new(hot::Hot::default());
         let state = State {
             last: None,
+            hot: hot.clone(),
+            hot_live: false,
             known_miss: false,
             cfg: config,
             ids,
@@ -209,10 +258,15 @@ impl SmmuModel {
             irq: Interrupts::default(),
             stalled: Vec::new(),
             next_stag: 0,
+            iotlbs: Vec::new(),
+            outbox: signal::Outbox::new(pending.clone()),
         };
         Ok(Self {
             state: Mutex::new(state),
             mem: memory,
+            pending,
+            handlers: Default::default(),
+            hot,
         })
     }
 
@@ -222,8 +276,8 @@ impl SmmuModel {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Returns the simulated memory the model reads and writes.
-    pub fn memory(&self) -> &Arc<SimMemory> {
+    /// Returns the memory the model reads and writes.
+    pub fn memory(&self) -> &Arc<dyn DeviceMemory> {
         &self.mem
     }
 
@@ -240,7 +294,9 @@ impl SmmuModel {
     /// Reads a 32-bit register at `offset` in the 128 KiB frame. Unknown,
     /// reserved and misaligned offsets read as zero.
     pub fn read32(&self, offset: u64) -> u32 {
-        self.lock().read32(offset)
+        let v = self.lock().read32(offset);
+        self.deliver();
+        v
     }
 
     /// Writes a 32-bit register. Writes to read-only, reserved or unknown
@@ -248,12 +304,16 @@ impl SmmuModel {
     /// current state (e.g. a queue base while the queue is enabled).
     pub fn write32(&self, offset: u64, value: u32) {
         self.lock().write32(offset, value);
+        self.deliver();
     }
 
     /// Reads a 64-bit register (or two consecutive 32-bit registers).
     pub fn read64(&self, offset: u64) -> u64 {
         let mut s = self.lock();
-        u64::from(s.read32(offset)) | u64::from(s.read32(offset.wrapping_add(4))) << 32
+        let v = u64::from(s.read32(offset)) | u64::from(s.read32(offset.wrapping_add(4))) << 32;
+        drop(s);
+        self.deliver();
+        v
     }
 
     /// Writes a 64-bit register (low half first, like two 32-bit writes).
@@ -262,6 +322,8 @@ impl SmmuModel {
         s.trace(|| TraceEntry::MmioWrite { offset, value });
         s.write32_inner(offset, value as u32);
         s.write32_inner(offset.wrapping_add(4), (value >> 32) as u32);
+        drop(s);
+        self.deliver();
     }
 
     /// Translates one address without moving data.
@@ -271,7 +333,12 @@ impl SmmuModel {
     /// [`DmaFault`] describing the termination (events are recorded exactly
     /// as for a DMA).
     pub fn translate(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
-        self.lock().translate(req, req.iova)
+        if let Some(t) = self.hot.hit(req, context::NO_SSID, context::MAX_SSID_BITS) {
+            return Ok(t);
+        }
+        let r = self.lock().translate(req, req.iova);
+        self.deliver();
+        r
     }
 
     /// Performs a device read: translates every unit of
@@ -324,12 +391,23 @@ impl SmmuModel {
         }
     }
 
-    fn dma_inner(&self, req: &DmaRequest, mut data: Buf<'_>) -> Result<(), DmaFault> {
+    fn dma_inner(&self, req: &DmaRequest, data: Buf<'_>) -> Result<(), DmaFault> {
+        let r = self.dma_units(req, data);
+        self.deliver();
+        r
+    }
+
+    fn dma_units(&self, req: &DmaRequest, mut data: Buf<'_>) -> Result<(), DmaFault> {
         let len = data.len();
         let mut done = 0usize;
         while done < len {
             let iova = req.iova.wrapping_add(done as u64);
-            let t = self.lock().translate(req, iova);
+            // The unit is translated and copied under one lock: a CMD_SYNC
+            // completes only after transactions using the old translation
+            // (as the architecture requires), and the hot path pays one
+            // lock per unit.
+            let mut s = self.lock();
+            let t = s.translate(req, iova);
             let t = match t {
                 Ok(t) => t,
                 Err(
@@ -347,13 +425,14 @@ impl SmmuModel {
             };
             let n = (len - done).min(t.bytes_left.clamp(1, usize::MAX as u64) as usize);
             let r = match &mut data {
-                Buf::Write(b) => self.mem.dev_write(t.pa, &b[done..done + n]),
-                Buf::Read(b) => self.mem.dev_read(t.pa, &mut b[done..done + n]),
+                Buf::Write(b) => self.mem.write(t.pa, &b[done..done + n]),
+                Buf::Read(b) => self.mem.read(t.pa, &mut b[done..done + n]),
             };
             if let Err(error) = r {
                 return Err(DmaFault::Bus { pa: t.pa, error });
             }
-            self.lock().stats.dma_bytes += n as u64;
+            s.stats.dma_bytes += n as u64;
+            drop(s);
             done += n;
         }
         Ok(())
@@ -361,7 +440,8 @@ impl SmmuModel {
 
     /// Returns a snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        let s = self.lock();
+        let mut s = self.lock();
+        s.fold_hot_hits();
         let mut st = s.stats.clone();
         st.tlb_evictions = s.tlb.evictions;
         st.tlbi_granule_mismatches = s.tlb.granule_mismatch;
@@ -372,10 +452,30 @@ impl SmmuModel {
     /// Resets every counter to zero.
     pub fn reset_stats(&self) {
         let mut s = self.lock();
+        s.fold_hot_hits();
         s.stats = Stats::default();
         s.tlb.evictions = 0;
         s.tlb.granule_mismatch = 0;
         s.tlb.conflicts = 0;
+    }
+
+    /// Enables or disables the TLB and walk cache (disabling empties them):
+    /// with it off every translation walks, as in IOMMU emulators without
+    /// a TLB. For comparisons; the default is on.
+    pub fn set_tlb_enabled(&self, on: bool) {
+        let mut s = self.lock();
+        s.tlb.enabled = on;
+        s.set_last(None);
+        if !on {
+            let all = crate::tlb::InvScope::all(&[
+                crate::tlb::Regime::Nh,
+                crate::tlb::Regime::El2,
+                crate::tlb::Regime::S2,
+                crate::tlb::Regime::Nested,
+            ]);
+            s.tlb.invalidate(&all);
+            s.sync_iotlbs();
+        }
     }
 
     /// Returns the number of leaf entries in the TLB.
@@ -386,7 +486,10 @@ impl SmmuModel {
     /// Starts recording up to `capacity` trace entries (older ones are
     /// dropped first); a capacity of 0 stops tracing.
     pub fn set_trace(&self, capacity: usize) {
-        self.lock().trace = (capacity > 0).then(|| (capacity, Vec::new()));
+        let mut s = self.lock();
+        s.trace = (capacity > 0).then(|| (capacity, Vec::new()));
+        // Traced translations all take the locked path.
+        s.set_last(None);
     }
 
     /// Returns and clears the recorded trace.
@@ -418,6 +521,8 @@ impl SmmuModel {
         let mut s = self.lock();
         s.inject.paused = false;
         s.process_cmdq();
+        drop(s);
+        self.deliver();
     }
 
     /// Fault injection: the next `n` commands are consumed (CONS advances)
@@ -433,6 +538,8 @@ impl SmmuModel {
         let mut s = self.lock();
         s.inject.delay_polls = polls;
         s.process_cmdq();
+        drop(s);
+        self.deliver();
     }
 
     /// Returns the stall tags of transactions waiting for CMD_RESUME.
@@ -446,6 +553,33 @@ impl SmmuModel {
 }
 
 impl State {
+    /// Replaces the copy of the last TLB entry used (and its lock-free
+    /// twin, which is never published while tracing).
+    fn set_last(&mut self, last: Option<LastHit>) {
+        self.last = last;
+        // Published only once the copy serves a repeat (see
+        // `publish_last`), so translations spread over many pages do not
+        // pay for publishing.
+        self.hot.publish(None);
+        self.hot_live = false;
+    }
+
+    /// Publishes the in-lock copy to the lock-free path (once per copy, and
+    /// never while tracing, whose translations must all take the lock).
+    fn publish_last(&mut self) {
+        if !self.hot_live && self.trace.is_none() {
+            self.hot.publish(self.last.as_ref());
+            self.hot_live = true;
+        }
+    }
+
+    /// Moves the lock-free path's hit count into the statistics.
+    fn fold_hot_hits(&mut self) {
+        let n = self.hot.take_hits();
+        self.stats.translations += n;
+        self.stats.tlb_hits += n;
+    }
+
     fn trace(&mut self, f: impl FnOnce() -> TraceEntry) {
         if let Some((cap, v)) = &mut self.trace {
             if v.len() >= *cap {
@@ -479,6 +613,7 @@ impl State {
             // Signalled on the wired-interrupt view only: GERROR MSIs are
             // not modelled (their abort would itself be a new global error).
             self.irq.gerror = true;
+            self.outbox.irq(signal::IrqLine::Gerror);
         }
     }
 
@@ -491,7 +626,10 @@ impl State {
             return true;
         }
         self.stats.msi_writes += 1;
-        self.mem.dev_write(addr, &data.to_le_bytes()).is_ok()
+        if self.outbox.msi(addr, data) {
+            return true;
+        }
+        self.mem.write(addr, &data.to_le_bytes()).is_ok()
     }
 
     fn read32(&mut self, offset: u64) -> u32 {
@@ -567,7 +705,7 @@ impl State {
     #[allow(clippy::collapsible_match)]
     fn write32_inner(&mut self, offset: u64, value: u32) {
         self.stats.mmio_accesses += 1;
-        self.last = None;
+        self.set_last(None);
         if offset % 4 != 0 || offset >= regs::FRAME_SIZE {
             return;
         }
@@ -601,6 +739,7 @@ impl State {
                 if value & gbpa::UPDATE != 0 {
                     // The update completes at once: UPDATE reads 0 again.
                     self.regs.gbpa = value & gbpa::FIELDS;
+                    self.sync_iotlbs();
                 }
             }
             regs::IRQ_CTRL => self.regs.irq_ctrl = value & 0b101,
@@ -692,6 +831,9 @@ impl State {
         if new & cr0::CMDQEN != 0 && old & cr0::CMDQEN == 0 {
             self.process_cmdq();
         }
+        if (new ^ old) & cr0::SMMUEN != 0 {
+            self.sync_iotlbs();
+        }
     }
 
     /// Writes an event to the event queue; returns whether it was recorded.
@@ -714,7 +856,7 @@ impl State {
             return false;
         }
         let addr = q.base + u64::from(q.idx(prod)) * crate::layout::EVENT_SIZE;
-        if self.mem.dev_write(addr, &ev.to_bytes()).is_err() {
+        if self.mem.write(addr, &ev.to_bytes()).is_err() {
             self.raise_gerror(gerror::EVENTQ_ABT_ERR);
             self.stats.events_discarded += 1;
             return false;
@@ -723,6 +865,7 @@ impl State {
         self.stats.events_recorded += 1;
         if self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN != 0 {
             self.irq.eventq = true;
+            self.outbox.irq(signal::IrqLine::EventQ);
             if !self.send_msi(self.regs.eventq_irq_cfg0, self.regs.eventq_irq_cfg1) {
                 self.raise_gerror(gerror::MSI_EVENTQ_ABT_ERR);
             }

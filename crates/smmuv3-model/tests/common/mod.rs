@@ -2,6 +2,8 @@
 //! written from the architecture and independent of io-pgtable.
 #![allow(dead_code)]
 
+pub mod fixed;
+
 use std::sync::Arc;
 
 use smmuv3_model::layout::op;

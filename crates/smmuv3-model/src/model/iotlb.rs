@@ -1,0 +1,474 @@
+//! vm-memory's `Iommu` over the model: one [`StreamIommu`] per stream (and
+//! substream) fills a vm-memory `Iotlb` from the model's translations, and
+//! the model drops exactly the `Iotlb` entries whose backing model cache
+//! entry an invalidation (or eviction, or disabling the SMMU) removed.
+//!
+//! The rule that makes "never more, never fewer" checkable: an `Iotlb`
+//! entry is a copy of one model TLB entry (or of a bypassing
+//! configuration), and it lives exactly as long as that entry is still what
+//! the model would serve from its caches.
+
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
+
+use vm_memory::iommu::{Error as IommuError, Iotlb, IotlbIterator, IovaRange};
+use vm_memory::{GuestAddress, Permissions};
+
+use super::State;
+use super::context::{Mode, NO_SSID, ctx_key};
+use crate::regs::{cr0, gbpa};
+use crate::walk::Access;
+use crate::{DmaRequest, SmmuModel};
+
+/// A translation unit the model would serve from its caches without a
+/// walk: `[iova_base, iova_base + 2^size_log2)` to `pa_base`, for an
+/// unprivileged data access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CachedUnit {
+    /// First input address of the unit.
+    pub iova_base: u64,
+    /// Output address of `iova_base`.
+    pub pa_base: u64,
+    /// log2 of the unit's size.
+    pub size_log2: u32,
+    /// Reads are allowed.
+    pub read: bool,
+    /// Writes are allowed.
+    pub write: bool,
+}
+
+impl CachedUnit {
+    fn len(&self) -> u64 {
+        1u64 << self.size_log2
+    }
+
+    fn perms(&self) -> Permissions {
+        match (self.read, self.write) {
+            (true, true) => Permissions::ReadWrite,
+            (true, false) => Permissions::Read,
+            (false, true) => Permissions::Write,
+            (false, false) => Permissions::No,
+        }
+    }
+}
+
+/// The `Iotlb` of one stream and the model units it copies.
+#[derive(Debug)]
+pub(crate) struct IotlbSlot {
+    sid: u32,
+    ssid: Option<u32>,
+    iotlb: RwLock<Iotlb>,
+    units: Mutex<Vec<CachedUnit>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl IotlbSlot {
+    fn write_iotlb(&self) -> std::sync::RwLockWriteGuard<'_, Iotlb> {
+        self.iotlb.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_iotlb(&self) -> RwLockReadGuard<'_, Iotlb> {
+        self.iotlb.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn install(&self, u: CachedUnit) {
+        let mut units = lock(&self.units);
+        if units.contains(&u) {
+            return;
+        }
+        // Installing cannot fail for an in-range, non-empty unit.
+        let _ = self.write_iotlb().set_mapping(
+            GuestAddress(u.iova_base),
+            GuestAddress(u.pa_base),
+            u.len() as usize,
+            u.perms(),
+        );
+        units.push(u);
+    }
+}
+
+/// The `Iotlb` a translation was served from: the stream's shared one, or a
+/// private one holding only this translation (when the model could not
+/// serve it again from its caches, e.g. with its TLB disabled).
+#[derive(Debug)]
+pub enum IotlbGuard<'a> {
+    /// The stream's `Iotlb`, read-locked.
+    Shared(RwLockReadGuard<'a, Iotlb>),
+    /// A one-off `Iotlb`.
+    Private(Box<Iotlb>),
+}
+
+impl Deref for IotlbGuard<'_> {
+    type Target = Iotlb;
+
+    fn deref(&self) -> &Iotlb {
+        match self {
+            Self::Shared(g) => g,
+            Self::Private(b) => b,
+        }
+    }
+}
+
+/// vm-memory's [`vm_memory::iommu::Iommu`] for one stream of a
+/// [`SmmuModel`]: give it to `IommuMemory::new` and every `vm-memory` based
+/// device model does DMA through the SMMU.
+///
+/// Accesses are unprivileged data accesses of StreamID `sid` (and
+/// SubstreamID `ssid`). A failed translation records the architected event
+/// in the model's event queue and returns
+/// [`IommuError::CannotResolve`].
+#[derive(Debug)]
+pub struct StreamIommu {
+    model: Arc<SmmuModel>,
+    sid: u32,
+    ssid: Option<u32>,
+    /// `None`: no `Iotlb` kept (every access translates through the model,
+    /// the design of IOMMU emulators without an IOTLB).
+    slot: Option<Arc<IotlbSlot>>,
+}
+
+impl StreamIommu {
+    /// Returns the StreamID.
+    pub fn sid(&self) -> u32 {
+        self.sid
+    }
+
+    /// Returns the SubstreamID.
+    pub fn ssid(&self) -> Option<u32> {
+        self.ssid
+    }
+
+    /// Returns the model.
+    pub fn model(&self) -> &Arc<SmmuModel> {
+        &self.model
+    }
+
+    /// Returns the `Iotlb` translation of `iova` for `access` without
+    /// consulting the model, or `None` on an `Iotlb` miss (always `None`
+    /// without an `Iotlb`).
+    pub fn iotlb_lookup(&self, iova: u64, access: Permissions) -> Option<u64> {
+        let slot = self.slot.as_ref()?;
+        let mut it = Iotlb::lookup(slot.read_iotlb(), GuestAddress(iova), 1, access).ok()?;
+        it.next().map(|m| m.base.0)
+    }
+
+    /// Returns the number of model units copied into the `Iotlb`.
+    pub fn iotlb_units(&self) -> usize {
+        self.slot.as_ref().map_or(0, |s| lock(&s.units).len())
+    }
+}
+
+impl vm_memory::iommu::Iommu for StreamIommu {
+    type IotlbGuard<'a> = IotlbGuard<'a>;
+
+    fn translate(
+        &self,
+        iova: GuestAddress,
+        length: usize,
+        access: Permissions,
+    ) -> Result<IotlbIterator<IotlbGuard<'_>>, IommuError> {
+        // A device-chosen range that wraps the address space is refused
+        // here: vm-memory's `Iotlb` adds base and length unchecked.
+        if iova.0.checked_add(length as u64).is_none() {
+            return Err(IommuError::CannotResolve {
+                iova_range: IovaRange { base: iova, length },
+                reason: "the range wraps the 64-bit address space".into(),
+            });
+        }
+        if let Some(slot) = &self.slot {
+            let g = IotlbGuard::Shared(slot.read_iotlb());
+            if let Ok(it) = Iotlb::lookup(g, iova, length, access) {
+                return Ok(it);
+            }
+        }
+        let private = self.model.resolve(self, iova.0, length as u64, access);
+        self.model.deliver();
+        let private = private?;
+        if let (Some(slot), None) = (&self.slot, &private) {
+            let g = IotlbGuard::Shared(slot.read_iotlb());
+            if let Ok(it) = Iotlb::lookup(g, iova, length, access) {
+                return Ok(it);
+            }
+            // An invalidation raced with the fill: translate once more
+            // into a private Iotlb.
+        }
+        let iotlb = match private {
+            Some(i) => i,
+            None => {
+                let p = self
+                    .model
+                    .resolve_private(self, iova.0, length as u64, access);
+                self.model.deliver();
+                p?
+            }
+        };
+        Iotlb::lookup(IotlbGuard::Private(Box::new(iotlb)), iova, length, access).map_err(|_| {
+            IommuError::CannotResolve {
+                iova_range: IovaRange { base: iova, length },
+                reason: "translation changed while being resolved".into(),
+            }
+        })
+    }
+}
+
+impl SmmuModel {
+    /// Returns vm-memory's `Iommu` for StreamID `sid` (and SubstreamID
+    /// `ssid`), with an `Iotlb` the model keeps coherent with its caches.
+    pub fn iommu(self: &Arc<Self>, sid: u32, ssid: Option<u32>) -> StreamIommu {
+        let slot = Arc::new(IotlbSlot {
+            sid,
+            ssid,
+            iotlb: RwLock::new(Iotlb::new()),
+            units: Mutex::new(Vec::new()),
+        });
+        let mut s = self.lock();
+        s.iotlbs.retain(|w| w.strong_count() > 0);
+        s.iotlbs.push(Arc::downgrade(&slot));
+        StreamIommu {
+            model: self.clone(),
+            sid,
+            ssid,
+            slot: Some(slot),
+        }
+    }
+
+    /// Returns vm-memory's `Iommu` for a stream without an `Iotlb`: every
+    /// access translates through the model (its TLB and walker), as IOMMU
+    /// emulators without an IOTLB do. For comparison and for streams whose
+    /// accesses must all be seen by the model.
+    pub fn iommu_uncached(self: &Arc<Self>, sid: u32, ssid: Option<u32>) -> StreamIommu {
+        StreamIommu {
+            model: self.clone(),
+            sid,
+            ssid,
+            slot: None,
+        }
+    }
+
+    /// Returns the unit of `iova` the model would serve from its caches for
+    /// an unprivileged data access, without walking or counting anything;
+    /// `None` when it would walk, fault, or cannot serve it from a cache.
+    pub fn cached_translation(&self, sid: u32, ssid: Option<u32>, iova: u64) -> Option<CachedUnit> {
+        self.lock().probe(sid, ssid, iova, None)
+    }
+
+    /// Translates every unit of `[iova, iova + len)` for `access`, filling
+    /// the stream's `Iotlb`; returns a private `Iotlb` with the whole range
+    /// instead when a unit cannot be kept (no `Iotlb`, or a unit the model
+    /// would not serve again from its caches).
+    fn resolve(
+        &self,
+        io: &StreamIommu,
+        iova: u64,
+        len: u64,
+        access: Permissions,
+    ) -> Result<Option<Iotlb>, IommuError> {
+        let mut s = self.lock();
+        let mut steps = Vec::new();
+        let mut all_kept = io.slot.is_some();
+        let mut addr = iova;
+        let end = iova.saturating_add(len);
+        while addr < end {
+            let r = s.translate_unit(io, addr, end, access);
+            // Whatever the model now caches is a valid copy, even when the
+            // other direction of a read-write access faulted.
+            let unit = s.probe(io.sid, io.ssid, addr, None);
+            if let (Some(slot), Some(u)) = (&io.slot, unit) {
+                slot.install(u);
+            }
+            let (pa, n) = r?;
+            if !unit.is_some_and(|u| u.perms().allow(access)) {
+                all_kept = false;
+            }
+            steps.push((addr, pa, n));
+            addr = addr.saturating_add(n);
+        }
+        if all_kept {
+            return Ok(None);
+        }
+        let mut p = Iotlb::new();
+        for (a, pa, n) in steps {
+            let _ = p.set_mapping(GuestAddress(a), GuestAddress(pa), n as usize, access);
+        }
+        Ok(Some(p))
+    }
+
+    /// Translates `[iova, iova + len)` into a private `Iotlb`.
+    fn resolve_private(
+        &self,
+        io: &StreamIommu,
+        iova: u64,
+        len: u64,
+        access: Permissions,
+    ) -> Result<Iotlb, IommuError> {
+        let mut s = self.lock();
+        let mut p = Iotlb::new();
+        let mut addr = iova;
+        let end = iova.saturating_add(len);
+        while addr < end {
+            let (pa, n) = s.translate_unit(io, addr, end, access)?;
+            let _ = p.set_mapping(GuestAddress(addr), GuestAddress(pa), n as usize, access);
+            addr = addr.saturating_add(n);
+        }
+        Ok(p)
+    }
+}
+
+impl State {
+    /// Translates the unit at `addr` for every direction of `access`;
+    /// returns its output address and the bytes it covers (capped at
+    /// `end`).
+    fn translate_unit(
+        &mut self,
+        io: &StreamIommu,
+        addr: u64,
+        end: u64,
+        access: Permissions,
+    ) -> Result<(u64, u64), IommuError> {
+        let mut req = DmaRequest::read(io.sid, addr, end - addr);
+        req.ssid = io.ssid;
+        let mut out = None;
+        for write in [false, true] {
+            let wanted = if write {
+                access.has_write()
+            } else {
+                access.allow(Permissions::Read) || access == Permissions::No
+            };
+            if !wanted {
+                continue;
+            }
+            req.write = write;
+            match self.translate(&req, addr) {
+                Ok(t) => {
+                    let n = t.bytes_left.clamp(1, end - addr);
+                    out = Some((t.pa, n));
+                }
+                Err(f) => {
+                    return Err(IommuError::CannotResolve {
+                        iova_range: IovaRange {
+                            base: GuestAddress(addr),
+                            length: (end - addr) as usize,
+                        },
+                        reason: f.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(out.unwrap_or((addr, 1)))
+    }
+
+    /// Returns the unit of `iova` servable from the caches (of exactly
+    /// `size_log2` when given), without side effects.
+    pub(super) fn probe(
+        &self,
+        sid: u32,
+        ssid: Option<u32>,
+        iova: u64,
+        size_log2: Option<u32>,
+    ) -> Option<CachedUnit> {
+        let identity = |size_log2: u32| CachedUnit {
+            iova_base: iova & !((1u64 << size_log2) - 1),
+            pa_base: iova & !((1u64 << size_log2) - 1),
+            size_log2,
+            read: true,
+            write: true,
+        };
+        if self.regs.cr0 & cr0::SMMUEN == 0 {
+            return (self.regs.gbpa & gbpa::ABORT == 0).then(|| identity(12));
+        }
+        if ssid.is_some_and(|s| s >> super::context::MAX_SSID_BITS != 0) {
+            return None;
+        }
+        let ctx = self.ctx_cache.get(&ctx_key(sid, ssid.unwrap_or(NO_SSID)))?;
+        if ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
+            return None;
+        }
+        let fits = iova >> self.cfg.oas_bits == 0;
+        let ia = match ctx.mode {
+            Mode::Abort => return None,
+            Mode::Bypass => return fits.then(|| identity(12)),
+            Mode::S2 if !fits => return None,
+            Mode::S2 => iova,
+            Mode::S1 | Mode::Nested => {
+                let cd = ctx.cd.as_ref()?;
+                let sel = usize::from(iova >> 55 & 1 == 1);
+                let tt = cd.tt[sel].as_ref()?;
+                let hi = if cd.tbi[sel] { 55 } else { 63 };
+                let top = crate::layout::bits(iova, hi, tt.ias);
+                let ones = (1u64 << (hi - tt.ias + 1)) - 1;
+                if top != if sel == 0 { 0 } else { ones } {
+                    return None;
+                }
+                let low = iova & ((1u64 << tt.ias) - 1);
+                if sel == 1 {
+                    low | !((1u64 << tt.ias) - 1)
+                } else {
+                    low
+                }
+            }
+        };
+        let exact;
+        let sizes = match size_log2 {
+            Some(s) => {
+                exact = [s];
+                &exact[..]
+            }
+            None => &ctx.sizes[..ctx.nsizes],
+        };
+        let e = self.tlb.lookup(ctx.tag, ia, sizes)?;
+        let user = |write| Access {
+            write,
+            privileged: false,
+            instruction: false,
+        };
+        Some(CachedUnit {
+            iova_base: iova & !((1u64 << e.size_log2) - 1),
+            pa_base: e.out_base,
+            size_log2: e.size_log2,
+            read: e.perms.allows(user(false)),
+            write: e.perms.allows(user(true)),
+        })
+    }
+
+    /// Drops every `Iotlb` unit the model would no longer serve from its
+    /// caches, and nothing else: units that survive but overlapped a
+    /// dropped range are installed again.
+    pub(super) fn sync_iotlbs(&mut self) {
+        if self.iotlbs.is_empty() {
+            return;
+        }
+        self.iotlbs.retain(|w| w.strong_count() > 0);
+        let slots: Vec<Arc<IotlbSlot>> = self.iotlbs.iter().filter_map(Weak::upgrade).collect();
+        for slot in slots {
+            let mut units = lock(&slot.units);
+            let (keep, drop): (Vec<CachedUnit>, Vec<CachedUnit>) = units.iter().partition(|u| {
+                self.probe(slot.sid, slot.ssid, u.iova_base, Some(u.size_log2)) == Some(**u)
+            });
+            if drop.is_empty() {
+                continue;
+            }
+            self.stats.iotlb_invalidations += drop.len() as u64;
+            let mut iotlb = slot.write_iotlb();
+            for u in &drop {
+                iotlb.invalidate_mapping(GuestAddress(u.iova_base), u.len() as usize);
+            }
+            for u in &keep {
+                let overlaps = drop.iter().any(|d| {
+                    d.iova_base < u.iova_base + u.len() && u.iova_base < d.iova_base + d.len()
+                });
+                if overlaps {
+                    let _ = iotlb.set_mapping(
+                        GuestAddress(u.iova_base),
+                        GuestAddress(u.pa_base),
+                        u.len() as usize,
+                        u.perms(),
+                    );
+                }
+            }
+            *units = keep;
+        }
+    }
+}

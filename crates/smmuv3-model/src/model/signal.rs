@@ -1,0 +1,139 @@
+//! Interrupt and MSI delivery to a VMM through callbacks.
+//!
+//! Signals raised while the model's state is locked wait in an outbox and
+//! are delivered once the lock is released, so a callback may call back
+//! into the model (read the event queue pointers, acknowledge...).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::SmmuModel;
+
+/// A wired interrupt line of the SMMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IrqLine {
+    /// Event queue interrupt (an event was written, IRQ_CTRL.EVENTQ_IRQEN).
+    EventQ,
+    /// Global error interrupt (IRQ_CTRL.GERROR_IRQEN).
+    Gerror,
+    /// CMD_SYNC completion with CS = SIG_IRQ and no MSI address.
+    CmdSync,
+}
+
+/// Called with each wired interrupt the SMMU asserts (edge semantics:
+/// once per assertion).
+pub type IrqHandler = Arc<dyn Fn(IrqLine) + Send + Sync>;
+
+/// Called with (address, data) of each MSI the SMMU sends (event queue
+/// MSIs and CMD_SYNC completion MSIs). Returns whether it consumed the MSI
+/// (e.g. injected it through the interrupt controller); when it returns
+/// false the model performs the 32-bit write to memory itself.
+pub type MsiHandler = Arc<dyn Fn(u64, u32) -> bool + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub(crate) struct Handlers {
+    irq: Option<IrqHandler>,
+    msi: Option<MsiHandler>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Signal {
+    Irq(IrqLine),
+    Msi { addr: u64, data: u32 },
+}
+
+/// Signals waiting for delivery, queued only while a callback is
+/// installed (so an unmounted model never accumulates them).
+pub(crate) struct Outbox {
+    signals: Vec<Signal>,
+    irq_hooked: bool,
+    msi_hooked: bool,
+    pending: Arc<AtomicBool>,
+}
+
+impl Outbox {
+    pub fn new(pending: Arc<AtomicBool>) -> Self {
+        Self {
+            signals: Vec::new(),
+            irq_hooked: false,
+            msi_hooked: false,
+            pending,
+        }
+    }
+
+    pub fn irq(&mut self, line: IrqLine) {
+        if self.irq_hooked {
+            self.signals.push(Signal::Irq(line));
+            self.pending.store(true, Ordering::Release);
+        }
+    }
+
+    /// Queues an MSI for the callback; returns false when none is
+    /// installed (the caller writes memory).
+    pub fn msi(&mut self, addr: u64, data: u32) -> bool {
+        if !self.msi_hooked {
+            return false;
+        }
+        self.signals.push(Signal::Msi { addr, data });
+        self.pending.store(true, Ordering::Release);
+        true
+    }
+}
+
+impl SmmuModel {
+    /// Installs (or with `None` removes) the wired-interrupt callback.
+    /// [`SmmuModel::interrupts`] keeps reporting the level view as well.
+    pub fn set_irq_handler(&self, handler: Option<IrqHandler>) {
+        let on = handler.is_some();
+        self.handlers.write().unwrap_or_else(|e| e.into_inner()).irq = handler;
+        self.lock().outbox.irq_hooked = on;
+    }
+
+    /// Installs (or with `None` removes) the MSI callback; without one,
+    /// MSIs are 32-bit writes to memory.
+    pub fn set_msi_handler(&self, handler: Option<MsiHandler>) {
+        let on = handler.is_some();
+        self.handlers.write().unwrap_or_else(|e| e.into_inner()).msi = handler;
+        self.lock().outbox.msi_hooked = on;
+    }
+
+    /// Delivers queued signals to the callbacks (outside the state lock).
+    #[inline]
+    pub(crate) fn deliver(&self) {
+        if !self.pending.load(Ordering::Acquire) {
+            return;
+        }
+        self.deliver_slow();
+    }
+
+    #[cold]
+    fn deliver_slow(&self) {
+        let signals = {
+            let mut s = self.lock();
+            self.pending.store(false, Ordering::Release);
+            std::mem::take(&mut s.outbox.signals)
+        };
+        let h = self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for sig in signals {
+            match sig {
+                Signal::Irq(line) => {
+                    if let Some(f) = &h.irq {
+                        f(line);
+                    }
+                }
+                Signal::Msi { addr, data } => {
+                    let taken = h.msi.as_ref().is_some_and(|f| f(addr, data));
+                    if !taken {
+                        // As without a callback; an abort has no one left
+                        // to report to (the MSI was already "sent").
+                        let _ = self.mem.write(addr, &data.to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Snapshot and restore of the whole model state (registers, queues'
+//! pointers, configuration caches, TLB and walk cache, statistics, stalls,
+//! fault injection), so a VM with a vSMMU can be migrated: restoring into a
+//! fresh model over the same memory content gives identical translations,
+//! events and statistics, stale cache entries included.
+
+use serde::{Deserialize, Serialize};
+
+use super::context::Ctx;
+use super::decode::{Cd, Ste};
+use super::{Inject, Regs, Stalled, State};
+use crate::config::ModelConfig;
+use crate::stats::Stats;
+use crate::tlb::{FastMap, Tlb, TlbSnapshot};
+use crate::{Interrupts, SmmuModel};
+
+/// Version of the snapshot format.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// The serialisable state of a [`SmmuModel`] (not the memory behind it,
+/// which the VMM migrates as guest RAM, and not the trace or the
+/// interrupt/MSI callbacks).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSnapshot {
+    version: u32,
+    config: ModelConfig,
+    regs: Regs,
+    ste_cache: Vec<(u32, Ste)>,
+    l1std_cache: Vec<(u32, u64)>,
+    cd_cache: Vec<((u32, u32), Cd)>,
+    l1cd_cache: Vec<((u32, u32), u64)>,
+    ctx_cache: Vec<(u64, Ctx)>,
+    tlb: TlbSnapshot,
+    stats: Stats,
+    inject: Inject,
+    irq: Interrupts,
+    stalled: Vec<Stalled>,
+    next_stag: u16,
+}
+
+impl ModelSnapshot {
+    /// Returns the configuration of the model the snapshot was taken from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+}
+
+/// Why a snapshot cannot be restored; the model is left unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The snapshot was written by another format version.
+    #[error("snapshot format version {found}, expected {SNAPSHOT_VERSION}")]
+    Version {
+        /// The version found.
+        found: u32,
+    },
+    /// The model is not configured like the one the snapshot came from (its
+    /// ID registers, and so what its caches may hold, would differ).
+    #[error("snapshot of a differently configured SMMU")]
+    ConfigMismatch,
+}
+
+fn sorted<K: Ord + Copy, V: Copy>(m: &FastMap<K, V>) -> Vec<(K, V)> {
+    let mut v: Vec<_> = m.iter().map(|(k, v)| (*k, *v)).collect();
+    v.sort_unstable_by_key(|(k, _)| *k);
+    v
+}
+
+impl SmmuModel {
+    /// Returns a snapshot of the whole model state.
+    pub fn snapshot(&self) -> ModelSnapshot {
+        let mut s = self.lock();
+        s.fold_hot_hits();
+        ModelSnapshot {
+            version: SNAPSHOT_VERSION,
+            config: s.cfg.clone(),
+            regs: s.regs.clone(),
+            ste_cache: sorted(&s.ste_cache),
+            l1std_cache: sorted(&s.l1std_cache),
+            cd_cache: sorted(&s.cd_cache),
+            l1cd_cache: sorted(&s.l1cd_cache),
+            ctx_cache: sorted(&s.ctx_cache),
+            tlb: s.tlb.snapshot(),
+            stats: s.stats.clone(),
+            inject: s.inject,
+            irq: s.irq,
+            stalled: s.stalled.clone(),
+            next_stag: s.next_stag,
+        }
+    }
+
+    /// Replaces the model state with `snap` (taken from a model with the
+    /// same configuration, over memory with the same content).
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError`]; the model is then unchanged.
+    pub fn restore(&self, snap: &ModelSnapshot) -> Result<(), SnapshotError> {
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version {
+                found: snap.version,
+            });
+        }
+        let mut s = self.lock();
+        if s.cfg != snap.config {
+            return Err(SnapshotError::ConfigMismatch);
+        }
+        s.fold_hot_hits();
+        s.restore_from(snap);
+        drop(s);
+        self.deliver();
+        Ok(())
+    }
+}
+
+impl State {
+    fn restore_from(&mut self, snap: &ModelSnapshot) {
+        self.regs = snap.regs.clone();
+        self.ste_cache = snap.ste_cache.iter().copied().collect();
+        self.l1std_cache = snap.l1std_cache.iter().copied().collect();
+        self.cd_cache = snap.cd_cache.iter().copied().collect();
+        self.l1cd_cache = snap.l1cd_cache.iter().copied().collect();
+        self.ctx_cache = snap.ctx_cache.iter().copied().collect();
+        self.tlb = Tlb::from_snapshot(&snap.tlb);
+        self.stats = snap.stats.clone();
+        self.inject = snap.inject;
+        self.irq = snap.irq;
+        self.stalled = snap.stalled.clone();
+        self.next_stag = snap.next_stag;
+        self.set_last(None);
+        self.known_miss = false;
+        self.sync_iotlbs();
+    }
+}
