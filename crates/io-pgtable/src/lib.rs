@@ -163,6 +163,7 @@ pub mod config;
 pub mod env;
 pub mod error;
 pub mod layout;
+mod sync;
 mod table;
 
 pub use config::{

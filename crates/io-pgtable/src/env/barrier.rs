@@ -5,7 +5,7 @@
 //! builds that drive a software model) a fence gives the same ordering to
 //! the model, which observes memory as another CPU thread does.
 
-use core::sync::atomic::{Ordering, fence};
+use crate::sync::{Ordering, fence};
 
 /// Orders earlier stores before later stores (memory and device
 /// registers) as an outer-shareable observer sees them: `DMB OSHST`.
