@@ -49,6 +49,9 @@ const POISON: u64 = 0x0000_dead_0000_0003;
 /// What the device sees of a new block until it is cleaned (stale memory
 /// below the cache): a walk through an uncleaned table goes nowhere.
 const STALE: u64 = 0x0000_beef_0000_0003;
+/// A device-view entry no partial clean wrote: the device sees what the
+/// block held when it was cleaned whole (zero), or [`STALE`].
+const UNSET: u64 = u64::MAX;
 /// Descriptor output address bits 47:12.
 const ADDR: u64 = 0x0000_ffff_ffff_f000;
 
@@ -73,8 +76,16 @@ struct Block {
     size: usize,
     /// The CPU view: one loom atomic per 8-byte entry.
     cpu: Box<[AtomicU64]>,
-    /// The device view (non-coherent walkers): what cleans wrote back.
-    device: Vec<u64>,
+    /// The device view (non-coherent walkers only): what partial cleans
+    /// wrote back, one loom atomic per entry ([`UNSET`] until then).
+    device: Box<[AtomicU64]>,
+    /// Whether the block was cleaned whole while the table code had not
+    /// touched it yet (so its CPU view was all zero): the device view of
+    /// every [`UNSET`] entry then reads zero. One loom atomic instead of a
+    /// store per entry keeps the models small.
+    cleaned_fresh: AtomicU64,
+    /// Whether `phys_to_cpu` handed out a pointer into the block.
+    touched: bool,
     freed: bool,
 }
 
@@ -97,12 +108,16 @@ struct Books {
 #[derive(Clone)]
 struct LoomEnv {
     books: std::sync::Arc<Mutex<Books>>,
+    /// Whether blocks get a device view (costs a second loom atomic per
+    /// entry, so only the non-coherent models have one).
+    device_view: bool,
 }
 
 impl LoomEnv {
-    fn new() -> Self {
+    fn new(device_view: bool) -> Self {
         Self {
             books: std::sync::Arc::new(Mutex::new(Books::default())),
+            device_view,
         }
     }
 
@@ -163,14 +178,27 @@ impl LoomEnv {
     }
 
     /// Translates `iova` as the device would, through the device view of
-    /// the tables (what cache cleans wrote back) from the root at `root`:
-    /// for the test configuration only (levels 1..=3, 4K granule).
+    /// the tables from the root at `root`, reading it from the calling
+    /// thread: the device sees a clean once the clean happens before the
+    /// caller's read (for the test configuration only: levels 1..=3, 4K
+    /// granule). A walk through a stale entry goes nowhere (panics) or
+    /// translates to the stale address.
     fn device_translate(&self, root: u64, iova: u64) -> Option<u64> {
-        let books = self.books();
         let mut table = root;
         for (level, shift, mask) in [(1, 30, 3), (2, 21, 511), (3, 12, 511)] {
-            let (b, e) = Self::locate(&books, table + 8 * ((iova >> shift) & mask));
-            let d = books.blocks[b].device[e];
+            let (dev, fresh): (*const AtomicU64, *const AtomicU64) = {
+                let books = self.books();
+                let (b, e) = Self::locate(&books, table + 8 * ((iova >> shift) & mask));
+                (&books.blocks[b].device[e], &books.blocks[b].cleaned_fresh)
+            };
+            // SAFETY: a live block (checked by `locate`); blocks are never
+            // dropped before the environment.
+            let (dev, fresh) = unsafe { (&*dev, &*fresh) };
+            let d = match dev.load(Ordering::Relaxed) {
+                UNSET if fresh.load(Ordering::Relaxed) == 1 => 0,
+                UNSET => STALE,
+                d => d,
+            };
             if level < 3 && d & 3 == 3 {
                 table = d & ADDR;
             } else if d & 3 == if level == 3 { 3 } else { 1 } {
@@ -196,12 +224,16 @@ unsafe impl TableMemory for LoomEnv {
             return Err(AllocError::BadSize { size });
         }
         let cpu: Box<[AtomicU64]> = (0..size / 8).map(|_| AtomicU64::new(0)).collect();
+        let stale = if self.device_view { size / 8 } else { 0 };
+        let device: Box<[AtomicU64]> = (0..stale).map(|_| AtomicU64::new(UNSET)).collect();
         let ptr = NonNull::from(&cpu[0]).cast::<u8>();
         let mut books = self.books();
         books.blocks.push(Block {
             size,
             cpu,
-            device: vec![STALE; size / 8],
+            device,
+            cleaned_fresh: AtomicU64::new(0),
+            touched: false,
             freed: false,
         });
         books.allocs += 1;
@@ -228,54 +260,72 @@ unsafe impl TableMemory for LoomEnv {
     }
 
     fn phys_to_cpu(&self, phys: u64) -> NonNull<u8> {
-        let books = self.books();
+        let mut books = self.books();
         let (i, e) = Self::locate(&books, phys);
+        books.blocks[i].touched = true;
         NonNull::from(&books.blocks[i].cpu[e]).cast::<u8>()
     }
 }
 
 impl CacheMaintenance for LoomEnv {
-    /// Writes the value of every entry of the range back to the device
-    /// view. The clean completes before the next loom operation (as
-    /// `DC CVAC; DSB` does before the next instruction), so the device
-    /// view changes in real time, and a device reading it later sees it.
+    /// Copies every entry of the range from the CPU view to the device
+    /// view, as the cleaning thread reads it.
+    ///
+    /// The device view is loom atomics, and the device reads it from the
+    /// thread that hands it the IOVA ([`LoomEnv::device_translate`]): it
+    /// sees a clean only if the clean *happens before* that read. That is
+    /// stricter than the hardware, where a completed `DC CVAC; DSB` is
+    /// visible in real time, and is what the table code's memory-model
+    /// argument claims (a reader that sees the in-flight counter at zero
+    /// has synchronized with the installer's decrement after its clean).
     ///
     /// A clean writes back the line as it is in the coherent cache; the
     /// model reads each entry with a load, which may return a value older
     /// than a racer's store the cleaner never observed. The models that
-    /// use the device view only map (every entry goes from zero to its one
-    /// final value once), so a zero read over a non-zero device entry is
-    /// such a stale read and changes nothing, and an entry changing
-    /// between two non-zero values is outside the model and panics. (A
-    /// read-modify-write would read the latest value, but loom 0.7 can
-    /// order a racing store between an RMW's read and write, which makes
-    /// the model fail spuriously.)
+    /// clean only map: every entry goes from zero to one final value once.
+    /// So an entry is only written back where its value is non-zero (a
+    /// zero read may be stale, and writing it back could hide a racer's
+    /// clean); a whole block cleaned before the table code touched it is
+    /// all zero, and its stale device memory becomes zero at once. An
+    /// entry seen with two different non-zero values is outside the model
+    /// and panics. (A read-modify-write would read the latest value, but
+    /// loom 0.7 can order a racing store between an RMW's read and its
+    /// write, which makes such a model fail spuriously.)
     fn clean(&self, cpu: NonNull<u8>, phys: u64, len: usize) -> Result<(), CacheError> {
+        if !self.device_view {
+            return Ok(());
+        }
         let n = len.div_ceil(8);
-        let (b, first, atomics) = {
-            let books = self.books();
+        let (fresh, entries) = {
+            let mut books = self.books();
             let (b, e) = Self::locate(&books, phys);
-            assert_eq!(cpu, NonNull::from(&books.blocks[b].cpu[e]).cast::<u8>());
-            assert!(e + n <= books.blocks[b].size / 8, "clean past {phys:#x}");
-            let atomics: Vec<*const AtomicU64> = (e..e + n)
-                .map(|k| &books.blocks[b].cpu[k] as *const AtomicU64)
-                .collect();
-            (b, e, atomics)
+            let block = &books.blocks[b];
+            assert_eq!(cpu, NonNull::from(&block.cpu[e]).cast::<u8>());
+            assert!(e + n <= block.size / 8, "clean past {phys:#x}");
+            if e == 0 && n == block.size / 8 && !block.touched {
+                (Some(&block.cleaned_fresh as *const AtomicU64), Vec::new())
+            } else {
+                let entries: Vec<(*const AtomicU64, *const AtomicU64)> = (e..e + n)
+                    .map(|k| (&block.cpu[k] as *const _, &block.device[k] as *const _))
+                    .collect();
+                for k in 0..n as u64 {
+                    *books.cleans.entry(phys + 8 * k).or_default() += 1;
+                }
+                (None, entries)
+            }
         };
-        let whole_block = first == 0 && n == self.books().blocks[b].size / 8;
-        for (k, atomic) in atomics.into_iter().enumerate() {
+        if let Some(fresh) = fresh {
+            // SAFETY: as below.
+            unsafe { &*fresh }.store(1, Ordering::Relaxed);
+        }
+        for (cpu, dev) in entries {
             // SAFETY: a live block (checked above); blocks are never
             // dropped before the environment.
-            let v = unsafe { &*atomic }.load(Ordering::Relaxed);
-            let mut books = self.books();
-            let dev = &mut books.blocks[b].device[first + k];
-            if *dev == STALE || *dev == 0 {
-                *dev = v;
-            } else {
-                assert!(v == 0 || v == *dev, "entry changed twice: {:#x} -> {v:#x}", *dev);
-            }
-            if !whole_block {
-                *books.cleans.entry(phys + 8 * k as u64).or_default() += 1;
+            let (cpu, dev) = unsafe { (&*cpu, &*dev) };
+            let v = cpu.load(Ordering::Relaxed);
+            if v != 0 {
+                let old = dev.swap(v, Ordering::Relaxed);
+                assert!(old == UNSET || old == v, "entry changed twice: {old:#x} -> {v:#x}");
             }
         }
         Ok(())
@@ -304,7 +354,7 @@ impl TlbHooks for LoomEnv {
 type Table = PageTable<LoomEnv>;
 
 fn new_table(coherency: WalkCoherency) -> (Arc<Table>, LoomEnv) {
-    let env = LoomEnv::new();
+    let env = LoomEnv::new(coherency != WalkCoherency::Coherent);
     let pt = PageTable::new(config(coherency), env.clone()).expect("table");
     (Arc::new(pt), env)
 }
@@ -580,10 +630,10 @@ fn three_threads_two_retires_and_an_install() {
 /// mapper returns while a link it descended through is uncleaned. Each
 /// link is cleaned by its installer, and again only by a racer that may
 /// have seen it uncleaned (at most twice here).
-fn links_in_flight_model(coherency: WalkCoherency) -> (usize, usize, usize) {
+fn links_in_flight_model(coherency: WalkCoherency, preemptions: usize) -> (usize, usize, usize) {
     let seen = std::sync::Arc::new(Seen::default());
     let s = seen.clone();
-    builder(3).check(move || {
+    builder(preemptions).check(move || {
         let (pt, env) = new_table(coherency);
         let root = pt.root_phys();
         let t: Vec<_> = (0..2u64)
@@ -598,6 +648,11 @@ fn links_in_flight_model(coherency: WalkCoherency) -> (usize, usize, usize) {
                         Some(pa + 8),
                         "map returned with its page unreachable by the device"
                     );
+                    // Nothing else is reachable: the new tables were
+                    // cleaned (zero, not stale) before they were linked.
+                    for hole in [7 * K4, 3 * M2, 1 << 30] {
+                        assert_eq!(env.device_translate(root, hole), None, "{hole:#x}");
+                    }
                 })
             })
             .collect();
@@ -618,7 +673,7 @@ fn links_in_flight_model(coherency: WalkCoherency) -> (usize, usize, usize) {
 
 #[test]
 fn noncoherent_mapper_never_returns_below_an_uncleaned_link() {
-    let (runs, racer_cleaned, once) = links_in_flight_model(WalkCoherency::NonCoherent);
+    let (runs, racer_cleaned, once) = links_in_flight_model(WalkCoherency::NonCoherent, 3);
     eprintln!("links in flight: {runs} executions, {racer_cleaned} with a racer's clean, {once} with every link cleaned once");
     assert!(racer_cleaned > 0, "a racer cleaning an in-flight link explored");
     assert!(once > 0, "uncontended links cleaned exactly once");
@@ -626,7 +681,7 @@ fn noncoherent_mapper_never_returns_below_an_uncleaned_link() {
 
 #[test]
 fn deferred_mapper_never_returns_below_an_uncleaned_link() {
-    let (runs, racer_cleaned, once) = links_in_flight_model(WalkCoherency::Deferred);
+    let (runs, racer_cleaned, once) = links_in_flight_model(WalkCoherency::Deferred, 1);
     eprintln!("links in flight (deferred): {runs} executions, {racer_cleaned} with a racer's clean, {once} once");
     assert!(racer_cleaned > 0 && once > 0);
 }
