@@ -247,7 +247,11 @@ unsafe impl TableMemory for LoomEnv {
             let (i, e) = Self::locate(&books, block.phys);
             assert_eq!(e, 0, "free of {:#x}: not a block start", block.phys);
             let b = &mut books.blocks[i];
-            assert_eq!(b.size, size, "free of {:#x} with the wrong size", block.phys);
+            assert_eq!(
+                b.size, size,
+                "free of {:#x} with the wrong size",
+                block.phys
+            );
             assert_eq!(block.cpu, NonNull::from(&b.cpu[0]).cast::<u8>());
             b.freed = true;
             books.frees += 1;
@@ -325,7 +329,10 @@ impl CacheMaintenance for LoomEnv {
             let v = cpu.load(Ordering::Relaxed);
             if v != 0 {
                 let old = dev.swap(v, Ordering::Relaxed);
-                assert!(old == UNSET || old == v, "entry changed twice: {old:#x} -> {v:#x}");
+                assert!(
+                    old == UNSET || old == v,
+                    "entry changed twice: {old:#x} -> {v:#x}"
+                );
             }
         }
         Ok(())
@@ -435,7 +442,11 @@ fn install_race_links_one_table_per_level_and_frees_the_losers() {
         assert_eq!(pt.translate(K4 + 0x123), Some(PA + K4 + 0x123));
         let tables = tables_of(&pt, 0);
         assert_eq!(tables.len(), 2);
-        assert_eq!(tables, tables_of(&pt, K4), "both pages under the same tables");
+        assert_eq!(
+            tables,
+            tables_of(&pt, K4),
+            "both pages under the same tables"
+        );
         // Root, one level-2 and one level-3 table; every other allocation
         // was a loser's table, freed.
         assert_eq!(env.live(), 3);
@@ -503,7 +514,9 @@ fn overlapping_maps_keep_one_consistent_tree() {
         drop_and_check(pt, &env);
     });
     let (runs, both, b_none) = seen.get();
-    eprintln!("overlapping maps: {runs} executions, {both} with page 1 claimed by both, {b_none} with B refused");
+    eprintln!(
+        "overlapping maps: {runs} executions, {both} with page 1 claimed by both, {b_none} with B refused"
+    );
     assert!(b_none > 0, "B refused at page 1 explored");
     assert!(both > 0, "both claiming page 1 explored");
 }
@@ -538,8 +551,16 @@ fn retire_races_disjoint_map_then_reclaim_frees_once() {
         assert_eq!(m.join().unwrap(), Ok(K4 as usize));
         let mut pt = unshare(pt);
         assert_eq!(env.flushes(), vec![(0, M2)]);
-        assert_eq!(pt.translate(0), None, "the device cannot reach the old page");
-        assert_eq!(pt.walk(0).steps()[1].desc, 0, "the level-2 entry is cleared");
+        assert_eq!(
+            pt.translate(0),
+            None,
+            "the device cannot reach the old page"
+        );
+        assert_eq!(
+            pt.walk(0).steps()[1].desc,
+            0,
+            "the level-2 entry is cleared"
+        );
         assert_eq!(pt.translate(M2 + 8), Some(PA + M2 + 8));
         assert_eq!(pt.retired_tables(), 1);
         assert!(!env.is_freed(old), "retired, not freed, before reclaim");
@@ -579,16 +600,28 @@ fn retire_races_walker_and_overlapping_map() {
         // the disconnection; a leaf written into the old table is gone.
         let new = pt.translate(K4);
         assert!(new.is_none() || new == Some(PA + K4));
-        assert_eq!(new.is_some(), env.live() == 4, "mapped only through a new table");
+        assert_eq!(
+            new.is_some(),
+            env.live() == 4,
+            "mapped only through a new table"
+        );
         assert_eq!(pt.reclaim(), 1);
         assert!(env.is_freed(old));
         s.count(walked_old, new.is_some());
         drop_and_check(pt, &env);
     });
     let (runs, walked_old, mapped_new) = seen.get();
-    eprintln!("retire vs walker: {runs} executions, {walked_old} saw the old page, {mapped_new} remapped");
-    assert!(walked_old > 0 && walked_old < runs, "walker before and after explored");
-    assert!(mapped_new > 0 && mapped_new < runs, "leaf lost and remapped explored");
+    eprintln!(
+        "retire vs walker: {runs} executions, {walked_old} saw the old page, {mapped_new} remapped"
+    );
+    assert!(
+        walked_old > 0 && walked_old < runs,
+        "walker before and after explored"
+    );
+    assert!(
+        mapped_new > 0 && mapped_new < runs,
+        "leaf lost and remapped explored"
+    );
 }
 
 /// (4) Three threads: two retire different tables at once (racing pushes
@@ -674,14 +707,21 @@ fn links_in_flight_model(coherency: WalkCoherency, preemptions: usize) -> (usize
 #[test]
 fn noncoherent_mapper_never_returns_below_an_uncleaned_link() {
     let (runs, racer_cleaned, once) = links_in_flight_model(WalkCoherency::NonCoherent, 3);
-    eprintln!("links in flight: {runs} executions, {racer_cleaned} with a racer's clean, {once} with every link cleaned once");
-    assert!(racer_cleaned > 0, "a racer cleaning an in-flight link explored");
+    eprintln!(
+        "links in flight: {runs} executions, {racer_cleaned} with a racer's clean, {once} with every link cleaned once"
+    );
+    assert!(
+        racer_cleaned > 0,
+        "a racer cleaning an in-flight link explored"
+    );
     assert!(once > 0, "uncontended links cleaned exactly once");
 }
 
 #[test]
 fn deferred_mapper_never_returns_below_an_uncleaned_link() {
     let (runs, racer_cleaned, once) = links_in_flight_model(WalkCoherency::Deferred, 1);
-    eprintln!("links in flight (deferred): {runs} executions, {racer_cleaned} with a racer's clean, {once} once");
+    eprintln!(
+        "links in flight (deferred): {runs} executions, {racer_cleaned} with a racer's clean, {once} once"
+    );
     assert!(racer_cleaned > 0 && once > 0);
 }

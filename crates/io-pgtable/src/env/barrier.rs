@@ -3,7 +3,8 @@
 //!
 //! On AArch64 they are the architected instructions; elsewhere (host
 //! builds that drive a software model) a fence gives the same ordering to
-//! the model, which observes memory as another CPU thread does.
+//! the model, which observes memory as another CPU thread does (under
+//! `--cfg loom`, loom's fence, so the model checker sees it).
 
 use crate::sync::{Ordering, fence};
 
