@@ -1,24 +1,34 @@
 //! Model-checked concurrency: table install, retire and reclaim, and the
 //! links-in-flight protocol of non-coherent walkers, run on loom's atomics
-//! (`crate::sync`) so that loom explores the interleavings and weak-memory
-//! outcomes of the real table code.
+//! (`io_pgtable`'s `sync` module) so that loom explores the interleavings
+//! and weak-memory outcomes of the real table code.
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-//!     cargo test -p io-pgtable --test loom --release
+//!     cargo test -p io-pgtable --test loom --profile loom   # or --release
 //! ```
 //!
-//! Every model runs with a preemption bound (see [`builder`]): loom then
-//! explores every interleaving with at most that many preemptions, which
-//! is where the races of a handful of operations live, instead of the full
-//! (unbounded) state space.
+//! Every model runs with a preemption bound ([`builder`]): loom explores
+//! every interleaving with at most that many preemptions (and every value
+//! each load may read), not the unbounded state space.
+//!
+//! | model | threads | bound |
+//! |---|---|---|
+//! | install race at two levels, disjoint pages | 2 | 3 |
+//! | overlapping maps, same missing tables | 2 | 2 |
+//! | whole-table unmap racing a disjoint map, reclaim | 2 | 3 |
+//! | whole-table unmap racing a walker and an overlapping map | 2 | 2 |
+//! | two whole-table unmaps and an install | 3 | 2 |
+//! | links in flight, non-coherent walker | 2 | 3 |
+//! | links in flight, deferred walker | 2 | 1 |
 //!
 //! [`LoomEnv`] is the environment: table memory is an array of loom
 //! atomics, one per 8-byte entry, behind a made-up physical address space
-//! laid out in 8-byte entries (see `io_pgtable`'s `sync` module for why).
-//! It counts allocations and frees, poisons freed blocks and panics on any
-//! access to one, and for non-coherent walkers keeps a *device view* of
-//! memory that only cache cleans update.
+//! laid out in 8-byte entries (see the `sync` module for why). It counts
+//! allocations and frees, poisons freed blocks and panics on any access to
+//! one, and for non-coherent walkers keeps a *device view* of memory that
+//! only cache cleans update and that the device reads through
+//! happens-before (see [`LoomEnv::clean`]).
 
 #![cfg(loom)]
 
