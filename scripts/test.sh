@@ -9,7 +9,8 @@
 # crate's tests on their own (`cargo test -p NAME --no-run`), packaging
 # (`cargo package --workspace --no-verify`), then every test of
 # the workspace (unit, integration, property, fuzz smoke, doc tests, and the
-# bare-metal scenarios under QEMU through crates/qemu-tests), and a short
+# bare-metal scenarios under QEMU through crates/qemu-tests), the loom model
+# check of io-pgtable (crates/io-pgtable/tests/loom.rs), and a short
 # coverage-guided libFuzzer run of the model and the decoders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +68,14 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 tests_rc=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || tests_rc=$?
+
+# loom rebuilds with `--cfg loom` (every atomic of io-pgtable's table code
+# becomes loom's), so it has its own target directory; the `loom` profile
+# optimizes only the code under test and the checker (about a minute on two
+# cores, build included).
+step "loom: model check of io-pgtable's install, retire/reclaim and link protocol"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test -p io-pgtable --test loom --profile loom 2>&1 | tee -a "$log" || tests_rc=$?
 # Totals over every test binary and doc-test run, for the closing line.
 read -r passed failed ignored < <(awk '/^test result:/ {p+=$4; f+=$6; i+=$8} END {print p+0, f+0, i+0}' "$log")
 if [ "$tests_rc" -ne 0 ]; then

@@ -80,6 +80,11 @@ pub struct CacheError {
 ///   or smaller aligned accesses) by the environment itself;
 /// * [`TableMemory::phys_to_cpu`] of any address inside a live block returns
 ///   the CPU pointer to that same byte.
+///
+/// Under `--cfg loom` (the model check in `tests/loom.rs`) an entry is a
+/// loom atomic, larger than 8 bytes: physical addresses still count 8
+/// bytes an entry, and `phys_to_cpu(table + 8 * i)` returns the `i`-th
+/// loom atomic of the table.
 pub unsafe trait TableMemory {
     /// Returns a zeroed, naturally aligned block of `size` bytes.
     ///

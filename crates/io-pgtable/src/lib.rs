@@ -137,6 +137,11 @@
 //! flight), so no mapper returns while its leaves hang below a link the
 //! walker cannot see, and an uncontended link is cleaned exactly once.
 //!
+//! These paths are model-checked with loom (`tests/loom.rs`, built with
+//! `--cfg loom`, which swaps every atomic of the table code for loom's):
+//! install races, retirement racing maps and walkers, reclaim, and the
+//! links-in-flight protocol against a device view that only cleans update.
+//!
 //! Overlapping concurrent calls give unspecified mappings but never
 //! undefined behaviour. The hazard is a table disconnected by one call while
 //! another still walks it. **Reclamation**: a disconnected table is not
@@ -163,6 +168,7 @@ pub mod config;
 pub mod env;
 pub mod error;
 pub mod layout;
+mod sync;
 mod table;
 
 pub use config::{

@@ -3,9 +3,10 @@
 //!
 //! On AArch64 they are the architected instructions; elsewhere (host
 //! builds that drive a software model) a fence gives the same ordering to
-//! the model, which observes memory as another CPU thread does.
+//! the model, which observes memory as another CPU thread does (under
+//! `--cfg loom`, loom's fence, so the model checker sees it).
 
-use core::sync::atomic::{Ordering, fence};
+use crate::sync::{Ordering, fence};
 
 /// Orders earlier stores before later stores (memory and device
 /// registers) as an outer-shareable observer sees them: `DMB OSHST`.

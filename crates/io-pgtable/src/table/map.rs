@@ -1,6 +1,6 @@
 //! Map: table install, leaf writes, the contiguous hint.
 
-use core::sync::atomic::Ordering;
+use crate::sync::Ordering;
 
 use super::{PageTable, is_table};
 use crate::config::Prot;

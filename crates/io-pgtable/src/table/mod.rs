@@ -8,7 +8,7 @@
 //! * [`retire`](self::retire): retired tables, reclaim, compaction, drop;
 //! * [`query`](self::query): translate, walk, deferred sync, dirty state.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize};
+use crate::sync::{AtomicU64, AtomicUsize};
 
 use crate::config::{self, Config, Geometry, Prot, Quirks, Regs, Stage, WalkCoherency};
 use crate::env::{CacheError, PtEnv, TableBlock};

@@ -1,6 +1,6 @@
 //! Queries and range visits: translate, walk, deferred sync, dirty state.
 
-use core::sync::atomic::Ordering;
+use crate::sync::Ordering;
 
 use super::{PageTable, Walk, WalkStep, is_leaf, is_table};
 use crate::config::{Quirks, Stage, WalkCoherency};

@@ -1,6 +1,6 @@
 //! Retired tables: the push-only list, reclamation, compaction, and drop.
 
-use core::sync::atomic::Ordering;
+use crate::sync::Ordering;
 
 use super::{LINK_END, LINK_LOW, LINK_TAG, PageTable, is_table};
 use crate::env::{PtEnv, TableBlock};

@@ -10,7 +10,7 @@
 //! the old or the new entries, which translate alike. Every failure puts
 //! the old entries back: the mapping never changes.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 use super::PageTable;
 use crate::config::Quirks;

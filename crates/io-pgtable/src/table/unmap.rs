@@ -1,6 +1,6 @@
 //! Unmap: leaves go to the gather, tables are flushed and retired.
 
-use core::sync::atomic::Ordering;
+use crate::sync::Ordering;
 
 use super::{PageTable, is_leaf, is_table};
 use crate::env::{Gather, PtEnv};
