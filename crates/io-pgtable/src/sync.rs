@@ -3,7 +3,9 @@
 //! Normal builds use `core`'s. Under `--cfg loom` (only `tests/loom.rs`,
 //! never a shipped build) they are loom's model-checked atomics, so the
 //! model checker sees every load, store and compare-exchange of the table
-//! code and explores their interleavings and weak-memory outcomes.
+//! code and explores their interleavings and weak-memory outcomes. In such
+//! a build every table operation (and [`crate::env::barrier`], whose fences
+//! come from here) must run inside a loom model.
 //!
 //! Under loom an entry is a `loom::sync::atomic::AtomicU64`, which is larger
 //! than 8 bytes. The table code never turns a byte offset into a pointer
