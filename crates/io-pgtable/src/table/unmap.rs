@@ -5,7 +5,7 @@ use crate::sync::Ordering;
 use super::{PageTable, is_leaf, is_table};
 use crate::env::{Gather, PtEnv};
 use crate::error::{Error, Partial};
-use crate::layout::{CONTIG, TABLE_OR_PAGE, TYPE_PAGE, VALID};
+use crate::layout::{CONTIG, TABLE_OR_PAGE, TYPE_MASK, TYPE_PAGE};
 
 /// How far a run of clears got before an error: entries cleared (and,
 /// for leaves, gathered), and why it stopped.
@@ -257,14 +257,13 @@ impl<E: PtEnv> PageTable<E> {
         let mut leaves_from = 0;
         let mut k = 0;
         // A cache line (8 entries) of blocks at a time while they last.
-        // Blocks have bit 0 set and bit 1 clear: AND and OR the line once
-        // each instead of testing every entry.
+        // Blocks have type bits 0b01: flipping bit 1 makes both bits set,
+        // so one AND over the line tests all eight.
         for line in run.chunks_exact(8) {
-            let (all, any) = line.iter().fold((!0u64, 0u64), |(a, o), e| {
-                let d = e.load(Ordering::Relaxed);
-                (a & d, o | d)
+            let all = line.iter().fold(!0u64, |a, e| {
+                a & (e.load(Ordering::Relaxed) ^ TABLE_OR_PAGE)
             });
-            if all & VALID == 0 || any & TABLE_OR_PAGE != 0 {
+            if all & TYPE_MASK != TYPE_MASK {
                 break;
             }
             for e in line {
