@@ -68,6 +68,29 @@ pub(crate) struct Cd {
     pub(super) abort: bool,
 }
 
+impl Cd {
+    /// Returns the address the TLB knows a cached stage-1 translation of
+    /// `iova` by (sign-extended for the TTBR1 half), or `None` when `iova`
+    /// is outside both halves' input ranges or its half has no table: the
+    /// checks a cached lookup must make before trusting the TLB.
+    pub(super) fn tlb_input(&self, iova: u64) -> Option<u64> {
+        let sel = usize::from(iova >> 55 & 1 == 1);
+        let tt = self.tt[sel].as_ref()?;
+        let hi = if self.tbi[sel] { 55 } else { 63 };
+        let top = crate::layout::bits(iova, hi, tt.ias);
+        let ones = (1u64 << (hi - tt.ias + 1)) - 1;
+        if top != if sel == 0 { 0 } else { ones } {
+            return None;
+        }
+        let low = iova & ((1u64 << tt.ias) - 1);
+        Some(if sel == 1 {
+            low | !((1u64 << tt.ias) - 1)
+        } else {
+            low
+        })
+    }
+}
+
 fn granule_shift_s1(tg: u64, sel: u32) -> Option<u32> {
     match (sel, tg) {
         (0, 0) | (1, 2) => Some(12),

@@ -392,23 +392,7 @@ impl State {
             Mode::Bypass => return fits.then(|| identity(12)),
             Mode::S2 if !fits => return None,
             Mode::S2 => iova,
-            Mode::S1 | Mode::Nested => {
-                let cd = ctx.cd.as_ref()?;
-                let sel = usize::from(iova >> 55 & 1 == 1);
-                let tt = cd.tt[sel].as_ref()?;
-                let hi = if cd.tbi[sel] { 55 } else { 63 };
-                let top = crate::layout::bits(iova, hi, tt.ias);
-                let ones = (1u64 << (hi - tt.ias + 1)) - 1;
-                if top != if sel == 0 { 0 } else { ones } {
-                    return None;
-                }
-                let low = iova & ((1u64 << tt.ias) - 1);
-                if sel == 1 {
-                    low | !((1u64 << tt.ias) - 1)
-                } else {
-                    low
-                }
-            }
+            Mode::S1 | Mode::Nested => ctx.cd.as_ref()?.tlb_input(iova)?,
         };
         let exact;
         let sizes = match size_log2 {
