@@ -1,11 +1,11 @@
 //! Unmap: leaves go to the gather, tables are flushed and retired.
 
-use crate::sync::Ordering;
+use crate::sync::{AtomicU64, Ordering};
 
 use super::{PageTable, is_leaf, is_table};
 use crate::env::{Gather, PtEnv};
 use crate::error::{Error, Partial};
-use crate::layout::{CONTIG, TABLE_OR_PAGE, TYPE_MASK, TYPE_PAGE};
+use crate::layout::{CONTIG, TYPE_MASK, leaf_type};
 
 /// How far a run of clears got before an error: entries cleared (and,
 /// for leaves, gathered), and why it stopped.
@@ -121,17 +121,12 @@ impl<E: PtEnv> PageTable<E> {
     ) -> Result<Option<u64>, Error> {
         let child = self.desc_to_pa(d);
         let cl = level + 1;
-        let entries = self.slice(child, cl);
+        let lines = self.slice(child, cl).chunks_exact(8);
+        // A constant level for the common case lets the flip fold away.
         let all_leaves = if cl == 3 {
-            // A cache line at a time: every page has both type bits set.
-            entries.chunks_exact(8).all(|line| {
-                let all = line.iter().fold(!0, |a, e| a & e.load(Ordering::Relaxed));
-                all & TYPE_PAGE == TYPE_PAGE
-            })
+            lines.into_iter().all(|line| line_of_leaves(line, 3))
         } else {
-            entries
-                .iter()
-                .all(|e| is_leaf(e.load(Ordering::Relaxed), cl))
+            lines.into_iter().all(|line| line_of_leaves(line, cl))
         };
         if !all_leaves {
             return Ok(None);
@@ -227,20 +222,8 @@ impl<E: PtEnv> PageTable<E> {
                 .map_err(|e| (0, e))?;
         }
         if level == 3 {
-            // No tables at the last level: check and clear in one pass, a
-            // cache line (8 entries) at a time.
-            let mut k = 0;
-            while k + 8 <= n {
-                let line = &run[k..k + 8];
-                let all = line.iter().fold(!0, |a, e| a & e.load(Ordering::Relaxed));
-                if all & TYPE_PAGE != TYPE_PAGE {
-                    break;
-                }
-                for e in line {
-                    e.store(0, Ordering::Relaxed);
-                }
-                k += 8;
-            }
+            // No tables at the last level: check and clear in one pass.
+            let mut k = clear_leaf_lines(run, level);
             for e in &run[k..] {
                 if !is_leaf(e.load(Ordering::Relaxed), 3) {
                     break;
@@ -255,22 +238,7 @@ impl<E: PtEnv> PageTable<E> {
         // Blocks and tables may alternate: gather each run of blocks, and
         // remove each table whole.
         let mut leaves_from = 0;
-        let mut k = 0;
-        // A cache line (8 entries) of blocks at a time while they last.
-        // Blocks have type bits 0b01: flipping bit 1 makes both bits set,
-        // so one AND over the line tests all eight.
-        for line in run.chunks_exact(8) {
-            let all = line.iter().fold(!0u64, |a, e| {
-                a & (e.load(Ordering::Relaxed) ^ TABLE_OR_PAGE)
-            });
-            if all & TYPE_MASK != TYPE_MASK {
-                break;
-            }
-            for e in line {
-                e.store(0, Ordering::Relaxed);
-            }
-            k += 8;
-        }
+        let mut k = clear_leaf_lines(run, level);
         while k < n {
             let e = &run[k];
             let d = e.load(Ordering::Acquire);
@@ -323,4 +291,33 @@ impl<E: PtEnv> PageTable<E> {
         cleaned?;
         Ok(())
     }
+}
+
+/// Returns whether every entry of `line` is a leaf at `level`. Flipping
+/// the bits a leaf has clear (bit 1 of a block) makes every leaf's type
+/// bits 0b11, so one AND per entry tests the whole line.
+#[inline(always)]
+fn line_of_leaves(line: &[AtomicU64], level: usize) -> bool {
+    let flip = TYPE_MASK ^ leaf_type(level);
+    let all = line
+        .iter()
+        .fold(!0u64, |a, e| a & (e.load(Ordering::Relaxed) ^ flip));
+    all & TYPE_MASK == TYPE_MASK
+}
+
+/// Clears `run` a cache line (8 entries) at a time while whole lines are
+/// leaves at `level`; returns how many entries it cleared.
+#[inline(always)]
+fn clear_leaf_lines(run: &[AtomicU64], level: usize) -> usize {
+    let mut k = 0;
+    for line in run.chunks_exact(8) {
+        if !line_of_leaves(line, level) {
+            break;
+        }
+        for e in line {
+            e.store(0, Ordering::Relaxed);
+        }
+        k += 8;
+    }
+    k
 }
