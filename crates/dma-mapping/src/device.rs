@@ -398,14 +398,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             }
         };
         let prot = self.prot(dir, attrs);
-        let dom = d.domain();
-        if let Err(e) = dom
-            .map(iova, map_at, len, prot)
-            .and_then(|()| dom.sync_map(iova, len))
-        {
-            // Whatever part got mapped goes, invalidated, before the IOVA.
-            let _ = dom.unmap(iova, len);
-            d.free_iova_now(iova, len);
+        if let Err(e) = d.map_synced(iova, map_at, len, prot) {
             undo_bounce();
             return Err(DmaError::Iommu(e));
         }
@@ -672,13 +665,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
                     }
                 };
                 let prot = self.prot(Direction::Bidirectional, Attrs::empty());
-                let dom = d.domain();
-                if let Err(e) = dom
-                    .map(iova, phys, alloc_size, prot)
-                    .and_then(|()| dom.sync_map(iova, alloc_size))
-                {
-                    let _ = dom.unmap(iova, alloc_size);
-                    d.free_iova_now(iova, alloc_size);
+                if let Err(e) = d.map_synced(iova, phys, alloc_size, prot) {
                     free();
                     return Err(DmaError::Iommu(e));
                 }

@@ -154,6 +154,31 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
             .free(iova >> self.shift, len >> self.shift, self.env.cpu_id());
     }
 
+    /// Maps `[iova, iova + len)` to `phys` and makes it visible to the
+    /// device. On failure whatever part got mapped is unmapped (and
+    /// invalidated) and the IOVA range given back, so nothing changed.
+    ///
+    /// # Errors
+    ///
+    /// The domain's error from the map or the sync.
+    pub(crate) fn map_synced(
+        &self,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: crate::types::IommuProt,
+    ) -> Result<(), D::Error> {
+        let dom = self.domain();
+        let r = dom
+            .map(iova, phys, len, prot)
+            .and_then(|()| dom.sync_map(iova, len));
+        if r.is_err() {
+            let _ = dom.unmap(iova, len);
+            self.free_iova_now(iova, len);
+        }
+        r
+    }
+
     /// Removes the translations of `[iova, iova + len)`: invalidated before
     /// returning when strict, left for the flush queue when lazy.
     ///
