@@ -114,6 +114,29 @@ where
         Ok(())
     }
 
+    /// Configures host stream `sid` of SMMU `smmu` as the trap-and-emulate
+    /// layer decided: abort, stage 2 on the shadow, or the host's stage 1
+    /// nested on it.
+    pub(crate) fn configure_stream(
+        &self,
+        smmu: usize,
+        sid: u32,
+        cfg: &crate::vsmmu::StreamConfig,
+    ) -> Result<(), Error> {
+        use crate::vsmmu::StreamConfig;
+        let slots = self.shadow.env().slots.lock();
+        let slot = slots.get(smmu).ok_or(Error::NoSmmu(smmu))?;
+        let (Some(s), Some(b)) = (&slot.smmu, &slot.binding) else {
+            return Err(Error::SmmuOff(smmu));
+        };
+        let r = match *cfg {
+            StreamConfig::Abort => s.set_abort(sid),
+            StreamConfig::Stage2 => s.attach_external(sid, b),
+            StreamConfig::Nested { cd, s1dss } => s.attach_foreign_nested(sid, b, cd, s1dss),
+        };
+        r.map(|_| ()).map_err(|error| Error::Driver { smmu, error })
+    }
+
     /// Donates host pages `[addr, addr + len)` to the hypervisor.
     ///
     /// Returns once no device can reach them (unmapped, invalidated on

@@ -44,6 +44,7 @@ pub mod memmap;
 pub mod owner;
 pub mod scrub;
 pub mod shadow;
+pub mod vsmmu;
 
 pub use error::Error;
 pub use hyp::{HypIommu, Options};
@@ -52,3 +53,7 @@ pub use memmap::{MemoryMap, PAGE, Range};
 pub use owner::{MAX_GUEST, Owner, Ownership, ShareTarget};
 pub use scrub::{Scrub, ScrubError};
 pub use shadow::{Geometry, MMIO_PROT, Mode, RAM_PROT, Shadow};
+pub use vsmmu::{
+    AccessError, EmulationOptions, EmulationStats, Emulator, HostIrqs, HostMemory, HostMemoryError,
+    StreamConfig,
+};

@@ -3,6 +3,8 @@
 //! RAM. Shared by the tests and the benchmarks.
 #![allow(dead_code)]
 
+pub mod host;
+
 use std::sync::Arc;
 
 use hyp_iommu::{HypIommu, MemoryMap, Options, Range, Scrub, ScrubError};

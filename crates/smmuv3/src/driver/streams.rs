@@ -100,6 +100,10 @@ enum Mode {
     Abort,
     Bypass,
     Translate,
+    /// Nested on the stream's stage 2 (`Master::s2`, an external one)
+    /// with a CD table the driver does not own: a guest's or a trapped
+    /// host's, at an IPA.
+    Foreign(CdTableRef, S1Dss),
 }
 
 struct Master {
@@ -415,6 +419,18 @@ impl<E: SmmuEnv> Inner<E> {
         let cfg = match m.mode {
             Mode::Abort => SteConfig::Abort,
             Mode::Bypass => SteConfig::Bypass,
+            Mode::Foreign(cd, s1dss) => match &m.s2 {
+                Some((d, Regs::Stage2(r))) => SteConfig::Nested {
+                    cd,
+                    s1dss,
+                    s2: S2Ref {
+                        regs: *r,
+                        vmid: d.tlb_vmid(),
+                    },
+                    ats: false,
+                },
+                _ => SteConfig::Abort,
+            },
             Mode::Translate => {
                 let s2 = match &m.s2 {
                     Some((d, Regs::Stage2(r))) => Some(S2Ref {
@@ -688,6 +704,66 @@ impl<E: SmmuEnv> Smmu<E> {
         )
     }
 
+    /// Attaches the whole stream `sid` nested: stage 1 through the CD table
+    /// `cd`, which the driver neither owns nor reads (its address is an IPA
+    /// that `s2` translates), over the external stage 2 `s2`.
+    ///
+    /// This is how a hypervisor shadows a configuration written by software
+    /// it does not trust: every CD and stage-1 table fetch goes through
+    /// `s2`, so a CD table pointer into memory `s2` does not map faults at
+    /// stage 2 instead of being read. ATS stays off.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] without nesting, or when `cd` has more
+    /// substream bits than IDR1.SSIDSIZE or is two-level without IDR0.CD2L;
+    /// [`Error::BadStreamId`]; allocation and command errors.
+    pub fn attach_foreign_nested(
+        &self,
+        sid: u32,
+        s2: &ExternalStage2<E>,
+        cd: CdTableRef,
+        s1dss: S1Dss,
+    ) -> Result<Update, Error> {
+        let i = &*self.inner;
+        if !i.features.nesting {
+            return Err(Error::Unsupported("nesting (IDR0.S1P+S2P, errata)"));
+        }
+        if cd.cdmax_log2 > i.features.ssid_bits {
+            return Err(Error::Unsupported("substream ID bits beyond IDR1.SSIDSIZE"));
+        }
+        if cd.two_level && !i.features.cd_2lvl {
+            return Err(Error::Unsupported("two-level CD tables (IDR0.CD2L)"));
+        }
+        let mut st = i.streams.lock();
+        let mut up = Update::default();
+        let m = st.masters.entry(sid).or_insert_with(|| Master::new(sid));
+        let mut gone = Vec::new();
+        let indices: Vec<u32> = m.s1.keys().copied().collect();
+        for k in indices {
+            Inner::<E>::unlink(m, sid, Some(k), false, &mut gone);
+        }
+        let keep_s2 =
+            m.s2.as_ref()
+                .is_some_and(|(d, _)| Arc::ptr_eq(d, s2.shared()));
+        if !keep_s2 {
+            Inner::<E>::unlink(m, sid, None, true, &mut gone);
+            s2.shared().add(sid, None);
+            m.s2 = Some((s2.shared().clone(), Regs::Stage2(s2.regs())));
+        }
+        m.mode = Mode::Foreign(cd, s1dss);
+        m.ats = false;
+        let old_cd = m.cd.take();
+        i.sync_ste(&mut st, sid, &mut up)?;
+        Inner::<E>::forget(st.masters.get(&sid), gone);
+        if let Some(c) = old_cd {
+            // SAFETY: the STE no longer points at the table and the update
+            // was synced (CFGI_STE + CMD_SYNC completed).
+            unsafe { free_cd_table(c, &i.mem) };
+        }
+        Ok(up)
+    }
+
     fn attach_many(
         &self,
         sid: u32,
@@ -706,6 +782,9 @@ impl<E: SmmuEnv> Smmu<E> {
         let mut gone: Vec<Gone> = Vec::new();
         let m = st.masters.entry(sid).or_insert_with(|| Master::new(sid));
         if m.mode != Mode::Translate {
+            if matches!(m.mode, Mode::Foreign(..)) {
+                Inner::<E>::unlink(m, sid, None, true, &mut gone);
+            }
             m.s1.clear();
             m.s2 = None;
         }

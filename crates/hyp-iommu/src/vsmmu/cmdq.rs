@@ -1,0 +1,324 @@
+//! Command queue shadowing: the host's commands, read from host memory at
+//! its CMDQ_PROD write, validated, translated and issued on the real SMMU
+//! with one CMD_SYNC.
+
+use io_pgtable::env::{CacheMaintenance, TableMemory};
+use smmuv3::command::{Command, SyncSignal};
+use smmuv3::env::SmmuEnv;
+use smmuv3::regs::{cmdq_cons, cr0, gerror, idr1, q_base};
+
+use super::{Emulator, HostMemory, Ring};
+use crate::scrub::Scrub;
+
+/// Bytes per command.
+const CMD_BYTES: u64 = 16;
+/// Commands issued to the real queue at a time (without a sync), so a
+/// large host batch never needs more real queue space than this.
+const CHUNK: usize = 64;
+
+/// What one host command becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// Issued on the real SMMU, translated.
+    Forward(Command),
+    /// Re-shadows 2^`log2` streams from `first`, then forwards `cfgi` so
+    /// the real SMMU drops what it cached of them.
+    Reshadow {
+        first: u32,
+        log2: u32,
+        cfgi: Command,
+    },
+    /// A host CMD_SYNC: completes with the batch.
+    Sync(SyncSignal),
+    /// Accepted, nothing to do (prefetches).
+    Nothing,
+    /// CERROR_ILL.
+    Illegal,
+}
+
+/// Returns what a host command becomes on an SMMU whose host view has
+/// `sid_bits` and `ssid_bits`.
+fn translate(w: [u64; 2], sid_bits: u32, ssid_bits: u32) -> Action {
+    let Ok(cmd) = Command::decode(w) else {
+        return Action::Illegal;
+    };
+    let sid_ok = |sid: u32| u64::from(sid) >> sid_bits == 0;
+    let forward = |c: Command| {
+        // Re-encoding checks every field; what cannot be encoded is illegal.
+        if c.encode().is_ok() {
+            Action::Forward(c)
+        } else {
+            Action::Illegal
+        }
+    };
+    match cmd {
+        Command::PrefetchConfig { sid, .. } | Command::PrefetchAddr { sid, .. } if sid_ok(sid) => {
+            Action::Nothing
+        }
+        Command::CfgiSte { sid, .. } if sid_ok(sid) => Action::Reshadow {
+            first: sid,
+            log2: 0,
+            cfgi: Command::CfgiSte { sid, leaf: true },
+        },
+        Command::CfgiSteRange { sid, range } if range == 31 || u32::from(range) < sid_bits => {
+            let log2 = (u32::from(range) + 1).min(sid_bits);
+            let first = if log2 >= 32 {
+                0
+            } else {
+                sid & !((1u32 << log2) - 1)
+            };
+            Action::Reshadow {
+                first,
+                log2,
+                cfgi: Command::CfgiSteRange { sid: first, range },
+            }
+        }
+        Command::CfgiCd { sid, ssid, leaf } if sid_ok(sid) && u64::from(ssid) >> ssid_bits == 0 => {
+            forward(Command::CfgiCd { sid, ssid, leaf })
+        }
+        Command::CfgiCdAll { sid } if sid_ok(sid) => forward(Command::CfgiCdAll { sid }),
+        // The host's stage-1 entries are tagged with VMID 0 (they are
+        // nested on the shadow); whatever VMID it wrote is ignored, as a
+        // stage-1-only SMMU ignores the field.
+        Command::TlbiNhAsid { asid, .. } => forward(Command::TlbiNhAsid { vmid: 0, asid }),
+        Command::TlbiNhVa { asid, at, .. } => forward(Command::TlbiNhVa { vmid: 0, asid, at }),
+        Command::TlbiNhVaa { at, .. } => forward(Command::TlbiNhVaa { vmid: 0, at }),
+        // "All non-hypervisor entries" of a stage-1-only SMMU: the host's.
+        Command::TlbiNsnhAll => forward(Command::TlbiNhAll { vmid: 0 }),
+        Command::Sync { signal } => Action::Sync(signal),
+        // Stage 2, EL2, ATS, PRI and stalls are hidden; out-of-range IDs.
+        _ => Action::Illegal,
+    }
+}
+
+impl<M, E, S, H> Emulator<M, E, S, H>
+where
+    M: TableMemory + CacheMaintenance,
+    E: SmmuEnv,
+    S: Scrub,
+    H: HostMemory,
+{
+    /// Consumes the host's commands from CONS to PROD (queue enabled, no
+    /// command error pending).
+    pub(super) fn run_cmdq(&mut self, smmu: usize) {
+        let v = &self.vs[smmu];
+        let cmdq_err = gerror::CMDQ_ERR.mask() as u32;
+        if !v.cr0_has(cr0::CMDQEN) || (v.gerror ^ v.gerrorn) & cmdq_err != 0 {
+            return;
+        }
+        let Some(real) = self.hyp.smmu(smmu) else {
+            return;
+        };
+        let max = idr1::CMDQS.get(v.idr[1].into()) as u32;
+        let ring = Ring {
+            log2: (q_base::LOG2SIZE.get(v.cmdq.base) as u32).min(max),
+        };
+        let size = CMD_BYTES << ring.log2;
+        let base = (v.cmdq.base & q_base::ADDR.mask()) & !(size - 1);
+        let sid_bits = self.sid_bits(smmu);
+        let ssid_bits = idr1::SSIDSIZE.get(v.idr[1].into()) as u32;
+        let prod = ring.bits(v.cmdq.prod);
+        let start = ring.bits(v.cmdq.cons);
+        let mut cons = start;
+        let mut batch = core::mem::take(&mut self.vs[smmu].batch);
+        batch.clear();
+        let mut error = None;
+        let mut failed = false;
+        let mut sev = false;
+        let mut consumed = 0u64;
+        let mut syncs = 0u64;
+        let mut forwarded = 0u64;
+        let mut refused = 0u64;
+        // Bounded by the queue size: each step consumes one entry.
+        while !ring.empty(prod, cons) {
+            let at = base + u64::from(ring.index(cons)) * CMD_BYTES;
+            let Some(w) = self.host_words::<2>(at) else {
+                error = Some(cmdq_cons::CERROR_ABT);
+                break;
+            };
+            match translate(w, sid_bits, ssid_bits) {
+                Action::Forward(c) => {
+                    batch.push(c);
+                    forwarded += 1;
+                }
+                Action::Reshadow { first, log2, cfgi } => {
+                    // Earlier invalidations first, in the host's order.
+                    failed |= !batch.is_empty() && real.issue(&batch, false).is_err();
+                    batch.clear();
+                    self.reshadow_span(smmu, first, log2);
+                    batch.push(cfgi);
+                    forwarded += 1;
+                }
+                Action::Sync(signal) => {
+                    syncs += 1;
+                    // An MSI the host aims is never written (MSIs are
+                    // hidden); it polls CONS or waits for the SEV.
+                    sev |= signal == SyncSignal::Sev;
+                }
+                Action::Nothing => {}
+                Action::Illegal => {
+                    error = Some(cmdq_cons::CERROR_ILL);
+                    refused += 1;
+                    break;
+                }
+            }
+            consumed += 1;
+            cons = ring.next(cons);
+            if batch.len() >= CHUNK {
+                failed |= real.issue(&batch, false).is_err();
+                batch.clear();
+            }
+        }
+        let mut real_syncs = 0;
+        if !batch.is_empty() || failed {
+            failed |= real.issue(&batch, true).is_err();
+            real_syncs = 1;
+        }
+        batch.clear();
+        let v = &mut self.vs[smmu];
+        v.batch = batch;
+        v.stats.commands += consumed;
+        v.stats.forwarded += forwarded;
+        v.stats.refused_commands += refused;
+        v.stats.real_syncs += real_syncs;
+        if failed {
+            // The real SMMU did not complete: the host sees no progress and
+            // times out as on a hung SMMU.
+            v.stats.real_failures += 1;
+            return;
+        }
+        v.stats.host_syncs += syncs;
+        v.cmdq.cons = cons;
+        if let Some(code) = error {
+            if code == cmdq_cons::CERROR_ABT {
+                v.stats.aborted_commands += 1;
+                v.stats.refused_pointers += 1;
+            }
+            v.cmdq_err = code as u32;
+            v.raise_gerror(cmdq_err);
+        }
+        if sev {
+            self.host.send_event();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smmuv3::command::TlbiAddr;
+
+    fn enc(c: Command) -> [u64; 2] {
+        c.encode().unwrap()
+    }
+
+    #[test]
+    fn stage1_invalidations_are_forwarded_at_vmid_0() {
+        let at = TlbiAddr {
+            addr: 0x4000,
+            leaf: true,
+            ..TlbiAddr::default()
+        };
+        assert_eq!(
+            translate(
+                enc(Command::TlbiNhVa {
+                    vmid: 7,
+                    asid: 3,
+                    at
+                }),
+                16,
+                8
+            ),
+            Action::Forward(Command::TlbiNhVa {
+                vmid: 0,
+                asid: 3,
+                at
+            })
+        );
+        assert_eq!(
+            translate(enc(Command::TlbiNhAsid { vmid: 9, asid: 3 }), 16, 8),
+            Action::Forward(Command::TlbiNhAsid { vmid: 0, asid: 3 })
+        );
+        assert_eq!(
+            translate(enc(Command::TlbiNsnhAll), 16, 8),
+            Action::Forward(Command::TlbiNhAll { vmid: 0 })
+        );
+    }
+
+    #[test]
+    fn stage2_hypervisor_ats_pri_and_stall_commands_are_illegal() {
+        let at = TlbiAddr::default();
+        for c in [
+            Command::TlbiNhAll { vmid: 0 },
+            Command::TlbiS2Ipa { vmid: 0, at },
+            Command::TlbiS12Vmall { vmid: 0 },
+            Command::TlbiEl2All,
+            Command::TlbiEl2Asid { asid: 1 },
+            Command::TlbiEl2Va { asid: 1, at },
+            smmuv3::command::atc_inv(1, None, 0, 4096),
+            Command::Resume {
+                sid: 1,
+                stag: 0,
+                abort: true,
+            },
+            Command::StallTerm { sid: 1 },
+        ] {
+            assert_eq!(translate(enc(c), 16, 8), Action::Illegal, "{c:?}");
+        }
+        // Unknown opcodes, and IDs beyond what the host was shown.
+        assert_eq!(translate([0x7f, 0], 16, 8), Action::Illegal);
+        assert_eq!(
+            translate(
+                enc(Command::CfgiSte {
+                    sid: 1 << 16,
+                    leaf: true
+                }),
+                16,
+                8
+            ),
+            Action::Illegal
+        );
+        assert_eq!(
+            translate(
+                enc(Command::CfgiCd {
+                    sid: 1,
+                    ssid: 1 << 8,
+                    leaf: true
+                }),
+                16,
+                8
+            ),
+            Action::Illegal
+        );
+    }
+
+    #[test]
+    fn configuration_invalidations_reshadow_their_span() {
+        assert_eq!(
+            translate(enc(Command::CFGI_ALL), 16, 8),
+            Action::Reshadow {
+                first: 0,
+                log2: 16,
+                cfgi: Command::CFGI_ALL
+            }
+        );
+        assert_eq!(
+            translate(
+                enc(Command::CfgiSteRange {
+                    sid: 0x13,
+                    range: 3
+                }),
+                16,
+                8
+            ),
+            Action::Reshadow {
+                first: 0x10,
+                log2: 4,
+                cfgi: Command::CfgiSteRange {
+                    sid: 0x10,
+                    range: 3
+                }
+            }
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! Events: the real SMMUs' events sorted between the host and the
+//! hypervisor, and the host's event queue in host memory.
+
+use io_pgtable::env::{CacheMaintenance, TableMemory};
+use smmuv3::env::SmmuEnv;
+use smmuv3::event::{Event, EventType, FaultClass};
+use smmuv3::layout::event::{self as ev, EVENT_BYTES, ty};
+use smmuv3::regs::{cr0, evtq, gerror, idr1, irq_ctrl, q_base};
+
+use super::{Emulator, HYP_EVENT_LOG, HostMemory, Ring, host_owned};
+use crate::scrub::Scrub;
+
+/// Returns a C_BAD_STE record for `sid`.
+pub(super) fn record_bad_ste(sid: u32) -> [u64; 4] {
+    [
+        ev::TYPE.make(ty::C_BAD_STE.into()) | ev::SID.make(sid.into()),
+        0,
+        0,
+        0,
+    ]
+}
+
+/// Returns an F_STE_FETCH record for `sid` that could not fetch at `at`
+/// (a host address: the host gave it).
+pub(super) fn record_ste_fetch(sid: u32, at: u64) -> [u64; 4] {
+    [
+        ev::TYPE.make(ty::F_STE_FETCH.into()) | ev::SID.make(sid.into()),
+        0,
+        0,
+        at & ev::FETCH_ADDR.mask(),
+    ]
+}
+
+/// Returns the host's copy of a real event when it is the host's to see:
+/// rebuilt from its decoded fields, so nothing of the real record (stage-2
+/// addresses, the hypervisor's fetch addresses) passes through.
+pub(super) fn host_record(e: &Event) -> Option<[u64; 4]> {
+    let code = match e.ty {
+        EventType::Translation => ty::F_TRANSLATION,
+        EventType::AddressSize => ty::F_ADDR_SIZE,
+        EventType::AccessFlag => ty::F_ACCESS,
+        EventType::Permission => ty::F_PERMISSION,
+        EventType::BadCd => ty::C_BAD_CD,
+        EventType::BadSubstreamId => ty::C_BAD_SUBSTREAMID,
+        EventType::StreamDisabled => ty::F_STREAM_DISABLED,
+        EventType::UnsupportedUpstream => ty::F_UUT,
+        // Fetch and walk aborts, bad STEs and conflicts concern the
+        // hypervisor's own structures.
+        _ => return None,
+    };
+    let mut w0 = ev::TYPE.make(code.into()) | ev::SID.make(e.sid.into());
+    if let Some(s) = e.ssid {
+        w0 |= ev::SSV.make(1) | ev::SSID.make(s.into());
+    }
+    let (w1, w2) = match &e.fault {
+        // A stage-2 fault is the hypervisor's, whatever its type.
+        Some(f) if f.stage2 => return None,
+        Some(f) => {
+            let class = match f.class {
+                FaultClass::CdFetch => 0,
+                FaultClass::TableWalk => 1,
+                FaultClass::Input => 2,
+            };
+            (
+                ev::RNW.make(f.read.into())
+                    | ev::PNU.make(f.privileged.into())
+                    | ev::IND.make(f.instruction.into())
+                    | ev::CLASS.make(class),
+                f.addr,
+            )
+        }
+        None => (0, 0),
+    };
+    Some([w0, w1, w2, 0])
+}
+
+impl<M, E, S, H> Emulator<M, E, S, H>
+where
+    M: TableMemory + CacheMaintenance,
+    E: SmmuEnv,
+    S: Scrub,
+    H: HostMemory,
+{
+    /// Drains the real event queues (the hypervisor calls it on an SMMU
+    /// event interrupt; host reads of EVTQ_PROD do too) and returns how
+    /// many events were taken.
+    pub fn poll_events(&mut self) -> usize {
+        (0..self.vs.len()).map(|k| self.forward_events(k)).sum()
+    }
+
+    /// Drains SMMU `smmu`'s real event queue, giving the host what is
+    /// the host's; returns how many events were taken.
+    pub(super) fn forward_events(&mut self, smmu: usize) -> usize {
+        let Some(real) = self.hyp.smmu(smmu) else {
+            return 0;
+        };
+        let Ok(batch) = real.drain_events() else {
+            return 0;
+        };
+        let n = batch.events.len();
+        for e in batch.events {
+            match host_record(&e) {
+                Some(rec) => self.post_host_event(smmu, rec),
+                None => {
+                    let v = &mut self.vs[smmu];
+                    v.stats.hyp_events += 1;
+                    if v.hyp_log.len() == HYP_EVENT_LOG {
+                        v.hyp_log.remove(0);
+                    }
+                    v.hyp_log.push(e);
+                }
+            }
+        }
+        n
+    }
+
+    /// Writes `rec` to the host's event queue, with the architecture's
+    /// disabled, full (overflow) and abort behaviour.
+    pub(super) fn post_host_event(&mut self, smmu: usize, rec: [u64; 4]) {
+        let v = &self.vs[smmu];
+        if !v.cr0_has(cr0::EVENTQEN) {
+            self.vs[smmu].stats.dropped_events += 1;
+            return;
+        }
+        let max = idr1::EVENTQS.get(v.idr[1].into()) as u32;
+        let ring = Ring {
+            log2: (q_base::LOG2SIZE.get(v.evtq.base) as u32).min(max),
+        };
+        let (prod, cons) = (v.evtq.prod, v.evtq.cons);
+        let ovf = evtq::OVFLG.mask() as u32;
+        if ring.full(prod, cons) {
+            let v = &mut self.vs[smmu];
+            v.stats.overflows += 1;
+            // The flag toggles once per overflow, until acknowledged.
+            if (prod ^ cons) & ovf == 0 {
+                v.evtq.prod ^= ovf;
+            }
+            return;
+        }
+        let size = (EVENT_BYTES as u64) << ring.log2;
+        let base = (v.evtq.base & q_base::ADDR.mask()) & !(size - 1);
+        let at = base + u64::from(ring.index(prod)) * EVENT_BYTES as u64;
+        let mut bytes = [0u8; EVENT_BYTES];
+        for (i, w) in rec.iter().enumerate() {
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        let written =
+            host_owned(&self.hyp, at, EVENT_BYTES as u64) && self.host.write(at, &bytes).is_ok();
+        let v = &mut self.vs[smmu];
+        if !written {
+            v.stats.dropped_events += 1;
+            v.stats.refused_pointers += 1;
+            v.raise_gerror(gerror::EVTQ_ABT_ERR.mask() as u32);
+            return;
+        }
+        v.evtq.prod = ring.next(prod) | (prod & ovf);
+        v.stats.host_events += 1;
+        if v.irq_ctrl & (irq_ctrl::EVENTQ_IRQEN.mask() as u32) != 0 {
+            v.irqs.eventq = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage2_faults_and_hypervisor_structures_stay_hidden() {
+        let s2 = [
+            ev::TYPE.make(ty::F_TRANSLATION.into()) | ev::SID.make(3),
+            ev::S2.make(1) | ev::CLASS.make(2),
+            0x1000,
+            0x4000_0000,
+        ];
+        assert_eq!(host_record(&Event::decode(s2)), None);
+        for code in [
+            ty::C_BAD_STE,
+            ty::F_STE_FETCH,
+            ty::F_WALK_EABT,
+            ty::F_CD_FETCH,
+        ] {
+            let raw = [ev::TYPE.make(code.into()), 0, 0, 0x4000_0000];
+            assert_eq!(host_record(&Event::decode(raw)), None, "{code:#x}");
+        }
+    }
+
+    #[test]
+    fn a_stage1_fault_is_rebuilt_from_its_fields() {
+        let raw = [
+            ev::TYPE.make(ty::F_PERMISSION.into())
+                | ev::SID.make(9)
+                | ev::SSV.make(1)
+                | ev::SSID.make(5),
+            ev::RNW.make(1) | ev::CLASS.make(2) | ev::STAG.make(0x55),
+            0xdead_b000,
+            0xffff_ffff_ffff,
+        ];
+        let r = host_record(&Event::decode(raw)).unwrap();
+        assert_eq!(ev::TYPE.get(r[0]), ty::F_PERMISSION.into());
+        assert_eq!(ev::SID.get(r[0]), 9);
+        assert_eq!(ev::SSID.get(r[0]), 5);
+        assert_eq!(ev::RNW.get(r[1]), 1);
+        assert_eq!(ev::STAG.get(r[1]), 0, "stall tags are not forwarded");
+        assert_eq!(r[2], 0xdead_b000);
+        assert_eq!(r[3], 0, "word 3 never reaches the host");
+    }
+}

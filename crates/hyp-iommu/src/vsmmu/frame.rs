@@ -1,0 +1,331 @@
+//! The virtual register frame: what a host access to each SMMU register
+//! does.
+
+use io_pgtable::env::{CacheMaintenance, TableMemory};
+use smmuv3::bits::Field;
+use smmuv3::env::{RegisterFrame, SmmuEnv};
+use smmuv3::regs::{self as r, cr0, gbpa, idr0, idr1, idr3, idr5, irq_ctrl, q_base};
+
+use super::{EmulationOptions, Emulator, HostMemory, VSmmu};
+use crate::scrub::Scrub;
+
+/// A host register access the emulation refuses (and counts); a trap
+/// handler reports it to the host as an external abort.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// There is no SMMU of that index.
+    #[error("no SMMU {0}")]
+    NoSmmu(usize),
+    /// The access is not 4 or 8 bytes, or 8 bytes on a 32-bit register.
+    #[error("{size}-byte access at {offset:#x}")]
+    BadSize {
+        /// Offset in the frame.
+        offset: u64,
+        /// Bytes accessed.
+        size: u8,
+    },
+    /// The offset is not a multiple of the access size.
+    #[error("misaligned access at {0:#x}")]
+    Misaligned(u64),
+    /// No register of this SMMU lives there (or it is outside the frame).
+    #[error("no register at {0:#x}")]
+    Unknown(u64),
+}
+
+/// What lives at an offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reg {
+    Idr(usize),
+    Iidr,
+    Aidr,
+    Cr0,
+    Cr0Ack,
+    Cr1,
+    Cr2,
+    Statusr,
+    Gbpa,
+    Agbpa,
+    IrqCtrl,
+    IrqCtrlAck,
+    Gerror,
+    Gerrorn,
+    StrtabBase,
+    StrtabBaseCfg,
+    CmdqBase,
+    CmdqProd,
+    CmdqCons,
+    EvtqBase,
+    EvtqProd,
+    EvtqCons,
+    /// Registers of hidden features (MSI configuration, the PRI queue):
+    /// read as zero, writes ignored.
+    Hidden,
+}
+
+/// Returns the register at `offset` and whether it is 64-bit.
+fn lookup(offset: u64) -> Option<(Reg, bool)> {
+    let o = usize::try_from(offset).ok()?;
+    Some(match o {
+        r::IDR0 | r::IDR1 | r::IDR2 | r::IDR3 | r::IDR4 | r::IDR5 => (Reg::Idr(o / 4), false),
+        r::IIDR => (Reg::Iidr, false),
+        r::AIDR => (Reg::Aidr, false),
+        r::CR0 => (Reg::Cr0, false),
+        r::CR0ACK => (Reg::Cr0Ack, false),
+        r::CR1 => (Reg::Cr1, false),
+        r::CR2 => (Reg::Cr2, false),
+        r::STATUSR => (Reg::Statusr, false),
+        r::GBPA => (Reg::Gbpa, false),
+        r::AGBPA => (Reg::Agbpa, false),
+        r::IRQ_CTRL => (Reg::IrqCtrl, false),
+        r::IRQ_CTRLACK => (Reg::IrqCtrlAck, false),
+        r::GERROR => (Reg::Gerror, false),
+        r::GERRORN => (Reg::Gerrorn, false),
+        r::GERROR_IRQ_CFG0 | r::EVENTQ_IRQ_CFG0 | r::PRIQ_BASE | PRIQ_IRQ_CFG0 => {
+            (Reg::Hidden, true)
+        }
+        r::GERROR_IRQ_CFG1
+        | r::GERROR_IRQ_CFG2
+        | r::EVENTQ_IRQ_CFG1
+        | r::EVENTQ_IRQ_CFG2
+        | PRIQ_IRQ_CFG1
+        | PRIQ_IRQ_CFG2
+        | r::PRIQ_PROD
+        | r::PRIQ_CONS
+        | PRIQ_PROD_P0
+        | PRIQ_CONS_P0 => (Reg::Hidden, false),
+        r::STRTAB_BASE => (Reg::StrtabBase, true),
+        r::STRTAB_BASE_CFG => (Reg::StrtabBaseCfg, false),
+        r::CMDQ_BASE => (Reg::CmdqBase, true),
+        r::CMDQ_PROD => (Reg::CmdqProd, false),
+        r::CMDQ_CONS => (Reg::CmdqCons, false),
+        r::EVENTQ_BASE => (Reg::EvtqBase, true),
+        r::EVENTQ_PROD | r::EVENTQ_PROD_P0 => (Reg::EvtqProd, false),
+        r::EVENTQ_CONS | r::EVENTQ_CONS_P0 => (Reg::EvtqCons, false),
+        _ => return None,
+    })
+}
+
+/// PRI queue registers the driver's layout does not name (page-0 aliases
+/// and MSI configuration): hidden with the rest of PRI.
+const PRIQ_PROD_P0: usize = 0xc8;
+const PRIQ_CONS_P0: usize = 0xcc;
+const PRIQ_IRQ_CFG0: usize = 0xd0;
+const PRIQ_IRQ_CFG1: usize = 0xd8;
+const PRIQ_IRQ_CFG2: usize = 0xdc;
+
+/// CR0 bits the host may set: PRIQEN and ATSCHK belong to hidden features.
+const CR0_HOST: u32 = (cr0::SMMUEN.mask() | cr0::EVENTQEN.mask() | cr0::CMDQEN.mask()) as u32;
+/// IRQ_CTRL bits the host may set (no PRI queue).
+const IRQ_HOST: u32 = (irq_ctrl::GERROR_IRQEN.mask() | irq_ctrl::EVENTQ_IRQEN.mask()) as u32;
+/// CR1: queue and table cacheability and shareability.
+const CR1_HOST: u32 = 0xfff;
+/// CR2: RECINVSID and PTM (E2H belongs to the hidden HYP feature).
+const CR2_HOST: u32 = 0b110;
+/// Queue base bits a host may set (address, LOG2SIZE, allocate hint).
+const QBASE_HOST: u64 = q_base::ADDR.mask() | q_base::LOG2SIZE.mask() | q_base::ALLOC.mask();
+/// Queue PROD/CONS: index and wrap (up to 2^19 entries), the overflow
+/// flag of the event queue.
+const QPTR_HOST: u32 = 0x000f_ffff | (1 << 31);
+
+/// Returns the ID registers the host sees.
+pub(super) fn virtual_idrs(
+    real: &impl RegisterFrame,
+    ias: u32,
+    opts: &EmulationOptions,
+) -> [u32; 6] {
+    let get = |o| u64::from(real.read32(o));
+    let hidden = idr0::S2P.mask()
+        | idr0::VMID16.mask()
+        | idr0::MSI.mask()
+        | idr0::HYP.mask()
+        | idr0::ATS.mask()
+        | idr0::PRI.mask()
+        | idr0::VMW.mask()
+        | idr0::BTM.mask();
+    // Terminate only: the host can neither resume nor terminate stalls.
+    let i0 = idr0::STALL_MODEL.set(get(r::IDR0) & !hidden, 1);
+    let real1 = get(r::IDR1);
+    let sid_bits = idr1::SIDSIZE.get(real1).min(opts.max_sid_bits.into());
+    let i1 = idr1::SIDSIZE.set(real1, sid_bits)
+        & !(idr1::PRIQS.mask()
+            | idr1::REL.mask()
+            | idr1::QUEUES_PRESET.mask()
+            | idr1::TABLES_PRESET.mask());
+    // Stage-1 features only; FWB and the rest belong to stage 2 or to
+    // features we do not emulate.
+    let i3 =
+        get(r::IDR3) & (idr3::HAD.mask() | idr3::XNX.mask() | idr3::RIL.mask() | idr3::BBML.mask());
+    // The host's output addresses are IPAs of the shadow.
+    let real5 = get(r::IDR5);
+    let shadow_oas = smmuv3::probe::oas_encoding(ias as u8).map_or(0, u64::from);
+    let i5 = idr5::OAS.set(real5, idr5::OAS.get(real5).min(shadow_oas));
+    [i0 as u32, i1 as u32, 0, i3 as u32, 0, i5 as u32]
+}
+
+fn bits(f: Field) -> u32 {
+    f.mask() as u32
+}
+
+impl<M, E, S, H> Emulator<M, E, S, H>
+where
+    M: TableMemory + CacheMaintenance,
+    E: SmmuEnv,
+    S: Scrub,
+    H: HostMemory,
+{
+    /// Emulates a host read of `size` bytes at `offset` of SMMU `smmu`'s
+    /// frame and returns the value.
+    ///
+    /// # Errors
+    ///
+    /// [`AccessError`] (counted); nothing changed.
+    pub fn read(&mut self, smmu: usize, offset: u64, size: u8) -> Result<u64, AccessError> {
+        let (reg, high) = self.decode_access(smmu, offset, size)?;
+        if reg == Reg::EvtqProd {
+            // A polling host sees the events the real SMMU reported so far.
+            self.forward_events(smmu);
+        }
+        let v = &mut self.vs[smmu];
+        v.stats.reads += 1;
+        let full: u64 = match reg {
+            Reg::Idr(i) => v.idr[i].into(),
+            Reg::Iidr => v.iidr.into(),
+            Reg::Aidr => v.aidr.into(),
+            Reg::Cr0 | Reg::Cr0Ack => v.cr0.into(),
+            Reg::Cr1 => v.cr1.into(),
+            Reg::Cr2 => v.cr2.into(),
+            Reg::Statusr | Reg::Agbpa | Reg::Hidden => 0,
+            Reg::Gbpa => gbpa::ABORT.mask(),
+            Reg::IrqCtrl | Reg::IrqCtrlAck => v.irq_ctrl.into(),
+            Reg::Gerror => v.gerror.into(),
+            Reg::Gerrorn => v.gerrorn.into(),
+            Reg::StrtabBase => v.strtab_base,
+            Reg::StrtabBaseCfg => v.strtab_cfg.into(),
+            Reg::CmdqBase => v.cmdq.base,
+            Reg::CmdqProd => v.cmdq.prod.into(),
+            Reg::CmdqCons => (v.cmdq.cons | (v.cmdq_err << 24)).into(),
+            Reg::EvtqBase => v.evtq.base,
+            Reg::EvtqProd => v.evtq.prod.into(),
+            Reg::EvtqCons => v.evtq.cons.into(),
+        };
+        Ok(match (size, high) {
+            (8, _) => full,
+            (_, true) => full >> 32,
+            _ => full & 0xffff_ffff,
+        })
+    }
+
+    /// Emulates a host write of `size` bytes of `value` at `offset` of SMMU
+    /// `smmu`'s frame.
+    ///
+    /// # Errors
+    ///
+    /// [`AccessError`] (counted); nothing changed.
+    pub fn write(
+        &mut self,
+        smmu: usize,
+        offset: u64,
+        size: u8,
+        value: u64,
+    ) -> Result<(), AccessError> {
+        let (reg, high) = self.decode_access(smmu, offset, size)?;
+        let v = &mut self.vs[smmu];
+        v.stats.writes += 1;
+        // 32-bit halves of 64-bit registers merge into the current value.
+        let merge = |cur: u64| match (size, high) {
+            (8, _) => value,
+            (_, true) => (cur & 0xffff_ffff) | (value << 32),
+            _ => (cur & !0xffff_ffff) | (value & 0xffff_ffff),
+        };
+        let w32 = value as u32;
+        match reg {
+            Reg::Cr0 => self.write_cr0(smmu, w32 & CR0_HOST),
+            Reg::Cr1 => v.cr1 = w32 & CR1_HOST,
+            Reg::Cr2 => v.cr2 = w32 & CR2_HOST,
+            Reg::IrqCtrl => v.irq_ctrl = w32 & IRQ_HOST,
+            Reg::Gerrorn => {
+                v.gerrorn = w32 & r::gerror::ALL;
+                // An acknowledged command error lets the queue go on from
+                // the command at CONS (which the host has fixed).
+                self.run_cmdq(smmu);
+            }
+            Reg::StrtabBase if !v.cr0_has(cr0::SMMUEN) => {
+                let mask = r::strtab_base::ADDR.mask() | r::strtab_base::RA.mask();
+                v.strtab_base = merge(v.strtab_base) & mask;
+            }
+            Reg::StrtabBaseCfg if !v.cr0_has(cr0::SMMUEN) => {
+                let mask = bits(r::strtab_base_cfg::LOG2SIZE)
+                    | bits(r::strtab_base_cfg::SPLIT)
+                    | bits(r::strtab_base_cfg::FMT);
+                v.strtab_cfg = w32 & mask;
+            }
+            Reg::CmdqBase if !v.cr0_has(cr0::CMDQEN) => {
+                v.cmdq.base = merge(v.cmdq.base) & QBASE_HOST;
+            }
+            Reg::CmdqProd => {
+                v.cmdq.prod = w32 & QPTR_HOST & !(1 << 31);
+                self.run_cmdq(smmu);
+            }
+            Reg::CmdqCons if !v.cr0_has(cr0::CMDQEN) => {
+                v.cmdq.cons = w32 & QPTR_HOST & !(1 << 31);
+            }
+            Reg::EvtqBase if !v.cr0_has(cr0::EVENTQEN) => {
+                v.evtq.base = merge(v.evtq.base) & QBASE_HOST;
+            }
+            Reg::EvtqProd if !v.cr0_has(cr0::EVENTQEN) => v.evtq.prod = w32 & QPTR_HOST,
+            Reg::EvtqCons => v.evtq.cons = w32 & QPTR_HOST,
+            Reg::Hidden => {}
+            _ => v.stats.ignored_writes += 1,
+        }
+        Ok(())
+    }
+
+    /// Returns the register an access reaches and whether it is the high
+    /// half of a 64-bit register.
+    fn decode_access(
+        &mut self,
+        smmu: usize,
+        offset: u64,
+        size: u8,
+    ) -> Result<(Reg, bool), AccessError> {
+        let v = self.vs.get_mut(smmu).ok_or(AccessError::NoSmmu(smmu))?;
+        let refuse = |v: &mut VSmmu, e| {
+            v.stats.refused_accesses += 1;
+            Err(e)
+        };
+        if size != 4 && size != 8 {
+            return refuse(v, AccessError::BadSize { offset, size });
+        }
+        if offset % u64::from(size) != 0 {
+            return refuse(v, AccessError::Misaligned(offset));
+        }
+        let (reg, wide, high) = match lookup(offset) {
+            Some((reg, wide)) => (reg, wide, false),
+            // The high half of a 64-bit register, as a 32-bit access.
+            None => match offset.checked_sub(4).and_then(lookup) {
+                Some((reg, true)) if size == 4 => (reg, true, true),
+                _ => return refuse(v, AccessError::Unknown(offset)),
+            },
+        };
+        if size == 8 && !wide {
+            return refuse(v, AccessError::BadSize { offset, size });
+        }
+        Ok((reg, high))
+    }
+
+    fn write_cr0(&mut self, smmu: usize, new: u32) {
+        let v = &mut self.vs[smmu];
+        let old = v.cr0;
+        v.cr0 = new;
+        let rose = |f| new & bits(f) != 0 && old & bits(f) == 0;
+        let fell = |f| new & bits(f) == 0 && old & bits(f) != 0;
+        if rose(cr0::SMMUEN) || fell(cr0::SMMUEN) {
+            // Off, the host's GBPA (abort) applies to every stream; on,
+            // its stream table does.
+            self.reshadow_all(smmu);
+        }
+        if rose(cr0::CMDQEN) {
+            self.run_cmdq(smmu);
+        }
+    }
+}

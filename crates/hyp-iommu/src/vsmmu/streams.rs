@@ -1,0 +1,350 @@
+//! STE shadowing: the host's stream table, read from host memory, turned
+//! into the hypervisor's own STEs.
+
+use io_pgtable::env::{CacheMaintenance, TableMemory};
+use smmuv3::config::{CdTableRef, S1Dss};
+use smmuv3::env::SmmuEnv;
+use smmuv3::layout::ste;
+use smmuv3::regs::{cr0, idr0, idr1, strtab_base, strtab_base_cfg};
+
+use super::{Emulator, HostMemory, events, host_owned};
+use crate::scrub::Scrub;
+
+/// How the hypervisor configured a host stream on the real SMMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamConfig {
+    /// Every transaction aborts (host abort, invalid or refused STE, host
+    /// SMMU disabled).
+    Abort,
+    /// Stage 2 on the shadow: what the host asked as bypass.
+    Stage2,
+    /// The host's stage 1 (its CD table, at an IPA) over the shadow.
+    Nested {
+        /// The host's CD table.
+        cd: CdTableRef,
+        /// The host's S1DSS.
+        s1dss: S1Dss,
+    },
+}
+
+/// What reading a host STE found.
+enum Lookup {
+    /// A configuration to apply.
+    Config(StreamConfig),
+    /// An STE the virtual SMMU does not accept (C_BAD_STE).
+    Bad,
+    /// The STE (or its level-1 descriptor) is not in host-owned RAM or
+    /// could not be read: F_STE_FETCH at this address.
+    Unreadable(u64),
+}
+
+/// Bytes per STE and per level-1 descriptor.
+const STE_BYTES: u64 = ste::STE_BYTES as u64;
+const L1_BYTES: u64 = ste::L1_DESC_BYTES as u64;
+
+/// Returns the configuration an STE's words ask for, checked against what
+/// the virtual SMMU offers (`idr0`, `ssid_bits`).
+fn decode(w: &[u64; 8], idr0_v: u64, ssid_bits: u8) -> Option<StreamConfig> {
+    if ste::V.get(w[0]) == 0 {
+        // An invalid STE: traffic aborts (the host sees no event, as a
+        // real SMMU would not report one before a transaction arrives).
+        return Some(StreamConfig::Abort);
+    }
+    match ste::CONFIG.get(w[0]) {
+        ste::CONFIG_ABORT => Some(StreamConfig::Abort),
+        ste::CONFIG_BYPASS => Some(StreamConfig::Stage2),
+        ste::CONFIG_S1 => {
+            // StreamWorld must be NS-EL1: EL2 belongs to the hidden HYP.
+            if ste::STRW.get(w[1]) != 0 {
+                return None;
+            }
+            let two_level = match ste::S1FMT.get(w[0]) {
+                ste::S1FMT_LINEAR => false,
+                ste::S1FMT_4K_L2 if idr0::CD2L.get(idr0_v) != 0 => true,
+                // 64 KiB level-2 CD tables are not shadowed (the driver
+                // builds 4 KiB ones only); refused rather than misread.
+                _ => return None,
+            };
+            let cdmax_log2 = ste::S1CDMAX.get(w[0]) as u8;
+            if cdmax_log2 > ssid_bits {
+                return None;
+            }
+            let s1dss = match ste::S1DSS.get(w[1]) {
+                ste::S1DSS_TERMINATE => S1Dss::Terminate,
+                ste::S1DSS_BYPASS => S1Dss::Bypass,
+                ste::S1DSS_SSID0 => S1Dss::Ssid0,
+                _ => return None,
+            };
+            Some(StreamConfig::Nested {
+                cd: CdTableRef {
+                    ptr: w[0] & ste::S1CTXPTR.mask(),
+                    two_level,
+                    cdmax_log2,
+                },
+                s1dss,
+            })
+        }
+        // Stage 2 and nesting are hidden; the rest is reserved.
+        _ => None,
+    }
+}
+
+impl<M, E, S, H> Emulator<M, E, S, H>
+where
+    M: TableMemory + CacheMaintenance,
+    E: SmmuEnv,
+    S: Scrub,
+    H: HostMemory,
+{
+    /// Returns the stream ID bits the host sees.
+    pub(super) fn sid_bits(&self, smmu: usize) -> u32 {
+        idr1::SIDSIZE.get(self.vs[smmu].idr[1].into()) as u32
+    }
+
+    /// Reads `N` little-endian words of host memory at `pa`, if it is
+    /// host-owned RAM.
+    pub(super) fn host_words<const N: usize>(&self, pa: u64) -> Option<[u64; N]> {
+        let len = (N * 8) as u64;
+        if !host_owned(&self.hyp, pa, len) {
+            return None;
+        }
+        let mut buf = [0u8; 64];
+        let bytes = buf.get_mut(..N * 8)?;
+        self.host.read(pa, bytes).ok()?;
+        Some(core::array::from_fn(|i| {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(&buf[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(le)
+        }))
+    }
+
+    /// Returns the log2 of the host's stream table size (entries) and its
+    /// split (0 when linear), or `None` for a malformed configuration.
+    fn host_table(&self, smmu: usize) -> Option<(u32, u32)> {
+        let v = &self.vs[smmu];
+        let cfg = u64::from(v.strtab_cfg);
+        let log2 = (strtab_base_cfg::LOG2SIZE.get(cfg) as u32).min(self.sid_bits(smmu));
+        match strtab_base_cfg::FMT.get(cfg) {
+            strtab_base_cfg::FMT_LINEAR => Some((log2, 0)),
+            strtab_base_cfg::FMT_2LVL if idr0::ST_LEVEL.get(v.idr[0].into()) != 0 => {
+                let split = strtab_base_cfg::SPLIT.get(cfg) as u32;
+                matches!(split, 6 | 8 | 10).then_some((log2, split))
+            }
+            _ => None,
+        }
+    }
+
+    fn strtab_addr(&self, smmu: usize) -> u64 {
+        self.vs[smmu].strtab_base & strtab_base::ADDR.mask()
+    }
+
+    /// Returns the level-1 descriptor `idx` as (level-2 address, STEs it
+    /// holds), `Ok(None)` when invalid, `Err(addr)` when unreadable.
+    fn l1(&self, smmu: usize, idx: u64, split: u32) -> Result<Option<(u64, u64)>, u64> {
+        let at = self.strtab_addr(smmu) + idx * L1_BYTES;
+        let [d] = self.host_words::<1>(at).ok_or(at)?;
+        let span = ste::L1_SPAN.get(d) as u32;
+        if span == 0 || span > split + 1 {
+            return Ok(None);
+        }
+        let count = 1u64 << (span - 1);
+        let l2 = d & ste::L1_L2PTR.mask();
+        // A level-2 table is aligned to its size.
+        if l2 % (count * STE_BYTES) != 0 {
+            return Ok(None);
+        }
+        Ok(Some((l2, count)))
+    }
+
+    /// Returns what host STE `sid` asks for.
+    fn lookup(&self, smmu: usize, sid: u32) -> Lookup {
+        let v = &self.vs[smmu];
+        if !v.cr0_has(cr0::SMMUEN) {
+            // GBPA reads as abort: a disabled SMMU aborts everything.
+            return Lookup::Config(StreamConfig::Abort);
+        }
+        let Some((log2, split)) = self.host_table(smmu) else {
+            return Lookup::Bad;
+        };
+        let sid = u64::from(sid);
+        if sid >> log2 != 0 {
+            return Lookup::Config(StreamConfig::Abort);
+        }
+        let at = if split == 0 {
+            self.strtab_addr(smmu) + sid * STE_BYTES
+        } else {
+            match self.l1(smmu, sid >> split, split) {
+                Err(a) => return Lookup::Unreadable(a),
+                Ok(None) => return Lookup::Config(StreamConfig::Abort),
+                Ok(Some((l2, count))) => {
+                    let off = sid & ((1 << split) - 1);
+                    if off >= count {
+                        return Lookup::Config(StreamConfig::Abort);
+                    }
+                    l2 + off * STE_BYTES
+                }
+            }
+        };
+        let Some(words) = self.host_words::<8>(at) else {
+            return Lookup::Unreadable(at);
+        };
+        let ssid_bits = idr1::SSIDSIZE.get(v.idr[1].into()) as u8;
+        match decode(&words, v.idr[0].into(), ssid_bits) {
+            Some(StreamConfig::Nested { cd, .. }) if !host_owned(&self.hyp, cd.ptr, STE_BYTES) => {
+                // The SMMU would only fault on it at stage 2; refusing it
+                // here tells the host at once.
+                Lookup::Unreadable(cd.ptr)
+            }
+            Some(c) => Lookup::Config(c),
+            None => Lookup::Bad,
+        }
+    }
+
+    /// Re-reads host STE `sid` and makes the real STE follow it.
+    pub(super) fn reshadow(&mut self, smmu: usize, sid: u32) {
+        let want = match self.lookup(smmu, sid) {
+            Lookup::Config(c) => c,
+            Lookup::Bad => {
+                self.vs[smmu].stats.bad_stes += 1;
+                self.post_host_event(smmu, events::record_bad_ste(sid));
+                StreamConfig::Abort
+            }
+            Lookup::Unreadable(at) => {
+                self.vs[smmu].stats.refused_pointers += 1;
+                self.post_host_event(smmu, events::record_ste_fetch(sid, at));
+                StreamConfig::Abort
+            }
+        };
+        self.apply(smmu, sid, want);
+    }
+
+    fn apply(&mut self, smmu: usize, sid: u32, want: StreamConfig) {
+        let cur = self.stream(smmu, sid);
+        if cur == want {
+            return;
+        }
+        let ok = self.hyp.configure_stream(smmu, sid, &want).is_ok();
+        let v = &mut self.vs[smmu];
+        if ok {
+            v.stats.ste_updates += 1;
+            if want == StreamConfig::Abort {
+                v.shadowed.remove(&sid);
+            } else {
+                v.shadowed.insert(sid, want);
+            }
+            return;
+        }
+        v.stats.real_failures += 1;
+        // Fail closed: what the host asked could not be installed.
+        if self
+            .hyp
+            .configure_stream(smmu, sid, &StreamConfig::Abort)
+            .is_ok()
+        {
+            self.vs[smmu].shadowed.remove(&sid);
+        }
+    }
+
+    /// Re-shadows 2^`log2` streams from `first` (aligned down): every one
+    /// the host's table holds and every one shadowed now.
+    pub(super) fn reshadow_span(&mut self, smmu: usize, first: u32, log2: u32) {
+        let log2 = log2.min(self.sid_bits(smmu));
+        let lo = u64::from(first) & !((1u64 << log2) - 1);
+        let hi = lo + (1u64 << log2);
+        let mut sids: alloc::vec::Vec<u32> = self.vs[smmu]
+            .shadowed
+            .range(lo as u32..)
+            .map(|(s, _)| *s)
+            .take_while(|s| u64::from(*s) < hi)
+            .collect();
+        if self.vs[smmu].cr0_has(cr0::SMMUEN) {
+            if let Some((tlog2, split)) = self.host_table(smmu) {
+                let end = hi.min(1u64 << tlog2);
+                let mut sid = lo;
+                while sid < end {
+                    if split != 0 {
+                        // Skip whole level-1 spans with no table.
+                        match self.l1(smmu, sid >> split, split) {
+                            Ok(Some(_)) => {}
+                            Ok(None) | Err(_) => {
+                                sid = ((sid >> split) + 1) << split;
+                                continue;
+                            }
+                        }
+                    }
+                    sids.push(sid as u32);
+                    sid += 1;
+                }
+            }
+        }
+        sids.sort_unstable();
+        sids.dedup();
+        for sid in sids {
+            self.reshadow(smmu, sid);
+        }
+    }
+
+    /// Re-shadows every stream (host SMMU enable or disable, CFGI_ALL).
+    pub(super) fn reshadow_all(&mut self, smmu: usize) {
+        let bits = self.sid_bits(smmu);
+        self.reshadow_span(smmu, 0, bits);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s1_ste(ptr: u64, fmt: u64, cdmax: u64, dss: u64) -> [u64; 8] {
+        let mut w = [0u64; 8];
+        w[0] = ste::V.make(1)
+            | ste::CONFIG.make(ste::CONFIG_S1)
+            | ste::S1FMT.make(fmt)
+            | (ptr & ste::S1CTXPTR.mask())
+            | ste::S1CDMAX.make(cdmax);
+        w[1] = ste::S1DSS.make(dss);
+        w
+    }
+
+    const CD2L: u64 = 1 << 19;
+
+    #[test]
+    fn host_configurations_map_to_shadow_ones() {
+        let mut w = [0u64; 8];
+        assert_eq!(decode(&w, CD2L, 8), Some(StreamConfig::Abort));
+        w[0] = ste::V.make(1) | ste::CONFIG.make(ste::CONFIG_BYPASS);
+        assert_eq!(decode(&w, CD2L, 8), Some(StreamConfig::Stage2));
+        w[0] = ste::V.make(1) | ste::CONFIG.make(ste::CONFIG_ABORT);
+        assert_eq!(decode(&w, CD2L, 8), Some(StreamConfig::Abort));
+        let n = decode(&s1_ste(0x8000_1000, 1, 4, 2), CD2L, 8);
+        assert_eq!(
+            n,
+            Some(StreamConfig::Nested {
+                cd: CdTableRef {
+                    ptr: 0x8000_1000,
+                    two_level: true,
+                    cdmax_log2: 4
+                },
+                s1dss: S1Dss::Ssid0
+            })
+        );
+    }
+
+    #[test]
+    fn hidden_or_reserved_configurations_are_refused() {
+        for config in [ste::CONFIG_S2, ste::CONFIG_NESTED, 0b001, 0b010, 0b011] {
+            let mut w = [0u64; 8];
+            w[0] = ste::V.make(1) | ste::CONFIG.make(config);
+            assert_eq!(decode(&w, CD2L, 8), None, "config {config:#b}");
+        }
+        // Too many substream bits, a reserved S1DSS, 64K CD leaves, 2-level
+        // CD tables the SMMU lacks, and StreamWorld EL2.
+        assert_eq!(decode(&s1_ste(0x1000, 0, 9, 0), CD2L, 8), None);
+        assert_eq!(decode(&s1_ste(0x1000, 0, 1, 3), CD2L, 8), None);
+        assert_eq!(decode(&s1_ste(0x1000, 2, 1, 0), CD2L, 8), None);
+        assert_eq!(decode(&s1_ste(0x1000, 1, 1, 0), 0, 8), None);
+        let mut w = s1_ste(0x1000, 0, 0, 0);
+        w[1] |= ste::STRW.make(2);
+        assert_eq!(decode(&w, CD2L, 8), None);
+    }
+}

@@ -1,0 +1,343 @@
+//! Trap-and-emulate, proven with our own `smmuv3` driver as the host,
+//! unchanged: it brings the virtual SMMU up, attaches stage-1 domains
+//! (linear and 2-level stream tables, substreams), maps and unmaps with
+//! TLBIs, drains events, and its devices reach only host memory.
+
+mod common;
+
+use common::host::{HostDomain, HostSmmu, Trapped};
+use common::{Setup, is_s2_translation_fault};
+use io_pgtable::{Granule, Prot};
+use sim_memory::Coherency;
+use smmuv3::config::S1Dss;
+use smmuv3::driver::StrtabFormat;
+use smmuv3::event::EventType;
+use smmuv3::{AttachOptions, SmmuConfig};
+use smmuv3_model::DmaFault;
+
+use hyp_iommu::StreamConfig;
+
+const SID: u32 = 0x10;
+const IOVA: u64 = 0x4000_0000;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+
+fn host_cfg(strtab: StrtabFormat) -> SmmuConfig {
+    SmmuConfig {
+        strtab,
+        timeout_us: 20_000,
+        ..SmmuConfig::default()
+    }
+}
+
+fn setup(coherency: Coherency) -> Trapped {
+    Trapped::new(Setup {
+        coherency,
+        ..Setup::default()
+    })
+}
+
+/// The host maps a page, its device writes through it, the host unmaps it
+/// and the device faults with a stage-1 event the host decodes.
+fn round_trip(t: &Trapped, host: &HostSmmu, strtab: StrtabFormat) {
+    let mut dom = HostDomain::new_stage1(host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    assert_eq!(host.strtab_two_level(), strtab == StrtabFormat::TwoLevel);
+    let cfg = t.emu.lock().unwrap().stream(0, SID);
+    assert!(matches!(cfg, StreamConfig::Nested { .. }), "{cfg:?}");
+
+    let buf = t.host_ram.alloc(4096).unwrap();
+    dom.map(IOVA, buf, 4096, RW).unwrap();
+    t.dma_write(SID, IOVA + 8, b"through").unwrap();
+    assert_eq!(t.cpu_read(buf + 8, 7), b"through");
+    assert_eq!(t.dma_read(SID, IOVA + 8, 7).unwrap(), b"through");
+
+    dom.unmap(IOVA, 4096).unwrap();
+    let f = t.dma_write(SID, IOVA + 8, b"stale!!").unwrap_err();
+    assert!(!is_s2_translation_fault(&f), "{f:?}");
+    assert_eq!(t.cpu_read(buf + 8, 7), b"through");
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].ty, EventType::Translation);
+    assert_eq!(events[0].sid, SID);
+    let fault = events[0].fault.unwrap();
+    assert_eq!(fault.addr, IOVA + 8);
+    assert!(!fault.stage2);
+}
+
+#[test]
+fn our_driver_brings_up_the_virtual_smmu_as_stage1_only() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    let f = host.features();
+    assert!(f.stage1);
+    assert!(!f.stage2 && !f.nesting && !f.msi && !f.hyp && !f.ats && !f.pri);
+    assert!(host.is_enabled());
+    let s = t.stats();
+    assert!(s.reads > 10 && s.writes > 10, "{s:?}");
+    assert_eq!(s.refused_accesses, 0, "{s:?}");
+    assert_eq!(s.refused_commands, 0, "{s:?}");
+    assert!(s.host_syncs >= 1 && s.forwarded >= 1, "{s:?}");
+    assert!(t.host.violations.lock().unwrap().is_empty());
+}
+
+#[test]
+fn stage1_dma_through_a_linear_stream_table() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    round_trip(&t, &host, StrtabFormat::Linear);
+    let s = t.stats();
+    assert!(s.host_events >= 1 && s.ste_updates >= 1, "{s:?}");
+    assert!(t.host.violations.lock().unwrap().is_empty());
+}
+
+#[test]
+fn stage1_dma_through_a_two_level_stream_table_non_coherent() {
+    let t = setup(Coherency::NonCoherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::TwoLevel)).unwrap();
+    round_trip(&t, &host, StrtabFormat::TwoLevel);
+    assert!(t.host.violations.lock().unwrap().is_empty());
+}
+
+#[test]
+fn substreams_get_their_own_host_contexts() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    let opts = AttachOptions {
+        ssid_bits: 4,
+        s1dss: S1Dss::Terminate,
+        ats: false,
+    };
+    let a = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    let b = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, Some(1), &a, opts).unwrap();
+    host.attach(SID, Some(2), &b, opts).unwrap();
+    let pa = t.host_ram.alloc(4096).unwrap();
+    let pb = t.host_ram.alloc(4096).unwrap();
+    a.map(IOVA, pa, 4096, RW).unwrap();
+    b.map(IOVA, pb, 4096, RW).unwrap();
+    let w = |ssid, data: &[u8]| {
+        t.models[0].dma_write(
+            &smmuv3_model::DmaRequest::write(SID, IOVA, data.len() as u64).with_ssid(ssid),
+            data,
+        )
+    };
+    w(1, b"one").unwrap();
+    w(2, b"two").unwrap();
+    assert_eq!(t.cpu_read(pa, 3), b"one");
+    assert_eq!(t.cpu_read(pb, 3), b"two");
+    // No-SSID traffic is terminated (S1DSS as the host asked).
+    assert!(t.dma_write(SID, IOVA, b"x").is_err());
+    host.detach(SID, Some(2)).unwrap();
+    assert!(w(2, b"TWO").is_err());
+    assert_eq!(t.cpu_read(pb, 3), b"two");
+    w(1, b"ONE").unwrap();
+    assert_eq!(t.cpu_read(pa, 3), b"ONE");
+}
+
+#[test]
+fn host_bypass_is_stage2_on_the_shadow() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    host.set_bypass(SID).unwrap();
+    assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Stage2);
+    let buf = t.host_ram.alloc(4096).unwrap();
+    t.dma_write(SID, buf, b"host").unwrap();
+    assert_eq!(t.cpu_read(buf, 4), b"host");
+    // The hypervisor's memory (below host RAM here) is not reachable.
+    let hyp_pa = t.ram.base - 4096;
+    let before = t.cpu_read(hyp_pa, 4);
+    let f = t.dma_write(SID, hyp_pa, b"evil").unwrap_err();
+    assert!(is_s2_translation_fault(&f), "{f:?}");
+    assert_eq!(t.cpu_read(hyp_pa, 4), before);
+    // The stage-2 fault is the hypervisor's, not the host's.
+    assert!(host.drain_events().unwrap().events.is_empty());
+    let emu = t.emu.lock().unwrap();
+    assert!(
+        emu.hyp_events(0)
+            .iter()
+            .any(|e| e.fault.is_some_and(|f| f.stage2))
+    );
+}
+
+#[test]
+fn donated_pages_fault_at_stage2_for_host_devices_and_nothing_else() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::TwoLevel)).unwrap();
+    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    let keep = t.host_ram.alloc(4096).unwrap();
+    let give = t.host_ram.alloc(4096).unwrap();
+    dom.map(IOVA, keep, 4096, RW).unwrap();
+    dom.map(IOVA + 4096, give, 4096, RW).unwrap();
+    t.dma_write(SID, IOVA + 4096, b"before").unwrap();
+
+    t.donate(give, 4096).unwrap();
+    // The host mapping still exists; stage 2 stops the device.
+    let f = t.dma_write(SID, IOVA + 4096, b"after!").unwrap_err();
+    assert!(is_s2_translation_fault(&f), "{f:?}");
+    assert_eq!(t.cpu_read(give, 6), b"before");
+    assert!(t.dma_read(SID, IOVA + 4096, 6).is_err());
+    // The neighbour still works.
+    t.dma_write(SID, IOVA, b"fine").unwrap();
+    assert_eq!(t.cpu_read(keep, 4), b"fine");
+    // The host learns nothing of the stage-2 fault (no hypervisor address).
+    assert!(host.drain_events().unwrap().events.is_empty());
+    let emu = t.emu.lock().unwrap();
+    let s2: Vec<_> = emu
+        .hyp_events(0)
+        .iter()
+        .filter(|e| e.fault.is_some_and(|f| f.stage2))
+        .collect();
+    assert!(!s2.is_empty());
+    assert_eq!(
+        emu.stats(0).unwrap().hyp_events as usize,
+        emu.hyp_events(0).len()
+    );
+    drop(emu);
+    assert!(t.host.violations.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_host_stream_table_in_donated_memory_is_not_read() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    // Find the host's stream table from its registers and give its page
+    // away: the next CFGI_STE must not read it.
+    let base = {
+        let mut e = t.emu.lock().unwrap();
+        e.read(0, smmuv3::regs::STRTAB_BASE as u64, 8).unwrap()
+            & smmuv3::regs::strtab_base::ADDR.mask()
+    };
+    let ste_page = (base + u64::from(SID) * 64) & !0xfff;
+    t.donate(ste_page, 4096).unwrap();
+    let before = t.stats().refused_pointers;
+    host.set_bypass(SID).unwrap();
+    let s = t.stats();
+    assert!(s.refused_pointers > before, "{s:?}");
+    assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
+    assert!(t.host.violations.lock().unwrap().is_empty());
+}
+
+#[test]
+fn refused_accesses_are_counted_and_change_nothing() {
+    let t = setup(Coherency::Coherent);
+    let mut e = t.emu.lock().unwrap();
+    let idr0 = e.read(0, 0, 4).unwrap();
+    assert!(e.read(0, 2, 4).is_err(), "misaligned");
+    assert!(e.read(0, 0, 2).is_err(), "16-bit");
+    assert!(e.read(0, 0, 8).is_err(), "64-bit read of a 32-bit register");
+    assert!(e.write(0, 0x4000, 4, 1).is_err(), "unknown");
+    assert!(e.write(0, 0x2_0000, 4, 1).is_err(), "outside the frame");
+    assert!(e.read(5, 0, 4).is_err(), "no such SMMU");
+    assert_eq!(e.stats(0).unwrap().refused_accesses, 5);
+    assert_eq!(e.read(0, 0, 4).unwrap(), idr0);
+    // GBPA reads as abort, and writes are ignored.
+    e.write(0, smmuv3::regs::GBPA as u64, 4, 0).unwrap();
+    assert_eq!(
+        e.read(0, smmuv3::regs::GBPA as u64, 4).unwrap(),
+        smmuv3::regs::gbpa::ABORT.mask()
+    );
+    // The 64-bit base registers take 32-bit halves.
+    let cb = smmuv3::regs::CMDQ_BASE as u64;
+    e.write(0, cb, 4, 0x8000_0007).unwrap();
+    e.write(0, cb + 4, 4, 0x1).unwrap();
+    assert_eq!(e.read(0, cb, 8).unwrap(), 0x1_8000_0007);
+    assert_eq!(e.read(0, cb + 4, 4).unwrap(), 1);
+}
+
+#[test]
+fn an_illegal_host_command_stops_the_queue_like_hardware() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    // TLBI_S2_IPA does not exist on the stage-1-only SMMU the host sees;
+    // the driver reports the rejection and skips the command.
+    let at = smmuv3::command::TlbiAddr::default();
+    let r = host.issue(&[smmuv3::command::Command::TlbiS2Ipa { vmid: 0, at }], true);
+    assert!(
+        matches!(r, Err(smmuv3::Error::CommandRejected { .. })),
+        "{r:?}"
+    );
+    let s = t.stats();
+    assert_eq!(s.refused_commands, 1, "{s:?}");
+    // The queue goes on after the host acknowledged the error.
+    host.issue(
+        &[smmuv3::command::Command::TlbiNhAsid { vmid: 0, asid: 1 }],
+        true,
+    )
+    .unwrap();
+    let s2 = t.stats();
+    assert!(s2.forwarded > s.forwarded, "{s2:?}");
+}
+
+#[test]
+fn a_host_event_queue_can_be_disabled_and_enabled_again() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    let cr0 = smmuv3::regs::CR0 as u64;
+    let evtqen = smmuv3::regs::cr0::EVENTQEN.mask();
+    let on = t.emu.lock().unwrap().read(0, cr0, 4).unwrap();
+    assert_ne!(on & evtqen, 0);
+    t.emu
+        .lock()
+        .unwrap()
+        .write(0, cr0, 4, on & !evtqen)
+        .unwrap();
+    assert!(t.dma_write(SID, IOVA, b"x").is_err());
+    t.emu.lock().unwrap().poll_events();
+    assert_eq!(t.stats().dropped_events, 1);
+    t.emu.lock().unwrap().write(0, cr0, 4, on).unwrap();
+    assert!(t.dma_write(SID, IOVA + 0x1000, b"y").is_err());
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].fault.unwrap().addr, IOVA + 0x1000);
+}
+
+#[test]
+fn stage2_and_nested_host_stes_are_refused_with_an_event() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    host.set_bypass(SID).unwrap();
+    let base = t
+        .emu
+        .lock()
+        .unwrap()
+        .read(0, smmuv3::regs::STRTAB_BASE as u64, 8)
+        .unwrap()
+        & smmuv3::regs::strtab_base::ADDR.mask();
+    // The host writes a stage-2 STE by hand (V=1, Config=0b110) and
+    // invalidates it.
+    let ste = base + u64::from(SID) * 64;
+    let w0: u64 = 1 | (0b110 << 1);
+    t.mem.cpu_write(ste, &w0.to_le_bytes()).unwrap();
+    t.mem.clean(ste, 64).unwrap();
+    host.issue(
+        &[smmuv3::command::Command::CfgiSte {
+            sid: SID,
+            leaf: true,
+        }],
+        true,
+    )
+    .unwrap();
+    assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
+    let events = host.drain_events().unwrap().events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.ty == EventType::BadSte && e.sid == SID),
+        "{events:?}"
+    );
+    assert_eq!(t.stats().bad_stes, 1);
+    // The device is cut off.
+    assert!(matches!(
+        t.dma_write(SID, t.ram.base, b"x"),
+        Err(DmaFault::StreamAbort)
+    ));
+}
