@@ -17,7 +17,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-    targets=(model_ops decoders)
+    targets=(model_ops decoders hostile_host)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -35,7 +35,11 @@ for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
     # -timeout: one input taking over 10 s is a hang; -rss_limit_mb bounds
     # memory; the corpus persists between runs so coverage accumulates.
-    if ! cargo fuzz run "$t" "corpus/$t" -- \
+    extra=()
+    # Ten bytes make one hostile operation: start long instead of letting
+    # libFuzzer grow inputs from 4 bytes.
+    [ "$t" = hostile_host ] && extra=(-len_control=0 -max_len=1200)
+    if ! cargo fuzz run "$t" "corpus/$t" -- "${extra[@]}" \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1; then
         failed+=("$t")

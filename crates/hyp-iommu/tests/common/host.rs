@@ -33,6 +33,9 @@ pub struct HostRam {
     mem: Arc<SimMemory>,
     ram: Range,
     state: Arc<Mutex<RamState>>,
+    /// CPU pointers for addresses outside the memory (a hostile host's
+    /// page tables may point anywhere; io-pgtable may follow them).
+    outside: Arc<io_pgtable::env::SimEnv>,
 }
 
 #[derive(Default)]
@@ -44,12 +47,13 @@ struct RamState {
 impl HostRam {
     pub fn new(mem: Arc<SimMemory>, ram: Range) -> Self {
         Self {
-            mem,
             ram,
             state: Arc::new(Mutex::new(RamState {
                 next: ram.base,
                 ..RamState::default()
             })),
+            outside: Arc::new(io_pgtable::env::SimEnv::new(mem.clone())),
+            mem,
         }
     }
 
@@ -76,6 +80,10 @@ impl HostRam {
 
     pub fn free(&self, pa: u64, size: u64) {
         let size = size.max(64).next_power_of_two();
+        // Only blocks this allocator can have handed out.
+        if pa % size != 0 || pa < self.ram.base || pa + size > self.ram.end() {
+            return;
+        }
         self.state
             .lock()
             .unwrap()
@@ -111,10 +119,7 @@ unsafe impl TableMemory for HostRam {
     }
 
     fn phys_to_cpu(&self, phys: u64) -> NonNull<u8> {
-        self.mem
-            .cpu_ptr(phys)
-            .and_then(NonNull::new)
-            .expect("host tables live in simulated memory")
+        self.outside.phys_to_cpu(phys)
     }
 }
 

@@ -111,11 +111,31 @@ pub struct World {
     pub donated: BTreeSet<u64>,
 }
 
+impl Drop for World {
+    fn drop(&mut self) {
+        // The hostile host may have broken its own queue, and a domain
+        // whose detach cannot complete leaks its tables on purpose. Shut
+        // the host driver down first (the emulator acknowledges at once),
+        // so the domain frees them: a fuzzer building a world per input
+        // must not grow without bound.
+        if let Some(h) = &self.host {
+            let _ = h.shutdown();
+        }
+        self.dom = None;
+    }
+}
+
 impl World {
     /// Returns a world whose host driver brought its SMMU up, attached
     /// [`SID`] to a stage-1 domain and mapped eight pages from [`IOVA`].
     pub fn new() -> Self {
-        let t = Trapped::new(Setup::default());
+        // Small memories: a world is built per input.
+        let t = Trapped::new(Setup {
+            host_ram: 1 << 20,
+            sim_size: 4 << 20,
+            tlb_capacity: 256,
+            ..Setup::default()
+        });
         let host = t
             .host_smmu(
                 0,
