@@ -53,6 +53,8 @@ pub const IPA_BITS: u32 = 40;
 pub const IPA_END: u64 = 1 << IPA_BITS;
 /// Level-1 tables concatenated at the root (2^40 / 2^39).
 pub const ROOT_TABLES: usize = 2;
+/// Alignment of the concatenated root (its size).
+pub const ROOT_ALIGN: u64 = ROOT_TABLES as u64 * 4096;
 /// The VTCR_EL2 value these tables are built for.
 pub const VTCR: u64 = T0SZ | SL0_LEVEL1 | WALK_WB | WALK_SH_INNER | PS_40 | RES1;
 
@@ -81,6 +83,10 @@ pub enum Stage2Error {
     /// Fewer tables than the root needs.
     #[error("at least {ROOT_TABLES} tables are needed for the root")]
     NoRoot,
+    /// The concatenated root is not aligned to its size (VTTBR_EL2 requires
+    /// it; an 8 KiB root at a 4 KiB boundary walks the wrong table).
+    #[error("root tables at {0:#x} are not aligned to {ROOT_ALIGN:#x}")]
+    RootAlign(u64),
     /// The range is not 4 KiB-aligned.
     #[error("range {base:#x}+{size:#x} is not 4 KiB-aligned")]
     Unaligned {
@@ -124,10 +130,14 @@ impl<'t> Stage2<'t> {
     ///
     /// # Errors
     ///
-    /// [`Stage2Error::NoRoot`] with fewer than [`ROOT_TABLES`] tables.
+    /// [`Stage2Error::NoRoot`] with fewer than [`ROOT_TABLES`] tables,
+    /// [`Stage2Error::RootAlign`] when `pa` is not aligned to [`ROOT_ALIGN`].
     pub fn new(tables: &'t mut [Table], pa: u64) -> Result<Self, Stage2Error> {
         if tables.len() < ROOT_TABLES {
             return Err(Stage2Error::NoRoot);
+        }
+        if pa % ROOT_ALIGN != 0 {
+            return Err(Stage2Error::RootAlign(pa));
         }
         for t in tables[..ROOT_TABLES].iter_mut() {
             *t = Table::EMPTY;
@@ -406,6 +416,13 @@ mod tests {
         assert_eq!(
             s2.map(0x4020_1000, 0x1000, Memory::Normal),
             Err(Stage2Error::NoTables)
+        );
+        // Found on QEMU: a 4 KiB-aligned root pair gave the host a level-1
+        // translation fault on its first instruction.
+        let mut two = vec![Table::EMPTY; 2];
+        assert_eq!(
+            Stage2::new(&mut two, 0x7f01_3000).err(),
+            Some(Stage2Error::RootAlign(0x7f01_3000))
         );
         let mut one = vec![Table::EMPTY; 1];
         assert!(matches!(Stage2::new(&mut one, 0), Err(Stage2Error::NoRoot)));
