@@ -11,9 +11,10 @@
 #   scripts/setup-linux.sh [--out DIR] [--fresh]
 #
 # Output in DIR (default target/linux): Image, initramfs.gz, VERSION (the
-# kernel package). A finished DIR (its READY stamp) is reused unless --fresh is
-# given or scripts/linux/init changed; CI starts from an empty target/ and so
-# always fetches from scratch. Exit status 0 when ready, 1 with a message
+# kernel package), initramfs-root/ (the unpacked initramfs). A finished DIR
+# (its READY stamp) is reused unless --fresh is given; when only
+# scripts/linux/init changed the initramfs is repacked without a download.
+# CI starts from an empty target/ and so always fetches from scratch. Exit status 0 when ready, 1 with a message
 # saying what is missing (no apt, not root, no network).
 set -euo pipefail
 
@@ -38,10 +39,22 @@ die() { say "ERROR: $*"; exit 1; }
 
 INIT="$ROOT/scripts/linux/init"
 init_sum=$(sha256sum "$INIT" | cut -d' ' -f1)
-if [[ $FRESH -eq 0 && -f "$OUT/READY" && -f "$OUT/Image" && -f "$OUT/initramfs.gz" ]] &&
-    grep -qx "init $init_sum" "$OUT/READY"; then
-    say "ready (cached): $(cat "$OUT/VERSION") in $OUT"
-    exit 0
+pack() {
+    cp "$INIT" "$1/init"
+    chmod 755 "$1/init"
+    (cd "$1" && find . | cpio -o -H newc --quiet | gzip -9) >"$OUT/initramfs.gz"
+    printf 'kernel %s\ninit %s\n' "$(cat "$OUT/VERSION")" "$init_sum" >"$OUT/READY"
+}
+if [[ $FRESH -eq 0 && -f "$OUT/READY" && -f "$OUT/Image" && -f "$OUT/initramfs.gz" ]]; then
+    if grep -qx "init $init_sum" "$OUT/READY"; then
+        say "ready (cached): $(cat "$OUT/VERSION") in $OUT"
+        exit 0
+    fi
+    if [[ -x "$OUT/initramfs-root/bin/busybox" ]] && command -v cpio >/dev/null 2>&1; then
+        pack "$OUT/initramfs-root"
+        say "ready (cached kernel, initramfs repacked for the new init): $(cat "$OUT/VERSION")"
+        exit 0
+    fi
 fi
 
 command -v apt-get >/dev/null 2>&1 || die "no apt-get: the host kernel comes from Debian packages"
@@ -103,7 +116,7 @@ cp "$image" "$OUT/Image"
 
 ko=$(find "$scratch/x/lib/modules" -name 'virtio_blk.ko*' | head -n1)
 [[ -n "$ko" ]] || die "no virtio_blk module in $kernel_pkg"
-root="$scratch/initramfs"
+root="$OUT/initramfs-root"
 mkdir -p "$root/bin" "$root/lib" "$root/proc" "$root/sys" "$root/dev"
 case "$ko" in
     *.xz) xz -dc "$ko" >"$root/lib/virtio_blk.ko" ;;
@@ -111,11 +124,7 @@ case "$ko" in
 esac
 [[ -x "$scratch/x/bin/busybox" ]] || die "no bin/busybox in busybox-static"
 cp "$scratch/x/bin/busybox" "$root/bin/busybox"
-cp "$INIT" "$root/init"
-chmod 755 "$root/init"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) >"$OUT/initramfs.gz"
-
 echo "$kernel_pkg" >"$OUT/VERSION"
+pack "$root"
 rm -rf "$scratch"
-printf 'kernel %s\ninit %s\n' "$kernel_pkg" "$init_sum" >"$OUT/READY"
 say "ready: $kernel_pkg, Image $(stat -c %s "$OUT/Image") bytes, initramfs $(stat -c %s "$OUT/initramfs.gz") bytes in $OUT"
