@@ -96,7 +96,12 @@ pub fn build_stage2(ram: &[Bank], hyp: Bank) -> Result<(u64, usize), stage2::Sta
     let mut s2 = Stage2::new(tables, pa)?;
     s2.map_host(ram, &[hyp, smmu])?;
     // The hypervisor checks its own work before trusting the host with it.
-    for probe in [hyp.base, hyp.base + hyp.size - 8, smmu.base, smmu.base + 0x100a8] {
+    for probe in [
+        hyp.base,
+        hyp.base + hyp.size - 8,
+        smmu.base,
+        smmu.base + 0x100a8,
+    ] {
         if s2.translate(probe).is_some() {
             return Err(stage2::Stage2Error::Overlap(probe));
         }

@@ -70,7 +70,9 @@ fn number(s: &str) -> Option<u64> {
 }
 
 fn parse_config(cmdline: &str) -> Result<Config<'_>, &'static str> {
-    let (opts, bootargs) = cmdline.split_once(" -- ").ok_or("no ' -- ' before the bootargs")?;
+    let (opts, bootargs) = cmdline
+        .split_once(" -- ")
+        .ok_or("no ' -- ' before the bootargs")?;
     let (mut image, mut initrd, mut initrd_size) = (None, None, None);
     for word in opts.split(' ') {
         if let Some((key, value)) = word.split_once('=') {
@@ -173,8 +175,12 @@ extern "C" fn hyp_main(x0: u64) -> ! {
             ));
         }
     }
-    if overlaps(config.image, image.image_size, config.initrd, config.initrd_size)
-        || overlaps(config.image, image.image_size, new_dtb, new_len as u64)
+    if overlaps(
+        config.image,
+        image.image_size,
+        config.initrd,
+        config.initrd_size,
+    ) || overlaps(config.image, image.image_size, new_dtb, new_len as u64)
     {
         setup_failed(format_args!(
             "the Image's {:#x} bytes at {:#x} overlap the initramfs or device tree",
@@ -186,7 +192,10 @@ extern "C" fn hyp_main(x0: u64) -> ! {
     let mut bootargs = [0u8; 512];
     let args = config.bootargs.as_bytes();
     if args.len() >= bootargs.len() {
-        setup_failed(format_args!("bootargs longer than {} bytes", bootargs.len() - 1));
+        setup_failed(format_args!(
+            "bootargs longer than {} bytes",
+            bootargs.len() - 1
+        ));
     }
     bootargs[..args.len()].copy_from_slice(args);
     let start_be = config.initrd.to_be_bytes();

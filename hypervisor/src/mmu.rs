@@ -24,7 +24,8 @@ mod desc {
 
 /// TCR_EL2: T0SZ = 25 (39-bit VA), walks inner/outer WB WA inner-shareable,
 /// TG0 = 4 KiB, PS = 40 bits, RES1 bits 31 and 23.
-const TCR: u64 = 25 | (0b01 << 8) | (0b01 << 10) | (0b11 << 12) | (0b010 << 16) | (1 << 23) | (1 << 31);
+const TCR: u64 =
+    25 | (0b01 << 8) | (0b01 << 10) | (0b11 << 12) | (0b010 << 16) | (1 << 23) | (1 << 31);
 
 const BLOCK_SIZE: u64 = 1 << 30;
 
