@@ -121,8 +121,9 @@ kernel=$(cat "$LINUX/VERSION")
 started=$(line "$log" "EL2-CHECK init-started")
 done_line=$(line "$log" "EL2-CHECK done")
 entered=$(line "$log" "HYP: entering Linux at EL1")
-ok=0; [[ -n "$entered" && -n "$started" && -n "$done_line" ]] && ok=1
-verdict host-boot $ok "$kernel at EL1 under the hypervisor: init at ${started#*uptime=} s of Linux uptime, init done at ${done_line#*uptime=} s, QEMU run ${ms} ms wall (status $status)"
+el1=$(line "$log" "EL2-DMESG .*CPU: All CPU(s) started at EL1")
+ok=0; [[ -n "$entered" && -n "$started" && -n "$done_line" && -n "$el1" ]] && ok=1
+verdict host-boot $ok "$kernel at EL1 under the hypervisor (${el1:+Linux: }${el1#*] }): init at ${started#*uptime=} s of Linux uptime, init done at ${done_line#*uptime=} s, QEMU run ${ms} ms wall (status $status)"
 
 probe=$(line "$log" "EL2-DMESG .*arm-smmu-v3 .*ias")
 group=$(line "$log" "EL2-CHECK iommu-group .*0000:00:")

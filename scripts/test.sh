@@ -52,7 +52,7 @@ cargo fmt --all -- --check
 step "clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "no_std: io-pgtable, smmuv3, dma-mapping (with virtio-drivers) and hyp-iommu link without std (checks/nostd)"
+step "no_std: io-pgtable, smmuv3, dma-mapping (with virtio-drivers), hyp-iommu and hyp-host link without std (checks/nostd)"
 cargo rustc --quiet --manifest-path checks/nostd/Cargo.toml -- -C panic=abort
 # smmuv3's pure layers (probe, commands, planner, STE/CD, the queue producer)
 # without even `alloc`, as a hypervisor without a heap uses them.

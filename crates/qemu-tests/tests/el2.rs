@@ -81,6 +81,7 @@ macro_rules! el2_tests {
 el2_tests! {
     el2_host_boots_at_el1 => "host-boot", |d| {
         assert!(d.contains("at EL1 under the hypervisor"), "{d}");
+        assert!(d.contains("Linux: CPU: All CPU(s) started at EL1"), "{d}");
     }
     el2_linux_probes_the_trapped_smmu => "smmu-probe", |d| {
         assert!(d.contains("arm-smmu-v3 9050000.smmuv3: ias 44-bit, oas 44-bit"), "{d}");
