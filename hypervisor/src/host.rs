@@ -6,11 +6,10 @@ use core::cell::UnsafeCell;
 
 use hyp_host::dtb::Bank;
 use hyp_host::esr::{self, Syndrome};
-use hyp_host::mmio::TrapWindow;
+use hyp_host::mmio::{TrapWindow, TrappedMmio};
 use hyp_host::stage2::{self, Stage2, Table};
 
 use crate::arch::read_sysreg;
-use crate::passthrough::Passthrough;
 use crate::{layout, psci};
 
 /// HCR_EL2: VM (stage 2 on), TSC (trap SMC), RW (EL1 is AArch64). IMO/FMO/AMO
@@ -40,8 +39,8 @@ static TABLES: Tables = Tables(UnsafeCell::new([Table::EMPTY; STAGE2_TABLES]));
 
 /// What the hypervisor knows while the host runs.
 pub struct State {
-    /// The SMMU frame, trapped and emulated.
-    pub smmu: TrapWindow<Passthrough>,
+    /// The SMMU frame, trapped and emulated by the device chosen at boot.
+    pub smmu: TrapWindow<&'static mut dyn TrappedMmio>,
     /// SMCs the host made (PSCI), forwarded or answered.
     pub smcs: u64,
     /// HVCs the host made (answered "not supported").
@@ -50,33 +49,43 @@ pub struct State {
     pub entered_ticks: u64,
 }
 
-struct Global(UnsafeCell<State>);
+struct Global(UnsafeCell<Option<State>>);
 
-// SAFETY: one CPU; the state is touched by the boot path before the host
-// runs and afterwards only by the trap handler, which is not reentrant (EL2
-// runs with interrupts masked and takes no exception of its own).
+// SAFETY: one CPU; the state is set by the boot path before the host runs
+// and afterwards only touched by the trap handler, which is not reentrant
+// (EL2 runs with interrupts masked and takes no exception of its own).
 unsafe impl Sync for Global {}
 
-static STATE: Global = Global(UnsafeCell::new(State {
-    smmu: TrapWindow::new(
-        layout::SMMU,
-        layout::SMMU_SIZE,
-        Passthrough::new(layout::SMMU, layout::SMMU_SIZE),
-    ),
-    smcs: 0,
-    hvcs: 0,
-    entered_ticks: 0,
-}));
+static STATE: Global = Global(UnsafeCell::new(None));
 
-/// Returns the hypervisor's state.
+/// Puts `device` behind the trapped SMMU frame: from now on every host
+/// access to `layout::SMMU .. + SMMU_SIZE` is emulated by it.
+///
+/// # Safety
+///
+/// Only before the host runs (the trap handler must not be using the state).
+pub unsafe fn install_smmu(device: &'static mut dyn TrappedMmio) {
+    // SAFETY: nothing else refers to the state before the host runs
+    // (contract).
+    unsafe {
+        *STATE.0.get() = Some(State {
+            smmu: TrapWindow::new(layout::SMMU, layout::SMMU_SIZE, device),
+            smcs: 0,
+            hvcs: 0,
+            entered_ticks: 0,
+        })
+    };
+}
+
+/// Returns the hypervisor's state, or `None` before [`install_smmu`].
 ///
 /// # Safety
 ///
 /// No other reference to it may be live (true on the single CPU between
 /// traps: each trap takes it once).
-pub unsafe fn state() -> &'static mut State {
+pub unsafe fn state() -> Option<&'static mut State> {
     // SAFETY: exclusive by the caller's contract.
-    unsafe { &mut *STATE.0.get() }
+    unsafe { (*STATE.0.get()).as_mut() }
 }
 
 /// Builds the host's stage 2: `ram` as Normal memory except `hyp` (the
@@ -170,7 +179,10 @@ extern "C" fn handle_host_sync(regs: &mut [u64; 31]) {
     let esr = read_sysreg!("esr_el2");
     // SAFETY: the handler is the only user of the state while the host is
     // stopped in this trap (single CPU, not reentrant).
-    let st = unsafe { state() };
+    let Some(st) = (unsafe { state() }) else {
+        crate::println!("HYP-UNHANDLED host trap before the SMMU device was installed");
+        crate::stop(crate::semihost::EXIT_EXCEPTION)
+    };
     match esr::decode(esr) {
         Syndrome::DataAbort(abort) => {
             let ipa = esr::fault_ipa(read_sysreg!("hpfar_el2"), read_sysreg!("far_el2"));

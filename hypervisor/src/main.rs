@@ -38,6 +38,9 @@ use core::panic::PanicInfo;
 
 use hyp_host::dtb::{self, Bank, Patch};
 use hyp_host::image::ImageHeader;
+use hyp_host::mmio::TrappedMmio;
+
+use alloc::boxed::Box;
 
 /// Exit status: the host made an access the hypervisor refused to emulate.
 pub const EXIT_REFUSED: u32 = 5;
@@ -231,8 +234,18 @@ extern "C" fn hyp_main(x0: u64) -> ! {
         "HYP: entering Linux at EL1: Image {entry:#x} (image_size {:#x}), initrd {:#x}..{initrd_end:#x}, device tree {new_dtb:#x} ({host_dtb_len} bytes), bootargs {:?}, setup {setup_us} us",
         image.image_size, config.initrd, config.bootargs
     );
-    // SAFETY: only the boot path has touched the state so far.
-    unsafe { host::state() }.entered_ticks = timer::ticks();
+    // The device behind the trapped SMMU frame. Bring-up: the real frame,
+    // access for access. Issue 12's virtual SMMU goes here instead.
+    let smmu: &'static mut dyn TrappedMmio = Box::leak(Box::new(passthrough::Passthrough::new(
+        layout::SMMU,
+        layout::SMMU_SIZE,
+    )));
+    // SAFETY: the host has not run yet; nothing else uses the state.
+    unsafe { host::install_smmu(smmu) };
+    // SAFETY: as above.
+    if let Some(st) = unsafe { host::state() } {
+        st.entered_ticks = timer::ticks();
+    }
     // SAFETY: the stage 2 keeps the hypervisor out of reach (checked by
     // `build_stage2`), the Image's header was validated at `entry`, and the
     // tree is written and cleaned to the point of coherency.
@@ -243,19 +256,23 @@ extern "C" fn hyp_main(x0: u64) -> ! {
 pub fn stop(status: u32) -> ! {
     // SAFETY: called from the trap handler or a fatal path, on the one CPU,
     // after which nothing runs; no other reference to the state is used again.
-    let st = unsafe { host::state() };
-    let ticks = timer::ticks().saturating_sub(st.entered_ticks);
-    let host_ms = ticks * 1000 / timer::frequency().max(1);
-    println!("HYP-STATS smmu {}", st.smmu.stats());
-    if let Some(r) = st.smmu.stats().first_refusal {
-        println!("HYP-STATS first refusal: {r}");
+    match unsafe { host::state() } {
+        Some(st) => {
+            let ticks = timer::ticks().saturating_sub(st.entered_ticks);
+            let host_ms = ticks * 1000 / timer::frequency().max(1);
+            println!("HYP-STATS smmu {}", st.smmu.stats());
+            if let Some(r) = st.smmu.stats().first_refusal {
+                println!("HYP-STATS first refusal: {r}");
+            }
+            println!(
+                "HYP-STATS smc={} hvc={} host-ms={host_ms} heap-bytes={} exit={status}",
+                st.smcs,
+                st.hvcs,
+                heap::used()
+            );
+        }
+        None => println!("HYP-STATS none (the host never ran) exit={status}"),
     }
-    println!(
-        "HYP-STATS smc={} hvc={} host-ms={host_ms} heap-bytes={} exit={status}",
-        st.smcs,
-        st.hvcs,
-        heap::used()
-    );
     semihost::exit(status)
 }
 

@@ -29,6 +29,17 @@ pub enum MmioError {
         /// Access size in bytes.
         size: u8,
     },
+    /// The device refused the access for a reason of its own (an adapter
+    /// over a device's own error type maps its errors here).
+    #[error("{size}-byte access at offset {offset:#x} refused: {reason}")]
+    Device {
+        /// Offset in the frame.
+        offset: u64,
+        /// Access size in bytes.
+        size: u8,
+        /// The device's reason.
+        reason: &'static str,
+    },
 }
 
 /// A register frame whose host accesses trap to EL2 and are emulated.
@@ -53,6 +64,18 @@ pub trait TrappedMmio {
     ///
     /// [`MmioError`] when the access cannot be emulated (nothing changed).
     fn write(&mut self, offset: u64, size: u8, value: u64) -> Result<(), MmioError>;
+}
+
+/// A device behind a mutable reference (e.g. `&'static mut dyn TrappedMmio`,
+/// which lets the hypervisor pick its device at boot) is a device too.
+impl<T: TrappedMmio + ?Sized> TrappedMmio for &mut T {
+    fn read(&mut self, offset: u64, size: u8) -> Result<u64, MmioError> {
+        (**self).read(offset, size)
+    }
+
+    fn write(&mut self, offset: u64, size: u8, value: u64) -> Result<(), MmioError> {
+        (**self).write(offset, size, value)
+    }
 }
 
 /// Why a trapped access was not emulated.
@@ -511,6 +534,23 @@ mod tests {
             line,
             "trapped=3 reads=2 writes=1 refused=0 untracked=0 regs=0x0:r1,0x20:r1w1"
         );
+    }
+
+    #[test]
+    fn a_device_chosen_at_run_time_behind_a_dyn_reference() {
+        let mut regs_dev = Regs {
+            words: [7; 8],
+            writes: 0,
+        };
+        let dev: &mut dyn TrappedMmio = &mut regs_dev;
+        let mut w = TrapWindow::new(BASE, 0x40, dev);
+        let mut regs = [0; 31];
+        regs[2] = 9;
+        w.emulate(&abort(8, 2, true), BASE + 8, &mut regs).unwrap();
+        w.emulate(&abort(8, 4, false), BASE + 8, &mut regs).unwrap();
+        assert_eq!(regs[4], 9);
+        assert_eq!(w.stats().trapped(), 2);
+        assert_eq!(regs_dev.words[1], 9);
     }
 
     #[test]
