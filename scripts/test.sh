@@ -3,13 +3,15 @@
 #
 #   bash scripts/test.sh
 #
-# Steps: install what the QEMU tests need (scripts/setup-qemu.sh; when that is
-# impossible the QEMU tests are reported as SKIPPED, loudly, and everything
+# Steps: install what the QEMU tests need (scripts/setup-qemu.sh, and
+# scripts/setup-linux.sh for the EL2 hypervisor's Linux host; when that is
+# impossible those tests are reported as SKIPPED, loudly, and everything
 # else still runs), format, clippy, the no_std link check, a build of each
 # crate's tests on their own (`cargo test -p NAME --no-run`), packaging
 # (`cargo package --workspace --no-verify`), then every test of
 # the workspace (unit, integration, property, fuzz smoke, doc tests, and the
-# bare-metal scenarios under QEMU through crates/qemu-tests), the loom model
+# bare-metal scenarios and the EL2 hypervisor booting Linux under QEMU through
+# crates/qemu-tests), the loom model
 # check of io-pgtable (crates/io-pgtable/tests/loom.rs), and a short
 # coverage-guided libFuzzer run of the model and the decoders.
 set -euo pipefail
@@ -30,13 +32,27 @@ if ! bash scripts/setup-qemu.sh; then
 BANNER
 fi
 
+step "setup: Debian's arm64 Linux and a busybox initramfs for the EL2 hypervisor test"
+linux_status=ready
+if [[ "$qemu_status" != ready ]]; then
+    linux_status="SKIPPED (no QEMU or toolchain, see above)"
+elif ! bash scripts/setup-linux.sh; then
+    linux_status="SKIPPED (setup-linux.sh could not fetch the kernel or busybox)"
+    cat >&2 <<'BANNER'
+################################################################################
+##  LINUX SETUP FAILED: the EL2 hypervisor + Linux tests will be SKIPPED
+##  (listed as "ignored" by cargo test), NOT passed. Everything else still runs.
+################################################################################
+BANNER
+fi
+
 step "format"
 cargo fmt --all -- --check
 
 step "clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "no_std: io-pgtable, smmuv3, dma-mapping (with virtio-drivers) and hyp-iommu link without std (checks/nostd)"
+step "no_std: io-pgtable, smmuv3, dma-mapping (with virtio-drivers), hyp-iommu and hyp-host link without std (checks/nostd)"
 cargo rustc --quiet --manifest-path checks/nostd/Cargo.toml -- -C panic=abort
 # smmuv3's pure layers (probe, commands, planner, STE/CD, the queue producer)
 # without even `alloc`, as a hypervisor without a heap uses them.
@@ -99,6 +115,7 @@ fi
 
 step "summary"
 echo "QEMU bare-metal scenarios: $qemu_status"
+echo "EL2 hypervisor + Linux: $linux_status"
 echo "libFuzzer smoke: $fuzz_status"
 echo "total time: $(( $(date +%s) - started )) s"
 # Ignored tests are the QEMU scenarios when QEMU could not be set up.

@@ -40,8 +40,21 @@ fn missing() -> Option<String> {
     }
 }
 
+/// Returns why the Linux images of the EL2 test are missing, if they are.
+fn linux_missing() -> Option<String> {
+    let dir = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").ok()?)
+        .join("../../target/linux");
+    println!("cargo::rerun-if-changed={}", dir.join("READY").display());
+    if dir.join("READY").exists() {
+        None
+    } else {
+        Some(format!("{} has no READY stamp", dir.display()))
+    }
+}
+
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(qemu_missing)");
+    println!("cargo::rustc-check-cfg=cfg(linux_missing)");
     println!("cargo::rerun-if-env-changed=SMMUV3_SKIP_QEMU");
     println!("cargo::rerun-if-env-changed=PATH");
     // Missing paths count as changed, so an install is noticed on the next build.
@@ -56,7 +69,15 @@ fn main() {
     // dpkg keeps the packaged (old) mtimes of what it installs, so the paths
     // above can look unchanged after setup-qemu.sh; its database does change.
     println!("cargo::rerun-if-changed=/var/lib/dpkg/status");
-    if let Some(why) = missing() {
+    let qemu = missing();
+    let linux = linux_missing();
+    if let Some(why) = qemu.clone().or(linux) {
+        println!("cargo::rustc-cfg=linux_missing");
+        println!(
+            "cargo::warning=EL2 hypervisor + Linux tests will be SKIPPED (shown as ignored): {why}; run scripts/setup-linux.sh"
+        );
+    }
+    if let Some(why) = qemu {
         println!("cargo::rustc-cfg=qemu_missing");
         println!(
             "cargo::warning=QEMU SMMUv3 tests will be SKIPPED (shown as ignored): {why}; run scripts/setup-qemu.sh"

@@ -8,6 +8,7 @@ use core::alloc::{GlobalAlloc, Layout};
 // Name the crates so they are linked, not just listed.
 pub use io_pgtable as _pgtable;
 pub use hyp_iommu as _hyp_iommu;
+pub use hyp_host as _hyp_host;
 pub use smmuv3 as _smmuv3;
 pub use dma_mapping as _dma_mapping;
 

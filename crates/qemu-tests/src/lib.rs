@@ -1,5 +1,6 @@
-//! Runs `scripts/qemu-test.sh` once and turns each scenario line it prints into
-//! a verdict a test can assert on.
+//! Runs `scripts/qemu-test.sh` (the bare-metal scenarios) or
+//! `scripts/el2-test.sh` (the EL2 hypervisor booting Linux) once and turns
+//! each scenario line it prints into a verdict a test can assert on.
 //!
 //! The kernel prints `SCENARIO <name>: PASS|FAIL|SKIP <detail>` and brackets
 //! each scenario with `SCENARIO-BEGIN <name>`; the script prefixes lines with
@@ -150,11 +151,7 @@ impl fmt::Display for Report {
             Some(t) => writeln!(f, "---- QEMU SMMU trace of this scenario ----\n{t}")?,
             None => writeln!(f, "(no QEMU trace recorded for this scenario)")?,
         }
-        write!(
-            f,
-            "---- qemu-test.sh output (tail) ----\n{}",
-            self.output_tail
-        )
+        write!(f, "---- script output (tail) ----\n{}", self.output_tail)
     }
 }
 
@@ -168,6 +165,32 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Runs `scripts/<script>` with `--out out_dir` and collects its verdicts.
+///
+/// # Errors
+///
+/// A message when the script could not be started.
+pub fn run_script(script: &str, out_dir: &Path) -> Result<Run, String> {
+    let path = workspace_root().join("scripts").join(script);
+    let out = Command::new("bash")
+        .arg(&path)
+        .arg("--out")
+        .arg(out_dir)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(Run {
+        exit_code: out.status.code(),
+        verdicts: parse(&output),
+        output,
+        out_dir: out_dir.to_path_buf(),
+    })
+}
+
 /// Runs `scripts/qemu-test.sh` once per process and returns its result.
 ///
 /// # Errors
@@ -175,28 +198,22 @@ pub fn workspace_root() -> PathBuf {
 /// A message when the script could not be started.
 pub fn run_once(out_dir: &Path) -> Result<&'static Run, String> {
     static RUN: OnceLock<Result<Run, String>> = OnceLock::new();
-    RUN.get_or_init(|| {
-        let script = workspace_root().join("scripts/qemu-test.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("--out")
-            .arg(out_dir)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        let output = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(Run {
-            exit_code: out.status.code(),
-            verdicts: parse(&output),
-            output,
-            out_dir: out_dir.to_path_buf(),
-        })
-    })
-    .as_ref()
-    .map_err(Clone::clone)
+    RUN.get_or_init(|| run_script("qemu-test.sh", out_dir))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Runs `scripts/el2-test.sh` (the EL2 hypervisor booting Linux) once per
+/// process and returns its result.
+///
+/// # Errors
+///
+/// A message when the script could not be started.
+pub fn run_el2_once(out_dir: &Path) -> Result<&'static Run, String> {
+    static RUN: OnceLock<Result<Run, String>> = OnceLock::new();
+    RUN.get_or_init(|| run_script("el2-test.sh", out_dir))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 #[cfg(test)]
