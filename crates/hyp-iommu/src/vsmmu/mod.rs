@@ -205,13 +205,15 @@ where
 {
     /// Returns an emulator over `hyp` (every SMMU on), reaching host
     /// memory through `host`. Every host stream aborts until the host
-    /// enables its SMMU with a stream table.
+    /// enables its SMMU with a stream table, including those
+    /// [`HypIommu::attach_host_stream`] put on the shadow before.
     ///
     /// # Errors
     ///
     /// [`Error::SmmuOff`] when an SMMU is off; [`Error::Unsuitable`] when
-    /// one cannot nest (stage 1 + stage 2, no errata in the way).
-    pub fn new(hyp: HypIommu<M, E, S>, host: H, opts: EmulationOptions) -> Result<Self, Error> {
+    /// one cannot nest (stage 1 + stage 2, no errata in the way);
+    /// [`Error::Driver`] when a stream cannot be made to abort.
+    pub fn new(mut hyp: HypIommu<M, E, S>, host: H, opts: EmulationOptions) -> Result<Self, Error> {
         let ias = hyp.shadow().geometry().ias;
         let mut vs = Vec::new();
         for k in 0..hyp.smmu_count() {
@@ -220,6 +222,10 @@ where
                 return Err(Error::Unsuitable("an SMMU cannot nest stage 1 on stage 2"));
             }
             vs.push(VSmmu::new(smmu.regs(), ias, &opts));
+        }
+        for k in 0..vs.len() {
+            // `shadowed` starts empty: the real STEs must say the same.
+            hyp.release_host_streams(k)?;
         }
         Ok(Self {
             hyp,
