@@ -372,3 +372,31 @@ fn a_stream_the_hypervisor_attached_before_emulation_aborts_until_the_host_says_
     assert!(t.dma_write(SID, buf, b"after").is_err());
     assert_eq!(t.cpu_read(buf, 5), b"asked");
 }
+
+#[test]
+fn host_streams_survive_a_power_cycle_of_the_real_smmu() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    let mut dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    let buf = t.host_ram.alloc(4096).unwrap();
+    dom.map(IOVA, buf, 4096, RW).unwrap();
+    t.dma_write(SID, IOVA, b"before").unwrap();
+    let cfg = t.emu.lock().unwrap().stream(0, SID);
+    t.emu.lock().unwrap().hyp_mut().power_off(0).unwrap();
+    let fresh = common::smmu_on(&t.mem, &t.models[0]);
+    t.emu.lock().unwrap().power_on(0, fresh).unwrap();
+    // The host changed nothing: its device reaches its mapping again.
+    assert_eq!(t.emu.lock().unwrap().stream(0, SID), cfg);
+    t.dma_write(SID, IOVA, b"after!").unwrap();
+    assert_eq!(t.cpu_read(buf, 6), b"after!");
+    // And the host's unmap still reaches the fresh SMMU's TLB.
+    dom.unmap(IOVA, 4096).unwrap();
+    let f = t.dma_write(SID, IOVA, b"stale!").unwrap_err();
+    assert!(!is_s2_translation_fault(&f), "{f:?}");
+    assert_eq!(t.cpu_read(buf, 6), b"after!");
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].fault.unwrap().addr, IOVA);
+}

@@ -37,6 +37,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use io_pgtable::env::{CacheMaintenance, TableMemory};
+use smmuv3::Smmu;
 use smmuv3::command::Command;
 use smmuv3::env::{RegisterFrame, SmmuEnv};
 use smmuv3::event::Event;
@@ -242,9 +243,30 @@ where
 
     /// Returns the hypervisor state for ownership changes (donate,
     /// reclaim, share, pin); they take effect on every host device as
-    /// without emulation.
+    /// without emulation. An SMMU powered off through it comes back with
+    /// [`Emulator::power_on`], not [`HypIommu::power_on`].
     pub fn hyp_mut(&mut self) -> &mut HypIommu<M, E, S> {
         &mut self.hyp
+    }
+
+    /// Brings SMMU `smmu` back on as [`HypIommu::power_on`] does, then
+    /// gives it the host's configuration again: every stream as the host's
+    /// stream table says now, then the host commands that waited while it
+    /// was off.
+    ///
+    /// # Errors
+    ///
+    /// As [`HypIommu::power_on`] (nothing changed).
+    pub fn power_on(&mut self, smmu: usize, fresh: Smmu<E>) -> Result<(), Error> {
+        self.hyp.power_on(smmu, fresh)?;
+        if let Some(v) = self.vs.get_mut(smmu) {
+            // The fresh SMMU's stream table aborts every host stream: what
+            // `shadowed` recorded went with the old one.
+            v.shadowed.clear();
+            self.reshadow_all(smmu);
+            self.run_cmdq(smmu);
+        }
+        Ok(())
     }
 
     /// Returns the host memory accessor.
