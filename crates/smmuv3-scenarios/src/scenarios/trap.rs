@@ -148,10 +148,10 @@ where
     }
 }
 
-/// Waits (bounded) for the hypervisor to take a stage-2 event of `sid`
-/// from the real SMMU, and returns the stage-2 events it logged after the
+/// Drains the real SMMU into the emulator until the hypervisor's log holds
+/// more than `seen` events (bounded wait), and returns those after the
 /// first `seen`.
-fn hyp_stage2_events<P: Platform>(p: &P, emu: &SpinLock<Emu<'_, P>>, seen: usize) -> Vec<Event> {
+fn new_hyp_events<P: Platform>(p: &P, emu: &SpinLock<Emu<'_, P>>, seen: usize) -> Vec<Event> {
     let clock = p.clock();
     let start = clock.now_us();
     loop {
@@ -253,7 +253,7 @@ pub(crate) fn run<P: Platform>(p: &mut P) -> Outcome {
         .donate_to_guest(dst.phys(), PAGE, GUEST)
         .ctx("donating the page")?;
     dev_write(p, IOVA_DST, SMALL)?;
-    let s2 = hyp_stage2_events(p, &emu, seen);
+    let s2 = new_hyp_events(p, &emu, seen);
     let page = dst.phys()..dst.phys() + PAGE;
     let blocked = !s2.is_empty()
         && s2.iter().all(|e| {
