@@ -314,7 +314,7 @@ pub(crate) fn run<P: Platform>(p: &mut P) -> Outcome {
         "emulator event stats: {s:?}"
     );
     Ok(format!(
-        "host driver on the virtual SMMU ({} reads, {} writes, {} of {} commands forwarded): stage-1 fault after its unmap drained by the host; donated page faults at stage 2 ({} events, hypervisor only), memory untouched; reclaimed page scrubbed and reachable",
+        "host driver on the virtual SMMU ({} reads, {} writes, {} of {} commands forwarded): stage-1 fault after its unmap drained by the host; donated page faults at stage 2 ({} event(s), hypervisor only), memory untouched; reclaimed page scrubbed and reachable",
         s.reads,
         s.writes,
         s.forwarded,
