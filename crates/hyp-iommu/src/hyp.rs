@@ -114,6 +114,24 @@ where
         Ok(())
     }
 
+    /// Hands the host streams of SMMU `smmu` over to the trap-and-emulate
+    /// layer: each one [`HypIommu::attach_host_stream`] put on the shadow
+    /// aborts, and [`HypIommu::power_on`] no longer re-attaches it, until
+    /// the host's own configuration says otherwise.
+    pub(crate) fn release_host_streams(&mut self, smmu: usize) -> Result<(), Error> {
+        let mut slots = self.shadow.env().slots.lock();
+        let slot = slots.get_mut(smmu).ok_or(Error::NoSmmu(smmu))?;
+        let Some(s) = &slot.smmu else {
+            return Err(Error::SmmuOff(smmu));
+        };
+        while let Some(&sid) = slot.streams.last() {
+            s.set_abort(sid)
+                .map_err(|error| Error::Driver { smmu, error })?;
+            slot.streams.pop();
+        }
+        Ok(())
+    }
+
     /// Configures host stream `sid` of SMMU `smmu` as the trap-and-emulate
     /// layer decided: abort, stage 2 on the shadow, or the host's stage 1
     /// nested on it.

@@ -341,3 +341,62 @@ fn stage2_and_nested_host_stes_are_refused_with_an_event() {
         Err(DmaFault::StreamAbort)
     ));
 }
+
+#[test]
+fn a_stream_the_hypervisor_attached_before_emulation_aborts_until_the_host_says_otherwise() {
+    // The hypervisor put the stream on the shadow (as at boot, before the
+    // host has an SMMU driver); the emulator then promises abort until the
+    // host's own stream table says otherwise.
+    let mut f = common::Fixture::new(Setup::default());
+    f.hyp.attach_host_stream(0, SID).unwrap();
+    let t = Trapped::over(f);
+    assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
+    let buf = t.host_ram.alloc(4096).unwrap();
+    assert!(
+        t.dma_write(SID, buf, b"early").is_err(),
+        "no host SMMU yet: GBPA abort"
+    );
+    // The host's driver comes up and leaves the stream alone (invalid STE).
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
+    assert!(matches!(
+        t.dma_write(SID, buf, b"stray"),
+        Err(DmaFault::StreamAbort)
+    ));
+    assert_eq!(t.cpu_read(buf, 5), [0; 5]);
+    // What the host asks is what the device gets.
+    host.set_bypass(SID).unwrap();
+    t.dma_write(SID, buf, b"asked").unwrap();
+    assert_eq!(t.cpu_read(buf, 5), b"asked");
+    host.set_abort(SID).unwrap();
+    assert!(t.dma_write(SID, buf, b"after").is_err());
+    assert_eq!(t.cpu_read(buf, 5), b"asked");
+}
+
+#[test]
+fn host_streams_survive_a_power_cycle_of_the_real_smmu() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    let mut dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    let buf = t.host_ram.alloc(4096).unwrap();
+    dom.map(IOVA, buf, 4096, RW).unwrap();
+    t.dma_write(SID, IOVA, b"before").unwrap();
+    let cfg = t.emu.lock().unwrap().stream(0, SID);
+    t.emu.lock().unwrap().hyp_mut().power_off(0).unwrap();
+    let fresh = common::smmu_on(&t.mem, &t.models[0]);
+    t.emu.lock().unwrap().power_on(0, fresh).unwrap();
+    // The host changed nothing: its device reaches its mapping again.
+    assert_eq!(t.emu.lock().unwrap().stream(0, SID), cfg);
+    t.dma_write(SID, IOVA, b"after!").unwrap();
+    assert_eq!(t.cpu_read(buf, 6), b"after!");
+    // And the host's unmap still reaches the fresh SMMU's TLB.
+    dom.unmap(IOVA, 4096).unwrap();
+    let f = t.dma_write(SID, IOVA, b"stale!").unwrap_err();
+    assert!(!is_s2_translation_fault(&f), "{f:?}");
+    assert_eq!(t.cpu_read(buf, 6), b"after!");
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].fault.unwrap().addr, IOVA);
+}

@@ -89,4 +89,5 @@ scenarios! {
     pass "ste-transitions" => virt_ste_transitions, virt91_ste_transitions;
     pass "ste-switch-under-dma" => virt_ste_switch_under_dma, virt91_ste_switch_under_dma;
     s2 "hyp-shadow" => virt_hyp_shadow, virt91_hyp_shadow;
+    s2 "hyp-trap" => virt_hyp_trap, virt91_hyp_trap;
 }

@@ -238,4 +238,5 @@ scenarios! {
     pass ste_transitions = "ste-transitions";
     pass ste_switch_under_dma = "ste-switch-under-dma";
     s2 hyp_shadow = "hyp-shadow";
+    s2 hyp_trap = "hyp-trap";
 }

@@ -37,6 +37,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use io_pgtable::env::{CacheMaintenance, TableMemory};
+use smmuv3::Smmu;
 use smmuv3::command::Command;
 use smmuv3::env::{RegisterFrame, SmmuEnv};
 use smmuv3::event::Event;
@@ -205,13 +206,15 @@ where
 {
     /// Returns an emulator over `hyp` (every SMMU on), reaching host
     /// memory through `host`. Every host stream aborts until the host
-    /// enables its SMMU with a stream table.
+    /// enables its SMMU with a stream table, including those
+    /// [`HypIommu::attach_host_stream`] put on the shadow before.
     ///
     /// # Errors
     ///
     /// [`Error::SmmuOff`] when an SMMU is off; [`Error::Unsuitable`] when
-    /// one cannot nest (stage 1 + stage 2, no errata in the way).
-    pub fn new(hyp: HypIommu<M, E, S>, host: H, opts: EmulationOptions) -> Result<Self, Error> {
+    /// one cannot nest (stage 1 + stage 2, no errata in the way);
+    /// [`Error::Driver`] when a stream cannot be made to abort.
+    pub fn new(mut hyp: HypIommu<M, E, S>, host: H, opts: EmulationOptions) -> Result<Self, Error> {
         let ias = hyp.shadow().geometry().ias;
         let mut vs = Vec::new();
         for k in 0..hyp.smmu_count() {
@@ -220,6 +223,10 @@ where
                 return Err(Error::Unsuitable("an SMMU cannot nest stage 1 on stage 2"));
             }
             vs.push(VSmmu::new(smmu.regs(), ias, &opts));
+        }
+        for k in 0..vs.len() {
+            // `shadowed` starts empty: the real STEs must say the same.
+            hyp.release_host_streams(k)?;
         }
         Ok(Self {
             hyp,
@@ -236,9 +243,30 @@ where
 
     /// Returns the hypervisor state for ownership changes (donate,
     /// reclaim, share, pin); they take effect on every host device as
-    /// without emulation.
+    /// without emulation. An SMMU powered off through it comes back with
+    /// [`Emulator::power_on`], not [`HypIommu::power_on`].
     pub fn hyp_mut(&mut self) -> &mut HypIommu<M, E, S> {
         &mut self.hyp
+    }
+
+    /// Brings SMMU `smmu` back on as [`HypIommu::power_on`] does, then
+    /// gives it the host's configuration again: every stream as the host's
+    /// stream table says now, then the host commands that waited while it
+    /// was off.
+    ///
+    /// # Errors
+    ///
+    /// As [`HypIommu::power_on`] (nothing changed).
+    pub fn power_on(&mut self, smmu: usize, fresh: Smmu<E>) -> Result<(), Error> {
+        self.hyp.power_on(smmu, fresh)?;
+        if let Some(v) = self.vs.get_mut(smmu) {
+            // The fresh SMMU's stream table aborts every host stream: what
+            // `shadowed` recorded went with the old one.
+            v.shadowed.clear();
+            self.reshadow_all(smmu);
+            self.run_cmdq(smmu);
+        }
+        Ok(())
     }
 
     /// Returns the host memory accessor.

@@ -260,7 +260,11 @@ pub struct Trapped {
 
 impl Trapped {
     pub fn new(setup: Setup) -> Self {
-        let f = Fixture::new(setup);
+        Self::over(Fixture::new(setup))
+    }
+
+    /// Returns the emulator over a fixture the hypervisor already used.
+    pub fn over(f: Fixture) -> Self {
         let host = SimHost::new(f.mem.clone(), f.ram);
         let emu = Emulator::new(f.hyp, host.clone(), EmulationOptions::default()).unwrap();
         Self {

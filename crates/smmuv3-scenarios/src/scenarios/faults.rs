@@ -12,7 +12,7 @@ use smmuv3::{AttachOptions, Domain, Smmu, SmmuConfig};
 
 use super::translate::{IOVA_DST, IOVA_SRC, IPA_BITS, VA_BITS, rw, s1_domain};
 use super::{
-    Context, SENTINEL, bring_up, buffer, check_pattern, dev_read, dev_write, expect_fault,
+    Context, Drv, SENTINEL, bring_up, buffer, check_pattern, dev_read, dev_write, expect_fault,
     fill_pattern, no_events, page_transfer, round_trip, untouched, within,
 };
 use crate::{DmaDevice, Outcome, Platform, Problem, ensure};
@@ -113,7 +113,7 @@ fn unmap_once<P: Platform>(p: &mut P, use_ril: bool, seed: u8) -> Result<String,
         use_ril,
         ..SmmuConfig::default()
     };
-    let smmu = Smmu::new(p.regs(), p.mem(), p.clock(), cfg).ctx("driver bring-up")?;
+    let smmu: Drv<P> = Smmu::new(p.regs(), p.mem(), p.clock(), cfg).ctx("driver bring-up")?;
     let sid = p.device().stream_id();
     let mut d = Domain::new_stage1(&smmu, Granule::K4, VA_BITS).ctx("stage-1 domain")?;
     d.map(IOVA_SRC, src.phys(), 4096, rw()).ctx("map source")?;

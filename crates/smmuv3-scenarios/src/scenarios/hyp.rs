@@ -20,7 +20,7 @@ use crate::{DmaBuffer, DmaDevice, Outcome, Platform, Problem};
 const PAGE: u64 = 4096;
 
 /// Scrubs pages of one DMA buffer (the only pages this scenario reclaims).
-struct BufScrub<'a, M: DmaMemory>(&'a DmaBuffer<M>);
+pub(crate) struct BufScrub<'a, M: DmaMemory>(pub(crate) &'a DmaBuffer<M>);
 
 impl<M: DmaMemory> Scrub for BufScrub<'_, M> {
     fn scrub(&self, addr: u64, len: u64) -> Result<(), ScrubError> {

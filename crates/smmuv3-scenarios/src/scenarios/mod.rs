@@ -11,6 +11,7 @@ mod probe;
 mod tlb;
 mod transitions;
 mod translate;
+mod trap;
 
 use alloc::format;
 use alloc::string::String;
@@ -19,7 +20,7 @@ use alloc::vec::Vec;
 use core::fmt::Display;
 
 use smmuv3::driver::StrtabFormat;
-use smmuv3::env::{Clock, DmaMemory};
+use smmuv3::env::{Clock, DmaMemory, SmmuEnv};
 use smmuv3::event::{Event, EventType};
 use smmuv3::{Domain, Smmu, SmmuConfig};
 
@@ -46,6 +47,7 @@ pub const SCENARIOS: &[&str] = &[
     "ste-transitions",
     "ste-switch-under-dma",
     "hyp-shadow",
+    "hyp-trap",
 ];
 
 /// Returns every scenario for platform `P`, in run order.
@@ -129,6 +131,10 @@ pub(crate) fn all<P: Platform>() -> Vec<Scenario<P>> {
         Scenario {
             name: "hyp-shadow",
             run: hyp::shadow,
+        },
+        Scenario {
+            name: "hyp-trap",
+            run: trap::run,
         },
     ];
     debug_assert!(list.iter().map(|s| s.name).eq(SCENARIOS.iter().copied()));
@@ -281,11 +287,12 @@ pub(crate) fn page_transfer<P: Platform>(p: &mut P) -> usize {
 /// How long to wait for events to appear after the transfer that raised them.
 const EVENT_WAIT_US: u64 = 200_000;
 
-/// Drains the event queue, waiting (bounded) until at least `want` events
+/// Drains the event queue of driver `smmu` (ours on the SMMU, or the host's
+/// on a virtual one), waiting (bounded) until at least `want` events
 /// arrived. Returns everything drained.
-pub(crate) fn events<P: Platform>(
+pub(crate) fn events<P: Platform, E: SmmuEnv>(
     p: &P,
-    smmu: &Drv<P>,
+    smmu: &Smmu<E>,
     want: usize,
 ) -> Result<Vec<Event>, Problem> {
     let clock = p.clock();
@@ -320,7 +327,11 @@ pub(crate) fn list(events: &[Event]) -> String {
 }
 
 /// Fails unless the event queue is empty (a clean scenario raises nothing).
-pub(crate) fn no_events<P: Platform>(p: &P, smmu: &Drv<P>, when: &str) -> Result<(), Problem> {
+pub(crate) fn no_events<P: Platform, E: SmmuEnv>(
+    p: &P,
+    smmu: &Smmu<E>,
+    when: &str,
+) -> Result<(), Problem> {
     let ev = events(p, smmu, 0)?;
     if !ev.is_empty() {
         return Err(Problem::fail(format_args!(
@@ -333,9 +344,9 @@ pub(crate) fn no_events<P: Platform>(p: &P, smmu: &Drv<P>, when: &str) -> Result
 
 /// Fails unless exactly one event arrived and it is a stage-1 or stage-2 fault
 /// of type `ty` for `sid` at input address `addr`, with the access direction.
-pub(crate) fn expect_fault<P: Platform>(
+pub(crate) fn expect_fault<P: Platform, E: SmmuEnv>(
     p: &P,
-    smmu: &Drv<P>,
+    smmu: &Smmu<E>,
     ty: EventType,
     sid: u32,
     addr: u64,
