@@ -400,3 +400,33 @@ fn host_streams_survive_a_power_cycle_of_the_real_smmu() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].fault.unwrap().addr, IOVA);
 }
+
+#[test]
+fn stalls_of_a_stall_forced_smmu_are_terminated_by_the_hypervisor() {
+    let t = Trapped::new(Setup {
+        stall: Some(smmuv3_model::StallModel::StallForced),
+        ..Setup::default()
+    });
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    // The host is shown terminate-only: it cannot resume anything.
+    assert_eq!(
+        host.features().stall,
+        smmuv3::probe::StallModel::TerminateOnly
+    );
+    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    let f = t.dma_write(SID, IOVA, b"x").unwrap_err();
+    assert!(matches!(f, DmaFault::Stalled { .. }), "{f:?}");
+    assert_eq!(t.models[0].stalled().len(), 1);
+    t.emu.lock().unwrap().poll_events();
+    assert!(
+        t.models[0].stalled().is_empty(),
+        "the stall was not terminated"
+    );
+    // The host still learns of its fault, without a stall tag.
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].ty, EventType::Translation);
+    assert_eq!(events[0].fault.unwrap().stall_tag, None);
+}

@@ -177,16 +177,17 @@ where
         batch.clear();
         let v = &mut self.vs[smmu];
         v.batch = batch;
-        v.stats.commands += consumed;
-        v.stats.forwarded += forwarded;
-        v.stats.refused_commands += refused;
         v.stats.real_syncs += real_syncs;
         if failed {
             // The real SMMU did not complete: the host sees no progress and
-            // times out as on a hung SMMU.
+            // times out as on a hung SMMU (a retry consumes the same
+            // commands again, so they are not counted yet).
             v.stats.real_failures += 1;
             return;
         }
+        v.stats.commands += consumed;
+        v.stats.forwarded += forwarded;
+        v.stats.refused_commands += refused;
         v.stats.host_syncs += syncs;
         v.cmdq.cons = cons;
         if let Some(code) = error {

@@ -134,23 +134,30 @@ pub(super) fn virtual_idrs(
     opts: &EmulationOptions,
 ) -> [u32; 6] {
     let get = |o| u64::from(real.read32(o));
-    let hidden = idr0::S2P.mask()
-        | idr0::VMID16.mask()
-        | idr0::MSI.mask()
-        | idr0::HYP.mask()
-        | idr0::ATS.mask()
-        | idr0::PRI.mask()
-        | idr0::VMW.mask()
-        | idr0::BTM.mask();
-    // Terminate only: the host can neither resume nor terminate stalls.
-    let i0 = idr0::STALL_MODEL.set(get(r::IDR0) & !hidden, 1);
+    // Only fields the emulation implements pass (a whitelist: a feature of
+    // a newer SMMU the emulation does not know must not reach the host).
+    // Hidden: stage 2, VMID16, VMW, MSI, HYP, ATS, PRI, BTM, and every
+    // field this code does not name.
+    let i0 = get(r::IDR0)
+        & (idr0::S1P.mask()
+            | idr0::TTF.mask()
+            | idr0::COHACC.mask()
+            | idr0::HTTU.mask()
+            | idr0::ASID16.mask()
+            | idr0::SEV.mask()
+            | idr0::CD2L.mask()
+            | idr0::TTENDIAN.mask()
+            | idr0::TERM_MODEL.mask()
+            | idr0::ST_LEVEL.mask());
+    // Terminate only: the host can neither resume nor terminate stalls
+    // (stalls a stall-forced SMMU makes are terminated by the hypervisor's
+    // driver as it drains them: `Smmu::set_abort_stalls`, on by default).
+    let i0 = idr0::STALL_MODEL.set(i0, 1);
     let real1 = get(r::IDR1);
     let sid_bits = idr1::SIDSIZE.get(real1).min(opts.max_sid_bits.into());
-    let i1 = idr1::SIDSIZE.set(real1, sid_bits)
-        & !(idr1::PRIQS.mask()
-            | idr1::REL.mask()
-            | idr1::QUEUES_PRESET.mask()
-            | idr1::TABLES_PRESET.mask());
+    // No PRI queue, no preset tables or queues, absolute addresses.
+    let i1 = idr1::SIDSIZE.make(sid_bits)
+        | (real1 & (idr1::SSIDSIZE.mask() | idr1::EVENTQS.mask() | idr1::CMDQS.mask()));
     // Stage-1 features only; FWB and the rest belong to stage 2 or to
     // features we do not emulate.
     let i3 =
@@ -158,7 +165,12 @@ pub(super) fn virtual_idrs(
     // The host's output addresses are IPAs of the shadow.
     let real5 = get(r::IDR5);
     let shadow_oas = smmuv3::probe::oas_encoding(ias as u8).map_or(0, u64::from);
-    let i5 = idr5::OAS.set(real5, idr5::OAS.get(real5).min(shadow_oas));
+    let i5 = idr5::OAS.make(idr5::OAS.get(real5).min(shadow_oas))
+        | (real5
+            & (idr5::GRAN4K.mask()
+                | idr5::GRAN16K.mask()
+                | idr5::GRAN64K.mask()
+                | idr5::VAX.mask()));
     [i0 as u32, i1 as u32, 0, i3 as u32, 0, i5 as u32]
 }
 
@@ -327,5 +339,63 @@ where
         if rose(cr0::CMDQEN) {
             self.run_cmdq(smmu);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real SMMU with every ID bit set.
+    struct AllOnes;
+
+    impl RegisterFrame for AllOnes {
+        fn read32(&self, _: usize) -> u32 {
+            u32::MAX
+        }
+        fn write32(&self, _: usize, _: u32) {}
+        fn read64(&self, _: usize) -> u64 {
+            u64::MAX
+        }
+        fn write64(&self, _: usize, _: u64) {}
+    }
+
+    #[test]
+    fn only_emulated_features_reach_the_host() {
+        let opts = EmulationOptions { max_sid_bits: 16 };
+        let [i0, i1, i2, i3, i4, i5] = virtual_idrs(&AllOnes, 40, &opts).map(u64::from);
+        for hidden in [
+            idr0::S2P,
+            idr0::VMID16,
+            idr0::MSI,
+            idr0::HYP,
+            idr0::ATS,
+            idr0::PRI,
+            idr0::VMW,
+            idr0::BTM,
+        ] {
+            assert_eq!(hidden.get(i0), 0, "IDR0 bit {}", hidden.lo);
+        }
+        assert_eq!(idr0::STALL_MODEL.get(i0), 1);
+        assert_eq!(idr0::S1P.get(i0), 1);
+        // Bits no field of the emulation names (IDR0[8], [11], [15], [20],
+        // [23], [29..31]) never pass.
+        for b in [8, 11, 15, 20, 23, 29, 30, 31] {
+            assert_eq!(i0 >> b & 1, 0, "IDR0 bit {b}");
+        }
+        assert_eq!(idr1::SIDSIZE.get(i1), 16);
+        assert_eq!(idr1::PRIQS.get(i1), 0);
+        assert_eq!(
+            i1 & !(idr1::SIDSIZE.mask()
+                | idr1::SSIDSIZE.mask()
+                | idr1::EVENTQS.mask()
+                | idr1::CMDQS.mask()),
+            0
+        );
+        assert_eq!((i2, i4), (0, 0));
+        assert_eq!(idr3::FWB.get(i3), 0);
+        // 40-bit shadow: OAS encoding 2.
+        assert_eq!(idr5::OAS.get(i5), 2);
+        assert_eq!(idr5::STALL_MAX.get(i5), 0);
     }
 }

@@ -262,18 +262,30 @@ where
                 let end = hi.min(1u64 << tlog2);
                 let mut sid = lo;
                 while sid < end {
+                    let mut span_end = end;
                     if split != 0 {
-                        // Skip whole level-1 spans with no table.
+                        // One level-1 descriptor per span: skip a span with
+                        // no table, and its entries past the table's end.
+                        let next = ((sid >> split) + 1) << split;
+                        span_end = next.min(end);
                         match self.l1(smmu, sid >> split, split) {
-                            Ok(Some(_)) => {}
-                            Ok(None) | Err(_) => {
-                                sid = ((sid >> split) + 1) << split;
+                            Ok(Some((_, count))) => {
+                                span_end = span_end.min((sid >> split << split) + count);
+                            }
+                            // An unreadable descriptor is reported once.
+                            Err(_) => span_end = sid + 1,
+                            Ok(None) => {
+                                sid = next;
                                 continue;
                             }
                         }
                     }
-                    sids.push(sid as u32);
-                    sid += 1;
+                    sids.extend((sid..span_end).map(|s| s as u32));
+                    sid = if split != 0 {
+                        ((sid >> split) + 1) << split
+                    } else {
+                        span_end
+                    };
                 }
             }
         }

@@ -44,6 +44,8 @@ pub struct Setup {
     pub tlb_capacity: usize,
     /// Simulated memory size (0: derived from `host_ram`).
     pub sim_size: u64,
+    /// The models' stall model (`None`: the model's default).
+    pub stall: Option<smmuv3_model::StallModel>,
 }
 
 impl Default for Setup {
@@ -57,6 +59,7 @@ impl Default for Setup {
             extra_ram: 0,
             tlb_capacity: 1 << 16,
             sim_size: 0,
+            stall: None,
         }
     }
 }
@@ -80,6 +83,7 @@ pub fn model_config(setup: &Setup) -> ModelConfig {
     ModelConfig {
         bbml: setup.bbml,
         tlb_capacity: setup.tlb_capacity,
+        stall_model: setup.stall.unwrap_or(ModelConfig::default().stall_model),
         ..ModelConfig::default()
     }
 }
