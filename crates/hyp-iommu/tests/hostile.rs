@@ -10,7 +10,7 @@ use common::hostile::World;
 use proptest::prelude::*;
 
 fn run(data: &[u8]) -> Result<(), String> {
-    let mut w = World::new();
+    let (mut w, data) = World::for_input(data);
     w.check()?;
     let ops = w.decode(data);
     for (i, op) in ops.iter().enumerate() {
@@ -126,8 +126,8 @@ fn random_hostile_inputs_reach_every_part_of_the_emulation() {
                 rng as u8
             })
             .collect();
-        let mut w = World::new();
-        for op in w.decode(&data) {
+        let (mut w, data) = World::for_input(&data);
+        for op in w.decode(data) {
             w.apply(&op);
             assert_eq!(w.check(), Ok(()), "{op:?}");
         }

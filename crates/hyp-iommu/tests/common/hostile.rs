@@ -126,9 +126,26 @@ impl Drop for World {
 }
 
 impl World {
-    /// Returns a world whose host driver brought its SMMU up, attached
-    /// [`SID`] to a stage-1 domain and mapped eight pages from [`IOVA`].
+    /// Returns a world for `data`: its first byte picks a linear or a
+    /// 2-level host stream table, the rest are the operations
+    /// ([`World::decode`]).
+    pub fn for_input(data: &[u8]) -> (Self, &[u8]) {
+        match data.split_first() {
+            Some((b, rest)) => (Self::with(b & 1 == 1), rest),
+            None => (Self::with(false), data),
+        }
+    }
+
+    /// Returns a world whose host driver brought its SMMU up (linear
+    /// stream table), attached [`SID`] to a stage-1 domain and mapped eight
+    /// pages from [`IOVA`].
     pub fn new() -> Self {
+        Self::with(false)
+    }
+
+    /// As [`World::new`], with a 2-level host stream table when
+    /// `two_level`.
+    pub fn with(two_level: bool) -> Self {
         // Small memories: a world is built per input.
         let t = Trapped::new(Setup {
             host_ram: 1 << 20,
@@ -140,7 +157,11 @@ impl World {
             .host_smmu(
                 0,
                 SmmuConfig {
-                    strtab: smmuv3::driver::StrtabFormat::Linear,
+                    strtab: if two_level {
+                        smmuv3::driver::StrtabFormat::TwoLevel
+                    } else {
+                        smmuv3::driver::StrtabFormat::Linear
+                    },
                     timeout_us: 2_000,
                     ..SmmuConfig::default()
                 },

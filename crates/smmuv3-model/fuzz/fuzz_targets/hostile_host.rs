@@ -13,7 +13,7 @@ mod common;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut w = common::hostile::World::new();
+    let (mut w, data) = common::hostile::World::for_input(data);
     for op in w.decode(data) {
         w.apply(&op);
         if let Err(e) = w.check() {
