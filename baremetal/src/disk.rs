@@ -19,7 +19,7 @@ use core::ptr::NonNull;
 
 use dma_mapping::{
     Attrs, DeviceConfig, Direction, DmaAddr, DmaDebug, DmaDevice, DmaDomain, DomainConfig,
-    IommuDomain, Invalidation,
+    Invalidation, IommuDomain,
 };
 use io_pgtable::Granule;
 use smmuv3::event::{Event, EventType};
@@ -48,7 +48,7 @@ const SECTORS: [u64; 2] = [2048, 512];
 /// Bytes per read request when reading a whole disk.
 const CHUNK: usize = 64 * 1024;
 /// Where disk A gets the text pattern, and how many sectors.
-pub const WRITE_SECTOR: usize = 1024;
+const WRITE_SECTOR: usize = 1024;
 const WRITE_SECTORS: usize = 16;
 /// A request finishes well within this on QEMU; a faulted one never does.
 const REQUEST_TIMEOUT_US: u64 = 2_000_000;
@@ -247,7 +247,11 @@ impl Disks {
 
     fn no_events(&self, when: &str) -> Result<(), Problem> {
         let ev = self.events(0)?;
-        ensure!(ev.is_empty(), "unexpected SMMU events {when}: {}", list(&ev));
+        ensure!(
+            ev.is_empty(),
+            "unexpected SMMU events {when}: {}",
+            list(&ev)
+        );
         Ok(())
     }
 
@@ -298,7 +302,10 @@ fn read<const N: usize>(blk: &mut Blk<N>, sector: usize, buf: &mut [u8]) -> Resu
 
 /// Returns the checksum of the whole disk, read `CHUNK` bytes per request,
 /// and the data IOVAs the requests used.
-fn read_all<const N: usize>(blk: &mut Blk<N>, head: &mut Vec<u8>) -> Result<(Cksum, Vec<u64>), Problem> {
+fn read_all<const N: usize>(
+    blk: &mut Blk<N>,
+    head: &mut Vec<u8>,
+) -> Result<(Cksum, Vec<u64>), Problem> {
     let mut sum = Cksum::default();
     let mut buf = PageBuf::new(CHUNK, SENTINEL)?;
     let mut iovas = Vec::new();
@@ -332,7 +339,10 @@ fn note_data<const N: usize>() -> Option<dma::Share> {
 }
 
 fn translate<const N: usize>(iova: u64) -> Option<u64> {
-    dma::slot(N).dev.dma_domain().and_then(|d| d.domain().translate(iova))
+    dma::slot(N)
+        .dev
+        .dma_domain()
+        .and_then(|d| d.domain().translate(iova))
 }
 
 /// The text disk A gets at `WRITE_SECTOR` (the host script generates the
@@ -383,8 +393,14 @@ pub fn read_disk(d: &mut Disks) -> Outcome {
     let mut blk = d.open::<0>()?;
     let (sum, iovas) = read_all(&mut blk, &mut d.a_head)?;
     let (crc, len) = sum.finish();
-    let dangling: Vec<&u64> = iovas.iter().filter(|&&i| translate::<0>(i).is_some()).collect();
-    ensure!(dangling.is_empty(), "data IOVAs still mapped after unshare: {dangling:x?}");
+    let dangling: Vec<&u64> = iovas
+        .iter()
+        .filter(|&&i| translate::<0>(i).is_some())
+        .collect();
+    ensure!(
+        dangling.is_empty(),
+        "data IOVAs still mapped after unshare: {dangling:x?}"
+    );
     d.no_events("after reading disk A")?;
     d.debug_clean()?;
     let (lo, hi) = (
@@ -404,7 +420,9 @@ pub fn read_disk(d: &mut Disks) -> Outcome {
 /// virtio-blk-write: the pattern goes to disk A in one request, a flush,
 /// and is read back through the stack; the host checks the image.
 pub fn write_disk(d: &mut Disks) -> Outcome {
-    let mut blk = d.a.take().ok_or_else(|| fail(format_args!("disk A not open (virtio-blk-read failed)")))?;
+    let mut blk =
+        d.a.take()
+            .ok_or_else(|| fail(format_args!("disk A not open (virtio-blk-read failed)")))?;
     let r = write_then_read(&mut blk);
     d.a = Some(blk);
     r?;
@@ -437,7 +455,10 @@ fn write_then_read(blk: &mut Blk<0>) -> Result<(), Problem> {
     blk.flush().map_err(|e| fail(format_args!("flush: {e}")))?;
     let mut back = PageBuf::new(WRITE_SECTORS * SECTOR_SIZE, SENTINEL)?;
     read(blk, WRITE_SECTOR, back.as_mut())?;
-    ensure!(back.as_ref() == buf.as_ref(), "read back differs from what was written");
+    ensure!(
+        back.as_ref() == buf.as_ref(),
+        "read back differs from what was written"
+    );
     Ok(())
 }
 
@@ -457,7 +478,11 @@ struct Faulted {
 /// fails, and at completion writes that buffer back 4 bytes at a time,
 /// each write faulting (one event each) and dropped. Hardware would abort
 /// the write instead; on both, nothing may reach the buffer.
-fn faulting_read<const N: usize>(d: &Disks, blk: &mut Blk<N>, inject: Inject) -> Result<Faulted, Problem> {
+fn faulting_read<const N: usize>(
+    d: &Disks,
+    blk: &mut Blk<N>,
+    inject: Inject,
+) -> Result<Faulted, Problem> {
     let mut data = PageBuf::new(SECTOR_SIZE, SENTINEL)?;
     let mut req = BlkReq::default();
     let mut resp = BlkResp::default();
@@ -478,7 +503,11 @@ fn faulting_read<const N: usize>(d: &Disks, blk: &mut Blk<N>, inject: Inject) ->
     let status = unsafe { blk.complete_read_blocks(token, &req, data.as_mut(), &mut resp) };
     let events = d.events(1)?;
     let live = dma::slot(N).trace.lock().live.len();
-    ensure!(live == 0, "{}: {live} buffers still shared after the request completed", SERIAL[N]);
+    ensure!(
+        live == 0,
+        "{}: {live} buffers still shared after the request completed",
+        SERIAL[N]
+    );
     Ok(Faulted {
         iova: share.iova,
         len: SECTOR_SIZE,
@@ -492,12 +521,17 @@ fn faulting_read<const N: usize>(d: &Disks, blk: &mut Blk<N>, inject: Inject) ->
 /// of the data buffer at `f.iova` on stream `sid` must raise, and the
 /// buffer untouched. Returns the first event.
 fn check_fault(f: &Faulted, sid: u32) -> Result<Event, Problem> {
-    ensure!(!f.events.is_empty(), "no SMMU event for the write at iova {:#x}", f.iova);
+    ensure!(
+        !f.events.is_empty(),
+        "no SMMU event for the write at iova {:#x}",
+        f.iova
+    );
     let range = f.iova..f.iova + f.len as u64;
     for e in &f.events {
         let ok = e.ty == EventType::Translation
             && e.sid == sid
-            && e.fault.is_some_and(|x| !x.read && !x.stage2 && range.contains(&x.addr));
+            && e.fault
+                .is_some_and(|x| !x.read && !x.stage2 && range.contains(&x.addr));
         ensure!(
             ok,
             "want only F_TRANSLATION sid={sid:#x} stage-1 writes in iova {:#x}..{:#x}, got {e} (raw {:x?})",
@@ -506,7 +540,10 @@ fn check_fault(f: &Faulted, sid: u32) -> Result<Event, Problem> {
             e.raw
         );
     }
-    ensure!(f.untouched, "the device wrote the data buffer through the removed mapping");
+    ensure!(
+        f.untouched,
+        "the device wrote the data buffer through the removed mapping"
+    );
     Ok(f.events[0])
 }
 
@@ -522,7 +559,9 @@ fn status(s: &Result<(), virtio_drivers::Error>) -> String {
 /// writes inside that IOVA range on disk A's stream and leaves the buffer
 /// untouched; the disk then reads correctly.
 pub fn unmapped_fault(d: &mut Disks) -> Outcome {
-    let mut blk = d.a.take().ok_or_else(|| fail(format_args!("disk A not open (virtio-blk-read failed)")))?;
+    let mut blk =
+        d.a.take()
+            .ok_or_else(|| fail(format_args!("disk A not open (virtio-blk-read failed)")))?;
     let r = unmapped_fault_with(d, &mut blk);
     d.a = Some(blk);
     r
@@ -530,11 +569,18 @@ pub fn unmapped_fault(d: &mut Disks) -> Outcome {
 
 fn unmapped_fault_with(d: &mut Disks, blk: &mut Blk<0>) -> Outcome {
     let f = faulting_read::<0>(d, blk, Inject::UnmapData)?;
-    ensure!(translate::<0>(f.iova).is_none(), "our page table still maps {:#x}", f.iova);
+    ensure!(
+        translate::<0>(f.iova).is_none(),
+        "our page table still maps {:#x}",
+        f.iova
+    );
     let e = check_fault(&f, d.sid[0])?;
     let mut head = PageBuf::new(CHUNK, SENTINEL)?;
     read(blk, 0, head.as_mut())?;
-    ensure!(head.as_ref() == d.a_head.as_slice(), "after the fault disk A reads different data");
+    ensure!(
+        head.as_ref() == d.a_head.as_slice(),
+        "after the fault disk A reads different data"
+    );
     d.no_events("after the fault")?;
     d.debug_clean()?;
     Ok(format!(
@@ -555,7 +601,9 @@ fn unmapped_fault_with(d: &mut Disks, blk: &mut Blk<0>) -> Outcome {
 /// IOVA live only in disk A's domain: its write faults on B's stream and
 /// A's page stays untouched.
 pub fn two_domains(d: &mut Disks) -> Outcome {
-    let mut a = d.a.take().ok_or_else(|| fail(format_args!("disk A not open (virtio-blk-read failed)")))?;
+    let mut a =
+        d.a.take()
+            .ok_or_else(|| fail(format_args!("disk A not open (virtio-blk-read failed)")))?;
     let r = two_domains_with(d, &mut a);
     d.a = Some(a);
     r
@@ -563,7 +611,10 @@ pub fn two_domains(d: &mut Disks) -> Outcome {
 
 fn two_domains_with(d: &mut Disks, a: &mut Blk<0>) -> Outcome {
     let mut b = d.open::<1>()?;
-    let (mut buf_a, mut buf_b) = (PageBuf::new(CHUNK, SENTINEL)?, PageBuf::new(CHUNK, SENTINEL)?);
+    let (mut buf_a, mut buf_b) = (
+        PageBuf::new(CHUNK, SENTINEL)?,
+        PageBuf::new(CHUNK, SENTINEL)?,
+    );
     let (mut req_a, mut resp_a, mut req_b, mut resp_b) = (
         BlkReq::default(),
         BlkResp::default(),
@@ -582,12 +633,31 @@ fn two_domains_with(d: &mut Disks, a: &mut Blk<0>) -> Outcome {
     );
     // Each data IOVA reaches its own buffer in its own domain, and the
     // other domain does not reach that buffer through it.
-    ensure!(translate::<0>(sa.iova) == Some(buf_a.phys()), "A's domain: {:#x} -> {:?}", sa.iova, translate::<0>(sa.iova));
-    ensure!(translate::<1>(sb.iova) == Some(buf_b.phys()), "B's domain: {:#x} -> {:?}", sb.iova, translate::<1>(sb.iova));
-    ensure!(translate::<1>(sa.iova) != Some(buf_a.phys()), "B's domain reaches A's buffer at {:#x}", sa.iova);
-    ensure!(translate::<0>(sb.iova) != Some(buf_b.phys()), "A's domain reaches B's buffer at {:#x}", sb.iova);
     ensure!(
-        timer::wait_until(REQUEST_TIMEOUT_US, || a.peek_used() == Some(ta) && b.peek_used() == Some(tb)),
+        translate::<0>(sa.iova) == Some(buf_a.phys()),
+        "A's domain: {:#x} -> {:?}",
+        sa.iova,
+        translate::<0>(sa.iova)
+    );
+    ensure!(
+        translate::<1>(sb.iova) == Some(buf_b.phys()),
+        "B's domain: {:#x} -> {:?}",
+        sb.iova,
+        translate::<1>(sb.iova)
+    );
+    ensure!(
+        translate::<1>(sa.iova) != Some(buf_a.phys()),
+        "B's domain reaches A's buffer at {:#x}",
+        sa.iova
+    );
+    ensure!(
+        translate::<0>(sb.iova) != Some(buf_b.phys()),
+        "A's domain reaches B's buffer at {:#x}",
+        sb.iova
+    );
+    ensure!(
+        timer::wait_until(REQUEST_TIMEOUT_US, || a.peek_used() == Some(ta)
+            && b.peek_used() == Some(tb)),
         "the two concurrent reads did not both complete"
     );
     // SAFETY: the same buffers as submitted.
@@ -596,11 +666,20 @@ fn two_domains_with(d: &mut Disks, a: &mut Blk<0>) -> Outcome {
     // SAFETY: as above.
     unsafe { b.complete_read_blocks(tb, &req_b, buf_b.as_mut(), &mut resp_b) }
         .map_err(|e| fail(format_args!("disk B read: {e}")))?;
-    ensure!(buf_a.as_ref() == d.a_head.as_slice(), "disk A returned other data than before");
-    ensure!(buf_a.as_ref() != buf_b.as_ref(), "disk A and disk B returned the same data");
+    ensure!(
+        buf_a.as_ref() == d.a_head.as_slice(),
+        "disk A returned other data than before"
+    );
+    ensure!(
+        buf_a.as_ref() != buf_b.as_ref(),
+        "disk A and disk B returned the same data"
+    );
     let mut b_head = Vec::new();
     let (sum_b, _) = read_all(&mut b, &mut b_head)?;
-    ensure!(b_head.as_slice() == buf_b.as_ref(), "disk B's first read differs from its full read");
+    ensure!(
+        b_head.as_slice() == buf_b.as_ref(),
+        "disk B's first read differs from its full read"
+    );
     let (crc_b, len_b) = sum_b.finish();
     d.no_events("after the concurrent reads")?;
 
@@ -608,26 +687,55 @@ fn two_domains_with(d: &mut Disks, a: &mut Blk<0>) -> Outcome {
     // mappings, B's device would overwrite it.
     let victim = PageBuf::new(4096, SENTINEL)?;
     // SAFETY: the page is ours until the unmap below; nobody else uses it.
-    let v = unsafe { dma::slot(0).dev.map_phys(victim.phys(), 4096, Direction::Bidirectional, Attrs::empty()) }
-        .map_err(|e| fail(format_args!("map of the victim page in A's domain: {e}")))?;
+    let v = unsafe {
+        dma::slot(0).dev.map_phys(
+            victim.phys(),
+            4096,
+            Direction::Bidirectional,
+            Attrs::empty(),
+        )
+    }
+    .map_err(|e| fail(format_args!("map of the victim page in A's domain: {e}")))?;
     let cross = (|| {
-        ensure!(translate::<0>(v.0) == Some(victim.phys()), "A's domain does not map the victim");
-        ensure!(translate::<1>(v.0).is_none(), "B's domain maps {:#x} too: pick another IOVA", v.0);
+        ensure!(
+            translate::<0>(v.0) == Some(victim.phys()),
+            "A's domain does not map the victim"
+        );
+        ensure!(
+            translate::<1>(v.0).is_none(),
+            "B's domain maps {:#x} too: pick another IOVA",
+            v.0
+        );
         let f = faulting_read::<1>(d, &mut b, Inject::Foreign(v.0))?;
         let e = check_fault(&f, d.sid[1])?;
-        ensure!(victim.as_ref().iter().all(|&x| x == SENTINEL), "B's device wrote A's page");
+        ensure!(
+            victim.as_ref().iter().all(|&x| x == SENTINEL),
+            "B's device wrote A's page"
+        );
         Ok((e, f.events.len()))
     })();
     // SAFETY: the device that could use it (A) never had it in a request.
-    let unmapped = unsafe { dma::slot(0).dev.unmap_phys(DmaAddr(v.0), 4096, Direction::Bidirectional, Attrs::empty()) };
+    let unmapped = unsafe {
+        dma::slot(0)
+            .dev
+            .unmap_phys(DmaAddr(v.0), 4096, Direction::Bidirectional, Attrs::empty())
+    };
     let (e, nev) = cross?;
     unmapped.map_err(|e| fail(format_args!("unmap of the victim: {e}")))?;
     let mut again = PageBuf::new(CHUNK, SENTINEL)?;
     read(&mut b, 0, again.as_mut())?;
-    ensure!(again.as_ref() == buf_b.as_ref(), "after the fault disk B reads different data");
-    let lazy = dma::slot(1).dev.dma_domain().map(|dd| (dd.is_lazy(), dd.pending())).unwrap_or((false, 0));
+    ensure!(
+        again.as_ref() == buf_b.as_ref(),
+        "after the fault disk B reads different data"
+    );
+    let lazy = dma::slot(1)
+        .dev
+        .dma_domain()
+        .map(|dd| (dd.is_lazy(), dd.pending()))
+        .unwrap_or((false, 0));
     if let Some(dd) = dma::slot(1).dev.dma_domain() {
-        dd.flush_pending().map_err(|e| fail(format_args!("disk B flush queue: {e}")))?;
+        dd.flush_pending()
+            .map_err(|e| fail(format_args!("disk B flush queue: {e}")))?;
     }
     ensure!(lazy.0, "disk B's domain is not lazy");
     d.no_events("after the cross-domain fault")?;
@@ -638,7 +746,11 @@ fn two_domains_with(d: &mut Disks, a: &mut Blk<0>) -> Outcome {
         d.sid[0],
         sa.iova,
         sb.iova,
-        if sa.iova == sb.iova { " (same number, different pages)" } else { "" },
+        if sa.iova == sb.iova {
+            " (same number, different pages)"
+        } else {
+            ""
+        },
         v.0,
         lazy.1
     ))

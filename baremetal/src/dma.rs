@@ -251,7 +251,11 @@ unsafe impl<const N: usize> Hal for TracedHal<N> {
             // it cannot be using the buffer.
             unsafe { unmap(state, &victim) };
             victim.mapped = false;
-            if let Some(s) = t.live.iter_mut().find(|s| s.iova == victim.iova && s.mapped) {
+            if let Some(s) = t
+                .live
+                .iter_mut()
+                .find(|s| s.iova == victim.iova && s.mapped)
+            {
                 *s = victim;
             }
         }

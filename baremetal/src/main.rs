@@ -61,7 +61,10 @@ extern "C" fn kernel_main() -> ! {
             match f.bridge {
                 Some(b) => alloc::format!(
                     " bridge to bus {}..{} window {:#x}..{:#x}",
-                    b.secondary, b.subordinate, b.window.0, b.window.1
+                    b.secondary,
+                    b.subordinate,
+                    b.window.0,
+                    b.window.1
                 ),
                 None => alloc::string::String::new(),
             }

@@ -239,10 +239,7 @@ impl Walk<'_> {
         // number below this one are forwarded.
         let latency = bdf.read32(cfg::BUS_NUMBERS) & 0xff00_0000;
         let bus_numbers = |sub: u8| {
-            latency
-                | (u32::from(sub) << 16)
-                | (u32::from(secondary) << 8)
-                | u32::from(bdf.bus)
+            latency | (u32::from(sub) << 16) | (u32::from(secondary) << 8) | u32::from(bdf.bus)
         };
         bdf.write32(cfg::BUS_NUMBERS, bus_numbers(0xff));
         // No I/O and no prefetchable window: every BAR (64-bit prefetchable
@@ -260,9 +257,7 @@ impl Walk<'_> {
         self.next_mem = align_up(self.next_mem, cfg::WINDOW_ALIGN);
         let limit = self.next_mem;
         if limit > PCIE_MMIO32_END {
-            return Err(PciError::WindowFull {
-                size: limit - base,
-            });
+            return Err(PciError::WindowFull { size: limit - base });
         }
         let window = if limit > base {
             let lo = ((base >> 16) & 0xfff0) as u32;

@@ -110,14 +110,23 @@ fn detail(machine: &str, name: &str) -> String {
 /// scenario is (bus 1) and disk B behind a second one (bus 2), so those
 /// streams carry a non-zero bus number.
 #[test]
-#[cfg_attr(qemu_missing, ignore = "SKIPPED: QEMU >= 10 or the aarch64 toolchain is missing (scripts/setup-qemu.sh)")]
+#[cfg_attr(
+    qemu_missing,
+    ignore = "SKIPPED: QEMU >= 10 or the aarch64 toolchain is missing (scripts/setup-qemu.sh)"
+)]
 fn streams_behind_root_ports_have_their_bus_number() {
     let v = detail(VIRT, "pci-bridges");
-    assert!(v.contains("-> bus 1..1") && v.contains("1af4:1042 sid=0x100"), "{v}");
+    assert!(
+        v.contains("-> bus 1..1") && v.contains("1af4:1042 sid=0x100"),
+        "{v}"
+    );
     assert!(detail(VIRT, "virtio-blk-read").contains("sid=0x100:"));
     let v = detail(VIRT_91, "pci-bridges");
     assert!(v.contains("1234:11e8 sid=0x100"), "{v}");
-    assert!(v.contains("-> bus 2..2") && v.contains("1af4:1042 sid=0x200"), "{v}");
+    assert!(
+        v.contains("-> bus 2..2") && v.contains("1af4:1042 sid=0x200"),
+        "{v}"
+    );
     assert!(detail(VIRT_91, "linear-stream-table").contains("stream 0x100"));
     assert!(detail(VIRT_91, "virtio-blk-two-domains").contains("sid=0x200 "));
 }
@@ -126,7 +135,10 @@ fn streams_behind_root_ports_have_their_bus_number() {
 /// checksums the kernel printed are those of the original images, and disk
 /// A holds the kernel's pattern exactly at sectors 1024..1039.
 #[test]
-#[cfg_attr(qemu_missing, ignore = "SKIPPED: QEMU >= 10 or the aarch64 toolchain is missing (scripts/setup-qemu.sh)")]
+#[cfg_attr(
+    qemu_missing,
+    ignore = "SKIPPED: QEMU >= 10 or the aarch64 toolchain is missing (scripts/setup-qemu.sh)"
+)]
 fn disk_images_hold_what_the_kernel_read_and_wrote() {
     for m in [VIRT, VIRT_91] {
         let file = |n: &str| {
@@ -147,14 +159,27 @@ fn disk_images_hold_what_the_kernel_read_and_wrote() {
                 .unwrap_or_else(|| panic!("[{m}] {name}: no cksum in {d}"));
             c.parse::<u32>().unwrap()
         };
-        assert_eq!(qemu_tests::cksum(&a0), want("virtio-blk-read"), "[{m}] disk A");
-        assert_eq!(qemu_tests::cksum(&b0), want("virtio-blk-two-domains"), "[{m}] disk B");
+        assert_eq!(
+            qemu_tests::cksum(&a0),
+            want("virtio-blk-read"),
+            "[{m}] disk A"
+        );
+        assert_eq!(
+            qemu_tests::cksum(&b0),
+            want("virtio-blk-two-domains"),
+            "[{m}] disk B"
+        );
         let (lo, hi) = (1024 * 512, 1040 * 512);
         assert_eq!(a[..lo], a0[..lo], "[{m}] disk A changed before sector 1024");
         assert_eq!(a[hi..], a0[hi..], "[{m}] disk A changed after sector 1039");
         for (i, sector) in a[lo..hi].chunks(512).enumerate() {
             let line = format!("dma-mapping sector {:08} ok.\n", 1024 + i);
-            assert_eq!(sector, line.repeat(16).as_bytes(), "[{m}] sector {}", 1024 + i);
+            assert_eq!(
+                sector,
+                line.repeat(16).as_bytes(),
+                "[{m}] sector {}",
+                1024 + i
+            );
         }
         assert_eq!(b, b0, "[{m}] disk B was written");
     }
