@@ -17,6 +17,7 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
+use dma_mapping::access_platform::{ACCESS_PLATFORM, AccessPlatform};
 use dma_mapping::{
     Attrs, DeviceConfig, Direction, DmaAddr, DmaDebug, DmaDevice, DmaDomain, DomainConfig,
     Invalidation, IommuDomain,
@@ -30,7 +31,6 @@ use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::pci::bus::{Cam, DeviceFunction, MmioCam, PciRoot};
 use virtio_drivers::transport::{DeviceStatus, Transport};
 
-use crate::access_platform::{ACCESS_PLATFORM, AccessPlatform};
 use crate::cksum::Cksum;
 use crate::dma::{self, Inject, Parts, TracedHal};
 use crate::pci::Function;
@@ -56,6 +56,9 @@ const REQUEST_TIMEOUT_US: u64 = 2_000_000;
 const FAULT_WAIT_US: u64 = 200_000;
 /// Byte left in buffers the device must not write.
 const SENTINEL: u8 = 0x5a;
+/// Size of the page range of A's domain disk B is pointed at (above what
+/// the per-CPU IOVA caches hold, so it comes from the tree).
+const VICTIM: usize = 64 * 4096;
 /// Lazy flush timeout of disk B's domain, in microseconds.
 const LAZY_TIMEOUT_US: u64 = 10_000;
 
@@ -684,13 +687,31 @@ fn two_domains_with(d: &mut Disks, a: &mut Blk<0>) -> Outcome {
     d.no_events("after the concurrent reads")?;
 
     // A page live in A's domain only, writable: if B's stream could use A's
-    // mappings, B's device would overwrite it.
-    let victim = PageBuf::new(4096, SENTINEL)?;
-    // SAFETY: the page is ours until the unmap below; nobody else uses it.
+    // mappings, B's device would overwrite it. Its IOVA must be one B's own
+    // shares cannot take (B is lazy, so which below-4 GiB IOVAs it hands out
+    // depends on timing): mapped for a 64-bit user of A's domain
+    // (`forcedac`) and larger than the per-CPU caches hold (64 pages), it
+    // comes from the tree, top down from the top of the 48-bit space.
+    let wide = {
+        let dom = dma::slot(0)
+            .dev
+            .dma_domain()
+            .ok_or_else(|| fail(format_args!("disk A has no DMA domain")))?;
+        DmaDevice::behind_iommu(
+            DeviceConfig {
+                pci: true,
+                forcedac: true,
+                ..DeviceConfig::new(d.sid[0])
+            },
+            dom.clone(),
+        )
+    };
+    let victim = PageBuf::new(VICTIM, SENTINEL)?;
+    // SAFETY: the buffer is ours until the unmap below; nobody else uses it.
     let v = unsafe {
-        dma::slot(0).dev.map_phys(
+        wide.map_phys(
             victim.phys(),
-            4096,
+            VICTIM as u64,
             Direction::Bidirectional,
             Attrs::empty(),
         )
@@ -707,6 +728,16 @@ fn two_domains_with(d: &mut Disks, a: &mut Blk<0>) -> Outcome {
             v.0
         );
         let f = faulting_read::<1>(d, &mut b, Inject::Foreign(v.0))?;
+        ensure!(
+            v.0 >= 1 << 32,
+            "the victim's IOVA {:#x} is below 4 GiB",
+            v.0
+        );
+        ensure!(
+            translate::<1>(v.0).is_none(),
+            "B's domain mapped {:#x} during the request",
+            v.0
+        );
         let e = check_fault(&f, d.sid[1])?;
         ensure!(
             victim.as_ref().iter().all(|&x| x == SENTINEL),
@@ -714,11 +745,15 @@ fn two_domains_with(d: &mut Disks, a: &mut Blk<0>) -> Outcome {
         );
         Ok((e, f.events.len()))
     })();
-    // SAFETY: the device that could use it (A) never had it in a request.
+    // SAFETY: no device was ever given the victim's IOVA in a request of
+    // disk A (only B's injected one, which faulted).
     let unmapped = unsafe {
-        dma::slot(0)
-            .dev
-            .unmap_phys(DmaAddr(v.0), 4096, Direction::Bidirectional, Attrs::empty())
+        wide.unmap_phys(
+            DmaAddr(v.0),
+            VICTIM as u64,
+            Direction::Bidirectional,
+            Attrs::empty(),
+        )
     };
     let (e, nev) = cross?;
     unmapped.map_err(|e| fail(format_args!("unmap of the victim: {e}")))?;
@@ -741,7 +776,7 @@ fn two_domains_with(d: &mut Disks, a: &mut Blk<0>) -> Outcome {
     d.no_events("after the cross-domain fault")?;
     d.debug_clean()?;
     Ok(format!(
-        "cksum={crc_b} {len_b} sid={:#x} (A sid={:#x}): concurrent data IOVAs A {:#x} B {:#x}{} each mapped only in its own domain; B given A's live iova {:#x}: {nev} F_TRANSLATION write events on B's stream, first: {e}; A's page untouched; B lazy ({} IOVAs were queued), re-read equal",
+        "cksum={crc_b} {len_b} sid={:#x} (A sid={:#x}): concurrent data IOVAs A {:#x} B {:#x}{} each mapped only in its own domain; B given A's live iova {:#x}: {nev} F_TRANSLATION write events on B's stream, first: {e}; A's pages untouched; B lazy ({} IOVAs were queued), re-read equal",
         d.sid[1],
         d.sid[0],
         sa.iova,

@@ -16,7 +16,6 @@
 
 extern crate alloc;
 
-mod access_platform;
 mod arch;
 mod bridges;
 mod cksum;

@@ -5,9 +5,10 @@
 //! offer it and refuse FEATURES_OK when the driver declines it (the device
 //! would otherwise have to bypass the IOMMU). Accepting it promises that
 //! the driver hands the device only addresses from the platform's DMA API,
-//! which is what our `Hal` does. So instead of patching the crate this
-//! wrapper adds the bit to what the driver writes, when the device offered
-//! it, and passes everything else through.
+//! which is what [`crate::hal::VirtioHal`] does. So instead of patching
+//! the crate this wrapper adds the bit to what the driver writes, when the
+//! device offered it, and passes everything else through:
+//! `VirtIOBlk::<VirtioHal<P>, _>::new(AccessPlatform::new(pci_transport))`.
 
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{PhysAddr, Result};
@@ -24,12 +25,17 @@ pub struct AccessPlatform<T> {
 }
 
 impl<T: Transport> AccessPlatform<T> {
-    /// Wraps `inner`.
+    /// Returns `inner` wrapped.
     pub fn new(inner: T) -> Self {
         Self {
             inner,
             offered: false,
         }
+    }
+
+    /// Returns the wrapped transport.
+    pub fn inner(&self) -> &T {
+        &self.inner
     }
 }
 
