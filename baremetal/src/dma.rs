@@ -271,14 +271,14 @@ unsafe impl<const N: usize> Hal for TracedHal<N> {
     }
 
     unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
-        let state = slot(N);
-        let mut t = state.trace.lock();
-        let Some(i) = t.live.iter().position(|s| s.iova == paddr) else {
-            return;
+        let mut t = slot(N).trace.lock();
+        let injected = match t.live.iter().position(|s| s.iova == paddr) {
+            Some(i) => !t.live.remove(i).mapped,
+            // Not recorded (cannot happen): still unmap rather than leak.
+            None => false,
         };
-        let s = t.live.remove(i);
         drop(t);
-        if s.mapped {
+        if !injected {
             // SAFETY: forwarded contract.
             unsafe { VirtioHal::<Slot<N>>::unshare(paddr, buffer, direction) };
         }
