@@ -5,11 +5,17 @@
 #
 # Builds baremetal/ with Debian's second toolchain (build-std, target dir cached
 # at baremetal/target), then boots it once per machine: `virt` (stage 1 + 2) and
-# `virt-9.1` (stage 1 only), both with iommu=smmuv3 and an edu PCI device. The
-# kernel prints one line per scenario; this script prefixes each with the
-# machine:
+# `virt-9.1` (stage 1 only), both with iommu=smmuv3, an edu PCI device and two
+# virtio-blk-pci disks (iommu_platform=on, disable-legacy=on) with random
+# content, some devices behind pcie-root-ports (see `devices`). The kernel
+# prints one line per scenario; this script prefixes each with the machine:
 #
 #   [virt] SCENARIO stage1-dma: PASS <detail>
+#
+# After each run the script checks the disk images (scenario virtio-blk-image):
+# the checksums the kernel printed are those of the original images, disk A
+# holds the kernel's text pattern at sectors 1024..1039 and is otherwise
+# unchanged, disk B is unchanged.
 #
 # On any failure the failing machine is booted again with QEMU's SMMU trace
 # (-trace 'smmuv3_*' ...) and the trace of each failing scenario is printed.
@@ -31,7 +37,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT=$2; shift 2 ;;
         --machine) MACHINES+=("$2"); shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "qemu-test: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -80,15 +86,81 @@ ELF="$KERNEL_DIR/target/aarch64-unknown-none/release/smmuv3-baremetal"
 # run MACHINE LOG [extra qemu args...]: boots the kernel, returns QEMU's status
 # (124 on timeout). Serial output and QEMU's own diagnostics share LOG, so trace
 # lines sit between the scenario markers that produced them.
+# devices MACHINE: the PCI devices of a machine's runs. Disk A (serial
+# smmu-disk-a, 1 MiB) is always enumerated before disk B (smmu-disk-b,
+# 256 KiB). virt: edu on bus 0, disk A behind a root port (stream 0x100),
+# disk B on bus 0. virt-9.1: every shared scenario's edu behind a root port
+# (stream 0x100), disk A on bus 0, disk B behind a second root port (0x200).
+devices() {
+    local a="$OUT/$1.disk-a.img" b="$OUT/$1.disk-b.img"
+    local blk="virtio-blk-pci,iommu_platform=on,disable-legacy=on"
+    local drives=(-drive "if=none,id=da,format=raw,file=$a" -drive "if=none,id=db,format=raw,file=$b")
+    case $1 in
+        virt-9.1) echo "${drives[@]}" -device pcie-root-port,id=rp0,chassis=1,slot=1 \
+            -device edu,dma_mask=0xffffffffffffffff,bus=rp0 \
+            -device "$blk,drive=da,serial=smmu-disk-a" \
+            -device pcie-root-port,id=rp1,chassis=2,slot=2 \
+            -device "$blk,drive=db,serial=smmu-disk-b,bus=rp1" ;;
+        *) echo "${drives[@]}" -device edu,dma_mask=0xffffffffffffffff \
+            -device pcie-root-port,id=rp0,chassis=1,slot=1 \
+            -device "$blk,drive=da,serial=smmu-disk-a,bus=rp0" \
+            -device "$blk,drive=db,serial=smmu-disk-b" ;;
+    esac
+}
+
+# make_disks MACHINE: fresh random images, and copies to compare against.
+make_disks() {
+    head -c $((1024 * 1024)) /dev/urandom >"$OUT/$1.disk-a.img"
+    head -c $((256 * 1024)) /dev/urandom >"$OUT/$1.disk-b.img"
+    cp "$OUT/$1.disk-a.img" "$OUT/$1.disk-a.orig"
+    cp "$OUT/$1.disk-b.img" "$OUT/$1.disk-b.orig"
+}
+
 run() {
     local machine=$1 log=$2
     shift 2
+    # Paths without spaces (OUT is ours), so word splitting is safe here.
+    # shellcheck disable=SC2046
     timeout --kill-after=5 "$RUN_TIMEOUT" qemu-system-aarch64 \
         -M "$machine,iommu=smmuv3" -cpu cortex-a57 -m 1G \
         -display none -monitor none -serial stdio -nic none \
         -semihosting-config "enable=on,target=native,arg=smmuv3-baremetal,arg=machine=$machine${KERNEL_ARG:+,arg=$KERNEL_ARG}" \
-        -device edu,dma_mask=0xffffffffffffffff \
+        $(devices "$machine") \
         -kernel "$ELF" "$@" </dev/null >"$log" 2>&1
+}
+
+# pattern_of SECTOR COUNT: the text the kernel writes (baremetal/src/disk.rs):
+# each sector 16 lines of 32 bytes naming it.
+pattern_of() {
+    local s k
+    for ((s = $1; s < $1 + $2; s++)); do
+        for ((k = 0; k < 16; k++)); do printf 'dma-mapping sector %08d ok.\n' "$s"; done
+    done
+}
+
+# image_check MACHINE LOG: the host side of the virtio-blk scenarios, printed
+# as scenario virtio-blk-image.
+image_check() {
+    local m=$1 log=$2 a="$OUT/$1.disk-a" b="$OUT/$1.disk-b" ka kb ha hb
+    ka=$(tr -d '\r' <"$log" | sed -n 's/^SCENARIO virtio-blk-read: PASS cksum=\([0-9]* [0-9]*\) .*/\1/p')
+    kb=$(tr -d '\r' <"$log" | sed -n 's/^SCENARIO virtio-blk-two-domains: PASS cksum=\([0-9]* [0-9]*\) .*/\1/p')
+    ha=$(cksum <"$a.orig"); hb=$(cksum <"$b.orig")
+    local why=()
+    [[ "$ka" == "$ha" ]] || why+=("disk A: kernel read cksum '${ka:-none}', image has '$ha'")
+    [[ "$kb" == "$hb" ]] || why+=("disk B: kernel read cksum '${kb:-none}', image has '$hb'")
+    cmp -s <(pattern_of 1024 16) <(tail -c +$((1024 * 512 + 1)) "$a.img" | head -c $((16 * 512))) \
+        || why+=("disk A sectors 1024..1039 do not hold the kernel's pattern")
+    cmp -s <(head -c $((1024 * 512)) "$a.img") <(head -c $((1024 * 512)) "$a.orig") \
+        && cmp -s <(tail -c +$((1040 * 512 + 1)) "$a.img") <(tail -c +$((1040 * 512 + 1)) "$a.orig") \
+        || why+=("disk A changed outside sectors 1024..1039")
+    cmp -s "$b.img" "$b.orig" || why+=("disk B changed")
+    if [[ ${#why[@]} -eq 0 ]]; then
+        echo "[$m] SCENARIO virtio-blk-image: PASS kernel cksums equal the images' (A $ha, B $hb); A holds the pattern at sectors 1024..1039 and is unchanged elsewhere; B unchanged"
+        return 0
+    fi
+    local IFS=';'
+    echo "[$m] SCENARIO virtio-blk-image: FAIL ${why[*]}"
+    return 1
 }
 
 # trace_of LOG NAME: the lines a scenario produced, from its begin marker to its
@@ -121,6 +193,7 @@ exception_check() {
 
 overall=0
 for machine in "${MACHINES[@]}"; do
+    make_disks "$machine"
     exception_check "$machine" || overall=1
     log="$OUT/$machine.log"
     start=$(date +%s%N)
@@ -130,7 +203,9 @@ for machine in "${MACHINES[@]}"; do
     secs="$((ms / 1000)).$(((ms % 1000) / 100))"
     tr -d '\r' <"$log" | sed -n 's/^\(SCENARIO [^ ]*: .*\)$/['"$machine"'] \1/p'
     failed=$(tr -d '\r' <"$log" | sed -n 's/^SCENARIO \([^ ]*\): FAIL.*$/\1/p')
-    if [[ $status -eq 0 && -z "$failed" ]] && grep -q '^RESULT: PASS' <(tr -d '\r' <"$log"); then
+    image_ok=1
+    image_check "$machine" "$log" || image_ok=0
+    if [[ $status -eq 0 && -z "$failed" && $image_ok -eq 1 ]] && grep -q '^RESULT: PASS' <(tr -d '\r' <"$log"); then
         echo "[$machine] RUN: PASS (${secs} s)"
         continue
     fi

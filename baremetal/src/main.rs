@@ -1,9 +1,12 @@
 //! Bare-metal aarch64 test kernel for QEMU `virt` with `iommu=smmuv3`.
 //!
-//! Boots at EL1, turns on the MMU with an identity map, enumerates PCI, finds
-//! the `edu` device and runs the scenarios of `smmuv3-scenarios` against QEMU's
-//! SMMUv3. Each scenario prints `SCENARIO <name>: PASS|FAIL|SKIP <detail>`; the
-//! run ends through semihosting with status 0 only when none failed.
+//! Boots at EL1, turns on the MMU with an identity map, enumerates PCI through
+//! its bridges, finds the `edu` device and runs the scenarios of
+//! `smmuv3-scenarios` against QEMU's SMMUv3, then this kernel's own: the
+//! bridges, and virtio-drivers' block driver over `dma-mapping` on two
+//! virtio-blk-pci disks. Each scenario prints
+//! `SCENARIO <name>: PASS|FAIL|SKIP <detail>`; the run ends through
+//! semihosting with status 0 only when none failed.
 
 #![no_std]
 #![no_main]
@@ -14,7 +17,11 @@
 extern crate alloc;
 
 mod arch;
+mod bridges;
+mod cksum;
 mod console;
+mod disk;
+mod dma;
 mod edu;
 mod heap;
 mod layout;
@@ -40,15 +47,26 @@ extern "C" fn kernel_main() -> ! {
     };
     let mut edu = None;
     for f in functions.iter().flatten().take(count) {
+        let bar = f.bars.iter().flatten().next().copied().unwrap_or_default();
         println!(
-            "pci {:02x}:{:02x}.{} {:04x}:{:04x} bar0={:#x}+{:#x}",
+            "pci {:02x}:{:02x}.{} {:04x}:{:04x} first bar={:#x}+{:#x}{}",
             f.bdf.bus,
             f.bdf.dev,
             f.bdf.func,
             f.vendor,
             f.device,
-            f.bars[0].map_or(0, |b| b.addr),
-            f.bars[0].map_or(0, |b| b.size)
+            bar.addr,
+            bar.size,
+            match f.bridge {
+                Some(b) => alloc::format!(
+                    " bridge to bus {}..{} window {:#x}..{:#x}",
+                    b.secondary,
+                    b.subordinate,
+                    b.window.0,
+                    b.window.1
+                ),
+                None => alloc::string::String::new(),
+            }
         );
         if f.vendor == edu::VENDOR && f.device == edu::DEVICE {
             edu = Some(*f);
@@ -80,7 +98,10 @@ extern "C" fn kernel_main() -> ! {
     };
     let mut qemu = platform::Qemu::new(edu, profile);
     let start = timer::now_ns();
-    let sum = smmuv3_scenarios::run_all(&mut qemu);
+    let mut sum = smmuv3_scenarios::run_all(&mut qemu);
+    let found: alloc::vec::Vec<pci::Function> =
+        functions.iter().flatten().take(count).copied().collect();
+    kernel_scenarios(&found, &mut sum);
     println!(
         "scenarios: {} passed, {} failed, {} skipped in {} ms ({} KiB heap)",
         sum.passed,
@@ -95,6 +116,36 @@ extern "C" fn kernel_main() -> ! {
     }
     println!("RESULT: FAIL");
     semihost::exit(semihost::EXIT_FAIL)
+}
+
+/// Runs this kernel's own scenarios (QEMU only: real PCI bridges, virtio
+/// devices) after the shared ones, in the same line format.
+fn kernel_scenarios(functions: &[pci::Function], sum: &mut smmuv3_scenarios::Summary) {
+    use smmuv3_scenarios::{Outcome, Problem, ResultLine};
+    let mut report = |name: &str, run: &mut dyn FnMut() -> Outcome| {
+        println!("SCENARIO-BEGIN {name}");
+        let outcome = run();
+        println!("{}", ResultLine::new(name, &outcome));
+        match outcome {
+            Ok(_) => sum.passed += 1,
+            Err(Problem::Fail(_)) => sum.failed += 1,
+            Err(Problem::Skip(_)) => sum.skipped += 1,
+        }
+    };
+    report("pci-bridges", &mut || bridges::check(functions));
+    let mut disks = disk::Disks::new(functions);
+    let steps: [(&str, fn(&mut disk::Disks) -> Outcome); 4] = [
+        ("virtio-blk-read", disk::read_disk),
+        ("virtio-blk-write", disk::write_disk),
+        ("virtio-blk-unmapped-fault", disk::unmapped_fault),
+        ("virtio-blk-two-domains", disk::two_domains),
+    ];
+    for (name, step) in steps {
+        report(name, &mut || match &mut disks {
+            Ok(d) => step(d),
+            Err(e) => Err(e.clone()),
+        });
+    }
 }
 
 /// Address beyond the 39-bit identity map: any access takes a translation fault.

@@ -93,6 +93,15 @@ impl Clock for Env {
     }
 }
 
+/// Returns QEMU's SMMUv3 register frame.
+pub fn smmu_frame() -> MmioFrame {
+    let base = NonNull::new(layout::SMMU as *mut u8).unwrap_or(NonNull::dangling());
+    // SAFETY: QEMU virt places the 128 KiB SMMUv3 frame at this address,
+    // identity mapped as Device memory for the whole run. Scenarios run one
+    // at a time, so only one driver instance programs it at once.
+    unsafe { MmioFrame::new(base) }
+}
+
 /// The edu device as the scenarios' DMA device.
 pub struct EduDevice(pub Edu);
 
@@ -169,11 +178,7 @@ impl Platform for Qemu {
     type Device = EduDevice;
 
     fn regs(&self) -> MmioFrame {
-        let base = NonNull::new(layout::SMMU as *mut u8).unwrap_or(NonNull::dangling());
-        // SAFETY: QEMU virt places the 128 KiB SMMUv3 frame at this address,
-        // identity mapped as Device memory for the whole run. Scenarios run
-        // one at a time, so only one driver instance programs it at once.
-        unsafe { MmioFrame::new(base) }
+        smmu_frame()
     }
 
     fn mem(&self) -> Env {

@@ -16,7 +16,9 @@
 //! On top: scatter-gather in one IOVA range ([`DmaDevice::map_sg`]), syncs,
 //! coherent allocations, the link API ([`DmaDevice::iova_try_alloc`]),
 //! DMA debugging ([`DmaDebug`]) and, with the `virtio` feature, the
-//! `virtio-drivers` `Hal` ([`hal::VirtioHal`]).
+//! `virtio-drivers` `Hal` ([`hal::VirtioHal`]) and a transport wrapper
+//! that negotiates `VIRTIO_F_ACCESS_PLATFORM`
+//! ([`access_platform::AccessPlatform`]).
 //!
 //! The environment ([`DmaEnv`]) supplies the CPU id, a clock, CPU cache
 //! maintenance and CPU access to physical memory.
@@ -28,6 +30,8 @@
 
 extern crate alloc;
 
+#[cfg(feature = "virtio")]
+pub mod access_platform;
 pub mod bounce;
 pub mod debug;
 mod device;

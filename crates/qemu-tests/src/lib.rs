@@ -216,6 +216,30 @@ pub fn run_el2_once(out_dir: &Path) -> Result<&'static Run, String> {
         .map_err(Clone::clone)
 }
 
+/// Returns the CRC that POSIX `cksum` prints for `data` (CRC-32, polynomial
+/// 0x04C11DB7, MSB first, the length appended), the checksum the kernel
+/// prints for what it read from a disk.
+pub fn cksum(data: &[u8]) -> u32 {
+    fn byte(crc: u32, b: u8) -> u32 {
+        let mut c = crc ^ (u32::from(b) << 24);
+        for _ in 0..8 {
+            c = if c & 0x8000_0000 != 0 {
+                (c << 1) ^ 0x04c1_1db7
+            } else {
+                c << 1
+            };
+        }
+        c
+    }
+    let mut crc = data.iter().fold(0, |c, &b| byte(c, b));
+    let mut n = data.len() as u64;
+    while n != 0 {
+        crc = byte(crc, n as u8);
+        n >>= 8;
+    }
+    !crc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +253,14 @@ qemu-test: building
 garbage line
 [virt] RUN: FAIL
 ";
+
+    #[test]
+    fn cksum_matches_posix_cksum() {
+        // `printf abc | cksum` and `printf '' | cksum` (GNU coreutils).
+        assert_eq!(cksum(b"abc"), 1_219_131_554);
+        assert_eq!(cksum(b""), 4_294_967_295);
+        assert_eq!(cksum(b"123456789"), 930_766_865);
+    }
 
     #[test]
     fn parse_reads_machine_name_status_and_detail() {
