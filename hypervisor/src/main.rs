@@ -25,6 +25,7 @@ mod host;
 #[allow(dead_code)]
 mod layout;
 mod mmu;
+#[allow(dead_code)]
 mod passthrough;
 mod psci;
 #[path = "../../baremetal/src/semihost.rs"]
@@ -33,6 +34,7 @@ mod semihost;
 #[path = "../../baremetal/src/timer.rs"]
 #[allow(dead_code)]
 mod timer;
+mod vsmmu;
 
 use core::panic::PanicInfo;
 
@@ -234,12 +236,20 @@ extern "C" fn hyp_main(x0: u64) -> ! {
         "HYP: entering Linux at EL1: Image {entry:#x} (image_size {:#x}), initrd {:#x}..{initrd_end:#x}, device tree {new_dtb:#x} ({host_dtb_len} bytes), bootargs {:?}, setup {setup_us} us",
         image.image_size, config.initrd, config.bootargs
     );
-    // The device behind the trapped SMMU frame. Bring-up: the real frame,
-    // access for access. Issue 12's virtual SMMU goes here instead.
-    let smmu: &'static mut dyn TrappedMmio = Box::leak(Box::new(passthrough::Passthrough::new(
+    // The device behind the trapped SMMU frame: the virtual SMMU over the
+    // real one, which the hypervisor's own driver brings up now (the
+    // pass-through of the bring-up stays in `passthrough.rs`).
+    let t = timer::ticks();
+    let virt = vsmmu::VirtualSmmu::new(ram, hyp)
+        .unwrap_or_else(|e| setup_failed(format_args!("virtual SMMU: {e}")));
+    let vsmmu_us = timer::ticks().saturating_sub(t) * 1_000_000 / timer::frequency().max(1);
+    println!(
+        "HYP: virtual SMMU over the real one at {:#x}: shadow stage 2 {:?}, {} bytes of heap, setup {vsmmu_us} us",
         layout::SMMU,
-        layout::SMMU_SIZE,
-    )));
+        virt.geometry(),
+        heap::used()
+    );
+    let smmu: &'static mut dyn TrappedMmio = Box::leak(Box::new(virt));
     // SAFETY: the host has not run yet; nothing else uses the state.
     unsafe { host::install_smmu(smmu) };
     // SAFETY: as above.
@@ -264,6 +274,7 @@ pub fn stop(status: u32) -> ! {
             if let Some(r) = st.smmu.stats().first_refusal {
                 println!("HYP-STATS first refusal: {r}");
             }
+            let _ = st.smmu.device().report(&mut console::Console);
             println!(
                 "HYP-STATS smc={} hvc={} host-ms={host_ms} heap-bytes={} exit={status}",
                 st.smcs,

@@ -265,6 +265,15 @@ where
             .unwrap_or(StreamConfig::Abort)
     }
 
+    /// Returns every host stream of SMMU `smmu` whose real STE is not
+    /// abort, in stream ID order, with how the hypervisor configured it.
+    pub fn streams(&self, smmu: usize) -> impl Iterator<Item = (u32, StreamConfig)> + '_ {
+        self.vs
+            .get(smmu)
+            .into_iter()
+            .flat_map(|v| v.shadowed.iter().map(|(sid, c)| (*sid, *c)))
+    }
+
     /// Returns the most recent hypervisor-side events of SMMU `smmu`
     /// (stage-2 faults and the like), oldest first.
     pub fn hyp_events(&self, smmu: usize) -> &[Event] {
