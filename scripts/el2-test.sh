@@ -82,11 +82,11 @@ want_read=$(head -c $((4 << 20)) "$disk" | sha256sum | cut -d' ' -f1)
 want_pattern=$(yes 'smmuv3-el2 write pattern' | head -c 4096 | sha256sum | cut -d' ' -f1)
 initrd_size=$(stat -c %s "$LINUX/initramfs.gz")
 
-# run LOG EXTRA_BOOTARG: boots the hypervisor and Linux; returns QEMU's status
-# (the hypervisor's semihosting exit status; 124 on timeout).
+# run LOG EXTRA_BOOTARG [HYP_OPTION]: boots the hypervisor and Linux; returns
+# QEMU's status (the hypervisor's semihosting exit status; 124 on timeout).
 run() {
-    local log=$1 extra=$2
-    local args="arg=smmuv3-hypervisor,arg=image=$IMAGE_ADDR,arg=initrd=$INITRD_ADDR,arg=initrd-size=$initrd_size"
+    local log=$1 extra=$2 hypopt=${3:-}
+    local args="arg=smmuv3-hypervisor,arg=image=$IMAGE_ADDR,arg=initrd=$INITRD_ADDR,arg=initrd-size=$initrd_size${hypopt:+,arg=$hypopt}"
     args="$args,arg=--,arg=console=ttyAMA0,arg=rdinit=/init,arg=quiet${extra:+,arg=$extra}"
     timeout --kill-after=5 "$RUN_TIMEOUT" qemu-system-aarch64 \
         -M virt,iommu=smmuv3,virtualization=on -cpu cortex-a57 -m 1G \
@@ -147,12 +147,49 @@ trapped=$(sed -n 's/.* trapped=\([0-9]*\) .*/\1/p' <<<"$stats")
 refused=$(sed -n 's/.* refused=\([0-9]*\) .*/\1/p' <<<"$stats")
 ok=0; [[ $status -eq 0 && -n "$trapped" && "$trapped" -gt 0 && "$refused" == 0 ]] && ok=1
 verdict trap-counters $ok "exit status $status; ${stats#HYP-STATS smmu }; ${other#HYP-STATS }"
+
+# vsmmu_ok LOG WANT_KIND: the virtual SMMU's counters of one run are clean
+# (commands forwarded, STEs shadowed, nothing refused, no stage-2 fault of
+# the hypervisor's) and the device stream was shadowed as WANT_KIND.
+vsmmu_ok() {
+    local vs streams
+    vs=$(line "$1" "HYP-STATS vsmmu reads=")
+    streams=$(line "$1" "HYP-STATS vsmmu streams-seen")
+    n() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<"$vs"; }
+    [[ -n "$vs" && "$(n ste_updates)" -gt 0 && "$(n forwarded)" -gt 0 && "$(n refused_commands)" == 0 &&
+        "$(n refused_accesses)" == 0 && "$(n refused_pointers)" == 0 && "$(n bad_stes)" == 0 &&
+        "$(n real_failures)" == 0 && "$(n hyp_events)" == 0 && "$streams" == *"=$2"* ]]
+}
+vs=$(line "$log" "HYP-STATS vsmmu reads=")
+streams=$(line "$log" "HYP-STATS vsmmu streams-seen")
+ok=0; vsmmu_ok "$log" Nested && ok=1
+verdict vsmmu-counters $ok "${vs#HYP-STATS vsmmu }; ${streams#HYP-STATS vsmmu }"
 if [[ $failed -ne 0 ]]; then
     echo "---- [el2] console log of the failing run (last 60 lines; full log: $log) ----"
     tr -d '\r' <"$log" | tail -n 60
 fi
 
-# --- run 2: the host touches the hypervisor's memory -------------------------
+# --- run 2: iommu.passthrough=1, the host's bypass confined by the shadow ----
+plog="$OUT/el2-bypass.log"
+run "$plog" "iommu.passthrough=1"
+pstatus=$?
+p_read=$(line "$plog" "EL2-CHECK read-sha256 ")
+p_back=$(line "$plog" "EL2-CHECK readback-sha256 ")
+p_type=$(line "$plog" "EL2-DMESG .*Default domain type")
+pvs=$(line "$plog" "HYP-STATS vsmmu reads=")
+pstreams=$(line "$plog" "HYP-STATS vsmmu streams-seen")
+ok=0
+[[ $pstatus -eq 0 && "${p_read#EL2-CHECK read-sha256 }" == "$want_read" &&
+    "${p_back#EL2-CHECK readback-sha256 }" == "$want_pattern" && "$p_type" == *Passthrough* &&
+    "$pstreams" != *"=Nested"* ]] && vsmmu_ok "$plog" Stage2 && ok=1
+before=$failed
+verdict bypass-is-stage2 $ok "exit status $pstatus; Linux: ${p_type#*] }; guest sha256 of 4 MiB ${p_read#EL2-CHECK read-sha256 } (file's $want_read), read back ${p_back#EL2-CHECK readback-sha256 }; ${pvs#HYP-STATS vsmmu }; ${pstreams#HYP-STATS vsmmu }"
+if [[ $failed -ne $before ]]; then
+    echo "---- [el2] console log of the bypass run (last 40 lines; full log: $plog) ----"
+    tr -d '\r' <"$plog" | tail -n 40
+fi
+
+# --- run 3: the host touches the hypervisor's memory -------------------------
 ilog="$OUT/el2-isolation.log"
 run "$ilog" "el2.touch-hyp"
 istatus=$?

@@ -25,7 +25,6 @@ mod host;
 #[allow(dead_code)]
 mod layout;
 mod mmu;
-#[allow(dead_code)]
 mod passthrough;
 mod psci;
 #[path = "../../baremetal/src/semihost.rs"]
@@ -64,6 +63,9 @@ struct Config<'a> {
     image: u64,
     initrd: u64,
     initrd_size: u64,
+    /// `smmu=passthrough`: the bring-up pass-through instead of the
+    /// virtual SMMU (for comparing what Linux does with each).
+    passthrough: bool,
     bootargs: &'a str,
 }
 
@@ -79,8 +81,15 @@ fn parse_config(cmdline: &str) -> Result<Config<'_>, &'static str> {
         .split_once(" -- ")
         .ok_or("no ' -- ' before the bootargs")?;
     let (mut image, mut initrd, mut initrd_size) = (None, None, None);
+    let mut passthrough = false;
     for word in opts.split(' ') {
-        if let Some((key, value)) = word.split_once('=') {
+        if let Some(device) = word.strip_prefix("smmu=") {
+            passthrough = match device {
+                "passthrough" => true,
+                "virtual" => false,
+                _ => return Err("smmu= is neither virtual nor passthrough"),
+            };
+        } else if let Some((key, value)) = word.split_once('=') {
             let slot = match key {
                 "image" => &mut image,
                 "initrd" => &mut initrd,
@@ -94,6 +103,7 @@ fn parse_config(cmdline: &str) -> Result<Config<'_>, &'static str> {
         image: image.ok_or("image= is missing")?,
         initrd: initrd.ok_or("initrd= is missing")?,
         initrd_size: initrd_size.ok_or("initrd-size= is missing")?,
+        passthrough,
         bootargs: bootargs.trim(),
     })
 }
@@ -232,24 +242,32 @@ extern "C" fn hyp_main(x0: u64) -> ! {
         layout::SMMU,
         layout::SMMU_SIZE
     );
+    // The device behind the trapped SMMU frame: the virtual SMMU over the
+    // real one, which the hypervisor's own driver brings up now; or, when
+    // asked, the bring-up pass-through.
+    let t = timer::ticks();
+    let smmu: &'static mut dyn TrappedMmio = if config.passthrough {
+        println!("HYP: SMMU frame passed through to the real SMMU (smmu=passthrough)");
+        Box::leak(Box::new(passthrough::Passthrough::new(
+            layout::SMMU,
+            layout::SMMU_SIZE,
+        )))
+    } else {
+        let virt = vsmmu::VirtualSmmu::new(ram, hyp)
+            .unwrap_or_else(|e| setup_failed(format_args!("virtual SMMU: {e}")));
+        let us = timer::ticks().saturating_sub(t) * 1_000_000 / timer::frequency().max(1);
+        println!(
+            "HYP: virtual SMMU over the real one at {:#x}: shadow stage 2 {:?}, {} bytes of heap, setup {us} us",
+            layout::SMMU,
+            virt.geometry(),
+            heap::used()
+        );
+        Box::leak(Box::new(virt))
+    };
     println!(
         "HYP: entering Linux at EL1: Image {entry:#x} (image_size {:#x}), initrd {:#x}..{initrd_end:#x}, device tree {new_dtb:#x} ({host_dtb_len} bytes), bootargs {:?}, setup {setup_us} us",
         image.image_size, config.initrd, config.bootargs
     );
-    // The device behind the trapped SMMU frame: the virtual SMMU over the
-    // real one, which the hypervisor's own driver brings up now (the
-    // pass-through of the bring-up stays in `passthrough.rs`).
-    let t = timer::ticks();
-    let virt = vsmmu::VirtualSmmu::new(ram, hyp)
-        .unwrap_or_else(|e| setup_failed(format_args!("virtual SMMU: {e}")));
-    let vsmmu_us = timer::ticks().saturating_sub(t) * 1_000_000 / timer::frequency().max(1);
-    println!(
-        "HYP: virtual SMMU over the real one at {:#x}: shadow stage 2 {:?}, {} bytes of heap, setup {vsmmu_us} us",
-        layout::SMMU,
-        virt.geometry(),
-        heap::used()
-    );
-    let smmu: &'static mut dyn TrappedMmio = Box::leak(Box::new(virt));
     // SAFETY: the host has not run yet; nothing else uses the state.
     unsafe { host::install_smmu(smmu) };
     // SAFETY: as above.

@@ -11,6 +11,7 @@ use core::ptr::NonNull;
 
 use alloc::alloc::{alloc_zeroed, dealloc};
 use alloc::vec;
+use alloc::vec::Vec;
 use core::alloc::Layout;
 
 use hyp_host::dtb::Bank;
@@ -204,6 +205,19 @@ impl fmt::Display for SetupError {
 /// The emulator behind the trapped frame.
 pub struct VirtualSmmu {
     emu: Emu,
+    /// Every (stream, configuration) the shadow held after some host write,
+    /// in order of first sight: a host that disables its SMMU at power-off
+    /// leaves no stream configured by the time the run is reported.
+    seen: Vec<(u32, &'static str)>,
+}
+
+/// Returns the name a configuration is reported by.
+fn kind(config: StreamConfig) -> &'static str {
+    match config {
+        StreamConfig::Abort => "Abort",
+        StreamConfig::Stage2 => "Stage2",
+        StreamConfig::Nested { .. } => "Nested",
+    }
 }
 
 impl VirtualSmmu {
@@ -214,7 +228,7 @@ impl VirtualSmmu {
     ///
     /// [`SetupError`] when any step fails.
     pub fn new(ram: &[Bank], hyp: Bank) -> Result<Self, SetupError> {
-        let banks: alloc::vec::Vec<Range> = ram.iter().map(|b| Range::new(b.base, b.size)).collect();
+        let banks: Vec<Range> = ram.iter().map(|b| Range::new(b.base, b.size)).collect();
         let map = MemoryMap::new(&banks, &DMA_MMIO, &[Range::new(hyp.base, hyp.size)])
             .map_err(SetupError::Map)?;
         let base = NonNull::new(layout::SMMU as *mut u8).ok_or(SetupError::Frame)?;
@@ -228,7 +242,10 @@ impl VirtualSmmu {
             .map_err(SetupError::Hyp)?;
         let emu = Emulator::new(hyp_iommu, HostRam, EmulationOptions::default())
             .map_err(SetupError::Hyp)?;
-        Ok(Self { emu })
+        Ok(Self {
+            emu,
+            seen: Vec::new(),
+        })
     }
 
     /// Returns the shadow's shape (input size, page sizes, coherency, mode).
@@ -270,7 +287,16 @@ impl TrappedMmio for VirtualSmmu {
                 offset,
                 size,
                 reason: reason(e),
-            })
+            })?;
+        // Only writes re-shadow streams (CMDQ_PROD, CR0); a handful of
+        // streams, so the scan is cheap.
+        for (sid, config) in self.emu.streams(0) {
+            let k = kind(config);
+            if !self.seen.contains(&(sid, k)) {
+                self.seen.push((sid, k));
+            }
+        }
+        Ok(())
     }
 
     fn report(&mut self, out: &mut dyn Write) -> fmt::Result {
@@ -301,14 +327,17 @@ impl TrappedMmio for VirtualSmmu {
                 s.hyp_events
             )?;
         }
-        write!(out, "HYP-STATS vsmmu streams")?;
+        write!(out, "HYP-STATS vsmmu streams-seen")?;
+        for (sid, k) in &self.seen {
+            write!(out, " {sid:#x}={k}")?;
+        }
+        write!(out, " streams-now")?;
         for (sid, config) in self.emu.streams(0) {
-            let kind = match config {
-                StreamConfig::Abort => "Abort",
-                StreamConfig::Stage2 => "Stage2",
-                StreamConfig::Nested { .. } => "Nested",
-            };
-            write!(out, " {sid:#x}={kind}")?;
+            write!(out, " {sid:#x}={}", kind(config))?;
+        }
+        write!(out, " host-opcodes")?;
+        for (op, n) in self.emu.host_opcodes(0) {
+            write!(out, " {op:#04x}:{n}")?;
         }
         writeln!(out)?;
         for (k, e) in self.emu.hyp_events(0).iter().enumerate().take(hyp_events) {
