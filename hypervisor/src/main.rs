@@ -66,6 +66,8 @@ struct Config<'a> {
     /// `smmu=passthrough`: the bring-up pass-through instead of the
     /// virtual SMMU (for comparing what Linux does with each).
     passthrough: bool,
+    /// `donate-after=N`: the donation test hook (`vsmmu::DonationHook`).
+    donate_after: Option<u64>,
     bootargs: &'a str,
 }
 
@@ -82,6 +84,7 @@ fn parse_config(cmdline: &str) -> Result<Config<'_>, &'static str> {
         .ok_or("no ' -- ' before the bootargs")?;
     let (mut image, mut initrd, mut initrd_size) = (None, None, None);
     let mut passthrough = false;
+    let mut donate_after = None;
     for word in opts.split(' ') {
         if let Some(device) = word.strip_prefix("smmu=") {
             passthrough = match device {
@@ -94,6 +97,7 @@ fn parse_config(cmdline: &str) -> Result<Config<'_>, &'static str> {
                 "image" => &mut image,
                 "initrd" => &mut initrd,
                 "initrd-size" => &mut initrd_size,
+                "donate-after" => &mut donate_after,
                 _ => continue,
             };
             *slot = Some(number(value).ok_or("a number is malformed")?);
@@ -104,6 +108,7 @@ fn parse_config(cmdline: &str) -> Result<Config<'_>, &'static str> {
         initrd: initrd.ok_or("initrd= is missing")?,
         initrd_size: initrd_size.ok_or("initrd-size= is missing")?,
         passthrough,
+        donate_after,
         bootargs: bootargs.trim(),
     })
 }
@@ -253,7 +258,7 @@ extern "C" fn hyp_main(x0: u64) -> ! {
             layout::SMMU_SIZE,
         )))
     } else {
-        let virt = vsmmu::VirtualSmmu::new(ram, hyp)
+        let virt = vsmmu::VirtualSmmu::new(ram, hyp, config.donate_after.map(vsmmu::DonationHook::new))
             .unwrap_or_else(|e| setup_failed(format_args!("virtual SMMU: {e}")));
         let us = timer::ticks().saturating_sub(t) * 1_000_000 / timer::frequency().max(1);
         println!(

@@ -16,12 +16,15 @@ use core::alloc::Layout;
 
 use hyp_host::dtb::Bank;
 use hyp_host::mmio::{MmioError, TrappedMmio};
+use hyp_host::s1walk::{self, Leaf};
 use hyp_iommu::{
     AccessError, EmulationOptions, Emulator, HostMemory, HostMemoryError, HypIommu, MemoryMap,
-    Options, Range, Scrub, ScrubError, StreamConfig,
+    Options, Owner, Range, Scrub, ScrubError, StreamConfig,
 };
 use io_pgtable::env::{AllocError, CacheError, CacheMaintenance, TableBlock, TableMemory};
+use smmuv3::config::CdTableRef;
 use smmuv3::env::{CacheInvalidate, Clock, MmioFrame};
+use smmuv3::layout::cd as cdl;
 use smmuv3::{Smmu, SmmuConfig};
 
 use crate::{arch, layout, timer};
@@ -209,7 +212,33 @@ pub struct VirtualSmmu {
     /// in order of first sight: a host that disables its SMMU at power-off
     /// leaves no stream configured by the time the run is reported.
     seen: Vec<(u32, &'static str)>,
+    /// Host accesses to the frame so far.
+    accesses: u64,
+    /// The donation test hook, when asked for (`donate-after=N`).
+    hook: Option<DonationHook>,
 }
+
+/// The test hook: from the `after`-th host access on, at the first access
+/// where a nested host stream maps a page of host RAM, the hypervisor
+/// donates that page (the highest mapped IOVA) to a guest; the device's
+/// next DMA to it must fault at stage 2, as the hypervisor's event.
+#[derive(Clone, Copy, Debug)]
+pub struct DonationHook {
+    /// Host accesses before the hook may fire.
+    pub after: u64,
+    /// What was donated: stream, the page and the access it happened at.
+    done: Option<(u32, Leaf, u64)>,
+}
+
+impl DonationHook {
+    /// Returns a hook that fires from host access `after` on.
+    pub const fn new(after: u64) -> Self {
+        Self { after, done: None }
+    }
+}
+
+/// The guest the test hook donates to.
+const HOOK_GUEST: u16 = 1;
 
 /// Returns the name a configuration is reported by.
 fn kind(config: StreamConfig) -> &'static str {
@@ -227,7 +256,7 @@ impl VirtualSmmu {
     /// # Errors
     ///
     /// [`SetupError`] when any step fails.
-    pub fn new(ram: &[Bank], hyp: Bank) -> Result<Self, SetupError> {
+    pub fn new(ram: &[Bank], hyp: Bank, hook: Option<DonationHook>) -> Result<Self, SetupError> {
         let banks: Vec<Range> = ram.iter().map(|b| Range::new(b.base, b.size)).collect();
         let map = MemoryMap::new(&banks, &DMA_MMIO, &[Range::new(hyp.base, hyp.size)])
             .map_err(SetupError::Map)?;
@@ -245,6 +274,8 @@ impl VirtualSmmu {
         Ok(Self {
             emu,
             seen: Vec::new(),
+            accesses: 0,
+            hook,
         })
     }
 
@@ -253,9 +284,76 @@ impl VirtualSmmu {
         self.emu.hyp().shadow().geometry()
     }
 
-    /// Returns the emulator.
-    pub fn emulator(&mut self) -> &mut Emu {
-        &mut self.emu
+    /// Returns the host word at `pa` if it is host-owned RAM.
+    fn host_word(&self, pa: u64) -> Option<u64> {
+        if self.emu.hyp().owner(pa) != Some(Owner::Host) || pa % 8 != 0 {
+            return None;
+        }
+        let mut b = [0u8; 8];
+        HostRam.read(pa, &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// Returns the highest host-RAM page the stage 1 of context 0 of the
+    /// host CD table `cd` maps (4 KiB granule only), or `None`.
+    fn target(&self, cd: CdTableRef) -> Option<Leaf> {
+        let cd_pa = if cd.two_level {
+            let l1 = self.host_word(cd.ptr)?;
+            if cdl::L1_V.get(l1) == 0 {
+                return None;
+            }
+            cdl::L1_L2PTR.get(l1) << 12
+        } else {
+            cd.ptr
+        };
+        let w0 = self.host_word(cd_pa)?;
+        let w1 = self.host_word(cd_pa + 8)?;
+        if cdl::V.get(w0) == 0 || cdl::EPD0.get(w0) != 0 || cdl::TG0.get(w0) != 0 {
+            return None;
+        }
+        s1walk::highest_leaf(
+            &mut |pa| self.host_word(pa),
+            cdl::TTB0.get(w1) << 4,
+            cdl::T0SZ.get(w0) as u32,
+            &mut |pa| self.emu.hyp().owner(pa) == Some(Owner::Host),
+        )
+    }
+
+    /// Runs the donation test hook after a host access.
+    fn run_hook(&mut self) {
+        self.accesses += 1;
+        let Some(hook) = self.hook else { return };
+        if hook.done.is_some() || self.accesses < hook.after {
+            return;
+        }
+        let nested = self.emu.streams(0).find_map(|(sid, c)| match c {
+            StreamConfig::Nested { cd, .. } => Some((sid, cd)),
+            _ => None,
+        });
+        let Some((sid, cd)) = nested else { return };
+        let Some(leaf) = self.target(cd) else { return };
+        match self
+            .emu
+            .hyp_mut()
+            .donate_to_guest(leaf.pa, hyp_iommu::PAGE, HOOK_GUEST)
+        {
+            Ok(()) => {
+                crate::println!(
+                    "HYP: test hook: donated host page {:#x} (IOVA {:#x} of stream {sid:#x}) to guest {HOOK_GUEST} at host access {}",
+                    leaf.pa,
+                    leaf.iova,
+                    self.accesses
+                );
+                self.hook = Some(DonationHook {
+                    done: Some((sid, leaf, self.accesses)),
+                    ..hook
+                });
+            }
+            Err(e) => {
+                crate::println!("HYP: test hook: donating {:#x} failed: {e}", leaf.pa);
+                self.hook = None;
+            }
+        }
     }
 }
 
@@ -271,13 +369,16 @@ fn reason(e: AccessError) -> &'static str {
 
 impl TrappedMmio for VirtualSmmu {
     fn read(&mut self, offset: u64, size: u8) -> Result<u64, MmioError> {
-        self.emu
+        let value = self
+            .emu
             .read(0, offset, size)
             .map_err(|e| MmioError::Device {
                 offset,
                 size,
                 reason: reason(e),
-            })
+            })?;
+        self.run_hook();
+        Ok(value)
     }
 
     fn write(&mut self, offset: u64, size: u8, value: u64) -> Result<(), MmioError> {
@@ -296,6 +397,7 @@ impl TrappedMmio for VirtualSmmu {
                 self.seen.push((sid, k));
             }
         }
+        self.run_hook();
         Ok(())
     }
 
@@ -340,7 +442,31 @@ impl TrappedMmio for VirtualSmmu {
             write!(out, " {op:#04x}:{n}")?;
         }
         writeln!(out)?;
-        for (k, e) in self.emu.hyp_events(0).iter().enumerate().take(hyp_events) {
+        if let Some(DonationHook {
+            done: Some((sid, leaf, at)),
+            ..
+        }) = self.hook
+        {
+            let page = leaf.pa..leaf.pa + hyp_iommu::PAGE;
+            let in_page = self
+                .emu
+                .hyp_events(0)
+                .iter()
+                .filter(|e| {
+                    e.sid == sid
+                        && e.fault.is_some_and(|f| {
+                            f.stage2 && f.ipa.or(e.fetch_addr).is_some_and(|a| page.contains(&a))
+                        })
+                })
+                .count();
+            writeln!(
+                out,
+                "HYP-STATS vsmmu donation sid={sid:#x} iova={:#x} pa={:#x} at-access={at} stage2-faults-in-page={in_page} kept-hyp-events={hyp_events}",
+                leaf.iova, leaf.pa
+            )?;
+        }
+        // The first few are enough to read; the counts above cover all.
+        for (k, e) in self.emu.hyp_events(0).iter().enumerate().take(4) {
             writeln!(out, "HYP-STATS vsmmu hyp-event {k}: {e:?}")?;
         }
         Ok(())
