@@ -258,8 +258,9 @@ extern "C" fn hyp_main(x0: u64) -> ! {
             layout::SMMU_SIZE,
         )))
     } else {
-        let virt = vsmmu::VirtualSmmu::new(ram, hyp, config.donate_after.map(vsmmu::DonationHook::new))
-            .unwrap_or_else(|e| setup_failed(format_args!("virtual SMMU: {e}")));
+        let virt =
+            vsmmu::VirtualSmmu::new(ram, hyp, config.donate_after.map(vsmmu::DonationHook::new))
+                .unwrap_or_else(|e| setup_failed(format_args!("virtual SMMU: {e}")));
         let us = timer::ticks().saturating_sub(t) * 1_000_000 / timer::frequency().max(1);
         println!(
             "HYP: virtual SMMU over the real one at {:#x}: shadow stage 2 {:?}, {} bytes of heap, setup {us} us",

@@ -35,7 +35,10 @@ use crate::{arch, layout, timer};
 /// (peer-to-peer). Nothing else of the machine is a DMA target.
 const DMA_MMIO: [Range; 3] = [
     Range::new(0x0802_0000, 0x1000),
-    Range::new(layout::PCIE_MMIO32, layout::PCIE_MMIO32_END - layout::PCIE_MMIO32),
+    Range::new(
+        layout::PCIE_MMIO32,
+        layout::PCIE_MMIO32_END - layout::PCIE_MMIO32,
+    ),
     Range::new(0x80_0000_0000, 0x80_0000_0000),
 ];
 

@@ -44,15 +44,7 @@ pub fn highest_leaf(
     let levels = (ia_bits - 12).div_ceil(9);
     let start = 4 - levels;
     let mut visits = 0;
-    walk(
-        read,
-        accept,
-        ttb & OA_MASK,
-        start,
-        0,
-        ia_bits,
-        &mut visits,
-    )
+    walk(read, accept, ttb & OA_MASK, start, 0, ia_bits, &mut visits)
 }
 
 /// Bit position of the lowest input bit level `level` resolves.
@@ -216,10 +208,7 @@ mod tests {
     #[test]
     fn unreadable_and_bad_tables_end_the_branch() {
         let mem = table(&[(0xffff_f000, 0x4200_3000)]);
-        assert_eq!(
-            highest_leaf(&mut |_| None, 0x1000, 16, &mut |_| true),
-            None
-        );
+        assert_eq!(highest_leaf(&mut |_| None, 0x1000, 16, &mut |_| true), None);
         for t0sz in [0, 8, 15, 40, 64, 65] {
             assert_eq!(
                 highest_leaf(&mut |pa| mem.read(pa), 0x1000, t0sz, &mut |_| true),
