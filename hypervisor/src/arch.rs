@@ -199,3 +199,29 @@ pub fn clean_dcache(addr: u64, len: u64) {
     // SAFETY: a barrier only orders memory accesses.
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
+
+/// Cleans and invalidates the data cache over `[addr, addr + len)` to the
+/// point of coherency, so the CPU then reads what a device wrote (clean +
+/// invalidate, never a bare invalidate: no dirty byte of a shared line is
+/// lost).
+pub fn clean_invalidate_dcache(addr: u64, len: u64) {
+    let ctr = read_sysreg!("ctr_el0");
+    let line = 4u64 << ((ctr >> 16) & 0xf);
+    let mut a = addr & !(line - 1);
+    while a < addr.saturating_add(len) {
+        // SAFETY: clean + invalidate writes dirty lines back first; it changes
+        // no value any observer reads, for any mapped address.
+        unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += line;
+    }
+    // SAFETY: a barrier only orders memory accesses.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// Signals an event to every CPU (SEV): wakes a host CPU waiting in WFE for
+/// a CMD_SYNC that asked for one.
+pub fn send_event() {
+    // SAFETY: the DSB makes earlier stores visible first; SEV only sets the
+    // event register of the CPUs.
+    unsafe { asm!("dsb ish", "sev", options(nostack, preserves_flags)) };
+}

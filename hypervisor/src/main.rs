@@ -33,6 +33,7 @@ mod semihost;
 #[path = "../../baremetal/src/timer.rs"]
 #[allow(dead_code)]
 mod timer;
+mod vsmmu;
 
 use core::panic::PanicInfo;
 
@@ -62,6 +63,11 @@ struct Config<'a> {
     image: u64,
     initrd: u64,
     initrd_size: u64,
+    /// `smmu=passthrough`: the bring-up pass-through instead of the
+    /// virtual SMMU (for comparing what Linux does with each).
+    passthrough: bool,
+    /// `donate-after=N`: the donation test hook (`vsmmu::DonationHook`).
+    donate_after: Option<u64>,
     bootargs: &'a str,
 }
 
@@ -77,12 +83,21 @@ fn parse_config(cmdline: &str) -> Result<Config<'_>, &'static str> {
         .split_once(" -- ")
         .ok_or("no ' -- ' before the bootargs")?;
     let (mut image, mut initrd, mut initrd_size) = (None, None, None);
+    let mut passthrough = false;
+    let mut donate_after = None;
     for word in opts.split(' ') {
-        if let Some((key, value)) = word.split_once('=') {
+        if let Some(device) = word.strip_prefix("smmu=") {
+            passthrough = match device {
+                "passthrough" => true,
+                "virtual" => false,
+                _ => return Err("smmu= is neither virtual nor passthrough"),
+            };
+        } else if let Some((key, value)) = word.split_once('=') {
             let slot = match key {
                 "image" => &mut image,
                 "initrd" => &mut initrd,
                 "initrd-size" => &mut initrd_size,
+                "donate-after" => &mut donate_after,
                 _ => continue,
             };
             *slot = Some(number(value).ok_or("a number is malformed")?);
@@ -92,6 +107,8 @@ fn parse_config(cmdline: &str) -> Result<Config<'_>, &'static str> {
         image: image.ok_or("image= is missing")?,
         initrd: initrd.ok_or("initrd= is missing")?,
         initrd_size: initrd_size.ok_or("initrd-size= is missing")?,
+        passthrough,
+        donate_after,
         bootargs: bootargs.trim(),
     })
 }
@@ -230,16 +247,33 @@ extern "C" fn hyp_main(x0: u64) -> ! {
         layout::SMMU,
         layout::SMMU_SIZE
     );
+    // The device behind the trapped SMMU frame: the virtual SMMU over the
+    // real one, which the hypervisor's own driver brings up now; or, when
+    // asked, the bring-up pass-through.
+    let t = timer::ticks();
+    let smmu: &'static mut dyn TrappedMmio = if config.passthrough {
+        println!("HYP: SMMU frame passed through to the real SMMU (smmu=passthrough)");
+        Box::leak(Box::new(passthrough::Passthrough::new(
+            layout::SMMU,
+            layout::SMMU_SIZE,
+        )))
+    } else {
+        let virt =
+            vsmmu::VirtualSmmu::new(ram, hyp, config.donate_after.map(vsmmu::DonationHook::new))
+                .unwrap_or_else(|e| setup_failed(format_args!("virtual SMMU: {e}")));
+        let us = timer::ticks().saturating_sub(t) * 1_000_000 / timer::frequency().max(1);
+        println!(
+            "HYP: virtual SMMU over the real one at {:#x}: shadow stage 2 {:?}, {} bytes of heap, setup {us} us",
+            layout::SMMU,
+            virt.geometry(),
+            heap::used()
+        );
+        Box::leak(Box::new(virt))
+    };
     println!(
         "HYP: entering Linux at EL1: Image {entry:#x} (image_size {:#x}), initrd {:#x}..{initrd_end:#x}, device tree {new_dtb:#x} ({host_dtb_len} bytes), bootargs {:?}, setup {setup_us} us",
         image.image_size, config.initrd, config.bootargs
     );
-    // The device behind the trapped SMMU frame. Bring-up: the real frame,
-    // access for access. Issue 12's virtual SMMU goes here instead.
-    let smmu: &'static mut dyn TrappedMmio = Box::leak(Box::new(passthrough::Passthrough::new(
-        layout::SMMU,
-        layout::SMMU_SIZE,
-    )));
     // SAFETY: the host has not run yet; nothing else uses the state.
     unsafe { host::install_smmu(smmu) };
     // SAFETY: as above.
@@ -264,6 +298,7 @@ pub fn stop(status: u32) -> ! {
             if let Some(r) = st.smmu.stats().first_refusal {
                 println!("HYP-STATS first refusal: {r}");
             }
+            let _ = st.smmu.device().report(&mut console::Console);
             println!(
                 "HYP-STATS smc={} hvc={} host-ms={host_ms} heap-bytes={} exit={status}",
                 st.smcs,

@@ -11,7 +11,9 @@
 //!   per-register counters and visible refusals,
 //! - [`stage2`]: the host's CPU stage 2 (identity map with holes),
 //! - [`image`]: the arm64 Linux `Image` header,
-//! - [`dtb`]: a device-tree rewriter for `/chosen` and the memory nodes.
+//! - [`dtb`]: a device-tree rewriter for `/chosen` and the memory nodes,
+//! - [`s1walk`]: a bounded read-only walk of a host stage-1 table (the
+//!   test hook that donates a page the host's device targets).
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -22,4 +24,5 @@ pub mod dtb;
 pub mod esr;
 pub mod image;
 pub mod mmio;
+pub mod s1walk;
 pub mod stage2;

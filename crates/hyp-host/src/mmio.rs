@@ -64,6 +64,17 @@ pub trait TrappedMmio {
     ///
     /// [`MmioError`] when the access cannot be emulated (nothing changed).
     fn write(&mut self, offset: u64, size: u8, value: u64) -> Result<(), MmioError>;
+
+    /// Writes the device's own counters to `out` (whole lines) when the run
+    /// ends; a device without any writes nothing.
+    ///
+    /// # Errors
+    ///
+    /// What `out` returns.
+    fn report(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
+        let _ = out;
+        Ok(())
+    }
 }
 
 /// A device behind a mutable reference (e.g. `&'static mut dyn TrappedMmio`,
@@ -75,6 +86,10 @@ impl<T: TrappedMmio + ?Sized> TrappedMmio for &mut T {
 
     fn write(&mut self, offset: u64, size: u8, value: u64) -> Result<(), MmioError> {
         (**self).write(offset, size, value)
+    }
+
+    fn report(&mut self, out: &mut dyn fmt::Write) -> fmt::Result {
+        (**self).report(out)
     }
 }
 

@@ -160,6 +160,42 @@ fn host_bypass_is_stage2_on_the_shadow() {
     );
 }
 
+/// What a hypervisor reports at the end of a run: every stream that is not
+/// abort with its configuration, and the host's commands by opcode.
+#[test]
+fn shadowed_streams_and_host_opcodes_are_listed() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    assert_eq!(t.emu.lock().unwrap().streams(0).count(), 0);
+    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    host.set_bypass(SID + 1).unwrap();
+    let emu = t.emu.lock().unwrap();
+    let streams: Vec<_> = emu.streams(0).collect();
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    assert_eq!(streams[0].0, SID);
+    assert!(matches!(streams[0].1, StreamConfig::Nested { .. }));
+    assert_eq!(streams[1], (SID + 1, StreamConfig::Stage2));
+    assert_eq!(emu.streams(1).count(), 0, "no SMMU 1");
+    let ops: Vec<(u8, u32)> = emu.host_opcodes(0).collect();
+    let count = |op: u8| ops.iter().find(|(o, _)| *o == op).map_or(0, |(_, n)| *n);
+    // Every consumed command has an opcode; CFGI_STE (0x03) for both
+    // streams, CMD_SYNC (0x46) after each batch.
+    let total: u32 = ops.iter().map(|(_, n)| n).sum();
+    assert_eq!(u64::from(total), emu.stats(0).unwrap().commands, "{ops:x?}");
+    assert!(count(0x03) >= 2, "{ops:x?}");
+    assert_eq!(u64::from(count(0x46)), emu.stats(0).unwrap().host_syncs);
+    assert!(ops.windows(2).all(|w| w[0].0 < w[1].0), "{ops:x?}");
+    drop(emu);
+    host.detach(SID, None).unwrap();
+    let emu = t.emu.lock().unwrap();
+    assert_eq!(
+        emu.streams(0).collect::<Vec<_>>(),
+        [(SID + 1, StreamConfig::Stage2)]
+    );
+}
+
 #[test]
 fn donated_pages_fault_at_stage2_for_host_devices_and_nothing_else() {
     let t = setup(Coherency::Coherent);

@@ -1,8 +1,9 @@
 //! The EL2 hypervisor booting Debian's stock arm64 Linux as its host under
 //! QEMU (issue 13): one test per check of `scripts/el2-test.sh`.
 //!
-//! The first test to run boots QEMU twice (the disk run and the isolation
-//! run); the others read the same result. Without QEMU 10, the aarch64
+//! The first test to run boots QEMU four times (the disk run, the
+//! `iommu.passthrough=1` run, the donation run and the isolation run); the
+//! others read the same result. Without QEMU 10, the aarch64
 //! toolchain, or the Linux images of `scripts/setup-linux.sh`, every test is
 //! compiled as `#[ignore]` with a SKIPPED reason (see build.rs), so a skip is
 //! listed as `ignored`, never as `ok`.
@@ -105,6 +106,41 @@ el2_tests! {
         // Linux's driver polls CMDQ_CONS (0x9c) after writing CMDQ_PROD (0x98).
         assert!(d.contains(",0x98:w"), "{d}");
         assert!(counter(&d, "smc") > 0, "{d}");
+    }
+    el2_virtual_smmu_shadows_linux_without_refusals => "vsmmu-counters", |d| {
+        // Linux's STE for the disk was shadowed (nested on the shadow),
+        // its commands forwarded, nothing of it refused, and no device
+        // access faulted at stage 2.
+        assert!(counter(&d, "ste_updates") > 0, "{d}");
+        assert!(counter(&d, "forwarded") > 0, "{d}");
+        assert!(counter(&d, "host_syncs") > 0, "{d}");
+        for zero in ["refused_commands", "refused_accesses", "refused_pointers", "bad_stes", "real_failures", "hyp_events"] {
+            assert_eq!(counter(&d, zero), 0, "{zero}: {d}");
+        }
+        assert!(d.contains("streams-seen 0x8=Nested"), "{d}");
+        // Linux's strict-mode unmaps: TLBI_NH_VA (0x12) and CMD_SYNC (0x46).
+        assert!(d.contains(" 0x12:") && d.contains(" 0x46:"), "{d}");
+    }
+    el2_host_bypass_becomes_stage2_on_the_shadow => "bypass-is-stage2", |d| {
+        assert!(d.starts_with("exit status 0;"), "{d}");
+        assert!(d.contains("Default domain type: Passthrough"), "{d}");
+        assert!(d.contains("streams-seen 0x8=Stage2"), "{d}");
+        assert!(!d.contains("=Nested"), "{d}");
+        assert_eq!(counter(&d, "hyp_events"), 0, "{d}");
+        assert_eq!(counter(&d, "refused_commands"), 0, "{d}");
+        let hashes: Vec<&str> = d.split([' ', ',', ':', '(', ')', ';']).filter(|w| w.len() == 64).collect();
+        assert_eq!(hashes.len(), 3, "{d}");
+        assert_eq!(hashes[0], hashes[1], "{d}");
+    }
+    el2_donated_page_faults_at_stage2 => "donated-page-faults", |d| {
+        assert!(d.starts_with("exit status 0;"), "{d}");
+        let faults = counter(&d, "stage2-faults-in-page");
+        assert!(faults > 0, "{d}");
+        // Every event the hypervisor kept is a stage-2 fault in that page.
+        assert_eq!(faults, counter(&d, "kept-hyp-events"), "{d}");
+        assert!(counter(&d, "hyp_events") >= faults, "{d}");
+        // The host is told nothing of the hypervisor's faults.
+        assert_eq!(counter(&d, "host_events"), 0, "{d}");
     }
     el2_host_cannot_read_hypervisor_memory => "hyp-memory-unreachable", |d| {
         assert!(d.starts_with("exit status 5 "), "{d}");

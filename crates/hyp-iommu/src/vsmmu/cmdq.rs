@@ -136,6 +136,8 @@ where
                 error = Some(cmdq_cons::CERROR_ABT);
                 break;
             };
+            let op = &mut self.vs[smmu].opcodes[(w[0] & 0xff) as usize];
+            *op = op.saturating_add(1);
             match translate(w, sid_bits, ssid_bits) {
                 Action::Forward(c) => {
                     batch.push(c);

@@ -186,6 +186,8 @@ struct VSmmu {
     hyp_log: Vec<Event>,
     /// Reused command batch (no allocation per host doorbell once warm).
     batch: Vec<Command>,
+    /// Host commands read, by opcode (what the host's driver issues).
+    opcodes: [u32; 256],
 }
 
 /// The hypervisor's IOMMU state with a virtual SMMU in front of each real
@@ -293,6 +295,27 @@ where
             .unwrap_or(StreamConfig::Abort)
     }
 
+    /// Returns every host stream of SMMU `smmu` whose real STE is not
+    /// abort, in stream ID order, with how the hypervisor configured it.
+    pub fn streams(&self, smmu: usize) -> impl Iterator<Item = (u32, StreamConfig)> + '_ {
+        self.vs
+            .get(smmu)
+            .into_iter()
+            .flat_map(|v| v.shadowed.iter().map(|(sid, c)| (*sid, *c)))
+    }
+
+    /// Returns how many host commands of each opcode SMMU `smmu` read
+    /// (legal or not), for the opcodes it saw, lowest opcode first.
+    pub fn host_opcodes(&self, smmu: usize) -> impl Iterator<Item = (u8, u32)> + '_ {
+        self.vs.get(smmu).into_iter().flat_map(|v| {
+            v.opcodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(op, n)| (op as u8, *n))
+        })
+    }
+
     /// Returns the most recent hypervisor-side events of SMMU `smmu`
     /// (stage-2 faults and the like), oldest first.
     pub fn hyp_events(&self, smmu: usize) -> &[Event] {
@@ -353,6 +376,7 @@ impl VSmmu {
             stats: EmulationStats::default(),
             hyp_log: Vec::new(),
             batch: Vec::new(),
+            opcodes: [0; 256],
         }
     }
 
