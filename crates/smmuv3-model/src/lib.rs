@@ -79,6 +79,7 @@ pub mod memory;
 mod model;
 pub mod regs;
 pub mod stats;
+mod set_cache;
 mod tlb;
 mod walk;
 

@@ -375,12 +375,12 @@ impl State {
         if let Some(t) = self.cached_hit(req, iova) {
             return Ok(t);
         }
-        let evictions = self.tlb.evictions;
+        let evictions = self.tlb.leaf_evictions;
         let r = match self.translate_inner(req, iova) {
             Ok(t) => Ok(t),
             Err(stop) => Err(self.finish(stop)),
         };
-        if self.tlb.evictions != evictions {
+        if self.tlb.leaf_evictions != evictions {
             self.sync_iotlbs();
         }
         r
