@@ -1,6 +1,10 @@
 //! Runs a fixed number of translations of one kind, for load-independent
 //! measurement with `perf stat -e cycles:u,instructions:u` (see
-//! BENCHMARKS.md): `translate_loop <hit|hit64|walk|nested> <count>`.
+//! BENCHMARKS.md): `translate_loop <hit|hit64|walk|miss|nested> <count>`.
+//!
+//! `miss` streams over 2^18 pages (1 GiB of 4K pages, four times the TLB):
+//! every translation misses the TLB, finds its level-3 table in the walk
+//! cache and walks one level, as a real SMMU does on a warm table.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -11,8 +15,14 @@ use smmuv3_model::{Coherency, DmaRequest, ModelConfig};
 const SID: u32 = 1;
 const STEP: u64 = (1 << 30) + 0x1000;
 const N: u64 = 64;
+/// Pages of the `miss` case.
+const MISS_PAGES: u64 = 1 << 18;
 
 fn model(tlb_capacity: usize, nested: bool) -> H {
+    model_pages(tlb_capacity, nested, false)
+}
+
+fn model_pages(tlb_capacity: usize, nested: bool, stream: bool) -> H {
     let cfg = ModelConfig {
         tlb_capacity,
         ..ModelConfig::default()
@@ -41,8 +51,14 @@ fn model(tlb_capacity: usize, nested: bool) -> H {
         h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
     }
     let page = h.alloc(4096);
-    for i in 0..N {
-        pt.map(&h, i * STEP, page, 3, S1_RW);
+    if stream {
+        for i in 0..MISS_PAGES {
+            pt.map(&h, i << 12, page, 3, S1_RW);
+        }
+    } else {
+        for i in 0..N {
+            pt.map(&h, i * STEP, page, 3, S1_RW);
+        }
     }
     h
 }
@@ -58,21 +74,26 @@ fn main() {
         "hit" => (model(1 << 16, false), false),
         "hit64" => (model(1 << 16, false), true),
         "walk" => (model(1, false), true),
+        "miss" => (model_pages(1 << 16, false, true), false),
         "nested" => (model(1, true), true),
         other => {
-            eprintln!("unknown mode {other}; use hit, hit64, walk or nested");
+            eprintln!("unknown mode {other}; use hit, hit64, walk, miss or nested");
             std::process::exit(2);
         }
     };
     let mut sum = 0u64;
     for i in 0..count {
-        let va = if spread { (i % N) * STEP } else { 0x40 };
+        let va = match (mode, spread) {
+            ("miss", _) => (i % MISS_PAGES) << 12,
+            (_, true) => (i % N) * STEP,
+            _ => 0x40,
+        };
         let r = DmaRequest::read(SID, va, 4).privileged();
         sum = sum.wrapping_add(h.smmu.translate(&r).map_or(0, |t| t.pa));
     }
     let s = h.smmu.stats();
     println!(
-        "{mode}: {count} translations, {} TLB hits, {} walks, {} descriptor reads (checksum {sum:#x})",
-        s.tlb_hits, s.walks, s.descriptor_reads
+        "{mode}: {count} translations, {} TLB hits, {} walks, {} walk-cache hits, {} descriptor reads (checksum {sum:#x})",
+        s.tlb_hits, s.walks, s.walk_cache_hits, s.descriptor_reads
     );
 }

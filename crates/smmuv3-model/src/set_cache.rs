@@ -2,14 +2,15 @@
 //! walk cache.
 //!
 //! Keys are two words: `k0` holds a tag (regime, VMID, ASID; the bits below
-//! [`SIZE_SHIFT`]) and the log2 size of what the entry covers (the bits
+//! [`SIZE_SHIFT`]) and the log2 size of what the entry covers (the six bits
 //! above), `k1` the input address divided by that size. A key lives in one
-//! set of at most [`MAX_WAYS`] ways, so a lookup compares a handful of
-//! words and never allocates; memory is bounded by the capacity, allocated
-//! once on the first insert.
+//! set of at most [`MAX_WAYS`] ways; a set's keys fill one 64-byte line, so
+//! a lookup compares a handful of words and never allocates. Memory is
+//! bounded by the capacity, allocated once on the first insert.
 //!
 //! Invalidation is proportional to what it may remove:
-//! - emptying everything bumps a generation number (O(1));
+//! - emptying everything bumps a generation number kept in the stored
+//!   keys' top bits (O(1); once in 2^18 - 1 clears the slots are reset);
 //! - every live entry is on the chain of its tag, so an invalidation by
 //!   VMID or ASID visits only the entries of the matching tags;
 //! - an invalidation by address probes the sets the range maps to, when
@@ -21,8 +22,11 @@
 use crate::tlb::FastMap;
 
 /// Bit position of the size in `k0`; the bits below are the tag.
-pub(crate) const SIZE_SHIFT: u32 = 48;
+pub(crate) const SIZE_SHIFT: u32 = 40;
 const TAG_MASK: u64 = (1 << SIZE_SHIFT) - 1;
+/// Bit position of the generation in a stored `k0`.
+const GEN_SHIFT: u32 = 46;
+const KEY_MASK: u64 = (1 << GEN_SHIFT) - 1;
 /// The most entries one cache holds, whatever the configured capacity.
 pub(crate) const MAX_ENTRIES: usize = 1 << 16;
 /// Associativity (fewer ways when the capacity is smaller).
@@ -33,13 +37,13 @@ const NONE: u32 = u32::MAX;
 /// Returns the `k0` word of a key.
 #[inline]
 pub(crate) fn key0(tag: u64, size_log2: u32) -> u64 {
-    tag | u64::from(size_log2) << SIZE_SHIFT
+    tag | u64::from(size_log2 & 63) << SIZE_SHIFT
 }
 
 /// Returns the size part of a `k0` word.
 #[inline]
 pub(crate) fn key_size(k0: u64) -> u32 {
-    (k0 >> SIZE_SHIFT) as u32
+    (k0 >> SIZE_SHIFT & 63) as u32
 }
 
 /// Returns the tag part of a `k0` word.
@@ -48,24 +52,25 @@ pub(crate) fn key_tag(k0: u64) -> u64 {
     k0 & TAG_MASK
 }
 
-/// Key, liveness and tag-chain links of one slot. Kept apart from the
-/// values so a set's probe touches only these words.
+/// A stored key: `k0` carries the generation it was stored in (0: dead).
 #[derive(Clone, Copy, Debug)]
-struct Meta {
+struct Slot {
     k0: u64,
     k1: u64,
-    /// Live iff equal to the cache's generation (0 is never current).
-    generation: u32,
+}
+
+const DEAD: Slot = Slot { k0: 0, k1: 0 };
+
+/// A live slot's place in its tag's chain.
+#[derive(Clone, Copy, Debug)]
+struct Link {
     prev: u32,
     next: u32,
-    /// Position of the entry's chain in `chains`.
+    /// Position of the chain in `Chains::list`.
     chain: u32,
 }
 
-const DEAD: Meta = Meta {
-    k0: 0,
-    k1: 0,
-    generation: 0,
+const UNLINKED: Link = Link {
     prev: NONE,
     next: NONE,
     chain: NONE,
@@ -132,14 +137,16 @@ pub(crate) type Placed<V> = (u32, (u64, u64), V);
 /// The cache. `V` is the cached value; it must be cheap to copy.
 #[derive(Debug)]
 pub(crate) struct SetCache<V> {
-    meta: Vec<Meta>,
+    slots: Vec<Slot>,
+    links: Vec<Link>,
     vals: Vec<V>,
     /// Per set: the way the next eviction replaces (round robin, so the
     /// model is deterministic and its snapshots reproduce evictions).
     victim: Vec<u8>,
     sets: usize,
     ways: usize,
-    generation: u32,
+    /// The current generation, shifted into place.
+    generation: u64,
     live: usize,
     chains: Chains,
     /// Live entries per size.
@@ -158,12 +165,13 @@ impl<V: Copy + Default> SetCache<V> {
         let ways = cap.min(MAX_WAYS);
         let sets = 1usize << (cap / ways).ilog2();
         Self {
-            meta: Vec::new(),
+            slots: Vec::new(),
+            links: Vec::new(),
             vals: Vec::new(),
             victim: Vec::new(),
             sets,
             ways,
-            generation: 1,
+            generation: 1 << GEN_SHIFT,
             live: 0,
             chains: Chains::default(),
             per_size: [0; 64],
@@ -186,19 +194,25 @@ impl<V: Copy + Default> SetCache<V> {
     /// size (so other tags and sizes spread over other sets).
     #[inline]
     pub fn set_of(&self, k0: u64, k1: u64) -> usize {
-        let mix = k0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        let mix = (k0 & KEY_MASK).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
         ((k1 ^ mix) as usize) & (self.sets - 1)
     }
 
     #[inline]
+    fn is_live(&self, i: usize) -> bool {
+        self.slots[i].k0 & !KEY_MASK == self.generation
+    }
+
+    #[inline]
     fn find(&self, k0: u64, k1: u64) -> Option<usize> {
-        if self.meta.is_empty() {
+        if self.slots.is_empty() {
             return None;
         }
+        let want = k0 | self.generation;
         let base = self.set_of(k0, k1) * self.ways;
-        let set = &self.meta[base..base + self.ways];
+        let set = &self.slots[base..base + self.ways];
         set.iter()
-            .position(|m| m.generation == self.generation && m.k0 == k0 && m.k1 == k1)
+            .position(|s| s.k0 == want && s.k1 == k1)
             .map(|w| base + w)
     }
 
@@ -216,7 +230,8 @@ impl<V: Copy + Default> SetCache<V> {
 
     fn allocate(&mut self) {
         let n = self.capacity();
-        self.meta = vec![DEAD; n];
+        self.slots = vec![DEAD; n];
+        self.links = vec![UNLINKED; n];
         self.vals = vec![V::default(); n];
         self.victim = vec![0; self.sets];
     }
@@ -225,52 +240,49 @@ impl<V: Copy + Default> SetCache<V> {
     /// invalidations (at least the key's size). Returns the key of the
     /// entry it evicted, if any (replacing the same key evicts nothing).
     pub fn insert(&mut self, k0: u64, k1: u64, v: V, span_log2: u32) -> Option<(u64, u64)> {
-        if self.meta.is_empty() {
+        if self.slots.is_empty() {
             self.allocate();
         }
+        let want = k0 | self.generation;
         let set = self.set_of(k0, k1);
         let base = set * self.ways;
         let mut free = None;
         for i in base..base + self.ways {
-            let m = self.meta[i];
-            if m.generation != self.generation {
-                free = free.or(Some(i));
-            } else if m.k0 == k0 && m.k1 == k1 {
+            let s = self.slots[i];
+            if s.k0 == want && s.k1 == k1 {
                 self.vals[i] = v;
                 self.widen(k0, span_log2);
                 return None;
             }
-        }
-        let slot = match free {
-            Some(i) => i,
-            None => {
-                let w = usize::from(self.victim[set]);
-                self.victim[set] = if w + 1 == self.ways { 0 } else { w as u8 + 1 };
-                let i = base + w;
-                let m = self.meta[i];
-                if key_tag(m.k0) == key_tag(k0) {
-                    // Same chain: replace in place, no relinking.
-                    self.per_size[(key_size(m.k0) & 63) as usize] -= 1;
-                    self.per_size[(key_size(k0) & 63) as usize] += 1;
-                    self.meta[i].k0 = k0;
-                    self.meta[i].k1 = k1;
-                    self.vals[i] = v;
-                    self.widen(k0, span_log2);
-                    return Some((m.k0, m.k1));
-                }
-                self.unlink(i);
-                self.place(i, k0, k1, v);
-                self.widen(k0, span_log2);
-                return Some((m.k0, m.k1));
+            if free.is_none() && s.k0 & !KEY_MASK != self.generation {
+                free = Some(i);
             }
-        };
-        self.place(slot, k0, k1, v);
+        }
         self.widen(k0, span_log2);
-        None
+        if let Some(i) = free {
+            self.place(i, k0, k1, v);
+            return None;
+        }
+        let w = usize::from(self.victim[set]);
+        self.victim[set] = if w + 1 == self.ways { 0 } else { w as u8 + 1 };
+        let i = base + w;
+        let old = self.slots[i];
+        let old_k0 = old.k0 & KEY_MASK;
+        if key_tag(old_k0) == key_tag(k0) {
+            // Same chain: replace in place, no relinking.
+            self.per_size[key_size(old_k0) as usize] -= 1;
+            self.per_size[key_size(k0) as usize] += 1;
+            self.slots[i] = Slot { k0: want, k1 };
+            self.vals[i] = v;
+        } else {
+            self.unlink(i);
+            self.place(i, k0, k1, v);
+        }
+        Some((old_k0, old.k1))
     }
 
     fn widen(&mut self, k0: u64, span_log2: u32) {
-        let s = (key_size(k0) & 63) as usize;
+        let s = key_size(k0) as usize;
         let span = span_log2.clamp(key_size(k0), 64) as u8;
         self.span[s] = self.span[s].max(span);
     }
@@ -290,20 +302,21 @@ impl<V: Copy + Default> SetCache<V> {
         let old_head = chain.head;
         chain.head = i as u32;
         chain.len += 1;
-        self.meta[i] = Meta {
-            k0,
+        self.slots[i] = Slot {
+            k0: k0 | self.generation,
             k1,
-            generation: self.generation,
+        };
+        self.links[i] = Link {
             prev: NONE,
             next: old_head,
             chain: p,
         };
         if old_head != NONE {
-            self.meta[old_head as usize].prev = i as u32;
+            self.links[old_head as usize].prev = i as u32;
         }
         self.vals[i] = v;
         self.live += 1;
-        self.per_size[(key_size(k0) & 63) as usize] += 1;
+        self.per_size[key_size(k0) as usize] += 1;
     }
 
     /// Drops the empty chains (more tags were used than entries fit).
@@ -318,40 +331,42 @@ impl<V: Copy + Default> SetCache<V> {
                 self.chains.list.push(*c);
             }
         }
-        for m in &mut self.meta {
-            if m.generation == self.generation {
-                m.chain = moved[m.chain as usize];
+        for i in 0..self.slots.len() {
+            if self.is_live(i) {
+                let l = &mut self.links[i];
+                l.chain = moved[l.chain as usize];
             }
         }
     }
 
     /// Removes live slot `i`.
     fn unlink(&mut self, i: usize) {
-        let m = self.meta[i];
-        if m.next != NONE {
-            self.meta[m.next as usize].prev = m.prev;
+        let l = self.links[i];
+        if l.next != NONE {
+            self.links[l.next as usize].prev = l.prev;
         }
-        if m.prev != NONE {
-            self.meta[m.prev as usize].next = m.next;
+        if l.prev != NONE {
+            self.links[l.prev as usize].next = l.next;
         }
-        let c = &mut self.chains.list[m.chain as usize];
-        if m.prev == NONE {
-            c.head = m.next;
+        let c = &mut self.chains.list[l.chain as usize];
+        if l.prev == NONE {
+            c.head = l.next;
         }
         c.len -= 1;
-        self.meta[i] = DEAD;
+        self.per_size[key_size(self.slots[i].k0) as usize] -= 1;
+        self.slots[i] = DEAD;
+        self.links[i] = UNLINKED;
         self.live -= 1;
-        self.per_size[(key_size(m.k0) & 63) as usize] -= 1;
     }
 
     /// Empties the cache in O(1); returns the number of entries removed.
     pub fn clear(&mut self) -> usize {
         let n = self.live;
-        self.generation = self.generation.wrapping_add(1);
+        self.generation = self.generation.wrapping_add(1 << GEN_SHIFT);
         if self.generation == 0 {
-            // Once in 2^32 clears: forget the old generations for real.
-            self.meta.fill(DEAD);
-            self.generation = 1;
+            // Once in 2^18 - 1 clears: forget the old generations for real.
+            self.slots.fill(DEAD);
+            self.generation = 1 << GEN_SHIFT;
         }
         self.live = 0;
         self.chains.clear();
@@ -418,12 +433,13 @@ impl<V: Copy + Default> SetCache<V> {
                 for (_, p) in tags {
                     let mut i = self.chains.list[p as usize].head;
                     while i != NONE {
-                        let m = self.meta[i as usize];
-                        if remove(m.k0, m.k1, &self.vals[i as usize]) {
+                        let s = self.slots[i as usize];
+                        let next = self.links[i as usize].next;
+                        if remove(s.k0 & KEY_MASK, s.k1, &self.vals[i as usize]) {
                             self.unlink(i as usize);
                             n += 1;
                         }
-                        i = m.next;
+                        i = next;
                     }
                 }
             }
@@ -456,12 +472,12 @@ impl<V: Copy + Default> SetCache<V> {
 
     /// Returns every live entry with its slot, in slot order.
     pub fn placed(&self) -> Vec<Placed<V>> {
-        self.meta
-            .iter()
-            .zip(&self.vals)
-            .enumerate()
-            .filter(|(_, (m, _))| m.generation == self.generation)
-            .map(|(i, (m, v))| (i as u32, (m.k0, m.k1), *v))
+        (0..self.slots.len())
+            .filter(|&i| self.is_live(i))
+            .map(|i| {
+                let s = self.slots[i];
+                (i as u32, (s.k0 & KEY_MASK, s.k1), self.vals[i])
+            })
             .collect()
     }
 
@@ -491,9 +507,10 @@ impl<V: Copy + Default> SetCache<V> {
         c.allocate();
         for &(slot, (k0, k1), v) in placed {
             let i = slot as usize;
-            let fits = i < c.meta.len()
+            let k0 = k0 & KEY_MASK;
+            let fits = i < c.slots.len()
                 && i / c.ways == c.set_of(k0, k1)
-                && c.meta[i].generation != c.generation
+                && !c.is_live(i)
                 && c.find(k0, k1).is_none();
             if fits {
                 c.place(i, k0, k1, v);
@@ -588,13 +605,14 @@ mod tests {
     #[test]
     fn generation_wrap_forgets_old_entries() {
         let mut c = SetCache::<u64>::new(8);
+        // The last generation before the wrap.
+        c.generation = !KEY_MASK;
         c.insert(key0(T, 12), 1, 1, 12);
-        c.generation = u32::MAX;
-        let i = c.find(key0(T, 12), 1).unwrap_or(0);
-        c.meta[i].generation = u32::MAX;
+        assert_eq!(c.get(key0(T, 12), 1), Some(&1));
         c.clear();
-        assert_eq!(c.generation, 1);
+        assert_eq!(c.generation, 1 << GEN_SHIFT);
         assert_eq!(c.get(key0(T, 12), 1), None);
+        assert!(c.slots.iter().all(|s| s.k0 == 0));
     }
 
     #[test]

@@ -318,6 +318,9 @@ impl Tlb {
     pub fn lookup(&self, tag: Tag, ia: u64, sizes: &[u32]) -> Option<&TlbEntry> {
         let t = tag.packed();
         for (n, &s) in sizes.iter().enumerate() {
+            if !self.leaves.has_size(s) {
+                continue;
+            }
             if let Some(e) = self.leaves.get(key0(t, s), ia >> s) {
                 if self.strict_bbm && n != 0 {
                     // A block: walk again to see whether it was replaced
@@ -369,6 +372,9 @@ impl Tlb {
     ) -> Option<(u32, WalkEntry)> {
         let t = tag.packed();
         for &(level, lsb) in levels {
+            if !self.walks.has_size(lsb) {
+                continue;
+            }
             if let Some(w) = self.walks.get(key0(t, lsb), ia >> lsb) {
                 return Some((level, *w));
             }

@@ -341,7 +341,9 @@ impl State {
     }
 
     fn remember(&mut self, ctx: &Ctx, ev: Event, ia: u64, e: &TlbEntry) {
-        if ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
+        // The copy may only stand for an entry the TLB holds: with the TLB
+        // disabled nothing was cached, and the next access must walk.
+        if !self.tlb.enabled || ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
             return;
         }
         self.set_last(Some(super::LastHit {
