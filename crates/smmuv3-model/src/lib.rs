@@ -78,8 +78,8 @@ pub mod layout;
 pub mod memory;
 mod model;
 pub mod regs;
-pub mod stats;
 mod set_cache;
+pub mod stats;
 mod tlb;
 mod walk;
 

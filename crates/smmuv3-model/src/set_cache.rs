@@ -377,7 +377,11 @@ impl<V: Copy + Default> SetCache<V> {
 
     /// Returns the live tags.
     pub fn tags(&self) -> impl Iterator<Item = u64> + '_ {
-        self.chains.list.iter().filter(|c| c.len != 0).map(|c| c.tag)
+        self.chains
+            .list
+            .iter()
+            .filter(|c| c.len != 0)
+            .map(|c| c.tag)
     }
 
     /// Removes every entry for which `remove(k0, k1, value)` returns true,

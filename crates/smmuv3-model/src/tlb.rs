@@ -45,7 +45,7 @@ impl Hasher for FastHasher {
 impl Tag {
     /// Returns the tag as the low bits of a cache key.
     #[inline]
-    fn packed(self) -> u64 {
+    pub(crate) fn packed(self) -> u64 {
         let regime = match self.regime {
             Regime::Nh => 0u64,
             Regime::El2 => 1,
@@ -213,6 +213,37 @@ pub(crate) struct Tlb {
     pub leaf_evictions: u64,
     pub granule_mismatch: u64,
     pub conflicts: u64,
+    /// Record the leaf entries that go (for the `Iotlb` copies).
+    pub log_removals: bool,
+    removed: Removed,
+}
+
+/// At most this many removed keys are listed; beyond, `all` is set.
+const REMOVED_LIMIT: usize = 4096;
+
+/// Leaf entries removed since the list was last taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Removed {
+    /// Keys of the removed entries (tag and size, address / size).
+    pub keys: Vec<(u64, u64)>,
+    /// Every entry may have gone (the TLB was emptied, or too many went
+    /// to list).
+    pub all: bool,
+}
+
+impl Removed {
+    fn note(&mut self, key: (u64, u64)) {
+        if self.keys.len() < REMOVED_LIMIT {
+            self.keys.push(key);
+        } else {
+            self.all = true;
+        }
+    }
+
+    /// Returns whether nothing was removed.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && !self.all
+    }
 }
 
 /// The TLB's content for a model snapshot: live entries with their slots,
@@ -274,7 +305,25 @@ impl Tlb {
             granule_mismatch: s.granule_mismatch,
             strict_bbm: s.strict_bbm,
             conflicts: s.conflicts,
+            log_removals: false,
+            removed: Removed::default(),
         }
+    }
+
+    /// Returns (and forgets) the leaf entries removed since the last call,
+    /// when `log_removals` is set.
+    pub fn take_removed(&mut self) -> Removed {
+        std::mem::take(&mut self.removed)
+    }
+
+    /// Returns whether leaf entries were removed since `take_removed`.
+    pub fn removed_any(&self) -> bool {
+        !self.removed.is_empty()
+    }
+
+    /// Returns the key of the entry `lookup` would return for `ia`.
+    pub fn key_of(tag: Tag, ia: u64, e: &TlbEntry) -> (u64, u64) {
+        (key0(tag.packed(), e.size_log2), ia >> e.size_log2)
     }
 
     pub fn new(capacity: usize) -> Self {
@@ -288,6 +337,8 @@ impl Tlb {
             leaf_evictions: 0,
             granule_mismatch: 0,
             conflicts: 0,
+            log_removals: false,
+            removed: Removed::default(),
         }
     }
 
@@ -344,20 +395,25 @@ impl Tlb {
         let t = tag.packed();
         if self.strict_bbm
             && LEAF_SIZES.iter().any(|&s| {
-                s != e.size_log2 && self.leaves.has_size(s) && self.leaves.get(key0(t, s), ia >> s).is_some()
+                s != e.size_log2
+                    && self.leaves.has_size(s)
+                    && self.leaves.get(key0(t, s), ia >> s).is_some()
             })
         {
             self.conflicts += 1;
             return true;
         }
-        let span = e.match_size_log2;
-        if self
-            .leaves
-            .insert(key0(t, e.size_log2), ia >> e.size_log2, e, span)
-            .is_some()
-        {
+        let key = (key0(t, e.size_log2), ia >> e.size_log2);
+        if self.log_removals && self.leaves.get(key.0, key.1).is_some_and(|old| *old != e) {
+            // Replaced by a different translation: its copies are stale.
+            self.removed.note(key);
+        }
+        if let Some(old) = self.leaves.insert(key.0, key.1, e, e.match_size_log2) {
             self.evictions += 1;
             self.leaf_evictions += 1;
+            if self.log_removals {
+                self.removed.note(old);
+            }
         }
         false
     }
@@ -416,38 +472,51 @@ impl Tlb {
             && sc.level.is_none()
             && sc.granule_shift.is_none();
         let mut removed = 0;
+        let log = self.log_removals;
         if unfiltered && self.leaves.tags().all(tag_may_match) {
-            removed += self.leaves.clear();
+            let n = self.leaves.clear();
+            if log && n != 0 {
+                self.removed.all = true;
+            }
+            removed += n;
         } else {
             let mut mismatch = 0;
-            removed += self.leaves.remove_where(tag_may_match, sc.range, |k0, _, e| {
-                if !sc.tag_matches(&Tag::unpack(key_tag(k0)), e.global)
-                    || !sc.range_matches(e.match_base, e.match_size_log2)
-                {
-                    return false;
-                }
-                if sc.level.is_some_and(|l| l != e.level) {
-                    return false;
-                }
-                if sc.granule_shift.is_some_and(|g| g != e.granule_shift) {
-                    // CONSTRAINED UNPREDICTABLE; the strict choice keeps it.
-                    mismatch += 1;
-                    return false;
-                }
-                true
-            });
+            let list = &mut self.removed;
+            removed += self
+                .leaves
+                .remove_where(tag_may_match, sc.range, |k0, k1, e| {
+                    if !sc.tag_matches(&Tag::unpack(key_tag(k0)), e.global)
+                        || !sc.range_matches(e.match_base, e.match_size_log2)
+                    {
+                        return false;
+                    }
+                    if sc.level.is_some_and(|l| l != e.level) {
+                        return false;
+                    }
+                    if sc.granule_shift.is_some_and(|g| g != e.granule_shift) {
+                        // CONSTRAINED UNPREDICTABLE; the strict choice keeps it.
+                        mismatch += 1;
+                        return false;
+                    }
+                    if log {
+                        list.note((k0, k1));
+                    }
+                    true
+                });
             self.granule_mismatch += mismatch;
         }
         if !sc.leaf_only {
             if unfiltered && self.walks.tags().all(tag_may_match) {
                 removed += self.walks.clear();
             } else {
-                removed += self.walks.remove_where(tag_may_match, sc.range, |k0, k1, w| {
-                    let lsb = key_size(k0);
-                    sc.tag_matches(&Tag::unpack(key_tag(k0)), false)
-                        && sc.granule_shift.is_none_or(|g| g == w.granule_shift)
-                        && sc.range_matches(k1 << lsb, lsb)
-                });
+                removed += self
+                    .walks
+                    .remove_where(tag_may_match, sc.range, |k0, k1, w| {
+                        let lsb = key_size(k0);
+                        sc.tag_matches(&Tag::unpack(key_tag(k0)), false)
+                            && sc.granule_shift.is_none_or(|g| g == w.granule_shift)
+                            && sc.range_matches(k1 << lsb, lsb)
+                    });
             }
         }
         removed

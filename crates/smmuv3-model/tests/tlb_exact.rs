@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use smmuv3_model::{DmaRequest, ModelConfig};
 use smmuv3_model::layout::op;
+use smmuv3_model::{DmaRequest, ModelConfig};
 
 /// Two streams with their own tables and ASIDs.
 const SIDS: [u32; 2] = [1, 2];
@@ -93,7 +93,13 @@ fn rig(tlb_capacity: usize, cached: bool) -> Rig {
             }
         }
         for region in 0..BLOCK_REGIONS {
-            r.apply(stream, &Change::MapBlock { region, out: region as usize });
+            r.apply(
+                stream,
+                &Change::MapBlock {
+                    region,
+                    out: region as usize,
+                },
+            );
         }
     }
     r
@@ -145,8 +151,11 @@ enum Op {
 
 fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
-        (0..PAGE_REGIONS, 0..PAGES, 0..4usize)
-            .prop_map(|(region, page, out)| Change::MapPage { region, page, out }),
+        (0..PAGE_REGIONS, 0..PAGES, 0..4usize).prop_map(|(region, page, out)| Change::MapPage {
+            region,
+            page,
+            out
+        }),
         (0..PAGE_REGIONS, 0..PAGES).prop_map(|(region, page)| Change::UnmapPage { region, page }),
         (0..BLOCK_REGIONS, 0..2usize).prop_map(|(region, out)| Change::MapBlock { region, out }),
         (0..BLOCK_REGIONS).prop_map(|region| Change::UnmapBlock { region }),
@@ -236,7 +245,8 @@ impl Rig {
                 self.h.cmd(w0, w1);
             }
             Cover::Asid => {
-                self.h.cmd(op::TLBI_NH_ASID as u64 | u64::from(asid) << 48, 0);
+                self.h
+                    .cmd(op::TLBI_NH_ASID as u64 | u64::from(asid) << 48, 0);
             }
             Cover::All => {
                 self.h.cmd(op::TLBI_NH_ALL as u64, 0);
@@ -363,16 +373,33 @@ fn a_missing_invalidation_is_observed_and_a_disabled_tlb_walks() {
     let mut cached = rig(1 << 16, true);
     let mut uncached = rig(1 << 16, false);
     for r in [&mut cached, &mut uncached] {
-        let (va, level) = r.apply(0, &Change::MapPage { region: 0, page: 1, out: 0 });
+        let (va, level) = r.apply(
+            0,
+            &Change::MapPage {
+                region: 0,
+                page: 1,
+                out: 0,
+            },
+        );
         r.cover(0, va, level, Cover::Va { leaf: true });
     }
     let va = page_va(0, 1);
     // Twice: the second is the repeat the last-translation copy serves.
     for _ in 0..2 {
-        assert_eq!(cached.translate(0, va, false), uncached.translate(0, va, false));
+        assert_eq!(
+            cached.translate(0, va, false),
+            uncached.translate(0, va, false)
+        );
     }
     for r in [&mut cached, &mut uncached] {
-        r.apply(0, &Change::MapPage { region: 0, page: 1, out: 1 });
+        r.apply(
+            0,
+            &Change::MapPage {
+                region: 0,
+                page: 1,
+                out: 1,
+            },
+        );
     }
     assert_eq!(cached.translate(0, va, false), Ok(cached.pages[0]));
     assert_eq!(uncached.translate(0, va, false), Ok(uncached.pages[1]));

@@ -377,13 +377,13 @@ impl State {
         if let Some(t) = self.cached_hit(req, iova) {
             return Ok(t);
         }
-        let evictions = self.tlb.leaf_evictions;
         let r = match self.translate_inner(req, iova) {
             Ok(t) => Ok(t),
             Err(stop) => Err(self.finish(stop)),
         };
-        if self.tlb.leaf_evictions != evictions {
-            self.sync_iotlbs();
+        if self.tlb.removed_any() {
+            // Evicted or replaced entries: their Iotlb copies go.
+            self.sync_iotlbs_removed();
         }
         r
     }

@@ -9,11 +9,7 @@ const S2: &[Regime] = &[Regime::S2];
 const ALL: &[Regime] = &[Regime::Nh, Regime::El2, Regime::S2, Regime::Nested];
 
 fn tag(regime: Regime, vmid: u16, asid: u16) -> Tag {
-    Tag {
-        regime,
-        vmid,
-        asid,
-    }
+    Tag { regime, vmid, asid }
 }
 
 /// A leaf of `2^size` at `ia`, matched by invalidations over `2^span`
@@ -88,7 +84,11 @@ fn ins() -> impl Strategy<Value = Ins> {
     )
         .prop_map(|(regime, vmid, asid, ia, size, wide, global)| {
             // A nested entry may stand for a larger stage-1 leaf.
-            let span = if wide == 1 && size < 30 { size + 9 } else { size };
+            let span = if wide == 1 && size < 30 {
+                size + 9
+            } else {
+                size
+            };
             Ins {
                 regime,
                 vmid,
@@ -197,7 +197,11 @@ fn invalidate_all_is_a_clear_and_vmid_scope_keeps_other_vmids() {
     let mut t = Tlb::new(1 << 12);
     for vmid in 0..4u16 {
         for p in 0..100u64 {
-            t.insert(tag(Regime::S2, vmid, 0), p << 12, leaf(p << 12, 12, 12, false));
+            t.insert(
+                tag(Regime::S2, vmid, 0),
+                p << 12,
+                leaf(p << 12, 12, 12, false),
+            );
         }
     }
     let vm1 = InvScope {
