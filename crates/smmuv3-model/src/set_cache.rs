@@ -92,23 +92,27 @@ struct Chains {
     list: Vec<Chain>,
     /// Tag to position in `list`.
     index: FastMap<u64, u32>,
-    /// The tag placed last and its position: a run of inserts for one
-    /// context finds its chain without hashing.
-    last: Option<(u64, u32)>,
+    /// The tags placed last and their positions (most recent first): the
+    /// inserts of one translation (a nested one alternates two tags) find
+    /// their chains without hashing.
+    recent: [Option<(u64, u32)>; 4],
 }
 
 impl Chains {
     /// Returns the position of the chain of `tag`, if it has one.
     #[inline]
     fn find(&mut self, tag: u64) -> Option<u32> {
-        if let Some((t, p)) = self.last {
-            if t == tag {
-                return Some(p);
-            }
+        if let Some((_, p)) = self.recent.iter().flatten().find(|(t, _)| *t == tag) {
+            return Some(*p);
         }
         let p = *self.index.get(&tag)?;
-        self.last = Some((tag, p));
+        self.remember(tag, p);
         Some(p)
+    }
+
+    fn remember(&mut self, tag: u64, p: u32) {
+        self.recent.copy_within(0..3, 1);
+        self.recent[0] = Some((tag, p));
     }
 
     /// Returns the position of a new, empty chain for `tag`.
@@ -120,14 +124,14 @@ impl Chains {
             head: NONE,
             len: 0,
         });
-        self.last = Some((tag, p));
+        self.remember(tag, p);
         p
     }
 
     fn clear(&mut self) {
         self.list.clear();
         self.index.clear();
-        self.last = None;
+        self.recent = [None; 4];
     }
 }
 
