@@ -250,16 +250,16 @@ impl<V: Copy + Default> SetCache<V> {
         let want = k0 | self.generation;
         let set = self.set_of(k0, k1);
         let base = set * self.ways;
+        let generation = self.generation;
         let mut free = None;
-        for i in base..base + self.ways {
-            let s = self.slots[i];
-            if s.k0 == want && s.k1 == k1 {
-                self.vals[i] = v;
+        for (w, s) in self.slots[base..base + self.ways].iter().enumerate() {
+            if s.k1 == k1 && s.k0 == want {
+                self.vals[base + w] = v;
                 self.widen(k0, span_log2);
                 return None;
             }
-            if free.is_none() && s.k0 & !KEY_MASK != self.generation {
-                free = Some(i);
+            if free.is_none() && s.k0 & !KEY_MASK != generation {
+                free = Some(base + w);
             }
         }
         self.widen(k0, span_log2);
