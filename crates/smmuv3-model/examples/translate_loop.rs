@@ -122,13 +122,15 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Decided once: the loop body is the same for every case.
+    let (modulo, step) = match (mode == "miss", spread) {
+        (true, _) => (MISS_PAGES, 1 << 12),
+        (false, true) => (N, STEP),
+        (false, false) => (1, 0),
+    };
     let mut sum = 0u64;
     for i in 0..count {
-        let va = match (mode, spread) {
-            ("miss", _) => (i % MISS_PAGES) << 12,
-            (_, true) => (i % N) * STEP,
-            _ => 0x40,
-        };
+        let va = if step == 0 { 0x40 } else { (i % modulo) * step };
         let r = DmaRequest::read(SID, va, 4).privileged();
         sum = sum.wrapping_add(h.smmu.translate(&r).map_or(0, |t| t.pa));
     }
