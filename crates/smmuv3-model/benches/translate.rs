@@ -22,7 +22,11 @@ const MISS_PAGES: u64 = 1 << 18;
 
 /// Stage 1 over `MISS_PAGES` consecutive pages with the default TLB.
 fn stream_model() -> H {
-    let mut h = H::with(ModelConfig::default(), smmuv3_model::Coherency::Coherent, 16 << 20);
+    let mut h = H::with(
+        ModelConfig::default(),
+        smmuv3_model::Coherency::Coherent,
+        16 << 20,
+    );
     h.enable_linear(4);
     let pt = Pt::new_s1(&h, 12, 48);
     let cdp = h.alloc(64);
