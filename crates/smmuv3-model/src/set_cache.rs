@@ -166,7 +166,8 @@ impl<V: Copy + Default> SetCache<V> {
     /// at most [`MAX_ENTRIES`]; a power of two sets of ways).
     pub fn new(capacity: usize) -> Self {
         let cap = capacity.clamp(1, MAX_ENTRIES);
-        let ways = cap.min(MAX_WAYS);
+        // Powers of two, so a set's first slot is a shift away.
+        let ways = 1usize << cap.min(MAX_WAYS).ilog2();
         let sets = 1usize << (cap / ways).ilog2();
         Self {
             slots: Vec::new(),
@@ -213,7 +214,11 @@ impl<V: Copy + Default> SetCache<V> {
             return None;
         }
         let want = k0 | self.generation;
-        let base = self.set_of(k0, k1) * self.ways;
+        let base = self.set_of(k0, k1) << self.ways.trailing_zeros();
+        if self.ways == 1 {
+            let s = self.slots[base];
+            return (s.k0 == want && s.k1 == k1).then_some(base);
+        }
         let set = &self.slots[base..base + self.ways];
         set.iter()
             .position(|s| s.k0 == want && s.k1 == k1)
@@ -547,7 +552,7 @@ mod tests {
         for (cap, sets, ways) in [
             (0, 1, 1),
             (1, 1, 1),
-            (3, 1, 3),
+            (3, 1, 2),
             (4, 1, 4),
             (7, 1, 4),
             (8, 2, 4),
