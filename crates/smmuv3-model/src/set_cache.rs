@@ -254,7 +254,7 @@ impl<V: Copy + Default> SetCache<V> {
         }
         let want = k0 | self.generation;
         let set = self.set_of(k0, k1);
-        let base = set * self.ways;
+        let base = set << self.ways.trailing_zeros();
         let generation = self.generation;
         let mut free = None;
         for (w, s) in self.slots[base..base + self.ways].iter().enumerate() {
@@ -272,8 +272,13 @@ impl<V: Copy + Default> SetCache<V> {
             self.place(i, k0, k1, v);
             return None;
         }
-        let w = usize::from(self.victim[set]);
-        self.victim[set] = if w + 1 == self.ways { 0 } else { w as u8 + 1 };
+        let w = if self.ways == 1 {
+            0
+        } else {
+            let w = usize::from(self.victim[set]);
+            self.victim[set] = ((w + 1) & (self.ways - 1)) as u8;
+            w
+        };
         let i = base + w;
         let old = self.slots[i];
         let old_k0 = old.k0 & KEY_MASK;

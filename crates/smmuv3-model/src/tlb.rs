@@ -420,14 +420,15 @@ impl Tlb {
 
     /// Returns the deepest cached table descriptor for `ia` among the given
     /// (level, lsb) pairs (deepest first).
+    #[inline]
     pub fn walk_lookup(
         &self,
         tag: Tag,
         ia: u64,
-        levels: &[(u32, u32)],
+        levels: impl Iterator<Item = (u32, u32)>,
     ) -> Option<(u32, WalkEntry)> {
         let t = tag.packed();
-        for &(level, lsb) in levels {
+        for (level, lsb) in levels {
             if !self.walks.has_size(lsb) {
                 continue;
             }

@@ -161,13 +161,8 @@ impl State {
     /// Returns where a walk of `ia` starts: the deepest cached table
     /// descriptor, or the configured start table.
     fn walk_start(&mut self, tag: Tag, tt: &TableCfg, ia: u64) -> Start {
-        let mut levels = [(0u32, 0u32); 3];
-        let mut n = 0;
-        for l in (tt.start_level..3).rev() {
-            levels[n] = (l, tt.level_lsb(l));
-            n += 1;
-        }
-        match self.tlb.walk_lookup(tag, ia, &levels[..n]) {
+        let levels = (tt.start_level..3).rev().map(|l| (l, tt.level_lsb(l)));
+        match self.tlb.walk_lookup(tag, ia, levels) {
             Some((level, w)) if w.granule_shift == tt.shift => {
                 self.stats.walk_cache_hits += 1;
                 Start {
