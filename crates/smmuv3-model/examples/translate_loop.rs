@@ -1,6 +1,14 @@
 //! Runs a fixed number of translations of one kind, for load-independent
 //! measurement with `perf stat -e cycles:u,instructions:u` (see
-//! BENCHMARKS.md): `translate_loop <hit|hit64|walk|nested> <count>`.
+//! BENCHMARKS.md): `translate_loop <hit|hit64|walk|miss|nested|tlbi> <count>`.
+//!
+//! `miss` streams over 2^18 pages (1 GiB of 4K pages, four times the TLB):
+//! every translation misses the TLB, finds its level-3 table in the walk
+//! cache and walks one level, as a real SMMU does on a warm table.
+//!
+//! `tlbi` measures `Iotlb` upkeep: a vm-memory `Iotlb` holds
+//! [`IOTLB_PAGES`] pages; each iteration invalidates one of them
+//! (TLBI_NH_VA + CMD_SYNC) and translates it again through the `Iommu`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -11,8 +19,45 @@ use smmuv3_model::{Coherency, DmaRequest, ModelConfig};
 const SID: u32 = 1;
 const STEP: u64 = (1 << 30) + 0x1000;
 const N: u64 = 64;
+/// Pages of the `miss` case.
+const MISS_PAGES: u64 = 1 << 18;
+/// Pages the `Iotlb` of the `tlbi` case holds.
+const IOTLB_PAGES: u64 = 4096;
+
+fn tlbi_loop(count: u64) {
+    use vm_memory::iommu::Iommu;
+    use vm_memory::{GuestAddress, Permissions};
+    let mut h = model_pages(1 << 16, false, true);
+    let io = h.smmu.iommu(SID, None);
+    let read = |va: u64| {
+        io.translate(GuestAddress(va), 4, Permissions::Read)
+            .map_or(0, |mut it| it.next().map_or(0, |m| m.base.0))
+    };
+    for p in 0..IOTLB_PAGES {
+        read(p << 12);
+    }
+    assert_eq!(io.iotlb_units(), IOTLB_PAGES as usize);
+    let mut sum = 0u64;
+    for i in 0..count {
+        let va = (i % IOTLB_PAGES) << 12;
+        let (w0, w1) = tlbi_nh_va(1, va, true);
+        h.cmd(w0, w1);
+        h.sync();
+        sum = sum.wrapping_add(read(va));
+    }
+    assert_eq!(io.iotlb_units(), IOTLB_PAGES as usize);
+    let s = h.smmu.stats();
+    println!(
+        "tlbi: {count} invalidations, {} Iotlb units dropped (checksum {sum:#x})",
+        s.iotlb_invalidations
+    );
+}
 
 fn model(tlb_capacity: usize, nested: bool) -> H {
+    model_pages(tlb_capacity, nested, false)
+}
+
+fn model_pages(tlb_capacity: usize, nested: bool, stream: bool) -> H {
     let cfg = ModelConfig {
         tlb_capacity,
         ..ModelConfig::default()
@@ -41,8 +86,16 @@ fn model(tlb_capacity: usize, nested: bool) -> H {
         h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
     }
     let page = h.alloc(4096);
-    for i in 0..N {
-        pt.map(&h, i * STEP, page, 3, S1_RW);
+    if stream {
+        for i in 0..MISS_PAGES {
+            // User-accessible: the `Iommu` of the `tlbi` case makes
+            // unprivileged accesses.
+            pt.map(&h, i << 12, page, 3, S1_USER_RW);
+        }
+    } else {
+        for i in 0..N {
+            pt.map(&h, i * STEP, page, 3, S1_RW);
+        }
     }
     h
 }
@@ -54,25 +107,36 @@ fn main() {
         .get(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
+    if mode == "tlbi" {
+        tlbi_loop(count);
+        return;
+    }
     let (h, spread) = match mode {
         "hit" => (model(1 << 16, false), false),
         "hit64" => (model(1 << 16, false), true),
         "walk" => (model(1, false), true),
+        "miss" => (model_pages(1 << 16, false, true), false),
         "nested" => (model(1, true), true),
         other => {
-            eprintln!("unknown mode {other}; use hit, hit64, walk or nested");
+            eprintln!("unknown mode {other}; use hit, hit64, walk, miss, nested or tlbi");
             std::process::exit(2);
         }
     };
+    // Decided once: the loop body is the same for every case.
+    let (modulo, step) = match (mode == "miss", spread) {
+        (true, _) => (MISS_PAGES, 1 << 12),
+        (false, true) => (N, STEP),
+        (false, false) => (1, 0),
+    };
     let mut sum = 0u64;
     for i in 0..count {
-        let va = if spread { (i % N) * STEP } else { 0x40 };
+        let va = if step == 0 { 0x40 } else { (i % modulo) * step };
         let r = DmaRequest::read(SID, va, 4).privileged();
         sum = sum.wrapping_add(h.smmu.translate(&r).map_or(0, |t| t.pa));
     }
     let s = h.smmu.stats();
     println!(
-        "{mode}: {count} translations, {} TLB hits, {} walks, {} descriptor reads (checksum {sum:#x})",
-        s.tlb_hits, s.walks, s.descriptor_reads
+        "{mode}: {count} translations, {} TLB hits, {} walks, {} walk-cache hits, {} descriptor reads (checksum {sum:#x})",
+        s.tlb_hits, s.walks, s.walk_cache_hits, s.descriptor_reads
     );
 }

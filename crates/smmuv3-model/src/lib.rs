@@ -78,6 +78,7 @@ pub mod layout;
 pub mod memory;
 mod model;
 pub mod regs;
+mod set_cache;
 pub mod stats;
 mod tlb;
 mod walk;

@@ -45,7 +45,8 @@ pub struct Stats {
     pub cd_misses: u64,
     /// TLB/walk-cache entries removed by invalidations.
     pub tlb_entries_invalidated: u64,
-    /// Times the TLB was emptied because it was full.
+    /// TLB and walk-cache entries evicted to make room (one per insert into
+    /// a full set).
     pub tlb_evictions: u64,
     /// Range invalidations whose TG did not match a cached entry's granule
     /// (architecturally unpredictable; the model keeps the entry).

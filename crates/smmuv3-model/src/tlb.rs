@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::set_cache::{Placed, SetCache, key_size, key_tag, key0};
 use crate::walk::{Perms, TableAttrs};
 
 /// A small multiplicative hasher: keys are already well-mixed integers and
@@ -41,31 +42,21 @@ impl Hasher for FastHasher {
     }
 }
 
-/// A cache key: packed tag + entry size, and the input address divided by
-/// the entry size. Hashed with one multiply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Key(u64, u64);
-
-impl std::hash::Hash for Key {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(self.0 ^ self.1.rotate_left(29));
-    }
-}
-
-impl Key {
-    fn new(tag: Tag, size_log2: u32, ia: u64) -> Self {
-        let regime = match tag.regime {
+impl Tag {
+    /// Returns the tag as the low bits of a cache key.
+    #[inline]
+    pub(crate) fn packed(self) -> u64 {
+        let regime = match self.regime {
             Regime::Nh => 0u64,
             Regime::El2 => 1,
             Regime::S2 => 2,
             Regime::Nested => 3,
         };
-        let packed = regime | u64::from(tag.vmid) << 8 | u64::from(tag.asid) << 24;
-        Key(packed | u64::from(size_log2) << 48, ia >> size_log2)
+        regime | u64::from(self.vmid) << 8 | u64::from(self.asid) << 24
     }
 
-    fn tag(&self) -> Tag {
-        let regime = match self.0 & 0xff {
+    fn unpack(p: u64) -> Self {
+        let regime = match p & 0xff {
             0 => Regime::Nh,
             1 => Regime::El2,
             2 => Regime::S2,
@@ -73,13 +64,9 @@ impl Key {
         };
         Tag {
             regime,
-            vmid: (self.0 >> 8) as u16,
-            asid: (self.0 >> 24) as u16,
+            vmid: (p >> 8) as u16,
+            asid: (p >> 24) as u16,
         }
-    }
-
-    fn size_log2(&self) -> u32 {
-        (self.0 >> 48) as u32
     }
 }
 
@@ -107,7 +94,7 @@ pub(crate) struct Tag {
 }
 
 /// A cached leaf translation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TlbEntry {
     /// Output address of the first byte of the entry.
     pub out_base: u64,
@@ -134,7 +121,7 @@ pub(crate) struct TlbEntry {
 
 /// A cached table descriptor (walk cache): the next-level table covering
 /// `[base, base + 2^size_log2)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct WalkEntry {
     pub next_table: u64,
     pub attrs: TableAttrs,
@@ -199,6 +186,9 @@ const LEAF_SIZES: [u32; 10] = [12, 14, 16, 21, 25, 29, 30, 36, 39, 42];
 
 /// TLB + walk cache.
 ///
+/// Both are fixed-size set-associative caches ([`SetCache`]): a full set
+/// evicts one entry (round robin), which is always architecturally allowed.
+///
 /// Break-before-make (IDR3.BBML): with level 2 a cached block and the
 /// table software put in its place in one store are both "programmed
 /// entries" and either may translate (the cached one is used). Below level
@@ -211,26 +201,66 @@ const LEAF_SIZES: [u32; 10] = [12, 14, 16, 21, 25, 29, 30, 36, 39, 42];
 /// written, so it never conflicts. Table-to-block merges are only caught
 /// when the walked address itself still has a smaller entry cached.
 pub(crate) struct Tlb {
-    leaves: FastMap<Key, TlbEntry>,
-    walks: FastMap<Key, WalkEntry>,
+    leaves: SetCache<TlbEntry>,
+    walks: SetCache<WalkEntry>,
     capacity: usize,
     /// IDR3.BBML < 2: block/table changes without break-before-make conflict.
     strict_bbm: bool,
     /// Cleared: nothing is cached, every translation walks.
     pub enabled: bool,
     pub evictions: u64,
+    /// Leaf entries evicted (what `Iotlb` copies may have to follow).
+    pub leaf_evictions: u64,
     pub granule_mismatch: u64,
     pub conflicts: u64,
+    /// Record the leaf entries that go (for the `Iotlb` copies).
+    pub log_removals: bool,
+    removed: Removed,
 }
 
-/// The TLB's content for a model snapshot (keys as raw pairs, sorted).
+/// At most this many removed keys are listed; beyond, `all` is set.
+const REMOVED_LIMIT: usize = 4096;
+
+/// Leaf entries removed since the list was last taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Removed {
+    /// Keys of the removed entries (tag and size, address / size).
+    pub keys: Vec<(u64, u64)>,
+    /// Every entry may have gone (the TLB was emptied, or too many went
+    /// to list).
+    pub all: bool,
+}
+
+impl Removed {
+    fn note(&mut self, key: (u64, u64)) {
+        if self.keys.len() < REMOVED_LIMIT {
+            self.keys.push(key);
+        } else {
+            self.all = true;
+        }
+    }
+
+    /// Returns whether nothing was removed.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && !self.all
+    }
+}
+
+/// The TLB's content for a model snapshot: live entries with their slots,
+/// and the sets whose next victim is not their first way.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TlbSnapshot {
-    leaves: Vec<((u64, u64), TlbEntry)>,
-    walks: Vec<((u64, u64), WalkEntry)>,
+    leaves: Vec<Placed<TlbEntry>>,
+    walks: Vec<Placed<WalkEntry>>,
+    #[serde(default)]
+    leaf_victims: Vec<(u32, u8)>,
+    #[serde(default)]
+    walk_victims: Vec<(u32, u8)>,
     capacity: usize,
     enabled: bool,
     evictions: u64,
+    #[serde(default)]
+    leaf_evictions: u64,
     granule_mismatch: u64,
     #[serde(default)]
     strict_bbm: bool,
@@ -238,18 +268,26 @@ pub(crate) struct TlbSnapshot {
     conflicts: u64,
 }
 
+/// Returns the range (log2) invalidations match a leaf entry by.
+fn leaf_span(_k0: u64, e: &TlbEntry) -> u32 {
+    e.match_size_log2
+}
+
+fn walk_span(k0: u64, _w: &WalkEntry) -> u32 {
+    key_size(k0)
+}
+
 impl Tlb {
     pub fn snapshot(&self) -> TlbSnapshot {
-        let mut leaves: Vec<_> = self.leaves.iter().map(|(k, e)| ((k.0, k.1), *e)).collect();
-        let mut walks: Vec<_> = self.walks.iter().map(|(k, w)| ((k.0, k.1), *w)).collect();
-        leaves.sort_unstable_by_key(|(k, _)| *k);
-        walks.sort_unstable_by_key(|(k, _)| *k);
         TlbSnapshot {
-            leaves,
-            walks,
+            leaves: self.leaves.placed(),
+            walks: self.walks.placed(),
+            leaf_victims: self.leaves.victims(),
+            walk_victims: self.walks.victims(),
             capacity: self.capacity,
             enabled: self.enabled,
             evictions: self.evictions,
+            leaf_evictions: self.leaf_evictions,
             granule_mismatch: self.granule_mismatch,
             strict_bbm: self.strict_bbm,
             conflicts: self.conflicts,
@@ -258,27 +296,49 @@ impl Tlb {
 
     pub fn from_snapshot(s: &TlbSnapshot) -> Self {
         Self {
-            leaves: s.leaves.iter().map(|&((a, b), e)| (Key(a, b), e)).collect(),
-            walks: s.walks.iter().map(|&((a, b), w)| (Key(a, b), w)).collect(),
+            leaves: SetCache::restore(s.capacity, &s.leaves, &s.leaf_victims, leaf_span),
+            walks: SetCache::restore(s.capacity, &s.walks, &s.walk_victims, walk_span),
             capacity: s.capacity,
             enabled: s.enabled,
             evictions: s.evictions,
+            leaf_evictions: s.leaf_evictions,
             granule_mismatch: s.granule_mismatch,
             strict_bbm: s.strict_bbm,
             conflicts: s.conflicts,
+            log_removals: false,
+            removed: Removed::default(),
         }
+    }
+
+    /// Returns (and forgets) the leaf entries removed since the last call,
+    /// when `log_removals` is set.
+    pub fn take_removed(&mut self) -> Removed {
+        std::mem::take(&mut self.removed)
+    }
+
+    /// Returns whether leaf entries were removed since `take_removed`.
+    pub fn removed_any(&self) -> bool {
+        !self.removed.is_empty()
+    }
+
+    /// Returns the key of the entry `lookup` would return for `ia`.
+    pub fn key_of(tag: Tag, ia: u64, e: &TlbEntry) -> (u64, u64) {
+        (key0(tag.packed(), e.size_log2), ia >> e.size_log2)
     }
 
     pub fn new(capacity: usize) -> Self {
         Self {
-            leaves: FastMap::default(),
-            walks: FastMap::default(),
+            leaves: SetCache::new(capacity),
+            walks: SetCache::new(capacity),
             capacity,
             strict_bbm: false,
             enabled: true,
             evictions: 0,
+            leaf_evictions: 0,
             granule_mismatch: 0,
             conflicts: 0,
+            log_removals: false,
+            removed: Removed::default(),
         }
     }
 
@@ -297,12 +357,23 @@ impl Tlb {
         self.leaves.len()
     }
 
-    /// Returns the entry translating `ia`, trying each size in `sizes`.
+    /// Returns the number of walk-cache entries.
+    #[cfg(test)]
+    pub fn walk_len(&self) -> usize {
+        self.walks.len()
+    }
+
+    /// Returns the entry translating `ia`, trying each size in `sizes`
+    /// (smallest first).
     #[inline]
     pub fn lookup(&self, tag: Tag, ia: u64, sizes: &[u32]) -> Option<&TlbEntry> {
-        for &s in sizes {
-            if let Some(e) = self.leaves.get(&Key::new(tag, s, ia)) {
-                if self.strict_bbm && Some(&s) != sizes.iter().min() {
+        let t = tag.packed();
+        for (n, &s) in sizes.iter().enumerate() {
+            if !self.leaves.has_size(s) {
+                continue;
+            }
+            if let Some(e) = self.leaves.get(key0(t, s), ia >> s) {
+                if self.strict_bbm && n != 0 {
                     // A block: walk again to see whether it was replaced
                     // by a table without break-before-make.
                     return None;
@@ -321,35 +392,47 @@ impl Tlb {
         if !self.enabled {
             return false;
         }
+        let t = tag.packed();
         if self.strict_bbm
-            && LEAF_SIZES
-                .iter()
-                .filter(|&&s| s != e.size_log2)
-                .any(|&s| self.leaves.contains_key(&Key::new(tag, s, ia)))
+            && LEAF_SIZES.iter().any(|&s| {
+                s != e.size_log2
+                    && self.leaves.has_size(s)
+                    && self.leaves.get(key0(t, s), ia >> s).is_some()
+            })
         {
             self.conflicts += 1;
             return true;
         }
-        if self.leaves.len() >= self.capacity {
-            // Dropping everything is always architecturally allowed.
-            self.leaves.clear();
-            self.walks.clear();
-            self.evictions += 1;
+        let key = (key0(t, e.size_log2), ia >> e.size_log2);
+        if self.log_removals && self.leaves.get(key.0, key.1).is_some_and(|old| *old != e) {
+            // Replaced by a different translation: its copies are stale.
+            self.removed.note(key);
         }
-        self.leaves.insert(Key::new(tag, e.size_log2, ia), e);
+        if let Some(old) = self.leaves.insert(key.0, key.1, e, e.match_size_log2) {
+            self.evictions += 1;
+            self.leaf_evictions += 1;
+            if self.log_removals {
+                self.removed.note(old);
+            }
+        }
         false
     }
 
     /// Returns the deepest cached table descriptor for `ia` among the given
     /// (level, lsb) pairs (deepest first).
+    #[inline]
     pub fn walk_lookup(
         &self,
         tag: Tag,
         ia: u64,
-        levels: &[(u32, u32)],
+        levels: impl Iterator<Item = (u32, u32)>,
     ) -> Option<(u32, WalkEntry)> {
-        for &(level, lsb) in levels {
-            if let Some(w) = self.walks.get(&Key::new(tag, lsb, ia)) {
+        let t = tag.packed();
+        for (level, lsb) in levels {
+            if !self.walks.has_size(lsb) {
+                continue;
+            }
+            if let Some(w) = self.walks.get(key0(t, lsb), ia >> lsb) {
                 return Some((level, *w));
             }
         }
@@ -360,46 +443,86 @@ impl Tlb {
         if !self.enabled {
             return;
         }
-        if self.walks.len() >= self.capacity {
-            self.walks.clear();
+        if self
+            .walks
+            .insert(key0(tag.packed(), lsb), ia >> lsb, w, lsb)
+            .is_some()
+        {
             self.evictions += 1;
         }
-        self.walks.insert(Key::new(tag, lsb, ia), w);
     }
 
     /// Applies an invalidation; returns the number of entries removed.
+    ///
+    /// Only entries the scope could select are visited (see [`SetCache`]);
+    /// an unfiltered scope covering every cached tag empties the cache in
+    /// O(1).
     pub fn invalidate(&mut self, sc: &InvScope) -> usize {
-        let before = self.leaves.len() + self.walks.len();
-        let mut mismatch = 0;
-        self.leaves.retain(|k, e| {
-            if !sc.tag_matches(&k.tag(), e.global)
-                || !sc.range_matches(e.match_base, e.match_size_log2)
-            {
-                return true;
+        let tag_may_match = |p: u64| {
+            let t = Tag::unpack(p);
+            // Global entries answer to any ASID, so only an invalidation
+            // of non-global entries can skip other ASIDs' tags.
+            sc.regimes.contains(&t.regime)
+                && sc.vmid.is_none_or(|v| v == t.vmid)
+                && !(sc.non_global_only && sc.asid.is_some_and(|a| a != t.asid))
+        };
+        let unfiltered = sc.vmid.is_none()
+            && sc.asid.is_none()
+            && !sc.non_global_only
+            && sc.range.is_none()
+            && sc.level.is_none()
+            && sc.granule_shift.is_none();
+        let mut removed = 0;
+        let log = self.log_removals;
+        if unfiltered && self.leaves.tags().all(tag_may_match) {
+            let n = self.leaves.clear();
+            if log && n != 0 {
+                self.removed.all = true;
             }
-            if sc.level.is_some_and(|l| l != e.level) {
-                return true;
-            }
-            if sc.granule_shift.is_some_and(|g| g != e.granule_shift) {
-                // CONSTRAINED UNPREDICTABLE; the strict choice keeps it.
-                mismatch += 1;
-                return true;
-            }
-            false
-        });
-        if !sc.leaf_only {
-            self.walks.retain(|k, w| {
-                let (lsb, key) = (k.size_log2(), k.1);
-                if !sc.tag_matches(&k.tag(), false) {
-                    return true;
-                }
-                if sc.granule_shift.is_some_and(|g| g != w.granule_shift) {
-                    return true;
-                }
-                !sc.range_matches(key << lsb, lsb)
-            });
+            removed += n;
+        } else {
+            let mut mismatch = 0;
+            let list = &mut self.removed;
+            removed += self
+                .leaves
+                .remove_where(tag_may_match, sc.range, |k0, k1, e| {
+                    if !sc.tag_matches(&Tag::unpack(key_tag(k0)), e.global)
+                        || !sc.range_matches(e.match_base, e.match_size_log2)
+                    {
+                        return false;
+                    }
+                    if sc.level.is_some_and(|l| l != e.level) {
+                        return false;
+                    }
+                    if sc.granule_shift.is_some_and(|g| g != e.granule_shift) {
+                        // CONSTRAINED UNPREDICTABLE; the strict choice keeps it.
+                        mismatch += 1;
+                        return false;
+                    }
+                    if log {
+                        list.note((k0, k1));
+                    }
+                    true
+                });
+            self.granule_mismatch += mismatch;
         }
-        self.granule_mismatch += mismatch;
-        before - self.leaves.len() - self.walks.len()
+        if !sc.leaf_only {
+            if unfiltered && self.walks.tags().all(tag_may_match) {
+                removed += self.walks.clear();
+            } else {
+                removed += self
+                    .walks
+                    .remove_where(tag_may_match, sc.range, |k0, k1, w| {
+                        let lsb = key_size(k0);
+                        sc.tag_matches(&Tag::unpack(key_tag(k0)), false)
+                            && sc.granule_shift.is_none_or(|g| g == w.granule_shift)
+                            && sc.range_matches(k1 << lsb, lsb)
+                    });
+            }
+        }
+        removed
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -54,7 +54,7 @@ fn no_translation_after_a_completed_tlbi_under_concurrent_hits() {
     let (mut h, pt, page) = setup();
     let smmu: &'static smmuv3_model::SmmuModel = Box::leak(Box::new(std::mem::replace(
         &mut h.smmu,
-        smmuv3_model::SmmuModel::new(ModelConfig::default(), h.mem.clone()).unwrap(),
+        Arc::new(smmuv3_model::SmmuModel::new(ModelConfig::default(), h.mem.clone()).unwrap()),
     )));
     // The model moves to a 'static for the reader thread; `h` keeps the
     // memory and queue bookkeeping used to issue commands to it below.

@@ -92,7 +92,7 @@ impl State {
         if (self.stats.tlb_entries_invalidated, self.ctx_cache.len()) != before {
             // Before any later CMD_SYNC can complete, the Iotlbs forget
             // what this command invalidated.
-            self.sync_iotlbs();
+            self.sync_iotlbs_removed();
         }
         r
     }

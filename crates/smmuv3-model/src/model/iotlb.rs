@@ -8,6 +8,7 @@
 //! configuration), and it lives exactly as long as that entry is still what
 //! the model would serve from its caches.
 
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
 
@@ -17,6 +18,8 @@ use vm_memory::{GuestAddress, Permissions};
 use super::State;
 use super::context::{Mode, NO_SSID, ctx_key};
 use crate::regs::{cr0, gbpa};
+use crate::set_cache::key_tag;
+use crate::tlb::Tlb;
 use crate::walk::Access;
 use crate::{DmaRequest, SmmuModel};
 
@@ -52,13 +55,57 @@ impl CachedUnit {
     }
 }
 
+/// The key of the model TLB entry a unit copies (none for a bypassing
+/// configuration, which depends on the configuration alone).
+type TlbKey = (u64, u64);
+
+/// The units copied into one `Iotlb`, indexed both by address (to find
+/// the survivors a dropped range overlapped) and by the TLB entry they copy
+/// (so an invalidation finds its units without a pass over all of them).
+#[derive(Debug, Default)]
+struct Units {
+    /// By (first input address, log2 size).
+    all: BTreeMap<(u64, u32), (CachedUnit, Option<TlbKey>)>,
+    by_key: HashMap<TlbKey, Vec<(u64, u32)>>,
+    /// The largest unit (log2), for overlap searches.
+    max_size_log2: u32,
+}
+
+impl Units {
+    /// Forgets the unit at `at`; returns it.
+    fn take(&mut self, at: (u64, u32)) -> Option<CachedUnit> {
+        let (u, key) = self.all.remove(&at)?;
+        if let Some(k) = key {
+            if let Some(v) = self.by_key.get_mut(&k) {
+                v.retain(|x| *x != at);
+                if v.is_empty() {
+                    self.by_key.remove(&k);
+                }
+            }
+        }
+        Some(u)
+    }
+
+    /// Returns the units overlapping `u`.
+    fn overlapping(&self, u: &CachedUnit) -> Vec<CachedUnit> {
+        let reach = (1u64 << self.max_size_log2) - 1;
+        let lo = u.iova_base.saturating_sub(reach);
+        let end = u.iova_base.saturating_add(u.len());
+        self.all
+            .range((lo, 0)..(end, 0))
+            .map(|(_, (x, _))| *x)
+            .filter(|x| x.iova_base.saturating_add(x.len()) > u.iova_base)
+            .collect()
+    }
+}
+
 /// The `Iotlb` of one stream and the model units it copies.
 #[derive(Debug)]
 pub(crate) struct IotlbSlot {
     sid: u32,
     ssid: Option<u32>,
     iotlb: RwLock<Iotlb>,
-    units: Mutex<Vec<CachedUnit>>,
+    units: Mutex<Units>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,11 +121,13 @@ impl IotlbSlot {
         self.iotlb.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn install(&self, u: CachedUnit) {
+    fn install(&self, u: CachedUnit, key: Option<TlbKey>) {
         let mut units = lock(&self.units);
-        if units.contains(&u) {
+        let at = (u.iova_base, u.size_log2);
+        if units.all.get(&at) == Some(&(u, key)) {
             return;
         }
+        units.take(at);
         // Installing cannot fail for an in-range, non-empty unit.
         let _ = self.write_iotlb().set_mapping(
             GuestAddress(u.iova_base),
@@ -86,7 +135,36 @@ impl IotlbSlot {
             u.len() as usize,
             u.perms(),
         );
-        units.push(u);
+        units.all.insert(at, (u, key));
+        if let Some(k) = key {
+            units.by_key.entry(k).or_default().push(at);
+        }
+        units.max_size_log2 = units.max_size_log2.max(u.size_log2);
+    }
+
+    /// Drops the units at `drop` from the `Iotlb`, and installs again the
+    /// survivors their ranges overlapped (vm-memory drops whole overlapping
+    /// mappings). Returns the number dropped.
+    fn drop_units(&self, units: &mut Units, drop: &[(u64, u32)]) -> usize {
+        let gone: Vec<CachedUnit> = drop.iter().filter_map(|at| units.take(*at)).collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        let mut iotlb = self.write_iotlb();
+        for u in &gone {
+            iotlb.invalidate_mapping(GuestAddress(u.iova_base), u.len() as usize);
+        }
+        for u in &gone {
+            for x in units.overlapping(u) {
+                let _ = iotlb.set_mapping(
+                    GuestAddress(x.iova_base),
+                    GuestAddress(x.pa_base),
+                    x.len() as usize,
+                    x.perms(),
+                );
+            }
+        }
+        gone.len()
     }
 }
 
@@ -157,7 +235,7 @@ impl StreamIommu {
 
     /// Returns the number of model units copied into the `Iotlb`.
     pub fn iotlb_units(&self) -> usize {
-        self.slot.as_ref().map_or(0, |s| lock(&s.units).len())
+        self.slot.as_ref().map_or(0, |s| lock(&s.units).all.len())
     }
 }
 
@@ -222,11 +300,12 @@ impl SmmuModel {
             sid,
             ssid,
             iotlb: RwLock::new(Iotlb::new()),
-            units: Mutex::new(Vec::new()),
+            units: Mutex::new(Units::default()),
         });
         let mut s = self.lock();
         s.iotlbs.retain(|w| w.strong_count() > 0);
         s.iotlbs.push(Arc::downgrade(&slot));
+        s.tlb.log_removals = true;
         StreamIommu {
             model: self.clone(),
             sid,
@@ -252,7 +331,7 @@ impl SmmuModel {
     /// an unprivileged data access, without walking or counting anything;
     /// `None` when it would walk, fault, or cannot serve it from a cache.
     pub fn cached_translation(&self, sid: u32, ssid: Option<u32>, iova: u64) -> Option<CachedUnit> {
-        self.lock().probe(sid, ssid, iova, None)
+        self.lock().probe(sid, ssid, iova, None).map(|(u, _)| u)
     }
 
     /// Translates every unit of `[iova, iova + len)` for `access`, filling
@@ -276,9 +355,10 @@ impl SmmuModel {
             // Whatever the model now caches is a valid copy, even when the
             // other direction of a read-write access faulted.
             let unit = s.probe(io.sid, io.ssid, addr, None);
-            if let (Some(slot), Some(u)) = (&io.slot, unit) {
-                slot.install(u);
+            if let (Some(slot), Some((u, key))) = (&io.slot, unit) {
+                slot.install(u, key);
             }
+            let unit = unit.map(|(u, _)| u);
             let (pa, n) = r?;
             if !unit.is_some_and(|u| u.perms().allow(access)) {
                 all_kept = false;
@@ -361,14 +441,15 @@ impl State {
     }
 
     /// Returns the unit of `iova` servable from the caches (of exactly
-    /// `size_log2` when given), without side effects.
+    /// `size_log2` when given) and the key of the TLB entry it copies,
+    /// without side effects.
     pub(super) fn probe(
         &self,
         sid: u32,
         ssid: Option<u32>,
         iova: u64,
         size_log2: Option<u32>,
-    ) -> Option<CachedUnit> {
+    ) -> Option<(CachedUnit, Option<TlbKey>)> {
         let identity = |size_log2: u32| CachedUnit {
             iova_base: iova & !((1u64 << size_log2) - 1),
             pa_base: iova & !((1u64 << size_log2) - 1),
@@ -377,7 +458,7 @@ impl State {
             write: true,
         };
         if self.regs.cr0 & cr0::SMMUEN == 0 {
-            return (self.regs.gbpa & gbpa::ABORT == 0).then(|| identity(12));
+            return (self.regs.gbpa & gbpa::ABORT == 0).then(|| (identity(12), None));
         }
         if ssid.is_some_and(|s| s >> super::context::MAX_SSID_BITS != 0) {
             return None;
@@ -389,7 +470,7 @@ impl State {
         let fits = iova >> self.cfg.oas_bits == 0;
         let ia = match ctx.mode {
             Mode::Abort => return None,
-            Mode::Bypass => return fits.then(|| identity(12)),
+            Mode::Bypass => return fits.then(|| (identity(12), None)),
             Mode::S2 if !fits => return None,
             Mode::S2 => iova,
             Mode::S1 | Mode::Nested => ctx.cd.as_ref()?.tlb_input(iova)?,
@@ -408,51 +489,83 @@ impl State {
             privileged: false,
             instruction: false,
         };
-        Some(CachedUnit {
+        let u = CachedUnit {
             iova_base: iova & !((1u64 << e.size_log2) - 1),
             pa_base: e.out_base,
             size_log2: e.size_log2,
             read: e.perms.allows(user(false)),
             write: e.perms.allows(user(true)),
-        })
+        };
+        Some((u, Some(Tlb::key_of(ctx.tag, ia, e))))
     }
 
     /// Drops every `Iotlb` unit the model would no longer serve from its
-    /// caches, and nothing else: units that survive but overlapped a
-    /// dropped range are installed again.
+    /// caches, and nothing else, by probing each (after register writes and
+    /// restores, which can change what any unit depends on).
     pub(super) fn sync_iotlbs(&mut self) {
+        self.tlb.take_removed();
+        for slot in self.live_iotlbs() {
+            let mut units = lock(&slot.units);
+            let drop: Vec<(u64, u32)> = units
+                .all
+                .iter()
+                .filter(|(at, (u, key))| {
+                    self.probe(slot.sid, slot.ssid, at.0, Some(at.1)) != Some((*u, *key))
+                })
+                .map(|(at, _)| *at)
+                .collect();
+            let n = slot.drop_units(&mut units, &drop);
+            self.stats.iotlb_invalidations += n as u64;
+        }
+    }
+
+    /// Drops the `Iotlb` units whose backing went since the last sync: the
+    /// TLB entries the TLB listed as removed, and the units of streams whose
+    /// configuration was invalidated. Costs what it removes (plus one look
+    /// at each stream's context), not a pass over every unit.
+    pub(super) fn sync_iotlbs_removed(&mut self) {
+        let removed = self.tlb.take_removed();
         if self.iotlbs.is_empty() {
             return;
         }
-        self.iotlbs.retain(|w| w.strong_count() > 0);
-        let slots: Vec<Arc<IotlbSlot>> = self.iotlbs.iter().filter_map(Weak::upgrade).collect();
-        for slot in slots {
+        if removed.all {
+            self.tlb.log_removals = true;
+            return self.sync_iotlbs();
+        }
+        let enabled = self.regs.cr0 & cr0::SMMUEN != 0;
+        for slot in self.live_iotlbs() {
             let mut units = lock(&slot.units);
-            let (keep, drop): (Vec<CachedUnit>, Vec<CachedUnit>) = units.iter().partition(|u| {
-                self.probe(slot.sid, slot.ssid, u.iova_base, Some(u.size_log2)) == Some(**u)
-            });
-            if drop.is_empty() {
+            if units.all.is_empty() {
                 continue;
             }
-            self.stats.iotlb_invalidations += drop.len() as u64;
-            let mut iotlb = slot.write_iotlb();
-            for u in &drop {
-                iotlb.invalidate_mapping(GuestAddress(u.iova_base), u.len() as usize);
-            }
-            for u in &keep {
-                let overlaps = drop.iter().any(|d| {
-                    d.iova_base < u.iova_base + u.len() && u.iova_base < d.iova_base + d.len()
-                });
-                if overlaps {
-                    let _ = iotlb.set_mapping(
-                        GuestAddress(u.iova_base),
-                        GuestAddress(u.pa_base),
-                        u.len() as usize,
-                        u.perms(),
-                    );
+            let ctx = self
+                .ctx_cache
+                .get(&ctx_key(slot.sid, slot.ssid.unwrap_or(NO_SSID)));
+            let drop: Vec<(u64, u32)> = match ctx {
+                // Without its context nothing of the stream is served from
+                // the caches (with the SMMU disabled, units are bypass).
+                None if enabled => units.all.keys().copied().collect(),
+                None => Vec::new(),
+                Some(ctx) => {
+                    let tag = ctx.tag.packed();
+                    removed
+                        .keys
+                        .iter()
+                        .filter(|k| key_tag(k.0) == tag)
+                        .filter_map(|k| units.by_key.get(k))
+                        .flatten()
+                        .copied()
+                        .collect()
                 }
-            }
-            *units = keep;
+            };
+            let n = slot.drop_units(&mut units, &drop);
+            self.stats.iotlb_invalidations += n as u64;
         }
+    }
+
+    fn live_iotlbs(&mut self) -> Vec<Arc<IotlbSlot>> {
+        self.iotlbs.retain(|w| w.strong_count() > 0);
+        self.tlb.log_removals = !self.iotlbs.is_empty();
+        self.iotlbs.iter().filter_map(Weak::upgrade).collect()
     }
 }

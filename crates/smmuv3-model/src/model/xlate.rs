@@ -161,13 +161,8 @@ impl State {
     /// Returns where a walk of `ia` starts: the deepest cached table
     /// descriptor, or the configured start table.
     fn walk_start(&mut self, tag: Tag, tt: &TableCfg, ia: u64) -> Start {
-        let mut levels = [(0u32, 0u32); 3];
-        let mut n = 0;
-        for l in (tt.start_level..3).rev() {
-            levels[n] = (l, tt.level_lsb(l));
-            n += 1;
-        }
-        match self.tlb.walk_lookup(tag, ia, &levels[..n]) {
+        let levels = (tt.start_level..3).rev().map(|l| (l, tt.level_lsb(l)));
+        match self.tlb.walk_lookup(tag, ia, levels) {
             Some((level, w)) if w.granule_shift == tt.shift => {
                 self.stats.walk_cache_hits += 1;
                 Start {
@@ -341,7 +336,9 @@ impl State {
     }
 
     fn remember(&mut self, ctx: &Ctx, ev: Event, ia: u64, e: &TlbEntry) {
-        if ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
+        // The copy may only stand for an entry the TLB holds: with the TLB
+        // disabled nothing was cached, and the next access must walk.
+        if !self.tlb.enabled || ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
             return;
         }
         self.set_last(Some(super::LastHit {
@@ -375,13 +372,13 @@ impl State {
         if let Some(t) = self.cached_hit(req, iova) {
             return Ok(t);
         }
-        let evictions = self.tlb.evictions;
         let r = match self.translate_inner(req, iova) {
             Ok(t) => Ok(t),
             Err(stop) => Err(self.finish(stop)),
         };
-        if self.tlb.evictions != evictions {
-            self.sync_iotlbs();
+        if self.tlb.removed_any() {
+            // Evicted or replaced entries: their Iotlb copies go.
+            self.sync_iotlbs_removed();
         }
         r
     }

@@ -25,7 +25,7 @@ pub const S2_RO: u64 = 1 << 10 | 1 << 6 | 0xf << 2 | 3 << 8;
 
 pub struct H {
     pub mem: Arc<SimMemory>,
-    pub smmu: SmmuModel,
+    pub smmu: Arc<SmmuModel>,
     pub cmdq: u64,
     pub cmdq_log2: u32,
     pub evtq: u64,
@@ -41,7 +41,7 @@ impl H {
 
     pub fn with(cfg: ModelConfig, coh: Coherency, size: u64) -> Self {
         let mem = Arc::new(SimMemory::new(MEM_BASE, size, coh).unwrap());
-        let smmu = SmmuModel::new(cfg, mem.clone()).unwrap();
+        let smmu = Arc::new(SmmuModel::new(cfg, mem.clone()).unwrap());
         Self {
             mem,
             smmu,

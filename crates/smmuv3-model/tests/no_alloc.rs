@@ -1,0 +1,134 @@
+//! The translation path allocates nothing once the caches exist: TLB hits,
+//! TLB misses that walk and fill (evicting from full sets), full walks
+//! with one-entry caches, proven with a counting global allocator. The
+//! caches' arrays are allocated by the first fill, and a thread's hit
+//! counter by its first lock-free hit, before counting starts.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System as SysAlloc};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::*;
+use smmuv3_model::{DmaRequest, ModelConfig};
+
+/// Counts allocations made by threads that asked for it.
+struct CountingAlloc;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: forwards to the system allocator; the counter has no effect on
+// the memory returned.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.try_with(Cell::get).unwrap_or(false) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded caller contract.
+        unsafe { SysAlloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded caller contract.
+        unsafe { SysAlloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.try_with(Cell::get).unwrap_or(false) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded caller contract.
+        unsafe { SysAlloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Returns how many heap allocations this thread made running `f`.
+fn allocations(f: impl FnOnce()) -> u64 {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCS.load(Ordering::Relaxed) - before
+}
+
+const SID: u32 = 1;
+const PAGES: u64 = 2048;
+
+/// Stage 1 over `PAGES` consecutive pages.
+fn model(tlb_capacity: usize) -> H {
+    let cfg = ModelConfig {
+        tlb_capacity,
+        ..ModelConfig::default()
+    };
+    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 16 << 20);
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
+    h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
+    let page = h.alloc(4096);
+    for i in 0..PAGES {
+        pt.map(&h, i << 12, page, 3, S1_RW);
+    }
+    h
+}
+
+fn translate(h: &H, page: u64) -> bool {
+    let r = DmaRequest::read(SID, page << 12, 4).privileged();
+    h.smmu.translate(&r).unwrap().tlb_hit
+}
+
+#[test]
+fn hits_and_misses_with_evictions_allocate_nothing() {
+    // 256 entries for 2048 pages: every pass over them misses and evicts.
+    let h = model(256);
+    for p in 0..PAGES {
+        translate(&h, p);
+    }
+    // A thread's first lock-free hit registers its hit counter (once per
+    // thread and model).
+    for _ in 0..3 {
+        translate(&h, 7);
+    }
+    let before = h.smmu.stats();
+    let mut hits = 0;
+    let n = allocations(|| {
+        for _ in 0..3 {
+            for p in 0..PAGES {
+                hits += u64::from(translate(&h, p));
+            }
+        }
+        for _ in 0..1000 {
+            hits += u64::from(translate(&h, 7));
+        }
+    });
+    assert_eq!(n, 0, "allocations on the translation path");
+    let after = h.smmu.stats();
+    // Both paths ran: misses that walked and evicted, and hits.
+    assert!(after.walks - before.walks >= 3 * PAGES);
+    assert!(after.tlb_evictions > before.tlb_evictions);
+    assert!(hits >= 999);
+}
+
+#[test]
+fn full_walks_with_one_entry_caches_allocate_nothing() {
+    let h = model(1);
+    for p in 0..4 {
+        translate(&h, p * 512);
+    }
+    let before = h.smmu.stats().walks;
+    let n = allocations(|| {
+        for i in 0..400 {
+            // 2 MiB apart: a new level-3 table every time.
+            translate(&h, (i % 4) * 512);
+        }
+    });
+    assert_eq!(n, 0);
+    assert_eq!(h.smmu.stats().walks - before, 400);
+}
