@@ -181,6 +181,15 @@ vs=$(line "$log" "HYP-STATS vsmmu reads=")
 streams=$(line "$log" "HYP-STATS vsmmu streams-seen")
 ok=0; vsmmu_ok "$log" Nested && ok=1
 verdict vsmmu-counters $ok "${vs#HYP-STATS vsmmu }; ${streams#HYP-STATS vsmmu }"
+
+# The shadow never maps the hypervisor's own memory, and maps host RAM
+# to itself (sampled): what a host device can reach, bypass or nested.
+audit=$(line "$log" "HYP-STATS shadow ")
+hmapped=$(sed -n 's/.*hyp-pages-mapped=\([0-9]*\) .*/\1/p' <<<"$audit")
+sampled=$(sed -n 's/.*host-ram-sampled=\([0-9]*\) .*/\1/p' <<<"$audit")
+ident=$(sed -n 's/.*identity=\([0-9]*\).*/\1/p' <<<"$audit")
+ok=0; [[ "$hmapped" == 0 && -n "$sampled" && "$sampled" -gt 0 && "$ident" == "$sampled" ]] && ok=1
+verdict shadow-excludes-hypervisor $ok "${audit#HYP-STATS shadow }"
 if [[ $failed -ne 0 ]]; then
     echo "---- [el2] console log of the failing run (last 60 lines; full log: $log) ----"
     tr -d '\r' <"$log" | tail -n 60

@@ -219,6 +219,8 @@ pub struct VirtualSmmu {
     accesses: u64,
     /// The donation test hook, when asked for (`donate-after=N`).
     hook: Option<DonationHook>,
+    /// The hypervisor's own memory, which the shadow must never map.
+    hyp: Bank,
 }
 
 /// The test hook: from the `after`-th host access on, at the first access
@@ -279,7 +281,38 @@ impl VirtualSmmu {
             seen: Vec::new(),
             accesses: 0,
             hook,
+            hyp,
         })
+    }
+
+    /// Returns how many 4 KiB pages of the hypervisor's own memory the
+    /// shadow stage 2 translates (a device of the host's, in bypass or
+    /// nested, can reach exactly those: must be 0), and how many of
+    /// `samples` pages of host RAM spread over `ram` it translates to
+    /// themselves.
+    fn shadow_audit(&self, ram: &[Range], samples: u64) -> (u64, u64, u64) {
+        let pt = self.emu.hyp().shadow().page_table();
+        let page = hyp_iommu::PAGE;
+        let hyp_mapped = (self.hyp.base..self.hyp.base + self.hyp.size)
+            .step_by(page as usize)
+            .filter(|&a| pt.translate(a).is_some())
+            .count() as u64;
+        let host_ram =
+            hyp_iommu::MemoryMap::new(ram, &[], &[Range::new(self.hyp.base, self.hyp.size)])
+                .map(|m| m.host_ram())
+                .unwrap_or_default();
+        let total: u64 = host_ram.iter().map(|r| r.len / page).sum();
+        let stride = (total / samples.max(1)).max(1);
+        let (mut tried, mut identity) = (0, 0);
+        for r in &host_ram {
+            let mut a = r.base;
+            while a < r.end() {
+                tried += 1;
+                identity += u64::from(pt.translate(a) == Some(a));
+                a += stride * page;
+            }
+        }
+        (hyp_mapped, tried, identity)
     }
 
     /// Returns the shadow's shape (input size, page sizes, coherency, mode).
@@ -432,6 +465,13 @@ impl TrappedMmio for VirtualSmmu {
                 s.hyp_events
             )?;
         }
+        let ram = [Range::new(layout::RAM, layout::RAM_SIZE)];
+        let (hyp_mapped, tried, identity) = self.shadow_audit(&ram, 4096);
+        writeln!(
+            out,
+            "HYP-STATS shadow hyp-pages-mapped={hyp_mapped} of {} host-ram-sampled={tried} identity={identity}",
+            self.hyp.size / hyp_iommu::PAGE
+        )?;
         write!(out, "HYP-STATS vsmmu streams-seen")?;
         for (sid, k) in &self.seen {
             write!(out, " {sid:#x}={k}")?;

@@ -121,6 +121,16 @@ el2_tests! {
         // Linux's strict-mode unmaps: TLBI_NH_VA (0x12) and CMD_SYNC (0x46).
         assert!(d.contains(" 0x12:") && d.contains(" 0x46:"), "{d}");
     }
+    el2_shadow_never_maps_hypervisor_memory => "shadow-excludes-hypervisor", |d| {
+        // Every page of the hypervisor's 16 MiB is unmapped in the shadow
+        // (what a host device can reach, bypass or nested), and sampled
+        // host RAM is mapped to itself.
+        assert_eq!(counter(&d, "hyp-pages-mapped"), 0, "{d}");
+        assert!(d.contains("of 4096 "), "{d}");
+        let sampled = counter(&d, "host-ram-sampled");
+        assert!(sampled > 1000, "{d}");
+        assert_eq!(counter(&d, "identity"), sampled, "{d}");
+    }
     el2_host_bypass_becomes_stage2_on_the_shadow => "bypass-is-stage2", |d| {
         assert!(d.starts_with("exit status 0;"), "{d}");
         assert!(d.contains("Default domain type: Passthrough"), "{d}");
