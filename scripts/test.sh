@@ -48,6 +48,10 @@ fi
 
 step "format"
 cargo fmt --all -- --check
+# The crates outside the workspace (their own targets and toolchain) too.
+for manifest in baremetal/Cargo.toml hypervisor/Cargo.toml crates/smmuv3-model/fuzz/Cargo.toml; do
+    cargo fmt --manifest-path "$manifest" -- --check
+done
 
 step "clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
