@@ -466,3 +466,41 @@ fn stalls_of_a_stall_forced_smmu_are_terminated_by_the_hypervisor() {
     assert_eq!(events[0].ty, EventType::Translation);
     assert_eq!(events[0].fault.unwrap().stall_tag, None);
 }
+
+/// A host cannot make one doorbell cost the hypervisor one pass over its
+/// stream table per command: a queue of CFGI_ALLs reads each STE once.
+#[test]
+fn a_queue_of_cfgi_alls_reads_the_host_table_once() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    let cfg = t
+        .emu
+        .lock()
+        .unwrap()
+        .read(0, smmuv3::regs::STRTAB_BASE_CFG as u64, 4)
+        .unwrap();
+    let entries = 1u64 << smmuv3::regs::strtab_base_cfg::LOG2SIZE.get(cfg);
+    let cmds = vec![smmuv3::command::Command::CFGI_ALL; 200];
+    let reads = || t.host.reads.load(std::sync::atomic::Ordering::Relaxed);
+    let before = reads();
+    let syncs = t.stats().real_syncs;
+    host.issue(&cmds, true).unwrap();
+    let spent = reads() - before;
+    // Each doorbell the driver rings reads its commands and the table once
+    // (one real CMD_SYNC per doorbell).
+    let doorbells = t.stats().real_syncs - syncs;
+    assert!(doorbells >= 1);
+    assert!(
+        spent <= 201 + doorbells * entries,
+        "{spent} host reads for 200 CFGI_ALLs over {entries} STEs"
+    );
+    assert!(spent < 200 * entries, "{spent}");
+    // And the stream is still what the host configured.
+    assert!(matches!(
+        t.emu.lock().unwrap().stream(0, SID),
+        StreamConfig::Nested { .. }
+    ));
+}

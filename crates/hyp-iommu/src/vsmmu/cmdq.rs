@@ -2,6 +2,8 @@
 //! its CMDQ_PROD write, validated, translated and issued on the real SMMU
 //! with one CMD_SYNC.
 
+use alloc::collections::BTreeSet;
+
 use io_pgtable::env::{CacheMaintenance, TableMemory};
 use smmuv3::command::{Command, SyncSignal};
 use smmuv3::env::SmmuEnv;
@@ -129,6 +131,9 @@ where
         let mut syncs = 0u64;
         let mut forwarded = 0u64;
         let mut refused = 0u64;
+        // Streams re-read in this doorbell (see `reshadow_span`).
+        let mut done = BTreeSet::new();
+        let mut all_done = false;
         // Bounded by the queue size: each step consumes one entry.
         while !ring.empty(prod, cons) {
             let at = base + u64::from(ring.index(cons)) * CMD_BYTES;
@@ -143,11 +148,16 @@ where
                     batch.push(c);
                     forwarded += 1;
                 }
+                // After a CFGI_ALL, the doorbell's configuration
+                // invalidations are done: every stream was re-read and the
+                // real SMMU's configuration caches are invalidated.
+                Action::Reshadow { .. } if all_done => {}
                 Action::Reshadow { first, log2, cfgi } => {
                     // Earlier invalidations first, in the host's order.
                     failed |= !batch.is_empty() && real.issue(&batch, false).is_err();
                     batch.clear();
-                    self.reshadow_span(smmu, first, log2);
+                    self.reshadow_span(smmu, first, log2, &mut done);
+                    all_done = log2 >= sid_bits;
                     batch.push(cfgi);
                     forwarded += 1;
                 }

@@ -1,6 +1,8 @@
 //! STE shadowing: the host's stream table, read from host memory, turned
 //! into the hypervisor's own STEs.
 
+use alloc::collections::BTreeSet;
+
 use io_pgtable::env::{CacheMaintenance, TableMemory};
 use smmuv3::config::{CdTableRef, S1Dss};
 use smmuv3::env::SmmuEnv;
@@ -246,8 +248,20 @@ where
     }
 
     /// Re-shadows 2^`log2` streams from `first` (aligned down): every one
-    /// the host's table holds and every one shadowed now.
-    pub(super) fn reshadow_span(&mut self, smmu: usize, first: u32, log2: u32) {
+    /// the host's table holds and every one shadowed now, except those in
+    /// `done`, which it adds them to.
+    ///
+    /// One host doorbell passes one `done` for all its commands: every STE
+    /// write those commands cover happened before the doorbell, so a
+    /// stream read once is read for all of them, and a queue full of
+    /// CFGI_ALLs costs one pass over the host's table, not one each.
+    pub(super) fn reshadow_span(
+        &mut self,
+        smmu: usize,
+        first: u32,
+        log2: u32,
+        done: &mut BTreeSet<u32>,
+    ) {
         let log2 = log2.min(self.sid_bits(smmu));
         let lo = u64::from(first) & !((1u64 << log2) - 1);
         let hi = lo + (1u64 << log2);
@@ -292,14 +306,16 @@ where
         sids.sort_unstable();
         sids.dedup();
         for sid in sids {
-            self.reshadow(smmu, sid);
+            if done.insert(sid) {
+                self.reshadow(smmu, sid);
+            }
         }
     }
 
-    /// Re-shadows every stream (host SMMU enable or disable, CFGI_ALL).
+    /// Re-shadows every stream (host SMMU enable or disable).
     pub(super) fn reshadow_all(&mut self, smmu: usize) {
         let bits = self.sid_bits(smmu);
-        self.reshadow_span(smmu, 0, bits);
+        self.reshadow_span(smmu, 0, bits, &mut BTreeSet::new());
     }
 }
 
