@@ -5,9 +5,8 @@
 #[path = "../benches/host.rs"]
 mod host;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use sim_memory::counting::{CountingAlloc, allocations};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use dma_mapping::iova::{IovaAllocator, IovaConfig, MAG_SIZE};
 use dma_mapping::{
@@ -15,31 +14,8 @@ use dma_mapping::{
 };
 use host::{HostEnv, NullDomain};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator, only counting calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations(f: impl FnOnce()) -> u64 {
-    let before = ALLOCS.load(Ordering::Relaxed);
-    f();
-    ALLOCS.load(Ordering::Relaxed) - before
-}
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 #[test]
 fn map_unmap_and_iova_fast_paths_do_not_allocate() {

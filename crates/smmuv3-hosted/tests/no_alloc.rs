@@ -3,60 +3,16 @@
 //! allocator. Page-table memory comes from the environment and is built
 //! before counting starts (a steady-state map reuses the tables).
 
-use std::alloc::{GlobalAlloc, Layout, System as SysAlloc};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use io_pgtable::env::{Counting, HostEnv};
 use io_pgtable::{Config, Gather, Granule, PageTable, Prot};
 use sim_memory::Coherency;
+use sim_memory::counting::{CountingAlloc, allocations};
 use smmuv3::{AttachOptions, SmmuConfig};
 use smmuv3_hosted::{HostedDomain, System};
 use smmuv3_model::{DmaRequest, ModelConfig};
 
-/// Counts allocations made by threads that asked for it.
-struct CountingAlloc;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: forwards to the system allocator; the counter has no effect on
-// the memory returned.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.try_with(Cell::get).unwrap_or(false) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded caller contract.
-        unsafe { SysAlloc.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded caller contract.
-        unsafe { SysAlloc.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.try_with(Cell::get).unwrap_or(false) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded caller contract.
-        unsafe { SysAlloc.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
-
-/// Returns how many heap allocations this thread made running `f`.
-fn allocations(f: impl FnOnce()) -> u64 {
-    let before = ALLOCS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCS.load(Ordering::Relaxed) - before
-}
 
 const RW: Prot = Prot::READ.union(Prot::WRITE).union(Prot::CACHE);
 
