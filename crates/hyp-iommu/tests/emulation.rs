@@ -504,3 +504,41 @@ fn a_queue_of_cfgi_alls_reads_the_host_table_once() {
         StreamConfig::Nested { .. }
     ));
 }
+
+/// A host that turns its SMMU off gets GBPA's abort (it reads as abort),
+/// not bypass: its devices stop reaching the memory they had mapped.
+#[test]
+fn a_host_smmu_disable_aborts_every_stream() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    let buf = t.host_ram.alloc(4096).unwrap();
+    dom.map(IOVA, buf, 4096, RW).unwrap();
+    t.dma_write(SID, IOVA, b"on").unwrap();
+    let cr0 = smmuv3::regs::CR0 as u64;
+    let on = t.emu.lock().unwrap().read(0, cr0, 4).unwrap();
+    let smmuen = smmuv3::regs::cr0::SMMUEN.mask();
+    t.emu
+        .lock()
+        .unwrap()
+        .write(0, cr0, 4, on & !smmuen)
+        .unwrap();
+    assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
+    assert!(matches!(
+        t.dma_write(SID, IOVA, b"XX"),
+        Err(DmaFault::StreamAbort)
+    ));
+    // Nor does the physical address bypass.
+    assert!(t.dma_write(SID, buf, b"XX").is_err());
+    assert_eq!(t.cpu_read(buf, 2), b"on");
+    // Enabled again, the host's table applies again.
+    t.emu.lock().unwrap().write(0, cr0, 4, on).unwrap();
+    assert!(matches!(
+        t.emu.lock().unwrap().stream(0, SID),
+        StreamConfig::Nested { .. }
+    ));
+    t.dma_write(SID, IOVA, b"ok").unwrap();
+    assert_eq!(t.cpu_read(buf, 2), b"ok");
+}
