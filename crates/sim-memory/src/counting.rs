@@ -4,7 +4,7 @@
 //! allocations are counted, so tests running in parallel threads of the
 //! same binary do not disturb each other.
 //!
-//! ```ignore
+//! ```text
 //! #[global_allocator]
 //! static GLOBAL: sim_memory::counting::CountingAlloc = sim_memory::counting::CountingAlloc;
 //!
