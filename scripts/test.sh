@@ -6,12 +6,11 @@
 # Steps: install what the QEMU tests need (scripts/setup-qemu.sh, and
 # scripts/setup-linux.sh for the EL2 hypervisor's Linux host; when that is
 # impossible those tests are reported as SKIPPED, loudly, and everything
-# else still runs), format, clippy, the no_std link check, a build of each
-# crate's tests on their own (`cargo test -p NAME --no-run`), packaging
-# (`cargo package --workspace --no-verify`), then every test of
-# the workspace (unit, integration, property, fuzz smoke, doc tests, and the
-# bare-metal scenarios and the EL2 hypervisor booting Linux under QEMU through
-# crates/qemu-tests), the loom model
+# else still runs), format, clippy, the no_std link check, packaging
+# (`cargo package --workspace --no-verify`), then every crate's tests, each
+# crate on its own (unit, integration, property, fuzz smoke, doc tests, and
+# the bare-metal scenarios and the EL2 hypervisor booting Linux under QEMU
+# through crates/qemu-tests), the loom model
 # check of io-pgtable (crates/io-pgtable/tests/loom.rs), and a short
 # coverage-guided libFuzzer run of the model and the decoders.
 set -euo pipefail
@@ -19,6 +18,15 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==== %s ====\n' "$*"; }
 started=$(date +%s)
+# Disk is the resource a CI machine runs out of first: say how much the
+# build takes and how much is left, so a shortage is plain in the log.
+disk_report() {
+    echo "disk ($1): target/ $(du -sh target 2>/dev/null | cut -f1), $(df -h --output=avail . | tail -n 1 | tr -d ' ') free"
+}
+# Incremental caches (about 3 GB for this workspace) only help a rebuild
+# after a small edit; the suite builds once.
+export CARGO_INCREMENTAL=0
+disk_report "at the start"
 
 step "setup: QEMU 10 and the aarch64 toolchain for the bare-metal tests"
 qemu_status=ready
@@ -63,17 +71,6 @@ cargo rustc --quiet --manifest-path checks/nostd/Cargo.toml -- -C panic=abort
 cargo build --quiet -p smmuv3 --no-default-features --lib
 echo "no_std link check: ok (smmuv3 without alloc builds too)"
 
-step "each crate's tests build on their own (no features borrowed from the workspace)"
-# `cargo test --workspace` unifies features across members, which hides a
-# crate whose tests need a feature it does not enable itself. Building each
-# crate's tests alone catches that; running them again would only repeat
-# the workspace run below, so this only builds (and reuses its cache).
-for manifest in crates/*/Cargo.toml; do
-    name=$(sed -n 's/^name = "\(.*\)"$/\1/p' "$manifest" | head -n 1)
-    cargo test --quiet -p "$name" --no-run
-    echo "cargo test -p $name: builds"
-done
-
 step "packaging: every crate packages (metadata, versions on path dependencies)"
 # --no-verify keeps this to seconds; it still refuses a path dependency
 # without a version. A full verified build of the library crates works too
@@ -83,11 +80,21 @@ step "packaging: every crate packages (metadata, versions on path dependencies)"
 cargo package --quiet --workspace --no-verify --allow-dirty
 echo "cargo package --workspace: ok"
 
-step "tests (workspace; QEMU scenarios included when available)"
+step "tests: each crate on its own (QEMU scenarios included when available)"
+# Each crate's tests run alone (`cargo test -p NAME`) rather than once for
+# the workspace: `cargo test --workspace` unifies features across members,
+# which hides a crate whose tests need a feature it does not enable itself,
+# and running them alone is what a user of one crate does. Every test
+# belongs to exactly one crate, so this runs the whole suite once.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 tests_rc=0
-cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || tests_rc=$?
+for manifest in crates/*/Cargo.toml; do
+    name=$(sed -n 's/^name = "\(.*\)"$/\1/p' "$manifest" | head -n 1)
+    step "tests: cargo test -p $name"
+    cargo test -p "$name" --no-fail-fast 2>&1 | tee -a "$log" || tests_rc=$?
+done
+disk_report "after the tests"
 
 # loom rebuilds with `--cfg loom` (every atomic of io-pgtable's table code
 # becomes loom's), so it has its own target directory; the `loom` profile
@@ -118,6 +125,7 @@ BANNER
 fi
 
 step "summary"
+disk_report "at the end"
 echo "QEMU bare-metal scenarios: $qemu_status"
 echo "EL2 hypervisor + Linux: $linux_status"
 echo "libFuzzer smoke: $fuzz_status"
