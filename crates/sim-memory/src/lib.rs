@@ -266,6 +266,7 @@ impl SimMemory {
         self.coherency
     }
 
+    #[inline]
     fn offset(&self, pa: u64, len: u64) -> Result<u64, MemError> {
         let off = pa.wrapping_sub(self.base);
         if pa < self.base || off > self.size || len > self.size - off {
@@ -317,6 +318,7 @@ impl SimMemory {
         &self.cpu[(off / 8) as usize]
     }
 
+    #[inline]
     fn dev_words(&self) -> &[AtomicU64] {
         match self.coherency {
             Coherency::Coherent => &self.cpu,
@@ -484,10 +486,32 @@ impl SimMemory {
 
     // ---- Device side ----------------------------------------------------
 
+    /// Returns the device view as one array of words starting at
+    /// [`SimMemory::base`], or `None` while any abort is injected (then
+    /// every access must go through the checked accessors).
+    ///
+    /// A word of the array holds what [`SimMemory::dev_read_u64`] returns
+    /// for its address: the same strictness, without a call per word. A
+    /// table walker takes the view once per walk and reads its
+    /// descriptors from it.
+    #[inline]
+    pub fn dev_word_view(&self) -> Option<&[AtomicU64]> {
+        if self.has_aborts.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.dev_words())
+    }
+
+    #[inline]
     fn check_abort(&self, pa: u64, len: u64) -> Result<(), MemError> {
         if !self.has_aborts.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.check_abort_slow(pa, len)
+    }
+
+    #[cold]
+    fn check_abort_slow(&self, pa: u64, len: u64) -> Result<(), MemError> {
         let aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
         for &(start, alen) in aborts.iter() {
             let end = start.saturating_add(alen);
@@ -768,6 +792,31 @@ mod tests {
         m.invalidate(BASE + 100, 10).unwrap();
         m.cpu_read(BASE + 100, &mut b).unwrap();
         assert_eq!(b, [7; 10]);
+    }
+
+    #[test]
+    fn word_view_reads_as_the_checked_device_read() {
+        for coherency in [Coherency::Coherent, Coherency::NonCoherent] {
+            let m = SimMemory::new(BASE, 1 << 16, coherency).unwrap();
+            m.cpu_write_u64(BASE + 8, 0xabcd).unwrap();
+            m.cpu_write_u64(BASE + 16, 0x1234).unwrap();
+            m.clean(BASE + 16, 8).unwrap();
+            let view = m.dev_word_view().unwrap();
+            assert_eq!(view.len() as u64, (1 << 16) / 8);
+            for w in 0..4u64 {
+                assert_eq!(
+                    view[w as usize].load(Ordering::Relaxed),
+                    m.dev_read_u64(BASE + w * 8).unwrap(),
+                    "{coherency:?} word {w}"
+                );
+            }
+            // An injected abort takes the view away: the checked path
+            // must see every access while one is armed.
+            m.inject_abort(BASE + 0x100, 8);
+            assert!(m.dev_word_view().is_none());
+            m.clear_aborts();
+            assert!(m.dev_word_view().is_some());
+        }
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Runs a fixed number of translations of one kind, for load-independent
 //! measurement with `perf stat -e cycles:u,instructions:u` (see
-//! BENCHMARKS.md): `translate_loop <hit|hit64|walk|miss|nested|tlbi> <count>`.
+//! BENCHMARKS.md):
+//! `translate_loop <hit|hit64|walk|walk-uncached|miss|nested|tlbi> <count>`.
+//!
+//! `walk` walks all four levels with a one-entry TLB and walk cache (each
+//! walk fills and evicts four entries); `walk-uncached` walks them with the
+//! TLB and walk cache disabled (the walk-on-every-access design).
 //!
 //! `miss` streams over 2^18 pages (1 GiB of 4K pages, four times the TLB):
 //! every translation misses the TLB, finds its level-3 table in the walk
@@ -115,10 +120,17 @@ fn main() {
         "hit" => (model(1 << 16, false), false),
         "hit64" => (model(1 << 16, false), true),
         "walk" => (model(1, false), true),
+        "walk-uncached" => {
+            let h = model(1 << 16, false);
+            h.smmu.set_tlb_enabled(false);
+            (h, true)
+        }
         "miss" => (model_pages(1 << 16, false, true), false),
         "nested" => (model(1, true), true),
         other => {
-            eprintln!("unknown mode {other}; use hit, hit64, walk, miss, nested or tlbi");
+            eprintln!(
+                "unknown mode {other}; use hit, hit64, walk, walk-uncached, miss, nested or tlbi"
+            );
             std::process::exit(2);
         }
     };

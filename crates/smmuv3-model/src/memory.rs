@@ -53,6 +53,17 @@ pub trait DeviceMemory: Debug + Send + Sync {
     ///
     /// As [`DeviceMemory::read_u64`].
     fn cmpxchg_u64(&self, pa: u64, old: u64, new: u64) -> Result<Result<u64, u64>, MemError>;
+
+    /// Returns the memory as one array of aligned words and the physical
+    /// address of the first, when the backend keeps it so and every word
+    /// of the array reads as [`DeviceMemory::read_u64`] of its address
+    /// would. The table walker takes it once per walk and reads
+    /// descriptors from it without a call each.
+    ///
+    /// The default, `None`, sends every read through `read_u64`.
+    fn word_view(&self) -> Option<(u64, &[AtomicU64])> {
+        None
+    }
 }
 
 impl DeviceMemory for SimMemory {
@@ -74,6 +85,11 @@ impl DeviceMemory for SimMemory {
 
     fn cmpxchg_u64(&self, pa: u64, old: u64, new: u64) -> Result<Result<u64, u64>, MemError> {
         self.dev_cmpxchg_u64(pa, old, new)
+    }
+
+    fn word_view(&self) -> Option<(u64, &[AtomicU64])> {
+        // None while an abort is injected: then every read is checked.
+        self.dev_word_view().map(|w| (self.base(), w))
     }
 }
 

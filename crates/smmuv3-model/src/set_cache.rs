@@ -252,36 +252,30 @@ impl<V: Copy + Default> SetCache<V> {
         if self.slots.is_empty() {
             self.allocate();
         }
+        self.widen(k0, span_log2);
         let want = k0 | self.generation;
         let set = self.set_of(k0, k1);
         let base = set << self.ways.trailing_zeros();
-        let generation = self.generation;
+        let ways = &self.slots[base..][..self.ways];
+        // One pass: the key itself (replaced in place), else the first
+        // dead way.
         let mut free = None;
-        for (w, s) in self.slots[base..base + self.ways].iter().enumerate() {
-            if s.k1 == k1 && s.k0 == want {
+        for (w, s) in ways.iter().enumerate() {
+            if s.k0 == want && s.k1 == k1 {
                 self.vals[base + w] = v;
-                self.widen(k0, span_log2);
                 return None;
             }
-            if free.is_none() && s.k0 & !KEY_MASK != generation {
+            if free.is_none() && s.k0 & !KEY_MASK != self.generation {
                 free = Some(base + w);
             }
         }
-        self.widen(k0, span_log2);
         if let Some(i) = free {
             self.place(i, k0, k1, v);
             return None;
         }
-        let w = if self.ways == 1 {
-            0
-        } else {
-            let w = usize::from(self.victim[set]);
-            self.victim[set] = ((w + 1) & (self.ways - 1)) as u8;
-            w
-        };
-        let i = base + w;
-        let old = self.slots[i];
-        let old_k0 = old.k0 & KEY_MASK;
+        let i = base + self.next_victim(set);
+        let old_k0 = self.slots[i].k0 & KEY_MASK;
+        let old_k1 = self.slots[i].k1;
         if key_tag(old_k0) == key_tag(k0) {
             // Same chain: replace in place, no relinking.
             self.per_size[key_size(old_k0) as usize] -= 1;
@@ -292,9 +286,22 @@ impl<V: Copy + Default> SetCache<V> {
             self.unlink(i);
             self.place(i, k0, k1, v);
         }
-        Some((old_k0, old.k1))
+        Some((old_k0, old_k1))
     }
 
+    /// Returns the way of `set` the next eviction replaces, and moves the
+    /// round-robin pointer on.
+    #[inline]
+    fn next_victim(&mut self, set: usize) -> usize {
+        if self.ways == 1 {
+            return 0;
+        }
+        let w = usize::from(self.victim[set]);
+        self.victim[set] = ((w + 1) & (self.ways - 1)) as u8;
+        w
+    }
+
+    #[inline]
     fn widen(&mut self, k0: u64, span_log2: u32) {
         let s = key_size(k0) as usize;
         let span = span_log2.clamp(key_size(k0), 64) as u8;

@@ -4,6 +4,8 @@
 //! state hardware updates). Written from the architecture, independent of
 //! the `io-pgtable` crate on purpose.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use crate::event::EventType;
 use crate::layout::{RawDesc, desc as d};
 use crate::memory::DeviceMemory;
@@ -183,10 +185,84 @@ pub(crate) struct Start {
     pub attrs: TableAttrs,
 }
 
+/// The memory one walk reads its descriptors from.
+///
+/// A walk reads up to four descriptors (more with contiguous runs); a call
+/// through `dyn DeviceMemory` and its checks for each cost more than the
+/// rest of the level. When the backend offers its words as one array
+/// ([`DeviceMemory::word_view`]), an aligned read inside it is one atomic
+/// load; anything else (outside the array, unaligned, no array) takes the
+/// backend's checked path, which also produces the error.
+#[derive(Clone, Copy)]
+pub(crate) struct Tables<'a> {
+    mem: &'a dyn DeviceMemory,
+    view: Option<(u64, &'a [AtomicU64])>,
+}
+
+impl<'a> Tables<'a> {
+    /// Returns the reader of `mem`, taking its word view now.
+    #[inline]
+    pub fn new(mem: &'a dyn DeviceMemory) -> Self {
+        Self {
+            mem,
+            view: mem.word_view(),
+        }
+    }
+
+    #[inline]
+    fn read_u64(&self, pa: u64) -> Result<u64, ()> {
+        if let Some((base, words)) = self.view {
+            let off = pa.wrapping_sub(base);
+            if off % 8 == 0 {
+                if let Some(w) = words.get((off / 8) as usize) {
+                    // Acquire: as the backend's own read (a descriptor
+                    // published by a CPU release store is seen whole).
+                    return Ok(w.load(Ordering::Acquire));
+                }
+            }
+        }
+        self.mem.read_u64(pa).map_err(|_| ())
+    }
+}
+
 /// Extracts an output/next-level address from a descriptor (the 52-bit
 /// format only with the 64K granule).
 fn desc_addr(cfg: &TableCfg, desc: RawDesc, lsb: u32) -> u64 {
     desc.addr(lsb, cfg.pa52 && cfg.shift == 16)
+}
+
+/// Why a walk stopped without a leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Halt<E> {
+    /// A walk fault, for the caller to turn into an event.
+    Fault(WalkFault),
+    /// The descriptor-address mapping failed with this error.
+    Fetch(E),
+}
+
+impl Halt<core::convert::Infallible> {
+    /// Returns the fault of a walk whose address mapping cannot fail.
+    #[inline]
+    pub fn into_fault(self) -> WalkFault {
+        match self {
+            Halt::Fault(f) => f,
+            Halt::Fetch(never) => match never {},
+        }
+    }
+}
+
+/// One attempt's end without a leaf: [`Halt`], or a lost race with a CPU
+/// store that restarts the walk.
+enum Stopped<E> {
+    Halt(Halt<E>),
+    Raced,
+}
+
+impl<E> From<WalkFault> for Stopped<E> {
+    #[inline]
+    fn from(f: WalkFault) -> Self {
+        Stopped::Halt(Halt::Fault(f))
+    }
 }
 
 /// Walks `ia` through the table of `cfg`.
@@ -197,54 +273,63 @@ fn desc_addr(cfg: &TableCfg, desc: RawDesc, lsb: u32) -> u64 {
 ///
 /// `steps` receives the table descriptors used (for the walk cache).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn walk<E>(
-    mem: &dyn DeviceMemory,
+#[inline]
+pub(crate) fn walk<E, F: FnMut(u64) -> Result<u64, E>>(
+    mem: Tables<'_>,
     cfg: &TableCfg,
     start: Start,
     ia: u64,
     acc: Access,
     s1perm: S1Perm,
-    fetch: &mut dyn FnMut(u64) -> Result<u64, E>,
+    fetch: &mut F,
     steps: &mut WalkSteps,
     nsteps: &mut usize,
-) -> Result<Result<Leaf, WalkFault>, E> {
+) -> Result<Leaf, Halt<E>> {
     let mut attempt = 0;
     loop {
-        match walk_once(mem, cfg, start, ia, acc, s1perm, fetch, steps, nsteps)? {
-            Err(None) if attempt < HTTU_RETRIES => attempt += 1,
-            Err(None) => {
+        match walk_once(mem, cfg, start, ia, acc, s1perm, fetch, steps, nsteps) {
+            Ok(l) => return Ok(l),
+            Err(Stopped::Halt(h)) => return Err(h),
+            Err(Stopped::Raced) if attempt < HTTU_RETRIES => attempt += 1,
+            Err(Stopped::Raced) => {
                 // Lost every race: report it as a walk abort rather than
                 // spin; a real SMMU would keep retrying.
-                return Ok(Err(WalkFault {
+                return Err(Halt::Fault(WalkFault {
                     kind: EventType::FWalkEabt,
                     level: 3,
                     fetch_pa: 0,
                 }));
             }
-            Err(Some(f)) => return Ok(Err(f)),
-            Ok(l) => return Ok(Ok(l)),
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn walk_once<E>(
-    mem: &dyn DeviceMemory,
+#[inline]
+fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
+    mem: Tables<'_>,
     cfg: &TableCfg,
     start: Start,
     ia: u64,
     acc: Access,
     s1perm: S1Perm,
-    fetch: &mut dyn FnMut(u64) -> Result<u64, E>,
+    fetch: &mut F,
     steps: &mut WalkSteps,
     nsteps: &mut usize,
-) -> Result<Result<Leaf, Option<WalkFault>>, E> {
+) -> Result<Leaf, Stopped<E>> {
     let fault = |kind, level| {
-        Ok(Err(Some(WalkFault {
+        Err(Stopped::from(WalkFault {
             kind,
             level,
             fetch_pa: 0,
-        })))
+        }))
+    };
+    let abort = |level, fetch_pa| {
+        Err(Stopped::from(WalkFault {
+            kind: EventType::FWalkEabt,
+            level,
+            fetch_pa,
+        }))
     };
     let mut level = start.level;
     let mut table = start.table;
@@ -259,17 +344,10 @@ fn walk_once<E>(
             (ia >> lsb) & ((1 << cfg.stride()) - 1)
         };
         let desc_ia = table + idx * 8;
-        let desc_pa = fetch(desc_ia)?;
+        let desc_pa = fetch(desc_ia).map_err(|e| Stopped::Halt(Halt::Fetch(e)))?;
         reads += 1;
-        let desc = match mem.read_u64(desc_pa) {
-            Ok(v) => RawDesc(v),
-            Err(_) => {
-                return Ok(Err(Some(WalkFault {
-                    kind: EventType::FWalkEabt,
-                    level,
-                    fetch_pa: desc_pa,
-                })));
-            }
+        let Ok(desc) = mem.read_u64(desc_pa).map(RawDesc) else {
+            return abort(level, desc_pa);
         };
         if !desc.valid() {
             return fault(EventType::FTranslation, level);
@@ -313,14 +391,11 @@ fn walk_once<E>(
                 return fault(EventType::FTlbConflict, level);
             }
             for j in 0..run {
-                let pa = fetch(table + (first + j) * 8)?;
+                let pa =
+                    fetch(table + (first + j) * 8).map_err(|e| Stopped::Halt(Halt::Fetch(e)))?;
                 reads += 1;
                 let Ok(member) = mem.read_u64(pa) else {
-                    return Ok(Err(Some(WalkFault {
-                        kind: EventType::FWalkEabt,
-                        level,
-                        fetch_pa: pa,
-                    })));
+                    return abort(level, pa);
                 };
                 if !contiguous_member_ok(cfg, desc, RawDesc(member), lsb, idx - first, j) {
                     // Misprogrammed contiguous hint: a TLB conflict is one
@@ -360,22 +435,16 @@ fn walk_once<E>(
         }
         let mut updates = 0;
         if new != desc {
-            match mem.cmpxchg_u64(desc_pa, desc.0, new.0) {
+            match mem.mem.cmpxchg_u64(desc_pa, desc.0, new.0) {
                 Ok(Ok(_)) => updates = 1,
-                Ok(Err(_)) => return Ok(Err(None)),
-                Err(_) => {
-                    return Ok(Err(Some(WalkFault {
-                        kind: EventType::FWalkEabt,
-                        level,
-                        fetch_pa: desc_pa,
-                    })));
-                }
+                Ok(Err(_)) => return Err(Stopped::Raced),
+                Err(_) => return abort(level, desc_pa),
             }
             if needs_dirty {
                 perms = perms_if_dirty(cfg, desc, attrs, s1perm);
             }
         }
-        return Ok(Ok(Leaf {
+        return Ok(Leaf {
             oa_base,
             size_log2: lsb,
             level,
@@ -383,7 +452,7 @@ fn walk_once<E>(
             not_global: desc.not_global(),
             reads,
             updates,
-        }));
+        });
     }
 }
 
@@ -564,8 +633,8 @@ mod tests {
         };
         let mut steps = [(0, 0, TableAttrs::default()); 4];
         let mut n = 0;
-        let r = walk::<()>(
-            &m,
+        let r = walk::<(), _>(
+            Tables::new(&m),
             &c,
             start,
             0,
@@ -575,10 +644,10 @@ mod tests {
             &mut steps,
             &mut n,
         );
-        assert_eq!(r.unwrap().unwrap_err().kind, EventType::FTranslation);
+        assert!(matches!(r, Err(Halt::Fault(f)) if f.kind == EventType::FTranslation));
         m.cpu_write_u64(c.ttb, 0x4001_0000 | 3 | 1 << 10).unwrap();
-        let r = walk::<()>(
-            &m,
+        let r = walk::<(), _>(
+            Tables::new(&m),
             &c,
             start,
             0x123,
@@ -588,6 +657,6 @@ mod tests {
             &mut steps,
             &mut n,
         );
-        assert_eq!(r.unwrap().unwrap().oa_base, 0x4001_0000);
+        assert_eq!(r.unwrap().oa_base, 0x4001_0000);
     }
 }

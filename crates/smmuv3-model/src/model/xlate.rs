@@ -11,8 +11,23 @@ use crate::layout::ste_config;
 use crate::regs::{cr0, gbpa};
 use crate::stats::TraceEntry;
 use crate::tlb::{Regime, Tag, TlbEntry, WalkEntry};
-use crate::walk::{self, Access, Leaf, Perms, S1Perm, Start, TableAttrs, TableCfg, WalkFault};
+use crate::walk::{
+    self, Access, Halt, Leaf, Perms, S1Perm, Start, TableAttrs, TableCfg, Tables, WalkFault,
+};
 use crate::{DmaFault, DmaRequest, Termination, Translation};
+use core::convert::Infallible;
+
+/// What the lookup of a cached context and its TLB entry found.
+// Built and consumed once per translation in the caller's frame; boxing the
+// context would allocate on every TLB miss.
+#[allow(clippy::large_enum_variant)]
+enum Cached {
+    Hit(Translation),
+    /// The context is cached, its TLB entry is not.
+    Miss(Ctx),
+    /// Nothing the fast path serves: the full path decides.
+    Unknown,
+}
 
 /// Why a translation stopped, before recording.
 pub(super) enum Stop {
@@ -104,25 +119,21 @@ impl State {
         self.stats.tlb_misses += 1;
         self.set_last(None);
         let start = self.walk_start(tag, &tt, ipa);
-        let mem = self.mem.clone();
         let mut steps = [(0, 0, TableAttrs::default()); 4];
         let mut nsteps = 0;
         self.stats.walks += 1;
-        let r = walk::walk::<()>(
-            &*mem,
+        let leaf = walk::walk::<Infallible, _>(
+            Tables::new(&*self.mem),
             &tt,
             start,
             ipa,
             acc,
             S1Perm::default(),
-            &mut |a| Ok(a),
+            &mut Ok,
             &mut steps,
             &mut nsteps,
-        );
-        let leaf = match r {
-            Ok(r) => r,
-            Err(()) => unreachable_fault(),
-        };
+        )
+        .map_err(Halt::into_fault);
         self.note_steps(tag, &tt, ipa, &steps[..nsteps]);
         self.trace(|| TraceEntry::Walk {
             stage2: true,
@@ -285,21 +296,29 @@ impl State {
     }
 
     /// Serves a TLB hit of an already cached context by reference, without
-    /// building the fault-reporting state the full path needs.
+    /// building the fault-reporting state the full path needs. On a TLB
+    /// miss of a plain cached context, returns the context, so the walk
+    /// that follows needs neither the context lookup nor the TLB lookup
+    /// again.
     #[inline]
-    fn cached_hit(&mut self, req: &DmaRequest, iova: u64) -> Option<Translation> {
+    fn cached_hit(&mut self, req: &DmaRequest, iova: u64) -> Cached {
         if self.regs.cr0 & cr0::SMMUEN == 0 || req.ats_translated || self.trace.is_some() {
-            return None;
+            return Cached::Unknown;
         }
         let (sid, ssid) = (req.sid, req.ssid.unwrap_or(NO_SSID));
-        let ctx = self.ctx_cache.get(&ctx_key(sid, ssid))?;
+        let Some(ctx) = self.ctx_cache.get(&ctx_key(sid, ssid)) else {
+            return Cached::Unknown;
+        };
         if ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
-            return None;
+            return Cached::Unknown;
         }
         let ia = match ctx.mode {
             Mode::S2 => iova,
-            Mode::S1 | Mode::Nested => ctx.cd.as_ref()?.tlb_input(iova)?,
-            _ => return None,
+            Mode::S1 | Mode::Nested => match ctx.cd.as_ref().and_then(|cd| cd.tlb_input(iova)) {
+                Some(ia) => ia,
+                None => return Cached::Unknown,
+            },
+            _ => return Cached::Unknown,
         };
         let acc = Access {
             write: req.write,
@@ -309,10 +328,10 @@ impl State {
         let Some(&e) = self.tlb.lookup(ctx.tag, ia, &ctx.sizes[..ctx.nsizes]) else {
             // The full path need not look again.
             self.known_miss = ctx.mode != Mode::S2;
-            return None;
+            return Cached::Miss(*ctx);
         };
         if !e.perms.allows(acc) {
-            return None;
+            return Cached::Unknown;
         }
         self.stats.tlb_hits += 1;
         self.stats.ste_hits += 1;
@@ -327,7 +346,7 @@ impl State {
             }));
         }
         let off = ia & ((1 << e.size_log2) - 1);
-        Some(Translation {
+        Cached::Hit(Translation {
             pa: e.out_base + off,
             bytes_left: (1 << e.size_log2) - off,
             bypass: false,
@@ -369,10 +388,16 @@ impl State {
         if let Some(t) = self.last_hit(req, iova) {
             return Ok(t);
         }
-        if let Some(t) = self.cached_hit(req, iova) {
-            return Ok(t);
-        }
-        let r = match self.translate_inner(req, iova) {
+        let cached = match self.cached_hit(req, iova) {
+            Cached::Hit(t) => return Ok(t),
+            Cached::Miss(ctx) => {
+                // As `context` counts a cached context.
+                self.stats.ste_hits += 1;
+                Some(ctx)
+            }
+            Cached::Unknown => None,
+        };
+        let r = match self.translate_inner(req, iova, cached) {
             Ok(t) => Ok(t),
             Err(stop) => Err(self.finish(stop)),
         };
@@ -399,7 +424,14 @@ impl State {
         }
     }
 
-    fn translate_inner(&mut self, req: &DmaRequest, iova: u64) -> Result<Translation, Stop> {
+    /// Translates `iova` through the full path; `cached` is the context
+    /// when the caller already found it cached (SMMUEN is then set).
+    fn translate_inner(
+        &mut self,
+        req: &DmaRequest,
+        iova: u64,
+        cached: Option<Ctx>,
+    ) -> Result<Translation, Stop> {
         let bypass = |pa: u64| Translation {
             pa,
             bytes_left: 0x1000 - (pa & 0xfff),
@@ -425,7 +457,10 @@ impl State {
             input_addr: iova,
             ..Event::new(EventType::FTranslation, sid).with_ssid(req.ssid)
         };
-        let ctx = self.context(sid, req.ssid, base_ev)?;
+        let ctx = match cached {
+            Some(ctx) => ctx,
+            None => self.context(sid, req.ssid, base_ev)?,
+        };
         match ctx.ste.privcfg {
             2 => acc.privileged = false,
             3 => acc.privileged = true,
@@ -571,41 +606,56 @@ impl State {
         self.set_last(None);
 
         let start = self.walk_start(tag, &tt, key_va);
-        let mem = self.mem.clone();
         let mut steps = [(0, 0, TableAttrs::default()); 4];
         let mut nsteps = 0;
         self.stats.walks += 1;
-        let walk_acc = acc;
-        let r = {
-            let mut fetch = |desc_ipa: u64| -> Result<u64, Stop> {
-                match s2 {
-                    None => Ok(desc_ipa),
-                    Some(s2) => {
-                        let racc = Access {
-                            write: false,
-                            privileged: true,
-                            instruction: false,
-                        };
-                        self.s2_translate(&s2, desc_ipa, racc)
-                            .map(|(pa, _)| pa)
-                            .map_err(|f| {
-                                self.s2_stop(&s2, f, desc_ipa, FaultClass::TableWalk, base_ev)
-                            })
-                    }
-                }
-            };
-            walk::walk::<Stop>(
-                &*mem,
+        let r = match s2 {
+            // Descriptor addresses are physical: nothing else to consult,
+            // so the walk borrows the memory and not the whole state.
+            None => walk::walk::<Infallible, _>(
+                Tables::new(&*self.mem),
                 &tt,
                 start,
                 ia,
-                walk_acc,
+                acc,
                 cd.perm,
-                &mut fetch,
+                &mut Ok,
                 &mut steps,
                 &mut nsteps,
             )
-        }?;
+            .map_err(Halt::into_fault),
+            Some(s2) => {
+                // Each descriptor IPA goes through stage 2 (TLB and walks
+                // of this state) first.
+                let mem = self.mem.clone();
+                let mut fetch = |desc_ipa: u64| -> Result<u64, Stop> {
+                    let racc = Access {
+                        write: false,
+                        privileged: true,
+                        instruction: false,
+                    };
+                    self.s2_translate(&s2, desc_ipa, racc)
+                        .map(|(pa, _)| pa)
+                        .map_err(|f| self.s2_stop(&s2, f, desc_ipa, FaultClass::TableWalk, base_ev))
+                };
+                let r = walk::walk::<Stop, _>(
+                    Tables::new(&*mem),
+                    &tt,
+                    start,
+                    ia,
+                    acc,
+                    cd.perm,
+                    &mut fetch,
+                    &mut steps,
+                    &mut nsteps,
+                );
+                match r {
+                    Ok(l) => Ok(l),
+                    Err(Halt::Fault(f)) => Err(f),
+                    Err(Halt::Fetch(stop)) => return Err(stop),
+                }
+            }
+        };
         self.note_steps(tag, &tt, key_va, &steps[..nsteps]);
         self.trace(|| TraceEntry::Walk {
             stage2: false,
@@ -674,15 +724,6 @@ impl Event {
     pub(super) fn with_ssid(self, ssid: Option<u32>) -> Self {
         Self { ssid, ..self }
     }
-}
-
-fn unreachable_fault() -> Result<Leaf, WalkFault> {
-    // The identity fetch closure never fails.
-    Err(WalkFault {
-        kind: EventType::FWalkEabt,
-        level: 0,
-        fetch_pa: 0,
-    })
 }
 
 fn unreachable_s2() -> S2Ste {
