@@ -371,11 +371,14 @@ fn stage2_and_nested_host_stes_are_refused_with_an_event() {
         "{events:?}"
     );
     assert_eq!(t.stats().bad_stes, 1);
-    // The device is cut off.
-    assert!(matches!(
-        t.dma_write(SID, t.ram.base, b"x"),
-        Err(DmaFault::StreamAbort)
-    ));
+    // The device is cut off, and its traffic is reported as on hardware
+    // that found the STE illegal: C_BAD_STE again, for the transaction.
+    let f = t.dma_write(SID, t.ram.base, b"x").unwrap_err();
+    assert!(common::is_invalid_ste_abort(&f), "{f:?}");
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].ty, events[0].sid), (EventType::BadSte, SID));
+    assert_eq!(t.stats().traffic_events, 1);
 }
 
 #[test]
@@ -392,14 +395,13 @@ fn a_stream_the_hypervisor_attached_before_emulation_aborts_until_the_host_says_
         t.dma_write(SID, buf, b"early").is_err(),
         "no host SMMU yet: GBPA abort"
     );
-    // The host's driver comes up and leaves the stream alone (invalid STE).
+    // The host's driver comes up and leaves the stream alone (its STE
+    // aborts): terminated, and silent for the host.
     let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
     assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
-    assert!(matches!(
-        t.dma_write(SID, buf, b"stray"),
-        Err(DmaFault::StreamAbort)
-    ));
+    assert!(t.dma_write(SID, buf, b"stray").is_err());
     assert_eq!(t.cpu_read(buf, 5), [0; 5]);
+    assert!(host.drain_events().unwrap().events.is_empty());
     // What the host asks is what the device gets.
     host.set_bypass(SID).unwrap();
     t.dma_write(SID, buf, b"asked").unwrap();
@@ -526,13 +528,24 @@ fn a_host_smmu_disable_aborts_every_stream() {
         .write(0, cr0, 4, on & !smmuen)
         .unwrap();
     assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
+    let f = t.dma_write(SID, IOVA, b"XX").unwrap_err();
+    assert!(common::is_invalid_ste_abort(&f), "{f:?}");
+    // GBPA's abort records nothing: the host hears nothing, and the real
+    // stream is made silent too once its traffic was seen.
+    assert_eq!(t.emu.lock().unwrap().poll_events(), 1);
+    assert_eq!(
+        t.emu.lock().unwrap().stream(0, SID),
+        StreamConfig::SilentAbort
+    );
+    assert_eq!(t.stats().silenced_streams, 1);
+    // Nor does the physical address bypass.
     assert!(matches!(
-        t.dma_write(SID, IOVA, b"XX"),
+        t.dma_write(SID, buf, b"XX"),
         Err(DmaFault::StreamAbort)
     ));
-    // Nor does the physical address bypass.
-    assert!(t.dma_write(SID, buf, b"XX").is_err());
+    assert_eq!(t.emu.lock().unwrap().poll_events(), 0);
     assert_eq!(t.cpu_read(buf, 2), b"on");
+    assert_eq!(t.stats().traffic_events, 0);
     // Enabled again, the host's table applies again.
     t.emu.lock().unwrap().write(0, cr0, 4, on).unwrap();
     assert!(matches!(

@@ -141,6 +141,13 @@ pub struct EmulationStats {
     pub refused_pointers: u64,
     /// Events written to the host's event queue.
     pub host_events: u64,
+    /// Host events made from the real SMMU's record of traffic on a stream
+    /// it aborts with an invalid STE: the C_BAD_STREAMID, C_BAD_STE or
+    /// F_STE_FETCH the host's configuration calls for.
+    pub traffic_events: u64,
+    /// Streams the host aborts silently that were made silent on the real
+    /// SMMU too, after traffic on them was recorded.
+    pub silenced_streams: u64,
     /// Host events dropped: its event queue disabled or unwritable.
     pub dropped_events: u64,
     /// Host event queue overflows.
@@ -179,7 +186,8 @@ struct VSmmu {
     /// CMDQ_CONS.ERR of the last command error.
     cmdq_err: u32,
     evtq: HostQueue,
-    /// Streams whose real STE is not abort, with what it is.
+    /// Streams whose real STE is not the invalid one
+    /// ([`StreamConfig::Abort`]), with what it is.
     shadowed: BTreeMap<u32, StreamConfig>,
     irqs: HostIrqs,
     stats: EmulationStats,
@@ -209,7 +217,9 @@ where
     /// Returns an emulator over `hyp` (every SMMU on), reaching host
     /// memory through `host`. Every host stream aborts until the host
     /// enables its SMMU with a stream table, including those
-    /// [`HypIommu::attach_host_stream`] put on the shadow before.
+    /// [`HypIommu::attach_host_stream`] put on the shadow before; every
+    /// real STE the hypervisor did not configure becomes invalid, so the
+    /// real SMMU records traffic on it ([`StreamConfig::Abort`]).
     ///
     /// # Errors
     ///
@@ -258,9 +268,12 @@ where
     ///
     /// # Errors
     ///
-    /// As [`HypIommu::power_on`] (nothing changed).
+    /// As [`HypIommu::power_on`] (nothing changed); [`Error::Driver`]
+    /// when the fresh SMMU's unconfigured streams cannot be made to report
+    /// their traffic (they abort either way).
     pub fn power_on(&mut self, smmu: usize, fresh: Smmu<E>) -> Result<(), Error> {
         self.hyp.power_on(smmu, fresh)?;
+        self.hyp.release_host_streams(smmu)?;
         if let Some(v) = self.vs.get_mut(smmu) {
             // The fresh SMMU's stream table aborts every host stream: what
             // `shadowed` recorded went with the old one.
@@ -295,8 +308,9 @@ where
             .unwrap_or(StreamConfig::Abort)
     }
 
-    /// Returns every host stream of SMMU `smmu` whose real STE is not
-    /// abort, in stream ID order, with how the hypervisor configured it.
+    /// Returns every host stream of SMMU `smmu` whose real STE is not the
+    /// invalid one ([`StreamConfig::Abort`]), in stream ID order, with how
+    /// the hypervisor configured it.
     pub fn streams(&self, smmu: usize) -> impl Iterator<Item = (u32, StreamConfig)> + '_ {
         self.vs
             .get(smmu)

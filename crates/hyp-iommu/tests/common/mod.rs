@@ -226,3 +226,11 @@ pub fn is_s2_translation_fault(f: &DmaFault) -> bool {
         None => false,
     }
 }
+
+/// Whether a DMA fault is the abort of a stream the emulator gave an
+/// invalid real STE: terminated before any translation, recorded by the
+/// real SMMU as C_BAD_STE for the hypervisor to sort.
+pub fn is_invalid_ste_abort(f: &DmaFault) -> bool {
+    f.event()
+        .is_some_and(|ev| ev.kind == smmuv3_model::EventType::CBadSte)
+}
