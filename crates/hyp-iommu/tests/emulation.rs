@@ -668,7 +668,7 @@ fn traffic_under_an_invalid_host_level1_descriptor_is_c_bad_streamid() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((events[0].ty, events[0].sid), (EventType::BadStreamId, far));
     // A Span too large for the split is no table either.
-    host_store(&t, l1, &(u64::from(ste_span(10)) | buf).to_le_bytes());
+    host_store(&t, l1, &(ste_span(10) | buf).to_le_bytes());
     host.issue(&[smmuv3::command::Command::CFGI_ALL], true)
         .unwrap();
     assert_eq!(t.emu.lock().unwrap().stream(0, far), StreamConfig::Abort);
