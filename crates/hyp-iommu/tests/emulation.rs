@@ -429,6 +429,15 @@ fn host_streams_survive_a_power_cycle_of_the_real_smmu() {
     assert_eq!(t.emu.lock().unwrap().stream(0, SID), cfg);
     t.dma_write(SID, IOVA, b"after!").unwrap();
     assert_eq!(t.cpu_read(buf, 6), b"after!");
+    // The fresh SMMU's unconfigured STEs are invalid too (its traffic is
+    // recorded; the host aborts 0x11 silently), and a StreamID past the
+    // host's table is still C_BAD_STREAMID to the host.
+    let f = t.dma_write(SID + 1, buf, b"near").unwrap_err();
+    assert!(common::is_invalid_ste_abort(&f), "{f:?}");
+    assert!(t.dma_write(0x2345, buf, b"far").is_err());
+    let events = host.drain_events().unwrap().events;
+    let seen: Vec<_> = events.iter().map(|e| (e.ty, e.sid)).collect();
+    assert_eq!(seen, [(EventType::BadStreamId, 0x2345)]);
     // And the host's unmap still reaches the fresh SMMU's TLB.
     dom.unmap(IOVA, 4096).unwrap();
     let f = t.dma_write(SID, IOVA, b"stale!").unwrap_err();
@@ -600,12 +609,19 @@ fn traffic_past_a_linear_host_table_is_c_bad_streamid_for_the_host() {
         .unwrap();
     assert_eq!(smmuv3::regs::strtab_base_cfg::LOG2SIZE.get(cfg), 4);
     let buf = t.host_ram.alloc(4096).unwrap();
-    for (sid, times) in [(0x10u32, 1), (0x2345, 2)] {
+    // A stream inside the table puts a level-2 table under 0x10 in the
+    // real (2-level) stream table: 0x10 has an invalid real STE (C_BAD_STE
+    // on the real SMMU), 0x2345 no real STE at all (C_BAD_STREAMID there).
+    host.set_bypass(2).unwrap();
+    for (sid, times, real) in [
+        (0x10u32, 1, smmuv3_model::EventType::CBadSte),
+        (0x2345, 2, smmuv3_model::EventType::CBadStreamId),
+    ] {
         for _ in 0..times {
             let f = t.dma_write(sid, buf, b"stray").unwrap_err();
-            assert!(!is_s2_translation_fault(&f), "{f:?}");
+            assert_eq!(f.event_type(), Some(real), "{f:?}");
             let f = t.dma_read(sid, buf, 4).unwrap_err();
-            assert!(!is_s2_translation_fault(&f), "{f:?}");
+            assert_eq!(f.event_type(), Some(real), "{f:?}");
         }
         assert_eq!(t.cpu_read(buf, 5), [0; 5]);
         let events = host.drain_events().unwrap().events;
