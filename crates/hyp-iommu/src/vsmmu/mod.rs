@@ -18,7 +18,11 @@
 //!   over the shadow, anything else is refused with a `C_BAD_STE` event;
 //! * sorts the real SMMUs' events (`events.rs`): stage-1 faults and bad
 //!   contexts of the host's making go to the host's event queue, rebuilt
-//!   from their decoded fields; stage-2 faults are the hypervisor's.
+//!   from their decoded fields; stage-2 faults are the hypervisor's;
+//!   traffic on a stream it aborts (with an invalid real STE, which the
+//!   real SMMU records) becomes the event the host's configuration calls
+//!   for: C_BAD_STREAMID outside the host's stream table, C_BAD_STE,
+//!   F_STE_FETCH, or nothing for a host abort (then silenced).
 //!
 //! Every host address the emulator reads or writes (queues, stream table,
 //! level-1 descriptors) is checked page by page to be host-owned RAM at
