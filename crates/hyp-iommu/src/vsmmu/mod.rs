@@ -135,7 +135,9 @@ pub struct EmulationStats {
     pub host_syncs: u64,
     /// Real CMD_SYNCs issued for them (batched).
     pub real_syncs: u64,
-    /// Real command submissions that failed (the host's CONS stays put).
+    /// Real command submissions that failed (the host's CONS stays put,
+    /// or, after a power cycle, the fresh SMMU's unconfigured streams
+    /// abort without recording their traffic).
     pub real_failures: u64,
     /// STE re-shadows that changed the real STE.
     pub ste_updates: u64,
@@ -272,13 +274,17 @@ where
     ///
     /// # Errors
     ///
-    /// As [`HypIommu::power_on`] (nothing changed); [`Error::Driver`]
-    /// when the fresh SMMU's unconfigured streams cannot be made to report
-    /// their traffic (they abort either way).
+    /// As [`HypIommu::power_on`] (nothing changed).
     pub fn power_on(&mut self, smmu: usize, fresh: Smmu<E>) -> Result<(), Error> {
         self.hyp.power_on(smmu, fresh)?;
-        self.hyp.release_host_streams(smmu)?;
+        // The fresh SMMU's unconfigured streams abort either way; if they
+        // cannot be made to record their traffic, the host only hears
+        // less of it, which is counted.
+        let reporting = self.hyp.release_host_streams(smmu).is_ok();
         if let Some(v) = self.vs.get_mut(smmu) {
+            if !reporting {
+                v.stats.real_failures += 1;
+            }
             // The fresh SMMU's stream table aborts every host stream: what
             // `shadowed` recorded went with the old one.
             v.shadowed.clear();
