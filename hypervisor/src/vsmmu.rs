@@ -249,6 +249,7 @@ const HOOK_GUEST: u16 = 1;
 fn kind(config: StreamConfig) -> &'static str {
     match config {
         StreamConfig::Abort => "Abort",
+        StreamConfig::SilentAbort => "SilentAbort",
         StreamConfig::Stage2 => "Stage2",
         StreamConfig::Nested { .. } => "Nested",
     }
@@ -333,7 +334,8 @@ impl VirtualSmmu {
     /// Returns the highest host-RAM page the stage 1 of context 0 of the
     /// host CD table `cd` maps (4 KiB granule only), or `None`.
     fn target(&self, cd: CdTableRef) -> Option<Leaf> {
-        let cd_pa = if cd.two_level {
+        // CD 0 starts the first level-2 table whatever its size.
+        let cd_pa = if cd.format.two_level() {
             let l1 = self.host_word(cd.ptr)?;
             if cdl::L1_V.get(l1) == 0 {
                 return None;

@@ -115,26 +115,29 @@ where
     }
 
     /// Hands the host streams of SMMU `smmu` over to the trap-and-emulate
-    /// layer: each one [`HypIommu::attach_host_stream`] put on the shadow
-    /// aborts, and [`HypIommu::power_on`] no longer re-attaches it, until
-    /// the host's own configuration says otherwise.
+    /// layer: every stream the SMMU's driver never configured, and each
+    /// one [`HypIommu::attach_host_stream`] put on the shadow, aborts with
+    /// an invalid STE (the SMMU records its traffic), and
+    /// [`HypIommu::power_on`] no longer re-attaches them, until the host's
+    /// own configuration says otherwise.
     pub(crate) fn release_host_streams(&mut self, smmu: usize) -> Result<(), Error> {
         let mut slots = self.shadow.env().slots.lock();
         let slot = slots.get_mut(smmu).ok_or(Error::NoSmmu(smmu))?;
         let Some(s) = &slot.smmu else {
             return Err(Error::SmmuOff(smmu));
         };
+        let driver = |error| Error::Driver { smmu, error };
+        s.report_unattached().map_err(driver)?;
         while let Some(&sid) = slot.streams.last() {
-            s.set_abort(sid)
-                .map_err(|error| Error::Driver { smmu, error })?;
+            s.set_invalid(sid).map_err(driver)?;
             slot.streams.pop();
         }
         Ok(())
     }
 
     /// Configures host stream `sid` of SMMU `smmu` as the trap-and-emulate
-    /// layer decided: abort, stage 2 on the shadow, or the host's stage 1
-    /// nested on it.
+    /// layer decided: abort (reported or silent), stage 2 on the shadow, or
+    /// the host's stage 1 nested on it.
     pub(crate) fn configure_stream(
         &self,
         smmu: usize,
@@ -148,7 +151,8 @@ where
             return Err(Error::SmmuOff(smmu));
         };
         let r = match *cfg {
-            StreamConfig::Abort => s.set_abort(sid),
+            StreamConfig::Abort => s.set_invalid(sid),
+            StreamConfig::SilentAbort => s.set_abort(sid),
             StreamConfig::Stage2 => s.attach_external(sid, b),
             StreamConfig::Nested { cd, s1dss } => s.attach_foreign_nested(sid, b, cd, s1dss),
         };

@@ -371,11 +371,14 @@ fn stage2_and_nested_host_stes_are_refused_with_an_event() {
         "{events:?}"
     );
     assert_eq!(t.stats().bad_stes, 1);
-    // The device is cut off.
-    assert!(matches!(
-        t.dma_write(SID, t.ram.base, b"x"),
-        Err(DmaFault::StreamAbort)
-    ));
+    // The device is cut off, and its traffic is reported as on hardware
+    // that found the STE illegal: C_BAD_STE again, for the transaction.
+    let f = t.dma_write(SID, t.ram.base, b"x").unwrap_err();
+    assert!(common::is_invalid_ste_abort(&f), "{f:?}");
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].ty, events[0].sid), (EventType::BadSte, SID));
+    assert_eq!(t.stats().traffic_events, 1);
 }
 
 #[test]
@@ -392,14 +395,13 @@ fn a_stream_the_hypervisor_attached_before_emulation_aborts_until_the_host_says_
         t.dma_write(SID, buf, b"early").is_err(),
         "no host SMMU yet: GBPA abort"
     );
-    // The host's driver comes up and leaves the stream alone (invalid STE).
+    // The host's driver comes up and leaves the stream alone (its STE
+    // aborts): terminated, and silent for the host.
     let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
     assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
-    assert!(matches!(
-        t.dma_write(SID, buf, b"stray"),
-        Err(DmaFault::StreamAbort)
-    ));
+    assert!(t.dma_write(SID, buf, b"stray").is_err());
     assert_eq!(t.cpu_read(buf, 5), [0; 5]);
+    assert!(host.drain_events().unwrap().events.is_empty());
     // What the host asks is what the device gets.
     host.set_bypass(SID).unwrap();
     t.dma_write(SID, buf, b"asked").unwrap();
@@ -427,6 +429,15 @@ fn host_streams_survive_a_power_cycle_of_the_real_smmu() {
     assert_eq!(t.emu.lock().unwrap().stream(0, SID), cfg);
     t.dma_write(SID, IOVA, b"after!").unwrap();
     assert_eq!(t.cpu_read(buf, 6), b"after!");
+    // The fresh SMMU's unconfigured STEs are invalid too (its traffic is
+    // recorded; the host aborts 0x11 silently), and a StreamID past the
+    // host's table is still C_BAD_STREAMID to the host.
+    let f = t.dma_write(SID + 1, buf, b"near").unwrap_err();
+    assert!(common::is_invalid_ste_abort(&f), "{f:?}");
+    assert!(t.dma_write(0x2345, buf, b"far").is_err());
+    let events = host.drain_events().unwrap().events;
+    let seen: Vec<_> = events.iter().map(|e| (e.ty, e.sid)).collect();
+    assert_eq!(seen, [(EventType::BadStreamId, 0x2345)]);
     // And the host's unmap still reaches the fresh SMMU's TLB.
     dom.unmap(IOVA, 4096).unwrap();
     let f = t.dma_write(SID, IOVA, b"stale!").unwrap_err();
@@ -526,13 +537,24 @@ fn a_host_smmu_disable_aborts_every_stream() {
         .write(0, cr0, 4, on & !smmuen)
         .unwrap();
     assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
+    let f = t.dma_write(SID, IOVA, b"XX").unwrap_err();
+    assert!(common::is_invalid_ste_abort(&f), "{f:?}");
+    // GBPA's abort records nothing: the host hears nothing, and the real
+    // stream is made silent too once its traffic was seen.
+    assert_eq!(t.emu.lock().unwrap().poll_events(), 1);
+    assert_eq!(
+        t.emu.lock().unwrap().stream(0, SID),
+        StreamConfig::SilentAbort
+    );
+    assert_eq!(t.stats().silenced_streams, 1);
+    // Nor does the physical address bypass.
     assert!(matches!(
-        t.dma_write(SID, IOVA, b"XX"),
+        t.dma_write(SID, buf, b"XX"),
         Err(DmaFault::StreamAbort)
     ));
-    // Nor does the physical address bypass.
-    assert!(t.dma_write(SID, buf, b"XX").is_err());
+    assert_eq!(t.emu.lock().unwrap().poll_events(), 0);
     assert_eq!(t.cpu_read(buf, 2), b"on");
+    assert_eq!(t.stats().traffic_events, 0);
     // Enabled again, the host's table applies again.
     t.emu.lock().unwrap().write(0, cr0, 4, on).unwrap();
     assert!(matches!(
@@ -541,4 +563,320 @@ fn a_host_smmu_disable_aborts_every_stream() {
     ));
     t.dma_write(SID, IOVA, b"ok").unwrap();
     assert_eq!(t.cpu_read(buf, 2), b"ok");
+}
+
+/// Returns the host's stream table base (what its driver programmed).
+fn host_strtab(t: &Trapped) -> u64 {
+    let base = t
+        .emu
+        .lock()
+        .unwrap()
+        .read(0, smmuv3::regs::STRTAB_BASE as u64, 8)
+        .unwrap();
+    base & smmuv3::regs::strtab_base::ADDR.mask()
+}
+
+fn read_u64(t: &Trapped, pa: u64) -> u64 {
+    u64::from_le_bytes(t.cpu_read(pa, 8).try_into().unwrap())
+}
+
+/// Writes `data` to host memory as the host CPU does for its SMMU.
+fn host_store(t: &Trapped, pa: u64, data: &[u8]) {
+    t.mem.cpu_write(pa, data).unwrap();
+    t.mem.clean(pa, data.len() as u64).unwrap();
+}
+
+/// Traffic from a StreamID the host's stream table does not hold is
+/// C_BAD_STREAMID in the host's event queue, each time, as on hardware:
+/// not a stage-2 fault, not silence, and it reaches no memory.
+#[test]
+fn traffic_past_a_linear_host_table_is_c_bad_streamid_for_the_host() {
+    let t = setup(Coherency::Coherent);
+    let host = t
+        .host_smmu(
+            0,
+            SmmuConfig {
+                linear_max_log2: 4,
+                ..host_cfg(StrtabFormat::Linear)
+            },
+        )
+        .unwrap();
+    let cfg = t
+        .emu
+        .lock()
+        .unwrap()
+        .read(0, smmuv3::regs::STRTAB_BASE_CFG as u64, 4)
+        .unwrap();
+    assert_eq!(smmuv3::regs::strtab_base_cfg::LOG2SIZE.get(cfg), 4);
+    let buf = t.host_ram.alloc(4096).unwrap();
+    // A stream inside the table puts a level-2 table under 0x10 in the
+    // real (2-level) stream table: 0x10 has an invalid real STE (C_BAD_STE
+    // on the real SMMU), 0x2345 no real STE at all (C_BAD_STREAMID there).
+    host.set_bypass(2).unwrap();
+    for (sid, times, real) in [
+        (0x10u32, 1, smmuv3_model::EventType::CBadSte),
+        (0x2345, 2, smmuv3_model::EventType::CBadStreamId),
+    ] {
+        for _ in 0..times {
+            let f = t.dma_write(sid, buf, b"stray").unwrap_err();
+            assert_eq!(f.event_type(), Some(real), "{f:?}");
+            let f = t.dma_read(sid, buf, 4).unwrap_err();
+            assert_eq!(f.event_type(), Some(real), "{f:?}");
+        }
+        assert_eq!(t.cpu_read(buf, 5), [0; 5]);
+        let events = host.drain_events().unwrap().events;
+        assert_eq!(events.len(), 2 * times, "{events:?}");
+        for e in &events {
+            assert_eq!((e.ty, e.sid, e.ssid), (EventType::BadStreamId, sid, None));
+            assert_eq!(e.raw[2..], [0, 0], "nothing of the real record");
+        }
+        assert_eq!(t.emu.lock().unwrap().stream(0, sid), StreamConfig::Abort);
+    }
+    let s = t.stats();
+    assert_eq!((s.traffic_events, s.hyp_events), (6, 0), "{s:?}");
+    // With CR2.RECINVSID clear, the host asked not to hear of them.
+    let cr2 = smmuv3::regs::CR2 as u64;
+    let mut emu = t.emu.lock().unwrap();
+    let on = emu.read(0, cr2, 4).unwrap();
+    assert_ne!(on & smmuv3::regs::cr2::RECINVSID.mask(), 0);
+    emu.write(0, cr2, 4, on & !smmuv3::regs::cr2::RECINVSID.mask())
+        .unwrap();
+    drop(emu);
+    assert!(t.dma_write(0x10, buf, b"quiet").is_err());
+    assert!(host.drain_events().unwrap().events.is_empty());
+    assert_eq!(t.cpu_read(buf, 5), [0; 5]);
+    // A stream inside the table that the host aborts stays silent too,
+    // and stops costing the real event queue after its first transaction.
+    assert!(t.dma_write(3, buf, b"abort").is_err());
+    assert!(host.drain_events().unwrap().events.is_empty());
+    assert_eq!(
+        t.emu.lock().unwrap().stream(0, 3),
+        StreamConfig::SilentAbort
+    );
+    assert!(matches!(
+        t.dma_write(3, buf, b"abort"),
+        Err(DmaFault::StreamAbort)
+    ));
+    assert_eq!(t.cpu_read(buf, 5), [0; 5]);
+    assert!(t.host.violations.lock().unwrap().is_empty());
+}
+
+/// In a 2-level host table, a StreamID under an invalid level-1
+/// descriptor (Span 0, or a Span past SPLIT + 1) is not in the table:
+/// C_BAD_STREAMID.
+#[test]
+fn traffic_under_an_invalid_host_level1_descriptor_is_c_bad_streamid() {
+    let t = setup(Coherency::NonCoherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::TwoLevel)).unwrap();
+    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    let buf = t.host_ram.alloc(4096).unwrap();
+    dom.map(IOVA, buf, 4096, RW).unwrap();
+    // The host driver's split is 8: 0x345 is under descriptor 3, which it
+    // never filled (Span 0).
+    let far = 0x345;
+    let l1 = host_strtab(&t) + 3 * 8;
+    assert_eq!(read_u64(&t, l1), 0);
+    let f = t.dma_write(far, IOVA, b"far").unwrap_err();
+    assert!(!is_s2_translation_fault(&f), "{f:?}");
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].ty, events[0].sid), (EventType::BadStreamId, far));
+    // A Span too large for the split is no table either.
+    host_store(&t, l1, &(ste_span(10) | buf).to_le_bytes());
+    host.issue(&[smmuv3::command::Command::CFGI_ALL], true)
+        .unwrap();
+    assert_eq!(t.emu.lock().unwrap().stream(0, far), StreamConfig::Abort);
+    assert!(t.dma_write(far, buf, b"far").is_err());
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].ty, events[0].sid), (EventType::BadStreamId, far));
+    assert_eq!(t.cpu_read(buf, 3), [0; 3]);
+    // The stream the host configured is unaffected.
+    t.dma_write(SID, IOVA, b"near").unwrap();
+    assert_eq!(t.cpu_read(buf, 4), b"near");
+    assert_eq!(t.stats().traffic_events, 2);
+}
+
+fn ste_span(span: u64) -> u64 {
+    smmuv3::layout::ste::L1_SPAN.make(span)
+}
+
+/// A host STE with V = 0 is C_BAD_STE for its traffic (the architecture
+/// records it on every transaction; nothing before one arrives).
+#[test]
+fn traffic_on_an_invalid_host_ste_is_c_bad_ste() {
+    let t = setup(Coherency::Coherent);
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    host.set_bypass(SID).unwrap();
+    let buf = t.host_ram.alloc(4096).unwrap();
+    t.dma_write(SID, buf, b"open").unwrap();
+    let ste = host_strtab(&t) + u64::from(SID) * 64;
+    host_store(&t, ste, &[0u8; 64]);
+    host.issue(
+        &[smmuv3::command::Command::CfgiSte {
+            sid: SID,
+            leaf: true,
+        }],
+        true,
+    )
+    .unwrap();
+    assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
+    assert!(host.drain_events().unwrap().events.is_empty());
+    assert!(t.dma_write(SID, buf, b"shut").is_err());
+    assert_eq!(t.cpu_read(buf, 4), b"open");
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].ty, events[0].sid), (EventType::BadSte, SID));
+    assert_eq!(t.stats().bad_stes, 0, "an invalid STE is not a refused one");
+}
+
+/// Returns host CD `ssid` of a 2-level CD table with 4 KiB leaves at `l1`.
+fn cd_4k(t: &Trapped, l1: u64, ssid: u64) -> Vec<u8> {
+    let d = read_u64(t, l1 + (ssid >> 6) * 8);
+    assert_eq!(smmuv3::layout::cd::L1_V.get(d), 1);
+    let l2 = d & smmuv3::layout::cd::L1_L2PTR.mask();
+    t.cpu_read(l2 + (ssid & 63) * 64, 64)
+}
+
+fn l1_cd(l2: u64) -> [u8; 8] {
+    (smmuv3::layout::cd::L1_V.make(1) | l2).to_le_bytes()
+}
+
+/// A host CD table with 64 KiB level-2 tables (STE.S1Fmt = 2) is nested
+/// as it is: the real SMMU walks it through the shadow, so substreams in
+/// different leaves translate, and a leaf pointer into memory the host
+/// does not own faults at stage 2 without being read.
+#[test]
+fn a_host_cd_table_with_64k_leaves_serves_its_substreams() {
+    use smmuv3::command::Command;
+    use smmuv3::config::{CdFormat, CdTableRef};
+    use smmuv3::layout::ste;
+    let t = Trapped::new(Setup {
+        ssid_bits: 12,
+        ..Setup::default()
+    });
+    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+    let opts = AttachOptions {
+        ssid_bits: 12,
+        s1dss: S1Dss::Terminate,
+        ats: false,
+    };
+    // Our driver builds 4 KiB leaves; the host then lays the same CDs out
+    // in 64 KiB leaves by hand, as another driver would.
+    let (lo, hi) = (1u64, 1100u64);
+    let a = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    let b = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
+    host.attach(SID, Some(lo as u32), &a, opts).unwrap();
+    host.attach(SID, Some(hi as u32), &b, opts).unwrap();
+    let (pa, pb) = (
+        t.host_ram.alloc(4096).unwrap(),
+        t.host_ram.alloc(4096).unwrap(),
+    );
+    a.map(IOVA, pa, 4096, RW).unwrap();
+    b.map(IOVA, pb, 4096, RW).unwrap();
+    let ste_pa = host_strtab(&t) + u64::from(SID) * 64;
+    let w0 = read_u64(&t, ste_pa);
+    assert_eq!(ste::S1FMT.get(w0), ste::S1FMT_4K_L2);
+    let old_l1 = w0 & ste::S1CTXPTR.mask();
+    let (cd_lo, cd_hi) = (cd_4k(&t, old_l1, lo), cd_4k(&t, old_l1, hi));
+
+    let l1 = t.host_ram.alloc(4 * 8).unwrap();
+    let leaf = [
+        t.host_ram.alloc(64 << 10).unwrap(),
+        t.host_ram.alloc(64 << 10).unwrap(),
+    ];
+    assert_eq!(leaf[0] % (64 << 10), 0);
+    host_store(&t, leaf[0] + lo * 64, &cd_lo);
+    host_store(&t, leaf[1] + (hi - 1024) * 64, &cd_hi);
+    host_store(&t, l1, &l1_cd(leaf[0]));
+    host_store(&t, l1 + 8, &l1_cd(leaf[1]));
+    // The old table is gone: only the new one can translate.
+    host_store(&t, old_l1, &[0u8; 64 * 8]);
+    let new_w0 = (w0 & !(ste::S1FMT.mask() | ste::S1CTXPTR.mask()))
+        | ste::S1FMT.make(ste::S1FMT_64K_L2)
+        | l1;
+    host_store(&t, ste_pa, &new_w0.to_le_bytes());
+    let cfgi = [
+        Command::CfgiSte {
+            sid: SID,
+            leaf: true,
+        },
+        Command::CfgiCdAll { sid: SID },
+    ];
+    host.issue(&cfgi, true).unwrap();
+    let cfg = t.emu.lock().unwrap().stream(0, SID);
+    let want = CdTableRef {
+        ptr: l1,
+        format: CdFormat::TwoLevel64K,
+        cdmax_log2: 12,
+    };
+    assert!(
+        matches!(cfg, StreamConfig::Nested { cd, .. } if cd == want),
+        "{cfg:?}"
+    );
+    let w = |ssid: u64, data: &[u8]| {
+        t.models[0].dma_write(
+            &smmuv3_model::DmaRequest::write(SID, IOVA, data.len() as u64).with_ssid(ssid as u32),
+            data,
+        )
+    };
+    w(lo, b"low").unwrap();
+    w(hi, b"high").unwrap();
+    assert_eq!(t.cpu_read(pa, 3), b"low");
+    assert_eq!(t.cpu_read(pb, 4), b"high");
+    // Next to a CD: an invalid one (C_BAD_CD); under descriptor 2, which
+    // is invalid (C_BAD_SUBSTREAMID); both the host's to hear.
+    assert!(w(hi + 1, b"x").is_err());
+    assert!(w(2100, b"x").is_err());
+    let events = host.drain_events().unwrap().events;
+    let seen: Vec<_> = events.iter().map(|e| (e.ty, e.ssid)).collect();
+    assert_eq!(
+        seen,
+        [
+            (EventType::BadCd, Some(hi as u32 + 1)),
+            (EventType::BadSubstreamId, Some(2100))
+        ]
+    );
+
+    // The host points a leaf at a page it gave away: the SMMU's fetch
+    // faults at stage 2 (the hypervisor's event), nothing is read.
+    let gone = t.host_ram.alloc(64 << 10).unwrap();
+    host_store(&t, gone + (hi - 1024) * 64, &cd_hi);
+    t.donate(gone, 64 << 10).unwrap();
+    host_store(&t, l1 + 8, &l1_cd(gone));
+    host.issue(&cfgi, true).unwrap();
+    let f = w(hi, b"HIGH").unwrap_err();
+    assert!(f.event().is_some_and(|e| e.s2), "{f:?}");
+    assert_eq!(t.cpu_read(pb, 4), b"high");
+    w(lo, b"LOW").unwrap();
+    assert_eq!(t.cpu_read(pa, 3), b"LOW");
+    assert!(host.drain_events().unwrap().events.is_empty());
+    let hyp = t.emu.lock().unwrap().hyp_events(0).to_vec();
+    assert!(
+        hyp.iter()
+            .any(|e| e.ty == EventType::Translation && e.ssid == Some(hi as u32)),
+        "{hyp:?}"
+    );
+
+    // And a level-1 table in a page it gave away is refused outright.
+    let refused = t.stats().refused_pointers;
+    let moved = (new_w0 & !ste::S1CTXPTR.mask()) | gone;
+    host_store(&t, ste_pa, &moved.to_le_bytes());
+    host.issue(&cfgi, true).unwrap();
+    assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
+    assert_eq!(t.stats().refused_pointers, refused + 1);
+    assert!(w(lo, b"gone").is_err());
+    assert_eq!(t.cpu_read(pa, 3), b"LOW");
+    let events = host.drain_events().unwrap().events;
+    assert!(!events.is_empty());
+    for e in &events {
+        assert_eq!(
+            (e.ty, e.fetch_addr),
+            (EventType::SteFetch, Some(gone)),
+            "{e:?}"
+        );
+    }
+    assert!(t.host.violations.lock().unwrap().is_empty());
 }

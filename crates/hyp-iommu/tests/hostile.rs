@@ -111,7 +111,7 @@ fn the_oracle_catches_a_device_reaching_hypervisor_memory() {
 
 /// Random inputs do exercise the emulation: commands forwarded and
 /// refused, STEs shadowed and refused, pointers refused, events to both
-/// sides, donations.
+/// sides, traffic on aborted streams reported and silenced, donations.
 #[test]
 fn random_hostile_inputs_reach_every_part_of_the_emulation() {
     let mut total = hyp_iommu::EmulationStats::default();
@@ -141,6 +141,8 @@ fn random_hostile_inputs_reach_every_part_of_the_emulation() {
         total.refused_accesses += s.refused_accesses;
         total.host_events += s.host_events;
         total.hyp_events += s.hyp_events;
+        total.traffic_events += s.traffic_events;
+        total.silenced_streams += s.silenced_streams;
     }
     let t = total;
     eprintln!("hostile totals: {t:?}, pages donated: {donated}");
@@ -148,5 +150,6 @@ fn random_hostile_inputs_reach_every_part_of_the_emulation() {
     assert!(t.ste_updates > 0 && t.bad_stes > 0, "{t:?}");
     assert!(t.refused_pointers > 0 && t.refused_accesses > 0, "{t:?}");
     assert!(t.host_events > 0 && t.hyp_events > 0, "{t:?}");
+    assert!(t.traffic_events > 0 && t.silenced_streams > 0, "{t:?}");
     assert!(donated > 0);
 }

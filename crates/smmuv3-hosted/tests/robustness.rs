@@ -386,3 +386,49 @@ fn stalled_faults_are_terminated_when_drained() {
         .unwrap();
     assert!(sys.model.stalled().is_empty());
 }
+
+/// `report_unattached` turns the STEs the driver never configured into
+/// invalid ones, now and in level-2 tables installed later: their traffic
+/// is still terminated, but recorded (C_BAD_STE), while a stream set to
+/// abort stays silent and configured streams are untouched; `set_invalid`
+/// does the same for one stream.
+#[test]
+fn unattached_streams_can_be_made_to_report_their_traffic() {
+    for strtab in [StrtabFormat::Linear, StrtabFormat::TwoLevel] {
+        let drv = SmmuConfig {
+            strtab,
+            ..SmmuConfig::default()
+        };
+        let sys = sys_with(ModelConfig::default(), drv);
+        let pa = sys.mem.alloc(4096).unwrap();
+        let write = |sid| sys.model.dma_write(&DmaRequest::write(sid, pa, 4), b"dma!");
+        let bad_ste = |f: DmaFault| f.event_type() == Some(smmuv3_model::EventType::CBadSte);
+        sys.smmu.set_bypass(2).unwrap();
+        sys.smmu.set_abort(3).unwrap();
+        assert!(matches!(write(4), Err(DmaFault::StreamAbort)), "{strtab:?}");
+        sys.smmu.report_unattached().unwrap();
+        write(2).unwrap();
+        assert!(matches!(write(3), Err(DmaFault::StreamAbort)), "{strtab:?}");
+        assert!(bad_ste(write(4).unwrap_err()), "{strtab:?}");
+        // A level-2 table installed afterwards starts invalid too.
+        sys.smmu.set_bypass(0x300).unwrap();
+        write(0x300).unwrap();
+        assert!(bad_ste(write(0x301).unwrap_err()), "{strtab:?}");
+        sys.smmu.set_invalid(2).unwrap();
+        assert!(bad_ste(write(2).unwrap_err()), "{strtab:?}");
+        let evs = sys.smmu.drain_events().unwrap().events;
+        let seen: Vec<_> = evs.iter().map(|e| (e.ty, e.sid)).collect();
+        assert_eq!(
+            seen,
+            [
+                (EventType::BadSte, 4),
+                (EventType::BadSte, 0x301),
+                (EventType::BadSte, 2)
+            ],
+            "{strtab:?}"
+        );
+        // Invalid is a configuration like any other: attaching replaces it.
+        sys.smmu.set_bypass(4).unwrap();
+        write(4).unwrap();
+    }
+}

@@ -29,13 +29,42 @@ impl S1Dss {
     }
 }
 
+/// How a CD table is laid out (STE.S1Fmt).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CdFormat {
+    /// One array of 2^S1CDMax CDs.
+    Linear,
+    /// A level-1 table of descriptors, each pointing at a level-2 table of
+    /// 64 CDs (4 KiB).
+    TwoLevel4K,
+    /// A level-1 table of descriptors, each pointing at a level-2 table of
+    /// 1024 CDs (64 KiB).
+    TwoLevel64K,
+}
+
+impl CdFormat {
+    /// Returns whether the table has a level-1 table (needs IDR0.CD2L).
+    pub fn two_level(self) -> bool {
+        self != Self::Linear
+    }
+
+    /// Returns the STE.S1Fmt encoding.
+    pub fn encoding(self) -> u64 {
+        match self {
+            Self::Linear => ste::S1FMT_LINEAR,
+            Self::TwoLevel4K => ste::S1FMT_4K_L2,
+            Self::TwoLevel64K => ste::S1FMT_64K_L2,
+        }
+    }
+}
+
 /// Where a stream's CD table is and how it is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CdTableRef {
     /// Physical (or, nested, intermediate physical) address of the table.
     pub ptr: u64,
-    /// Two-level (4 KiB level-2 tables) rather than linear.
-    pub two_level: bool,
+    /// Linear or two-level, and the size of the level-2 tables.
+    pub format: CdFormat,
     /// log2 of the number of CDs (STE.S1CDMAX).
     pub cdmax_log2: u8,
 }
@@ -119,12 +148,7 @@ fn fetch_attrs(coherent: bool) -> u64 {
 }
 
 fn s1_words(e: &mut Entry, cdt: &CdTableRef, s1dss: S1Dss, env: &EntryEnv) {
-    let fmt = if cdt.two_level {
-        ste::S1FMT_4K_L2
-    } else {
-        ste::S1FMT_LINEAR
-    };
-    e[0] |= ste::S1FMT.make(fmt)
+    e[0] |= ste::S1FMT.make(cdt.format.encoding())
         | (cdt.ptr & ste::S1CTXPTR.mask())
         | ste::S1CDMAX.make(cdt.cdmax_log2.into());
     // With a single CD there is no substream to choose: S1DSS is ignored
@@ -325,7 +349,7 @@ mod tests {
     fn cdt(cdmax_log2: u8) -> CdTableRef {
         CdTableRef {
             ptr: 0x4020_0000,
-            two_level: false,
+            format: CdFormat::Linear,
             cdmax_log2,
         }
     }
@@ -401,7 +425,7 @@ mod tests {
         let bad = SteConfig::Stage1 {
             cd: CdTableRef {
                 ptr: 1 << 52,
-                two_level: false,
+                format: CdFormat::Linear,
                 cdmax_log2: 4,
             },
             s1dss: S1Dss::Ssid0,

@@ -8,7 +8,9 @@
 use io_pgtable::config::{Stage1Regs, Stage2Regs};
 use proptest::prelude::*;
 use smmuv3::command::{Command, CommandError, SyncSignal, TlbiAddr};
-use smmuv3::config::{CdTableRef, EntryEnv, S1Dss, S2Ref, SteConfig, build_cd, build_ste};
+use smmuv3::config::{
+    CdFormat, CdTableRef, EntryEnv, S1Dss, S2Ref, SteConfig, build_cd, build_ste,
+};
 use smmuv3::entry::{Entry, EntryKind, WORDS, plan_update};
 use smmuv3::event::{Event, EventType};
 use smmuv3::probe::{IdRegs, ProbeError, StallModel, parse};
@@ -788,12 +790,16 @@ fn s2_regs() -> impl Strategy<Value = Stage2Regs> {
 fn cd_ref() -> impl Strategy<Value = CdTableRef> {
     (
         (0u64..1 << 46).prop_map(|p| p << 6),
-        any::<bool>(),
+        prop_oneof![
+            Just(CdFormat::Linear),
+            Just(CdFormat::TwoLevel4K),
+            Just(CdFormat::TwoLevel64K)
+        ],
         0u8..=20,
     )
-        .prop_map(|(ptr, two_level, cdmax_log2)| CdTableRef {
+        .prop_map(|(ptr, format, cdmax_log2)| CdTableRef {
             ptr,
-            two_level,
+            format,
             cdmax_log2,
         })
 }
@@ -849,7 +855,12 @@ fn check_ste(cfg: &SteConfig, e: &Entry) -> Result<(), TestCaseError> {
     if let Some(cd) = cd {
         prop_assert_eq!(e[0] & 0x000f_ffff_ffff_ffc0, cd.ptr, "S1ContextPtr");
         prop_assert_eq!(field(e[0], 63, 59), u64::from(cd.cdmax_log2), "S1CDMax");
-        prop_assert_eq!(field(e[0], 5, 4), u64::from(cd.two_level), "S1Fmt");
+        let s1fmt = match cd.format {
+            CdFormat::Linear => 0,
+            CdFormat::TwoLevel4K => 1,
+            CdFormat::TwoLevel64K => 2,
+        };
+        prop_assert_eq!(field(e[0], 5, 4), s1fmt, "S1Fmt");
     }
     if let Some(s2) = s2 {
         let r = s2.regs;
@@ -924,7 +935,7 @@ fn build_ste_does_not_truncate_the_cd_table_size() {
     let table = |ptr, cdmax_log2| SteConfig::Stage1 {
         cd: CdTableRef {
             ptr,
-            two_level: false,
+            format: CdFormat::Linear,
             cdmax_log2,
         },
         s1dss: S1Dss::Ssid0,

@@ -5,10 +5,24 @@ use io_pgtable::env::{CacheMaintenance, TableMemory};
 use smmuv3::env::SmmuEnv;
 use smmuv3::event::{Event, EventType, FaultClass};
 use smmuv3::layout::event::{self as ev, EVENT_BYTES, ty};
-use smmuv3::regs::{cr0, evtq, gerror, idr1, irq_ctrl, q_base};
+use smmuv3::regs::{cr0, cr2, evtq, gerror, idr1, irq_ctrl, q_base};
 
+use super::streams::{Lookup, StreamConfig};
 use super::{Emulator, HYP_EVENT_LOG, HostMemory, Ring, host_owned};
 use crate::scrub::Scrub;
+
+/// What a real event recording traffic on an aborted stream means for
+/// the host.
+enum Traffic {
+    /// The event is not one of those (sorted by [`host_record`]).
+    NotAborted,
+    /// The host's event for it.
+    Host([u64; 4]),
+    /// Nothing: the host's configuration aborts it without an event.
+    Quiet,
+    /// The hypervisor's: it does not match the host's configuration now.
+    Stale,
+}
 
 /// Returns a C_BAD_STE record for `sid`.
 pub(super) fn record_bad_ste(sid: u32) -> [u64; 4] {
@@ -18,6 +32,16 @@ pub(super) fn record_bad_ste(sid: u32) -> [u64; 4] {
         0,
         0,
     ]
+}
+
+/// Returns word 0 of a configuration event `code` for a transaction of
+/// stream `sid` (and substream `ssid`).
+fn config_word(code: u8, sid: u32, ssid: Option<u32>) -> u64 {
+    let w0 = ev::TYPE.make(code.into()) | ev::SID.make(sid.into());
+    match ssid {
+        Some(s) => w0 | ev::SSV.make(1) | ev::SSID.make(s.into()),
+        None => w0,
+    }
 }
 
 /// Returns an F_STE_FETCH record for `sid` that could not fetch at `at`
@@ -99,7 +123,16 @@ where
         };
         let n = batch.events.len();
         for e in batch.events {
-            match host_record(&e) {
+            let rec = match self.traffic(smmu, &e) {
+                Traffic::NotAborted => host_record(&e),
+                Traffic::Host(rec) => {
+                    self.vs[smmu].stats.traffic_events += 1;
+                    Some(rec)
+                }
+                Traffic::Quiet => continue,
+                Traffic::Stale => None,
+            };
+            match rec {
                 Some(rec) => self.post_host_event(smmu, rec),
                 None => {
                     let v = &mut self.vs[smmu];
@@ -112,6 +145,45 @@ where
             }
         }
         n
+    }
+
+    /// Returns what the host sees of real event `e` when it records
+    /// traffic on a stream the emulator aborts with an invalid STE: the
+    /// event the host's own configuration (read now) gives that traffic.
+    ///
+    /// A stream the host aborts silently records nothing for the host, and
+    /// is made silent on the real SMMU too, so that a device that keeps
+    /// trying does not flood the real event queue.
+    fn traffic(&mut self, smmu: usize, e: &Event) -> Traffic {
+        let recorded = matches!(e.ty, EventType::BadSte | EventType::BadStreamId);
+        if !recorded || self.stream(smmu, e.sid) != StreamConfig::Abort {
+            return Traffic::NotAborted;
+        }
+        let code = match self.lookup(smmu, e.sid) {
+            Lookup::Silent => {
+                self.apply(smmu, e.sid, StreamConfig::SilentAbort);
+                if self.stream(smmu, e.sid) == StreamConfig::SilentAbort {
+                    self.vs[smmu].stats.silenced_streams += 1;
+                }
+                return Traffic::Quiet;
+            }
+            Lookup::OutsideTable => {
+                // Invalid StreamIDs are recorded only when the host asks.
+                if self.vs[smmu].cr2 & (cr2::RECINVSID.mask() as u32) == 0 {
+                    return Traffic::Quiet;
+                }
+                ty::C_BAD_STREAMID
+            }
+            Lookup::Invalid | Lookup::Bad => ty::C_BAD_STE,
+            Lookup::Unreadable(at) => {
+                let w0 = config_word(ty::F_STE_FETCH, e.sid, e.ssid);
+                return Traffic::Host([w0, 0, 0, at & ev::FETCH_ADDR.mask()]);
+            }
+            // The host's STE changed without a CFGI since: the record is
+            // of a configuration the host no longer has.
+            Lookup::Config(_) => return Traffic::Stale,
+        };
+        Traffic::Host([config_word(code, e.sid, e.ssid), 0, 0, 0])
     }
 
     /// Writes `rec` to the host's event queue, with the architecture's

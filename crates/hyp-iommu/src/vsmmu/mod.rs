@@ -18,7 +18,11 @@
 //!   over the shadow, anything else is refused with a `C_BAD_STE` event;
 //! * sorts the real SMMUs' events (`events.rs`): stage-1 faults and bad
 //!   contexts of the host's making go to the host's event queue, rebuilt
-//!   from their decoded fields; stage-2 faults are the hypervisor's.
+//!   from their decoded fields; stage-2 faults are the hypervisor's;
+//!   traffic on a stream it aborts (with an invalid real STE, which the
+//!   real SMMU records) becomes the event the host's configuration calls
+//!   for: C_BAD_STREAMID outside the host's stream table, C_BAD_STE,
+//!   F_STE_FETCH, or nothing for a host abort (then silenced).
 //!
 //! Every host address the emulator reads or writes (queues, stream table,
 //! level-1 descriptors) is checked page by page to be host-owned RAM at
@@ -131,7 +135,9 @@ pub struct EmulationStats {
     pub host_syncs: u64,
     /// Real CMD_SYNCs issued for them (batched).
     pub real_syncs: u64,
-    /// Real command submissions that failed (the host's CONS stays put).
+    /// Real command submissions that failed (the host's CONS stays put,
+    /// or, after a power cycle, the fresh SMMU's unconfigured streams
+    /// abort without recording their traffic).
     pub real_failures: u64,
     /// STE re-shadows that changed the real STE.
     pub ste_updates: u64,
@@ -141,6 +147,13 @@ pub struct EmulationStats {
     pub refused_pointers: u64,
     /// Events written to the host's event queue.
     pub host_events: u64,
+    /// Host events made from the real SMMU's record of traffic on a stream
+    /// it aborts with an invalid STE: the C_BAD_STREAMID, C_BAD_STE or
+    /// F_STE_FETCH the host's configuration calls for.
+    pub traffic_events: u64,
+    /// Streams the host aborts silently that were made silent on the real
+    /// SMMU too, after traffic on them was recorded.
+    pub silenced_streams: u64,
     /// Host events dropped: its event queue disabled or unwritable.
     pub dropped_events: u64,
     /// Host event queue overflows.
@@ -179,7 +192,8 @@ struct VSmmu {
     /// CMDQ_CONS.ERR of the last command error.
     cmdq_err: u32,
     evtq: HostQueue,
-    /// Streams whose real STE is not abort, with what it is.
+    /// Streams whose real STE is not the invalid one
+    /// ([`StreamConfig::Abort`]), with what it is.
     shadowed: BTreeMap<u32, StreamConfig>,
     irqs: HostIrqs,
     stats: EmulationStats,
@@ -209,7 +223,9 @@ where
     /// Returns an emulator over `hyp` (every SMMU on), reaching host
     /// memory through `host`. Every host stream aborts until the host
     /// enables its SMMU with a stream table, including those
-    /// [`HypIommu::attach_host_stream`] put on the shadow before.
+    /// [`HypIommu::attach_host_stream`] put on the shadow before; every
+    /// real STE the hypervisor did not configure becomes invalid, so the
+    /// real SMMU records traffic on it ([`StreamConfig::Abort`]).
     ///
     /// # Errors
     ///
@@ -261,7 +277,14 @@ where
     /// As [`HypIommu::power_on`] (nothing changed).
     pub fn power_on(&mut self, smmu: usize, fresh: Smmu<E>) -> Result<(), Error> {
         self.hyp.power_on(smmu, fresh)?;
+        // The fresh SMMU's unconfigured streams abort either way; if they
+        // cannot be made to record their traffic, the host only hears
+        // less of it, which is counted.
+        let reporting = self.hyp.release_host_streams(smmu).is_ok();
         if let Some(v) = self.vs.get_mut(smmu) {
+            if !reporting {
+                v.stats.real_failures += 1;
+            }
             // The fresh SMMU's stream table aborts every host stream: what
             // `shadowed` recorded went with the old one.
             v.shadowed.clear();
@@ -295,8 +318,9 @@ where
             .unwrap_or(StreamConfig::Abort)
     }
 
-    /// Returns every host stream of SMMU `smmu` whose real STE is not
-    /// abort, in stream ID order, with how the hypervisor configured it.
+    /// Returns every host stream of SMMU `smmu` whose real STE is not the
+    /// invalid one ([`StreamConfig::Abort`]), in stream ID order, with how
+    /// the hypervisor configured it.
     pub fn streams(&self, smmu: usize) -> impl Iterator<Item = (u32, StreamConfig)> + '_ {
         self.vs
             .get(smmu)

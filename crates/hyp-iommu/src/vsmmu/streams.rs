@@ -4,7 +4,7 @@
 use alloc::collections::BTreeSet;
 
 use io_pgtable::env::{CacheMaintenance, TableMemory};
-use smmuv3::config::{CdTableRef, S1Dss};
+use smmuv3::config::{CdFormat, CdTableRef, S1Dss};
 use smmuv3::env::SmmuEnv;
 use smmuv3::layout::ste;
 use smmuv3::regs::{cr0, idr0, idr1, strtab_base, strtab_base_cfg};
@@ -15,9 +15,16 @@ use crate::scrub::Scrub;
 /// How the hypervisor configured a host stream on the real SMMU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamConfig {
-    /// Every transaction aborts (host abort, invalid or refused STE, host
-    /// SMMU disabled).
+    /// Every transaction aborts, and the real SMMU records each one: its
+    /// STE is invalid (V = 0), so it reports C_BAD_STE (or C_BAD_STREAMID
+    /// without a level-2 table), which the emulator turns into the event
+    /// the host's own configuration calls for, if any. Every host stream
+    /// the emulator does not list is in this state.
     Abort,
+    /// Every transaction aborts and nothing is recorded (STE.Config =
+    /// abort): a stream the host aborts (its STE says abort, or its SMMU
+    /// is disabled), silenced once traffic showed up on it.
+    SilentAbort,
     /// Stage 2 on the shadow: what the host asked as bypass.
     Stage2,
     /// The host's stage 1 (its CD table, at an IPA) over the shadow.
@@ -29,14 +36,26 @@ pub enum StreamConfig {
     },
 }
 
-/// What reading a host STE found.
-enum Lookup {
-    /// A configuration to apply.
+/// What the host's configuration says about one of its streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// A configuration to shadow (stage 2 or nested).
     Config(StreamConfig),
-    /// An STE the virtual SMMU does not accept (C_BAD_STE).
+    /// Traffic aborts without an event: the host's STE says abort, or its
+    /// SMMU is disabled (GBPA reads abort).
+    Silent,
+    /// The StreamID is outside the host's stream table: beyond LOG2SIZE,
+    /// under an invalid level-1 descriptor or past its span
+    /// (C_BAD_STREAMID when the host's CR2.RECINVSID asks).
+    OutsideTable,
+    /// The host's STE is invalid (V = 0): C_BAD_STE.
+    Invalid,
+    /// An STE the virtual SMMU does not accept (C_BAD_STE), or a malformed
+    /// STRTAB_BASE_CFG.
     Bad,
-    /// The STE (or its level-1 descriptor) is not in host-owned RAM or
-    /// could not be read: F_STE_FETCH at this address.
+    /// The STE (or its level-1 descriptor, or the CD table it points at)
+    /// is not in host-owned RAM or could not be read: F_STE_FETCH at this
+    /// address.
     Unreadable(u64),
 }
 
@@ -44,51 +63,59 @@ enum Lookup {
 const STE_BYTES: u64 = ste::STE_BYTES as u64;
 const L1_BYTES: u64 = ste::L1_DESC_BYTES as u64;
 
-/// Returns the configuration an STE's words ask for, checked against what
-/// the virtual SMMU offers (`idr0`, `ssid_bits`).
-fn decode(w: &[u64; 8], idr0_v: u64, ssid_bits: u8) -> Option<StreamConfig> {
+/// Returns what an STE's words ask for, checked against what the virtual
+/// SMMU offers (`idr0`, `ssid_bits`).
+fn decode(w: &[u64; 8], idr0_v: u64, ssid_bits: u8) -> Lookup {
     if ste::V.get(w[0]) == 0 {
-        // An invalid STE: traffic aborts (the host sees no event, as a
-        // real SMMU would not report one before a transaction arrives).
-        return Some(StreamConfig::Abort);
+        // Reported on traffic (C_BAD_STE), as a real SMMU does: nothing
+        // is told before a transaction arrives.
+        return Lookup::Invalid;
     }
-    match ste::CONFIG.get(w[0]) {
-        ste::CONFIG_ABORT => Some(StreamConfig::Abort),
+    let cfg = match ste::CONFIG.get(w[0]) {
+        ste::CONFIG_ABORT => return Lookup::Silent,
         ste::CONFIG_BYPASS => Some(StreamConfig::Stage2),
-        ste::CONFIG_S1 => {
-            // StreamWorld must be NS-EL1: EL2 belongs to the hidden HYP.
-            if ste::STRW.get(w[1]) != 0 {
-                return None;
-            }
-            let two_level = match ste::S1FMT.get(w[0]) {
-                ste::S1FMT_LINEAR => false,
-                ste::S1FMT_4K_L2 if idr0::CD2L.get(idr0_v) != 0 => true,
-                // 64 KiB level-2 CD tables are not shadowed (the driver
-                // builds 4 KiB ones only); refused rather than misread.
-                _ => return None,
-            };
-            let cdmax_log2 = ste::S1CDMAX.get(w[0]) as u8;
-            if cdmax_log2 > ssid_bits {
-                return None;
-            }
-            let s1dss = match ste::S1DSS.get(w[1]) {
-                ste::S1DSS_TERMINATE => S1Dss::Terminate,
-                ste::S1DSS_BYPASS => S1Dss::Bypass,
-                ste::S1DSS_SSID0 => S1Dss::Ssid0,
-                _ => return None,
-            };
-            Some(StreamConfig::Nested {
-                cd: CdTableRef {
-                    ptr: w[0] & ste::S1CTXPTR.mask(),
-                    two_level,
-                    cdmax_log2,
-                },
-                s1dss,
-            })
-        }
+        ste::CONFIG_S1 => nested(w, idr0_v, ssid_bits),
         // Stage 2 and nesting are hidden; the rest is reserved.
         _ => None,
+    };
+    cfg.map_or(Lookup::Bad, Lookup::Config)
+}
+
+/// Returns the nested configuration of a stage-1 STE, or `None` when the
+/// virtual SMMU refuses it.
+fn nested(w: &[u64; 8], idr0_v: u64, ssid_bits: u8) -> Option<StreamConfig> {
+    // StreamWorld must be NS-EL1: EL2 belongs to the hidden HYP.
+    if ste::STRW.get(w[1]) != 0 {
+        return None;
     }
+    let cd2l = idr0::CD2L.get(idr0_v) != 0;
+    let format = match ste::S1FMT.get(w[0]) {
+        ste::S1FMT_LINEAR => CdFormat::Linear,
+        // Either leaf size: the real SMMU walks the host's tables
+        // itself, through the shadow stage 2.
+        ste::S1FMT_4K_L2 if cd2l => CdFormat::TwoLevel4K,
+        ste::S1FMT_64K_L2 if cd2l => CdFormat::TwoLevel64K,
+        // Reserved, or 2-level without CD2L: refused, not misread.
+        _ => return None,
+    };
+    let cdmax_log2 = ste::S1CDMAX.get(w[0]) as u8;
+    if cdmax_log2 > ssid_bits {
+        return None;
+    }
+    let s1dss = match ste::S1DSS.get(w[1]) {
+        ste::S1DSS_TERMINATE => S1Dss::Terminate,
+        ste::S1DSS_BYPASS => S1Dss::Bypass,
+        ste::S1DSS_SSID0 => S1Dss::Ssid0,
+        _ => return None,
+    };
+    Some(StreamConfig::Nested {
+        cd: CdTableRef {
+            ptr: w[0] & ste::S1CTXPTR.mask(),
+            format,
+            cdmax_log2,
+        },
+        s1dss,
+    })
 }
 
 impl<M, E, S, H> Emulator<M, E, S, H>
@@ -158,30 +185,34 @@ where
         Ok(Some((l2, count)))
     }
 
-    /// Returns what host STE `sid` asks for.
-    fn lookup(&self, smmu: usize, sid: u32) -> Lookup {
+    /// Returns what the host's configuration says about its stream `sid`
+    /// now (host memory read and checked).
+    pub(super) fn lookup(&self, smmu: usize, sid: u32) -> Lookup {
         let v = &self.vs[smmu];
         if !v.cr0_has(cr0::SMMUEN) {
-            // GBPA reads as abort: a disabled SMMU aborts everything.
-            return Lookup::Config(StreamConfig::Abort);
+            // GBPA reads as abort: a disabled SMMU aborts everything, and
+            // records nothing.
+            return Lookup::Silent;
         }
         let Some((log2, split)) = self.host_table(smmu) else {
             return Lookup::Bad;
         };
         let sid = u64::from(sid);
         if sid >> log2 != 0 {
-            return Lookup::Config(StreamConfig::Abort);
+            return Lookup::OutsideTable;
         }
         let at = if split == 0 {
             self.strtab_addr(smmu) + sid * STE_BYTES
         } else {
             match self.l1(smmu, sid >> split, split) {
                 Err(a) => return Lookup::Unreadable(a),
-                Ok(None) => return Lookup::Config(StreamConfig::Abort),
+                // No level-2 table (Span 0, or one out of range): the
+                // StreamID is not in the table.
+                Ok(None) => return Lookup::OutsideTable,
                 Ok(Some((l2, count))) => {
                     let off = sid & ((1 << split) - 1);
                     if off >= count {
-                        return Lookup::Config(StreamConfig::Abort);
+                        return Lookup::OutsideTable;
                     }
                     l2 + off * STE_BYTES
                 }
@@ -192,13 +223,14 @@ where
         };
         let ssid_bits = idr1::SSIDSIZE.get(v.idr[1].into()) as u8;
         match decode(&words, v.idr[0].into(), ssid_bits) {
-            Some(StreamConfig::Nested { cd, .. }) if !host_owned(&self.hyp, cd.ptr, STE_BYTES) => {
+            Lookup::Config(StreamConfig::Nested { cd, .. })
+                if !host_owned(&self.hyp, cd.ptr, STE_BYTES) =>
+            {
                 // The SMMU would only fault on it at stage 2; refusing it
                 // here tells the host at once.
                 Lookup::Unreadable(cd.ptr)
             }
-            Some(c) => Lookup::Config(c),
-            None => Lookup::Bad,
+            found => found,
         }
     }
 
@@ -206,6 +238,12 @@ where
     pub(super) fn reshadow(&mut self, smmu: usize, sid: u32) {
         let want = match self.lookup(smmu, sid) {
             Lookup::Config(c) => c,
+            // A silenced stream stays silent; any other keeps reporting
+            // until traffic shows it needs silencing (`events.rs`).
+            Lookup::Silent if self.stream(smmu, sid) == StreamConfig::SilentAbort => {
+                StreamConfig::SilentAbort
+            }
+            Lookup::Silent | Lookup::OutsideTable | Lookup::Invalid => StreamConfig::Abort,
             Lookup::Bad => {
                 self.vs[smmu].stats.bad_stes += 1;
                 self.post_host_event(smmu, events::record_bad_ste(sid));
@@ -220,7 +258,7 @@ where
         self.apply(smmu, sid, want);
     }
 
-    fn apply(&mut self, smmu: usize, sid: u32, want: StreamConfig) {
+    pub(super) fn apply(&mut self, smmu: usize, sid: u32, want: StreamConfig) {
         let cur = self.stream(smmu, sid);
         if cur == want {
             return;
@@ -339,23 +377,27 @@ mod tests {
     #[test]
     fn host_configurations_map_to_shadow_ones() {
         let mut w = [0u64; 8];
-        assert_eq!(decode(&w, CD2L, 8), Some(StreamConfig::Abort));
+        assert_eq!(decode(&w, CD2L, 8), Lookup::Invalid);
         w[0] = ste::V.make(1) | ste::CONFIG.make(ste::CONFIG_BYPASS);
-        assert_eq!(decode(&w, CD2L, 8), Some(StreamConfig::Stage2));
+        assert_eq!(decode(&w, CD2L, 8), Lookup::Config(StreamConfig::Stage2));
         w[0] = ste::V.make(1) | ste::CONFIG.make(ste::CONFIG_ABORT);
-        assert_eq!(decode(&w, CD2L, 8), Some(StreamConfig::Abort));
-        let n = decode(&s1_ste(0x8000_1000, 1, 4, 2), CD2L, 8);
-        assert_eq!(
-            n,
-            Some(StreamConfig::Nested {
+        assert_eq!(decode(&w, CD2L, 8), Lookup::Silent);
+        let nested = |format| {
+            Lookup::Config(StreamConfig::Nested {
                 cd: CdTableRef {
                     ptr: 0x8000_1000,
-                    two_level: true,
-                    cdmax_log2: 4
+                    format,
+                    cdmax_log2: 4,
                 },
-                s1dss: S1Dss::Ssid0
+                s1dss: S1Dss::Ssid0,
             })
-        );
+        };
+        let n = decode(&s1_ste(0x8000_1000, 1, 4, 2), CD2L, 8);
+        assert_eq!(n, nested(CdFormat::TwoLevel4K));
+        let n = decode(&s1_ste(0x8000_1000, 2, 4, 2), CD2L, 8);
+        assert_eq!(n, nested(CdFormat::TwoLevel64K));
+        let n = decode(&s1_ste(0x8000_1000, 0, 4, 2), CD2L, 8);
+        assert_eq!(n, nested(CdFormat::Linear));
     }
 
     #[test]
@@ -363,16 +405,18 @@ mod tests {
         for config in [ste::CONFIG_S2, ste::CONFIG_NESTED, 0b001, 0b010, 0b011] {
             let mut w = [0u64; 8];
             w[0] = ste::V.make(1) | ste::CONFIG.make(config);
-            assert_eq!(decode(&w, CD2L, 8), None, "config {config:#b}");
+            assert_eq!(decode(&w, CD2L, 8), Lookup::Bad, "config {config:#b}");
         }
-        // Too many substream bits, a reserved S1DSS, 64K CD leaves, 2-level
-        // CD tables the SMMU lacks, and StreamWorld EL2.
-        assert_eq!(decode(&s1_ste(0x1000, 0, 9, 0), CD2L, 8), None);
-        assert_eq!(decode(&s1_ste(0x1000, 0, 1, 3), CD2L, 8), None);
-        assert_eq!(decode(&s1_ste(0x1000, 2, 1, 0), CD2L, 8), None);
-        assert_eq!(decode(&s1_ste(0x1000, 1, 1, 0), 0, 8), None);
+        // Too many substream bits, a reserved S1DSS, the reserved S1Fmt,
+        // 2-level CD tables (either leaf size) the SMMU lacks, and
+        // StreamWorld EL2.
+        assert_eq!(decode(&s1_ste(0x1000, 0, 9, 0), CD2L, 8), Lookup::Bad);
+        assert_eq!(decode(&s1_ste(0x1000, 0, 1, 3), CD2L, 8), Lookup::Bad);
+        assert_eq!(decode(&s1_ste(0x1000, 3, 1, 0), CD2L, 8), Lookup::Bad);
+        assert_eq!(decode(&s1_ste(0x1000, 1, 1, 0), 0, 8), Lookup::Bad);
+        assert_eq!(decode(&s1_ste(0x1000, 2, 1, 0), 0, 8), Lookup::Bad);
         let mut w = s1_ste(0x1000, 0, 0, 0);
         w[1] |= ste::STRW.make(2);
-        assert_eq!(decode(&w, CD2L, 8), None);
+        assert_eq!(decode(&w, CD2L, 8), Lookup::Bad);
     }
 }

@@ -19,6 +19,9 @@ use super::host::{HostDomain, HostSmmu, Trapped};
 
 /// The host stream the world starts with.
 pub const SID: u32 = 0x10;
+/// A stream outside the host's table (past a linear one's end, under an
+/// empty level-1 descriptor of a 2-level one): C_BAD_STREAMID traffic.
+pub const FAR_SID: u32 = 0x4321;
 /// Its first IOVA.
 pub const IOVA: u64 = 0x4000_0000;
 /// Host RAM pages the operations aim at (the host driver's structures
@@ -266,7 +269,10 @@ impl World {
                 sid: if c[1] & 1 == 0 {
                     SID
                 } else {
-                    u32::from(c[1] >> 1) % 4
+                    match (c[1] >> 1) % 5 {
+                        4 => FAR_SID,
+                        k => u32::from(k),
+                    }
                 },
                 iova: if c[2] & 1 == 0 {
                     IOVA + (u64::from(c[3]) % 10) * 4096
@@ -416,7 +422,7 @@ impl World {
         let mut probes: Vec<u64> = (0..10).map(|k| IOVA + k * 4096).collect();
         probes.extend(self.donated.iter().copied());
         probes.extend([ram.base - 4096, ram.base, ram.end(), super::MMIO.base]);
-        for sid in [SID, SID + 1, 0, 1, 2, 3] {
+        for sid in [SID, SID + 1, 0, 1, 2, 3, FAR_SID] {
             for &iova in &probes {
                 for req in [
                     DmaRequest::read(sid, iova, 8),

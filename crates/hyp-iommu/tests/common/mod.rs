@@ -46,6 +46,8 @@ pub struct Setup {
     pub sim_size: u64,
     /// The models' stall model (`None`: the model's default).
     pub stall: Option<smmuv3_model::StallModel>,
+    /// The models' substream ID bits (IDR1.SSIDSIZE).
+    pub ssid_bits: u8,
 }
 
 impl Default for Setup {
@@ -60,6 +62,7 @@ impl Default for Setup {
             tlb_capacity: 1 << 16,
             sim_size: 0,
             stall: None,
+            ssid_bits: ModelConfig::default().ssid_bits,
         }
     }
 }
@@ -84,6 +87,7 @@ pub fn model_config(setup: &Setup) -> ModelConfig {
         bbml: setup.bbml,
         tlb_capacity: setup.tlb_capacity,
         stall_model: setup.stall.unwrap_or(ModelConfig::default().stall_model),
+        ssid_bits: setup.ssid_bits,
         ..ModelConfig::default()
     }
 }
@@ -225,4 +229,12 @@ pub fn is_s2_translation_fault(f: &DmaFault) -> bool {
         Some(ev) => ev.kind == smmuv3_model::EventType::FTranslation && ev.s2,
         None => false,
     }
+}
+
+/// Whether a DMA fault is the abort of a stream the emulator gave an
+/// invalid real STE: terminated before any translation, recorded by the
+/// real SMMU as C_BAD_STE for the hypervisor to sort.
+pub fn is_invalid_ste_abort(f: &DmaFault) -> bool {
+    f.event()
+        .is_some_and(|ev| ev.kind == smmuv3_model::EventType::CBadSte)
 }

@@ -10,7 +10,7 @@ use super::domain::{DomainKind, DomainShared};
 use super::{Domain, ExternalStage2, Inner, Smmu, SmmuConfig, Stats, StrtabFormat};
 use crate::Error;
 use crate::command::Command;
-use crate::config::{CdTableRef, S1Dss, S2Ref, SteConfig, build_cd, build_ste};
+use crate::config::{CdFormat, CdTableRef, S1Dss, S2Ref, SteConfig, build_cd, build_ste};
 use crate::entry::{Entry, EntryKind, WORDS, apply, plan_update};
 use crate::env::{DmaMemory, SmmuEnv};
 use crate::layout::{cd, ste};
@@ -98,6 +98,9 @@ struct CdTable {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Abort,
+    /// STE.V = 0: terminated like `Abort`, but every transaction is
+    /// recorded as C_BAD_STE.
+    Invalid,
     Bypass,
     Translate,
     /// Nested on the stream's stage 2 (`Master::s2`, an external one)
@@ -134,6 +137,9 @@ impl Master {
 pub(crate) struct Streams {
     table: Table,
     masters: BTreeMap<u32, Master>,
+    /// Streams without a master get invalid STEs, not aborting ones
+    /// (`Smmu::report_unattached`).
+    report_unattached: bool,
 }
 
 fn abort_ste() -> Entry {
@@ -142,11 +148,17 @@ fn abort_ste() -> Entry {
     e
 }
 
-/// Fills a fresh block of STEs with aborting entries and cleans it.
-fn init_stes(blk: &DevBlock, mem: &impl DmaMemory) -> Result<(), Error> {
-    let a = abort_ste();
+/// Returns word 0 of the STE a stream without a master gets (the other
+/// words are zero either way).
+fn idle_word(report_unattached: bool) -> u64 {
+    if report_unattached { 0 } else { abort_ste()[0] }
+}
+
+/// Fills a fresh (zeroed) block of STEs with idle entries and cleans it.
+fn init_stes(blk: &DevBlock, mem: &impl DmaMemory, report_unattached: bool) -> Result<(), Error> {
+    let w0 = idle_word(report_unattached);
     for i in 0..blk.size() / 64 {
-        blk.write(i * WORDS, a[0]);
+        blk.write(i * WORDS, w0);
     }
     blk.clean(mem, 0, blk.size())
 }
@@ -177,12 +189,13 @@ impl Streams {
         } else {
             let log2 = f.sid_bits.min(cfg.linear_max_log2);
             let blk = DevBlock::alloc(mem, (1usize << log2) * 64)?;
-            init_stes(&blk, mem)?;
+            init_stes(&blk, mem, false)?;
             Table::Linear { blk, log2 }
         };
         Ok(Self {
             table,
             masters: BTreeMap::new(),
+            report_unattached: false,
         })
     }
 
@@ -263,7 +276,7 @@ impl Streams {
                 let mut installed = None;
                 if l2[i].is_none() {
                     let blk = DevBlock::alloc(mem, 64usize << *split)?;
-                    init_stes(&blk, mem)?;
+                    init_stes(&blk, mem, self.report_unattached)?;
                     let desc = ste::L1_SPAN.make(u64::from(*split) + 1)
                         | (blk.phys() & ste::L1_L2PTR.mask());
                     l1.write(i, desc);
@@ -347,7 +360,11 @@ impl CdTable {
     fn table_ref(&self) -> CdTableRef {
         CdTableRef {
             ptr: self.blk.phys(),
-            two_level: self.two_level,
+            format: if self.two_level {
+                CdFormat::TwoLevel4K
+            } else {
+                CdFormat::Linear
+            },
             cdmax_log2: self.cdmax_log2,
         }
     }
@@ -417,6 +434,7 @@ impl<E: SmmuEnv> Inner<E> {
 
     fn master_ste(&self, m: &Master) -> Result<Entry, Error> {
         let cfg = match m.mode {
+            Mode::Invalid => return Ok([0; WORDS]),
             Mode::Abort => SteConfig::Abort,
             Mode::Bypass => SteConfig::Bypass,
             Mode::Foreign(cd, s1dss) => match &m.s2 {
@@ -624,6 +642,64 @@ impl<E: SmmuEnv> Smmu<E> {
         self.inner.set_mode(sid, Mode::Abort)
     }
 
+    /// Makes `sid` invalid (STE.V = 0), detaching it from any domain: its
+    /// traffic is terminated as with [`Smmu::set_abort`], but the SMMU
+    /// records C_BAD_STE for every transaction, where an aborting STE
+    /// records nothing.
+    ///
+    /// A hypervisor emulating an SMMU uses it to learn of traffic on a
+    /// stream its guest's configuration says must be reported.
+    ///
+    /// # Errors
+    ///
+    /// As [`Smmu::set_abort`].
+    pub fn set_invalid(&self, sid: u32) -> Result<Update, Error> {
+        self.inner.set_mode(sid, Mode::Invalid)
+    }
+
+    /// Makes every stream the driver never configured (no attach, abort,
+    /// bypass or invalid call for it) invalid rather than aborting, now and
+    /// for every level-2 stream table installed later, and invalidates
+    /// the SMMU's STE caches (CFGI_ALL + CMD_SYNC).
+    ///
+    /// Their traffic stays terminated, but is recorded (C_BAD_STE; a
+    /// StreamID without a level-2 table is C_BAD_STREAMID either way), so
+    /// that a hypervisor emulating an SMMU sees it. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// Command errors (the entries are rewritten first: both kinds
+    /// terminate, so a failed invalidation leaves every stream isolated).
+    pub fn report_unattached(&self) -> Result<(), Error> {
+        let i = &*self.inner;
+        {
+            let mut st = i.streams.lock();
+            st.report_unattached = true;
+            let (abort, idle) = (idle_word(false), idle_word(true));
+            let masters = &st.masters;
+            let blocks: Vec<(&DevBlock, u32)> = match &st.table {
+                Table::Linear { blk, .. } => alloc::vec![(blk, 0)],
+                Table::TwoLevel { l2, split, .. } => l2
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, b)| b.as_ref().map(|b| (b, (k as u32) << *split)))
+                    .collect(),
+            };
+            for (blk, first) in blocks {
+                for k in 0..blk.size() / 64 {
+                    let sid = first + k as u32;
+                    // A single-word change of an entry whose other words
+                    // are zero: no hitless sequence needed.
+                    if !masters.contains_key(&sid) && blk.read(k * WORDS) == abort {
+                        blk.write(k * WORDS, idle);
+                    }
+                }
+                blk.clean(&i.mem, 0, blk.size())?;
+            }
+        }
+        i.issue(&[Command::CFGI_ALL], true)
+    }
+
     /// Lets `sid` bypass translation (detaching it from any domain).
     ///
     /// # Errors
@@ -732,7 +808,7 @@ impl<E: SmmuEnv> Smmu<E> {
         if cd.cdmax_log2 > i.features.ssid_bits {
             return Err(Error::Unsupported("substream ID bits beyond IDR1.SSIDSIZE"));
         }
-        if cd.two_level && !i.features.cd_2lvl {
+        if cd.format.two_level() && !i.features.cd_2lvl {
             return Err(Error::Unsupported("two-level CD tables (IDR0.CD2L)"));
         }
         let mut st = i.streams.lock();
