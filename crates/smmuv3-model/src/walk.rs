@@ -273,7 +273,7 @@ impl<E> From<WalkFault> for Stopped<E> {
 ///
 /// `steps` receives the table descriptors used (for the walk cache).
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 pub(crate) fn walk<E, F: FnMut(u64) -> Result<u64, E>>(
     mem: Tables<'_>,
     cfg: &TableCfg,
@@ -305,7 +305,7 @@ pub(crate) fn walk<E, F: FnMut(u64) -> Result<u64, E>>(
 }
 
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
     mem: Tables<'_>,
     cfg: &TableCfg,
@@ -336,13 +336,21 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
     let mut attrs = start.attrs;
     let mut reads = 0;
     *nsteps = 0;
+    // Decided once per walk rather than per level.
+    let stride = cfg.stride();
+    let level_mask = (1u64 << stride) - 1;
+    let pa52 = cfg.pa52 && cfg.shift == 16;
+    let hierarchical = !cfg.stage2 && !cfg.had;
+    let mut lsb = cfg.level_lsb(level);
+    // The start table (concatenated ones included) is indexed by every
+    // input bit above its level; `ia` has no bits above the input size.
+    let mut mask = if level == cfg.start_level {
+        u64::MAX
+    } else {
+        level_mask
+    };
     loop {
-        let lsb = cfg.level_lsb(level);
-        let idx = if level == cfg.start_level {
-            ia >> lsb
-        } else {
-            (ia >> lsb) & ((1 << cfg.stride()) - 1)
-        };
+        let idx = (ia >> lsb) & mask;
         let desc_ia = table + idx * 8;
         let desc_pa = fetch(desc_ia).map_err(|e| Stopped::Halt(Halt::Fetch(e)))?;
         reads += 1;
@@ -354,11 +362,11 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
         }
         let is_table = desc.is_table();
         if level < 3 && is_table {
-            let next = desc_addr(cfg, desc, cfg.shift);
+            let next = desc.addr(cfg.shift, pa52);
             if next >> cfg.oas != 0 {
                 return fault(EventType::FAddrSize, level);
             }
-            if !cfg.stage2 && !cfg.had {
+            if hierarchical {
                 attrs.pxn |= desc.pxn_table();
                 attrs.uxn |= desc.uxn_table();
                 attrs.no_user |= desc.ap_table_no_user();
@@ -370,6 +378,8 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
             }
             table = next;
             level += 1;
+            lsb -= stride;
+            mask = level_mask;
             continue;
         }
         if level < 3 && !cfg.block_ok(level) {
@@ -498,6 +508,7 @@ fn perms_if_dirty(cfg: &TableCfg, desc: RawDesc, attrs: TableAttrs, s1perm: S1Pe
     }
 }
 
+#[inline(always)]
 fn s1_perms(desc: RawDesc, t: TableAttrs, p: S1Perm) -> Perms {
     let user = desc.ap_user_or_s2_read() && !t.no_user;
     let ro = desc.ap_ro_or_s2_write() || t.read_only;

@@ -18,13 +18,11 @@ use crate::{DmaFault, DmaRequest, Termination, Translation};
 use core::convert::Infallible;
 
 /// What the lookup of a cached context and its TLB entry found.
-// Built and consumed once per translation in the caller's frame; boxing the
-// context would allocate on every TLB miss.
-#[allow(clippy::large_enum_variant)]
 enum Cached {
     Hit(Translation),
-    /// The context is cached, its TLB entry is not.
-    Miss(Ctx),
+    /// The context is cached (copied to the caller's slot), its TLB entry
+    /// is not.
+    Miss,
     /// Nothing the fast path serves: the full path decides.
     Unknown,
 }
@@ -297,11 +295,11 @@ impl State {
 
     /// Serves a TLB hit of an already cached context by reference, without
     /// building the fault-reporting state the full path needs. On a TLB
-    /// miss of a plain cached context, returns the context, so the walk
-    /// that follows needs neither the context lookup nor the TLB lookup
-    /// again.
+    /// miss of a plain cached context, copies the context to `slot`, so
+    /// the walk that follows needs neither the context lookup nor the TLB
+    /// lookup again.
     #[inline]
-    fn cached_hit(&mut self, req: &DmaRequest, iova: u64) -> Cached {
+    fn cached_hit(&mut self, req: &DmaRequest, iova: u64, slot: &mut Option<Ctx>) -> Cached {
         if self.regs.cr0 & cr0::SMMUEN == 0 || req.ats_translated || self.trace.is_some() {
             return Cached::Unknown;
         }
@@ -328,7 +326,8 @@ impl State {
         let Some(&e) = self.tlb.lookup(ctx.tag, ia, &ctx.sizes[..ctx.nsizes]) else {
             // The full path need not look again.
             self.known_miss = ctx.mode != Mode::S2;
-            return Cached::Miss(*ctx);
+            *slot = Some(*ctx);
+            return Cached::Miss;
         };
         if !e.perms.allows(acc) {
             return Cached::Unknown;
@@ -388,16 +387,14 @@ impl State {
         if let Some(t) = self.last_hit(req, iova) {
             return Ok(t);
         }
-        let cached = match self.cached_hit(req, iova) {
+        let mut cached = None;
+        match self.cached_hit(req, iova, &mut cached) {
             Cached::Hit(t) => return Ok(t),
-            Cached::Miss(ctx) => {
-                // As `context` counts a cached context.
-                self.stats.ste_hits += 1;
-                Some(ctx)
-            }
-            Cached::Unknown => None,
-        };
-        let r = match self.translate_inner(req, iova, cached) {
+            // As `context` counts a cached context.
+            Cached::Miss => self.stats.ste_hits += 1,
+            Cached::Unknown => {}
+        }
+        let r = match self.translate_inner(req, iova, cached.as_ref()) {
             Ok(t) => Ok(t),
             Err(stop) => Err(self.finish(stop)),
         };
@@ -430,7 +427,7 @@ impl State {
         &mut self,
         req: &DmaRequest,
         iova: u64,
-        cached: Option<Ctx>,
+        cached: Option<&Ctx>,
     ) -> Result<Translation, Stop> {
         let bypass = |pa: u64| Translation {
             pa,
@@ -457,9 +454,13 @@ impl State {
             input_addr: iova,
             ..Event::new(EventType::FTranslation, sid).with_ssid(req.ssid)
         };
+        let looked_up;
         let ctx = match cached {
             Some(ctx) => ctx,
-            None => self.context(sid, req.ssid, base_ev)?,
+            None => {
+                looked_up = self.context(sid, req.ssid, base_ev)?;
+                &looked_up
+            }
         };
         match ctx.ste.privcfg {
             2 => acc.privileged = false,
@@ -504,7 +505,7 @@ impl State {
                 let s2 = ctx.ste.s2.unwrap_or_else(unreachable_s2);
                 match self.s2_translate(&s2, iova, acc) {
                     Ok((pa, e)) => {
-                        self.remember(&ctx, base_ev, iova, &e);
+                        self.remember(ctx, base_ev, iova, &e);
                         Ok(Translation {
                             pa,
                             bytes_left: (1u64 << e.size_log2) - (iova & ((1 << e.size_log2) - 1)),
@@ -515,7 +516,7 @@ impl State {
                     Err(f) => Err(self.s2_stop(&s2, f, iova, FaultClass::Input, base_ev)),
                 }
             }
-            Mode::S1 | Mode::Nested => self.s1_translate(&ctx, iova, acc, base_ev),
+            Mode::S1 | Mode::Nested => self.s1_translate(ctx, iova, acc, base_ev),
         }
     }
 
