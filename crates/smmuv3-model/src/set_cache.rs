@@ -248,6 +248,7 @@ impl<V: Copy + Default> SetCache<V> {
     /// Caches `v` for the key, covering a range of `2^span_log2` bytes for
     /// invalidations (at least the key's size). Returns the key of the
     /// entry it evicted, if any (replacing the same key evicts nothing).
+    #[inline(always)]
     pub fn insert(&mut self, k0: u64, k1: u64, v: V, span_log2: u32) -> Option<(u64, u64)> {
         if self.slots.is_empty() {
             self.allocate();

@@ -388,6 +388,7 @@ impl Tlb {
     /// before-make is enforced and an entry of another size is still cached
     /// for `ia`: a TLB conflict. Caches nothing (and reports no conflict)
     /// when the TLB is disabled.
+    #[inline(always)]
     pub fn insert(&mut self, tag: Tag, ia: u64, e: TlbEntry) -> bool {
         if !self.enabled {
             return false;

@@ -447,7 +447,7 @@ impl State {
             privileged: req.privileged,
             instruction: req.instruction && !req.write,
         };
-        let base_ev = Event {
+        let event = |acc: Access| Event {
             privileged: acc.privileged,
             instruction: acc.instruction,
             read: !acc.write,
@@ -458,7 +458,9 @@ impl State {
         let ctx = match cached {
             Some(ctx) => ctx,
             None => {
-                looked_up = self.context(sid, req.ssid, base_ev)?;
+                // Faults of the configuration fetch see the access as the
+                // device made it.
+                looked_up = self.context(sid, req.ssid, event(acc))?;
                 &looked_up
             }
         };
@@ -472,11 +474,7 @@ impl State {
             3 => acc.instruction = !acc.write,
             _ => {}
         }
-        let base_ev = Event {
-            privileged: acc.privileged,
-            instruction: acc.instruction,
-            ..base_ev
-        };
+        let base_ev = event(acc);
         // An aborting STE aborts translated traffic too, silently.
         if req.ats_translated && !matches!(ctx.mode, Mode::Bypass | Mode::Abort) {
             if ctx.ste.eats == 0 {
