@@ -369,6 +369,13 @@ impl RawDesc {
     pub fn ap_table_ro(&self) -> bool {
         bit(self.0, desc::AP_TABLE_RO)
     }
+    /// Returns the table descriptor's hierarchical attributes, bits
+    /// \[62:59\], as four bits: PXNTable (bit 0), UXNTable (1), APTable\[0\]
+    /// (2) and APTable\[1\] (3). A walk ORs them down the levels at once.
+    #[inline]
+    pub fn table_attr_bits(&self) -> u8 {
+        bits(self.0, desc::AP_TABLE_RO, desc::PXN_TABLE) as u8
+    }
     /// Returns the output (or next-level table) address: bits \[47:lsb\],
     /// plus OA\[51:48\] from bits \[15:12\] when `pa52` (64K granule with
     /// 52-bit output). Bits \[50:48\] are RES0 and bit 51 is DBM, never
@@ -671,6 +678,12 @@ mod tests {
         let t = RawDesc(1 << 59 | 1 << 60 | 1 << 61 | 1 << 62 | 1 << 54 | 1 << 7);
         assert!(t.pxn_table() && t.uxn_table() && t.ap_table_no_user() && t.ap_table_ro());
         assert!(t.uxn() && t.ap_ro_or_s2_write() && !t.valid());
+        assert_eq!(t.table_attr_bits(), 0b1111);
+        // One attribute at a time: PXNTable, UXNTable, APTable[0], APTable[1].
+        for (bit, want) in [(59, 0b0001), (60, 0b0010), (61, 0b0100), (62, 0b1000)] {
+            assert_eq!(RawDesc(1 << bit | 3).table_attr_bits(), want, "bit {bit}");
+        }
+        assert_eq!(RawDesc(1 << 63 | 1 << 58).table_attr_bits(), 0);
         assert_eq!(t.s2_xn(), 2);
         assert_eq!(RawDesc(0).with_af().0, 1 << 10);
         assert_eq!(RawDesc(1 << 7).dirtied(false).0, 0);

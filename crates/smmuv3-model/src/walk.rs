@@ -167,13 +167,42 @@ pub(crate) struct Leaf {
 /// (level, table-descriptor output address, accumulated table attrs).
 pub(crate) type WalkSteps = [(u32, u64, TableAttrs); 4];
 
-/// Hierarchical attributes accumulated from table descriptors.
+/// Hierarchical attributes accumulated from table descriptors, as the
+/// bits of [`RawDesc::table_attr_bits`] (so each level ORs one byte in).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct TableAttrs {
-    pub no_user: bool,
-    pub read_only: bool,
-    pub uxn: bool,
-    pub pxn: bool,
+pub(crate) struct TableAttrs(u8);
+
+impl TableAttrs {
+    const PXN: u8 = 1 << 0;
+    const UXN: u8 = 1 << 1;
+    const NO_USER: u8 = 1 << 2;
+    const READ_ONLY: u8 = 1 << 3;
+
+    /// Returns these attributes with a table descriptor's added.
+    #[inline]
+    pub fn with_table(self, desc: RawDesc) -> Self {
+        Self(self.0 | desc.table_attr_bits())
+    }
+
+    /// APTable\[0\] on the way: no unprivileged access.
+    pub fn no_user(self) -> bool {
+        self.0 & Self::NO_USER != 0
+    }
+
+    /// APTable\[1\] on the way: read-only.
+    pub fn read_only(self) -> bool {
+        self.0 & Self::READ_ONLY != 0
+    }
+
+    /// UXNTable on the way.
+    pub fn uxn(self) -> bool {
+        self.0 & Self::UXN != 0
+    }
+
+    /// PXNTable on the way.
+    pub fn pxn(self) -> bool {
+        self.0 & Self::PXN != 0
+    }
 }
 
 /// Where a walk starts: the configured start table, or a table found in the
@@ -367,10 +396,7 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
                 return fault(EventType::FAddrSize, level);
             }
             if hierarchical {
-                attrs.pxn |= desc.pxn_table();
-                attrs.uxn |= desc.uxn_table();
-                attrs.no_user |= desc.ap_table_no_user();
-                attrs.read_only |= desc.ap_table_ro();
+                attrs = attrs.with_table(desc);
             }
             if *nsteps < steps.len() {
                 steps[*nsteps] = (level, next, attrs);
@@ -422,7 +448,7 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
             s1_perms(desc, attrs, s1perm)
         };
         if dbm && cfg.hd && !perms.write_priv && !perms.write_user {
-            let table_ro = !cfg.stage2 && attrs.read_only;
+            let table_ro = !cfg.stage2 && attrs.read_only();
             if !table_ro {
                 perms.dirty_on_write = true;
             }
@@ -510,10 +536,10 @@ fn perms_if_dirty(cfg: &TableCfg, desc: RawDesc, attrs: TableAttrs, s1perm: S1Pe
 
 #[inline(always)]
 fn s1_perms(desc: RawDesc, t: TableAttrs, p: S1Perm) -> Perms {
-    let user = desc.ap_user_or_s2_read() && !t.no_user;
-    let ro = desc.ap_ro_or_s2_write() || t.read_only;
-    let uxn = desc.uxn() || t.uxn;
-    let pxn = desc.pxn() || t.pxn;
+    let user = desc.ap_user_or_s2_read() && !t.no_user();
+    let ro = desc.ap_ro_or_s2_write() || t.read_only();
+    let uxn = desc.uxn() || t.uxn();
+    let pxn = desc.pxn() || t.pxn();
     let write_user = user && !ro;
     let writable = !ro;
     // Privileged code may not execute memory that unprivileged code can
