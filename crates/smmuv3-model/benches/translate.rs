@@ -125,6 +125,20 @@ fn bench(c: &mut Criterion) {
     });
     assert_eq!(h.smmu.stats().tlb_hits, 0, "every translation walked");
 
+    // The TLB and walk cache off (the walk-on-every-access design): every
+    // translation walks all four levels and caches nothing.
+    let h = s1_model(1 << 16);
+    h.smmu.set_tlb_enabled(false);
+    g.bench_function("s1_4level_walk_uncached", |b| {
+        b.iter(|| {
+            i = (i + 1) % N;
+            let r = DmaRequest::read(SID, i * STEP, 4).privileged();
+            black_box(h.smmu.translate(&r).unwrap())
+        })
+    });
+    let s = h.smmu.stats();
+    assert_eq!((s.tlb_hits, s.walk_cache_hits), (0, 0), "nothing cached");
+
     // Streaming over four times the TLB: every translation misses the TLB
     // and finds its level-3 table in the walk cache (one level walked).
     let h = stream_model();
