@@ -257,42 +257,59 @@ impl<V: Copy + Default> SetCache<V> {
         let want = k0 | self.generation;
         let set = self.set_of(k0, k1);
         let base = set << self.ways.trailing_zeros();
-        let ways = &self.slots[base..][..self.ways];
-        // One pass: the key itself (replaced in place), else the first
-        // dead way.
-        let mut free = None;
-        for (w, s) in ways.iter().enumerate() {
+        let i = if self.ways == 1 {
+            // Direct mapped: one slot to look at, no victim to choose.
+            let s = self.slots[base];
             if s.k0 == want && s.k1 == k1 {
-                self.vals[base + w] = v;
+                self.vals[base] = v;
                 return None;
             }
-            if free.is_none() && s.k0 & !KEY_MASK != self.generation {
-                free = Some(base + w);
+            if s.k0 & !KEY_MASK != self.generation {
+                self.place(base, k0, k1, v);
+                return None;
             }
-        }
-        if let Some(i) = free {
-            self.place(i, k0, k1, v);
-            return None;
-        }
-        let i = base + self.next_victim(set);
-        let old_k0 = self.slots[i].k0 & KEY_MASK;
-        let old_k1 = self.slots[i].k1;
+            base
+        } else {
+            let ways = &self.slots[base..][..self.ways];
+            // One pass: the key itself (replaced in place), else the first
+            // dead way.
+            let mut free = None;
+            for (w, s) in ways.iter().enumerate() {
+                if s.k0 == want && s.k1 == k1 {
+                    self.vals[base + w] = v;
+                    return None;
+                }
+                if free.is_none() && s.k0 & !KEY_MASK != self.generation {
+                    free = Some(base + w);
+                }
+            }
+            if let Some(i) = free {
+                self.place(i, k0, k1, v);
+                return None;
+            }
+            base + self.next_victim(set)
+        };
+        let old = self.slots[i];
+        let old_k0 = old.k0 & KEY_MASK;
         if key_tag(old_k0) == key_tag(k0) {
             // Same chain: replace in place, no relinking.
-            self.per_size[key_size(old_k0) as usize] -= 1;
-            self.per_size[key_size(k0) as usize] += 1;
+            let (was, now) = (key_size(old_k0), key_size(k0));
+            if was != now {
+                self.per_size[was as usize] -= 1;
+                self.per_size[now as usize] += 1;
+            }
             self.slots[i] = Slot { k0: want, k1 };
             self.vals[i] = v;
         } else {
             self.unlink(i);
             self.place(i, k0, k1, v);
         }
-        Some((old_k0, old_k1))
+        Some((old_k0, old.k1))
     }
 
     /// Returns the way of `set` the next eviction replaces, and moves the
     /// round-robin pointer on.
-    #[inline]
+    #[inline(always)]
     fn next_victim(&mut self, set: usize) -> usize {
         if self.ways == 1 {
             return 0;

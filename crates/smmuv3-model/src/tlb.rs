@@ -440,15 +440,30 @@ impl Tlb {
         None
     }
 
+    #[cfg(test)]
     pub fn walk_insert(&mut self, tag: Tag, ia: u64, lsb: u32, w: WalkEntry) {
+        if self.enabled {
+            self.walk_insert_packed(tag.packed(), ia, lsb, w);
+        }
+    }
+
+    /// Caches the table descriptors one walk of `ia` used, in walk order:
+    /// (lsb of the level the descriptor resolves, entry). The tag is
+    /// packed once for all of them.
+    #[inline(always)]
+    pub fn walk_fill(&mut self, tag: Tag, ia: u64, steps: impl Iterator<Item = (u32, WalkEntry)>) {
         if !self.enabled {
             return;
         }
-        if self
-            .walks
-            .insert(key0(tag.packed(), lsb), ia >> lsb, w, lsb)
-            .is_some()
-        {
+        let t = tag.packed();
+        for (lsb, w) in steps {
+            self.walk_insert_packed(t, ia, lsb, w);
+        }
+    }
+
+    #[inline(always)]
+    fn walk_insert_packed(&mut self, t: u64, ia: u64, lsb: u32, w: WalkEntry) {
+        if self.walks.insert(key0(t, lsb), ia >> lsb, w, lsb).is_some() {
             self.evictions += 1;
         }
     }

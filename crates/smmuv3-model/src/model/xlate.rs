@@ -189,14 +189,15 @@ impl State {
     }
 
     fn note_steps(&mut self, tag: Tag, tt: &TableCfg, ia: u64, steps: &[(u32, u64, TableAttrs)]) {
-        for &(level, next, attrs) in steps {
+        let entries = steps.iter().map(|&(level, next, attrs)| {
             let w = WalkEntry {
                 next_table: next,
                 attrs,
                 granule_shift: tt.shift,
             };
-            self.tlb.walk_insert(tag, ia, tt.level_lsb(level), w);
-        }
+            (tt.level_lsb(level), w)
+        });
+        self.tlb.walk_fill(tag, ia, entries);
     }
 
     /// Turns a stop into the DMA fault, recording the event as the
