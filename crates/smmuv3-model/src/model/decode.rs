@@ -73,7 +73,18 @@ impl Cd {
     /// `iova` by (sign-extended for the TTBR1 half), or `None` when `iova`
     /// is outside both halves' input ranges or its half has no table: the
     /// checks a cached lookup must make before trusting the TLB.
+    #[inline]
     pub(super) fn tlb_input(&self, iova: u64) -> Option<u64> {
+        self.walk_input(iova).map(|(_, _, key)| key)
+    }
+
+    /// Returns the table `iova` is translated by, the walk's input address
+    /// (`iova` below the input size) and the TLB's address for it (see
+    /// [`Cd::tlb_input`]), or `None` when either check fails.
+    #[inline]
+    pub(super) fn walk_input(&self, iova: u64) -> Option<(&TableCfg, u64, u64)> {
+        // Select TTB0 or TTB1 from the top of the address (bit 55 decides
+        // when the top byte is ignored).
         let sel = usize::from(iova >> 55 & 1 == 1);
         let tt = self.tt[sel].as_ref()?;
         let hi = if self.tbi[sel] { 55 } else { 63 };
@@ -83,11 +94,12 @@ impl Cd {
             return None;
         }
         let low = iova & ((1u64 << tt.ias) - 1);
-        Some(if sel == 1 {
+        let key = if sel == 1 {
             low | !((1u64 << tt.ias) - 1)
         } else {
             low
-        })
+        };
+        Some((tt, low, key))
     }
 }
 

@@ -89,8 +89,6 @@ pub(crate) struct State {
     hot: Arc<hot::Hot>,
     /// `last` is published in `hot`.
     hot_live: bool,
-    /// The hit path just found no TLB entry for this translation.
-    known_miss: bool,
     cfg: ModelConfig,
     ids: IdRegs,
     mem: Arc<dyn DeviceMemory>,
@@ -241,7 +239,6 @@ impl SmmuModel {
             last: None,
             hot: hot.clone(),
             hot_live: false,
-            known_miss: false,
             cfg: config,
             ids,
             mem: memory.clone(),

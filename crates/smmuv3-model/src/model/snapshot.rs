@@ -129,7 +129,6 @@ impl State {
         self.stalled = snap.stalled.clone();
         self.next_stag = snap.next_stag;
         self.set_last(None);
-        self.known_miss = false;
         self.sync_iotlbs();
     }
 }

@@ -5,7 +5,7 @@
 use super::State;
 use super::context::ctx_key;
 use super::context::{Ctx, MAX_SSID_BITS, Mode, NO_SSID};
-use super::decode::S2Ste;
+use super::decode::{Cd, S2Ste};
 use crate::event::{Event, EventType, FaultClass};
 use crate::layout::ste_config;
 use crate::regs::{cr0, gbpa};
@@ -20,11 +20,87 @@ use core::convert::Infallible;
 /// What the lookup of a cached context and its TLB entry found.
 enum Cached {
     Hit(Translation),
-    /// The context is cached (copied to the caller's slot), its TLB entry
-    /// is not.
+    /// A stage-2 context is cached (copied to the caller's slot), its TLB
+    /// entry is not.
     Miss,
+    /// A stage-1 or nested context is cached, its TLB entry is not: what
+    /// the walk needs of it is in the caller's walk slot.
+    Walk,
     /// Nothing the fast path serves: the full path decides.
     Unknown,
+}
+
+/// What a stage-1 (or nested) walk after a TLB miss needs of the context:
+/// the selected table and the CD's controls, a fraction of the context.
+#[derive(Clone, Copy)]
+struct S1Walk {
+    tt: TableCfg,
+    perm: S1Perm,
+    record: bool,
+    stall: bool,
+    abort: bool,
+    tag: Tag,
+    /// The walk's input address.
+    ia: u64,
+    /// The TLB's address for it (sign-extended for the TTBR1 half).
+    key_va: u64,
+    /// Stage 2 of a nested context.
+    s2: Option<S2Ste>,
+    /// The STE overrides neither privilege nor instruction: the last-hit
+    /// copy may serve the next access.
+    plain: bool,
+}
+
+impl S1Walk {
+    #[inline]
+    fn new(ctx: &Ctx, cd: &Cd, (tt, ia, key_va): (&TableCfg, u64, u64)) -> Self {
+        Self {
+            tt: *tt,
+            perm: cd.perm,
+            record: cd.record,
+            stall: cd.stall,
+            abort: cd.abort,
+            tag: ctx.tag,
+            ia,
+            key_va,
+            s2: if ctx.mode == Mode::Nested {
+                ctx.ste.s2
+            } else {
+                None
+            },
+            plain: ctx.plain(),
+        }
+    }
+}
+
+impl Ctx {
+    /// Returns whether the STE overrides neither privilege nor instruction.
+    #[inline]
+    fn plain(&self) -> bool {
+        self.ste.privcfg == 0 && self.ste.instcfg == 0
+    }
+}
+
+/// Returns the access `req` makes as the device made it.
+#[inline]
+fn access(req: &DmaRequest) -> Access {
+    Access {
+        write: req.write,
+        privileged: req.privileged,
+        instruction: req.instruction && !req.write,
+    }
+}
+
+/// Returns the event template of a translation of `iova` by `req`.
+#[inline]
+fn base_event(req: &DmaRequest, iova: u64, acc: Access) -> Event {
+    Event {
+        privileged: acc.privileged,
+        instruction: acc.instruction,
+        read: !acc.write,
+        input_addr: iova,
+        ..Event::new(EventType::FTranslation, req.sid).with_ssid(req.ssid)
+    }
 }
 
 /// Why a translation stopped, before recording.
@@ -296,11 +372,19 @@ impl State {
 
     /// Serves a TLB hit of an already cached context by reference, without
     /// building the fault-reporting state the full path needs. On a TLB
-    /// miss of a plain cached context, copies the context to `slot`, so
+    /// miss of a plain cached context, puts what the walk needs in `walk`
+    /// (stage 1 and nested: the selected table and the CD's controls, not
+    /// the whole context) or copies the context to `slot` (stage 2), so
     /// the walk that follows needs neither the context lookup nor the TLB
-    /// lookup again.
+    /// lookup nor the table selection again.
     #[inline]
-    fn cached_hit(&mut self, req: &DmaRequest, iova: u64, slot: &mut Option<Ctx>) -> Cached {
+    fn cached_hit(
+        &mut self,
+        req: &DmaRequest,
+        iova: u64,
+        slot: &mut Option<Ctx>,
+        walk: &mut Option<S1Walk>,
+    ) -> Cached {
         if self.regs.cr0 & cr0::SMMUEN == 0 || req.ats_translated || self.trace.is_some() {
             return Cached::Unknown;
         }
@@ -308,25 +392,26 @@ impl State {
         let Some(ctx) = self.ctx_cache.get(&ctx_key(sid, ssid)) else {
             return Cached::Unknown;
         };
-        if ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
+        if !ctx.plain() {
             return Cached::Unknown;
         }
-        let ia = match ctx.mode {
-            Mode::S2 => iova,
-            Mode::S1 | Mode::Nested => match ctx.cd.as_ref().and_then(|cd| cd.tlb_input(iova)) {
-                Some(ia) => ia,
-                None => return Cached::Unknown,
-            },
+        let (ia, input) = match (ctx.mode, &ctx.cd) {
+            (Mode::S2, _) => (iova, None),
+            (Mode::S1 | Mode::Nested, Some(cd)) => {
+                let Some(w) = cd.walk_input(iova) else {
+                    return Cached::Unknown;
+                };
+                (w.2, Some((cd, w)))
+            }
             _ => return Cached::Unknown,
         };
-        let acc = Access {
-            write: req.write,
-            privileged: req.privileged,
-            instruction: req.instruction && !req.write,
-        };
+        let acc = access(req);
         let Some(&e) = self.tlb.lookup(ctx.tag, ia, &ctx.sizes[..ctx.nsizes]) else {
             // The full path need not look again.
-            self.known_miss = ctx.mode != Mode::S2;
+            if let Some((cd, w)) = input {
+                *walk = Some(S1Walk::new(ctx, cd, w));
+                return Cached::Walk;
+            }
             *slot = Some(*ctx);
             return Cached::Miss;
         };
@@ -354,10 +439,11 @@ impl State {
         })
     }
 
-    fn remember(&mut self, ctx: &Ctx, ev: Event, ia: u64, e: &TlbEntry) {
+    /// Keeps the last-hit copy of `e`; `plain` as [`Ctx::plain`].
+    fn remember(&mut self, plain: bool, ev: Event, ia: u64, e: &TlbEntry) {
         // The copy may only stand for an entry the TLB holds: with the TLB
         // disabled nothing was cached, and the next access must walk.
-        if !self.tlb.enabled || ctx.ste.privcfg != 0 || ctx.ste.instcfg != 0 {
+        if !self.tlb.enabled || !plain {
             return;
         }
         self.set_last(Some(super::LastHit {
@@ -376,7 +462,6 @@ impl State {
         iova: u64,
     ) -> Result<Translation, DmaFault> {
         self.stats.translations += 1;
-        self.known_miss = false;
         if let Some(s) = req.ssid.filter(|s| s >> MAX_SSID_BITS != 0) {
             if self.regs.cr0 & cr0::SMMUEN != 0 {
                 // Kept away from the caches, whose keys only tell apart
@@ -388,14 +473,26 @@ impl State {
         if let Some(t) = self.last_hit(req, iova) {
             return Ok(t);
         }
-        let mut cached = None;
-        match self.cached_hit(req, iova, &mut cached) {
+        let (mut cached, mut walk) = (None, None);
+        let r = match self.cached_hit(req, iova, &mut cached, &mut walk) {
             Cached::Hit(t) => return Ok(t),
-            // As `context` counts a cached context.
-            Cached::Miss => self.stats.ste_hits += 1,
-            Cached::Unknown => {}
-        }
-        let r = match self.translate_inner(req, iova, cached.as_ref()) {
+            Cached::Walk => match &walk {
+                Some(w) => {
+                    // As `context` counts a cached context.
+                    self.stats.ste_hits += 1;
+                    let acc = access(req);
+                    self.s1_walk(w, iova, acc, base_event(req, iova, acc))
+                }
+                // Not reached: `Walk` fills the slot.
+                None => self.translate_inner(req, iova, None),
+            },
+            Cached::Miss => {
+                self.stats.ste_hits += 1;
+                self.translate_inner(req, iova, cached.as_ref())
+            }
+            Cached::Unknown => self.translate_inner(req, iova, cached.as_ref()),
+        };
+        let r = match r {
             Ok(t) => Ok(t),
             Err(stop) => Err(self.finish(stop)),
         };
@@ -443,18 +540,8 @@ impl State {
             return Ok(bypass(iova));
         }
         let sid = req.sid;
-        let mut acc = Access {
-            write: req.write,
-            privileged: req.privileged,
-            instruction: req.instruction && !req.write,
-        };
-        let event = |acc: Access| Event {
-            privileged: acc.privileged,
-            instruction: acc.instruction,
-            read: !acc.write,
-            input_addr: iova,
-            ..Event::new(EventType::FTranslation, sid).with_ssid(req.ssid)
-        };
+        let mut acc = access(req);
+        let event = |acc: Access| base_event(req, iova, acc);
         let looked_up;
         let ctx = match cached {
             Some(ctx) => ctx,
@@ -504,7 +591,7 @@ impl State {
                 let s2 = ctx.ste.s2.unwrap_or_else(unreachable_s2);
                 match self.s2_translate(&s2, iova, acc) {
                     Ok((pa, e)) => {
-                        self.remember(ctx, base_ev, iova, &e);
+                        self.remember(ctx.plain(), base_ev, iova, &e);
                         Ok(Translation {
                             pa,
                             bytes_left: (1u64 << e.size_log2) - (iova & ((1 << e.size_log2) - 1)),
@@ -538,44 +625,21 @@ impl State {
             stall: cd.stall,
             abort: cd.abort,
         };
-        // Select TTB0 or TTB1 from the top of the address (bit 55 decides
-        // when the top byte is ignored).
-        let sel = usize::from(va >> 55 & 1 == 1);
-        let Some(tt) = cd.tt[sel] else {
+        let Some(input) = cd.walk_input(va) else {
             return Err(s1_fault(EventType::FTranslation));
         };
-        let hi = if cd.tbi[sel] { 55 } else { 63 };
-        let top = crate::layout::bits(va, hi, tt.ias);
-        let ones = (1u64 << (hi - tt.ias + 1)) - 1;
-        if (sel == 0 && top != 0) || (sel == 1 && top != ones) {
-            return Err(s1_fault(EventType::FTranslation));
-        }
-        let ia = va & ((1u64 << tt.ias) - 1);
-        let key_va = if sel == 1 {
-            ia | !((1u64 << tt.ias) - 1)
-        } else {
-            ia
-        };
-        let tag = ctx.tag;
-        let s2 = if ctx.mode == Mode::Nested {
-            ctx.ste.s2
-        } else {
-            None
-        };
-
-        let cached = if std::mem::take(&mut self.known_miss) {
-            None
-        } else {
-            self.tlb
-                .lookup(tag, key_va, &ctx.sizes[..ctx.nsizes])
-                .copied()
-        };
-        if let Some(e) = cached {
+        let w = S1Walk::new(ctx, &cd, input);
+        let (tag, key_va, s2) = (w.tag, w.key_va, w.s2);
+        if let Some(e) = self
+            .tlb
+            .lookup(tag, key_va, &ctx.sizes[..ctx.nsizes])
+            .copied()
+        {
             let off = key_va & ((1 << e.size_log2) - 1);
             if e.perms.allows(acc) {
                 self.stats.tlb_hits += 1;
                 if key_va == va {
-                    self.remember(ctx, base_ev, va, &e);
+                    self.remember(w.plain, base_ev, va, &e);
                 }
                 self.trace(|| TraceEntry::TlbHit {
                     sid: base_ev.sid,
@@ -602,6 +666,25 @@ impl State {
                 return Err(s1_fault(EventType::FPermission));
             }
         }
+        self.s1_walk(&w, va, acc, base_ev)
+    }
+
+    /// Walks `va` after a TLB miss, caching the translation.
+    #[inline(always)]
+    fn s1_walk(
+        &mut self,
+        w: &S1Walk,
+        va: u64,
+        acc: Access,
+        base_ev: Event,
+    ) -> Result<Translation, Stop> {
+        let s1_fault = |kind: EventType| Stop::Fault {
+            ev: Event { kind, ..base_ev },
+            record: w.record,
+            stall: w.stall,
+            abort: w.abort,
+        };
+        let (tt, tag, ia, key_va, s2) = (w.tt, w.tag, w.ia, w.key_va, w.s2);
         self.stats.tlb_misses += 1;
         self.set_last(None);
 
@@ -618,7 +701,7 @@ impl State {
                 start,
                 ia,
                 acc,
-                cd.perm,
+                w.perm,
                 &mut Ok,
                 &mut steps,
                 &mut nsteps,
@@ -644,7 +727,7 @@ impl State {
                     start,
                     ia,
                     acc,
-                    cd.perm,
+                    w.perm,
                     &mut fetch,
                     &mut steps,
                     &mut nsteps,
@@ -708,7 +791,7 @@ impl State {
             return Err(s1_fault(EventType::FTlbConflict));
         }
         if key_va == va {
-            self.remember(ctx, base_ev, va, &e);
+            self.remember(w.plain, base_ev, va, &e);
         }
         let off = key_va & ((1 << size_log2) - 1);
         Ok(Translation {
