@@ -367,7 +367,12 @@ impl Tlb {
     /// (smallest first).
     #[inline]
     pub fn lookup(&self, tag: Tag, ia: u64, sizes: &[u32]) -> Option<&TlbEntry> {
-        let t = tag.packed();
+        self.lookup_packed(tag.packed(), ia, sizes)
+    }
+
+    /// As [`Tlb::lookup`], for the packed tag `t` ([`Tag::packed`]).
+    #[inline]
+    pub fn lookup_packed(&self, t: u64, ia: u64, sizes: &[u32]) -> Option<&TlbEntry> {
         for (n, &s) in sizes.iter().enumerate() {
             if !self.leaves.has_size(s) {
                 continue;
@@ -388,12 +393,17 @@ impl Tlb {
     /// before-make is enforced and an entry of another size is still cached
     /// for `ia`: a TLB conflict. Caches nothing (and reports no conflict)
     /// when the TLB is disabled.
-    #[inline(always)]
+    #[cfg(test)]
     pub fn insert(&mut self, tag: Tag, ia: u64, e: TlbEntry) -> bool {
+        self.insert_packed(tag.packed(), ia, e)
+    }
+
+    /// As [`Tlb::insert`], for the packed tag `t` ([`Tag::packed`]).
+    #[inline(always)]
+    pub fn insert_packed(&mut self, t: u64, ia: u64, e: TlbEntry) -> bool {
         if !self.enabled {
             return false;
         }
-        let t = tag.packed();
         if self.strict_bbm
             && LEAF_SIZES.iter().any(|&s| {
                 s != e.size_log2
@@ -419,25 +429,14 @@ impl Tlb {
         false
     }
 
-    /// Returns the deepest cached table descriptor for `ia` among the given
-    /// (level, lsb) pairs (deepest first).
+    /// Returns the table descriptor cached for `ia` at the level whose
+    /// lowest input bit is `lsb`, for the packed tag `t`.
     #[inline]
-    pub fn walk_lookup(
-        &self,
-        tag: Tag,
-        ia: u64,
-        levels: impl Iterator<Item = (u32, u32)>,
-    ) -> Option<(u32, WalkEntry)> {
-        let t = tag.packed();
-        for (level, lsb) in levels {
-            if !self.walks.has_size(lsb) {
-                continue;
-            }
-            if let Some(w) = self.walks.get(key0(t, lsb), ia >> lsb) {
-                return Some((level, *w));
-            }
+    pub fn walk_get(&self, t: u64, ia: u64, lsb: u32) -> Option<&WalkEntry> {
+        if !self.walks.has_size(lsb) {
+            return None;
         }
-        None
+        self.walks.get(key0(t, lsb), ia >> lsb)
     }
 
     #[cfg(test)]
@@ -448,14 +447,13 @@ impl Tlb {
     }
 
     /// Caches the table descriptors one walk of `ia` used, in walk order:
-    /// (lsb of the level the descriptor resolves, entry). The tag is
-    /// packed once for all of them.
+    /// (lsb of the level the descriptor resolves, entry), for the packed
+    /// tag `t` ([`Tag::packed`]).
     #[inline(always)]
-    pub fn walk_fill(&mut self, tag: Tag, ia: u64, steps: impl Iterator<Item = (u32, WalkEntry)>) {
+    pub fn walk_fill(&mut self, t: u64, ia: u64, steps: impl Iterator<Item = (u32, WalkEntry)>) {
         if !self.enabled {
             return;
         }
-        let t = tag.packed();
         for (lsb, w) in steps {
             self.walk_insert_packed(t, ia, lsb, w);
         }

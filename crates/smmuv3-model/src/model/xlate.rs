@@ -177,7 +177,8 @@ impl State {
         };
         let sizes = [tt.level_lsb(3), tt.level_lsb(2), tt.level_lsb(1)];
         let sizes = &sizes[..(4 - tt.start_level.max(1)) as usize];
-        if let Some(e) = self.tlb.lookup(tag, ipa, sizes).copied() {
+        let t = tag.packed();
+        if let Some(e) = self.tlb.lookup_packed(t, ipa, sizes).copied() {
             if e.perms.allows(acc) {
                 self.stats.tlb_hits += 1;
                 return Ok((e.out_base + (ipa & ((1 << e.size_log2) - 1)), e));
@@ -192,7 +193,7 @@ impl State {
         }
         self.stats.tlb_misses += 1;
         self.set_last(None);
-        let start = self.walk_start(tag, &tt, ipa);
+        let start = self.walk_start(t, &tt, ipa);
         let mut steps = [(0, 0, TableAttrs::default()); 4];
         let mut nsteps = 0;
         self.stats.walks += 1;
@@ -208,7 +209,7 @@ impl State {
             &mut nsteps,
         )
         .map_err(Halt::into_fault);
-        self.note_steps(tag, &tt, ipa, &steps[..nsteps]);
+        self.note_steps(t, &tt, ipa, &steps[..nsteps]);
         self.trace(|| TraceEntry::Walk {
             stage2: true,
             ia: ipa,
@@ -228,7 +229,7 @@ impl State {
             s1_perms: Perms::all(),
             ipa_base: 0,
         };
-        if self.tlb.insert(tag, ipa, e) {
+        if self.tlb.insert_packed(t, ipa, e) {
             return Err(WalkFault {
                 kind: EventType::FTlbConflict,
                 level: leaf.level,
@@ -245,26 +246,34 @@ impl State {
 
     /// Returns where a walk of `ia` starts: the deepest cached table
     /// descriptor, or the configured start table.
-    fn walk_start(&mut self, tag: Tag, tt: &TableCfg, ia: u64) -> Start {
-        let levels = (tt.start_level..3).rev().map(|l| (l, tt.level_lsb(l)));
-        match self.tlb.walk_lookup(tag, ia, levels) {
-            Some((level, w)) if w.granule_shift == tt.shift => {
+    /// `t` is the packed tag ([`Tag::packed`]).
+    fn walk_start(&mut self, t: u64, tt: &TableCfg, ia: u64) -> Start {
+        let stride = tt.stride();
+        // Deepest first: the first table found decides.
+        let (mut level, mut lsb) = (3, tt.level_lsb(3));
+        while level > tt.start_level {
+            level -= 1;
+            lsb += stride;
+            if let Some(w) = self.tlb.walk_get(t, ia, lsb) {
+                if w.granule_shift != tt.shift {
+                    break;
+                }
                 self.stats.walk_cache_hits += 1;
-                Start {
+                return Start {
                     level: level + 1,
                     table: w.next_table,
                     attrs: w.attrs,
-                }
+                };
             }
-            _ => Start {
-                level: tt.start_level,
-                table: tt.ttb,
-                attrs: TableAttrs::default(),
-            },
+        }
+        Start {
+            level: tt.start_level,
+            table: tt.ttb,
+            attrs: TableAttrs::default(),
         }
     }
 
-    fn note_steps(&mut self, tag: Tag, tt: &TableCfg, ia: u64, steps: &[(u32, u64, TableAttrs)]) {
+    fn note_steps(&mut self, t: u64, tt: &TableCfg, ia: u64, steps: &[(u32, u64, TableAttrs)]) {
         let entries = steps.iter().map(|&(level, next, attrs)| {
             let w = WalkEntry {
                 next_table: next,
@@ -273,7 +282,7 @@ impl State {
             };
             (tt.level_lsb(level), w)
         });
-        self.tlb.walk_fill(tag, ia, entries);
+        self.tlb.walk_fill(t, ia, entries);
     }
 
     /// Turns a stop into the DMA fault, recording the event as the
@@ -684,7 +693,8 @@ impl State {
             stall: w.stall,
             abort: w.abort,
         };
-        let (tt, tag, ia, key_va, s2) = (w.tt, w.tag, w.ia, w.key_va, w.s2);
+        let (tt, ia, key_va, s2) = (w.tt, w.ia, w.key_va, w.s2);
+        let tag = w.tag.packed();
         self.stats.tlb_misses += 1;
         self.set_last(None);
 
@@ -787,7 +797,7 @@ impl State {
         };
         // Entries that a write would dirty stay uncached for writes: the
         // next write walks again and sets the dirty state.
-        if self.tlb.insert(tag, key_va, e) {
+        if self.tlb.insert_packed(tag, key_va, e) {
             return Err(s1_fault(EventType::FTlbConflict));
         }
         if key_va == va {
