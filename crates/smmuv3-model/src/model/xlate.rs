@@ -448,16 +448,17 @@ impl State {
         })
     }
 
-    /// Keeps the last-hit copy of `e`; `plain` as [`Ctx::plain`].
-    fn remember(&mut self, plain: bool, ev: Event, ia: u64, e: &TlbEntry) {
+    /// Keeps the last-hit copy of `e` for the stream of `req`; `plain` as
+    /// [`Ctx::plain`].
+    fn remember(&mut self, plain: bool, req: &DmaRequest, ia: u64, e: &TlbEntry) {
         // The copy may only stand for an entry the TLB holds: with the TLB
         // disabled nothing was cached, and the next access must walk.
         if !self.tlb.enabled || !plain {
             return;
         }
         self.set_last(Some(super::LastHit {
-            sid: ev.sid,
-            ssid: ev.ssid.unwrap_or(NO_SSID),
+            sid: req.sid,
+            ssid: req.ssid.unwrap_or(NO_SSID),
             page: ia >> e.size_log2,
             size_log2: e.size_log2,
             out_base: e.out_base,
@@ -490,7 +491,7 @@ impl State {
                     // As `context` counts a cached context.
                     self.stats.ste_hits += 1;
                     let acc = access(req);
-                    self.s1_walk(w, iova, acc, base_event(req, iova, acc))
+                    self.s1_walk(w, iova, acc, req)
                 }
                 // Not reached: `Walk` fills the slot.
                 None => self.translate_inner(req, iova, None),
@@ -600,7 +601,7 @@ impl State {
                 let s2 = ctx.ste.s2.unwrap_or_else(unreachable_s2);
                 match self.s2_translate(&s2, iova, acc) {
                     Ok((pa, e)) => {
-                        self.remember(ctx.plain(), base_ev, iova, &e);
+                        self.remember(ctx.plain(), req, iova, &e);
                         Ok(Translation {
                             pa,
                             bytes_left: (1u64 << e.size_log2) - (iova & ((1 << e.size_log2) - 1)),
@@ -611,13 +612,14 @@ impl State {
                     Err(f) => Err(self.s2_stop(&s2, f, iova, FaultClass::Input, base_ev)),
                 }
             }
-            Mode::S1 | Mode::Nested => self.s1_translate(ctx, iova, acc, base_ev),
+            Mode::S1 | Mode::Nested => self.s1_translate(ctx, req, iova, acc, base_ev),
         }
     }
 
     fn s1_translate(
         &mut self,
         ctx: &Ctx,
+        req: &DmaRequest,
         va: u64,
         acc: Access,
         base_ev: Event,
@@ -648,7 +650,7 @@ impl State {
             if e.perms.allows(acc) {
                 self.stats.tlb_hits += 1;
                 if key_va == va {
-                    self.remember(w.plain, base_ev, va, &e);
+                    self.remember(w.plain, req, va, &e);
                 }
                 self.trace(|| TraceEntry::TlbHit {
                     sid: base_ev.sid,
@@ -675,7 +677,7 @@ impl State {
                 return Err(s1_fault(EventType::FPermission));
             }
         }
-        self.s1_walk(&w, va, acc, base_ev)
+        self.s1_walk(&w, va, acc, req)
     }
 
     /// Walks `va` after a TLB miss, caching the translation.
@@ -685,10 +687,12 @@ impl State {
         w: &S1Walk,
         va: u64,
         acc: Access,
-        base_ev: Event,
+        req: &DmaRequest,
     ) -> Result<Translation, Stop> {
+        // Built only when a fault needs it.
+        let base_ev = || base_event(req, va, acc);
         let s1_fault = |kind: EventType| Stop::Fault {
-            ev: Event { kind, ..base_ev },
+            ev: Event { kind, ..base_ev() },
             record: w.record,
             stall: w.stall,
             abort: w.abort,
@@ -729,7 +733,9 @@ impl State {
                     };
                     self.s2_translate(&s2, desc_ipa, racc)
                         .map(|(pa, _)| pa)
-                        .map_err(|f| self.s2_stop(&s2, f, desc_ipa, FaultClass::TableWalk, base_ev))
+                        .map_err(|f| {
+                            self.s2_stop(&s2, f, desc_ipa, FaultClass::TableWalk, base_ev())
+                        })
                 };
                 let r = walk::walk::<Stop, _>(
                     Tables::new(&*mem),
@@ -763,7 +769,7 @@ impl State {
                         kind: f.kind,
                         class: FaultClass::TableWalk,
                         addr2: f.fetch_pa,
-                        ..base_ev
+                        ..base_ev()
                     }));
                 }
                 return Err(s1_fault(f.kind));
@@ -777,31 +783,34 @@ impl State {
             Some(s2) => {
                 let (pa, e2) = self
                     .s2_translate(&s2, ipa, acc)
-                    .map_err(|f| self.s2_stop(&s2, f, ipa, FaultClass::Input, base_ev))?;
+                    .map_err(|f| self.s2_stop(&s2, f, ipa, FaultClass::Input, base_ev()))?;
                 let size = leaf.size_log2.min(e2.size_log2);
                 (pa, size, leaf.perms.and(e2.perms))
             }
         };
-        let out_base = pa & !((1u64 << size_log2) - 1);
-        let e = TlbEntry {
-            out_base,
-            size_log2,
-            match_base: key_va & !((1 << leaf.size_log2) - 1),
-            match_size_log2: leaf.size_log2,
-            level: leaf.level,
-            granule_shift: tt.shift,
-            global: !leaf.not_global,
-            perms,
-            s1_perms: leaf.perms,
-            ipa_base: ipa & !((1u64 << size_log2) - 1),
-        };
-        // Entries that a write would dirty stay uncached for writes: the
-        // next write walks again and sets the dirty state.
-        if self.tlb.insert_packed(tag, key_va, e) {
-            return Err(s1_fault(EventType::FTlbConflict));
-        }
-        if key_va == va {
-            self.remember(w.plain, base_ev, va, &e);
+        // Nothing to cache (or copy) with the TLB disabled.
+        if self.tlb.enabled {
+            let out_base = pa & !((1u64 << size_log2) - 1);
+            let e = TlbEntry {
+                out_base,
+                size_log2,
+                match_base: key_va & !((1 << leaf.size_log2) - 1),
+                match_size_log2: leaf.size_log2,
+                level: leaf.level,
+                granule_shift: tt.shift,
+                global: !leaf.not_global,
+                perms,
+                s1_perms: leaf.perms,
+                ipa_base: ipa & !((1u64 << size_log2) - 1),
+            };
+            // Entries that a write would dirty stay uncached for writes: the
+            // next write walks again and sets the dirty state.
+            if self.tlb.insert_packed(tag, key_va, e) {
+                return Err(s1_fault(EventType::FTlbConflict));
+            }
+            if key_va == va {
+                self.remember(w.plain, req, va, &e);
+            }
         }
         let off = key_va & ((1 << size_log2) - 1);
         Ok(Translation {
