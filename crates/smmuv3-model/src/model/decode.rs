@@ -81,7 +81,7 @@ impl Cd {
     /// Returns the table `iova` is translated by, the walk's input address
     /// (`iova` below the input size) and the TLB's address for it (see
     /// [`Cd::tlb_input`]), or `None` when either check fails.
-    #[inline]
+    #[inline(always)]
     pub(super) fn walk_input(&self, iova: u64) -> Option<(&TableCfg, u64, u64)> {
         // Select TTB0 or TTB1 from the top of the address (bit 55 decides
         // when the top byte is ignored).
