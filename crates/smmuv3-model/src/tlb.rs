@@ -371,7 +371,7 @@ impl Tlb {
     }
 
     /// As [`Tlb::lookup`], for the packed tag `t` ([`Tag::packed`]).
-    #[inline]
+    #[inline(always)]
     pub fn lookup_packed(&self, t: u64, ia: u64, sizes: &[u32]) -> Option<&TlbEntry> {
         for (n, &s) in sizes.iter().enumerate() {
             if !self.leaves.has_size(s) {
