@@ -209,7 +209,7 @@ impl State {
             &mut nsteps,
         )
         .map_err(Halt::into_fault);
-        self.note_steps(t, &tt, ipa, &steps[..nsteps]);
+        self.note_steps_outlined(t, &tt, ipa, &steps[..nsteps]);
         self.trace(|| TraceEntry::Walk {
             stage2: true,
             ia: ipa,
@@ -273,6 +273,20 @@ impl State {
         }
     }
 
+    /// [`State::note_steps`] kept out of line, for the stage-2 walks of a
+    /// nested translation (which would grow too much with it inlined).
+    #[inline(never)]
+    fn note_steps_outlined(
+        &mut self,
+        t: u64,
+        tt: &TableCfg,
+        ia: u64,
+        steps: &[(u32, u64, TableAttrs)],
+    ) {
+        self.note_steps(t, tt, ia, steps);
+    }
+
+    #[inline(always)]
     fn note_steps(&mut self, t: u64, tt: &TableCfg, ia: u64, steps: &[(u32, u64, TableAttrs)]) {
         let entries = steps.iter().map(|&(level, next, attrs)| {
             let w = WalkEntry {
