@@ -29,6 +29,22 @@ fn host_cfg(strtab: StrtabFormat) -> SmmuConfig {
     }
 }
 
+/// Returns a new stage-1 domain of `host`, attached to `SID`.
+fn attach_stage1(host: &HostSmmu) -> HostDomain {
+    let dom = HostDomain::new_stage1(host, Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    dom
+}
+
+/// Returns the host driver on SMMU 0 over a `strtab` stream table, with a
+/// stage-1 domain attached to `SID`.
+fn attached(t: &Trapped, strtab: StrtabFormat) -> (HostSmmu, HostDomain) {
+    let host = t.host_smmu(0, host_cfg(strtab)).unwrap();
+    let dom = attach_stage1(&host);
+    (host, dom)
+}
+
 fn setup(coherency: Coherency) -> Trapped {
     Trapped::new(Setup {
         coherency,
@@ -39,9 +55,7 @@ fn setup(coherency: Coherency) -> Trapped {
 /// The host maps a page, its device writes through it, the host unmaps it
 /// and the device faults with a stage-1 event the host decodes.
 fn round_trip(t: &Trapped, host: &HostSmmu, strtab: StrtabFormat) {
-    let mut dom = HostDomain::new_stage1(host, Granule::K4, 48).unwrap();
-    host.attach(SID, None, &dom, AttachOptions::default())
-        .unwrap();
+    let mut dom = attach_stage1(host);
     assert_eq!(host.strtab_two_level(), strtab == StrtabFormat::TwoLevel);
     let cfg = t.emu.lock().unwrap().stream(0, SID);
     assert!(matches!(cfg, StreamConfig::Nested { .. }), "{cfg:?}");
@@ -167,9 +181,7 @@ fn shadowed_streams_and_host_opcodes_are_listed() {
     let t = setup(Coherency::Coherent);
     let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
     assert_eq!(t.emu.lock().unwrap().streams(0).count(), 0);
-    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
-    host.attach(SID, None, &dom, AttachOptions::default())
-        .unwrap();
+    let _dom = attach_stage1(&host);
     host.set_bypass(SID + 1).unwrap();
     let emu = t.emu.lock().unwrap();
     let streams: Vec<_> = emu.streams(0).collect();
@@ -199,10 +211,7 @@ fn shadowed_streams_and_host_opcodes_are_listed() {
 #[test]
 fn donated_pages_fault_at_stage2_for_host_devices_and_nothing_else() {
     let t = setup(Coherency::Coherent);
-    let host = t.host_smmu(0, host_cfg(StrtabFormat::TwoLevel)).unwrap();
-    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
-    host.attach(SID, None, &dom, AttachOptions::default())
-        .unwrap();
+    let (host, dom) = attached(&t, StrtabFormat::TwoLevel);
     let keep = t.host_ram.alloc(4096).unwrap();
     let give = t.host_ram.alloc(4096).unwrap();
     dom.map(IOVA, keep, 4096, RW).unwrap();
@@ -238,18 +247,10 @@ fn donated_pages_fault_at_stage2_for_host_devices_and_nothing_else() {
 #[test]
 fn a_host_stream_table_in_donated_memory_is_not_read() {
     let t = setup(Coherency::Coherent);
-    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
-    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
-    host.attach(SID, None, &dom, AttachOptions::default())
-        .unwrap();
+    let (host, _dom) = attached(&t, StrtabFormat::Linear);
     // Find the host's stream table from its registers and give its page
     // away: the next CFGI_STE must not read it.
-    let base = {
-        let mut e = t.emu.lock().unwrap();
-        e.read(0, smmuv3::regs::STRTAB_BASE as u64, 8).unwrap()
-            & smmuv3::regs::strtab_base::ADDR.mask()
-    };
-    let ste_page = (base + u64::from(SID) * 64) & !0xfff;
+    let ste_page = (host_strtab(&t) + u64::from(SID) * 64) & !0xfff;
     t.donate(ste_page, 4096).unwrap();
     let before = t.stats().refused_pointers;
     host.set_bypass(SID).unwrap();
@@ -313,10 +314,7 @@ fn an_illegal_host_command_stops_the_queue_like_hardware() {
 #[test]
 fn a_host_event_queue_can_be_disabled_and_enabled_again() {
     let t = setup(Coherency::Coherent);
-    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
-    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
-    host.attach(SID, None, &dom, AttachOptions::default())
-        .unwrap();
+    let (host, _dom) = attached(&t, StrtabFormat::Linear);
     let cr0 = smmuv3::regs::CR0 as u64;
     let evtqen = smmuv3::regs::cr0::EVENTQEN.mask();
     let on = t.emu.lock().unwrap().read(0, cr0, 4).unwrap();
@@ -414,10 +412,7 @@ fn a_stream_the_hypervisor_attached_before_emulation_aborts_until_the_host_says_
 #[test]
 fn host_streams_survive_a_power_cycle_of_the_real_smmu() {
     let t = setup(Coherency::Coherent);
-    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
-    let mut dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
-    host.attach(SID, None, &dom, AttachOptions::default())
-        .unwrap();
+    let (host, mut dom) = attached(&t, StrtabFormat::Linear);
     let buf = t.host_ram.alloc(4096).unwrap();
     dom.map(IOVA, buf, 4096, RW).unwrap();
     t.dma_write(SID, IOVA, b"before").unwrap();
@@ -460,9 +455,7 @@ fn stalls_of_a_stall_forced_smmu_are_terminated_by_the_hypervisor() {
         host.features().stall,
         smmuv3::probe::StallModel::TerminateOnly
     );
-    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
-    host.attach(SID, None, &dom, AttachOptions::default())
-        .unwrap();
+    let _dom = attach_stage1(&host);
     let f = t.dma_write(SID, IOVA, b"x").unwrap_err();
     assert!(matches!(f, DmaFault::Stalled { .. }), "{f:?}");
     assert_eq!(t.models[0].stalled().len(), 1);
@@ -483,10 +476,7 @@ fn stalls_of_a_stall_forced_smmu_are_terminated_by_the_hypervisor() {
 #[test]
 fn a_queue_of_cfgi_alls_reads_the_host_table_once() {
     let t = setup(Coherency::Coherent);
-    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
-    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
-    host.attach(SID, None, &dom, AttachOptions::default())
-        .unwrap();
+    let (host, _dom) = attached(&t, StrtabFormat::Linear);
     let cfg = t
         .emu
         .lock()
@@ -521,10 +511,7 @@ fn a_queue_of_cfgi_alls_reads_the_host_table_once() {
 #[test]
 fn a_host_smmu_disable_aborts_every_stream() {
     let t = setup(Coherency::Coherent);
-    let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
-    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
-    host.attach(SID, None, &dom, AttachOptions::default())
-        .unwrap();
+    let (_host, dom) = attached(&t, StrtabFormat::Linear);
     let buf = t.host_ram.alloc(4096).unwrap();
     dom.map(IOVA, buf, 4096, RW).unwrap();
     t.dma_write(SID, IOVA, b"on").unwrap();
@@ -667,10 +654,7 @@ fn traffic_past_a_linear_host_table_is_c_bad_streamid_for_the_host() {
 #[test]
 fn traffic_under_an_invalid_host_level1_descriptor_is_c_bad_streamid() {
     let t = setup(Coherency::NonCoherent);
-    let host = t.host_smmu(0, host_cfg(StrtabFormat::TwoLevel)).unwrap();
-    let dom = HostDomain::new_stage1(&host, Granule::K4, 48).unwrap();
-    host.attach(SID, None, &dom, AttachOptions::default())
-        .unwrap();
+    let (host, dom) = attached(&t, StrtabFormat::TwoLevel);
     let buf = t.host_ram.alloc(4096).unwrap();
     dom.map(IOVA, buf, 4096, RW).unwrap();
     // The host driver's split is 8: 0x345 is under descriptor 3, which it
