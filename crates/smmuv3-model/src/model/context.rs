@@ -3,7 +3,7 @@
 //! translation path starts from). Walks live in `xlate`.
 
 use super::State;
-use super::decode::{Cd, S1Ste, Ste};
+use super::decode::{Cd, S1Ste, S2Ste, Ste};
 use super::xlate::Stop;
 use crate::event::{Event, EventType, FaultClass};
 use crate::layout::{
@@ -194,17 +194,30 @@ impl State {
         class: FaultClass,
         base_ev: Event,
     ) -> Result<u64, Stop> {
-        let Some(s2) = ste.s2 else {
-            return Ok(ipa);
-        };
+        match ste.s2 {
+            None => Ok(ipa),
+            Some(s2) => self.s2_fetch(&s2, ipa, class, || base_ev),
+        }
+    }
+
+    /// Translates the address of an SMMU read (structure or table
+    /// descriptor fetch) through stage 2; `base_ev` builds the event of a
+    /// fault, only when there is one.
+    pub(super) fn s2_fetch(
+        &mut self,
+        s2: &S2Ste,
+        ipa: u64,
+        class: FaultClass,
+        base_ev: impl FnOnce() -> Event,
+    ) -> Result<u64, Stop> {
         let acc = Access {
             write: false,
             privileged: true,
             instruction: false,
         };
-        self.s2_translate(&s2, ipa, acc)
+        self.s2_translate(s2, ipa, acc)
             .map(|(pa, _)| pa)
-            .map_err(|f| self.s2_stop(&s2, f, ipa, class, base_ev))
+            .map_err(|f| self.s2_stop(s2, f, ipa, class, base_ev()))
     }
 
     fn get_cd(

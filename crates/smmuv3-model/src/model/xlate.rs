@@ -739,18 +739,8 @@ impl State {
                 // Each descriptor IPA goes through stage 2 (TLB and walks
                 // of this state) first.
                 let mem = self.mem.clone();
-                let mut fetch = |desc_ipa: u64| -> Result<u64, Stop> {
-                    let racc = Access {
-                        write: false,
-                        privileged: true,
-                        instruction: false,
-                    };
-                    self.s2_translate(&s2, desc_ipa, racc)
-                        .map(|(pa, _)| pa)
-                        .map_err(|f| {
-                            self.s2_stop(&s2, f, desc_ipa, FaultClass::TableWalk, base_ev())
-                        })
-                };
+                let mut fetch =
+                    |desc_ipa: u64| self.s2_fetch(&s2, desc_ipa, FaultClass::TableWalk, base_ev);
                 let r = walk::walk::<Stop, _>(
                     Tables::new(&*mem),
                     &tt,
