@@ -10,7 +10,21 @@ use std::hint::black_box;
 mod common;
 
 use common::*;
-use smmuv3_model::{DmaRequest, ModelConfig};
+use smmuv3_model::{DmaFault, DmaRequest, ModelConfig, Translation};
+
+/// Returns the fields a device model uses (output address, bytes left in
+/// the unit, whether the TLB served it) folded into one word.
+///
+/// Not `black_box` of the whole `Result`: that copies it with loads wider
+/// than the callee's stores of its fields (16 bytes over two 8-byte
+/// stores, 4 bytes over the two `bool`s), which the CPU cannot forward
+/// from its store buffer. The stall, about 5 ns a call, is the harness's,
+/// not the model's; it made `tlb_hit` read 16.8 ns against 11.5 ns.
+#[inline(always)]
+fn fields(r: Result<Translation, DmaFault>) -> u64 {
+    let t = r.unwrap();
+    t.pa ^ t.bytes_left.rotate_left(17) ^ u64::from(t.tlb_hit) << 63
+}
 
 const SID: u32 = 1;
 /// Input addresses 1 GiB + 1 page apart: each needs its own level-1,
@@ -96,7 +110,7 @@ fn bench(c: &mut Criterion) {
     let req = DmaRequest::read(SID, 0x40, 4).privileged();
     h.smmu.translate(&req).unwrap();
     g.bench_function("tlb_hit", |b| {
-        b.iter(|| black_box(h.smmu.translate(black_box(&req)).unwrap()))
+        b.iter(|| black_box(fields(h.smmu.translate(black_box(&req)))))
     });
 
     // Hits spread over 64 pages: every lookup goes to the TLB proper.
@@ -110,7 +124,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % N;
             let r = DmaRequest::read(SID, i * STEP, 4).privileged();
-            black_box(h.smmu.translate(&r).unwrap())
+            black_box(fields(h.smmu.translate(&r)))
         })
     });
 
@@ -120,7 +134,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % N;
             let r = DmaRequest::read(SID, i * STEP, 4).privileged();
-            black_box(h.smmu.translate(&r).unwrap())
+            black_box(fields(h.smmu.translate(&r)))
         })
     });
     assert_eq!(h.smmu.stats().tlb_hits, 0, "every translation walked");
@@ -133,7 +147,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % N;
             let r = DmaRequest::read(SID, i * STEP, 4).privileged();
-            black_box(h.smmu.translate(&r).unwrap())
+            black_box(fields(h.smmu.translate(&r)))
         })
     });
     let s = h.smmu.stats();
@@ -147,7 +161,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             p = (p + 1) % MISS_PAGES;
             let r = DmaRequest::read(SID, p << 12, 4).privileged();
-            black_box(h.smmu.translate(&r).unwrap())
+            black_box(fields(h.smmu.translate(&r)))
         })
     });
     let s = h.smmu.stats();
@@ -159,7 +173,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % N;
             let r = DmaRequest::read(SID, i * STEP, 4).privileged();
-            black_box(h.smmu.translate(&r).unwrap())
+            black_box(fields(h.smmu.translate(&r)))
         })
     });
     g.finish();
