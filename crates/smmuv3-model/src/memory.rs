@@ -54,15 +54,27 @@ pub trait DeviceMemory: Debug + Send + Sync {
     /// As [`DeviceMemory::read_u64`].
     fn cmpxchg_u64(&self, pa: u64, old: u64, new: u64) -> Result<Result<u64, u64>, MemError>;
 
-    /// Returns the memory as one array of aligned words and the physical
-    /// address of the first, when the backend keeps it so and every word
-    /// of the array reads as [`DeviceMemory::read_u64`] of its address
-    /// would. The table walker takes it once per walk and reads
+    /// Returns the memory as one array of aligned words, the first at
+    /// [`DeviceMemory::word_view_base`], when the backend keeps it so and
+    /// every word of the array reads as [`DeviceMemory::read_u64`] of its
+    /// address would. The table walker takes it once per walk and reads
     /// descriptors from it without a call each.
     ///
     /// The default, `None`, sends every read through `read_u64`.
-    fn word_view(&self) -> Option<(u64, &[AtomicU64])> {
+    fn word_view(&self) -> Option<&[AtomicU64]> {
         None
+    }
+
+    /// Returns the physical address of the first word of
+    /// [`DeviceMemory::word_view`].
+    ///
+    /// A separate method rather than part of `word_view`'s result: an
+    /// address and a slice are three words, which a call returns through
+    /// memory, and the walker's copy of that result then waited for the
+    /// callee's stores (a store-forwarding stall on every walk). A slice
+    /// alone comes back in two registers.
+    fn word_view_base(&self) -> u64 {
+        0
     }
 }
 
@@ -87,9 +99,13 @@ impl DeviceMemory for SimMemory {
         self.dev_cmpxchg_u64(pa, old, new)
     }
 
-    fn word_view(&self) -> Option<(u64, &[AtomicU64])> {
+    fn word_view(&self) -> Option<&[AtomicU64]> {
         // None while an abort is injected: then every read is checked.
-        self.dev_word_view().map(|w| (self.base(), w))
+        self.dev_word_view()
+    }
+
+    fn word_view_base(&self) -> u64 {
+        self.base()
     }
 }
 

@@ -78,6 +78,23 @@ pub(crate) struct Access {
     pub instruction: bool,
 }
 
+impl Access {
+    /// Returns the bit of this access in [`Perms`]: writes 0 and 1,
+    /// instruction fetches 2 and 3, reads 4 and 5, the unprivileged kind
+    /// one above the privileged (an instruction write counts as a write).
+    #[inline]
+    pub fn bit(self) -> u32 {
+        let kind = if self.write {
+            0
+        } else if self.instruction {
+            2
+        } else {
+            4
+        };
+        kind + u32::from(!self.privileged)
+    }
+}
+
 /// Stage-1 controls that only apply to the permission check.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct S1Perm {
@@ -85,55 +102,99 @@ pub(crate) struct S1Perm {
     pub pan: bool,
 }
 
-/// Effective permissions of a leaf, for caching in the TLB.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Perms {
-    pub read_priv: bool,
-    pub read_user: bool,
-    pub write_priv: bool,
-    pub write_user: bool,
-    pub exec_priv: bool,
-    pub exec_user: bool,
-    /// Read-only now, but a write would set the dirty state (DBM + HD).
-    pub dirty_on_write: bool,
-}
+/// Effective permissions of a leaf, for caching in the TLB: one bit per
+/// kind of access ([`Access::bit`]) and one for the dirty state.
+///
+/// A byte rather than seven `bool`s: the walker builds these and the TLB
+/// entries that hold them on every walk, and copies of a struct of `bool`s
+/// read back with wide loads what was just written byte by byte, which the
+/// CPU cannot forward from its store buffer (a stall per copy).
+#[derive(Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Perms(u8);
 
 impl Perms {
+    /// Privileged write.
+    pub const WRITE_PRIV: u8 = 1 << 0;
+    /// Unprivileged write.
+    pub const WRITE_USER: u8 = 1 << 1;
+    /// Privileged instruction fetch.
+    pub const EXEC_PRIV: u8 = 1 << 2;
+    /// Unprivileged instruction fetch.
+    pub const EXEC_USER: u8 = 1 << 3;
+    /// Privileged read.
+    pub const READ_PRIV: u8 = 1 << 4;
+    /// Unprivileged read.
+    pub const READ_USER: u8 = 1 << 5;
+    /// Every access kind.
+    const ACCESSES: u8 = 0x3f;
+    /// Read-only now, but a write would set the dirty state (DBM + HD).
+    const DIRTY_ON_WRITE: u8 = 1 << 6;
+
+    /// Returns the permissions of these access bits.
+    pub const fn from_bits(bits: u8) -> Self {
+        Self(bits & Self::ACCESSES)
+    }
+
     /// Returns permissions allowing everything (a stage that is absent).
-    pub fn all() -> Self {
-        Perms {
-            read_priv: true,
-            read_user: true,
-            write_priv: true,
-            write_user: true,
-            exec_priv: true,
-            exec_user: true,
-            dirty_on_write: false,
-        }
+    pub const fn all() -> Self {
+        Self(Self::ACCESSES)
     }
 
+    /// Returns the access bits ([`Access::bit`]), without the dirty state.
+    #[inline]
+    pub fn access_bits(self) -> u8 {
+        self.0 & Self::ACCESSES
+    }
+
+    #[inline]
     pub fn allows(&self, a: Access) -> bool {
-        match (a.write, a.instruction, a.privileged) {
-            (true, _, true) => self.write_priv,
-            (true, _, false) => self.write_user,
-            (false, true, true) => self.exec_priv,
-            (false, true, false) => self.exec_user,
-            (false, false, true) => self.read_priv,
-            (false, false, false) => self.read_user,
-        }
+        self.0 >> a.bit() & 1 != 0
     }
 
-    /// Returns the intersection of two stages' permissions.
+    /// Returns whether any write is allowed.
+    #[inline]
+    pub fn writable(self) -> bool {
+        self.0 & (Self::WRITE_PRIV | Self::WRITE_USER) != 0
+    }
+
+    /// Returns whether a write would set the dirty state.
+    #[inline]
+    pub fn dirty_on_write(self) -> bool {
+        self.0 & Self::DIRTY_ON_WRITE != 0
+    }
+
+    /// Returns these permissions marked as dirtied by a write.
+    #[inline]
+    pub fn with_dirty_on_write(self) -> Self {
+        Self(self.0 | Self::DIRTY_ON_WRITE)
+    }
+
+    /// Returns the intersection of two stages' permissions (dirty on write
+    /// when either stage is).
+    #[inline]
     pub fn and(self, o: Perms) -> Perms {
-        Perms {
-            read_priv: self.read_priv && o.read_priv,
-            read_user: self.read_user && o.read_user,
-            write_priv: self.write_priv && o.write_priv,
-            write_user: self.write_user && o.write_user,
-            exec_priv: self.exec_priv && o.exec_priv,
-            exec_user: self.exec_user && o.exec_user,
-            dirty_on_write: self.dirty_on_write || o.dirty_on_write,
+        Perms(self.0 & o.0 & Self::ACCESSES | (self.0 | o.0) & Self::DIRTY_ON_WRITE)
+    }
+}
+
+impl core::fmt::Debug for Perms {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        const NAMES: [&str; 7] = [
+            "write_priv",
+            "write_user",
+            "exec_priv",
+            "exec_user",
+            "read_priv",
+            "read_user",
+            "dirty_on_write",
+        ];
+        let mut l = f.debug_set();
+        for (i, n) in NAMES.iter().enumerate() {
+            if self.0 >> i & 1 != 0 {
+                l.entry(&format_args!("{n}"));
+            }
         }
+        l.finish()
     }
 }
 
@@ -225,29 +286,38 @@ pub(crate) struct Start {
 #[derive(Clone, Copy)]
 pub(crate) struct Tables<'a> {
     mem: &'a dyn DeviceMemory,
-    view: Option<(u64, &'a [AtomicU64])>,
+    base: u64,
+    /// Empty when the backend has no word view: every read is then
+    /// outside it and takes the checked path.
+    words: &'a [AtomicU64],
 }
 
 impl<'a> Tables<'a> {
     /// Returns the reader of `mem`, taking its word view now.
     #[inline]
     pub fn new(mem: &'a dyn DeviceMemory) -> Self {
-        Self {
-            mem,
-            view: mem.word_view(),
+        match mem.word_view() {
+            Some(words) => Self {
+                mem,
+                base: mem.word_view_base(),
+                words,
+            },
+            None => Self {
+                mem,
+                base: 0,
+                words: &[],
+            },
         }
     }
 
     #[inline]
     fn read_u64(&self, pa: u64) -> Result<u64, ()> {
-        if let Some((base, words)) = self.view {
-            let off = pa.wrapping_sub(base);
-            if off % 8 == 0 {
-                if let Some(w) = words.get((off / 8) as usize) {
-                    // Acquire: as the backend's own read (a descriptor
-                    // published by a CPU release store is seen whole).
-                    return Ok(w.load(Ordering::Acquire));
-                }
+        let off = pa.wrapping_sub(self.base);
+        if off % 8 == 0 {
+            if let Some(w) = self.words.get((off / 8) as usize) {
+                // Acquire: as the backend's own read (a descriptor
+                // published by a CPU release store is seen whole).
+                return Ok(w.load(Ordering::Acquire));
             }
         }
         self.mem.read_u64(pa).map_err(|_| ())
@@ -447,16 +517,16 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
         } else {
             s1_perms(desc, attrs, s1perm)
         };
-        if dbm && cfg.hd && !perms.write_priv && !perms.write_user {
+        if dbm && cfg.hd && !perms.writable() {
             let table_ro = !cfg.stage2 && attrs.read_only();
             if !table_ro {
-                perms.dirty_on_write = true;
+                perms = perms.with_dirty_on_write();
             }
         }
         if !af && !cfg.ha && !cfg.affd {
             return fault(EventType::FAccess, level);
         }
-        let needs_dirty = acc.write && perms.dirty_on_write;
+        let needs_dirty = acc.write && perms.dirty_on_write();
         let allowed = perms.allows(acc)
             || (needs_dirty && perms_if_dirty(cfg, desc, attrs, s1perm).allows(acc));
         if !allowed {
@@ -548,15 +618,15 @@ fn s1_perms(desc: RawDesc, t: TableAttrs, p: S1Perm) -> Perms {
     let exec_priv = !(pxn || write_user || wxn);
     let exec_user = !(uxn || wxn);
     let priv_data = !(p.pan && user);
-    Perms {
-        read_priv: priv_data,
-        read_user: user,
-        write_priv: writable && priv_data,
-        write_user,
-        exec_priv,
-        exec_user,
-        dirty_on_write: false,
-    }
+    let bit = |b: bool, v: u8| if b { v } else { 0 };
+    Perms::from_bits(
+        bit(priv_data, Perms::READ_PRIV)
+            | bit(user, Perms::READ_USER)
+            | bit(writable && priv_data, Perms::WRITE_PRIV)
+            | bit(write_user, Perms::WRITE_USER)
+            | bit(exec_priv, Perms::EXEC_PRIV)
+            | bit(exec_user, Perms::EXEC_USER),
+    )
 }
 
 fn s2_perms(cfg: &TableCfg, desc: RawDesc) -> Perms {
@@ -573,15 +643,13 @@ fn s2_perms(cfg: &TableCfg, desc: RawDesc) -> Perms {
         2 => (false, false),
         _ => (true, false),
     };
-    Perms {
-        read_priv: r,
-        read_user: r,
-        write_priv: w,
-        write_user: w,
-        exec_priv: xp,
-        exec_user: xu,
-        dirty_on_write: false,
-    }
+    let bit = |b: bool, v: u8| if b { v } else { 0 };
+    Perms::from_bits(
+        bit(r, Perms::READ_PRIV | Perms::READ_USER)
+            | bit(w, Perms::WRITE_PRIV | Perms::WRITE_USER)
+            | bit(xp, Perms::EXEC_PRIV)
+            | bit(xu, Perms::EXEC_USER),
+    )
 }
 
 #[cfg(test)]
@@ -636,6 +704,95 @@ mod tests {
             ..c
         };
         assert_eq!(s2.start_table_bytes(), 8 * 1024);
+    }
+
+    fn acc(write: bool, instruction: bool, privileged: bool) -> Access {
+        Access {
+            write,
+            privileged,
+            instruction,
+        }
+    }
+
+    #[test]
+    fn each_access_kind_has_its_own_permission_bit() {
+        let named = [
+            (acc(true, false, true), Perms::WRITE_PRIV),
+            (acc(true, false, false), Perms::WRITE_USER),
+            (acc(false, true, true), Perms::EXEC_PRIV),
+            (acc(false, true, false), Perms::EXEC_USER),
+            (acc(false, false, true), Perms::READ_PRIV),
+            (acc(false, false, false), Perms::READ_USER),
+            // A write is checked as a write even when flagged instruction.
+            (acc(true, true, true), Perms::WRITE_PRIV),
+            (acc(true, true, false), Perms::WRITE_USER),
+        ];
+        for (a, bit) in named {
+            assert_eq!(1u8 << a.bit(), bit, "{a:?}");
+            let only = Perms::from_bits(bit);
+            for (b, other) in named {
+                assert_eq!(only.allows(b), other == bit, "{a:?} vs {b:?}");
+            }
+            assert!(!Perms::from_bits(Perms::all().access_bits() & !bit).allows(a));
+        }
+    }
+
+    #[test]
+    fn stage_intersection_keeps_common_accesses_and_either_dirty_state() {
+        let rw = Perms::from_bits(Perms::READ_PRIV | Perms::WRITE_PRIV);
+        let r = Perms::from_bits(Perms::READ_PRIV | Perms::READ_USER).with_dirty_on_write();
+        let both = rw.and(r);
+        assert_eq!(both.access_bits(), Perms::READ_PRIV);
+        assert!(both.dirty_on_write() && !both.writable());
+        assert!(!rw.and(Perms::all()).dirty_on_write());
+        assert_eq!(Perms::all().and(rw), rw);
+    }
+
+    #[test]
+    fn stage1_permissions_follow_ap_pxn_uxn_and_table_limits() {
+        let leaf = |ap: u64, pxn: bool, uxn: bool| {
+            RawDesc(3 | ap << 6 | u64::from(pxn) << 53 | u64::from(uxn) << 54)
+        };
+        let none = S1Perm::default();
+        let t = TableAttrs::default();
+        // AP=00: privileged read/write only; privileged may execute.
+        let p = s1_perms(leaf(0, false, false), t, none);
+        assert_eq!(
+            p.access_bits(),
+            Perms::READ_PRIV | Perms::WRITE_PRIV | Perms::EXEC_PRIV | Perms::EXEC_USER
+        );
+        // AP=01: both read/write; memory the user may write is never
+        // privileged-executable.
+        let p = s1_perms(leaf(1, false, false), t, none);
+        assert_eq!(
+            p.access_bits(),
+            Perms::READ_PRIV
+                | Perms::READ_USER
+                | Perms::WRITE_PRIV
+                | Perms::WRITE_USER
+                | Perms::EXEC_USER
+        );
+        // AP=11 with PXN and UXN: read only, no execution.
+        let p = s1_perms(leaf(3, true, true), t, none);
+        assert_eq!(p.access_bits(), Perms::READ_PRIV | Perms::READ_USER);
+        // PAN takes privileged data access to user pages away.
+        let pan = S1Perm {
+            wxn: false,
+            pan: true,
+        };
+        let p = s1_perms(leaf(3, true, true), t, pan);
+        assert_eq!(p.access_bits(), Perms::READ_USER);
+        // WXN makes writable pages execute-never.
+        let wxn = S1Perm {
+            wxn: true,
+            pan: false,
+        };
+        let p = s1_perms(leaf(0, false, false), t, wxn);
+        assert_eq!(p.access_bits(), Perms::READ_PRIV | Perms::WRITE_PRIV);
+        // APTable[1] on the way makes the leaf read-only.
+        let ro = TableAttrs::default().with_table(RawDesc(3 | 1 << 62));
+        let p = s1_perms(leaf(0, false, false), ro, none);
+        assert!(!p.writable());
     }
 
     #[test]

@@ -17,30 +17,10 @@ use crate::{DmaRequest, Translation};
 
 const VALID: u64 = 1 << 63;
 
-/// Returns the bit of an access in the permission mask.
-fn access_bit(a: Access) -> u32 {
-    match (a.write, a.instruction, a.privileged) {
-        (true, _, true) => 0,
-        (true, _, false) => 1,
-        (false, true, true) => 2,
-        (false, true, false) => 3,
-        (false, false, true) => 4,
-        (false, false, false) => 5,
-    }
-}
-
+/// Returns the permission mask of the copy: bit [`Access::bit`] set when
+/// that kind of access is allowed.
 fn perm_mask(p: &Perms) -> u64 {
-    [
-        p.write_priv,
-        p.write_user,
-        p.exec_priv,
-        p.exec_user,
-        p.read_priv,
-        p.read_user,
-    ]
-    .iter()
-    .enumerate()
-    .fold(0, |m, (i, b)| m | u64::from(*b) << i)
+    u64::from(p.access_bits())
 }
 
 /// Source of the identities that tell models apart in the per-thread
@@ -189,7 +169,7 @@ impl Hot {
             privileged: req.privileged,
             instruction: req.instruction && !req.write,
         };
-        if key != want || req.iova >> size_log2 != page || (meta >> 8) >> access_bit(acc) & 1 == 0 {
+        if key != want || req.iova >> size_log2 != page || (meta >> 8) >> acc.bit() & 1 == 0 {
             return None;
         }
         self.count();
@@ -209,12 +189,7 @@ mod tests {
 
     #[test]
     fn permission_bits_follow_perms_allows() {
-        let p = Perms {
-            read_user: true,
-            write_priv: true,
-            exec_user: true,
-            ..Perms::default()
-        };
+        let p = Perms::from_bits(Perms::READ_USER | Perms::WRITE_PRIV | Perms::EXEC_USER);
         let m = perm_mask(&p);
         for write in [false, true] {
             for instruction in [false, true] {
@@ -224,7 +199,7 @@ mod tests {
                         privileged,
                         instruction: instruction && !write,
                     };
-                    assert_eq!(m >> access_bit(a) & 1 == 1, p.allows(a), "{a:?}");
+                    assert_eq!(m >> a.bit() & 1 == 1, p.allows(a), "{a:?}");
                 }
             }
         }

@@ -15,8 +15,9 @@ use crate::tlb::{FastMap, Tlb, TlbSnapshot};
 use crate::{Interrupts, SmmuModel};
 
 /// Version of the snapshot format (2: TLB and walk-cache entries are
-/// stored with their set-associative slots and eviction state).
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// stored with their set-associative slots and eviction state; 3: their
+/// permissions are one bit mask).
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 /// The serialisable state of a [`SmmuModel`] (not the memory behind it,
 /// which the VMM migrates as guest RAM, and not the trace or the

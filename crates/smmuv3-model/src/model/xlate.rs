@@ -17,15 +17,75 @@ use crate::walk::{
 use crate::{DmaFault, DmaRequest, Termination, Translation};
 use core::convert::Infallible;
 
+/// A translation as the paths below build it: whole words only.
+///
+/// [`Translation`] ends in two `bool`s, which its constructors store a byte
+/// at a time; every move of a `Result` holding one then reloads them with a
+/// word-wide load, which the CPU cannot forward from those narrower stores
+/// (a stall on every walk, measured with `perf annotate`). This one is
+/// moved as three words and becomes a `Translation` once, on the way out.
+#[derive(Clone, Copy)]
+pub(super) struct Xlat {
+    pa: u64,
+    bytes_left: u64,
+    flags: u64,
+}
+
+impl Xlat {
+    const BYPASS: u64 = 1 << 0;
+    const TLB_HIT: u64 = 1 << 1;
+
+    /// Returns a translation the TLB served.
+    #[inline]
+    fn hit(pa: u64, bytes_left: u64) -> Self {
+        Self {
+            pa,
+            bytes_left,
+            flags: Self::TLB_HIT,
+        }
+    }
+
+    /// Returns a translation a walk produced.
+    #[inline]
+    fn walked(pa: u64, bytes_left: u64) -> Self {
+        Self {
+            pa,
+            bytes_left,
+            flags: 0,
+        }
+    }
+
+    /// Returns a translation that bypassed both stages.
+    #[inline]
+    fn bypass(pa: u64, bytes_left: u64) -> Self {
+        Self {
+            pa,
+            bytes_left,
+            flags: Self::BYPASS,
+        }
+    }
+}
+
+impl From<Xlat> for Translation {
+    #[inline]
+    fn from(x: Xlat) -> Self {
+        Translation {
+            pa: x.pa,
+            bytes_left: x.bytes_left,
+            bypass: x.flags & Xlat::BYPASS != 0,
+            tlb_hit: x.flags & Xlat::TLB_HIT != 0,
+        }
+    }
+}
+
 /// What the lookup of a cached context and its TLB entry found.
 enum Cached {
-    Hit(Translation),
-    /// A stage-2 context is cached (copied to the caller's slot), its TLB
-    /// entry is not.
+    Hit(Xlat),
+    /// The context is cached, its TLB entry is not. For stage 1 and nested,
+    /// what the walk needs of the context is in the caller's walk slot (and
+    /// stage 2 of a nested one in its stage-2 slot); a stage-2 context is
+    /// copied to the caller's context slot.
     Miss,
-    /// A stage-1 or nested context is cached, its TLB entry is not: what
-    /// the walk needs of it is in the caller's walk slot.
-    Walk,
     /// Nothing the fast path serves: the full path decides.
     Unknown,
 }
@@ -44,8 +104,6 @@ struct S1Walk {
     ia: u64,
     /// The TLB's address for it (sign-extended for the TTBR1 half).
     key_va: u64,
-    /// Stage 2 of a nested context.
-    s2: Option<S2Ste>,
     /// The STE overrides neither privilege nor instruction: the last-hit
     /// copy may serve the next access.
     plain: bool,
@@ -63,17 +121,27 @@ impl S1Walk {
             tag: ctx.tag,
             ia,
             key_va,
-            s2: if ctx.mode == Mode::Nested {
-                ctx.ste.s2
-            } else {
-                None
-            },
             plain: ctx.plain(),
         }
     }
 }
 
 impl Ctx {
+    /// Returns stage 2 of a nested context.
+    ///
+    /// Kept apart from [`S1Walk`]: moving a stage-1 walk's state with an
+    /// empty `Option<S2Ste>` inside still copied the whole option, and that
+    /// copy read stack words just written a byte at a time (a
+    /// store-forwarding stall on every stage-1 walk).
+    #[inline]
+    fn nested_s2(&self) -> Option<S2Ste> {
+        if self.mode == Mode::Nested {
+            self.ste.s2
+        } else {
+            None
+        }
+    }
+
     /// Returns whether the STE overrides neither privilege nor instruction.
     #[inline]
     fn plain(&self) -> bool {
@@ -183,7 +251,7 @@ impl State {
                 self.stats.tlb_hits += 1;
                 return Ok((e.out_base + (ipa & ((1 << e.size_log2) - 1)), e));
             }
-            if !(acc.write && e.perms.dirty_on_write) {
+            if !(acc.write && e.perms.dirty_on_write()) {
                 return Err(WalkFault {
                     kind: EventType::FPermission,
                     level: e.level,
@@ -361,7 +429,7 @@ impl State {
     /// last (same stream, same page), which any command, register write or
     /// TLB miss drops; so it never outlives the entry it copies.
     #[inline]
-    fn last_hit(&mut self, req: &DmaRequest, iova: u64) -> Option<Translation> {
+    fn last_hit(&mut self, req: &DmaRequest, iova: u64) -> Option<Xlat> {
         let l = self.last.as_ref()?;
         if l.sid != req.sid
             || l.ssid != req.ssid.unwrap_or(NO_SSID)
@@ -381,12 +449,7 @@ impl State {
             return None;
         }
         let off = iova & ((1 << l.size_log2) - 1);
-        let t = Translation {
-            pa: l.out_base + off,
-            bytes_left: (1 << l.size_log2) - off,
-            bypass: false,
-            tlb_hit: true,
-        };
+        let t = Xlat::hit(l.out_base + off, (1 << l.size_log2) - off);
         self.stats.tlb_hits += 1;
         // The page repeats: let the next ones skip the lock.
         self.publish_last();
@@ -407,6 +470,7 @@ impl State {
         iova: u64,
         slot: &mut Option<Ctx>,
         walk: &mut Option<S1Walk>,
+        s2: &mut Option<S2Ste>,
     ) -> Cached {
         if self.regs.cr0 & cr0::SMMUEN == 0 || req.ats_translated || self.trace.is_some() {
             return Cached::Unknown;
@@ -433,9 +497,12 @@ impl State {
             // The full path need not look again.
             if let Some((cd, w)) = input {
                 *walk = Some(S1Walk::new(ctx, cd, w));
-                return Cached::Walk;
+                if ctx.mode == Mode::Nested {
+                    *s2 = ctx.ste.s2;
+                }
+            } else {
+                *slot = Some(*ctx);
             }
-            *slot = Some(*ctx);
             return Cached::Miss;
         };
         if !e.perms.allows(acc) {
@@ -454,12 +521,7 @@ impl State {
             }));
         }
         let off = ia & ((1 << e.size_log2) - 1);
-        Cached::Hit(Translation {
-            pa: e.out_base + off,
-            bytes_left: (1 << e.size_log2) - off,
-            bypass: false,
-            tlb_hit: true,
-        })
+        Cached::Hit(Xlat::hit(e.out_base + off, (1 << e.size_log2) - off))
     }
 
     /// Keeps the last-hit copy of `e` for the stream of `req`; `plain` as
@@ -495,33 +557,40 @@ impl State {
             }
         }
         if let Some(t) = self.last_hit(req, iova) {
-            return Ok(t);
+            return Ok(t.into());
         }
-        let (mut cached, mut walk) = (None, None);
-        let r = match self.cached_hit(req, iova, &mut cached, &mut walk) {
-            Cached::Hit(t) => return Ok(t),
-            Cached::Walk => match &walk {
-                Some(w) => {
-                    // As `context` counts a cached context.
-                    self.stats.ste_hits += 1;
-                    let acc = access(req);
-                    self.s1_walk(w, iova, acc, req)
-                }
-                // Not reached: `Walk` fills the slot.
-                None => self.translate_inner(req, iova, None),
-            },
+        let (mut cached, mut walk, mut s2) = (None, None, None);
+        // Each path concludes on its own: a walk's result, built in
+        // registers, is then stored once into the caller's slot instead of
+        // going through a shared temporary.
+        match self.cached_hit(req, iova, &mut cached, &mut walk, &mut s2) {
+            Cached::Hit(t) => Ok(t.into()),
             Cached::Miss => {
+                // As `context` counts a cached context.
                 self.stats.ste_hits += 1;
-                self.translate_inner(req, iova, cached.as_ref())
+                let r = match &walk {
+                    Some(w) => self.s1_walk(w, s2.as_ref(), iova, access(req), req),
+                    None => self.translate_inner(req, iova, cached.as_ref()),
+                };
+                self.conclude(r)
             }
-            Cached::Unknown => self.translate_inner(req, iova, cached.as_ref()),
-        };
+            Cached::Unknown => {
+                let r = self.translate_inner(req, iova, None);
+                self.conclude(r)
+            }
+        }
+    }
+
+    /// Returns the result of a translation that did not hit, recording the
+    /// event of a stop, after dropping the `Iotlb` copies of the TLB
+    /// entries it evicted or replaced.
+    #[inline(always)]
+    fn conclude(&mut self, r: Result<Xlat, Stop>) -> Result<Translation, DmaFault> {
         let r = match r {
-            Ok(t) => Ok(t),
+            Ok(t) => Ok(t.into()),
             Err(stop) => Err(self.finish(stop)),
         };
         if self.tlb.removed_any() {
-            // Evicted or replaced entries: their Iotlb copies go.
             self.sync_iotlbs_removed();
         }
         r
@@ -550,13 +619,8 @@ impl State {
         req: &DmaRequest,
         iova: u64,
         cached: Option<&Ctx>,
-    ) -> Result<Translation, Stop> {
-        let bypass = |pa: u64| Translation {
-            pa,
-            bytes_left: 0x1000 - (pa & 0xfff),
-            bypass: true,
-            tlb_hit: false,
-        };
+    ) -> Result<Xlat, Stop> {
+        let bypass = |pa: u64| Xlat::bypass(pa, 0x1000 - (pa & 0xfff));
         if self.regs.cr0 & cr0::SMMUEN == 0 {
             if self.regs.gbpa & gbpa::ABORT != 0 {
                 return Err(Stop::Global);
@@ -616,12 +680,8 @@ impl State {
                 match self.s2_translate(&s2, iova, acc) {
                     Ok((pa, e)) => {
                         self.remember(ctx.plain(), req, iova, &e);
-                        Ok(Translation {
-                            pa,
-                            bytes_left: (1u64 << e.size_log2) - (iova & ((1 << e.size_log2) - 1)),
-                            bypass: false,
-                            tlb_hit: false,
-                        })
+                        let off = iova & ((1 << e.size_log2) - 1);
+                        Ok(Xlat::walked(pa, (1u64 << e.size_log2) - off))
                     }
                     Err(f) => Err(self.s2_stop(&s2, f, iova, FaultClass::Input, base_ev)),
                 }
@@ -637,7 +697,7 @@ impl State {
         va: u64,
         acc: Access,
         base_ev: Event,
-    ) -> Result<Translation, Stop> {
+    ) -> Result<Xlat, Stop> {
         let Some(cd) = ctx.cd else {
             return Err(Stop::Config(Event {
                 kind: EventType::CBadCd,
@@ -654,7 +714,8 @@ impl State {
             return Err(s1_fault(EventType::FTranslation));
         };
         let w = S1Walk::new(ctx, &cd, input);
-        let (tag, key_va, s2) = (w.tag, w.key_va, w.s2);
+        let s2 = ctx.nested_s2();
+        let (tag, key_va) = (w.tag, w.key_va);
         if let Some(e) = self
             .tlb
             .lookup(tag, key_va, &ctx.sizes[..ctx.nsizes])
@@ -670,14 +731,9 @@ impl State {
                     sid: base_ev.sid,
                     iova: va,
                 });
-                return Ok(Translation {
-                    pa: e.out_base + off,
-                    bytes_left: (1 << e.size_log2) - off,
-                    bypass: false,
-                    tlb_hit: true,
-                });
+                return Ok(Xlat::hit(e.out_base + off, (1 << e.size_log2) - off));
             }
-            if !(acc.write && e.perms.dirty_on_write) {
+            if !(acc.write && e.perms.dirty_on_write()) {
                 // A stale entry keeps faulting until it is invalidated.
                 if let (Some(s2), true) = (s2, e.s1_perms.allows(acc)) {
                     let f = WalkFault {
@@ -691,7 +747,7 @@ impl State {
                 return Err(s1_fault(EventType::FPermission));
             }
         }
-        self.s1_walk(&w, va, acc, req)
+        self.s1_walk(&w, s2.as_ref(), va, acc, req)
     }
 
     /// Walks `va` after a TLB miss, caching the translation.
@@ -699,10 +755,11 @@ impl State {
     fn s1_walk(
         &mut self,
         w: &S1Walk,
+        s2: Option<&S2Ste>,
         va: u64,
         acc: Access,
         req: &DmaRequest,
-    ) -> Result<Translation, Stop> {
+    ) -> Result<Xlat, Stop> {
         // Built only when a fault needs it.
         let base_ev = || base_event(req, va, acc);
         let s1_fault = |kind: EventType| Stop::Fault {
@@ -711,7 +768,7 @@ impl State {
             stall: w.stall,
             abort: w.abort,
         };
-        let (tt, ia, key_va, s2) = (w.tt, w.ia, w.key_va, w.s2);
+        let (tt, ia, key_va) = (w.tt, w.ia, w.key_va);
         let tag = w.tag.packed();
         self.stats.tlb_misses += 1;
         self.set_last(None);
@@ -740,7 +797,7 @@ impl State {
                 // of this state) first.
                 let mem = self.mem.clone();
                 let mut fetch =
-                    |desc_ipa: u64| self.s2_fetch(&s2, desc_ipa, FaultClass::TableWalk, base_ev);
+                    |desc_ipa: u64| self.s2_fetch(s2, desc_ipa, FaultClass::TableWalk, base_ev);
                 let r = walk::walk::<Stop, _>(
                     Tables::new(&*mem),
                     &tt,
@@ -786,8 +843,8 @@ impl State {
             None => (ipa, leaf.size_log2, leaf.perms),
             Some(s2) => {
                 let (pa, e2) = self
-                    .s2_translate(&s2, ipa, acc)
-                    .map_err(|f| self.s2_stop(&s2, f, ipa, FaultClass::Input, base_ev()))?;
+                    .s2_translate(s2, ipa, acc)
+                    .map_err(|f| self.s2_stop(s2, f, ipa, FaultClass::Input, base_ev()))?;
                 let size = leaf.size_log2.min(e2.size_log2);
                 (pa, size, leaf.perms.and(e2.perms))
             }
@@ -817,12 +874,7 @@ impl State {
             }
         }
         let off = key_va & ((1 << size_log2) - 1);
-        Ok(Translation {
-            pa,
-            bytes_left: (1 << size_log2) - off,
-            bypass: false,
-            tlb_hit: false,
-        })
+        Ok(Xlat::walked(pa, (1 << size_log2) - off))
     }
 }
 
