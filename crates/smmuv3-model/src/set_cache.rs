@@ -149,6 +149,10 @@ pub(crate) struct SetCache<V> {
     victim: Vec<u8>,
     sets: usize,
     ways: usize,
+    /// `sets - 1` and `log2(ways)`, kept so that finding a set is a
+    /// multiply, a mask and a shift.
+    set_mask: usize,
+    way_shift: u32,
     /// The current generation, shifted into place.
     generation: u64,
     live: usize,
@@ -176,6 +180,8 @@ impl<V: Copy + Default> SetCache<V> {
             victim: Vec::new(),
             sets,
             ways,
+            set_mask: sets - 1,
+            way_shift: ways.trailing_zeros(),
             generation: 1 << GEN_SHIFT,
             live: 0,
             chains: Chains::default(),
@@ -200,7 +206,7 @@ impl<V: Copy + Default> SetCache<V> {
     #[inline]
     pub fn set_of(&self, k0: u64, k1: u64) -> usize {
         let mix = (k0 & KEY_MASK).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
-        ((k1 ^ mix) as usize) & (self.sets - 1)
+        ((k1 ^ mix) as usize) & self.set_mask
     }
 
     #[inline]
@@ -214,7 +220,7 @@ impl<V: Copy + Default> SetCache<V> {
             return None;
         }
         let want = k0 | self.generation;
-        let base = self.set_of(k0, k1) << self.ways.trailing_zeros();
+        let base = self.set_of(k0, k1) << self.way_shift;
         if self.ways == 1 {
             let s = self.slots[base];
             return (s.k0 == want && s.k1 == k1).then_some(base);
@@ -249,19 +255,22 @@ impl<V: Copy + Default> SetCache<V> {
     /// invalidations (at least the key's size). Returns the key of the
     /// entry it evicted, if any (replacing the same key evicts nothing).
     #[inline(always)]
-    pub fn insert(&mut self, k0: u64, k1: u64, v: V, span_log2: u32) -> Option<(u64, u64)> {
+    pub fn insert(&mut self, k0: u64, k1: u64, v: &V, span_log2: u32) -> Option<(u64, u64)> {
         if self.slots.is_empty() {
             self.allocate();
         }
-        self.widen(k0, span_log2);
+        if span_log2 > key_size(k0) {
+            // Probes widen by at least the key's own size anyway.
+            self.widen(k0, span_log2);
+        }
         let want = k0 | self.generation;
         let set = self.set_of(k0, k1);
-        let base = set << self.ways.trailing_zeros();
+        let base = set << self.way_shift;
         let i = if self.ways == 1 {
             // Direct mapped: one slot to look at, no victim to choose.
             let s = self.slots[base];
             if s.k0 == want && s.k1 == k1 {
-                self.vals[base] = v;
+                self.vals[base] = *v;
                 return None;
             }
             if s.k0 & !KEY_MASK != self.generation {
@@ -276,7 +285,7 @@ impl<V: Copy + Default> SetCache<V> {
             let mut free = None;
             for (w, s) in ways.iter().enumerate() {
                 if s.k0 == want && s.k1 == k1 {
-                    self.vals[base + w] = v;
+                    self.vals[base + w] = *v;
                     return None;
                 }
                 if free.is_none() && s.k0 & !KEY_MASK != self.generation {
@@ -299,7 +308,7 @@ impl<V: Copy + Default> SetCache<V> {
                 self.per_size[now as usize] += 1;
             }
             self.slots[i] = Slot { k0: want, k1 };
-            self.vals[i] = v;
+            self.vals[i] = *v;
         } else {
             self.unlink(i);
             self.place(i, k0, k1, v);
@@ -327,7 +336,7 @@ impl<V: Copy + Default> SetCache<V> {
     }
 
     /// Makes slot `i` (dead) hold the key, linked into its tag's chain.
-    fn place(&mut self, i: usize, k0: u64, k1: u64, v: V) {
+    fn place(&mut self, i: usize, k0: u64, k1: u64, v: &V) {
         let p = match self.chains.find(key_tag(k0)) {
             Some(p) => p,
             None => {
@@ -353,7 +362,7 @@ impl<V: Copy + Default> SetCache<V> {
         if old_head != NONE {
             self.links[old_head as usize].prev = i as u32;
         }
-        self.vals[i] = v;
+        self.vals[i] = *v;
         self.live += 1;
         self.per_size[key_size(k0) as usize] += 1;
     }
@@ -556,10 +565,10 @@ impl<V: Copy + Default> SetCache<V> {
                 && !c.is_live(i)
                 && c.find(k0, k1).is_none();
             if fits {
-                c.place(i, k0, k1, v);
+                c.place(i, k0, k1, &v);
                 c.widen(k0, span_of(k0, &v));
             } else {
-                c.insert(k0, k1, v, span_of(k0, &v));
+                c.insert(k0, k1, &v, span_of(k0, &v));
             }
         }
         for &(set, w) in victims {
@@ -600,14 +609,14 @@ mod tests {
     fn consecutive_pages_fill_every_slot_before_evicting() {
         let mut c = SetCache::<u64>::new(64);
         for p in 0..64 {
-            assert_eq!(c.insert(key0(T, 12), p, p * 10, 12), None);
+            assert_eq!(c.insert(key0(T, 12), p, &(p * 10), 12), None);
         }
         assert_eq!(c.len(), 64);
         for p in 0..64 {
             assert_eq!(c.get(key0(T, 12), p), Some(&(p * 10)));
         }
         // The 65th goes to a full set and evicts exactly one entry of it.
-        let ev = c.insert(key0(T, 12), 64, 640, 12).unwrap();
+        let ev = c.insert(key0(T, 12), 64, &640, 12).unwrap();
         assert_eq!(c.len(), 64);
         assert_eq!(c.get(ev.0, ev.1), None);
         assert_eq!(c.set_of(ev.0, ev.1), c.set_of(key0(T, 12), 64));
@@ -618,13 +627,13 @@ mod tests {
         let mut c = SetCache::<u64>::new(4);
         let k = key0(T, 12);
         for p in 0..4 {
-            c.insert(k, p, p, 12);
+            c.insert(k, p, &p, 12);
         }
-        let evicted: Vec<u64> = (4..8).map(|p| c.insert(k, p, p, 12).unwrap().1).collect();
+        let evicted: Vec<u64> = (4..8).map(|p| c.insert(k, p, &p, 12).unwrap().1).collect();
         assert_eq!(evicted, [0, 1, 2, 3]);
         assert_eq!(c.len(), 4);
         // Replacing a live key evicts nothing.
-        assert_eq!(c.insert(k, 5, 50, 12), None);
+        assert_eq!(c.insert(k, 5, &50, 12), None);
         assert_eq!(c.get(k, 5), Some(&50));
     }
 
@@ -632,7 +641,7 @@ mod tests {
     fn clear_is_a_new_generation_and_slots_are_reused() {
         let mut c = SetCache::<u64>::new(16);
         for p in 0..10 {
-            c.insert(key0(T, 12), p, p, 12);
+            c.insert(key0(T, 12), p, &p, 12);
         }
         assert_eq!(c.clear(), 10);
         assert_eq!(c.len(), 0);
@@ -640,7 +649,7 @@ mod tests {
         assert!((0..10).all(|p| c.get(key0(T, 12), p).is_none()));
         assert!(!c.has_size(12));
         for p in 0..16 {
-            assert_eq!(c.insert(key0(T, 12), p, p, 12), None);
+            assert_eq!(c.insert(key0(T, 12), p, &p, 12), None);
         }
         assert_eq!(c.len(), 16);
     }
@@ -650,7 +659,7 @@ mod tests {
         let mut c = SetCache::<u64>::new(8);
         // The last generation before the wrap.
         c.generation = !KEY_MASK;
-        c.insert(key0(T, 12), 1, 1, 12);
+        c.insert(key0(T, 12), 1, &1, 12);
         assert_eq!(c.get(key0(T, 12), 1), Some(&1));
         c.clear();
         assert_eq!(c.generation, 1 << GEN_SHIFT);
@@ -662,8 +671,8 @@ mod tests {
     fn remove_where_by_tag_visits_only_that_tag() {
         let mut c = SetCache::<u64>::new(256);
         for p in 0..20 {
-            c.insert(key0(1, 12), p, p, 12);
-            c.insert(key0(2, 12), p, p, 12);
+            c.insert(key0(1, 12), p, &p, 12);
+            c.insert(key0(2, 12), p, &p, 12);
         }
         let mut visited = 0;
         let n = c.remove_where(
@@ -685,7 +694,7 @@ mod tests {
     fn a_small_range_probes_only_its_pages() {
         let mut c = SetCache::<u64>::new(1024);
         for p in 0..512 {
-            c.insert(key0(T, 12), p, p, 12);
+            c.insert(key0(T, 12), p, &p, 12);
         }
         let mut visited = Vec::new();
         let n = c.remove_where(
@@ -706,7 +715,7 @@ mod tests {
         // A 4K entry that stands for a 2M range is found by an invalidation
         // anywhere in those 2M.
         let mut c = SetCache::<u64>::new(1024);
-        c.insert(key0(T, 12), 0x200, 1, 21);
+        c.insert(key0(T, 12), 0x200, &1, 21);
         let n = c.remove_where(|_| true, Some((0x3f_f000, 0x40_0000)), |_, _, _| true);
         assert_eq!(n, 1);
     }
@@ -715,7 +724,7 @@ mod tests {
     fn restore_reproduces_slots_and_victims() {
         let mut c = SetCache::<u64>::new(8);
         for p in [0, 2, 4, 6, 8, 10] {
-            c.insert(key0(T, 12), p, p, 12);
+            c.insert(key0(T, 12), p, &p, 12);
         }
         // Even pages share a set: two of them were evicted.
         assert_eq!(c.len(), 4);
@@ -727,8 +736,8 @@ mod tests {
         assert_eq!(r.len(), 4);
         for p in 12..20 {
             assert_eq!(
-                r.insert(key0(T, 12), p, p, 12),
-                c.insert(key0(T, 12), p, p, 12)
+                r.insert(key0(T, 12), p, &p, 12),
+                c.insert(key0(T, 12), p, &p, 12)
             );
         }
     }
