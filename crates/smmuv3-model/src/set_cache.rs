@@ -138,18 +138,42 @@ impl Chains {
 /// A placed entry, for snapshots: slot index, key, value.
 pub(crate) type Placed<V> = (u32, (u64, u64), V);
 
+/// One set: its ways' keys (one 64-byte line, what a lookup reads), their
+/// values and chain links, and the way its next eviction replaces. A cache
+/// of fewer than [`MAX_WAYS`] ways leaves the last ways unused.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Set<V> {
+    keys: [Slot; MAX_WAYS],
+    vals: [V; MAX_WAYS],
+    links: [Link; MAX_WAYS],
+    /// Round robin, so the model is deterministic and its snapshots
+    /// reproduce evictions.
+    victim: u8,
+}
+
+impl<V: Copy + Default> Default for Set<V> {
+    fn default() -> Self {
+        Self {
+            keys: [DEAD; MAX_WAYS],
+            vals: [V::default(); MAX_WAYS],
+            links: [UNLINKED; MAX_WAYS],
+            victim: 0,
+        }
+    }
+}
+
 /// The cache. `V` is the cached value; it must be cheap to copy.
+///
+/// A slot index (what chains link and snapshots record) is
+/// `set << way_shift | way`.
 #[derive(Debug)]
 pub(crate) struct SetCache<V> {
-    slots: Vec<Slot>,
-    links: Vec<Link>,
-    vals: Vec<V>,
-    /// Per set: the way the next eviction replaces (round robin, so the
-    /// model is deterministic and its snapshots reproduce evictions).
-    victim: Vec<u8>,
-    sets: usize,
+    /// Empty until the first insert.
+    sets: Vec<Set<V>>,
+    nsets: usize,
     ways: usize,
-    /// `sets - 1` and `log2(ways)`, kept so that finding a set is a
+    /// `nsets - 1` and `log2(ways)`, kept so that finding a set is a
     /// multiply, a mask and a shift.
     set_mask: usize,
     way_shift: u32,
@@ -172,15 +196,12 @@ impl<V: Copy + Default> SetCache<V> {
         let cap = capacity.clamp(1, MAX_ENTRIES);
         // Powers of two, so a set's first slot is a shift away.
         let ways = 1usize << cap.min(MAX_WAYS).ilog2();
-        let sets = 1usize << (cap / ways).ilog2();
+        let nsets = 1usize << (cap / ways).ilog2();
         Self {
-            slots: Vec::new(),
-            links: Vec::new(),
-            vals: Vec::new(),
-            victim: Vec::new(),
-            sets,
+            sets: Vec::new(),
+            nsets,
             ways,
-            set_mask: sets - 1,
+            set_mask: nsets - 1,
             way_shift: ways.trailing_zeros(),
             generation: 1 << GEN_SHIFT,
             live: 0,
@@ -192,7 +213,7 @@ impl<V: Copy + Default> SetCache<V> {
 
     /// Returns the number of entries the cache holds at most.
     pub fn capacity(&self) -> usize {
-        self.sets * self.ways
+        self.nsets * self.ways
     }
 
     /// Returns the number of live entries.
@@ -209,32 +230,70 @@ impl<V: Copy + Default> SetCache<V> {
         ((k1 ^ mix) as usize) & self.set_mask
     }
 
+    /// Returns the set and way of slot `i`.
     #[inline]
-    fn is_live(&self, i: usize) -> bool {
-        self.slots[i].k0 & !KEY_MASK == self.generation
+    fn split(&self, i: usize) -> (usize, usize) {
+        // The mask keeps the way in the array (ways <= MAX_WAYS).
+        (i >> self.way_shift, i & (self.ways - 1) & (MAX_WAYS - 1))
     }
 
     #[inline]
+    fn slot(&self, i: usize) -> Slot {
+        let (s, w) = self.split(i);
+        self.sets[s].keys[w]
+    }
+
+    #[inline]
+    fn val(&self, i: usize) -> &V {
+        let (s, w) = self.split(i);
+        &self.sets[s].vals[w]
+    }
+
+    #[inline]
+    fn link_mut(&mut self, i: usize) -> &mut Link {
+        let (s, w) = self.split(i);
+        &mut self.sets[s].links[w]
+    }
+
+    #[inline]
+    fn is_live(&self, i: usize) -> bool {
+        self.slot(i).k0 & !KEY_MASK == self.generation
+    }
+
+    /// Returns the slot holding the key.
+    #[inline]
     fn find(&self, k0: u64, k1: u64) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
-        }
+        let s = self.set_of(k0, k1);
+        let set = self.sets.get(s)?;
         let want = k0 | self.generation;
-        let base = self.set_of(k0, k1) << self.way_shift;
-        if self.ways == 1 {
-            let s = self.slots[base];
-            return (s.k0 == want && s.k1 == k1).then_some(base);
-        }
-        let set = &self.slots[base..base + self.ways];
-        set.iter()
-            .position(|s| s.k0 == want && s.k1 == k1)
-            .map(|w| base + w)
+        let w = set
+            .keys
+            .iter()
+            .take(self.ways)
+            .position(|k| k.k0 == want && k.k1 == k1)?;
+        Some(s << self.way_shift | w)
     }
 
     /// Returns the value cached for the key.
     #[inline]
     pub fn get(&self, k0: u64, k1: u64) -> Option<&V> {
-        self.find(k0, k1).map(|i| &self.vals[i])
+        if self.live == 0 {
+            // Loop invariant: a caller probing several keys of an empty
+            // (or never filled) cache stops at once.
+            return None;
+        }
+        let set = self.sets.get(self.set_of(k0, k1))?;
+        let want = k0 | self.generation;
+        if self.ways == 1 {
+            let k = &set.keys[0];
+            return (k.k0 == want && k.k1 == k1).then_some(&set.vals[0]);
+        }
+        set.keys
+            .iter()
+            .zip(&set.vals)
+            .take(self.ways)
+            .find(|(k, _)| k.k0 == want && k.k1 == k1)
+            .map(|(_, v)| v)
     }
 
     /// Returns whether any entry of size `size_log2` is live.
@@ -244,11 +303,7 @@ impl<V: Copy + Default> SetCache<V> {
     }
 
     fn allocate(&mut self) {
-        let n = self.capacity();
-        self.slots = vec![DEAD; n];
-        self.links = vec![UNLINKED; n];
-        self.vals = vec![V::default(); n];
-        self.victim = vec![0; self.sets];
+        self.sets = vec![Set::default(); self.nsets];
     }
 
     /// Caches `v` for the key, covering a range of `2^span_log2` bytes for
@@ -256,76 +311,67 @@ impl<V: Copy + Default> SetCache<V> {
     /// entry it evicted, if any (replacing the same key evicts nothing).
     #[inline(always)]
     pub fn insert(&mut self, k0: u64, k1: u64, v: &V, span_log2: u32) -> Option<(u64, u64)> {
-        if self.slots.is_empty() {
+        let s = self.set_of(k0, k1);
+        if s >= self.sets.len() {
             self.allocate();
         }
         if span_log2 > key_size(k0) {
             // Probes widen by at least the key's own size anyway.
             self.widen(k0, span_log2);
         }
-        let want = k0 | self.generation;
-        let set = self.set_of(k0, k1);
-        let base = set << self.way_shift;
-        let i = if self.ways == 1 {
-            // Direct mapped: one slot to look at, no victim to choose.
-            let s = self.slots[base];
-            if s.k0 == want && s.k1 == k1 {
-                self.vals[base] = *v;
+        let generation = self.generation;
+        let want = k0 | generation;
+        let ways = self.ways;
+        let set = &mut self.sets[s];
+        let w = if ways == 1 {
+            // Direct mapped: one way to look at, no victim to choose.
+            let k = set.keys[0];
+            if k.k0 == want && k.k1 == k1 {
+                set.vals[0] = *v;
                 return None;
             }
-            if s.k0 & !KEY_MASK != self.generation {
-                self.place(base, k0, k1, v);
+            if k.k0 & !KEY_MASK != generation {
+                self.place(s << self.way_shift, k0, k1, v);
                 return None;
             }
-            base
+            0
         } else {
-            let ways = &self.slots[base..][..self.ways];
             // One pass: the key itself (replaced in place), else the first
             // dead way.
             let mut free = None;
-            for (w, s) in ways.iter().enumerate() {
-                if s.k0 == want && s.k1 == k1 {
-                    self.vals[base + w] = *v;
+            for (w, k) in set.keys.iter().enumerate().take(ways) {
+                if k.k0 == want && k.k1 == k1 {
+                    set.vals[w] = *v;
                     return None;
                 }
-                if free.is_none() && s.k0 & !KEY_MASK != self.generation {
-                    free = Some(base + w);
+                if free.is_none() && k.k0 & !KEY_MASK != generation {
+                    free = Some(w);
                 }
             }
-            if let Some(i) = free {
-                self.place(i, k0, k1, v);
+            if let Some(w) = free {
+                self.place(s << self.way_shift | w, k0, k1, v);
                 return None;
             }
-            base + self.next_victim(set)
+            let w = usize::from(set.victim) & (MAX_WAYS - 1);
+            set.victim = ((w + 1) & (ways - 1)) as u8;
+            w
         };
-        let old = self.slots[i];
-        let old_k0 = old.k0 & KEY_MASK;
-        if key_tag(old_k0) == key_tag(k0) {
+        let old = set.keys[w];
+        if (old.k0 ^ k0) & TAG_MASK == 0 {
             // Same chain: replace in place, no relinking.
-            let (was, now) = (key_size(old_k0), key_size(k0));
+            let (was, now) = (key_size(old.k0), key_size(k0));
             if was != now {
                 self.per_size[was as usize] -= 1;
                 self.per_size[now as usize] += 1;
             }
-            self.slots[i] = Slot { k0: want, k1 };
-            self.vals[i] = *v;
+            set.keys[w] = Slot { k0: want, k1 };
+            set.vals[w] = *v;
         } else {
+            let i = s << self.way_shift | w;
             self.unlink(i);
             self.place(i, k0, k1, v);
         }
-        Some((old_k0, old.k1))
-    }
-
-    /// Returns the way of `set` the next eviction replaces, and moves the
-    /// round-robin pointer on.
-    #[inline(always)]
-    fn next_victim(&mut self, set: usize) -> usize {
-        if self.ways == 1 {
-            return 0;
-        }
-        let w = usize::from(self.victim[set]);
-        self.victim[set] = ((w + 1) & (self.ways - 1)) as u8;
-        w
+        Some((old.k0 & KEY_MASK, old.k1))
     }
 
     #[inline]
@@ -350,19 +396,22 @@ impl<V: Copy + Default> SetCache<V> {
         let old_head = chain.head;
         chain.head = i as u32;
         chain.len += 1;
-        self.slots[i] = Slot {
-            k0: k0 | self.generation,
+        let generation = self.generation;
+        let (s, w) = self.split(i);
+        let set = &mut self.sets[s];
+        set.keys[w] = Slot {
+            k0: k0 | generation,
             k1,
         };
-        self.links[i] = Link {
+        set.links[w] = Link {
             prev: NONE,
             next: old_head,
             chain: p,
         };
+        set.vals[w] = *v;
         if old_head != NONE {
-            self.links[old_head as usize].prev = i as u32;
+            self.link_mut(old_head as usize).prev = i as u32;
         }
-        self.vals[i] = *v;
         self.live += 1;
         self.per_size[key_size(k0) as usize] += 1;
     }
@@ -379,31 +428,38 @@ impl<V: Copy + Default> SetCache<V> {
                 self.chains.list.push(*c);
             }
         }
-        for i in 0..self.slots.len() {
+        for i in 0..self.slot_count() {
             if self.is_live(i) {
-                let l = &mut self.links[i];
+                let l = self.link_mut(i);
                 l.chain = moved[l.chain as usize];
             }
         }
     }
 
+    /// Returns the number of slots allocated.
+    fn slot_count(&self) -> usize {
+        self.sets.len() * self.ways
+    }
+
     /// Removes live slot `i`.
     fn unlink(&mut self, i: usize) {
-        let l = self.links[i];
+        let (s, w) = self.split(i);
+        let l = self.sets[s].links[w];
         if l.next != NONE {
-            self.links[l.next as usize].prev = l.prev;
+            self.link_mut(l.next as usize).prev = l.prev;
         }
         if l.prev != NONE {
-            self.links[l.prev as usize].next = l.next;
+            self.link_mut(l.prev as usize).next = l.next;
         }
         let c = &mut self.chains.list[l.chain as usize];
         if l.prev == NONE {
             c.head = l.next;
         }
         c.len -= 1;
-        self.per_size[key_size(self.slots[i].k0) as usize] -= 1;
-        self.slots[i] = DEAD;
-        self.links[i] = UNLINKED;
+        let set = &mut self.sets[s];
+        self.per_size[key_size(set.keys[w].k0) as usize] -= 1;
+        set.keys[w] = DEAD;
+        set.links[w] = UNLINKED;
         self.live -= 1;
     }
 
@@ -413,7 +469,9 @@ impl<V: Copy + Default> SetCache<V> {
         self.generation = self.generation.wrapping_add(1 << GEN_SHIFT);
         if self.generation == 0 {
             // Once in 2^18 - 1 clears: forget the old generations for real.
-            self.slots.fill(DEAD);
+            for set in &mut self.sets {
+                set.keys = [DEAD; MAX_WAYS];
+            }
             self.generation = 1 << GEN_SHIFT;
         }
         self.live = 0;
@@ -472,7 +530,7 @@ impl<V: Copy + Default> SetCache<V> {
                         for page in lo..hi {
                             let k1 = page as u64;
                             if let Some(i) = self.find(k0, k1) {
-                                if remove(k0, k1, &self.vals[i]) {
+                                if remove(k0, k1, self.val(i)) {
                                     self.unlink(i);
                                     n += 1;
                                 }
@@ -485,9 +543,10 @@ impl<V: Copy + Default> SetCache<V> {
                 for (_, p) in tags {
                     let mut i = self.chains.list[p as usize].head;
                     while i != NONE {
-                        let s = self.slots[i as usize];
-                        let next = self.links[i as usize].next;
-                        if remove(s.k0 & KEY_MASK, s.k1, &self.vals[i as usize]) {
+                        let s = self.slot(i as usize);
+                        let (set, w) = self.split(i as usize);
+                        let next = self.sets[set].links[w].next;
+                        if remove(s.k0 & KEY_MASK, s.k1, self.val(i as usize)) {
                             self.unlink(i as usize);
                             n += 1;
                         }
@@ -524,22 +583,22 @@ impl<V: Copy + Default> SetCache<V> {
 
     /// Returns every live entry with its slot, in slot order.
     pub fn placed(&self) -> Vec<Placed<V>> {
-        (0..self.slots.len())
+        (0..self.slot_count())
             .filter(|&i| self.is_live(i))
             .map(|i| {
-                let s = self.slots[i];
-                (i as u32, (s.k0 & KEY_MASK, s.k1), self.vals[i])
+                let s = self.slot(i);
+                (i as u32, (s.k0 & KEY_MASK, s.k1), *self.val(i))
             })
             .collect()
     }
 
     /// Returns the sets whose next victim is not way 0, with that way.
     pub fn victims(&self) -> Vec<(u32, u8)> {
-        self.victim
+        self.sets
             .iter()
             .enumerate()
-            .filter(|(_, w)| **w != 0)
-            .map(|(s, w)| (s as u32, *w))
+            .filter(|(_, set)| set.victim != 0)
+            .map(|(s, set)| (s as u32, set.victim))
             .collect()
     }
 
@@ -560,8 +619,8 @@ impl<V: Copy + Default> SetCache<V> {
         for &(slot, (k0, k1), v) in placed {
             let i = slot as usize;
             let k0 = k0 & KEY_MASK;
-            let fits = i < c.slots.len()
-                && i / c.ways == c.set_of(k0, k1)
+            let fits = i < c.slot_count()
+                && i >> c.way_shift == c.set_of(k0, k1)
                 && !c.is_live(i)
                 && c.find(k0, k1).is_none();
             if fits {
@@ -572,8 +631,9 @@ impl<V: Copy + Default> SetCache<V> {
             }
         }
         for &(set, w) in victims {
-            if let Some(x) = c.victim.get_mut(set as usize) {
-                *x = (usize::from(w) % c.ways) as u8;
+            let ways = c.ways;
+            if let Some(s) = c.sets.get_mut(set as usize) {
+                s.victim = (usize::from(w) % ways) as u8;
             }
         }
         c
@@ -600,7 +660,7 @@ mod tests {
             (usize::MAX, 1 << 14, 4),
         ] {
             let c = SetCache::<u64>::new(cap);
-            assert_eq!((c.sets, c.ways), (sets, ways), "capacity {cap}");
+            assert_eq!((c.nsets, c.ways), (sets, ways), "capacity {cap}");
             assert!(c.capacity() <= cap.max(1));
         }
     }
@@ -664,7 +724,7 @@ mod tests {
         c.clear();
         assert_eq!(c.generation, 1 << GEN_SHIFT);
         assert_eq!(c.get(key0(T, 12), 1), None);
-        assert!(c.slots.iter().all(|s| s.k0 == 0));
+        assert!(c.sets.iter().all(|s| s.keys.iter().all(|k| k.k0 == 0)));
     }
 
     #[test]
