@@ -307,30 +307,34 @@ impl<V: Copy + Default> SetCache<V> {
     }
 
     /// Caches `v` for the key, covering a range of `2^span_log2` bytes for
-    /// invalidations (at least the key's size). Returns the key of the
-    /// entry it evicted, if any (replacing the same key evicts nothing).
+    /// invalidations (at least the key's size: 0 says just that). Returns
+    /// the key of the entry it evicted, if any (replacing the same key
+    /// evicts nothing).
     #[inline(always)]
     pub fn insert(&mut self, k0: u64, k1: u64, v: &V, span_log2: u32) -> Option<(u64, u64)> {
         let s = self.set_of(k0, k1);
         if s >= self.sets.len() {
-            self.allocate();
+            return self.insert_first(k0, k1, v, span_log2);
         }
         if span_log2 > key_size(k0) {
             // Probes widen by at least the key's own size anyway.
             self.widen(k0, span_log2);
         }
-        let generation = self.generation;
-        let want = k0 | generation;
+        let want = k0 | self.generation;
         let ways = self.ways;
         let set = &mut self.sets[s];
+        // A stored key against the one inserted: zero when equal, generation
+        // bits set when the stored one is dead, tag bits set when it is on
+        // another tag's chain.
         let w = if ways == 1 {
             // Direct mapped: one way to look at, no victim to choose.
             let k = set.keys[0];
-            if k.k0 == want && k.k1 == k1 {
+            let d = k.k0 ^ want;
+            if d == 0 && k.k1 == k1 {
                 set.vals[0] = *v;
                 return None;
             }
-            if k.k0 & !KEY_MASK != generation {
+            if d >> GEN_SHIFT != 0 {
                 self.place(s << self.way_shift, k0, k1, v);
                 return None;
             }
@@ -340,11 +344,12 @@ impl<V: Copy + Default> SetCache<V> {
             // dead way.
             let mut free = None;
             for (w, k) in set.keys.iter().enumerate().take(ways) {
-                if k.k0 == want && k.k1 == k1 {
+                let d = k.k0 ^ want;
+                if d == 0 && k.k1 == k1 {
                     set.vals[w] = *v;
                     return None;
                 }
-                if free.is_none() && k.k0 & !KEY_MASK != generation {
+                if free.is_none() && d >> GEN_SHIFT != 0 {
                     free = Some(w);
                 }
             }
@@ -356,13 +361,15 @@ impl<V: Copy + Default> SetCache<V> {
             set.victim = ((w + 1) & (ways - 1)) as u8;
             w
         };
+        // The victim is live: `d` has no generation bits.
         let old = set.keys[w];
-        if (old.k0 ^ k0) & TAG_MASK == 0 {
+        let d = old.k0 ^ want;
+        if d & TAG_MASK == 0 {
             // Same chain: replace in place, no relinking.
-            let (was, now) = (key_size(old.k0), key_size(k0));
-            if was != now {
-                self.per_size[was as usize] -= 1;
-                self.per_size[now as usize] += 1;
+            if d != 0 {
+                // Another size.
+                self.per_size[key_size(old.k0) as usize] -= 1;
+                self.per_size[key_size(k0) as usize] += 1;
             }
             set.keys[w] = Slot { k0: want, k1 };
             set.vals[w] = *v;
@@ -372,6 +379,14 @@ impl<V: Copy + Default> SetCache<V> {
             self.place(i, k0, k1, v);
         }
         Some((old.k0 & KEY_MASK, old.k1))
+    }
+
+    /// [`SetCache::insert`] into a cache not allocated yet.
+    #[cold]
+    #[inline(never)]
+    fn insert_first(&mut self, k0: u64, k1: u64, v: &V, span_log2: u32) -> Option<(u64, u64)> {
+        self.allocate();
+        self.insert(k0, k1, v, span_log2)
     }
 
     #[inline]

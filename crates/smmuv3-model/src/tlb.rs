@@ -450,10 +450,26 @@ impl Tlb {
     /// (lsb of the level the descriptor resolves, entry), for the packed
     /// tag `t` ([`Tag::packed`]).
     #[inline(always)]
-    pub fn walk_fill(&mut self, t: u64, ia: u64, steps: impl Iterator<Item = (u32, WalkEntry)>) {
-        if !self.enabled {
+    pub fn walk_fill(
+        &mut self,
+        t: u64,
+        ia: u64,
+        steps: impl ExactSizeIterator<Item = (u32, WalkEntry)>,
+    ) {
+        if !self.enabled || steps.len() == 0 {
             return;
         }
+        self.walk_fill_enabled(t, ia, steps);
+    }
+
+    /// The fills of [`Tlb::walk_fill`], kept out of the translation.
+    #[inline(never)]
+    fn walk_fill_enabled(
+        &mut self,
+        t: u64,
+        ia: u64,
+        steps: impl Iterator<Item = (u32, WalkEntry)>,
+    ) {
         for (lsb, w) in steps {
             self.walk_insert_packed(t, ia, lsb, w);
         }
@@ -461,11 +477,8 @@ impl Tlb {
 
     #[inline(always)]
     fn walk_insert_packed(&mut self, t: u64, ia: u64, lsb: u32, w: WalkEntry) {
-        if self
-            .walks
-            .insert(key0(t, lsb), ia >> lsb, &w, lsb)
-            .is_some()
-        {
+        // A table descriptor covers just its key's range (span 0).
+        if self.walks.insert(key0(t, lsb), ia >> lsb, &w, 0).is_some() {
             self.evictions += 1;
         }
     }
