@@ -266,11 +266,8 @@ impl<V: Copy + Default> SetCache<V> {
         let s = self.set_of(k0, k1);
         let set = self.sets.get(s)?;
         let want = k0 | self.generation;
-        let w = set
-            .keys
-            .iter()
-            .take(self.ways)
-            .position(|k| k.k0 == want && k.k1 == k1)?;
+        // Ways past `ways` stay dead (see `get`).
+        let w = set.keys.iter().position(|k| k.k0 == want && k.k1 == k1)?;
         Some(s << self.way_shift | w)
     }
 
@@ -288,10 +285,11 @@ impl<V: Copy + Default> SetCache<V> {
             let k = &set.keys[0];
             return (k.k0 == want && k.k1 == k1).then_some(&set.vals[0]);
         }
+        // Ways past `ways` stay dead, so scanning all of them finds the
+        // same (and unrolls into straight compares).
         set.keys
             .iter()
             .zip(&set.vals)
-            .take(self.ways)
             .find(|(k, _)| k.k0 == want && k.k1 == k1)
             .map(|(_, v)| v)
     }
@@ -678,6 +676,51 @@ mod tests {
             assert_eq!((c.nsets, c.ways), (sets, ways), "capacity {cap}");
             assert!(c.capacity() <= cap.max(1));
         }
+    }
+
+    #[test]
+    fn small_caches_find_exactly_what_they_hold() {
+        // Sets have MAX_WAYS ways; a cache of fewer ways must never use
+        // (or find anything in) the ways past its own, which lookups scan.
+        for cap in [1, 2, 3] {
+            let mut c = SetCache::<u64>::new(cap);
+            let keys: Vec<(u64, u64)> = (0..40u64)
+                .map(|p| (key0(T + p % 3, 12 + (p % 2) as u32 * 9), p))
+                .collect();
+            for (n, &(k0, k1)) in keys.iter().enumerate() {
+                c.insert(k0, k1, &k1, 0);
+                let found: Vec<_> = keys[..=n]
+                    .iter()
+                    .filter(|&&(k0, k1)| c.get(k0, k1).is_some())
+                    .collect();
+                assert_eq!(found.len(), c.len(), "capacity {cap} after {n}");
+                assert!(c.len() <= c.capacity());
+                assert_eq!(c.get(k0, k1), Some(&k1));
+            }
+            assert_eq!(c.len(), c.capacity());
+            let spare = c.sets.iter().flat_map(|s| &s.keys[c.ways..]);
+            assert!(spare.clone().all(|k| k.k0 == 0), "capacity {cap}");
+        }
+    }
+
+    #[test]
+    fn eviction_within_a_tag_moves_the_per_size_counts() {
+        // One slot: each insert replaces the previous entry of the same tag
+        // without relinking; the counts must follow the sizes.
+        let mut c = SetCache::<u64>::new(1);
+        for (n, size) in [39, 30, 21, 21, 39].into_iter().enumerate() {
+            let k0 = key0(T, size);
+            let evicted = c.insert(k0, n as u64, &0, 0);
+            assert_eq!(evicted.is_some(), n != 0);
+            for s in [21, 30, 39] {
+                assert_eq!(c.has_size(s), s == size, "insert {n}, size {s}");
+            }
+            assert_eq!(c.len(), 1);
+        }
+        // An invalidation by address still finds the entry that stayed.
+        let n = c.remove_where(|_| true, Some((4 << 39, (4 << 39) + 1)), |_, _, _| true);
+        assert_eq!((n, c.len()), (1, 0));
+        assert!(!c.has_size(39));
     }
 
     #[test]
