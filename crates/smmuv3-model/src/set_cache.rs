@@ -281,10 +281,6 @@ impl<V: Copy + Default> SetCache<V> {
         }
         let set = self.sets.get(self.set_of(k0, k1))?;
         let want = k0 | self.generation;
-        if self.ways == 1 {
-            let k = &set.keys[0];
-            return (k.k0 == want && k.k1 == k1).then_some(&set.vals[0]);
-        }
         // Ways past `ways` stay dead, so scanning all of them finds the
         // same (and unrolls into straight compares).
         set.keys
