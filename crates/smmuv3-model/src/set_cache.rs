@@ -332,6 +332,17 @@ impl<V: Copy + Default> SetCache<V> {
                 self.place(s << self.way_shift, k0, k1, v);
                 return None;
             }
+            if d & TAG_MASK == 0 {
+                // The eviction below, with `d` at hand (the common case
+                // of a small cache: one walk's entries replace each other).
+                if d != 0 {
+                    self.per_size[key_size(k.k0) as usize] -= 1;
+                    self.per_size[key_size(k0) as usize] += 1;
+                }
+                set.keys[0] = Slot { k0: want, k1 };
+                set.vals[0] = *v;
+                return Some((k.k0 & KEY_MASK, k.k1));
+            }
             0
         } else {
             // One pass: the key itself (replaced in place), else the first
