@@ -450,26 +450,10 @@ impl Tlb {
     /// (lsb of the level the descriptor resolves, entry), for the packed
     /// tag `t` ([`Tag::packed`]).
     #[inline(always)]
-    pub fn walk_fill(
-        &mut self,
-        t: u64,
-        ia: u64,
-        steps: impl ExactSizeIterator<Item = (u32, WalkEntry)>,
-    ) {
-        if !self.enabled || steps.len() == 0 {
+    pub fn walk_fill(&mut self, t: u64, ia: u64, steps: impl Iterator<Item = (u32, WalkEntry)>) {
+        if !self.enabled {
             return;
         }
-        self.walk_fill_enabled(t, ia, steps);
-    }
-
-    /// The fills of [`Tlb::walk_fill`], kept out of the translation.
-    #[inline(never)]
-    fn walk_fill_enabled(
-        &mut self,
-        t: u64,
-        ia: u64,
-        steps: impl Iterator<Item = (u32, WalkEntry)>,
-    ) {
         for (lsb, w) in steps {
             self.walk_insert_packed(t, ia, lsb, w);
         }
