@@ -4,9 +4,15 @@
 //! Keys are two words: `k0` holds a tag (regime, VMID, ASID; the bits below
 //! [`SIZE_SHIFT`]) and the log2 size of what the entry covers (the six bits
 //! above), `k1` the input address divided by that size. A key lives in one
-//! set of at most [`MAX_WAYS`] ways; a set's keys fill one 64-byte line, so
-//! a lookup compares a handful of words and never allocates. Memory is
-//! bounded by the capacity, allocated once on the first insert.
+//! set of at most [`MAX_WAYS`] ways; a set's keys fill one 64-byte line
+//! (followed by the set's values and chain links, so one index reaches
+//! all of them), so a lookup compares a handful of words and never
+//! allocates. Memory is bounded by the capacity, allocated once on the
+//! first insert.
+//!
+//! Filling is cheapest when no chain changes: an insert replaces its own
+//! key in place, and an eviction of an entry of the same tag keeps the
+//! victim's place in the chain (only the per-size counts move).
 //!
 //! Invalidation is proportional to what it may remove:
 //! - emptying everything bumps a generation number kept in the stored
