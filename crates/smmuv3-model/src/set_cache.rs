@@ -4,9 +4,15 @@
 //! Keys are two words: `k0` holds a tag (regime, VMID, ASID; the bits below
 //! [`SIZE_SHIFT`]) and the log2 size of what the entry covers (the six bits
 //! above), `k1` the input address divided by that size. A key lives in one
-//! set of at most [`MAX_WAYS`] ways; a set's keys fill one 64-byte line, so
-//! a lookup compares a handful of words and never allocates. Memory is
-//! bounded by the capacity, allocated once on the first insert.
+//! set of at most [`MAX_WAYS`] ways; a set's keys fill one 64-byte line
+//! (followed by the set's values and chain links, so one index reaches
+//! all of them), so a lookup compares a handful of words and never
+//! allocates. Memory is bounded by the capacity, allocated once on the
+//! first insert.
+//!
+//! Filling is cheapest when no chain changes: an insert replaces its own
+//! key in place, and an eviction of an entry of the same tag keeps the
+//! victim's place in the chain (only the per-size counts move).
 //!
 //! Invalidation is proportional to what it may remove:
 //! - emptying everything bumps a generation number kept in the stored
@@ -138,17 +144,45 @@ impl Chains {
 /// A placed entry, for snapshots: slot index, key, value.
 pub(crate) type Placed<V> = (u32, (u64, u64), V);
 
+/// One set: its ways' keys (one 64-byte line, what a lookup reads), their
+/// values and chain links, and the way its next eviction replaces. A cache
+/// of fewer than [`MAX_WAYS`] ways leaves the last ways unused.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Set<V> {
+    keys: [Slot; MAX_WAYS],
+    vals: [V; MAX_WAYS],
+    links: [Link; MAX_WAYS],
+    /// Round robin, so the model is deterministic and its snapshots
+    /// reproduce evictions.
+    victim: u8,
+}
+
+impl<V: Copy + Default> Default for Set<V> {
+    fn default() -> Self {
+        Self {
+            keys: [DEAD; MAX_WAYS],
+            vals: [V::default(); MAX_WAYS],
+            links: [UNLINKED; MAX_WAYS],
+            victim: 0,
+        }
+    }
+}
+
 /// The cache. `V` is the cached value; it must be cheap to copy.
+///
+/// A slot index (what chains link and snapshots record) is
+/// `set << way_shift | way`.
 #[derive(Debug)]
 pub(crate) struct SetCache<V> {
-    slots: Vec<Slot>,
-    links: Vec<Link>,
-    vals: Vec<V>,
-    /// Per set: the way the next eviction replaces (round robin, so the
-    /// model is deterministic and its snapshots reproduce evictions).
-    victim: Vec<u8>,
-    sets: usize,
+    /// Empty until the first insert.
+    sets: Vec<Set<V>>,
+    nsets: usize,
     ways: usize,
+    /// `nsets - 1` and `log2(ways)`, kept so that finding a set is a
+    /// multiply, a mask and a shift.
+    set_mask: usize,
+    way_shift: u32,
     /// The current generation, shifted into place.
     generation: u64,
     live: usize,
@@ -168,14 +202,13 @@ impl<V: Copy + Default> SetCache<V> {
         let cap = capacity.clamp(1, MAX_ENTRIES);
         // Powers of two, so a set's first slot is a shift away.
         let ways = 1usize << cap.min(MAX_WAYS).ilog2();
-        let sets = 1usize << (cap / ways).ilog2();
+        let nsets = 1usize << (cap / ways).ilog2();
         Self {
-            slots: Vec::new(),
-            links: Vec::new(),
-            vals: Vec::new(),
-            victim: Vec::new(),
-            sets,
+            sets: Vec::new(),
+            nsets,
             ways,
+            set_mask: nsets - 1,
+            way_shift: ways.trailing_zeros(),
             generation: 1 << GEN_SHIFT,
             live: 0,
             chains: Chains::default(),
@@ -186,7 +219,7 @@ impl<V: Copy + Default> SetCache<V> {
 
     /// Returns the number of entries the cache holds at most.
     pub fn capacity(&self) -> usize {
-        self.sets * self.ways
+        self.nsets * self.ways
     }
 
     /// Returns the number of live entries.
@@ -200,35 +233,67 @@ impl<V: Copy + Default> SetCache<V> {
     #[inline]
     pub fn set_of(&self, k0: u64, k1: u64) -> usize {
         let mix = (k0 & KEY_MASK).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
-        ((k1 ^ mix) as usize) & (self.sets - 1)
+        ((k1 ^ mix) as usize) & self.set_mask
+    }
+
+    /// Returns the set and way of slot `i`.
+    #[inline]
+    fn split(&self, i: usize) -> (usize, usize) {
+        // The mask keeps the way in the array (ways <= MAX_WAYS).
+        (i >> self.way_shift, i & (self.ways - 1) & (MAX_WAYS - 1))
+    }
+
+    #[inline]
+    fn slot(&self, i: usize) -> Slot {
+        let (s, w) = self.split(i);
+        self.sets[s].keys[w]
+    }
+
+    #[inline]
+    fn val(&self, i: usize) -> &V {
+        let (s, w) = self.split(i);
+        &self.sets[s].vals[w]
+    }
+
+    #[inline]
+    fn link_mut(&mut self, i: usize) -> &mut Link {
+        let (s, w) = self.split(i);
+        &mut self.sets[s].links[w]
     }
 
     #[inline]
     fn is_live(&self, i: usize) -> bool {
-        self.slots[i].k0 & !KEY_MASK == self.generation
+        self.slot(i).k0 & !KEY_MASK == self.generation
     }
 
+    /// Returns the slot holding the key.
     #[inline]
     fn find(&self, k0: u64, k1: u64) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
-        }
+        let s = self.set_of(k0, k1);
+        let set = self.sets.get(s)?;
         let want = k0 | self.generation;
-        let base = self.set_of(k0, k1) << self.ways.trailing_zeros();
-        if self.ways == 1 {
-            let s = self.slots[base];
-            return (s.k0 == want && s.k1 == k1).then_some(base);
-        }
-        let set = &self.slots[base..base + self.ways];
-        set.iter()
-            .position(|s| s.k0 == want && s.k1 == k1)
-            .map(|w| base + w)
+        // Ways past `ways` stay dead (see `get`).
+        let w = set.keys.iter().position(|k| k.k0 == want && k.k1 == k1)?;
+        Some(s << self.way_shift | w)
     }
 
     /// Returns the value cached for the key.
     #[inline]
     pub fn get(&self, k0: u64, k1: u64) -> Option<&V> {
-        self.find(k0, k1).map(|i| &self.vals[i])
+        if self.live == 0 {
+            // Loop invariant: a caller probing several keys of an empty
+            // (or never filled) cache stops at once.
+            return None;
+        }
+        let set = self.sets.get(self.set_of(k0, k1))?;
+        let want = k0 | self.generation;
+        // Ways past `ways` stay dead, so scanning all of them finds the
+        // same (and unrolls into straight compares).
+        set.keys
+            .iter()
+            .zip(&set.vals)
+            .find(|(k, _)| k.k0 == want && k.k1 == k1)
+            .map(|(_, v)| v)
     }
 
     /// Returns whether any entry of size `size_log2` is live.
@@ -238,85 +303,101 @@ impl<V: Copy + Default> SetCache<V> {
     }
 
     fn allocate(&mut self) {
-        let n = self.capacity();
-        self.slots = vec![DEAD; n];
-        self.links = vec![UNLINKED; n];
-        self.vals = vec![V::default(); n];
-        self.victim = vec![0; self.sets];
+        self.sets = vec![Set::default(); self.nsets];
     }
 
     /// Caches `v` for the key, covering a range of `2^span_log2` bytes for
-    /// invalidations (at least the key's size). Returns the key of the
-    /// entry it evicted, if any (replacing the same key evicts nothing).
+    /// invalidations (at least the key's size: 0 says just that). Returns
+    /// the key of the entry it evicted, if any (replacing the same key
+    /// evicts nothing).
     #[inline(always)]
-    pub fn insert(&mut self, k0: u64, k1: u64, v: V, span_log2: u32) -> Option<(u64, u64)> {
-        if self.slots.is_empty() {
-            self.allocate();
+    pub fn insert(&mut self, k0: u64, k1: u64, v: &V, span_log2: u32) -> Option<(u64, u64)> {
+        let s = self.set_of(k0, k1);
+        if s >= self.sets.len() {
+            return self.insert_first(k0, k1, v, span_log2);
         }
-        self.widen(k0, span_log2);
+        if span_log2 > key_size(k0) {
+            // Probes widen by at least the key's own size anyway.
+            self.widen(k0, span_log2);
+        }
         let want = k0 | self.generation;
-        let set = self.set_of(k0, k1);
-        let base = set << self.ways.trailing_zeros();
-        let i = if self.ways == 1 {
-            // Direct mapped: one slot to look at, no victim to choose.
-            let s = self.slots[base];
-            if s.k0 == want && s.k1 == k1 {
-                self.vals[base] = v;
+        let ways = self.ways;
+        let set = &mut self.sets[s];
+        // A stored key against the one inserted: zero when equal, generation
+        // bits set when the stored one is dead, tag bits set when it is on
+        // another tag's chain.
+        let w = if ways == 1 {
+            // Direct mapped: one way to look at, no victim to choose.
+            let k = set.keys[0];
+            let d = k.k0 ^ want;
+            if d == 0 && k.k1 == k1 {
+                set.vals[0] = *v;
                 return None;
             }
-            if s.k0 & !KEY_MASK != self.generation {
-                self.place(base, k0, k1, v);
+            if d >> GEN_SHIFT != 0 {
+                self.place(s << self.way_shift, k0, k1, v);
                 return None;
             }
-            base
+            if d & TAG_MASK == 0 {
+                // The eviction below, with `d` at hand (the common case
+                // of a small cache: one walk's entries replace each other).
+                if d != 0 {
+                    self.per_size[key_size(k.k0) as usize] -= 1;
+                    self.per_size[key_size(k0) as usize] += 1;
+                }
+                set.keys[0] = Slot { k0: want, k1 };
+                set.vals[0] = *v;
+                return Some((k.k0 & KEY_MASK, k.k1));
+            }
+            0
         } else {
-            let ways = &self.slots[base..][..self.ways];
             // One pass: the key itself (replaced in place), else the first
             // dead way.
             let mut free = None;
-            for (w, s) in ways.iter().enumerate() {
-                if s.k0 == want && s.k1 == k1 {
-                    self.vals[base + w] = v;
+            for (w, k) in set.keys.iter().enumerate().take(ways) {
+                let d = k.k0 ^ want;
+                if d == 0 && k.k1 == k1 {
+                    set.vals[w] = *v;
                     return None;
                 }
-                if free.is_none() && s.k0 & !KEY_MASK != self.generation {
-                    free = Some(base + w);
+                if free.is_none() && d >> GEN_SHIFT != 0 {
+                    free = Some(w);
                 }
             }
-            if let Some(i) = free {
-                self.place(i, k0, k1, v);
+            if let Some(w) = free {
+                self.place(s << self.way_shift | w, k0, k1, v);
                 return None;
             }
-            base + self.next_victim(set)
+            let w = usize::from(set.victim) & (MAX_WAYS - 1);
+            set.victim = ((w + 1) & (ways - 1)) as u8;
+            w
         };
-        let old = self.slots[i];
-        let old_k0 = old.k0 & KEY_MASK;
-        if key_tag(old_k0) == key_tag(k0) {
+        // The victim is live: `d` has no generation bits.
+        let old = set.keys[w];
+        let d = old.k0 ^ want;
+        if d & TAG_MASK == 0 {
             // Same chain: replace in place, no relinking.
-            let (was, now) = (key_size(old_k0), key_size(k0));
-            if was != now {
-                self.per_size[was as usize] -= 1;
-                self.per_size[now as usize] += 1;
+            if d != 0 {
+                // Another size.
+                self.per_size[key_size(old.k0) as usize] -= 1;
+                self.per_size[key_size(k0) as usize] += 1;
             }
-            self.slots[i] = Slot { k0: want, k1 };
-            self.vals[i] = v;
+            set.keys[w] = Slot { k0: want, k1 };
+            set.vals[w] = *v;
         } else {
+            let i = s << self.way_shift | w;
             self.unlink(i);
             self.place(i, k0, k1, v);
         }
-        Some((old_k0, old.k1))
+        Some((old.k0 & KEY_MASK, old.k1))
     }
 
-    /// Returns the way of `set` the next eviction replaces, and moves the
-    /// round-robin pointer on.
-    #[inline(always)]
-    fn next_victim(&mut self, set: usize) -> usize {
-        if self.ways == 1 {
-            return 0;
-        }
-        let w = usize::from(self.victim[set]);
-        self.victim[set] = ((w + 1) & (self.ways - 1)) as u8;
-        w
+    /// [`SetCache::insert`] into a cache not allocated yet.
+    #[cold]
+    #[inline(never)]
+    fn insert_first(&mut self, k0: u64, k1: u64, v: &V, span_log2: u32) -> Option<(u64, u64)> {
+        self.allocate();
+        self.insert(k0, k1, v, span_log2)
     }
 
     #[inline]
@@ -327,7 +408,7 @@ impl<V: Copy + Default> SetCache<V> {
     }
 
     /// Makes slot `i` (dead) hold the key, linked into its tag's chain.
-    fn place(&mut self, i: usize, k0: u64, k1: u64, v: V) {
+    fn place(&mut self, i: usize, k0: u64, k1: u64, v: &V) {
         let p = match self.chains.find(key_tag(k0)) {
             Some(p) => p,
             None => {
@@ -341,19 +422,22 @@ impl<V: Copy + Default> SetCache<V> {
         let old_head = chain.head;
         chain.head = i as u32;
         chain.len += 1;
-        self.slots[i] = Slot {
-            k0: k0 | self.generation,
+        let generation = self.generation;
+        let (s, w) = self.split(i);
+        let set = &mut self.sets[s];
+        set.keys[w] = Slot {
+            k0: k0 | generation,
             k1,
         };
-        self.links[i] = Link {
+        set.links[w] = Link {
             prev: NONE,
             next: old_head,
             chain: p,
         };
+        set.vals[w] = *v;
         if old_head != NONE {
-            self.links[old_head as usize].prev = i as u32;
+            self.link_mut(old_head as usize).prev = i as u32;
         }
-        self.vals[i] = v;
         self.live += 1;
         self.per_size[key_size(k0) as usize] += 1;
     }
@@ -370,31 +454,38 @@ impl<V: Copy + Default> SetCache<V> {
                 self.chains.list.push(*c);
             }
         }
-        for i in 0..self.slots.len() {
+        for i in 0..self.slot_count() {
             if self.is_live(i) {
-                let l = &mut self.links[i];
+                let l = self.link_mut(i);
                 l.chain = moved[l.chain as usize];
             }
         }
     }
 
+    /// Returns the number of slots allocated.
+    fn slot_count(&self) -> usize {
+        self.sets.len() * self.ways
+    }
+
     /// Removes live slot `i`.
     fn unlink(&mut self, i: usize) {
-        let l = self.links[i];
+        let (s, w) = self.split(i);
+        let l = self.sets[s].links[w];
         if l.next != NONE {
-            self.links[l.next as usize].prev = l.prev;
+            self.link_mut(l.next as usize).prev = l.prev;
         }
         if l.prev != NONE {
-            self.links[l.prev as usize].next = l.next;
+            self.link_mut(l.prev as usize).next = l.next;
         }
         let c = &mut self.chains.list[l.chain as usize];
         if l.prev == NONE {
             c.head = l.next;
         }
         c.len -= 1;
-        self.per_size[key_size(self.slots[i].k0) as usize] -= 1;
-        self.slots[i] = DEAD;
-        self.links[i] = UNLINKED;
+        let set = &mut self.sets[s];
+        self.per_size[key_size(set.keys[w].k0) as usize] -= 1;
+        set.keys[w] = DEAD;
+        set.links[w] = UNLINKED;
         self.live -= 1;
     }
 
@@ -404,7 +495,9 @@ impl<V: Copy + Default> SetCache<V> {
         self.generation = self.generation.wrapping_add(1 << GEN_SHIFT);
         if self.generation == 0 {
             // Once in 2^18 - 1 clears: forget the old generations for real.
-            self.slots.fill(DEAD);
+            for set in &mut self.sets {
+                set.keys = [DEAD; MAX_WAYS];
+            }
             self.generation = 1 << GEN_SHIFT;
         }
         self.live = 0;
@@ -463,7 +556,7 @@ impl<V: Copy + Default> SetCache<V> {
                         for page in lo..hi {
                             let k1 = page as u64;
                             if let Some(i) = self.find(k0, k1) {
-                                if remove(k0, k1, &self.vals[i]) {
+                                if remove(k0, k1, self.val(i)) {
                                     self.unlink(i);
                                     n += 1;
                                 }
@@ -476,9 +569,10 @@ impl<V: Copy + Default> SetCache<V> {
                 for (_, p) in tags {
                     let mut i = self.chains.list[p as usize].head;
                     while i != NONE {
-                        let s = self.slots[i as usize];
-                        let next = self.links[i as usize].next;
-                        if remove(s.k0 & KEY_MASK, s.k1, &self.vals[i as usize]) {
+                        let s = self.slot(i as usize);
+                        let (set, w) = self.split(i as usize);
+                        let next = self.sets[set].links[w].next;
+                        if remove(s.k0 & KEY_MASK, s.k1, self.val(i as usize)) {
                             self.unlink(i as usize);
                             n += 1;
                         }
@@ -515,22 +609,22 @@ impl<V: Copy + Default> SetCache<V> {
 
     /// Returns every live entry with its slot, in slot order.
     pub fn placed(&self) -> Vec<Placed<V>> {
-        (0..self.slots.len())
+        (0..self.slot_count())
             .filter(|&i| self.is_live(i))
             .map(|i| {
-                let s = self.slots[i];
-                (i as u32, (s.k0 & KEY_MASK, s.k1), self.vals[i])
+                let s = self.slot(i);
+                (i as u32, (s.k0 & KEY_MASK, s.k1), *self.val(i))
             })
             .collect()
     }
 
     /// Returns the sets whose next victim is not way 0, with that way.
     pub fn victims(&self) -> Vec<(u32, u8)> {
-        self.victim
+        self.sets
             .iter()
             .enumerate()
-            .filter(|(_, w)| **w != 0)
-            .map(|(s, w)| (s as u32, *w))
+            .filter(|(_, set)| set.victim != 0)
+            .map(|(s, set)| (s as u32, set.victim))
             .collect()
     }
 
@@ -551,20 +645,21 @@ impl<V: Copy + Default> SetCache<V> {
         for &(slot, (k0, k1), v) in placed {
             let i = slot as usize;
             let k0 = k0 & KEY_MASK;
-            let fits = i < c.slots.len()
-                && i / c.ways == c.set_of(k0, k1)
+            let fits = i < c.slot_count()
+                && i >> c.way_shift == c.set_of(k0, k1)
                 && !c.is_live(i)
                 && c.find(k0, k1).is_none();
             if fits {
-                c.place(i, k0, k1, v);
+                c.place(i, k0, k1, &v);
                 c.widen(k0, span_of(k0, &v));
             } else {
-                c.insert(k0, k1, v, span_of(k0, &v));
+                c.insert(k0, k1, &v, span_of(k0, &v));
             }
         }
         for &(set, w) in victims {
-            if let Some(x) = c.victim.get_mut(set as usize) {
-                *x = (usize::from(w) % c.ways) as u8;
+            let ways = c.ways;
+            if let Some(s) = c.sets.get_mut(set as usize) {
+                s.victim = (usize::from(w) % ways) as u8;
             }
         }
         c
@@ -591,23 +686,68 @@ mod tests {
             (usize::MAX, 1 << 14, 4),
         ] {
             let c = SetCache::<u64>::new(cap);
-            assert_eq!((c.sets, c.ways), (sets, ways), "capacity {cap}");
+            assert_eq!((c.nsets, c.ways), (sets, ways), "capacity {cap}");
             assert!(c.capacity() <= cap.max(1));
         }
+    }
+
+    #[test]
+    fn small_caches_find_exactly_what_they_hold() {
+        // Sets have MAX_WAYS ways; a cache of fewer ways must never use
+        // (or find anything in) the ways past its own, which lookups scan.
+        for cap in [1, 2, 3] {
+            let mut c = SetCache::<u64>::new(cap);
+            let keys: Vec<(u64, u64)> = (0..40u64)
+                .map(|p| (key0(T + p % 3, 12 + (p % 2) as u32 * 9), p))
+                .collect();
+            for (n, &(k0, k1)) in keys.iter().enumerate() {
+                c.insert(k0, k1, &k1, 0);
+                let found: Vec<_> = keys[..=n]
+                    .iter()
+                    .filter(|&&(k0, k1)| c.get(k0, k1).is_some())
+                    .collect();
+                assert_eq!(found.len(), c.len(), "capacity {cap} after {n}");
+                assert!(c.len() <= c.capacity());
+                assert_eq!(c.get(k0, k1), Some(&k1));
+            }
+            assert_eq!(c.len(), c.capacity());
+            let spare = c.sets.iter().flat_map(|s| &s.keys[c.ways..]);
+            assert!(spare.clone().all(|k| k.k0 == 0), "capacity {cap}");
+        }
+    }
+
+    #[test]
+    fn eviction_within_a_tag_moves_the_per_size_counts() {
+        // One slot: each insert replaces the previous entry of the same tag
+        // without relinking; the counts must follow the sizes.
+        let mut c = SetCache::<u64>::new(1);
+        for (n, size) in [39, 30, 21, 21, 39].into_iter().enumerate() {
+            let k0 = key0(T, size);
+            let evicted = c.insert(k0, n as u64, &0, 0);
+            assert_eq!(evicted.is_some(), n != 0);
+            for s in [21, 30, 39] {
+                assert_eq!(c.has_size(s), s == size, "insert {n}, size {s}");
+            }
+            assert_eq!(c.len(), 1);
+        }
+        // An invalidation by address still finds the entry that stayed.
+        let n = c.remove_where(|_| true, Some((4 << 39, (4 << 39) + 1)), |_, _, _| true);
+        assert_eq!((n, c.len()), (1, 0));
+        assert!(!c.has_size(39));
     }
 
     #[test]
     fn consecutive_pages_fill_every_slot_before_evicting() {
         let mut c = SetCache::<u64>::new(64);
         for p in 0..64 {
-            assert_eq!(c.insert(key0(T, 12), p, p * 10, 12), None);
+            assert_eq!(c.insert(key0(T, 12), p, &(p * 10), 12), None);
         }
         assert_eq!(c.len(), 64);
         for p in 0..64 {
             assert_eq!(c.get(key0(T, 12), p), Some(&(p * 10)));
         }
         // The 65th goes to a full set and evicts exactly one entry of it.
-        let ev = c.insert(key0(T, 12), 64, 640, 12).unwrap();
+        let ev = c.insert(key0(T, 12), 64, &640, 12).unwrap();
         assert_eq!(c.len(), 64);
         assert_eq!(c.get(ev.0, ev.1), None);
         assert_eq!(c.set_of(ev.0, ev.1), c.set_of(key0(T, 12), 64));
@@ -618,13 +758,13 @@ mod tests {
         let mut c = SetCache::<u64>::new(4);
         let k = key0(T, 12);
         for p in 0..4 {
-            c.insert(k, p, p, 12);
+            c.insert(k, p, &p, 12);
         }
-        let evicted: Vec<u64> = (4..8).map(|p| c.insert(k, p, p, 12).unwrap().1).collect();
+        let evicted: Vec<u64> = (4..8).map(|p| c.insert(k, p, &p, 12).unwrap().1).collect();
         assert_eq!(evicted, [0, 1, 2, 3]);
         assert_eq!(c.len(), 4);
         // Replacing a live key evicts nothing.
-        assert_eq!(c.insert(k, 5, 50, 12), None);
+        assert_eq!(c.insert(k, 5, &50, 12), None);
         assert_eq!(c.get(k, 5), Some(&50));
     }
 
@@ -632,7 +772,7 @@ mod tests {
     fn clear_is_a_new_generation_and_slots_are_reused() {
         let mut c = SetCache::<u64>::new(16);
         for p in 0..10 {
-            c.insert(key0(T, 12), p, p, 12);
+            c.insert(key0(T, 12), p, &p, 12);
         }
         assert_eq!(c.clear(), 10);
         assert_eq!(c.len(), 0);
@@ -640,7 +780,7 @@ mod tests {
         assert!((0..10).all(|p| c.get(key0(T, 12), p).is_none()));
         assert!(!c.has_size(12));
         for p in 0..16 {
-            assert_eq!(c.insert(key0(T, 12), p, p, 12), None);
+            assert_eq!(c.insert(key0(T, 12), p, &p, 12), None);
         }
         assert_eq!(c.len(), 16);
     }
@@ -650,20 +790,20 @@ mod tests {
         let mut c = SetCache::<u64>::new(8);
         // The last generation before the wrap.
         c.generation = !KEY_MASK;
-        c.insert(key0(T, 12), 1, 1, 12);
+        c.insert(key0(T, 12), 1, &1, 12);
         assert_eq!(c.get(key0(T, 12), 1), Some(&1));
         c.clear();
         assert_eq!(c.generation, 1 << GEN_SHIFT);
         assert_eq!(c.get(key0(T, 12), 1), None);
-        assert!(c.slots.iter().all(|s| s.k0 == 0));
+        assert!(c.sets.iter().all(|s| s.keys.iter().all(|k| k.k0 == 0)));
     }
 
     #[test]
     fn remove_where_by_tag_visits_only_that_tag() {
         let mut c = SetCache::<u64>::new(256);
         for p in 0..20 {
-            c.insert(key0(1, 12), p, p, 12);
-            c.insert(key0(2, 12), p, p, 12);
+            c.insert(key0(1, 12), p, &p, 12);
+            c.insert(key0(2, 12), p, &p, 12);
         }
         let mut visited = 0;
         let n = c.remove_where(
@@ -685,7 +825,7 @@ mod tests {
     fn a_small_range_probes_only_its_pages() {
         let mut c = SetCache::<u64>::new(1024);
         for p in 0..512 {
-            c.insert(key0(T, 12), p, p, 12);
+            c.insert(key0(T, 12), p, &p, 12);
         }
         let mut visited = Vec::new();
         let n = c.remove_where(
@@ -706,7 +846,7 @@ mod tests {
         // A 4K entry that stands for a 2M range is found by an invalidation
         // anywhere in those 2M.
         let mut c = SetCache::<u64>::new(1024);
-        c.insert(key0(T, 12), 0x200, 1, 21);
+        c.insert(key0(T, 12), 0x200, &1, 21);
         let n = c.remove_where(|_| true, Some((0x3f_f000, 0x40_0000)), |_, _, _| true);
         assert_eq!(n, 1);
     }
@@ -715,7 +855,7 @@ mod tests {
     fn restore_reproduces_slots_and_victims() {
         let mut c = SetCache::<u64>::new(8);
         for p in [0, 2, 4, 6, 8, 10] {
-            c.insert(key0(T, 12), p, p, 12);
+            c.insert(key0(T, 12), p, &p, 12);
         }
         // Even pages share a set: two of them were evicted.
         assert_eq!(c.len(), 4);
@@ -727,8 +867,8 @@ mod tests {
         assert_eq!(r.len(), 4);
         for p in 12..20 {
             assert_eq!(
-                r.insert(key0(T, 12), p, p, 12),
-                c.insert(key0(T, 12), p, p, 12)
+                r.insert(key0(T, 12), p, &p, 12),
+                c.insert(key0(T, 12), p, &p, 12)
             );
         }
     }

@@ -395,12 +395,12 @@ impl Tlb {
     /// when the TLB is disabled.
     #[cfg(test)]
     pub fn insert(&mut self, tag: Tag, ia: u64, e: TlbEntry) -> bool {
-        self.insert_packed(tag.packed(), ia, e)
+        self.insert_packed(tag.packed(), ia, &e)
     }
 
     /// As [`Tlb::insert`], for the packed tag `t` ([`Tag::packed`]).
     #[inline(always)]
-    pub fn insert_packed(&mut self, t: u64, ia: u64, e: TlbEntry) -> bool {
+    pub fn insert_packed(&mut self, t: u64, ia: u64, e: &TlbEntry) -> bool {
         if !self.enabled {
             return false;
         }
@@ -415,7 +415,7 @@ impl Tlb {
             return true;
         }
         let key = (key0(t, e.size_log2), ia >> e.size_log2);
-        if self.log_removals && self.leaves.get(key.0, key.1).is_some_and(|old| *old != e) {
+        if self.log_removals && self.leaves.get(key.0, key.1).is_some_and(|old| old != e) {
             // Replaced by a different translation: its copies are stale.
             self.removed.note(key);
         }
@@ -461,7 +461,8 @@ impl Tlb {
 
     #[inline(always)]
     fn walk_insert_packed(&mut self, t: u64, ia: u64, lsb: u32, w: WalkEntry) {
-        if self.walks.insert(key0(t, lsb), ia >> lsb, w, lsb).is_some() {
+        // A table descriptor covers just its key's range (span 0).
+        if self.walks.insert(key0(t, lsb), ia >> lsb, &w, 0).is_some() {
             self.evictions += 1;
         }
     }

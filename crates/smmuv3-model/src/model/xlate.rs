@@ -298,7 +298,7 @@ impl State {
             s1_perms: Perms::all(),
             ipa_base: 0,
         };
-        if self.tlb.insert_packed(t, ipa, e) {
+        if self.tlb.insert_packed(t, ipa, &e) {
             return Err(WalkFault {
                 kind: EventType::FTlbConflict,
                 level: leaf.level,
@@ -867,7 +867,7 @@ impl State {
             };
             // Entries that a write would dirty stay uncached for writes: the
             // next write walks again and sets the dirty state.
-            if self.tlb.insert_packed(tag, key_va, e) {
+            if self.tlb.insert_packed(tag, key_va, &e) {
                 return Err(s1_fault(EventType::FTlbConflict));
             }
             if key_va == va {
