@@ -120,12 +120,52 @@ pub(crate) struct TlbEntry {
 }
 
 /// A cached table descriptor (walk cache): the next-level table covering
-/// `[base, base + 2^size_log2)`.
+/// `[base, base + 2^size_log2)`, its granule and the hierarchical
+/// attributes accumulated down to it.
+///
+/// One word: the table address is granule-aligned, so its low 12 bits hold
+/// the attributes (bits \[3:0\]) and the granule (bits \[6:4\], shift
+/// minus 12). Each walk builds and stores up to three of these, and a
+/// two-word entry was copied into the cache with a 16-byte load over the
+/// separate stores that had just built it, which the CPU cannot forward
+/// (a stall per fill).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct WalkEntry {
-    pub next_table: u64,
-    pub attrs: TableAttrs,
-    pub granule_shift: u32,
+pub(crate) struct WalkEntry(u64);
+
+impl WalkEntry {
+    const ATTRS: u64 = 0xf;
+    const GRANULE_SHIFT: u32 = 4;
+    const LOW: u64 = 0xfff;
+
+    /// Returns the entry for the table at `next_table` (aligned to its
+    /// granule of 2^`granule_shift` bytes, 12 to 16) reached with `attrs`.
+    #[inline]
+    pub fn new(next_table: u64, attrs: TableAttrs, granule_shift: u32) -> Self {
+        debug_assert!(next_table & Self::LOW == 0 && (12..=16).contains(&granule_shift));
+        Self(
+            next_table & !Self::LOW
+                | u64::from(granule_shift - 12) << Self::GRANULE_SHIFT
+                | u64::from(attrs.bits()) & Self::ATTRS,
+        )
+    }
+
+    /// Returns the next-level table's address.
+    #[inline]
+    pub fn next_table(self) -> u64 {
+        self.0 & !Self::LOW
+    }
+
+    /// Returns the hierarchical attributes accumulated down to the table.
+    #[inline]
+    pub fn attrs(self) -> TableAttrs {
+        TableAttrs::from_bits((self.0 & Self::ATTRS) as u8)
+    }
+
+    /// Returns log2 of the table's granule.
+    #[inline]
+    pub fn granule_shift(self) -> u32 {
+        12 + (self.0 >> Self::GRANULE_SHIFT & 7) as u32
+    }
 }
 
 /// What an invalidation command selects.
@@ -530,7 +570,7 @@ impl Tlb {
                     .remove_where(tag_may_match, sc.range, |k0, k1, w| {
                         let lsb = key_size(k0);
                         sc.tag_matches(&Tag::unpack(key_tag(k0)), false)
-                            && sc.granule_shift.is_none_or(|g| g == w.granule_shift)
+                            && sc.granule_shift.is_none_or(|g| g == w.granule_shift())
                             && sc.range_matches(k1 << lsb, lsb)
                     });
             }

@@ -239,6 +239,19 @@ impl TableAttrs {
     const NO_USER: u8 = 1 << 2;
     const READ_ONLY: u8 = 1 << 3;
 
+    /// Returns the attributes of these bits (PXN 0, UXN 1, no user 2,
+    /// read-only 3).
+    #[inline]
+    pub fn from_bits(bits: u8) -> Self {
+        Self(bits & 0xf)
+    }
+
+    /// Returns the bits of [`TableAttrs::from_bits`].
+    #[inline]
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
     /// Returns these attributes with a table descriptor's added.
     #[inline]
     pub fn with_table(self, desc: RawDesc) -> Self {

@@ -324,14 +324,14 @@ impl State {
             level -= 1;
             lsb += stride;
             if let Some(w) = self.tlb.walk_get(t, ia, lsb) {
-                if w.granule_shift != tt.shift {
+                if w.granule_shift() != tt.shift {
                     break;
                 }
                 self.stats.walk_cache_hits += 1;
                 return Start {
                     level: level + 1,
-                    table: w.next_table,
-                    attrs: w.attrs,
+                    table: w.next_table(),
+                    attrs: w.attrs(),
                 };
             }
         }
@@ -358,11 +358,7 @@ impl State {
     #[inline(always)]
     fn note_steps(&mut self, t: u64, tt: &TableCfg, ia: u64, steps: &[(u32, u64, TableAttrs)]) {
         let entries = steps.iter().map(|&(level, next, attrs)| {
-            let w = WalkEntry {
-                next_table: next,
-                attrs,
-                granule_shift: tt.shift,
-            };
+            let w = WalkEntry::new(next, attrs, tt.shift);
             (tt.level_lsb(level), w)
         });
         self.tlb.walk_fill(t, ia, entries);

@@ -147,7 +147,7 @@ proptest! {
                 let tg = tag(i.regime, i.vmid, i.asid);
                 t.insert(tg, i.ia, leaf(i.ia, i.size, i.span, i.global));
                 // A table entry above each leaf, for the walk cache.
-                t.walk_insert(tg, i.ia, 30, WalkEntry { next_table: 0x1000, granule_shift: 12, ..WalkEntry::default() });
+                t.walk_insert(tg, i.ia, 30, WalkEntry::new(0x1000, TableAttrs::default(), 12));
             }
             let before = live(&t);
             let walks_before = t.walk_len();
@@ -256,4 +256,27 @@ fn snapshot_round_trip_keeps_entries_and_eviction_order() {
         r.insert(g, p << 13, leaf(p << 13, 12, 12, false));
     }
     assert_eq!(r.snapshot(), t.snapshot());
+}
+
+#[test]
+fn walk_entries_keep_table_attributes_and_granule() {
+    let no_user_ro = TableAttrs::default()
+        .with_table(crate::layout::RawDesc(3 | 1 << 61 | 1 << 62))
+        .with_table(crate::layout::RawDesc(3 | 1 << 59 | 1 << 60));
+    assert!(no_user_ro.no_user() && no_user_ro.read_only());
+    assert!(no_user_ro.pxn() && no_user_ro.uxn());
+    for shift in [12, 14, 16] {
+        for attrs in [
+            TableAttrs::default(),
+            no_user_ro,
+            TableAttrs::from_bits(0b0101),
+        ] {
+            let table = 0x000f_ffff_ffff_0000u64 & !((1 << shift) - 1);
+            let w = WalkEntry::new(table, attrs, shift);
+            assert_eq!(
+                (w.next_table(), w.attrs(), w.granule_shift()),
+                (table, attrs, shift)
+            );
+        }
+    }
 }
