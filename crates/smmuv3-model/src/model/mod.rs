@@ -329,10 +329,29 @@ impl SmmuModel {
     ///
     /// [`DmaFault`] describing the termination (events are recorded exactly
     /// as for a DMA).
+    #[inline]
     pub fn translate(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
-        if let Some(t) = self.hot.hit(req, context::NO_SSID, context::MAX_SSID_BITS) {
-            return Ok(t);
+        match self.hot.hit(req) {
+            hot::Probe::Hit(t) => Ok(t),
+            hot::Probe::Miss => self.translate_locked(req),
+            hot::Probe::NoCounter => self.translate_claiming(req),
         }
+    }
+
+    /// Gives this thread a hit counter for the lock-free path, then
+    /// translates `req` under the lock. Out of line like the lock path.
+    #[cold]
+    #[inline(never)]
+    fn translate_claiming(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
+        self.hot.claim();
+        self.translate_locked(req)
+    }
+
+    /// Translates `req` under the state lock: everything but a hit of the
+    /// lock-free copy. Kept out of line so that the hit path above needs
+    /// no callee-saved registers (no stack frame to set up and tear down).
+    #[inline(never)]
+    fn translate_locked(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
         let r = self.lock().translate(req, req.iova);
         self.deliver();
         r
