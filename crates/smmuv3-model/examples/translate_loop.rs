@@ -1,7 +1,11 @@
 //! Runs a fixed number of translations of one kind, for load-independent
 //! measurement with `perf stat -e cycles:u,instructions:u` (see
 //! BENCHMARKS.md):
-//! `translate_loop <hit|hit64|walk|walk-uncached|miss|nested|tlbi> <count>`.
+//! `translate_loop <hit|hit-opaque|hit64|walk|walk-uncached|miss|nested|tlbi> <count>`.
+//!
+//! `hit-opaque` is `hit` with each request passed through `black_box`: the
+//! compiler cannot fold the request's constant fields (stream, access
+//! kind) into the inlined hit path, as it can for `hit`.
 //!
 //! `walk` walks all four levels with a one-entry TLB and walk cache (each
 //! walk fills and evicts four entries); `walk-uncached` walks them with the
@@ -55,6 +59,21 @@ fn tlbi_loop(count: u64) {
     println!(
         "tlbi: {count} invalidations, {} Iotlb units dropped (checksum {sum:#x})",
         s.iotlb_invalidations
+    );
+}
+
+fn opaque_loop(count: u64) {
+    use std::hint::black_box;
+    let h = model(1 << 16, false);
+    let mut sum = 0u64;
+    for _ in 0..count {
+        let r = black_box(DmaRequest::read(SID, 0x40, 4).privileged());
+        sum = sum.wrapping_add(h.smmu.translate(&r).map_or(0, |t| t.pa));
+    }
+    let s = h.smmu.stats();
+    println!(
+        "hit-opaque: {count} translations, {} TLB hits (checksum {sum:#x})",
+        s.tlb_hits
     );
 }
 
@@ -116,6 +135,10 @@ fn main() {
         tlbi_loop(count);
         return;
     }
+    if mode == "hit-opaque" {
+        opaque_loop(count);
+        return;
+    }
     let (h, spread) = match mode {
         "hit" => (model(1 << 16, false), false),
         "hit64" => (model(1 << 16, false), true),
@@ -129,7 +152,7 @@ fn main() {
         "nested" => (model(1, true), true),
         other => {
             eprintln!(
-                "unknown mode {other}; use hit, hit64, walk, walk-uncached, miss, nested or tlbi"
+                "unknown mode {other}; use hit, hit-opaque, hit64, walk, walk-uncached, miss, nested or tlbi"
             );
             std::process::exit(2);
         }

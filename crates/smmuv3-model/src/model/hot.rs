@@ -7,7 +7,7 @@
 //! in-lock copy does not: everything that could drop or change that entry
 //! first invalidates the copy, before the state lock is released.
 
-use core::sync::atomic::{AtomicU64, Ordering, fence};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
 
@@ -16,30 +16,33 @@ use super::context::{MAX_SSID_BITS, NO_SSID};
 use crate::walk::{Access, Perms};
 use crate::{DmaRequest, Translation};
 
-/// Returns the index of `req`'s kind of access in the hot copy's
-/// permission mask: bit 0 write, bit 1 privileged, bit 2 instruction
-/// fetch, bit 3 ATS-translated.
+/// Returns the shift that brings the bit of `req`'s kind of access to
+/// bit 0 of the hot copy's 32-bit permission mask, modulo 32: its low
+/// five bits are the index (bit 0 write, bit 1 privileged, bit 2
+/// instruction fetch, bit 3 ATS-translated, bit 4 clear).
 ///
 /// The four flags are gathered by one multiply: placed in the low bits of
 /// four bytes (0, 8, 16, 24), times 2^21 + 2^14 + 2^7 + 1 they land on
 /// bits 21, 22, 23 and 24, and no two partial products share a bit, so
-/// nothing carries into them. Written this way the compiler reads the four
-/// flags as one word when they are adjacent (they are today).
+/// nothing carries into them. The other partial products land on bits
+/// 29-31 (bits 8-10 of the result, which a 32-bit shift ignores, so no
+/// mask is needed) or beyond bit 31. Written this way the compiler reads
+/// the four flags as one word when they are adjacent (they are today).
 #[inline(always)]
-fn access_index(req: &DmaRequest) -> u32 {
+fn access_shift(req: &DmaRequest) -> u32 {
     let flags = u32::from(req.write)
         | u32::from(req.privileged) << 8
         | u32::from(req.instruction) << 16
         | u32::from(req.ats_translated) << 24;
-    flags.wrapping_mul(1 << 21 | 1 << 14 | 1 << 7 | 1) >> 21 & 0xf
+    flags.wrapping_mul(1 << 21 | 1 << 14 | 1 << 7 | 1) >> 21
 }
 
-/// Returns the permission mask the hot copy checks an access index
-/// against (see [`access_index`]): the bit of an index is set when `p`
+/// Returns the permission mask the hot copy checks an access against
+/// (see [`access_shift`]): the bit of an access index is set when `p`
 /// allows that access. ATS-translated requests never hit (their
 /// translation is not the TLB's), and an instruction fetch that writes is
 /// a write.
-fn perm_mask(p: &Perms) -> u64 {
+fn perm_mask(p: &Perms) -> u32 {
     (0..8u32).fold(0, |m, i| {
         let write = i & 1 != 0;
         let a = Access {
@@ -47,7 +50,7 @@ fn perm_mask(p: &Perms) -> u64 {
             privileged: i & 2 != 0,
             instruction: i & 4 != 0 && !write,
         };
-        m | u64::from(p.allows(a)) << i
+        m | u32::from(p.allows(a)) << i
     })
 }
 
@@ -66,18 +69,6 @@ thread_local! {
     static LAST: Cell<(u64, *const AtomicU64)> = const { Cell::new((0, core::ptr::null())) };
 }
 
-/// What the published copy makes of a request.
-pub(crate) enum Probe {
-    /// Served (and counted).
-    Hit(Translation),
-    /// Not served: the request takes the state lock.
-    Miss,
-    /// It would be served, but this thread has no counter for this model
-    /// yet: [`Hot::claim`] one, then take the lock, which serves and counts
-    /// this request itself.
-    NoCounter,
-}
-
 /// The published copy.
 #[derive(Debug)]
 pub(crate) struct Hot {
@@ -90,9 +81,9 @@ pub(crate) struct Hot {
     size: AtomicU64,
     /// Output address of the unit's first byte.
     out_base: AtomicU64,
-    /// The accesses allowed, by [`access_index`] (see [`perm_mask`]); 0
-    /// when nothing is published, so that no access hits.
-    perms: AtomicU64,
+    /// The accesses allowed (see [`perm_mask`]); 0 when nothing is
+    /// published, so that no access hits.
+    perms: AtomicU32,
     id: u64,
     /// Every thread's hit counter and the part of it already folded into
     /// the statistics.
@@ -107,7 +98,7 @@ impl Default for Hot {
             base: AtomicU64::new(0),
             size: AtomicU64::new(0),
             out_base: AtomicU64::new(0),
-            perms: AtomicU64::new(0),
+            perms: AtomicU32::new(0),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             counters: Mutex::new(Vec::new()),
         }
@@ -193,9 +184,10 @@ impl Hot {
         self.seq.store(s + 2, Ordering::Release);
     }
 
-    /// Returns what the published copy makes of `req`.
+    /// Returns the translation of `req` when the published copy serves it
+    /// (and counts it).
     #[inline(always)]
-    pub fn hit(&self, req: &DmaRequest) -> Probe {
+    pub fn hit(&self, req: &DmaRequest) -> Option<Translation> {
         // Out-of-range SubstreamIDs become one no entry has (see `publish`).
         let ssid = match req.ssid {
             None => NO_SSID,
@@ -213,20 +205,23 @@ impl Hot {
         let s2 = self.seq.load(Ordering::Relaxed);
         // Wrapping: an address below `base` gives an offset past `size`.
         let off = req.iova.wrapping_sub(base);
-        if s1 & 1 != 0
-            || s2 != s1
+        // Unchanged and not being written (even): an odd `s1` cleared of
+        // its low bit is below every later value, `s2` included.
+        if s2 != s1 & !1
             || key != want
             || off >= size
-            || perms >> access_index(req) & 1 == 0
+            || perms.wrapping_shr(access_shift(req)) & 1 == 0
         {
-            return Probe::Miss;
+            return None;
         }
         let Some(c) = self.counter() else {
-            return Probe::NoCounter;
+            // The lock path serves and counts this one.
+            self.claim();
+            return None;
         };
         // Single writer: a plain load and store are exact.
         c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        Probe::Hit(Translation {
+        Some(Translation {
             pa: out_base.wrapping_add(off),
             bytes_left: size - off,
             bypass: false,
@@ -265,7 +260,7 @@ mod tests {
                             instruction: instruction && !write,
                         };
                         let want = !ats_translated && p.allows(a);
-                        assert_eq!(m >> access_index(&req) & 1 == 1, want, "{req:?}");
+                        assert_eq!(m.wrapping_shr(access_shift(&req)) & 1 == 1, want, "{req:?}");
                     }
                 }
             }
@@ -273,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn access_index_numbers_the_sixteen_kinds() {
+    fn access_shift_numbers_the_sixteen_kinds() {
         let mut seen = 0u32;
         for i in 0..16u32 {
             let req = DmaRequest {
@@ -283,7 +278,7 @@ mod tests {
                 ats_translated: i & 8 != 0,
                 ..DmaRequest::read(1, 0, 4)
             };
-            assert_eq!(access_index(&req), i);
+            assert_eq!(access_shift(&req) % 32, i);
             seen |= 1 << i;
         }
         assert_eq!(seen, 0xffff);

@@ -329,27 +329,19 @@ impl SmmuModel {
     ///
     /// [`DmaFault`] describing the termination (events are recorded exactly
     /// as for a DMA).
+    // Inlined into callers: the lock-free hit is a few dozen instructions,
+    // and inline its result stays in registers; everything else is one
+    // call away.
     #[inline]
     pub fn translate(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
         match self.hot.hit(req) {
-            hot::Probe::Hit(t) => Ok(t),
-            hot::Probe::Miss => self.translate_locked(req),
-            hot::Probe::NoCounter => self.translate_claiming(req),
+            Some(t) => Ok(t),
+            None => self.translate_locked(req),
         }
     }
 
-    /// Gives this thread a hit counter for the lock-free path, then
-    /// translates `req` under the lock. Out of line like the lock path.
-    #[cold]
-    #[inline(never)]
-    fn translate_claiming(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
-        self.hot.claim();
-        self.translate_locked(req)
-    }
-
     /// Translates `req` under the state lock: everything but a hit of the
-    /// lock-free copy. Kept out of line so that the hit path above needs
-    /// no callee-saved registers (no stack frame to set up and tear down).
+    /// lock-free copy. Never inlined, so that callers inline only the hit.
     #[inline(never)]
     fn translate_locked(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
         let r = self.lock().translate(req, req.iova);
