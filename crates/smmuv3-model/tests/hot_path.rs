@@ -226,3 +226,28 @@ fn hits_on_many_threads_are_counted_exactly() {
     assert_eq!(s.tlb_hits - before.tlb_hits, THREADS * EACH);
     assert_eq!(s.walks, before.walks);
 }
+
+#[test]
+fn hits_alternating_between_two_models_count_for_each_model() {
+    let (a, _pa, page_a) = setup();
+    let (b, _pb, page_b) = setup();
+    let req = DmaRequest::read(1, 0x4010, 4).privileged();
+    let (a0, b0) = (a.smmu.stats(), b.smmu.stats());
+    const ROUNDS: u64 = 1_000;
+    // One thread, the model changing twice a round (a, a, b): the first
+    // hit on each model in a round finds the other model's counter last
+    // used. Uneven, so hits counted for the wrong model would show.
+    for _ in 0..ROUNDS {
+        for _ in 0..2 {
+            assert_eq!(a.smmu.translate(&req).unwrap().pa, page_a + 0x10);
+        }
+        assert_eq!(b.smmu.translate(&req).unwrap().pa, page_b + 0x10);
+    }
+    for (h, s0, n) in [(&a, a0, 2 * ROUNDS), (&b, b0, ROUNDS)] {
+        let s = h.smmu.stats();
+        assert_eq!(s.translations - s0.translations, n);
+        // The first translation walks, every later one hits.
+        assert_eq!(s.walks - s0.walks, 1);
+        assert_eq!(s.tlb_hits - s0.tlb_hits, n - 1);
+    }
+}

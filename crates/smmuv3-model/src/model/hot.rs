@@ -123,7 +123,7 @@ impl Hot {
     /// one [`Hot::counter`] returns.
     #[cold]
     #[inline(never)]
-    pub fn claim(&self) {
+    fn claim(&self) {
         MINE.with(|m| {
             let mut m = m.borrow_mut();
             if let Some((_, c)) = m.iter().rev().find(|(id, _)| *id == self.id) {
@@ -214,10 +214,14 @@ impl Hot {
         {
             return None;
         }
-        let Some(c) = self.counter() else {
-            // The lock path serves and counts this one.
-            self.claim();
-            return None;
+        let c = match self.counter() {
+            Some(c) => c,
+            None => {
+                self.claim();
+                // Always there now; were it not, the lock path would serve
+                // and count this request instead.
+                self.counter()?
+            }
         };
         // Single writer: a plain load and store are exact.
         c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
