@@ -1,7 +1,12 @@
 //! Runs a fixed number of translations of one kind, for load-independent
 //! measurement with `perf stat -e cycles:u,instructions:u` (see
 //! BENCHMARKS.md):
-//! `translate_loop <hit|hit64|walk|walk-uncached|miss|nested|tlbi> <count>`.
+//! `translate_loop <hit|hit-opaque|hit-two|hit64|walk|walk-uncached|miss|nested|tlbi> <count>`.
+//!
+//! `hit-opaque` is `hit` with each request passed through `black_box`: the
+//! compiler cannot fold the request's constant fields (stream, access
+//! kind) into the inlined hit path, as it can for `hit`. `hit-two` is
+//! `hit-opaque` alternating between two models.
 //!
 //! `walk` walks all four levels with a one-entry TLB and walk cache (each
 //! walk fills and evicts four entries); `walk-uncached` walks them with the
@@ -56,6 +61,37 @@ fn tlbi_loop(count: u64) {
         "tlbi: {count} invalidations, {} Iotlb units dropped (checksum {sum:#x})",
         s.iotlb_invalidations
     );
+}
+
+fn opaque_loop(count: u64) {
+    use std::hint::black_box;
+    let h = model(1 << 16, false);
+    let mut sum = 0u64;
+    for _ in 0..count {
+        let r = black_box(DmaRequest::read(SID, 0x40, 4).privileged());
+        sum = sum.wrapping_add(h.smmu.translate(&r).map_or(0, |t| t.pa));
+    }
+    let s = h.smmu.stats();
+    println!(
+        "hit-opaque: {count} translations, {} TLB hits (checksum {sum:#x})",
+        s.tlb_hits
+    );
+}
+
+/// Hits on two models in turn from one thread (two devices behind two
+/// SMMUs served by one VMM thread): each translation's model is not the
+/// one this thread counted a hit for last.
+fn two_models_loop(count: u64) {
+    use std::hint::black_box;
+    let models = [model(1 << 16, false), model(1 << 16, false)];
+    let mut sum = 0u64;
+    for i in 0..count {
+        let r = black_box(DmaRequest::read(SID, 0x40, 4).privileged());
+        let t = models[(i & 1) as usize].smmu.translate(&r);
+        sum = sum.wrapping_add(t.map_or(0, |t| t.pa));
+    }
+    let hits: u64 = models.iter().map(|h| h.smmu.stats().tlb_hits).sum();
+    println!("hit-two: {count} translations, {hits} TLB hits (checksum {sum:#x})");
 }
 
 fn model(tlb_capacity: usize, nested: bool) -> H {
@@ -116,6 +152,14 @@ fn main() {
         tlbi_loop(count);
         return;
     }
+    if mode == "hit-opaque" {
+        opaque_loop(count);
+        return;
+    }
+    if mode == "hit-two" {
+        two_models_loop(count);
+        return;
+    }
     let (h, spread) = match mode {
         "hit" => (model(1 << 16, false), false),
         "hit64" => (model(1 << 16, false), true),
@@ -129,7 +173,7 @@ fn main() {
         "nested" => (model(1, true), true),
         other => {
             eprintln!(
-                "unknown mode {other}; use hit, hit64, walk, walk-uncached, miss, nested or tlbi"
+                "unknown mode {other}; use hit, hit-opaque, hit-two, hit64, walk, walk-uncached, miss, nested or tlbi"
             );
             std::process::exit(2);
         }

@@ -140,12 +140,6 @@ impl Perms {
         Self(Self::ACCESSES)
     }
 
-    /// Returns the access bits ([`Access::bit`]), without the dirty state.
-    #[inline]
-    pub fn access_bits(self) -> u8 {
-        self.0 & Self::ACCESSES
-    }
-
     #[inline]
     pub fn allows(&self, a: Access) -> bool {
         self.0 >> a.bit() & 1 != 0
@@ -746,7 +740,7 @@ mod tests {
             for (b, other) in named {
                 assert_eq!(only.allows(b), other == bit, "{a:?} vs {b:?}");
             }
-            assert!(!Perms::from_bits(Perms::all().access_bits() & !bit).allows(a));
+            assert!(!Perms::from_bits(Perms::ACCESSES & !bit).allows(a));
         }
     }
 
@@ -755,7 +749,10 @@ mod tests {
         let rw = Perms::from_bits(Perms::READ_PRIV | Perms::WRITE_PRIV);
         let r = Perms::from_bits(Perms::READ_PRIV | Perms::READ_USER).with_dirty_on_write();
         let both = rw.and(r);
-        assert_eq!(both.access_bits(), Perms::READ_PRIV);
+        assert_eq!(
+            both,
+            Perms::from_bits(Perms::READ_PRIV).with_dirty_on_write()
+        );
         assert!(both.dirty_on_write() && !both.writable());
         assert!(!rw.and(Perms::all()).dirty_on_write());
         assert_eq!(Perms::all().and(rw), rw);
@@ -771,37 +768,41 @@ mod tests {
         // AP=00: privileged read/write only; privileged may execute.
         let p = s1_perms(leaf(0, false, false), t, none);
         assert_eq!(
-            p.access_bits(),
-            Perms::READ_PRIV | Perms::WRITE_PRIV | Perms::EXEC_PRIV | Perms::EXEC_USER
+            p,
+            Perms::from_bits(
+                Perms::READ_PRIV | Perms::WRITE_PRIV | Perms::EXEC_PRIV | Perms::EXEC_USER
+            )
         );
         // AP=01: both read/write; memory the user may write is never
         // privileged-executable.
         let p = s1_perms(leaf(1, false, false), t, none);
         assert_eq!(
-            p.access_bits(),
-            Perms::READ_PRIV
-                | Perms::READ_USER
-                | Perms::WRITE_PRIV
-                | Perms::WRITE_USER
-                | Perms::EXEC_USER
+            p,
+            Perms::from_bits(
+                Perms::READ_PRIV
+                    | Perms::READ_USER
+                    | Perms::WRITE_PRIV
+                    | Perms::WRITE_USER
+                    | Perms::EXEC_USER
+            )
         );
         // AP=11 with PXN and UXN: read only, no execution.
         let p = s1_perms(leaf(3, true, true), t, none);
-        assert_eq!(p.access_bits(), Perms::READ_PRIV | Perms::READ_USER);
+        assert_eq!(p, Perms::from_bits(Perms::READ_PRIV | Perms::READ_USER));
         // PAN takes privileged data access to user pages away.
         let pan = S1Perm {
             wxn: false,
             pan: true,
         };
         let p = s1_perms(leaf(3, true, true), t, pan);
-        assert_eq!(p.access_bits(), Perms::READ_USER);
+        assert_eq!(p, Perms::from_bits(Perms::READ_USER));
         // WXN makes writable pages execute-never.
         let wxn = S1Perm {
             wxn: true,
             pan: false,
         };
         let p = s1_perms(leaf(0, false, false), t, wxn);
-        assert_eq!(p.access_bits(), Perms::READ_PRIV | Perms::WRITE_PRIV);
+        assert_eq!(p, Perms::from_bits(Perms::READ_PRIV | Perms::WRITE_PRIV));
         // APTable[1] on the way makes the leaf read-only.
         let ro = TableAttrs::default().with_table(RawDesc(3 | 1 << 62));
         let p = s1_perms(leaf(0, false, false), ro, none);

@@ -106,3 +106,148 @@ fn no_translation_after_a_completed_tlbi_under_concurrent_hits() {
     assert_eq!(after.load(Ordering::Relaxed), 0);
     assert!(smmu.translate(&req).is_err());
 }
+
+/// Returns the model's TLB-hit count.
+fn hits(h: &H) -> u64 {
+    h.smmu.stats().tlb_hits
+}
+
+#[test]
+fn copy_serves_only_its_page_its_stream_and_allowed_accesses() {
+    let (h, _pt, page) = setup();
+    let req = DmaRequest::read(1, 0x4010, 4).privileged();
+    for _ in 0..3 {
+        h.smmu.translate(&req).unwrap();
+    }
+    let before = hits(&h);
+    // Both ends of the page hit, with what is left of it.
+    let first = h
+        .smmu
+        .translate(&DmaRequest::read(1, 0x4000, 4).privileged());
+    let last = h
+        .smmu
+        .translate(&DmaRequest::read(1, 0x4fff, 1).privileged());
+    assert_eq!(
+        (first.unwrap().bytes_left, last.unwrap().bytes_left),
+        (0x1000, 1)
+    );
+    assert_eq!(last.unwrap().pa, page + 0xfff);
+    assert_eq!(hits(&h) - before, 2);
+    // The bytes either side are not mapped: neither may hit (each miss
+    // drops the copy, so it is made again before each).
+    for va in [0x3fff, 0x5000] {
+        for _ in 0..2 {
+            h.smmu.translate(&req).unwrap();
+        }
+        assert!(
+            h.smmu
+                .translate(&DmaRequest::read(1, va, 1).privileged())
+                .is_err()
+        );
+    }
+    // A privileged write is allowed (S1_RW, EL1 only): served.
+    let w = DmaRequest::write(1, 0x4010, 4).privileged();
+    assert_eq!(h.smmu.translate(&w).unwrap().pa, page + 0x10);
+    // An unprivileged access, another stream or a SubstreamID the STE
+    // does not have: not served.
+    let others = [
+        DmaRequest::read(1, 0x4010, 4),
+        DmaRequest::read(2, 0x4010, 4).privileged(),
+        DmaRequest::read(1, 0x4010, 4).privileged().with_ssid(0),
+    ];
+    for other in others {
+        for _ in 0..2 {
+            h.smmu.translate(&req).unwrap();
+        }
+        let before = hits(&h);
+        assert!(h.smmu.translate(&other).is_err(), "{other:?}");
+        assert_eq!(hits(&h), before, "{other:?}");
+    }
+}
+
+#[test]
+fn ats_translated_requests_never_hit_the_copy() {
+    let (h, _pt, page) = setup();
+    let req = DmaRequest::read(1, 0x4010, 4).privileged();
+    for _ in 0..3 {
+        h.smmu.translate(&req).unwrap();
+    }
+    let before = hits(&h);
+    let ats = DmaRequest {
+        ats_translated: true,
+        ..req
+    };
+    // Whatever the model does with it, it is not the TLB entry's output.
+    if let Ok(t) = h.smmu.translate(&ats) {
+        assert!(!t.tlb_hit);
+        assert_ne!(t.pa, page + 0x10);
+    }
+    assert_eq!(hits(&h), before);
+}
+
+/// SubstreamIDs of more than 20 bits exist in no cache key; the lock-free
+/// copy folds them all into one value no entry has, which must not be the
+/// "no SubstreamID" key of an entry made without one.
+#[test]
+fn out_of_range_substream_ids_never_hit_the_copy() {
+    let (h, _pt, _page) = setup();
+    let req = DmaRequest::read(1, 0x4010, 4).privileged();
+    for _ in 0..3 {
+        h.smmu.translate(&req).unwrap();
+    }
+    for ssid in [u32::MAX, 1 << 20, (1 << 20) + 1, u32::MAX - 1] {
+        let before = hits(&h);
+        assert!(h.smmu.translate(&req.with_ssid(ssid)).is_err(), "{ssid:#x}");
+        assert_eq!(hits(&h), before, "{ssid:#x}");
+        // The copy still serves the request it was made for.
+        assert!(h.smmu.translate(&req).unwrap().tlb_hit);
+    }
+}
+
+#[test]
+fn hits_on_many_threads_are_counted_exactly() {
+    let (h, _pt, page) = setup();
+    let req = DmaRequest::read(1, 0x4010, 4).privileged();
+    h.smmu.translate(&req).unwrap();
+    let before = h.smmu.stats();
+    const THREADS: u64 = 4;
+    const EACH: u64 = 20_000;
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                for _ in 0..EACH {
+                    assert_eq!(h.smmu.translate(&req).unwrap().pa, page + 0x10);
+                }
+            });
+        }
+    });
+    let s = h.smmu.stats();
+    assert_eq!(s.translations - before.translations, THREADS * EACH);
+    assert_eq!(s.tlb_hits - before.tlb_hits, THREADS * EACH);
+    assert_eq!(s.walks, before.walks);
+}
+
+#[test]
+fn hits_alternating_between_two_models_count_for_each_model() {
+    let (a, _pa, page_a) = setup();
+    let (b, _pb, page_b) = setup();
+    let req = DmaRequest::read(1, 0x4010, 4).privileged();
+    let (a0, b0) = (a.smmu.stats(), b.smmu.stats());
+    const ROUNDS: u64 = 1_000;
+    // One thread, the model changing twice a round (a, a, b): the first
+    // hit on each model in a round finds the other model's counter last
+    // used. Uneven, so hits counted for the wrong model would show.
+    for _ in 0..ROUNDS {
+        for _ in 0..2 {
+            assert_eq!(a.smmu.translate(&req).unwrap().pa, page_a + 0x10);
+        }
+        assert_eq!(b.smmu.translate(&req).unwrap().pa, page_b + 0x10);
+    }
+    for (h, s0, n) in [(&a, a0, 2 * ROUNDS), (&b, b0, ROUNDS)] {
+        let s = h.smmu.stats();
+        assert_eq!(s.translations - s0.translations, n);
+        // The first translation walks, every later one hits.
+        assert_eq!(s.walks - s0.walks, 1);
+        assert_eq!(s.tlb_hits - s0.tlb_hits, n - 1);
+    }
+}

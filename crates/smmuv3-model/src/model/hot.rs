@@ -7,20 +7,51 @@
 //! in-lock copy does not: everything that could drop or change that entry
 //! first invalidates the copy, before the state lock is released.
 
-use core::sync::atomic::{AtomicU64, Ordering, fence};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
 
 use super::LastHit;
+use super::context::{MAX_SSID_BITS, NO_SSID};
 use crate::walk::{Access, Perms};
 use crate::{DmaRequest, Translation};
 
-const VALID: u64 = 1 << 63;
+/// Returns the shift that brings the bit of `req`'s kind of access to
+/// bit 0 of the hot copy's 32-bit permission mask, modulo 32: its low
+/// five bits are the index (bit 0 write, bit 1 privileged, bit 2
+/// instruction fetch, bit 3 ATS-translated, bit 4 clear).
+///
+/// The four flags are gathered by one multiply: placed in the low bits of
+/// four bytes (0, 8, 16, 24), times 2^21 + 2^14 + 2^7 + 1 they land on
+/// bits 21, 22, 23 and 24, and no two partial products share a bit, so
+/// nothing carries into them. The other partial products land on bits
+/// 29-31 (bits 8-10 of the result, which a 32-bit shift ignores, so no
+/// mask is needed) or beyond bit 31. Written this way the compiler reads
+/// the four flags as one word when they are adjacent (they are today).
+#[inline(always)]
+fn access_shift(req: &DmaRequest) -> u32 {
+    let flags = u32::from(req.write)
+        | u32::from(req.privileged) << 8
+        | u32::from(req.instruction) << 16
+        | u32::from(req.ats_translated) << 24;
+    flags.wrapping_mul(1 << 21 | 1 << 14 | 1 << 7 | 1) >> 21
+}
 
-/// Returns the permission mask of the copy: bit [`Access::bit`] set when
-/// that kind of access is allowed.
-fn perm_mask(p: &Perms) -> u64 {
-    u64::from(p.access_bits())
+/// Returns the permission mask the hot copy checks an access against
+/// (see [`access_shift`]): the bit of an access index is set when `p`
+/// allows that access. ATS-translated requests never hit (their
+/// translation is not the TLB's), and an instruction fetch that writes is
+/// a write.
+fn perm_mask(p: &Perms) -> u32 {
+    (0..8u32).fold(0, |m, i| {
+        let write = i & 1 != 0;
+        let a = Access {
+            write,
+            privileged: i & 2 != 0,
+            instruction: i & 4 != 0 && !write,
+        };
+        m | u32::from(p.allows(a)) << i
+    })
 }
 
 /// Source of the identities that tell models apart in the per-thread
@@ -44,10 +75,15 @@ pub(crate) struct Hot {
     seq: AtomicU64,
     /// StreamID << 32 | SubstreamID (or `NO_SSID`).
     key: AtomicU64,
-    page: AtomicU64,
-    /// VALID | permission mask << 8 | size_log2.
-    meta: AtomicU64,
+    /// Input address of the unit's first byte.
+    base: AtomicU64,
+    /// Bytes in the unit (a power of two).
+    size: AtomicU64,
+    /// Output address of the unit's first byte.
     out_base: AtomicU64,
+    /// The accesses allowed (see [`perm_mask`]); 0 when nothing is
+    /// published, so that no access hits.
+    perms: AtomicU32,
     id: u64,
     /// Every thread's hit counter and the part of it already folded into
     /// the statistics.
@@ -59,9 +95,10 @@ impl Default for Hot {
         Self {
             seq: AtomicU64::new(0),
             key: AtomicU64::new(0),
-            page: AtomicU64::new(0),
-            meta: AtomicU64::new(0),
+            base: AtomicU64::new(0),
+            size: AtomicU64::new(0),
             out_base: AtomicU64::new(0),
+            perms: AtomicU32::new(0),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             counters: Mutex::new(Vec::new()),
         }
@@ -69,36 +106,33 @@ impl Default for Hot {
 }
 
 impl Hot {
-    /// Counts one hit on this thread's counter.
-    #[inline]
-    fn count(&self) {
+    /// Returns this thread's hit counter for this model, if it has one
+    /// and used it last (else [`Hot::claim`] makes it so).
+    #[inline(always)]
+    fn counter(&self) -> Option<&AtomicU64> {
         let (id, ptr) = LAST.get();
-        if id == self.id {
-            // SAFETY: LAST only ever names a counter of this thread's MINE
-            // list, together with the identity of the model it counts for
-            // (identities are never reused). That model is `self`, alive
-            // here, and its `counters` list holds a clone of the counter's
-            // Arc until it is dropped, so the pointer is valid.
-            let c = unsafe { &*ptr };
-            // Single writer: a plain load and store are exact.
-            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            return;
-        }
-        self.count_slow();
+        // SAFETY: LAST only ever names a counter of this thread's MINE
+        // list, together with the identity of the model it counts for
+        // (identities are never reused). That model is `self`, alive here,
+        // and its `counters` list holds a clone of the counter's Arc until
+        // it is dropped, so the pointer is valid for as long as `self` is.
+        (id == self.id).then(|| unsafe { &*ptr })
     }
 
+    /// Makes this thread's counter for this model (created if needed) the
+    /// one [`Hot::counter`] returns.
     #[cold]
-    fn count_slow(&self) {
+    #[inline(never)]
+    fn claim(&self) {
         MINE.with(|m| {
             let mut m = m.borrow_mut();
             if let Some((_, c)) = m.iter().rev().find(|(id, _)| *id == self.id) {
-                c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
                 LAST.set((self.id, Arc::as_ptr(c)));
                 return;
             }
             // Forget counters of models that are gone.
             m.retain(|(_, c)| Arc::strong_count(c) > 1);
-            let c = Arc::new(AtomicU64::new(1));
+            let c = Arc::new(AtomicU64::new(0));
             self.counters
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -123,7 +157,11 @@ impl Hot {
     /// Publishes `last` (or nothing). Callers hold the state lock, so there
     /// is a single writer.
     pub fn publish(&self, last: Option<&LastHit>) {
-        if last.is_none() && self.meta.load(Ordering::Relaxed) == 0 {
+        // A SubstreamID out of range never translates, and `hit` maps
+        // every such request to `1 << MAX_SSID_BITS`: an entry of that
+        // key must not be served (there is none; this keeps it so).
+        let last = last.filter(|l| l.ssid == NO_SSID || l.ssid >> MAX_SSID_BITS == 0);
+        if last.is_none() && self.perms.load(Ordering::Relaxed) == 0 {
             return;
         }
         let s = self.seq.load(Ordering::Relaxed);
@@ -136,47 +174,60 @@ impl Hot {
                     u64::from(l.sid) << 32 | u64::from(l.ssid),
                     Ordering::Relaxed,
                 );
-                self.page.store(l.page, Ordering::Relaxed);
+                self.base.store(l.page << l.size_log2, Ordering::Relaxed);
+                self.size.store(1 << l.size_log2, Ordering::Relaxed);
                 self.out_base.store(l.out_base, Ordering::Relaxed);
-                let meta = VALID | perm_mask(&l.perms) << 8 | u64::from(l.size_log2);
-                self.meta.store(meta, Ordering::Relaxed);
+                self.perms.store(perm_mask(&l.perms), Ordering::Relaxed);
             }
-            None => self.meta.store(0, Ordering::Relaxed),
+            None => self.perms.store(0, Ordering::Relaxed),
         }
         self.seq.store(s + 2, Ordering::Release);
     }
 
-    /// Returns the translation of `req` when the published copy serves it.
-    #[inline]
-    pub fn hit(&self, req: &DmaRequest, no_ssid: u32, max_ssid_bits: u32) -> Option<Translation> {
-        if req.ats_translated || req.ssid.is_some_and(|s| s >> max_ssid_bits != 0) {
-            return None;
-        }
+    /// Returns the translation of `req` when the published copy serves it
+    /// (and counts it).
+    #[inline(always)]
+    pub fn hit(&self, req: &DmaRequest) -> Option<Translation> {
+        // Out-of-range SubstreamIDs become one no entry has (see `publish`).
+        let ssid = match req.ssid {
+            None => NO_SSID,
+            Some(s) => s.min(1 << MAX_SSID_BITS),
+        };
+        let want = u64::from(req.sid) << 32 | u64::from(ssid);
         let s1 = self.seq.load(Ordering::Acquire);
-        let meta = self.meta.load(Ordering::Relaxed);
         let key = self.key.load(Ordering::Relaxed);
-        let page = self.page.load(Ordering::Relaxed);
+        let base = self.base.load(Ordering::Relaxed);
+        let size = self.size.load(Ordering::Relaxed);
         let out_base = self.out_base.load(Ordering::Relaxed);
+        let perms = self.perms.load(Ordering::Relaxed);
         // The words were read before the sequence number is read again.
         fence(Ordering::Acquire);
-        if s1 & 1 != 0 || self.seq.load(Ordering::Relaxed) != s1 || meta & VALID == 0 {
+        let s2 = self.seq.load(Ordering::Relaxed);
+        // Wrapping: an address below `base` gives an offset past `size`.
+        let off = req.iova.wrapping_sub(base);
+        // Unchanged and not being written (even): an odd `s1` cleared of
+        // its low bit is below every later value, `s2` included.
+        if s2 != s1 & !1
+            || key != want
+            || off >= size
+            || perms.wrapping_shr(access_shift(req)) & 1 == 0
+        {
             return None;
         }
-        let want = u64::from(req.sid) << 32 | u64::from(req.ssid.unwrap_or(no_ssid));
-        let size_log2 = (meta & 0xff) as u32;
-        let acc = Access {
-            write: req.write,
-            privileged: req.privileged,
-            instruction: req.instruction && !req.write,
+        let c = match self.counter() {
+            Some(c) => c,
+            None => {
+                self.claim();
+                // Always there now; were it not, the lock path would serve
+                // and count this request instead.
+                self.counter()?
+            }
         };
-        if key != want || req.iova >> size_log2 != page || (meta >> 8) >> acc.bit() & 1 == 0 {
-            return None;
-        }
-        self.count();
-        let off = req.iova & ((1 << size_log2) - 1);
+        // Single writer: a plain load and store are exact.
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         Some(Translation {
-            pa: out_base + off,
-            bytes_left: (1 << size_log2) - off,
+            pa: out_base.wrapping_add(off),
+            bytes_left: size - off,
             bypass: false,
             tlb_hit: true,
         })
@@ -194,14 +245,41 @@ mod tests {
         for write in [false, true] {
             for instruction in [false, true] {
                 for privileged in [false, true] {
-                    let a = Access {
-                        write,
-                        privileged,
-                        instruction: instruction && !write,
-                    };
-                    assert_eq!(m >> a.bit() & 1 == 1, p.allows(a), "{a:?}");
+                    for ats_translated in [false, true] {
+                        let req = DmaRequest {
+                            write,
+                            instruction,
+                            privileged,
+                            ats_translated,
+                            ..DmaRequest::read(1, 0, 4)
+                        };
+                        let a = Access {
+                            write,
+                            privileged,
+                            instruction: instruction && !write,
+                        };
+                        let want = !ats_translated && p.allows(a);
+                        assert_eq!(m.wrapping_shr(access_shift(&req)) & 1 == 1, want, "{req:?}");
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn access_shift_numbers_the_sixteen_kinds() {
+        let mut seen = 0u32;
+        for i in 0..16u32 {
+            let req = DmaRequest {
+                write: i & 1 != 0,
+                privileged: i & 2 != 0,
+                instruction: i & 4 != 0,
+                ats_translated: i & 8 != 0,
+                ..DmaRequest::read(1, 0, 4)
+            };
+            assert_eq!(access_shift(&req) % 32, i);
+            seen |= 1 << i;
+        }
+        assert_eq!(seen, 0xffff);
     }
 }

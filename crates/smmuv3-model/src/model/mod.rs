@@ -329,10 +329,21 @@ impl SmmuModel {
     ///
     /// [`DmaFault`] describing the termination (events are recorded exactly
     /// as for a DMA).
+    // Inlined into callers: the lock-free hit is a few dozen instructions,
+    // and inline its result stays in registers; everything else is one
+    // call away.
+    #[inline]
     pub fn translate(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
-        if let Some(t) = self.hot.hit(req, context::NO_SSID, context::MAX_SSID_BITS) {
-            return Ok(t);
+        match self.hot.hit(req) {
+            Some(t) => Ok(t),
+            None => self.translate_locked(req),
         }
+    }
+
+    /// Translates `req` under the state lock: everything but a hit of the
+    /// lock-free copy. Never inlined, so that callers inline only the hit.
+    #[inline(never)]
+    fn translate_locked(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
         let r = self.lock().translate(req, req.iova);
         self.deliver();
         r
