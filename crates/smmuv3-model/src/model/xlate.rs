@@ -316,7 +316,22 @@ impl State {
     /// Returns where a walk of `ia` starts: the deepest cached table
     /// descriptor, or the configured start table.
     /// `t` is the packed tag ([`Tag::packed`]).
+    #[inline(always)]
     fn walk_start(&mut self, t: u64, tt: &TableCfg, ia: u64) -> Start {
+        // Disabling the TLB empties the walk cache too: nothing to probe.
+        if !self.tlb.enabled {
+            return Start {
+                level: tt.start_level,
+                table: tt.ttb,
+                attrs: TableAttrs::default(),
+            };
+        }
+        self.walk_start_cached(t, tt, ia)
+    }
+
+    /// [`State::walk_start`] with the walk cache on, out of line.
+    #[inline(never)]
+    fn walk_start_cached(&mut self, t: u64, tt: &TableCfg, ia: u64) -> Start {
         let stride = tt.stride();
         // Deepest first: the first table found decides.
         let (mut level, mut lsb) = (3, tt.level_lsb(3));
