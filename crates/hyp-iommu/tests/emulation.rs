@@ -339,27 +339,12 @@ fn stage2_and_nested_host_stes_are_refused_with_an_event() {
     let t = setup(Coherency::Coherent);
     let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
     host.set_bypass(SID).unwrap();
-    let base = t
-        .emu
-        .lock()
-        .unwrap()
-        .read(0, smmuv3::regs::STRTAB_BASE as u64, 8)
-        .unwrap()
-        & smmuv3::regs::strtab_base::ADDR.mask();
     // The host writes a stage-2 STE by hand (V=1, Config=0b110) and
     // invalidates it.
-    let ste = base + u64::from(SID) * 64;
+    let ste = host_strtab(&t) + u64::from(SID) * 64;
     let w0: u64 = 1 | (0b110 << 1);
-    t.mem.cpu_write(ste, &w0.to_le_bytes()).unwrap();
-    t.mem.clean(ste, 64).unwrap();
-    host.issue(
-        &[smmuv3::command::Command::CfgiSte {
-            sid: SID,
-            leaf: true,
-        }],
-        true,
-    )
-    .unwrap();
+    host_store(&t, ste, &w0.to_le_bytes());
+    host_cfgi_ste(&host, SID);
     assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
     let events = host.drain_events().unwrap().events;
     assert!(
@@ -573,6 +558,15 @@ fn host_store(t: &Trapped, pa: u64, data: &[u8]) {
     t.mem.clean(pa, data.len() as u64).unwrap();
 }
 
+/// The host driver invalidates its STE of `sid` (CFGI_STE + CMD_SYNC).
+fn host_cfgi_ste(host: &HostSmmu, sid: u32) {
+    host.issue(
+        &[smmuv3::command::Command::CfgiSte { sid, leaf: true }],
+        true,
+    )
+    .unwrap();
+}
+
 /// Traffic from a StreamID the host's stream table does not hold is
 /// C_BAD_STREAMID in the host's event queue, each time, as on hardware:
 /// not a stage-2 fault, not silence, and it reaches no memory.
@@ -698,14 +692,7 @@ fn traffic_on_an_invalid_host_ste_is_c_bad_ste() {
     t.dma_write(SID, buf, b"open").unwrap();
     let ste = host_strtab(&t) + u64::from(SID) * 64;
     host_store(&t, ste, &[0u8; 64]);
-    host.issue(
-        &[smmuv3::command::Command::CfgiSte {
-            sid: SID,
-            leaf: true,
-        }],
-        true,
-    )
-    .unwrap();
+    host_cfgi_ste(&host, SID);
     assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
     assert!(host.drain_events().unwrap().events.is_empty());
     assert!(t.dma_write(SID, buf, b"shut").is_err());
