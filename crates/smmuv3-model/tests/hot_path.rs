@@ -107,6 +107,14 @@ fn no_translation_after_a_completed_tlbi_under_concurrent_hits() {
     assert!(smmu.translate(&req).is_err());
 }
 
+/// Translates `req` until the lock-free copy holds its page (a repeat
+/// publishes it) and serves it once.
+fn make_copy(h: &H, req: &DmaRequest) {
+    for _ in 0..3 {
+        h.smmu.translate(req).unwrap();
+    }
+}
+
 /// Returns the model's TLB-hit count.
 fn hits(h: &H) -> u64 {
     h.smmu.stats().tlb_hits
@@ -116,9 +124,7 @@ fn hits(h: &H) -> u64 {
 fn copy_serves_only_its_page_its_stream_and_allowed_accesses() {
     let (h, _pt, page) = setup();
     let req = DmaRequest::read(1, 0x4010, 4).privileged();
-    for _ in 0..3 {
-        h.smmu.translate(&req).unwrap();
-    }
+    make_copy(&h, &req);
     let before = hits(&h);
     // Both ends of the page hit, with what is left of it.
     let first = h
@@ -136,9 +142,7 @@ fn copy_serves_only_its_page_its_stream_and_allowed_accesses() {
     // The bytes either side are not mapped: neither may hit (each miss
     // drops the copy, so it is made again before each).
     for va in [0x3fff, 0x5000] {
-        for _ in 0..2 {
-            h.smmu.translate(&req).unwrap();
-        }
+        make_copy(&h, &req);
         assert!(
             h.smmu
                 .translate(&DmaRequest::read(1, va, 1).privileged())
@@ -156,9 +160,7 @@ fn copy_serves_only_its_page_its_stream_and_allowed_accesses() {
         DmaRequest::read(1, 0x4010, 4).privileged().with_ssid(0),
     ];
     for other in others {
-        for _ in 0..2 {
-            h.smmu.translate(&req).unwrap();
-        }
+        make_copy(&h, &req);
         let before = hits(&h);
         assert!(h.smmu.translate(&other).is_err(), "{other:?}");
         assert_eq!(hits(&h), before, "{other:?}");
@@ -169,9 +171,7 @@ fn copy_serves_only_its_page_its_stream_and_allowed_accesses() {
 fn ats_translated_requests_never_hit_the_copy() {
     let (h, _pt, page) = setup();
     let req = DmaRequest::read(1, 0x4010, 4).privileged();
-    for _ in 0..3 {
-        h.smmu.translate(&req).unwrap();
-    }
+    make_copy(&h, &req);
     let before = hits(&h);
     let ats = DmaRequest {
         ats_translated: true,
@@ -192,9 +192,7 @@ fn ats_translated_requests_never_hit_the_copy() {
 fn out_of_range_substream_ids_never_hit_the_copy() {
     let (h, _pt, _page) = setup();
     let req = DmaRequest::read(1, 0x4010, 4).privileged();
-    for _ in 0..3 {
-        h.smmu.translate(&req).unwrap();
-    }
+    make_copy(&h, &req);
     for ssid in [u32::MAX, 1 << 20, (1 << 20) + 1, u32::MAX - 1] {
         let before = hits(&h);
         assert!(h.smmu.translate(&req.with_ssid(ssid)).is_err(), "{ssid:#x}");
