@@ -282,6 +282,18 @@ pub(crate) struct Start {
     pub attrs: TableAttrs,
 }
 
+impl Start {
+    /// Returns the start of a walk from the configured start table.
+    #[inline]
+    pub fn root(tt: &TableCfg) -> Self {
+        Start {
+            level: tt.start_level,
+            table: tt.ttb,
+            attrs: TableAttrs::default(),
+        }
+    }
+}
+
 /// The memory one walk reads its descriptors from.
 ///
 /// A walk reads up to four descriptors (more with contiguous runs); a call

@@ -320,11 +320,7 @@ impl State {
     fn walk_start(&mut self, t: u64, tt: &TableCfg, ia: u64) -> Start {
         // Disabling the TLB empties the walk cache too: nothing to probe.
         if !self.tlb.enabled {
-            return Start {
-                level: tt.start_level,
-                table: tt.ttb,
-                attrs: TableAttrs::default(),
-            };
+            return Start::root(tt);
         }
         self.walk_start_cached(t, tt, ia)
     }
@@ -350,11 +346,7 @@ impl State {
                 };
             }
         }
-        Start {
-            level: tt.start_level,
-            table: tt.ttb,
-            attrs: TableAttrs::default(),
-        }
+        Start::root(tt)
     }
 
     /// [`State::note_steps`] kept out of line, for the stage-2 walks of a
@@ -509,6 +501,8 @@ impl State {
             // The full path need not look again.
             if let Some((cd, w)) = input {
                 *walk = Some(S1Walk::new(ctx, cd, w));
+                // Only a nested context has one: a stage-1 walk writes
+                // nothing here.
                 if ctx.mode == Mode::Nested {
                     *s2 = ctx.ste.s2;
                 }
