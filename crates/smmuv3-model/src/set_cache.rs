@@ -311,10 +311,10 @@ impl<V: Copy + Default> SetCache<V> {
     /// the key of the entry it evicted, if any (replacing the same key
     /// evicts nothing).
     #[inline(always)]
-    pub fn insert(&mut self, k0: u64, k1: u64, v: &V, span_log2: u32) -> Option<(u64, u64)> {
+    pub fn insert(&mut self, k0: u64, k1: u64, v: V, span_log2: u32) -> Option<(u64, u64)> {
         let s = self.set_of(k0, k1);
         if s >= self.sets.len() {
-            return self.insert_first(k0, k1, v, span_log2);
+            return self.insert_first(k0, k1, &{ v }, span_log2);
         }
         if span_log2 > key_size(k0) {
             // Probes widen by at least the key's own size anyway.
@@ -331,11 +331,11 @@ impl<V: Copy + Default> SetCache<V> {
             let k = set.keys[0];
             let d = k.k0 ^ want;
             if d == 0 && k.k1 == k1 {
-                set.vals[0] = *v;
+                set.vals[0] = v;
                 return None;
             }
             if d >> GEN_SHIFT != 0 {
-                self.place(s << self.way_shift, k0, k1, v);
+                self.place(s << self.way_shift, k0, k1, &{ v });
                 return None;
             }
             if d & TAG_MASK == 0 {
@@ -346,7 +346,7 @@ impl<V: Copy + Default> SetCache<V> {
                     self.per_size[key_size(k0) as usize] += 1;
                 }
                 set.keys[0] = Slot { k0: want, k1 };
-                set.vals[0] = *v;
+                set.vals[0] = v;
                 return Some((k.k0 & KEY_MASK, k.k1));
             }
             0
@@ -357,7 +357,7 @@ impl<V: Copy + Default> SetCache<V> {
             for (w, k) in set.keys.iter().enumerate().take(ways) {
                 let d = k.k0 ^ want;
                 if d == 0 && k.k1 == k1 {
-                    set.vals[w] = *v;
+                    set.vals[w] = v;
                     return None;
                 }
                 if free.is_none() && d >> GEN_SHIFT != 0 {
@@ -365,7 +365,7 @@ impl<V: Copy + Default> SetCache<V> {
                 }
             }
             if let Some(w) = free {
-                self.place(s << self.way_shift | w, k0, k1, v);
+                self.place(s << self.way_shift | w, k0, k1, &{ v });
                 return None;
             }
             let w = usize::from(set.victim) & (MAX_WAYS - 1);
@@ -383,11 +383,11 @@ impl<V: Copy + Default> SetCache<V> {
                 self.per_size[key_size(k0) as usize] += 1;
             }
             set.keys[w] = Slot { k0: want, k1 };
-            set.vals[w] = *v;
+            set.vals[w] = v;
         } else {
             let i = s << self.way_shift | w;
             self.unlink(i);
-            self.place(i, k0, k1, v);
+            self.place(i, k0, k1, &{ v });
         }
         Some((old.k0 & KEY_MASK, old.k1))
     }
@@ -397,7 +397,7 @@ impl<V: Copy + Default> SetCache<V> {
     #[inline(never)]
     fn insert_first(&mut self, k0: u64, k1: u64, v: &V, span_log2: u32) -> Option<(u64, u64)> {
         self.allocate();
-        self.insert(k0, k1, v, span_log2)
+        self.insert(k0, k1, *v, span_log2)
     }
 
     #[inline]
@@ -653,7 +653,7 @@ impl<V: Copy + Default> SetCache<V> {
                 c.place(i, k0, k1, &v);
                 c.widen(k0, span_of(k0, &v));
             } else {
-                c.insert(k0, k1, &v, span_of(k0, &v));
+                c.insert(k0, k1, v, span_of(k0, &v));
             }
         }
         for &(set, w) in victims {
@@ -701,7 +701,7 @@ mod tests {
                 .map(|p| (key0(T + p % 3, 12 + (p % 2) as u32 * 9), p))
                 .collect();
             for (n, &(k0, k1)) in keys.iter().enumerate() {
-                c.insert(k0, k1, &k1, 0);
+                c.insert(k0, k1, k1, 0);
                 let found: Vec<_> = keys[..=n]
                     .iter()
                     .filter(|&&(k0, k1)| c.get(k0, k1).is_some())
@@ -723,7 +723,7 @@ mod tests {
         let mut c = SetCache::<u64>::new(1);
         for (n, size) in [39, 30, 21, 21, 39].into_iter().enumerate() {
             let k0 = key0(T, size);
-            let evicted = c.insert(k0, n as u64, &0, 0);
+            let evicted = c.insert(k0, n as u64, 0, 0);
             assert_eq!(evicted.is_some(), n != 0);
             for s in [21, 30, 39] {
                 assert_eq!(c.has_size(s), s == size, "insert {n}, size {s}");
@@ -740,14 +740,14 @@ mod tests {
     fn consecutive_pages_fill_every_slot_before_evicting() {
         let mut c = SetCache::<u64>::new(64);
         for p in 0..64 {
-            assert_eq!(c.insert(key0(T, 12), p, &(p * 10), 12), None);
+            assert_eq!(c.insert(key0(T, 12), p, p * 10, 12), None);
         }
         assert_eq!(c.len(), 64);
         for p in 0..64 {
             assert_eq!(c.get(key0(T, 12), p), Some(&(p * 10)));
         }
         // The 65th goes to a full set and evicts exactly one entry of it.
-        let ev = c.insert(key0(T, 12), 64, &640, 12).unwrap();
+        let ev = c.insert(key0(T, 12), 64, 640, 12).unwrap();
         assert_eq!(c.len(), 64);
         assert_eq!(c.get(ev.0, ev.1), None);
         assert_eq!(c.set_of(ev.0, ev.1), c.set_of(key0(T, 12), 64));
@@ -758,13 +758,13 @@ mod tests {
         let mut c = SetCache::<u64>::new(4);
         let k = key0(T, 12);
         for p in 0..4 {
-            c.insert(k, p, &p, 12);
+            c.insert(k, p, p, 12);
         }
-        let evicted: Vec<u64> = (4..8).map(|p| c.insert(k, p, &p, 12).unwrap().1).collect();
+        let evicted: Vec<u64> = (4..8).map(|p| c.insert(k, p, p, 12).unwrap().1).collect();
         assert_eq!(evicted, [0, 1, 2, 3]);
         assert_eq!(c.len(), 4);
         // Replacing a live key evicts nothing.
-        assert_eq!(c.insert(k, 5, &50, 12), None);
+        assert_eq!(c.insert(k, 5, 50, 12), None);
         assert_eq!(c.get(k, 5), Some(&50));
     }
 
@@ -772,7 +772,7 @@ mod tests {
     fn clear_is_a_new_generation_and_slots_are_reused() {
         let mut c = SetCache::<u64>::new(16);
         for p in 0..10 {
-            c.insert(key0(T, 12), p, &p, 12);
+            c.insert(key0(T, 12), p, p, 12);
         }
         assert_eq!(c.clear(), 10);
         assert_eq!(c.len(), 0);
@@ -780,7 +780,7 @@ mod tests {
         assert!((0..10).all(|p| c.get(key0(T, 12), p).is_none()));
         assert!(!c.has_size(12));
         for p in 0..16 {
-            assert_eq!(c.insert(key0(T, 12), p, &p, 12), None);
+            assert_eq!(c.insert(key0(T, 12), p, p, 12), None);
         }
         assert_eq!(c.len(), 16);
     }
@@ -790,7 +790,7 @@ mod tests {
         let mut c = SetCache::<u64>::new(8);
         // The last generation before the wrap.
         c.generation = !KEY_MASK;
-        c.insert(key0(T, 12), 1, &1, 12);
+        c.insert(key0(T, 12), 1, 1, 12);
         assert_eq!(c.get(key0(T, 12), 1), Some(&1));
         c.clear();
         assert_eq!(c.generation, 1 << GEN_SHIFT);
@@ -802,8 +802,8 @@ mod tests {
     fn remove_where_by_tag_visits_only_that_tag() {
         let mut c = SetCache::<u64>::new(256);
         for p in 0..20 {
-            c.insert(key0(1, 12), p, &p, 12);
-            c.insert(key0(2, 12), p, &p, 12);
+            c.insert(key0(1, 12), p, p, 12);
+            c.insert(key0(2, 12), p, p, 12);
         }
         let mut visited = 0;
         let n = c.remove_where(
@@ -825,7 +825,7 @@ mod tests {
     fn a_small_range_probes_only_its_pages() {
         let mut c = SetCache::<u64>::new(1024);
         for p in 0..512 {
-            c.insert(key0(T, 12), p, &p, 12);
+            c.insert(key0(T, 12), p, p, 12);
         }
         let mut visited = Vec::new();
         let n = c.remove_where(
@@ -846,7 +846,7 @@ mod tests {
         // A 4K entry that stands for a 2M range is found by an invalidation
         // anywhere in those 2M.
         let mut c = SetCache::<u64>::new(1024);
-        c.insert(key0(T, 12), 0x200, &1, 21);
+        c.insert(key0(T, 12), 0x200, 1, 21);
         let n = c.remove_where(|_| true, Some((0x3f_f000, 0x40_0000)), |_, _, _| true);
         assert_eq!(n, 1);
     }
@@ -855,7 +855,7 @@ mod tests {
     fn restore_reproduces_slots_and_victims() {
         let mut c = SetCache::<u64>::new(8);
         for p in [0, 2, 4, 6, 8, 10] {
-            c.insert(key0(T, 12), p, &p, 12);
+            c.insert(key0(T, 12), p, p, 12);
         }
         // Even pages share a set: two of them were evicted.
         assert_eq!(c.len(), 4);
@@ -867,8 +867,8 @@ mod tests {
         assert_eq!(r.len(), 4);
         for p in 12..20 {
             assert_eq!(
-                r.insert(key0(T, 12), p, &p, 12),
-                c.insert(key0(T, 12), p, &p, 12)
+                r.insert(key0(T, 12), p, p, 12),
+                c.insert(key0(T, 12), p, p, 12)
             );
         }
     }

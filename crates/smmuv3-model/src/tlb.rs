@@ -248,7 +248,14 @@ pub(crate) struct Tlb {
     strict_bbm: bool,
     /// Cleared: nothing is cached, every translation walks.
     pub enabled: bool,
-    pub evictions: u64,
+    /// Walk-cache entries evicted.
+    ///
+    /// Counted apart from the leaf evictions, not as one total beside
+    /// them: with two adjacent counters bumped by one fill, LLVM updated
+    /// both with one 16-byte load and store, and that load read the
+    /// 8-byte store of the walk-cache fill just before (a store-forwarding
+    /// stall on every walk).
+    pub walk_evictions: u64,
     /// Leaf entries evicted (what `Iotlb` copies may have to follow).
     pub leaf_evictions: u64,
     pub granule_mismatch: u64,
@@ -326,7 +333,7 @@ impl Tlb {
             walk_victims: self.walks.victims(),
             capacity: self.capacity,
             enabled: self.enabled,
-            evictions: self.evictions,
+            evictions: self.evictions(),
             leaf_evictions: self.leaf_evictions,
             granule_mismatch: self.granule_mismatch,
             strict_bbm: self.strict_bbm,
@@ -340,7 +347,7 @@ impl Tlb {
             walks: SetCache::restore(s.capacity, &s.walks, &s.walk_victims, walk_span),
             capacity: s.capacity,
             enabled: s.enabled,
-            evictions: s.evictions,
+            walk_evictions: s.evictions.saturating_sub(s.leaf_evictions),
             leaf_evictions: s.leaf_evictions,
             granule_mismatch: s.granule_mismatch,
             strict_bbm: s.strict_bbm,
@@ -373,13 +380,25 @@ impl Tlb {
             capacity,
             strict_bbm: false,
             enabled: true,
-            evictions: 0,
+            walk_evictions: 0,
             leaf_evictions: 0,
             granule_mismatch: 0,
             conflicts: 0,
             log_removals: false,
             removed: Removed::default(),
         }
+    }
+
+    /// Returns the number of entries evicted, leaves and walk-cache
+    /// entries together.
+    pub fn evictions(&self) -> u64 {
+        self.walk_evictions + self.leaf_evictions
+    }
+
+    /// Sets the eviction counts to zero.
+    pub fn reset_evictions(&mut self) {
+        self.walk_evictions = 0;
+        self.leaf_evictions = 0;
     }
 
     /// Returns whether block hits are walked again (BBML < 2), so that no
@@ -435,15 +454,33 @@ impl Tlb {
     /// when the TLB is disabled.
     #[cfg(test)]
     pub fn insert(&mut self, tag: Tag, ia: u64, e: TlbEntry) -> bool {
-        self.insert_packed(tag.packed(), ia, &e)
+        self.insert_packed(tag.packed(), ia, e)
     }
 
     /// As [`Tlb::insert`], for the packed tag `t` ([`Tag::packed`]).
     #[inline(always)]
-    pub fn insert_packed(&mut self, t: u64, ia: u64, e: &TlbEntry) -> bool {
+    pub fn insert_packed(&mut self, t: u64, ia: u64, e: TlbEntry) -> bool {
         if !self.enabled {
             return false;
         }
+        if self.strict_bbm || self.log_removals {
+            // `{ e }`: the call gets a copy's address, never `e`'s.
+            return self.insert_checked(t, ia, &{ e });
+        }
+        self.fill(t, ia, e);
+        false
+    }
+
+    /// [`Tlb::insert_packed`] with its checks: break-before-make conflicts,
+    /// and the entries an `Iotlb` copy may have to follow.
+    ///
+    /// Out of line, given a copy of the entry: these checks use the entry
+    /// by reference, and the address of the caller's entry, once taken,
+    /// keeps the entry a walk just built in memory, to be copied into the
+    /// cache from there with loads wider than the stores that built it (a
+    /// store-forwarding stall on every fill).
+    #[inline(never)]
+    fn insert_checked(&mut self, t: u64, ia: u64, e: &TlbEntry) -> bool {
         if self.strict_bbm
             && LEAF_SIZES.iter().any(|&s| {
                 s != e.size_log2
@@ -459,14 +496,21 @@ impl Tlb {
             // Replaced by a different translation: its copies are stale.
             self.removed.note(key);
         }
+        self.fill(t, ia, *e);
+        false
+    }
+
+    /// Caches `e` for `ia`, counting (and, when asked, listing) the entry
+    /// it evicts.
+    #[inline(always)]
+    fn fill(&mut self, t: u64, ia: u64, e: TlbEntry) {
+        let key = (key0(t, e.size_log2), ia >> e.size_log2);
         if let Some(old) = self.leaves.insert(key.0, key.1, e, e.match_size_log2) {
-            self.evictions += 1;
             self.leaf_evictions += 1;
             if self.log_removals {
                 self.removed.note(old);
             }
         }
-        false
     }
 
     /// Returns the table descriptor cached for `ia` at the level whose
@@ -502,8 +546,8 @@ impl Tlb {
     #[inline(always)]
     fn walk_insert_packed(&mut self, t: u64, ia: u64, lsb: u32, w: WalkEntry) {
         // A table descriptor covers just its key's range (span 0).
-        if self.walks.insert(key0(t, lsb), ia >> lsb, &w, 0).is_some() {
-            self.evictions += 1;
+        if self.walks.insert(key0(t, lsb), ia >> lsb, w, 0).is_some() {
+            self.walk_evictions += 1;
         }
     }
 

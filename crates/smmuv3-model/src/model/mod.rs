@@ -451,7 +451,7 @@ impl SmmuModel {
         let mut s = self.lock();
         s.fold_hot_hits();
         let mut st = s.stats.clone();
-        st.tlb_evictions = s.tlb.evictions;
+        st.tlb_evictions = s.tlb.evictions();
         st.tlbi_granule_mismatches = s.tlb.granule_mismatch;
         st.tlb_conflicts = s.tlb.conflicts;
         st
@@ -462,7 +462,7 @@ impl SmmuModel {
         let mut s = self.lock();
         s.fold_hot_hits();
         s.stats = Stats::default();
-        s.tlb.evictions = 0;
+        s.tlb.reset_evictions();
         s.tlb.granule_mismatch = 0;
         s.tlb.conflicts = 0;
     }

@@ -298,7 +298,7 @@ impl State {
             s1_perms: Perms::all(),
             ipa_base: 0,
         };
-        if self.tlb.insert_packed(t, ipa, &e) {
+        if self.tlb.insert_packed(t, ipa, e) {
             return Err(WalkFault {
                 kind: EventType::FTlbConflict,
                 level: leaf.level,
@@ -530,9 +530,15 @@ impl State {
         Cached::Hit(Xlat::hit(e.out_base + off, (1 << e.size_log2) - off))
     }
 
-    /// Keeps the last-hit copy of `e` for the stream of `req`; `plain` as
-    /// [`Ctx::plain`].
-    fn remember(&mut self, plain: bool, req: &DmaRequest, ia: u64, e: &TlbEntry) {
+    /// Keeps the last-hit copy of the TLB entry `e` for the stream of
+    /// `req`; `plain` as [`Ctx::plain`].
+    ///
+    /// Takes the entry by value and reads only its fields: a reference
+    /// would keep the entry a walk just built in memory, and the TLB fill
+    /// would then copy it from there with loads wider than the stores
+    /// that built it (a store-forwarding stall on every walk).
+    #[inline(always)]
+    fn remember(&mut self, plain: bool, req: &DmaRequest, ia: u64, e: TlbEntry) {
         // The copy may only stand for an entry the TLB holds: with the TLB
         // disabled nothing was cached, and the next access must walk.
         if !self.tlb.enabled || !plain {
@@ -685,7 +691,7 @@ impl State {
                 let s2 = ctx.ste.s2.unwrap_or_else(unreachable_s2);
                 match self.s2_translate(&s2, iova, acc) {
                     Ok((pa, e)) => {
-                        self.remember(ctx.plain(), req, iova, &e);
+                        self.remember(ctx.plain(), req, iova, e);
                         let off = iova & ((1 << e.size_log2) - 1);
                         Ok(Xlat::walked(pa, (1u64 << e.size_log2) - off))
                     }
@@ -731,7 +737,7 @@ impl State {
             if e.perms.allows(acc) {
                 self.stats.tlb_hits += 1;
                 if key_va == va {
-                    self.remember(w.plain, req, va, &e);
+                    self.remember(w.plain, req, va, e);
                 }
                 self.trace(|| TraceEntry::TlbHit {
                     sid: base_ev.sid,
@@ -872,11 +878,11 @@ impl State {
             };
             // Entries that a write would dirty stay uncached for writes: the
             // next write walks again and sets the dirty state.
-            if self.tlb.insert_packed(tag, key_va, &e) {
+            if self.tlb.insert_packed(tag, key_va, e) {
                 return Err(s1_fault(EventType::FTlbConflict));
             }
             if key_va == va {
-                self.remember(w.plain, req, va, &e);
+                self.remember(w.plain, req, va, e);
             }
         }
         let off = key_va & ((1 << size_log2) - 1);

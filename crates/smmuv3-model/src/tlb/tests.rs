@@ -218,6 +218,35 @@ fn invalidate_all_is_a_clear_and_vmid_scope_keeps_other_vmids() {
 }
 
 #[test]
+fn leaf_and_walk_evictions_add_up_and_survive_a_snapshot() {
+    // One entry each: every insert after the first evicts.
+    let mut t = Tlb::new(1);
+    let g = tag(Regime::Nh, 0, 1);
+    for p in 0..3u64 {
+        t.insert(g, p << 12, leaf(p << 12, 12, 12, false));
+    }
+    for (n, lsb) in [39, 30, 21, 30].into_iter().enumerate() {
+        t.walk_insert(
+            g,
+            n as u64 * 0x4000_0000,
+            lsb,
+            WalkEntry::new(0x1000, TableAttrs::default(), 12),
+        );
+    }
+    assert_eq!(
+        (t.leaf_evictions, t.walk_evictions, t.evictions()),
+        (2, 3, 5)
+    );
+    let r = Tlb::from_snapshot(&t.snapshot());
+    assert_eq!(
+        (r.leaf_evictions, r.walk_evictions, r.evictions()),
+        (2, 3, 5)
+    );
+    t.reset_evictions();
+    assert_eq!(t.evictions(), 0);
+}
+
+#[test]
 fn eviction_is_counted_and_drops_one_entry() {
     let mut t = Tlb::new(4);
     let g = tag(Regime::Nh, 0, 1);
@@ -225,7 +254,7 @@ fn eviction_is_counted_and_drops_one_entry() {
     for p in 0..5u64 {
         t.insert(g, p << 12, leaf(p << 12, 12, 12, false));
     }
-    assert_eq!((t.len(), t.evictions, t.leaf_evictions), (4, 1, 1));
+    assert_eq!((t.len(), t.evictions(), t.leaf_evictions), (4, 1, 1));
     assert!(t.lookup(g, 0, &[12]).is_none());
     assert!((1..5u64).all(|p| t.lookup(g, p << 12, &[12]).is_some()));
 }
