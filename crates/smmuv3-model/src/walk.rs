@@ -218,8 +218,9 @@ pub(crate) struct Leaf {
     pub updates: u32,
 }
 
-/// Table descriptors found on the way down, for the walk cache:
-/// (level, table-descriptor output address, accumulated table attrs).
+/// Table descriptors found on the way down, for the walk cache: (lowest
+/// input bit of the descriptor's level, the next table's address, the
+/// table attributes accumulated down to it).
 pub(crate) type WalkSteps = [(u32, u64, TableAttrs); 4];
 
 /// Hierarchical attributes accumulated from table descriptors, as the
@@ -452,7 +453,11 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
     let mut level = start.level;
     let mut table = start.table;
     let mut attrs = start.attrs;
-    let mut reads = 0;
+    // Reads beyond one per level (the other members of a contiguous run).
+    // The levels' reads and the steps recorded follow from the level
+    // reached, so the loop carries neither count (it is short of
+    // registers: each value it carries more is spilled).
+    let mut extra_reads = 0;
     *nsteps = 0;
     // Decided once per walk rather than per level.
     let stride = cfg.stride();
@@ -471,7 +476,6 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
         let idx = (ia >> lsb) & mask;
         let desc_ia = table + idx * 8;
         let desc_pa = fetch(desc_ia).map_err(|e| Stopped::Halt(Halt::Fetch(e)))?;
-        reads += 1;
         let Ok(desc) = mem.read_u64(desc_pa).map(RawDesc) else {
             return abort(level, desc_pa);
         };
@@ -487,9 +491,10 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
             if hierarchical {
                 attrs = attrs.with_table(desc);
             }
-            if *nsteps < steps.len() {
-                steps[*nsteps] = (level, next, attrs);
-                *nsteps += 1;
+            let n = (level - start.level) as usize;
+            if n < steps.len() {
+                steps[n] = (lsb, next, attrs);
+                *nsteps = n + 1;
             }
             table = next;
             level += 1;
@@ -518,7 +523,7 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
             for j in 0..run {
                 let pa =
                     fetch(table + (first + j) * 8).map_err(|e| Stopped::Halt(Halt::Fetch(e)))?;
-                reads += 1;
+                extra_reads += 1;
                 let Ok(member) = mem.read_u64(pa) else {
                     return abort(level, pa);
                 };
@@ -575,7 +580,7 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
             level,
             perms,
             not_global: desc.not_global(),
-            reads,
+            reads: level - start.level + 1 + extra_reads,
             updates,
         });
     }

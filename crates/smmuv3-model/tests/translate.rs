@@ -782,6 +782,48 @@ fn contiguous_hint_is_checked() {
 }
 
 #[test]
+fn descriptor_reads_count_every_descriptor_a_walk_reads() {
+    let mut h = H::new(ModelConfig::default());
+    let pt = s1_setup(&mut h, 12, 48);
+    let block = MEM_BASE + (1 << 20); // 64 KiB aligned
+    const CONT: u64 = 1 << 52;
+    pt.map(&h, 0x1000, h.alloc(4096), 3, S1_RW);
+    pt.map(&h, 0x2000, h.alloc(4096), 3, S1_RW);
+    // A contiguous run in the same level-3 table (the first 2 MiB).
+    for i in 0..16u64 {
+        pt.map(
+            &h,
+            0x10_0000 + i * 0x1000,
+            block + i * 0x1000,
+            3,
+            S1_RW | CONT,
+        );
+    }
+    let reads = |h: &H, va| {
+        h.smmu
+            .translate(&DmaRequest::read(SID, va, 4).privileged())
+            .unwrap();
+        h.smmu.stats().descriptor_reads
+    };
+    assert_eq!(
+        reads(&h, 0x1000),
+        4,
+        "a walk from the root reads four levels"
+    );
+    assert_eq!(
+        reads(&h, 0x2000),
+        5,
+        "the walk cache holds the level-3 table: one more read"
+    );
+    assert_eq!(
+        reads(&h, 0x10_5008),
+        5 + 1 + 16,
+        "the leaf, then every member of its contiguous run"
+    );
+    assert_eq!(reads(&h, 0x10_5010), 22, "a TLB hit reads nothing");
+}
+
+#[test]
 fn bad_streamid_is_recorded_only_with_recinvsid() {
     let mut h = H::new(ModelConfig::default());
     h.enable_linear(2);

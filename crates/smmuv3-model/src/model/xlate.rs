@@ -326,7 +326,7 @@ impl State {
     }
 
     /// [`State::walk_start`] with the walk cache on, out of line.
-    #[inline(never)]
+    #[inline(always)]
     fn walk_start_cached(&mut self, t: u64, tt: &TableCfg, ia: u64) -> Start {
         let stride = tt.stride();
         // Deepest first: the first table found decides.
@@ -364,10 +364,9 @@ impl State {
 
     #[inline(always)]
     fn note_steps(&mut self, t: u64, tt: &TableCfg, ia: u64, steps: &[(u32, u64, TableAttrs)]) {
-        let entries = steps.iter().map(|&(level, next, attrs)| {
-            let w = WalkEntry::new(next, attrs, tt.shift);
-            (tt.level_lsb(level), w)
-        });
+        let entries = steps
+            .iter()
+            .map(|&(lsb, next, attrs)| (lsb, WalkEntry::new(next, attrs, tt.shift)));
         self.tlb.walk_fill(t, ia, entries);
     }
 
