@@ -304,6 +304,34 @@ pub mod desc {
     pub const RUN_UPPER_ATTRS: u64 = 0x7 << CONTIGUOUS;
 }
 
+/// Where [`RawDesc::addr`] finds an address for one level's lowest
+/// output bit and format, decided once: a walk extracts an address at
+/// every level with one mask, one shift and an OR, and no branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OaMasks {
+    /// Bits \[47:lsb\], in place.
+    lo: u64,
+    /// OA\[51:48\] once bits \[15:12\] are shifted up to them; zero
+    /// without the 52-bit format.
+    hi: u64,
+}
+
+impl OaMasks {
+    /// Returns the masks for addresses whose lowest bit is `lsb` (12 to
+    /// 47), with OA\[51:48\] in bits \[15:12\] when `pa52`.
+    #[inline]
+    pub const fn new(lsb: u32, pa52: bool) -> Self {
+        Self {
+            lo: ((1u64 << (desc::OA_HI + 1)) - 1) & !((1u64 << lsb) - 1),
+            hi: if pa52 {
+                ((1u64 << (desc::OA52_HI - desc::OA52_LO + 1)) - 1) << 48
+            } else {
+                0
+            },
+        }
+    }
+}
+
 impl RawDesc {
     /// Returns whether the descriptor is valid.
     pub fn valid(&self) -> bool {
@@ -380,13 +408,14 @@ impl RawDesc {
     /// plus OA\[51:48\] from bits \[15:12\] when `pa52` (64K granule with
     /// 52-bit output). Bits \[50:48\] are RES0 and bit 51 is DBM, never
     /// address bits.
+    #[inline]
     pub fn addr(&self, lsb: u32, pa52: bool) -> u64 {
-        let lo = self.0 & ((1u64 << (desc::OA_HI + 1)) - 1) & !((1u64 << lsb) - 1);
-        if pa52 {
-            lo | bits(self.0, desc::OA52_HI, desc::OA52_LO) << 48
-        } else {
-            lo
-        }
+        self.addr_in(OaMasks::new(lsb, pa52))
+    }
+    /// Returns [`RawDesc::addr`] with its arguments' masks at hand.
+    #[inline]
+    pub fn addr_in(&self, m: OaMasks) -> u64 {
+        self.0 & m.lo | (self.0 << (48 - desc::OA52_LO)) & m.hi
     }
     /// Returns the descriptor with the access flag set.
     pub fn with_af(self) -> Self {
@@ -695,6 +724,10 @@ mod tests {
         // 52-bit 64K format: OA[51:48] from bits 15:12.
         let b = RawDesc(0x0000_1234_5678_0000 | 0xa << 12 | 3);
         assert_eq!(b.addr(16, true), 0x000a_1234_5678_0000);
+        // Bits 15:12 are not address bits without the 52-bit format, and
+        // the bits between the granule and 15 are never.
+        assert_eq!(b.addr(16, false), 0x0000_1234_5678_0000);
+        assert_eq!(RawDesc(0xffff).addr(16, true), 0xf << 48);
         assert_eq!(desc::RUN_LOWER_ATTRS, 0xbfc);
         assert_eq!(desc::RUN_UPPER_ATTRS, 0x7 << 52);
     }

@@ -7,7 +7,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::event::EventType;
-use crate::layout::{RawDesc, desc as d};
+use crate::layout::{OaMasks, RawDesc, desc as d};
 use crate::memory::DeviceMemory;
 
 /// How many times a walk restarts when a hardware update loses a race with
@@ -247,10 +247,11 @@ impl TableAttrs {
         self.0
     }
 
-    /// Returns these attributes with a table descriptor's added.
+    /// Returns these attributes with those of a table descriptor among
+    /// `keep` (bits as [`TableAttrs::from_bits`]) added.
     #[inline]
-    pub fn with_table(self, desc: RawDesc) -> Self {
-        Self(self.0 | desc.table_attr_bits())
+    pub fn with_table(self, desc: RawDesc, keep: u8) -> Self {
+        Self(self.0 | desc.table_attr_bits() & keep)
     }
 
     /// APTable\[0\] on the way: no unprivileged access.
@@ -463,7 +464,10 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
     let stride = cfg.stride();
     let level_mask = (1u64 << stride) - 1;
     let pa52 = cfg.pa52 && cfg.shift == 16;
-    let hierarchical = !cfg.stage2 && !cfg.had;
+    // As masks, so that each level applies them without a branch.
+    let table_addr = OaMasks::new(cfg.shift, pa52);
+    let beyond_oas = u64::MAX.checked_shl(cfg.oas).unwrap_or(0);
+    let table_attrs = if !cfg.stage2 && !cfg.had { 0xf } else { 0 };
     let mut lsb = cfg.level_lsb(level);
     // The start table (concatenated ones included) is indexed by every
     // input bit above its level; `ia` has no bits above the input size.
@@ -484,13 +488,12 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
         }
         let is_table = desc.is_table();
         if level < 3 && is_table {
-            let next = desc.addr(cfg.shift, pa52);
-            if next >> cfg.oas != 0 {
+            let next = desc.addr_in(table_addr);
+            if next & beyond_oas != 0 {
                 return fault(EventType::FAddrSize, level);
             }
-            if hierarchical {
-                attrs = attrs.with_table(desc);
-            }
+            // Hierarchical attributes (none at stage 2 or with HAD).
+            attrs = attrs.with_table(desc, table_attrs);
             let n = (level - start.level) as usize;
             if n < steps.len() {
                 steps[n] = (lsb, next, attrs);
@@ -510,7 +513,7 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
             return fault(EventType::FTranslation, level);
         }
         let oa_base = desc_addr(cfg, desc, lsb);
-        if oa_base >> cfg.oas != 0 {
+        if oa_base & beyond_oas != 0 {
             return fault(EventType::FAddrSize, level);
         }
         if desc.contiguous() {
@@ -821,7 +824,7 @@ mod tests {
         let p = s1_perms(leaf(0, false, false), t, wxn);
         assert_eq!(p, Perms::from_bits(Perms::READ_PRIV | Perms::WRITE_PRIV));
         // APTable[1] on the way makes the leaf read-only.
-        let ro = TableAttrs::default().with_table(RawDesc(3 | 1 << 62));
+        let ro = TableAttrs::default().with_table(RawDesc(3 | 1 << 62), 0xf);
         let p = s1_perms(leaf(0, false, false), ro, none);
         assert!(!p.writable());
     }
@@ -883,5 +886,61 @@ mod tests {
             &mut n,
         );
         assert_eq!(r.unwrap().oa_base, 0x4001_0000);
+    }
+
+    #[test]
+    fn table_attributes_apply_only_to_hierarchical_stage1_walks() {
+        let m = SimMemory::new(0x4000_0000, 1 << 20, Coherency::Coherent).unwrap();
+        let mut c = cfg4k();
+        c.start_level = 2;
+        c.ias = 30;
+        c.ttb = 0x4000_0000;
+        let l3 = c.ttb + 0x1000;
+        // APTable[1] (read-only) and PXNTable on the way to the page.
+        m.cpu_write_u64(c.ttb, l3 | 3 | 1 << 62 | 1 << 59).unwrap();
+        let write = Access {
+            write: true,
+            privileged: true,
+            instruction: false,
+        };
+        let walk_with = |c: &TableCfg, leaf: u64| {
+            m.cpu_write_u64(l3, leaf).unwrap();
+            let mut steps = [(0, 0, TableAttrs::default()); 4];
+            let mut n = 0;
+            let r = walk::<(), _>(
+                Tables::new(&m),
+                c,
+                Start::root(c),
+                0x123,
+                write,
+                S1Perm::default(),
+                &mut |a| Ok(a),
+                &mut steps,
+                &mut n,
+            );
+            assert_eq!(n, 1);
+            // The step is the level-2 descriptor, by its lowest input bit.
+            assert_eq!((steps[0].0, steps[0].1), (21, l3));
+            (r, steps[0].2.bits())
+        };
+        // Stage 1, privileged read/write page (AP = 00), AF set.
+        let s1_page = 0x4002_0000 | 3 | 1 << 10;
+        let (r, attrs) = walk_with(&c, s1_page);
+        assert!(matches!(r, Err(Halt::Fault(f)) if f.kind == EventType::FPermission));
+        assert_eq!(attrs, 0b1001, "PXNTable and APTable[1] accumulated");
+        c.had = true;
+        let (r, attrs) = walk_with(&c, s1_page);
+        assert_eq!(
+            r.unwrap().oa_base,
+            0x4002_0000,
+            "HAD: the table limits nothing"
+        );
+        assert_eq!(attrs, 0);
+        // Stage 2: bits 62:59 of a table descriptor are not attributes.
+        c.had = false;
+        c.stage2 = true;
+        let (r, attrs) = walk_with(&c, 0x4002_0000 | 3 | 1 << 10 | 3 << 6);
+        assert_eq!(r.unwrap().oa_base, 0x4002_0000);
+        assert_eq!(attrs, 0);
     }
 }

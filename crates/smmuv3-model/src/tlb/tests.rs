@@ -290,8 +290,8 @@ fn snapshot_round_trip_keeps_entries_and_eviction_order() {
 #[test]
 fn walk_entries_keep_table_attributes_and_granule() {
     let no_user_ro = TableAttrs::default()
-        .with_table(crate::layout::RawDesc(3 | 1 << 61 | 1 << 62))
-        .with_table(crate::layout::RawDesc(3 | 1 << 59 | 1 << 60));
+        .with_table(crate::layout::RawDesc(3 | 1 << 61 | 1 << 62), 0xf)
+        .with_table(crate::layout::RawDesc(3 | 1 << 59 | 1 << 60), 0xf);
     assert!(no_user_ro.no_user() && no_user_ro.read_only());
     assert!(no_user_ro.pxn() && no_user_ro.uxn());
     for shift in [12, 14, 16] {
