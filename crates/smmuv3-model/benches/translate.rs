@@ -176,6 +176,17 @@ fn bench(c: &mut Criterion) {
             black_box(fields(h.smmu.translate(&r)))
         })
     });
+
+    // Not a translation: the uncontended lock and unlock of the state
+    // lock's kind of mutex, which every case above but `tlb_hit` makes
+    // once per translation. The floor under them on this host.
+    let m = std::sync::Mutex::new(0u64);
+    g.bench_function("state_lock_floor", |b| {
+        b.iter(|| {
+            let mut g = black_box(&m).lock().unwrap_or_else(|e| e.into_inner());
+            *g += 1;
+        })
+    });
     g.finish();
 }
 

@@ -1,7 +1,7 @@
 //! Runs a fixed number of translations of one kind, for load-independent
 //! measurement with `perf stat -e cycles:u,instructions:u` (see
 //! BENCHMARKS.md):
-//! `translate_loop <hit|hit-opaque|hit-two|hit64|walk|walk-uncached|miss|nested|tlbi> <count>`.
+//! `translate_loop <hit|hit-opaque|hit-two|hit64|walk|walk-uncached|miss|nested|tlbi|lock> <count>`.
 //!
 //! `hit-opaque` is `hit` with each request passed through `black_box`: the
 //! compiler cannot fold the request's constant fields (stream, access
@@ -15,6 +15,11 @@
 //! `miss` streams over 2^18 pages (1 GiB of 4K pages, four times the TLB):
 //! every translation misses the TLB, finds its level-3 table in the walk
 //! cache and walks one level, as a real SMMU does on a warm table.
+//!
+//! `lock` is no translation: the uncontended lock and unlock of a
+//! `std::sync::Mutex`, which every translation but a hit of the lock-free
+//! copy makes once (the model's state lock). It is the floor under the
+//! other cases, and it costs what the host's locked instructions cost.
 //!
 //! `tlbi` measures `Iotlb` upkeep: a vm-memory `Iotlb` holds
 //! [`IOTLB_PAGES`] pages; each iteration invalidates one of them
@@ -61,6 +66,19 @@ fn tlbi_loop(count: u64) {
         "tlbi: {count} invalidations, {} Iotlb units dropped (checksum {sum:#x})",
         s.iotlb_invalidations
     );
+}
+
+/// The state lock's share of a translation: one uncontended lock and
+/// unlock of a `std::sync::Mutex` per iteration, as `SmmuModel` makes.
+fn lock_loop(count: u64) {
+    use std::hint::black_box;
+    let m = std::sync::Mutex::new(0u64);
+    for i in 0..count {
+        let mut g = black_box(&m).lock().unwrap_or_else(|e| e.into_inner());
+        *g = g.wrapping_add(i);
+    }
+    let sum = *m.lock().unwrap_or_else(|e| e.into_inner());
+    println!("lock: {count} lock/unlock pairs (checksum {sum:#x})");
 }
 
 fn opaque_loop(count: u64) {
@@ -152,6 +170,10 @@ fn main() {
         tlbi_loop(count);
         return;
     }
+    if mode == "lock" {
+        lock_loop(count);
+        return;
+    }
     if mode == "hit-opaque" {
         opaque_loop(count);
         return;
@@ -173,7 +195,7 @@ fn main() {
         "nested" => (model(1, true), true),
         other => {
             eprintln!(
-                "unknown mode {other}; use hit, hit-opaque, hit-two, hit64, walk, walk-uncached, miss, nested or tlbi"
+                "unknown mode {other}; use hit, hit-opaque, hit-two, hit64, walk, walk-uncached, miss, nested, tlbi or lock"
             );
             std::process::exit(2);
         }
