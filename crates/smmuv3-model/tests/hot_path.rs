@@ -1,6 +1,6 @@
 //! The lock-free TLB-hit path of `SmmuModel::translate`: counted like any
-//! hit, and never serving a translation an invalidation removed, even
-//! with another thread translating the same page all along.
+//! hit, serving a working set of pages, and never serving a translation an
+//! invalidation removed, even with another thread translating all along.
 
 mod common;
 
@@ -49,9 +49,31 @@ fn hot_hits_are_counted_and_dropped_by_tlbi() {
     assert_eq!(h.smmu.snapshot(), h.smmu.snapshot());
 }
 
-#[test]
-fn no_translation_after_a_completed_tlbi_under_concurrent_hits() {
+/// Maps `pages` more pages at `WORKING_SET` (after `setup`'s page at
+/// 0x4000), each to its own physical page; returns those.
+fn map_working_set(h: &H, pt: &Pt, pages: u64) -> Vec<u64> {
+    (0..pages)
+        .map(|i| {
+            let pa = h.alloc(4096);
+            pt.map(h, WORKING_SET + i * 0x1000, pa, 3, S1_RW);
+            pa
+        })
+        .collect()
+}
+
+/// Where `map_working_set` maps its pages.
+const WORKING_SET: u64 = 0x10_0000;
+
+/// Reader threads translate `vas` round robin while this one unmaps
+/// `vas[victim]` and completes TLBI_NH_VA + CMD_SYNC for it: from then on
+/// no translation of that page may succeed, and the others keep theirs.
+fn tlbi_under_concurrent_hits(pages: u64, victim: usize) {
     let (mut h, pt, page) = setup();
+    let mut pas = vec![page];
+    pas.extend(map_working_set(&h, &pt, pages - 1));
+    let vas: Vec<u64> = std::iter::once(0x4000)
+        .chain((0..pages - 1).map(|i| WORKING_SET + i * 0x1000))
+        .collect();
     let smmu: &'static smmuv3_model::SmmuModel = Box::leak(Box::new(std::mem::replace(
         &mut h.smmu,
         Arc::new(smmuv3_model::SmmuModel::new(ModelConfig::default(), h.mem.clone()).unwrap()),
@@ -61,16 +83,27 @@ fn no_translation_after_a_completed_tlbi_under_concurrent_hits() {
     let done = Arc::new(AtomicBool::new(false));
     let after = Arc::new(AtomicU64::new(0));
     let running = Arc::new(AtomicBool::new(false));
-    let req = DmaRequest::read(1, 0x4010, 4).privileged();
-    assert_eq!(smmu.translate(&req).unwrap().pa, page + 0x10);
+    let req = |va: u64| DmaRequest::read(1, va + 0x10, 4).privileged();
+    for _ in 0..3 {
+        for (&va, &pa) in vas.iter().zip(&pas) {
+            assert_eq!(smmu.translate(&req(va)).unwrap().pa, pa + 0x10);
+        }
+    }
+    // Every page has its copy now: the reader's hits take no lock.
+    let before = smmu.lock_free_hits();
     let reader = {
         let (done, after, running) = (done.clone(), after.clone(), running.clone());
+        let (vas, pas) = (vas.clone(), pas.clone());
         std::thread::spawn(move || {
             let (mut hits, mut checked) = (0u64, 0u64);
+            let mut i = 0;
             while checked < 10_000 {
+                i = (i + 1) % vas.len();
                 let invalidated = done.load(Ordering::Acquire);
-                let r = smmu.translate(&req);
-                if invalidated {
+                let r = smmu.translate(&req(vas[i]));
+                if i != victim {
+                    assert_eq!(r.unwrap().pa, pas[i] + 0x10, "page {i}");
+                } else if invalidated {
                     checked += 1;
                     if r.is_ok() {
                         after.fetch_add(1, Ordering::Relaxed);
@@ -86,9 +119,9 @@ fn no_translation_after_a_completed_tlbi_under_concurrent_hits() {
     while !running.load(Ordering::Acquire) {
         std::thread::yield_now();
     }
-    pt.unmap(&h, 0x4000, 3);
+    pt.unmap(&h, vas[victim], 3);
     // TLBI_NH_VA + SYNC on the leaked model's command queue.
-    let (w0, w1) = tlbi_nh_va(1, 0x4000, true);
+    let (w0, w1) = tlbi_nh_va(1, vas[victim], true);
     let n = 1u32 << h.cmdq_log2;
     for (i, w) in [(w0, w1), (u64::from(smmuv3_model::layout::op::SYNC), 0)]
         .into_iter()
@@ -103,8 +136,92 @@ fn no_translation_after_a_completed_tlbi_under_concurrent_hits() {
     done.store(true, Ordering::Release);
     let hits_before = reader.join().unwrap();
     assert!(hits_before > 0, "the reader raced the invalidation");
+    assert!(smmu.lock_free_hits() > before, "and hit without the lock");
     assert_eq!(after.load(Ordering::Relaxed), 0);
-    assert!(smmu.translate(&req).is_err());
+    assert!(smmu.translate(&req(vas[victim])).is_err());
+}
+
+#[test]
+fn no_translation_after_a_completed_tlbi_under_concurrent_hits() {
+    tlbi_under_concurrent_hits(1, 0);
+}
+
+#[test]
+fn no_page_of_a_working_set_translates_after_its_tlbi_under_concurrent_hits() {
+    tlbi_under_concurrent_hits(16, 5);
+}
+
+#[test]
+fn copies_serve_a_working_set_of_pages_without_the_lock() {
+    let (h, pt, _page) = setup();
+    let pas = map_working_set(&h, &pt, 32);
+    let req = |i: u64| DmaRequest::read(1, WORKING_SET + i * 0x1000 + 8, 4).privileged();
+    // A walk, then a locked TLB hit that publishes the page's copy.
+    for _ in 0..2 {
+        for (i, &pa) in pas.iter().enumerate() {
+            assert_eq!(h.smmu.translate(&req(i as u64)).unwrap().pa, pa + 8);
+        }
+    }
+    let (before, stats) = (h.smmu.lock_free_hits(), h.smmu.stats());
+    for (i, &pa) in pas.iter().enumerate() {
+        let t = h.smmu.translate(&req(i as u64)).unwrap();
+        assert_eq!((t.pa, t.bytes_left, t.tlb_hit), (pa + 8, 0x1000 - 8, true));
+    }
+    assert_eq!(
+        h.smmu.lock_free_hits() - before,
+        32,
+        "every page off the lock"
+    );
+    let s = h.smmu.stats();
+    assert_eq!(s.tlb_hits - stats.tlb_hits, 32, "counted as TLB hits");
+    assert_eq!(s.walks, stats.walks);
+}
+
+#[test]
+fn a_completed_tlbi_drops_the_copies_of_every_page() {
+    let (mut h, pt, _page) = setup();
+    let pas = map_working_set(&h, &pt, 8);
+    let req = |i: u64| DmaRequest::read(1, WORKING_SET + i * 0x1000, 4).privileged();
+    let all = |h: &H| {
+        for (i, &pa) in pas.iter().enumerate() {
+            assert_eq!(h.smmu.translate(&req(i as u64)).unwrap().pa, pa);
+        }
+    };
+    for _ in 0..3 {
+        all(&h);
+    }
+    pt.unmap(&h, WORKING_SET + 3 * 0x1000, 3);
+    let (w0, w1) = tlbi_nh_va(1, WORKING_SET + 3 * 0x1000, true);
+    h.cmd(w0, w1);
+    h.sync();
+    assert!(h.smmu.translate(&req(3)).is_err());
+    // The other pages keep their translations, each through the lock
+    // once (every copy went with the command), then off it again.
+    let before = h.smmu.lock_free_hits();
+    for i in (0..8).filter(|&i| i != 3) {
+        assert_eq!(h.smmu.translate(&req(i)).unwrap().pa, pas[i as usize]);
+        assert_eq!(h.smmu.lock_free_hits(), before, "page {i}");
+    }
+    for i in (0..8).filter(|&i| i != 3) {
+        assert_eq!(h.smmu.translate(&req(i)).unwrap().pa, pas[i as usize]);
+    }
+    assert_eq!(h.smmu.lock_free_hits() - before, 7);
+}
+
+#[test]
+fn pages_sharing_a_slot_never_serve_each_other() {
+    let (h, pt, _page) = setup();
+    // 64 slots: pages 64 apart share one.
+    let (a, b) = (WORKING_SET, WORKING_SET + 64 * 0x1000);
+    let (pa, pb) = (h.alloc(4096), h.alloc(4096));
+    pt.map(&h, a, pa, 3, S1_RW);
+    pt.map(&h, b, pb, 3, S1_RW);
+    for _ in 0..50 {
+        for (va, want) in [(a, pa), (b, pb)] {
+            let r = DmaRequest::read(1, va + 4, 4).privileged();
+            assert_eq!(h.smmu.translate(&r).unwrap().pa, want + 4);
+        }
+    }
 }
 
 /// Translates `req` until the lock-free copy holds its page (a repeat

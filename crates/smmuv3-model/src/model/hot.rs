@@ -1,11 +1,15 @@
-//! The lock-free copy of the last TLB entry used, for the hit path of
-//! [`crate::SmmuModel::translate`]: a seqlock over a few words, written
-//! only under the state lock (whenever the in-lock copy changes: any
-//! command, register write, miss or new hit), read without it.
+//! The lock-free copies of TLB entries, for the hit path of
+//! [`crate::SmmuModel::translate`]: a few dozen slots, each a seqlock over
+//! a few words, written only under the state lock, read without it. A
+//! slot holds the entry a locked hit used for one 4 KiB page of one
+//! stream (by a hash of both), so hits spread over a working set of pages
+//! stay off the lock, not only repeats of one page.
 //!
-//! It never outlives the TLB entry it copies, for the same reason the
-//! in-lock copy does not: everything that could drop or change that entry
-//! first invalidates the copy, before the state lock is released.
+//! No copy outlives the TLB entry it copies, for the same reason the
+//! in-lock copy does not: everything that could drop or change a TLB
+//! entry (any command, register write or TLB miss) first drops every copy,
+//! before the state lock is released. Dropping them all is one store: a
+//! slot serves only while it carries the current generation.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::cell::{Cell, RefCell};
@@ -69,10 +73,16 @@ thread_local! {
     static LAST: Cell<(u64, *const AtomicU64)> = const { Cell::new((0, core::ptr::null())) };
 }
 
-/// The published copy.
-#[derive(Debug)]
-pub(crate) struct Hot {
+/// Number of slots (a power of two).
+pub(crate) const SLOTS: usize = 64;
+
+/// One published copy.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Slot {
     seq: AtomicU64,
+    /// The generation it was published in; it serves only in that one.
+    generation: AtomicU64,
     /// StreamID << 32 | SubstreamID (or `NO_SSID`).
     key: AtomicU64,
     /// Input address of the unit's first byte.
@@ -81,9 +91,19 @@ pub(crate) struct Hot {
     size: AtomicU64,
     /// Output address of the unit's first byte.
     out_base: AtomicU64,
-    /// The accesses allowed (see [`perm_mask`]); 0 when nothing is
+    /// The accesses allowed (see [`perm_mask`]); 0 in a slot never
     /// published, so that no access hits.
     perms: AtomicU32,
+}
+
+/// The published copies.
+#[derive(Debug)]
+pub(crate) struct Hot {
+    /// In place rather than boxed: one load less per hit.
+    slots: [Slot; SLOTS],
+    /// The current generation: slots published before the last
+    /// [`Hot::clear`] carry an older one.
+    generation: AtomicU64,
     id: u64,
     /// Every thread's hit counter and the part of it already folded into
     /// the statistics.
@@ -93,16 +113,21 @@ pub(crate) struct Hot {
 impl Default for Hot {
     fn default() -> Self {
         Self {
-            seq: AtomicU64::new(0),
-            key: AtomicU64::new(0),
-            base: AtomicU64::new(0),
-            size: AtomicU64::new(0),
-            out_base: AtomicU64::new(0),
-            perms: AtomicU32::new(0),
+            slots: core::array::from_fn(|_| Slot::default()),
+            // Above the zero of slots never published.
+            generation: AtomicU64::new(1),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             counters: Mutex::new(Vec::new()),
         }
     }
+}
+
+/// Returns the slot of the 4 KiB page `iova >> 12` of stream `sid`.
+#[inline(always)]
+fn slot_of(sid: u32, iova: u64) -> usize {
+    // Consecutive pages of one stream take consecutive slots; the stream
+    // moves the run so that streams using the same addresses spread.
+    ((iova >> 12) ^ u64::from(sid).wrapping_mul(0x9e37_79b9)) as usize & (SLOTS - 1)
 }
 
 impl Hot {
@@ -154,34 +179,49 @@ impl Hot {
         n
     }
 
-    /// Publishes `last` (or nothing). Callers hold the state lock, so there
-    /// is a single writer.
-    pub fn publish(&self, last: Option<&LastHit>) {
+    /// Returns every hit counted since the model was made.
+    pub fn total_hits(&self) -> u64 {
+        let v = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter().map(|(c, _)| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Drops every copy. Callers hold the state lock (a single writer).
+    pub fn clear(&self) {
+        let g = self.generation.load(Ordering::Relaxed);
+        // Release: a reader that sees the new generation sees the stores
+        // of the state lock's holders before it. Readers compare it after
+        // reading a slot (see `hit`), so a slot read before the clear is
+        // refused once the clear is visible.
+        self.generation.store(g + 1, Ordering::Release);
+    }
+
+    /// Publishes `last` in the slot of the page of `iova` (an address it
+    /// translates) for the accesses it allows. Callers hold the state
+    /// lock, so there is a single writer.
+    pub fn publish(&self, iova: u64, last: &LastHit) {
         // A SubstreamID out of range never translates, and `hit` maps
         // every such request to `1 << MAX_SSID_BITS`: an entry of that
         // key must not be served (there is none; this keeps it so).
-        let last = last.filter(|l| l.ssid == NO_SSID || l.ssid >> MAX_SSID_BITS == 0);
-        if last.is_none() && self.perms.load(Ordering::Relaxed) == 0 {
+        if last.ssid != NO_SSID && last.ssid >> MAX_SSID_BITS != 0 {
             return;
         }
-        let s = self.seq.load(Ordering::Relaxed);
-        self.seq.store(s + 1, Ordering::Relaxed);
+        let slot = &self.slots[slot_of(last.sid, iova)];
+        let s = slot.seq.load(Ordering::Relaxed);
+        slot.seq.store(s + 1, Ordering::Relaxed);
         // The odd sequence number is visible before any word changes.
         fence(Ordering::Release);
-        match last {
-            Some(l) => {
-                self.key.store(
-                    u64::from(l.sid) << 32 | u64::from(l.ssid),
-                    Ordering::Relaxed,
-                );
-                self.base.store(l.page << l.size_log2, Ordering::Relaxed);
-                self.size.store(1 << l.size_log2, Ordering::Relaxed);
-                self.out_base.store(l.out_base, Ordering::Relaxed);
-                self.perms.store(perm_mask(&l.perms), Ordering::Relaxed);
-            }
-            None => self.perms.store(0, Ordering::Relaxed),
-        }
-        self.seq.store(s + 2, Ordering::Release);
+        slot.key.store(
+            u64::from(last.sid) << 32 | u64::from(last.ssid),
+            Ordering::Relaxed,
+        );
+        slot.base
+            .store(last.page << last.size_log2, Ordering::Relaxed);
+        slot.size.store(1 << last.size_log2, Ordering::Relaxed);
+        slot.out_base.store(last.out_base, Ordering::Relaxed);
+        slot.perms.store(perm_mask(&last.perms), Ordering::Relaxed);
+        slot.generation
+            .store(self.generation.load(Ordering::Relaxed), Ordering::Relaxed);
+        slot.seq.store(s + 2, Ordering::Release);
     }
 
     /// Returns the translation of `req` when the published copy serves it
@@ -194,20 +234,25 @@ impl Hot {
             Some(s) => s.min(1 << MAX_SSID_BITS),
         };
         let want = u64::from(req.sid) << 32 | u64::from(ssid);
-        let s1 = self.seq.load(Ordering::Acquire);
-        let key = self.key.load(Ordering::Relaxed);
-        let base = self.base.load(Ordering::Relaxed);
-        let size = self.size.load(Ordering::Relaxed);
-        let out_base = self.out_base.load(Ordering::Relaxed);
-        let perms = self.perms.load(Ordering::Relaxed);
-        // The words were read before the sequence number is read again.
+        let slot = &self.slots[slot_of(req.sid, req.iova)];
+        let s1 = slot.seq.load(Ordering::Acquire);
+        let key = slot.key.load(Ordering::Relaxed);
+        let base = slot.base.load(Ordering::Relaxed);
+        let size = slot.size.load(Ordering::Relaxed);
+        let out_base = slot.out_base.load(Ordering::Relaxed);
+        let perms = slot.perms.load(Ordering::Relaxed);
+        let generation = slot.generation.load(Ordering::Relaxed);
+        // The words were read before the sequence number is read again,
+        // and before the current generation is.
         fence(Ordering::Acquire);
-        let s2 = self.seq.load(Ordering::Relaxed);
+        let s2 = slot.seq.load(Ordering::Relaxed);
+        let current = self.generation.load(Ordering::Relaxed);
         // Wrapping: an address below `base` gives an offset past `size`.
         let off = req.iova.wrapping_sub(base);
         // Unchanged and not being written (even): an odd `s1` cleared of
         // its low bit is below every later value, `s2` included.
         if s2 != s1 & !1
+            || generation != current
             || key != want
             || off >= size
             || perms.wrapping_shr(access_shift(req)) & 1 == 0

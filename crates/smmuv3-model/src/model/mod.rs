@@ -85,9 +85,9 @@ struct LastHit {
 
 pub(crate) struct State {
     last: Option<LastHit>,
-    /// The lock-free copy of `last`.
+    /// The lock-free copies of TLB entries that served locked hits.
     hot: Arc<hot::Hot>,
-    /// `last` is published in `hot`.
+    /// A copy was published in `hot` since it was last cleared.
     hot_live: bool,
     cfg: ModelConfig,
     ids: IdRegs,
@@ -446,6 +446,17 @@ impl SmmuModel {
         Ok(())
     }
 
+    /// Returns how many translations were served by the lock-free copies
+    /// of TLB entries since the model was made: the TLB hits that took no
+    /// lock (they are counted in [`Stats::tlb_hits`] too).
+    ///
+    /// Not a statistic: a restored model starts without copies, so the
+    /// same translations after a restore may take the lock where the
+    /// original did not, with the same results.
+    pub fn lock_free_hits(&self) -> u64 {
+        self.hot.total_hits()
+    }
+
     /// Returns a snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let mut s = self.lock();
@@ -561,22 +572,26 @@ impl SmmuModel {
 }
 
 impl State {
-    /// Replaces the copy of the last TLB entry used (and its lock-free
-    /// twin, which is never published while tracing).
+    /// Replaces the in-lock copy of the last TLB entry used.
+    ///
+    /// `None` is what everything that could drop or change a TLB entry
+    /// (commands, register writes, TLB misses, restores) does first: it
+    /// also drops every lock-free copy. `Some` follows an entry just used,
+    /// which leaves the other copies' entries as they were.
     fn set_last(&mut self, last: Option<LastHit>) {
+        if last.is_none() && self.hot_live {
+            self.hot.clear();
+            self.hot_live = false;
+        }
         self.last = last;
-        // Published only once the copy serves a repeat (see
-        // `publish_last`), so translations spread over many pages do not
-        // pay for publishing.
-        self.hot.publish(None);
-        self.hot_live = false;
     }
 
-    /// Publishes the in-lock copy to the lock-free path (once per copy, and
-    /// never while tracing, whose translations must all take the lock).
-    fn publish_last(&mut self) {
-        if !self.hot_live && self.trace.is_none() {
-            self.hot.publish(self.last.as_ref());
+    /// Publishes `l`, the entry a locked hit on `iova` used, to the
+    /// lock-free path (never while tracing, whose translations must all
+    /// take the lock).
+    fn publish(&mut self, iova: u64, l: &LastHit) {
+        if self.trace.is_none() {
+            self.hot.publish(iova, l);
             self.hot_live = true;
         }
     }

@@ -455,7 +455,8 @@ impl State {
         let t = Xlat::hit(l.out_base + off, (1 << l.size_log2) - off);
         self.stats.tlb_hits += 1;
         // The page repeats: let the next ones skip the lock.
-        self.publish_last();
+        let l = *l;
+        self.publish(iova, &l);
         Some(t)
     }
 
@@ -516,14 +517,18 @@ impl State {
         self.stats.tlb_hits += 1;
         self.stats.ste_hits += 1;
         if ia == iova {
-            self.set_last(Some(super::LastHit {
+            let l = super::LastHit {
                 sid,
                 ssid,
                 page: ia >> e.size_log2,
                 size_log2: e.size_log2,
                 out_base: e.out_base,
                 perms: e.perms,
-            }));
+            };
+            // No block hits here when strict break-before-make re-walks
+            // them (the lookup finds none), so its copy may serve too.
+            self.publish(iova, &l);
+            self.set_last(Some(l));
         }
         let off = ia & ((1 << e.size_log2) - 1);
         Cached::Hit(Xlat::hit(e.out_base + off, (1 << e.size_log2) - off))
