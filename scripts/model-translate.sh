@@ -39,7 +39,7 @@ quartiles() { # values...
 printf '%-14s %-10s %12s   %s\n' case binary instr/op "ns/op min / q1 / median / q3 ($rounds rounds)"
 for spec in hit:1000000:20000000 hit-opaque:1000000:20000000 hit64:200000:5000000 \
     walk:100000:1000000 walk-uncached:100000:1000000 miss:100000:1000000 nested:50000:500000 \
-    lock:1000000:20000000; do
+    lock:1000000:20000000 swap:1000000:20000000; do
     IFS=: read -r mode n_ic n_t <<<"$spec"
     declare -A times=()
     if [ "$have_perf" = 1 ]; then

@@ -1,7 +1,7 @@
 //! Runs a fixed number of translations of one kind, for load-independent
 //! measurement with `perf stat -e cycles:u,instructions:u` (see
 //! BENCHMARKS.md):
-//! `translate_loop <hit|hit-opaque|hit-two|hit64|walk|walk-uncached|miss|nested|tlbi|lock> <count>`.
+//! `translate_loop <hit|hit-opaque|hit-two|hit64|walk|walk-uncached|miss|nested|tlbi|lock|swap> <count>`.
 //!
 //! `hit-opaque` is `hit` with each request passed through `black_box`: the
 //! compiler cannot fold the request's constant fields (stream, access
@@ -20,6 +20,8 @@
 //! `std::sync::Mutex`, which every translation but a hit of the lock-free
 //! copy makes once (the model's state lock). It is the floor under the
 //! other cases, and it costs what the host's locked instructions cost.
+//! `swap` is one locked instruction and a plain release store per
+//! iteration (what a spin lock would cost), to tell the two apart.
 //!
 //! `tlbi` measures `Iotlb` upkeep: a vm-memory `Iotlb` holds
 //! [`IOTLB_PAGES`] pages; each iteration invalidates one of them
@@ -79,6 +81,22 @@ fn lock_loop(count: u64) {
     }
     let sum = *m.lock().unwrap_or_else(|e| e.into_inner());
     println!("lock: {count} lock/unlock pairs (checksum {sum:#x})");
+}
+
+/// One locked instruction (an atomic swap) and a release store per
+/// iteration: the cost of the host's locked instructions alone.
+fn swap_loop(count: u64) {
+    use std::hint::black_box;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let flag = AtomicBool::new(false);
+    let mut sum = 0u64;
+    for i in 0..count {
+        let f = black_box(&flag);
+        while f.swap(true, Ordering::Acquire) {}
+        sum = black_box(sum.wrapping_add(i));
+        f.store(false, Ordering::Release);
+    }
+    println!("swap: {count} swap/store pairs (checksum {sum:#x})");
 }
 
 fn opaque_loop(count: u64) {
@@ -174,6 +192,10 @@ fn main() {
         lock_loop(count);
         return;
     }
+    if mode == "swap" {
+        swap_loop(count);
+        return;
+    }
     if mode == "hit-opaque" {
         opaque_loop(count);
         return;
@@ -195,7 +217,7 @@ fn main() {
         "nested" => (model(1, true), true),
         other => {
             eprintln!(
-                "unknown mode {other}; use hit, hit-opaque, hit-two, hit64, walk, walk-uncached, miss, nested, tlbi or lock"
+                "unknown mode {other}; use hit, hit-opaque, hit-two, hit64, walk, walk-uncached, miss, nested, tlbi, lock or swap"
             );
             std::process::exit(2);
         }
