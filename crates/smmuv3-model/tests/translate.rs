@@ -732,48 +732,33 @@ fn nested_cached_entry_reports_the_denying_stage() {
     assert_eq!((e.kind, e.s2, e.addr2), (EventType::FPermission, true, ipa));
 }
 
+/// Maps the 16 pages at `va` to those at `pa` as one contiguous run (4K
+/// granule: the Contiguous bit on each of 16 level-3 descriptors).
+fn map_run(h: &H, pt: &Pt, va: u64, pa: u64) {
+    const CONT: u64 = 1 << 52;
+    for i in 0..16u64 {
+        pt.map(h, va + i * 0x1000, pa + i * 0x1000, 3, S1_RW | CONT);
+    }
+}
+
 #[test]
 fn contiguous_hint_is_checked() {
     let mut h = H::new(ModelConfig::default());
     let pt = s1_setup(&mut h, 12, 48);
     let block = MEM_BASE + (1 << 20); // 64 KiB aligned
     const CONT: u64 = 1 << 52;
-    for i in 0..16u64 {
-        pt.map(
-            &h,
-            0x10_0000 + i * 0x1000,
-            block + i * 0x1000,
-            3,
-            S1_RW | CONT,
-        );
-    }
+    map_run(&h, &pt, 0x10_0000, block);
     let r = |va| DmaRequest::read(SID, va, 4).privileged();
     assert_eq!(h.smmu.translate(&r(0x10_5008)).unwrap().pa, block + 0x5008);
     // One member pointing elsewhere: the run is misprogrammed.
-    for i in 0..16u64 {
-        pt.map(
-            &h,
-            0x20_0000 + i * 0x1000,
-            block + i * 0x1000,
-            3,
-            S1_RW | CONT,
-        );
-    }
+    map_run(&h, &pt, 0x20_0000, block);
     pt.map(&h, 0x20_7000, block + 0x9000, 3, S1_RW | CONT);
     assert_eq!(
         h.smmu.translate(&r(0x20_3000)).unwrap_err().event_type(),
         Some(EventType::FTlbConflict)
     );
     // A run whose output is not aligned to 64 KiB.
-    for i in 0..16u64 {
-        pt.map(
-            &h,
-            0x30_0000 + i * 0x1000,
-            block + 0x1000 + i * 0x1000,
-            3,
-            S1_RW | CONT,
-        );
-    }
+    map_run(&h, &pt, 0x30_0000, block + 0x1000);
     assert_eq!(
         h.smmu.translate(&r(0x30_0000)).unwrap_err().event_type(),
         Some(EventType::FTlbConflict)
@@ -786,19 +771,10 @@ fn descriptor_reads_count_every_descriptor_a_walk_reads() {
     let mut h = H::new(ModelConfig::default());
     let pt = s1_setup(&mut h, 12, 48);
     let block = MEM_BASE + (1 << 20); // 64 KiB aligned
-    const CONT: u64 = 1 << 52;
     pt.map(&h, 0x1000, h.alloc(4096), 3, S1_RW);
     pt.map(&h, 0x2000, h.alloc(4096), 3, S1_RW);
     // A contiguous run in the same level-3 table (the first 2 MiB).
-    for i in 0..16u64 {
-        pt.map(
-            &h,
-            0x10_0000 + i * 0x1000,
-            block + i * 0x1000,
-            3,
-            S1_RW | CONT,
-        );
-    }
+    map_run(&h, &pt, 0x10_0000, block);
     let reads = |h: &H, va| {
         h.smmu
             .translate(&DmaRequest::read(SID, va, 4).privileged())
