@@ -74,7 +74,7 @@ thread_local! {
 }
 
 /// Number of slots (a power of two).
-pub(crate) const SLOTS: usize = 64;
+const SLOTS: usize = 64;
 
 /// One published copy.
 #[derive(Debug, Default)]
@@ -125,8 +125,9 @@ impl Default for Hot {
 /// Returns the slot of the 4 KiB page `iova >> 12` of stream `sid`.
 #[inline(always)]
 fn slot_of(sid: u32, iova: u64) -> usize {
-    // Consecutive pages of one stream take consecutive slots; the stream
-    // moves the run so that streams using the same addresses spread.
+    // Any 64 consecutive pages of one stream take distinct slots (XOR with
+    // one value permutes the low six bits); the stream's own value spreads
+    // streams that use the same addresses.
     ((iova >> 12) ^ u64::from(sid).wrapping_mul(0x9e37_79b9)) as usize & (SLOTS - 1)
 }
 
