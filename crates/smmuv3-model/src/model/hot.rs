@@ -21,7 +21,7 @@ use crate::walk::{Access, Perms};
 use crate::{DmaRequest, Translation};
 
 /// Returns the shift that brings the bit of `req`'s kind of access to
-/// bit 0 of the hot copy's 32-bit permission mask, modulo 32: its low
+/// bit 0 of a slot's 32-bit permission mask, modulo 32: its low
 /// five bits are the index (bit 0 write, bit 1 privileged, bit 2
 /// instruction fetch, bit 3 ATS-translated, bit 4 clear).
 ///
@@ -41,7 +41,7 @@ fn access_shift(req: &DmaRequest) -> u32 {
     flags.wrapping_mul(1 << 21 | 1 << 14 | 1 << 7 | 1) >> 21
 }
 
-/// Returns the permission mask the hot copy checks an access against
+/// Returns the permission mask a slot checks an access against
 /// (see [`access_shift`]): the bit of an access index is set when `p`
 /// allows that access. ATS-translated requests never hit (their
 /// translation is not the TLB's), and an instruction fetch that writes is

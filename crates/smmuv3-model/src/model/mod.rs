@@ -341,7 +341,7 @@ impl SmmuModel {
     }
 
     /// Translates `req` under the state lock: everything but a hit of the
-    /// lock-free copy. Never inlined, so that callers inline only the hit.
+    /// lock-free copies. Never inlined, so that callers inline only the hit.
     #[inline(never)]
     fn translate_locked(&self, req: &DmaRequest) -> Result<Translation, DmaFault> {
         let r = self.lock().translate(req, req.iova);
