@@ -448,16 +448,17 @@ impl Tlb {
         None
     }
 
-    /// Caches `e` for `ia`. Returns true, caching nothing, when break-
-    /// before-make is enforced and an entry of another size is still cached
-    /// for `ia`: a TLB conflict. Caches nothing (and reports no conflict)
-    /// when the TLB is disabled.
+    /// As [`Tlb::insert_packed`], for the tag `tag`.
     #[cfg(test)]
     pub fn insert(&mut self, tag: Tag, ia: u64, e: TlbEntry) -> bool {
         self.insert_packed(tag.packed(), ia, e)
     }
 
-    /// As [`Tlb::insert`], for the packed tag `t` ([`Tag::packed`]).
+    /// Caches `e` for `ia` under the packed tag `t` ([`Tag::packed`]).
+    /// Returns true, caching nothing, when break-before-make is enforced
+    /// and an entry of another size is still cached for `ia`: a TLB
+    /// conflict. Caches nothing (and reports no conflict) when the TLB is
+    /// disabled.
     #[inline(always)]
     pub fn insert_packed(&mut self, t: u64, ia: u64, e: TlbEntry) -> bool {
         if !self.enabled {
