@@ -184,24 +184,17 @@ fn main() {
         .get(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    if mode == "tlbi" {
-        tlbi_loop(count);
-        return;
-    }
-    if mode == "lock" {
-        lock_loop(count);
-        return;
-    }
-    if mode == "swap" {
-        swap_loop(count);
-        return;
-    }
-    if mode == "hit-opaque" {
-        opaque_loop(count);
-        return;
-    }
-    if mode == "hit-two" {
-        two_models_loop(count);
+    // The cases with a loop of their own.
+    let own: Option<fn(u64)> = match mode {
+        "tlbi" => Some(tlbi_loop),
+        "lock" => Some(lock_loop),
+        "swap" => Some(swap_loop),
+        "hit-opaque" => Some(opaque_loop),
+        "hit-two" => Some(two_models_loop),
+        _ => None,
+    };
+    if let Some(run) = own {
+        run(count);
         return;
     }
     let (h, spread) = match mode {

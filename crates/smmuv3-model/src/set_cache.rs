@@ -313,6 +313,10 @@ impl<V: Copy + Default> SetCache<V> {
     #[inline(always)]
     pub fn insert(&mut self, k0: u64, k1: u64, v: V, span_log2: u32) -> Option<(u64, u64)> {
         let s = self.set_of(k0, k1);
+        // `&{ v }` below: the out-of-line calls get a copy's address, never
+        // `v`'s own, so that `v` can stay in registers and be stored into
+        // its way from there (from memory it was copied with loads wider
+        // than the stores that built it: a store-forwarding stall).
         if s >= self.sets.len() {
             return self.insert_first(k0, k1, &{ v }, span_log2);
         }

@@ -463,8 +463,7 @@ impl State {
     /// Serves a TLB hit of an already cached context by reference, without
     /// building the fault-reporting state the full path needs, and
     /// publishes the entry to the lock-free copies for the next hits on
-    /// the page. On a TLB
-    /// miss of a plain cached context, puts what the walk needs in `walk`
+    /// the page. On a TLB miss of a plain cached context, puts what the walk needs in `walk`
     /// (stage 1 and nested: the selected table and the CD's controls, not
     /// the whole context) or copies the context to `slot` (stage 2), so
     /// the walk that follows needs neither the context lookup nor the TLB
