@@ -7,7 +7,11 @@
 #     quartile, median and third quartile: shared machines alternate
 #     between quiet and busy phases, and one figure hides which one it was.
 # Give a second binary (BASE, e.g. an older build of the same example) to
-# interleave its runs with this tree's and compare in the same sitting.
+# interleave its runs with this tree's and compare in the same sitting:
+# each round times both back to back, and the "base/this" line gives the
+# median and range of the per-round ratios (a phase change between rounds
+# then moves both sides of a ratio, not one side of a comparison of
+# medians).
 #
 #   bash scripts/model-translate.sh [ROUNDS] [BASE]      # default 9 rounds
 set -euo pipefail
@@ -36,6 +40,15 @@ quartiles() { # values...
     printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {printf "%s / %s / %s / %s", a[1], a[int(NR / 4) + 1], a[int((NR + 1) / 2)], a[int(3 * NR / 4) + 1]}'
 }
 
+paired() { # base values... -- this values...: per-round ratios base/this
+    local -a b=() t=()
+    while [ "$1" != -- ]; do b+=("$1"); shift; done
+    shift
+    t=("$@")
+    for i in "${!t[@]}"; do echo "${b[$i]} ${t[$i]}"; done | awk '{print $1 / $2}' | sort -n |
+        awk '{a[NR] = $1} END {printf "ratio median %.2f (min %.2f, max %.2f, %d rounds)", a[int((NR + 1) / 2)], a[1], a[NR], NR}'
+}
+
 printf '%-14s %-10s %12s   %s\n' case binary instr/op "ns/op min / q1 / median / q3 ($rounds rounds)"
 for spec in hit:1000000:20000000 hit-opaque:1000000:20000000 hit64:200000:5000000 \
     walk:100000:1000000 walk-uncached:100000:1000000 miss:100000:1000000 nested:50000:500000 \
@@ -59,5 +72,8 @@ for spec in hit:1000000:20000000 hit-opaque:1000000:20000000 hit64:200000:500000
         t=-; [ "$have_perf" = 1 ] && t=$(quartiles ${times[$b]})
         printf '%-14s %-10s %12s   %s\n' "$mode" "$name" "$ic" "$t"
     done
+    if [ -n "$base" ] && [ -n "${times[$base]:-}" ] && [ -n "${times[$bin]:-}" ]; then
+        printf '%-14s %-10s %12s   %s\n' "$mode" base/this "" "$(paired ${times[$base]} -- ${times[$bin]})"
+    fi
     unset times
 done
