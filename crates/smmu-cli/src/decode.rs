@@ -28,6 +28,8 @@ pub enum DecodeError {
     },
     /// No word given.
     Empty,
+    /// A kernel log holds no arm-smmu-v3 event dump.
+    NoDump,
     /// The structure is malformed (e.g. an unknown opcode).
     Malformed(String),
 }
@@ -40,6 +42,10 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "{what} has {max} 64-bit words, {got} given")
             }
             Self::Empty => write!(f, "no word given"),
+            Self::NoDump => write!(
+                f,
+                "no arm-smmu-v3 event dump (`event 0x.. received:` and four words) in the text"
+            ),
             Self::Malformed(m) => write!(f, "{m}"),
         }
     }
@@ -47,25 +53,26 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Parses hex words ("0x" optional, "_" allowed) into up to `N` words,
-/// zero-filling the rest.
+/// Parses hex words (one "0x" or "0X" optional, "_" allowed between
+/// digits) into up to `N` words, zero-filling the rest.
 ///
 /// # Errors
 ///
-/// [`DecodeError`] for empty input, a bad word or too many words.
+/// [`DecodeError`] for no word, a bad word or too many words.
 pub fn parse_words<const N: usize>(
     what: &'static str,
     args: &[String],
 ) -> Result<[u64; N], DecodeError> {
-    if args.is_empty() {
-        return Err(DecodeError::Empty);
-    }
     // Accept "w0 w1" as well as "w0,w1" or one quoted string.
     let words: Vec<&str> = args
         .iter()
-        .flat_map(|a| a.split([',', ' ']))
+        .flat_map(|a| a.split(|c: char| c == ',' || c.is_whitespace()))
         .filter(|w| !w.is_empty())
         .collect();
+    // An empty argument (an unset shell variable) is no word, not a zero.
+    if words.is_empty() {
+        return Err(DecodeError::Empty);
+    }
     if words.len() > N {
         return Err(DecodeError::TooMany {
             what,
@@ -75,10 +82,24 @@ pub fn parse_words<const N: usize>(
     }
     let mut out = [0u64; N];
     for (slot, w) in out.iter_mut().zip(&words) {
-        let clean: String = w.trim_start_matches("0x").replace('_', "");
-        *slot = u64::from_str_radix(&clean, 16).map_err(|_| DecodeError::BadWord(w.to_string()))?;
+        *slot = parse_word(w).ok_or_else(|| DecodeError::BadWord(w.to_string()))?;
     }
     Ok(out)
+}
+
+/// Returns the value of one hex word, or `None` unless it is hex digits
+/// (and separating underscores) after at most one `0x`: `from_str_radix`
+/// alone would take a sign (`+9`), and stripping every `0x` would take
+/// `0x0x9`.
+fn parse_word(w: &str) -> Option<u64> {
+    let digits = w
+        .strip_prefix("0x")
+        .or_else(|| w.strip_prefix("0X"))
+        .unwrap_or(w);
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit() || b == b'_') {
+        return None;
+    }
+    u64::from_str_radix(&digits.replace('_', ""), 16).ok()
 }
 
 /// One named field of a structure: word index, name, bits.

@@ -1,0 +1,162 @@
+//! An independent audit of the `smmu` binary against what it claims: the
+//! kernel-log formats Linux's arm-smmu-v3 driver really prints, the
+//! checker's verdicts against the SMMUv3 rules, and `--json`.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+/// Exit status, standard output and standard error of one run.
+struct Run {
+    code: i32,
+    out: String,
+    err: String,
+}
+
+fn smmu(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_smmu"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = c.stdin.take().unwrap();
+    if let Some(t) = stdin {
+        input.write_all(t.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = c.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        out: String::from_utf8_lossy(&out.stdout).into_owned(),
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn json(r: &Run) -> serde_json::Value {
+    serde_json::from_str(&r.out).unwrap_or_else(|e| panic!("{e}: {:?}", r.out))
+}
+
+/// One dump as the driver prints it: a header and four `\t0x%016llx`
+/// lines, each behind `prefix`.
+fn dump(prefix: &str, words: [u64; 4]) -> String {
+    let mut s = format!("{prefix}event {:#04x} received:\n", words[0] & 0xff);
+    for w in words {
+        s.push_str(&format!("{prefix}\t0x{w:016x}\n"));
+    }
+    s
+}
+
+// F_TRANSLATION, SID 8, write at 0x1000; and SID 9 at 0x2000.
+const A: [u64; 4] = [0x0000_0008_0000_0010, 0, 0x1000, 0];
+const B: [u64; 4] = [0x0000_0009_0000_0010, 0, 0x2000, 0];
+
+#[test]
+fn dumps_of_two_smmus_interleaved_line_by_line_decode_each() {
+    // Two SMMUs' event threads print at the same time: their lines mix.
+    let a = dump("[  1.000001] arm-smmu-v3 9050000.smmuv3: ", A);
+    let b = dump("[  1.000002] arm-smmu-v3 9060000.smmuv3: ", B);
+    let mut log = String::new();
+    for (la, lb) in a.lines().zip(b.lines()) {
+        log.push_str(la);
+        log.push('\n');
+        log.push_str(lb);
+        log.push('\n');
+    }
+    let r = smmu(&["--json", "decode", "log"], Some(&log));
+    assert_eq!(r.code, 0, "{}", r.err);
+    let v = json(&r);
+    let ev = v["events"].as_array().unwrap();
+    assert_eq!(ev.len(), 2, "{v}");
+    assert_eq!((&ev[0]["sid"], &ev[0]["line"]), (&"0x8".into(), &1.into()));
+    assert_eq!(ev[0]["fault"]["addr"], "0x1000");
+    assert_eq!((&ev[1]["sid"], &ev[1]["line"]), (&"0x9".into(), &2.into()));
+    assert_eq!(ev[1]["fault"]["addr"], "0x2000");
+}
+
+#[test]
+fn a_hex_word_another_device_prints_mid_dump_is_not_taken_as_a_record_word() {
+    // Another driver's line ending in a 64-bit hex value lands between the
+    // dump's first and second words: it is not word 1 of the record.
+    let d = dump("arm-smmu-v3 9050000.smmuv3: ", A);
+    let mut lines: Vec<&str> = d.lines().collect();
+    lines.insert(2, "nvme 0000:01:00.0: cqe 0x00000000deadbeef");
+    let log = lines.join("\n");
+    let r = smmu(&["--json", "decode", "log"], Some(&log));
+    assert_eq!(r.code, 0, "{}", r.err);
+    let v = json(&r);
+    assert_eq!(v["events"][0]["words"][1], "0x0", "{v}");
+    assert_eq!(v["events"][0]["fault"]["addr"], "0x1000", "{v}");
+    assert_eq!(v["events"][0]["fault"]["stall_tag"], serde_json::Value::Null);
+}
+
+#[test]
+fn unrelated_lines_between_a_dumps_words_are_skipped() {
+    let d = dump("[ 5.5] arm-smmu-v3 arm-smmu-v3.0.auto: ", A);
+    let mut lines: Vec<&str> = d.lines().collect();
+    lines.insert(3, "[ 5.5] usb 1-1: new high-speed USB device number 2");
+    lines.insert(4, "[ 5.5] arm_smmu_evtq_thread: 3 callbacks suppressed");
+    let r = smmu(&["decode", "event"], Some(&lines.join("\n")));
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(r.out.starts_with("line 1: F_TRANSLATION sid=0x8"), "{}", r.out);
+    assert!(r.out.contains("at 0x1000"), "{}", r.out);
+}
+
+#[test]
+fn a_log_without_a_dump_is_reported_as_such() {
+    // Was "no word given", which names the wrong problem.
+    for args in [&["decode", "log"][..], &["decode", "event"][..]] {
+        let r = smmu(args, Some("[ 1.0] usb 1-1: new device\n"));
+        assert_eq!(r.code, 1);
+        assert!(r.out.is_empty(), "{}", r.out);
+        assert!(r.err.contains("no arm-smmu-v3 event dump"), "{}", r.err);
+    }
+}
+
+#[test]
+fn crlf_journalctl_prefixes_and_upper_case_digits_decode() {
+    // Covers journalctl prefixes, CRLF line ends, upper-case hex digits,
+    // spaces instead of the tab, and the overflow line in one paste.
+    let log = "Dec 01 12:00:00 host kernel: arm-smmu-v3 9050000.smmuv3: event 0x10 received:\r\n\
+        Dec 01 12:00:00 host kernel: arm-smmu-v3 9050000.smmuv3:         0x0000000800000010\r\n\
+        Dec 01 12:00:00 host kernel: arm-smmu-v3 9050000.smmuv3:         0x0000020000000000\r\n\
+        Dec 01 12:00:00 host kernel: arm-smmu-v3 9050000.smmuv3:         0x00000000FFFFF000\r\n\
+        Dec 01 12:00:00 host kernel: arm-smmu-v3 9050000.smmuv3:         0x0000000000000000\r\n\
+        Dec 01 12:00:00 host kernel: arm-smmu-v3 9050000.smmuv3: EVTQ overflow detected -- events lost\r\n";
+    let r = smmu(&["--json", "decode", "log"], Some(log));
+    assert_eq!(r.code, 0, "{}", r.err);
+    let v = json(&r);
+    assert_eq!(v["events"].as_array().unwrap().len(), 1);
+    let e = &v["events"][0];
+    assert_eq!(e["sid"], "0x8");
+    assert_eq!(e["fault"]["addr"], "0xfffff000");
+    assert_eq!(e["fault"]["read"], false);
+    assert_eq!(e["header_matches"], true);
+}
+
+#[test]
+fn a_truncated_dump_is_an_error_in_text_and_json() {
+    let d = dump("[ 1.0] arm-smmu-v3 9050000.smmuv3: ", A);
+    let cut: String = d.lines().take(3).map(|l| format!("{l}\n")).collect();
+    for args in [&["decode", "log"][..], &["--json", "decode", "log"][..]] {
+        let r = smmu(args, Some(&cut));
+        assert_eq!(r.code, 1, "{}", r.out);
+        assert!(r.out.is_empty(), "{}", r.out);
+        assert!(r.err.contains("2 of 4 words"), "{}", r.err);
+    }
+}
+
+#[test]
+fn the_newer_kernels_summary_with_c_style_zero_is_cross_checked() {
+    // %#x prints 0 as "0", and an unknown StreamID as "(unassigned sid)".
+    let mut log = dump("arm-smmu-v3 9050000.smmuv3: ", [0x10, 0, 0x1000, 0]);
+    log.push_str(
+        "arm-smmu-v3 9050000.smmuv3: event: F_TRANSLATION client: (unassigned sid) sid: 0 ssid: 0 iova: 0x1000 ipa: 0\n\
+         arm-smmu-v3 9050000.smmuv3: unpriv data write s1 \"Input address caused fault\" stag: 0\n",
+    );
+    let r = smmu(&["--json", "decode", "log"], Some(&log));
+    assert_eq!(r.code, 0, "{}", r.err);
+    let e = &json(&r)["events"][0];
+    assert_eq!(e["summary_sid_matches"], true, "{e}");
+    assert!(e["kernel_summary"].as_str().unwrap().contains("(unassigned sid)"));
+}
