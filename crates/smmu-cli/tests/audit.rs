@@ -160,3 +160,56 @@ fn the_newer_kernels_summary_with_c_style_zero_is_cross_checked() {
     assert_eq!(e["summary_sid_matches"], true, "{e}");
     assert!(e["kernel_summary"].as_str().unwrap().contains("(unassigned sid)"));
 }
+
+#[test]
+fn an_empty_word_argument_is_an_error_not_a_verdict_on_zeros() {
+    // `smmu check ste "$W"` with W unset checked an all-zero STE.
+    for args in [
+        &["check", "ste", ""][..],
+        &["check", "cmd", " , "][..],
+        &["decode", "cd", ""][..],
+    ] {
+        let r = smmu(args, None);
+        assert_eq!(r.code, 1, "{args:?}");
+        assert!(r.out.is_empty(), "{args:?}: {}", r.out);
+        assert!(r.err.contains("no word given"), "{args:?}: {}", r.err);
+    }
+}
+
+#[test]
+fn words_are_hex_digits_after_one_0x_prefix() {
+    // from_str_radix takes a sign, and trimming every "0x" took "0x0x9".
+    for w in ["+9", "0x+9", "0x0x9", "0x-1", "0x", "9g"] {
+        let r = smmu(&["check", "ste", w], None);
+        assert_eq!(r.code, 1, "{w}: {}", r.out);
+        assert!(r.out.is_empty(), "{w}: {}", r.out);
+        assert!(r.err.contains("is not a hexadecimal 64-bit word"), "{w}: {}", r.err);
+    }
+    // Upper-case prefix and digits, underscores and a tab between words.
+    let r = smmu(&["--json", "check", "ste", "0X9\t0x0_0", "0xA_B"], None);
+    assert_eq!(r.code, 0, "{}", r.err);
+    let v = json(&r);
+    assert_eq!((&v["words"][0], &v["words"][1]), (&"0x9".into(), &"0x0".into()));
+    assert_eq!(v["words"][2], "0xab");
+    // 17 digits are too many unless the extra ones are leading zeros.
+    let r = smmu(&["check", "cmd", "0x10000000000000046", "0"], None);
+    assert_eq!(r.code, 1);
+    assert!(r.err.contains("is not a hexadecimal"), "{}", r.err);
+    let r = smmu(&["check", "cmd", "0x00000000000000046", "0"], None);
+    assert_eq!((r.code, r.out.trim()), (0, "CMD: legal"));
+}
+
+#[test]
+fn word_count_errors_name_the_structure_and_its_size() {
+    for (args, msg) in [
+        (&["check", "ste", "1", "2", "3", "4", "5", "6", "7", "8", "9"][..], "an STE has 8 64-bit words, 9 given"),
+        (&["check", "cd", "1,2,3,4,5,6,7,8,9"][..], "a CD has 8 64-bit words, 9 given"),
+        (&["check", "cmd", "0x46 0 0"][..], "a command has 2 64-bit words, 3 given"),
+        (&["decode", "event", "1", "2", "3", "4", "5"][..], "an event record has 4 64-bit words, 5 given"),
+    ] {
+        let r = smmu(args, None);
+        assert_eq!(r.code, 1, "{args:?}");
+        assert!(r.out.is_empty(), "{args:?}");
+        assert!(r.err.contains(msg), "{args:?}: {}", r.err);
+    }
+}
