@@ -213,3 +213,43 @@ fn word_count_errors_name_the_structure_and_its_size() {
         assert!(r.err.contains(msg), "{args:?}: {}", r.err);
     }
 }
+
+/// A legal stage-2-only STE (4K granule, 39-bit IPA from level 1, table
+/// at 0x8000_0000) with `S2PS = ps`.
+fn s2_ste(ps: u64) -> Vec<String> {
+    let w2: u64 = 1 << 51 | 25 << 32 | 1 << 38 | ps << 48;
+    ["0xd".into(), "0".into(), format!("{w2:#x}"), "0x80000000".into()].to_vec()
+}
+
+fn check(args: &[String]) -> Run {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    smmu(&a, None)
+}
+
+#[test]
+fn a_reserved_s2ps_is_capped_not_illegal() {
+    // SMMUv3 STE.S2PS: 0b111 is reserved and behaves as 0b110 (v3.1-v3.3);
+    // any value above the OAS behaves as the OAS. It was called ILLEGAL.
+    for ps in [5, 6, 7] {
+        let mut a = vec!["check".to_string(), "ste".into()];
+        a.extend(s2_ste(ps));
+        let r = check(&a);
+        assert_eq!((r.code, r.out.trim()), (0, "STE: legal"), "S2PS {ps}: {}", r.err);
+    }
+}
+
+#[test]
+fn s1stalld_is_illegal_where_stalls_are_not_configurable() {
+    // STE.S1STALLD = 1 is ILLEGAL unless IDR0.STALL_MODEL == 0b00; QEMU
+    // (STALL_MODEL = 0b01) rejects it too. It was called legal.
+    let (w0, w1) = ("0x8000000b", format!("{:#x}", 1u64 << 27));
+    let r = smmu(&["check", "ste", w0, &w1, "--preset", "qemu"], None);
+    assert_eq!(r.code, 1, "{}", r.out);
+    assert!(r.out.contains("STE.S1STALLD"), "{}", r.out);
+    // Where the stall model is configurable it is how the STE forbids
+    // stalls, and legal; without it the QEMU STE is legal too.
+    let r = smmu(&["check", "ste", w0, &w1], None);
+    assert_eq!((r.code, r.out.trim()), (0, "STE: legal"));
+    let r = smmu(&["check", "ste", w0, "0", "--preset", "qemu"], None);
+    assert_eq!((r.code, r.out.trim()), (0, "STE: legal"));
+}
