@@ -290,7 +290,8 @@ pub fn pte(args: &[String], stage: Stage, level: u8, granule: u64) -> Result<Str
         if stage == Stage::S1 { 1 } else { 2 }
     );
     if d & 1 == 0 {
-        s.push_str("  invalid (bit 0 clear)\n");
+        // A "name = value" line like the others, so --json carries it too.
+        s.push_str("  type          = invalid (bit 0 clear)\n");
         return Ok(s);
     }
     let table_bit = d & 2 != 0;

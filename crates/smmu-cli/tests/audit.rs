@@ -253,3 +253,23 @@ fn s1stalld_is_illegal_where_stalls_are_not_configurable() {
     let r = smmu(&["check", "ste", w0, "0", "--preset", "qemu"], None);
     assert_eq!((r.code, r.out.trim()), (0, "STE: legal"));
 }
+
+#[test]
+fn pte_json_carries_every_fact_of_the_text_including_invalid() {
+    // `--json decode pte 0` gave empty fields: the text's "invalid" line
+    // was not a "name = value" line and was lost.
+    let r = smmu(&["--json", "decode", "pte", "0x0"], None);
+    assert_eq!(r.code, 0);
+    assert_eq!(json(&r)["fields"]["type"], "invalid (bit 0 clear)");
+    for (d, level) in [("0x0", "3"), ("0x40000000000fc7", "3"), ("0x80000000000003", "1"), ("0x780000080000701", "2")] {
+        let text = smmu(&["decode", "pte", "--level", level, d], None);
+        let v = json(&smmu(&["--json", "decode", "pte", "--level", level, d], None));
+        assert_eq!(text.out.lines().next(), v["summary"].as_str(), "{d}");
+        let body: Vec<&str> = text.out.lines().skip(1).collect();
+        assert!(!body.is_empty());
+        for l in body {
+            let (k, val) = l.split_once(" = ").unwrap_or_else(|| panic!("{d}: {l:?}"));
+            assert_eq!(v["fields"][k.trim()], val.trim(), "{d}: {l}");
+        }
+    }
+}
