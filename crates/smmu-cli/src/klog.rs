@@ -59,7 +59,11 @@ fn header(line: &str) -> Option<(u8, &str)> {
     let at = line.to_ascii_lowercase().find("event 0x")?;
     let rest = &line[at + "event 0x".len()..];
     let (code, tail) = rest.split_once(char::is_whitespace)?;
-    if !tail.trim_start().to_ascii_lowercase().starts_with("received") {
+    if !tail
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("received")
+    {
         return None;
     }
     Some((u8::from_str_radix(code, 16).ok()?, &line[..at]))

@@ -87,7 +87,10 @@ fn a_hex_word_another_device_prints_mid_dump_is_not_taken_as_a_record_word() {
     let v = json(&r);
     assert_eq!(v["events"][0]["words"][1], "0x0", "{v}");
     assert_eq!(v["events"][0]["fault"]["addr"], "0x1000", "{v}");
-    assert_eq!(v["events"][0]["fault"]["stall_tag"], serde_json::Value::Null);
+    assert_eq!(
+        v["events"][0]["fault"]["stall_tag"],
+        serde_json::Value::Null
+    );
 }
 
 #[test]
@@ -98,7 +101,11 @@ fn unrelated_lines_between_a_dumps_words_are_skipped() {
     lines.insert(4, "[ 5.5] arm_smmu_evtq_thread: 3 callbacks suppressed");
     let r = smmu(&["decode", "event"], Some(&lines.join("\n")));
     assert_eq!(r.code, 0, "{}", r.err);
-    assert!(r.out.starts_with("line 1: F_TRANSLATION sid=0x8"), "{}", r.out);
+    assert!(
+        r.out.starts_with("line 1: F_TRANSLATION sid=0x8"),
+        "{}",
+        r.out
+    );
     assert!(r.out.contains("at 0x1000"), "{}", r.out);
 }
 
@@ -158,7 +165,12 @@ fn the_newer_kernels_summary_with_c_style_zero_is_cross_checked() {
     assert_eq!(r.code, 0, "{}", r.err);
     let e = &json(&r)["events"][0];
     assert_eq!(e["summary_sid_matches"], true, "{e}");
-    assert!(e["kernel_summary"].as_str().unwrap().contains("(unassigned sid)"));
+    assert!(
+        e["kernel_summary"]
+            .as_str()
+            .unwrap()
+            .contains("(unassigned sid)")
+    );
 }
 
 #[test]
@@ -183,13 +195,20 @@ fn words_are_hex_digits_after_one_0x_prefix() {
         let r = smmu(&["check", "ste", w], None);
         assert_eq!(r.code, 1, "{w}: {}", r.out);
         assert!(r.out.is_empty(), "{w}: {}", r.out);
-        assert!(r.err.contains("is not a hexadecimal 64-bit word"), "{w}: {}", r.err);
+        assert!(
+            r.err.contains("is not a hexadecimal 64-bit word"),
+            "{w}: {}",
+            r.err
+        );
     }
     // Upper-case prefix and digits, underscores and a tab between words.
     let r = smmu(&["--json", "check", "ste", "0X9\t0x0_0", "0xA_B"], None);
     assert_eq!(r.code, 0, "{}", r.err);
     let v = json(&r);
-    assert_eq!((&v["words"][0], &v["words"][1]), (&"0x9".into(), &"0x0".into()));
+    assert_eq!(
+        (&v["words"][0], &v["words"][1]),
+        (&"0x9".into(), &"0x0".into())
+    );
     assert_eq!(v["words"][2], "0xab");
     // 17 digits are too many unless the extra ones are leading zeros.
     let r = smmu(&["check", "cmd", "0x10000000000000046", "0"], None);
@@ -202,10 +221,22 @@ fn words_are_hex_digits_after_one_0x_prefix() {
 #[test]
 fn word_count_errors_name_the_structure_and_its_size() {
     for (args, msg) in [
-        (&["check", "ste", "1", "2", "3", "4", "5", "6", "7", "8", "9"][..], "an STE has 8 64-bit words, 9 given"),
-        (&["check", "cd", "1,2,3,4,5,6,7,8,9"][..], "a CD has 8 64-bit words, 9 given"),
-        (&["check", "cmd", "0x46 0 0"][..], "a command has 2 64-bit words, 3 given"),
-        (&["decode", "event", "1", "2", "3", "4", "5"][..], "an event record has 4 64-bit words, 5 given"),
+        (
+            &["check", "ste", "1", "2", "3", "4", "5", "6", "7", "8", "9"][..],
+            "an STE has 8 64-bit words, 9 given",
+        ),
+        (
+            &["check", "cd", "1,2,3,4,5,6,7,8,9"][..],
+            "a CD has 8 64-bit words, 9 given",
+        ),
+        (
+            &["check", "cmd", "0x46 0 0"][..],
+            "a command has 2 64-bit words, 3 given",
+        ),
+        (
+            &["decode", "event", "1", "2", "3", "4", "5"][..],
+            "an event record has 4 64-bit words, 5 given",
+        ),
     ] {
         let r = smmu(args, None);
         assert_eq!(r.code, 1, "{args:?}");
@@ -218,7 +249,13 @@ fn word_count_errors_name_the_structure_and_its_size() {
 /// at 0x8000_0000) with `S2PS = ps`.
 fn s2_ste(ps: u64) -> Vec<String> {
     let w2: u64 = 1 << 51 | 25 << 32 | 1 << 38 | ps << 48;
-    ["0xd".into(), "0".into(), format!("{w2:#x}"), "0x80000000".into()].to_vec()
+    [
+        "0xd".into(),
+        "0".into(),
+        format!("{w2:#x}"),
+        "0x80000000".into(),
+    ]
+    .to_vec()
 }
 
 fn check(args: &[String]) -> Run {
@@ -234,7 +271,12 @@ fn a_reserved_s2ps_is_capped_not_illegal() {
         let mut a = vec!["check".to_string(), "ste".into()];
         a.extend(s2_ste(ps));
         let r = check(&a);
-        assert_eq!((r.code, r.out.trim()), (0, "STE: legal"), "S2PS {ps}: {}", r.err);
+        assert_eq!(
+            (r.code, r.out.trim()),
+            (0, "STE: legal"),
+            "S2PS {ps}: {}",
+            r.err
+        );
     }
 }
 
@@ -261,9 +303,17 @@ fn pte_json_carries_every_fact_of_the_text_including_invalid() {
     let r = smmu(&["--json", "decode", "pte", "0x0"], None);
     assert_eq!(r.code, 0);
     assert_eq!(json(&r)["fields"]["type"], "invalid (bit 0 clear)");
-    for (d, level) in [("0x0", "3"), ("0x40000000000fc7", "3"), ("0x80000000000003", "1"), ("0x780000080000701", "2")] {
+    for (d, level) in [
+        ("0x0", "3"),
+        ("0x40000000000fc7", "3"),
+        ("0x80000000000003", "1"),
+        ("0x780000080000701", "2"),
+    ] {
         let text = smmu(&["decode", "pte", "--level", level, d], None);
-        let v = json(&smmu(&["--json", "decode", "pte", "--level", level, d], None));
+        let v = json(&smmu(
+            &["--json", "decode", "pte", "--level", level, d],
+            None,
+        ));
         assert_eq!(text.out.lines().next(), v["summary"].as_str(), "{d}");
         let body: Vec<&str> = text.out.lines().skip(1).collect();
         assert!(!body.is_empty());
@@ -272,4 +322,436 @@ fn pte_json_carries_every_fact_of_the_text_including_invalid() {
             assert_eq!(v["fields"][k.trim()], val.trim(), "{d}: {l}");
         }
     }
+}
+
+/// The words of an STE, a CD or a command, as `smmu check` takes them.
+fn hexes(words: &[u64]) -> Vec<String> {
+    words.iter().map(|w| format!("{w:#x}")).collect()
+}
+
+/// Runs `smmu check` in text and JSON mode and returns the broken rule
+/// (`None` when legal), after checking both modes and the exit status
+/// agree.
+fn verdict(kind: &str, words: &[u64], extra: &[&str]) -> Option<String> {
+    let mut args = vec!["check".to_string(), kind.to_string()];
+    args.extend(hexes(words));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let text = check(&args);
+    args.insert(0, "--json".into());
+    let j = check(&args);
+    let v = json(&j);
+    assert_eq!(text.code, j.code, "{args:?}");
+    let up = kind.to_uppercase();
+    let rule = match text.out.trim().strip_prefix(&format!("{up}: ")) {
+        Some("legal") => None,
+        Some(r) => Some(r.strip_prefix("ILLEGAL: ").expect("verdict").to_string()),
+        None => panic!("{args:?}: {:?} {:?}", text.out, text.err),
+    };
+    assert_eq!(text.code, if rule.is_some() { 1 } else { 0 }, "{args:?}");
+    assert_eq!(v["legal"], rule.is_none(), "{args:?}");
+    assert_eq!(v["rule"].as_str(), rule.as_deref(), "{args:?}");
+    assert_eq!(v["kind"], kind);
+    for (i, w) in words.iter().enumerate() {
+        assert_eq!(v["words"][i], format!("{w:#x}"), "{args:?}");
+    }
+    rule
+}
+
+/// One verdict to check: why, the words, extra arguments (a preset), and
+/// a substring of the expected rule (`None` when legal).
+type Case<'a> = (&'a str, Vec<u64>, &'a [&'a str], Option<&'a str>);
+
+fn assert_verdicts(kind: &str, cases: &[Case<'_>]) {
+    for (why, words, extra, want) in cases {
+        let got = verdict(kind, words, extra);
+        match (want, &got) {
+            (None, None) => {}
+            (Some(w), Some(g)) if g.contains(w) => {}
+            _ => panic!("{kind} {why}: want {want:?}, got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn ste_verdicts_follow_the_architecture() {
+    // Covers Config encodings, S1CDMax/S1Fmt, S1ContextPtr range, the
+    // S2T0SZ/S2SL0/S2TG combinations, S2TTB range and alignment, EATS and
+    // S2VMID, in text and JSON (before: bypass, S2TG, S2P and V only).
+    let s2 = |t0sz: u64, sl0: u64, tg: u64| 1 << 51 | t0sz << 32 | sl0 << 38 | tg << 46 | 5 << 48;
+    let s1 = 0xb | 0x8000_0000;
+    let none: &[&str] = &[];
+    let qemu: &[&str] = &["--preset", "qemu"];
+    assert_verdicts(
+        "ste",
+        &[
+            ("Config 0b001 behaves as abort", vec![0x3], none, None),
+            ("Config 0b000 abort", vec![0x1], none, None),
+            (
+                "S1CDMax 8 = SSIDSIZE, 2-level",
+                vec![s1 | 8 << 59 | 1 << 4],
+                none,
+                None,
+            ),
+            (
+                "S1CDMax 9 > SSIDSIZE 8",
+                vec![s1 | 9 << 59],
+                none,
+                Some("S1CDMax"),
+            ),
+            (
+                "S1Fmt 0b11 behaves as linear",
+                vec![s1 | 1 << 59 | 3 << 4],
+                none,
+                None,
+            ),
+            (
+                "S1Fmt ignored with S1CDMax 0",
+                vec![s1 | 1 << 4],
+                qemu,
+                None,
+            ),
+            (
+                "S1CDMax ignored without substreams",
+                vec![s1 | 1 << 59],
+                qemu,
+                None,
+            ),
+            (
+                "S1ContextPtr beyond the OAS",
+                vec![0xb | 1 << 50],
+                none,
+                Some("S1ContextPtr"),
+            ),
+            (
+                "S1ContextPtr beyond the IPA",
+                vec![0xf | 1 << 40, 0, s2(25, 1, 0), 0x8000_0000],
+                none,
+                Some("S1ContextPtr"),
+            ),
+            (
+                "4K, 39-bit IPA from level 1",
+                vec![0xd, 0, s2(25, 1, 0), 0x8000_0000],
+                none,
+                None,
+            ),
+            (
+                "4K, 40 bits from level 1, 2 tables",
+                vec![0xd, 0, s2(24, 1, 0), 0x8000_0000],
+                none,
+                None,
+            ),
+            (
+                "4K, 43 bits from level 1, 16 tables",
+                vec![0xd, 0, s2(21, 1, 0), 0x8000_0000],
+                none,
+                None,
+            ),
+            (
+                "4K, 44 bits from level 1, 32 tables",
+                vec![0xd, 0, s2(20, 1, 0), 0x8000_0000],
+                none,
+                Some("S2SL0 and S2T0SZ"),
+            ),
+            (
+                "4K, 39 bits from level 2",
+                vec![0xd, 0, s2(25, 0, 0), 0x8000_0000],
+                none,
+                Some("S2SL0 and S2T0SZ"),
+            ),
+            (
+                "4K, 48 bits from level 0",
+                vec![0xd, 0, s2(16, 2, 0), 0x8000_0000],
+                none,
+                None,
+            ),
+            (
+                "4K, 25 bits from level 2",
+                vec![0xd, 0, s2(39, 0, 0), 0x8000_0000],
+                none,
+                None,
+            ),
+            (
+                "S2T0SZ 40",
+                vec![0xd, 0, s2(40, 0, 0), 0x8000_0000],
+                none,
+                Some("S2T0SZ out of range"),
+            ),
+            (
+                "S2T0SZ 15 below 64 - IAS",
+                vec![0xd, 0, s2(15, 2, 0), 0x8000_0000],
+                none,
+                Some("S2T0SZ out of range"),
+            ),
+            (
+                "S2SL0 0b11 with 4K",
+                vec![0xd, 0, s2(25, 3, 0), 0x8000_0000],
+                none,
+                Some("S2SL0 is reserved"),
+            ),
+            (
+                "64K, 42 bits from level 2",
+                vec![0xd, 0, s2(22, 1, 1), 0x8000_0000],
+                none,
+                None,
+            ),
+            (
+                "64K from level 1 without 52-bit PA",
+                vec![0xd, 0, s2(16, 2, 1), 0x8000_0000],
+                none,
+                Some("52-bit"),
+            ),
+            (
+                "16K, 36 bits from level 2",
+                vec![0xd, 0, s2(28, 1, 2), 0x8000_0000],
+                none,
+                None,
+            ),
+            (
+                "S2TTB low bits are treated as zero",
+                vec![0xd, 0, s2(25, 1, 0), 0x8000_0008],
+                none,
+                None,
+            ),
+            (
+                "S2TTB beyond S2PS",
+                vec![0xd, 0, s2(25, 1, 0), 1 << 48],
+                none,
+                Some("S2TTB"),
+            ),
+            (
+                "S2AA64 = 0",
+                vec![0xd, 0, s2(25, 1, 0) & !(1 << 51), 0x8000_0000],
+                none,
+                Some("S2AA64"),
+            ),
+            (
+                "S2VMID[15:8] with 16-bit VMIDs",
+                vec![0xd, 0, s2(25, 1, 0) | 0x100, 0x8000_0000],
+                none,
+                None,
+            ),
+            (
+                "EATS ignored without IDR0.ATS",
+                vec![0x9, 1 << 28],
+                none,
+                None,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn cd_verdicts_follow_the_architecture() {
+    // Covers V, AA64, T0SZ range, TG0/TG1 encodings, EPD making fields
+    // IGNORED, IPS capping, ENDI, TTB range, HA/HD against IDR0.HTTU,
+    // ASID16, A and S against the QEMU preset, and the STE it hangs under.
+    let b: u64 = 16 | 1 << 30 | 1 << 31 | 5 << 32 | 1 << 41 | 1 << 45 | 1 << 46 | 1 << 48;
+    let t = 0x8000_1000;
+    let none: &[&str] = &[];
+    let qemu: &[&str] = &["--preset", "qemu"];
+    let mmu600: &[&str] = &["--preset", "mmu600"];
+    assert_verdicts(
+        "cd",
+        &[
+            ("base", vec![b, t], none, None),
+            ("V = 0", vec![b & !(1 << 31), t], none, Some("CD.V = 0")),
+            ("AA64 = 0", vec![b & !(1 << 41), t], none, Some("AA64")),
+            ("T0SZ 39", vec![b & !0x3f | 39, t], none, None),
+            ("T0SZ 40", vec![b & !0x3f | 40, t], none, Some("T0SZ")),
+            (
+                "T0SZ 12, 64K, no VAX",
+                vec![b & !0x3f | 12 | 1 << 6, 0x8000_0000],
+                none,
+                Some("T0SZ"),
+            ),
+            ("TG0 0b11", vec![b | 3 << 6, t], none, Some("TG0/TG1")),
+            (
+                "EPD0 makes TG0 and T0SZ IGNORED",
+                vec![b & !0x3f | 1 << 14 | 3 << 6, 0],
+                none,
+                None,
+            ),
+            (
+                "TG1 0b00 is reserved",
+                vec![b & !(1 << 30), t],
+                none,
+                Some("TG0/TG1"),
+            ),
+            (
+                "TG1 4K, T1SZ 16",
+                vec![b & !(1 << 30) | 2 << 22 | 16 << 16, t, 0x8000_2000],
+                none,
+                None,
+            ),
+            (
+                "IPS 0b110 capped to the OAS",
+                vec![b & !(7 << 32) | 6 << 32, t],
+                none,
+                None,
+            ),
+            (
+                "IPS 0b111 behaves as 0b110",
+                vec![b & !(7 << 32) | 7 << 32, t],
+                none,
+                None,
+            ),
+            (
+                "ENDI with a table walked",
+                vec![b | 1 << 15, t],
+                none,
+                Some("ENDI"),
+            ),
+            (
+                "ENDI IGNORED with both EPD",
+                vec![b | 1 << 15 | 1 << 14, 0],
+                none,
+                None,
+            ),
+            (
+                "TTB0 beyond 48 bits",
+                vec![b, 1 << 48 | t],
+                none,
+                Some("TTB0"),
+            ),
+            ("TTB0 low bits treated as zero", vec![b, t | 8], none, None),
+            ("HA without HTTU", vec![b | 1 << 43, t], none, Some("HA/HD")),
+            ("HA and HD with HTTU", vec![b | 3 << 42, t], mmu600, None),
+            (
+                "HD alone is off, not ILLEGAL",
+                vec![b | 1 << 42, t],
+                mmu600,
+                None,
+            ),
+            (
+                "ASID[15:8] with 16-bit ASIDs",
+                vec![b | 0xff00 << 48, t],
+                none,
+                None,
+            ),
+            (
+                "A = 0 with TERM_MODEL 1",
+                vec![b & !(1 << 46), t],
+                qemu,
+                Some("CD.A = 0"),
+            ),
+            (
+                "S = 1 with terminate-only",
+                vec![b | 1 << 44, t],
+                qemu,
+                Some("CD.S = 1"),
+            ),
+            (
+                "S = 1 with stalls configurable",
+                vec![b | 1 << 44, t],
+                none,
+                None,
+            ),
+            (
+                "under a bypass STE",
+                vec![b, t],
+                &["--ste", "0x9"],
+                Some("does not enable stage 1"),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn command_verdicts_follow_the_architecture() {
+    // Covers opcode support per preset, SSEC, CMD_SYNC.CS, and the range
+    // TLBI fields (TG 16K with TTL 0b01 treated as 0, RES0 without RIL).
+    let none: &[&str] = &[];
+    let p = |name: &'static str| -> &'static [&'static str] {
+        match name {
+            "stage1" => &["--preset", "stage1"],
+            "stage2" => &["--preset", "stage2"],
+            "qemu" => &["--preset", "qemu"],
+            _ => &["--preset", "mmu600"],
+        }
+    };
+    assert_verdicts(
+        "cmd",
+        &[
+            (
+                "opcode 0",
+                vec![0, 0],
+                none,
+                Some("unknown or reserved opcode"),
+            ),
+            ("SYNC CS = SIG_IRQ", vec![0x1046, 0x8000_0000], none, None),
+            ("SYNC CS = SIG_SEV", vec![0x2046, 0], none, None),
+            ("SYNC CS = 0b11", vec![0x3046, 0], none, Some("CS = 0b11")),
+            (
+                "SSEC on the non-secure queue",
+                vec![0x46 | 1 << 10, 0],
+                none,
+                Some("SSEC"),
+            ),
+            ("CFGI_ALL", vec![0x04, 31], none, None),
+            (
+                "TLBI_NH_VA 4K TTL 3",
+                vec![0x12, 0x1000 | 1 << 10 | 3 << 8],
+                none,
+                None,
+            ),
+            (
+                "TLBI_NH_VA 16K TTL 1",
+                vec![0x12, 0x1000 | 2 << 10 | 1 << 8],
+                none,
+                Some("NUM = SCALE = TTL = 0"),
+            ),
+            (
+                "TLBI_NH_VA 16K TTL 1 NUM 1",
+                vec![0x1012, 0x1000 | 2 << 10 | 1 << 8],
+                none,
+                None,
+            ),
+            (
+                "TG is RES0 without RIL",
+                vec![0x12, 0x1000 | 1 << 10],
+                p("mmu600"),
+                None,
+            ),
+            (
+                "TLBI_S2_IPA without stage 2",
+                vec![0x2a, 0x1000],
+                p("stage1"),
+                Some("stage 2"),
+            ),
+            (
+                "TLBI_NH_ASID without stage 1",
+                vec![0x11, 0],
+                p("stage2"),
+                Some("stage 1"),
+            ),
+            (
+                "CFGI_CD without stage 1",
+                vec![0x05, 0],
+                p("stage2"),
+                Some("stage 1"),
+            ),
+            ("TLBI_EL2_ALL without HYP", vec![0x20, 0], none, Some("HYP")),
+            ("ATC_INV without ATS", vec![0x40, 0], none, Some("ATS")),
+            (
+                "RESUME without stalls",
+                vec![0x44, 0],
+                p("qemu"),
+                Some("STALL_MODEL"),
+            ),
+            ("STALL_TERM with stalls", vec![0x45, 0], none, None),
+            (
+                "TLBI_EL3_ALL on the non-secure queue",
+                vec![0x18, 0],
+                none,
+                Some("EL3"),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn demo_ends_with_result_ok() {
+    let r = smmu(&["demo", "--ops", "64"], None);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out.lines().last(), Some("== result: OK"), "{}", r.out);
 }
