@@ -13,6 +13,10 @@ struct Run {
 }
 
 fn smmu(args: &[&str], stdin: Option<&str>) -> Run {
+    smmu_bytes(args, stdin.map(str::as_bytes))
+}
+
+fn smmu_bytes(args: &[&str], stdin: Option<&[u8]>) -> Run {
     let mut c = Command::new(env!("CARGO_BIN_EXE_smmu"))
         .args(args)
         .stdin(Stdio::piped())
@@ -22,7 +26,7 @@ fn smmu(args: &[&str], stdin: Option<&str>) -> Run {
         .unwrap();
     let mut input = c.stdin.take().unwrap();
     if let Some(t) = stdin {
-        input.write_all(t.as_bytes()).unwrap();
+        input.write_all(t).unwrap();
     }
     drop(input);
     let out = c.wait_with_output().unwrap();
@@ -754,4 +758,24 @@ fn demo_ends_with_result_ok() {
     let r = smmu(&["demo", "--ops", "64"], None);
     assert_eq!(r.code, 0, "{}", r.err);
     assert_eq!(r.out.lines().last(), Some("== result: OK"), "{}", r.out);
+}
+
+#[test]
+fn a_log_with_bytes_that_are_not_utf8_still_decodes() {
+    // Serial-console noise was "stream did not contain valid UTF-8" for the
+    // whole log, from standard input and from a file.
+    let mut log = b"[ 0.9] \xff\xfe garbage on the console\n".to_vec();
+    log.extend(dump("[ 1.0] arm-smmu-v3 9050000.smmuv3: ", A).into_bytes());
+    let r = smmu_bytes(&["decode", "event"], Some(&log));
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(
+        r.out.starts_with("line 2: F_TRANSLATION sid=0x8"),
+        "{}",
+        r.out
+    );
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("audit-not-utf8.log");
+    std::fs::write(&path, &log).unwrap();
+    let r = smmu(&["--json", "decode", "log", path.to_str().unwrap()], None);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(json(&r)["events"][0]["fault"]["addr"], "0x1000");
 }
