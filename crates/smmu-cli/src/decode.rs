@@ -294,12 +294,23 @@ pub fn pte(args: &[String], stage: Stage, level: u8, granule: u64) -> Result<Str
         s.push_str("  type          = invalid (bit 0 clear)\n");
         return Ok(s);
     }
+    if shift == 16 && level == 0 {
+        return Err(DecodeError::Malformed(
+            "the 64K granule has no level 0 (walks start at level 1)".into(),
+        ));
+    }
     let table_bit = d & 2 != 0;
-    let kind = match (level, table_bit) {
-        (3, true) => "page",
-        (3, false) => "reserved (invalid at level 3)",
-        (_, true) => "table",
-        (_, false) => "block",
+    // Blocks exist only at the levels VMSAv8-64 gives them; elsewhere the
+    // encoding is a translation fault, as the model's walker treats it.
+    let kind = match (level, table_bit, shift) {
+        (3, true, _) => "page",
+        (3, false, _) => "reserved (invalid at level 3)",
+        (_, true, _) => "table",
+        (1 | 2, false, 12) | (2, false, _) => "block",
+        (1, false, 16) => "block (at level 1 only with a 52-bit output, FEAT_LPA)",
+        (0, false, 12) => "reserved (a level-0 block needs FEAT_LPA2, DS = 1)",
+        (1, false, _) => "reserved (a level-1 block needs FEAT_LPA2, DS = 1)",
+        (_, false, _) => "reserved (no level-0 block with the 16K granule)",
     };
     // Output address bits [47:shift]; with the 64K granule bits 15:12 hold
     // PA[51:48].

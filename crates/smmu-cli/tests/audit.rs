@@ -779,3 +779,49 @@ fn a_log_with_bytes_that_are_not_utf8_still_decodes() {
     assert_eq!(r.code, 0, "{}", r.err);
     assert_eq!(json(&r)["events"][0]["fault"]["addr"], "0x1000");
 }
+
+#[test]
+fn pte_names_blocks_only_where_the_granule_has_them() {
+    // A block descriptor at 4K level 0 or 16K level 0/1 is a translation
+    // fault without FEAT_LPA2 (the model's walker treats it so); it was
+    // decoded as "block". The 64K granule has no level 0.
+    let ty = |granule: &str, level: &str| {
+        let r = smmu(
+            &[
+                "--json",
+                "decode",
+                "pte",
+                "--granule",
+                granule,
+                "--level",
+                level,
+                "0x40000001",
+            ],
+            None,
+        );
+        assert_eq!(r.code, 0, "{granule} {level}: {}", r.err);
+        json(&r)["fields"]["type"].as_str().unwrap().to_string()
+    };
+    for (g, l, want) in [
+        ("4096", "0", "reserved (a level-0 block"),
+        ("4096", "1", "block"),
+        ("4096", "2", "block"),
+        ("16384", "0", "reserved (no level-0 block"),
+        ("16384", "1", "reserved (a level-1 block"),
+        ("16384", "2", "block"),
+        ("65536", "1", "block (at level 1 only with a 52-bit output"),
+        ("65536", "2", "block"),
+    ] {
+        let got = ty(g, l);
+        assert!(got.starts_with(want), "{g} level {l}: {got}");
+        assert_eq!(want == "block", got == "block", "{g} level {l}: {got}");
+    }
+    for args in [&["decode", "pte"][..], &["--json", "decode", "pte"][..]] {
+        let mut a = args.to_vec();
+        a.extend(["--granule", "65536", "--level", "0", "0x3"]);
+        let r = smmu(&a, None);
+        assert_eq!(r.code, 1);
+        assert!(r.out.is_empty(), "{}", r.out);
+        assert!(r.err.contains("no level 0"), "{}", r.err);
+    }
+}
