@@ -449,11 +449,11 @@ pub fn event_value(w: [u64; 4]) -> serde_json::Value {
         serde_json::json!({
             "addr": format!("{:#x}", f.addr),
             "ipa": f.ipa.map(|a| format!("{a:#x}")),
-            "stage2": f.stage2,
+            "stage2": e.ty.has_stage().then_some(f.stage2),
             "read": f.read,
             "privileged": f.privileged,
             "instruction": f.instruction,
-            "class": format!("{:?}", f.class),
+            "class": e.ty.has_class().then(|| format!("{:?}", f.class)),
             "stall_tag": f.stall_tag,
         })
     });

@@ -825,3 +825,41 @@ fn pte_names_blocks_only_where_the_granule_has_them() {
         assert!(r.err.contains("no level 0"), "{}", r.err);
     }
 }
+
+#[test]
+fn records_without_stall_stage_or_class_fields_are_not_decoded_with_them() {
+    // F_UUT has no S2, CLASS or Stall field; F_WALK_EABT and
+    // F_TLB_CONFLICT have no Stall/STAG (their low word-1 bits are an
+    // IMPLEMENTATION DEFINED reason), F_TLB_CONFLICT no CLASS. An F_UUT
+    // was "stage 1 ... while fetching the CD [stalled, tag 0x7f]".
+    let w1 = format!("{:#x}", 1u64 << 31 | 1 << 39 | 0x7f);
+    let run = |code: &str| {
+        let w0 = format!("{:#x}", 4u64 << 32 | u64::from_str_radix(code, 16).unwrap());
+        let text = smmu(&["decode", "event", &w0, &w1, "0x1000", "0"], None);
+        let j = json(&smmu(
+            &["--json", "decode", "event", &w0, &w1, "0x1000", "0"],
+            None,
+        ));
+        (text.out, j)
+    };
+    let (t, j) = run("01");
+    assert_eq!(
+        t.trim(),
+        "event: F_UUT sid=0x4: unsupported upstream transaction; unprivileged data write at 0x1000"
+    );
+    assert_eq!(j["fault"]["stage2"], serde_json::Value::Null);
+    assert_eq!(j["fault"]["class"], serde_json::Value::Null);
+    assert_eq!(j["fault"]["stall_tag"], serde_json::Value::Null);
+    for code in ["0b", "20"] {
+        let (t, j) = run(code);
+        assert!(!t.contains("stalled"), "{t}");
+        assert_eq!(j["fault"]["stall_tag"], serde_json::Value::Null, "{code}");
+        assert_eq!(j["fault"]["stage2"], true, "{code}");
+    }
+    assert_eq!(run("20").1["fault"]["class"], serde_json::Value::Null);
+    assert_eq!(run("0b").1["fault"]["class"], "CdFetch");
+    // A translation fault still stalls.
+    let (t, j) = run("10");
+    assert!(t.contains("[stalled, tag 0x7f]"), "{t}");
+    assert_eq!(j["fault"]["stall_tag"], 0x7f);
+}
