@@ -4,7 +4,9 @@
 //! adds (timestamp, driver and device name, tabs). Newer kernels follow
 //! with a summary line (`event: F_TRANSLATION client: ... sid: 0x8 ...`),
 //! which is cross-checked against the decoded words. Xen's port prints
-//! the same dump.
+//! the same dump. Each line is tied to its device (the last `name:` token
+//! before the payload), so the dumps of two SMMUs printing at once, and
+//! other drivers' lines in between, do not mix.
 
 use crate::decode::DecodeError;
 
