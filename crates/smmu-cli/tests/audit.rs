@@ -863,3 +863,26 @@ fn records_without_stall_stage_or_class_fields_are_not_decoded_with_them() {
     assert!(t.contains("[stalled, tag 0x7f]"), "{t}");
     assert_eq!(j["fault"]["stall_tag"], 0x7f);
 }
+
+#[test]
+fn a_range_tlbi_decodes_its_num_field_as_encoded() {
+    // NUM = 3, SCALE = 1, TG = 64K, TTL = 3: (3 + 1) << 1 = 8 granules.
+    // The text said "num=4", the span's multiplier, not the field.
+    let w = ["0x0005000300103012", "0x0000123456781f01"];
+    let r = smmu(&["decode", "cmd", w[0], w[1]], None);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.out.contains("vmid=3 asid=5 addr=0x123456781000 leaf=true ttl=3 range: tg=3 (64K) num=3 scale=1 (8 granules)"),
+        "{}",
+        r.out
+    );
+    let v = json(&smmu(&["--json", "decode", "cmd", w[0], w[1]], None));
+    assert!(
+        v["text"]
+            .as_str()
+            .unwrap()
+            .contains("num=3 scale=1 (8 granules)"),
+        "{v}"
+    );
+    assert_eq!(v["name"], "TLBI_NH_VA");
+}

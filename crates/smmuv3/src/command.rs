@@ -479,11 +479,13 @@ impl fmt::Display for TlbiAddr {
             self.addr, self.leaf, self.ttl
         )?;
         if self.tg != 0 {
+            // NUM as encoded; the span is (NUM + 1) << SCALE granules.
             write!(
                 f,
-                " range: tg={} num={} scale={} ({} granules)",
+                " range: tg={} ({}) num={} scale={} ({} granules)",
                 self.tg,
-                u32::from(self.num) + 1,
+                ["", "4K", "16K", "64K"][usize::from(self.tg & 3)],
+                self.num,
                 self.scale,
                 (u64::from(self.num) + 1) << self.scale
             )?;
