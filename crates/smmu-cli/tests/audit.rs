@@ -886,3 +886,18 @@ fn a_range_tlbi_decodes_its_num_field_as_encoded() {
     );
     assert_eq!(v["name"], "TLBI_NH_VA");
 }
+
+#[test]
+fn cmd_resume_with_ac_and_ab_set_is_a_retry() {
+    // CMD_RESUME: bit 12 (Ac) = 1 retries and bit 13 (Ab) is then
+    // IGNORED; Action 0b11 was decoded as an abort.
+    let r = smmu(&["decode", "cmd", "0x0000000800003044", "0x5"], None);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(
+        r.out.contains("CMD_RESUME sid=0x8 stag=5 action=retry"),
+        "{}",
+        r.out
+    );
+    let r = smmu(&["decode", "cmd", "0x0000000800002044", "0x5"], None);
+    assert!(r.out.contains("action=abort"), "{}", r.out);
+}
