@@ -100,3 +100,36 @@ fn reserved_s2ps_is_capped_and_s1stalld_needs_a_configurable_stall_model() {
     assert_eq!(f.event_type(), Some(EventType::CBadSte));
     assert_eq!(h.smmu.check_ste(s), Ok(()), "stall model configurable");
 }
+
+#[test]
+fn strw_is_ignored_when_stage_2_translates() {
+    // STE.STRW is IGNORED with Config = 0b11x on a Non-secure STE (the
+    // StreamWorld is NS-EL1); it was ILLEGAL on an SMMU with IDR0.HYP.
+    let h = H::new(ModelConfig {
+        hyp: true,
+        ..ModelConfig::default()
+    });
+    let s2 = S2 {
+        vmid: 1,
+        t0sz: 24,
+        sl0: 1,
+        tg: 0,
+        ps: 2,
+        ttb: 0x8000_0000,
+    };
+    for strw in 0..4u64 {
+        let mut n = ste_nested(0x8000_1000, &s2);
+        n[1] |= strw << 30;
+        assert_eq!(h.smmu.check_ste(n), Ok(()), "nested, STRW {strw:#b}");
+        // Stage 1 only: 0b10 selects EL2, 0b01 and 0b11 are ILLEGAL.
+        let mut s1 = ste_s1(0x8000_1000, 0, 0, 0);
+        s1[1] |= strw << 30;
+        let v = h.smmu.check_ste(s1);
+        assert_eq!(v.is_ok(), strw & 1 == 0, "stage 1, STRW {strw:#b}: {v:?}");
+    }
+    // Without IDR0.HYP the field is RES0, which this SMMU checks.
+    let plain = H::new(ModelConfig::default());
+    let mut n = ste_nested(0x8000_1000, &s2);
+    n[1] |= 2 << 30;
+    assert!(plain.smmu.check_ste(n).unwrap_err().0.contains("STRW"));
+}

@@ -318,10 +318,14 @@ impl State {
             }
             match raw.strw() {
                 0 => {}
-                2 if self.cfg.hyp && !s2_on => el2 = true,
+                // With stage 2 on the StreamWorld is NS-EL1 whatever STRW
+                // says: the field is IGNORED (it is RES0 without IDR0.HYP,
+                // and this SMMU rejects a non-zero RES0 field).
+                _ if s2_on && self.cfg.hyp => {}
+                2 if self.cfg.hyp => el2 = true,
                 _ => {
                     return bad(
-                        "STE.STRW: EL2 StreamWorld needs IDR0.HYP and stage 2 off; other values are reserved",
+                        "STE.STRW: RES0 without IDR0.HYP; 0b01 and 0b11 are reserved (ILLEGAL) with stage 2 off",
                     );
                 }
             }
