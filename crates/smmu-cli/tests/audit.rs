@@ -829,9 +829,10 @@ fn pte_names_blocks_only_where_the_granule_has_them() {
 #[test]
 fn records_without_stall_stage_or_class_fields_are_not_decoded_with_them() {
     // F_UUT has no S2, CLASS or Stall field; F_WALK_EABT and
-    // F_TLB_CONFLICT have no Stall/STAG (their low word-1 bits are an
-    // IMPLEMENTATION DEFINED reason), F_TLB_CONFLICT no CLASS. An F_UUT
-    // was "stage 1 ... while fetching the CD [stalled, tag 0x7f]".
+    // F_TLB_CONFLICT have no Stall/STAG (only the four translation-related
+    // faults do; these carry an IMPLEMENTATION DEFINED Reason), and
+    // F_TLB_CONFLICT no CLASS. An F_UUT was "stage 1 ... while fetching
+    // the CD [stalled, tag 0x7f]".
     let w1 = format!("{:#x}", 1u64 << 31 | 1 << 39 | 0x7f);
     let run = |code: &str| {
         let w0 = format!("{:#x}", 4u64 << 32 | u64::from_str_radix(code, 16).unwrap());
