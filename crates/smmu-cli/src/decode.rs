@@ -28,6 +28,8 @@ pub enum DecodeError {
     },
     /// No word given.
     Empty,
+    /// A kernel log holds no arm-smmu-v3 event dump.
+    NoDump,
     /// The structure is malformed (e.g. an unknown opcode).
     Malformed(String),
 }
@@ -40,6 +42,10 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "{what} has {max} 64-bit words, {got} given")
             }
             Self::Empty => write!(f, "no word given"),
+            Self::NoDump => write!(
+                f,
+                "no arm-smmu-v3 event dump (`event 0x.. received:` and four words) in the text"
+            ),
             Self::Malformed(m) => write!(f, "{m}"),
         }
     }
@@ -47,25 +53,26 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Parses hex words ("0x" optional, "_" allowed) into up to `N` words,
-/// zero-filling the rest.
+/// Parses hex words (one "0x" or "0X" optional, "_" allowed between
+/// digits) into up to `N` words, zero-filling the rest.
 ///
 /// # Errors
 ///
-/// [`DecodeError`] for empty input, a bad word or too many words.
+/// [`DecodeError`] for no word, a bad word or too many words.
 pub fn parse_words<const N: usize>(
     what: &'static str,
     args: &[String],
 ) -> Result<[u64; N], DecodeError> {
-    if args.is_empty() {
-        return Err(DecodeError::Empty);
-    }
     // Accept "w0 w1" as well as "w0,w1" or one quoted string.
     let words: Vec<&str> = args
         .iter()
-        .flat_map(|a| a.split([',', ' ']))
+        .flat_map(|a| a.split(|c: char| c == ',' || c.is_whitespace()))
         .filter(|w| !w.is_empty())
         .collect();
+    // An empty argument (an unset shell variable) is no word, not a zero.
+    if words.is_empty() {
+        return Err(DecodeError::Empty);
+    }
     if words.len() > N {
         return Err(DecodeError::TooMany {
             what,
@@ -75,10 +82,24 @@ pub fn parse_words<const N: usize>(
     }
     let mut out = [0u64; N];
     for (slot, w) in out.iter_mut().zip(&words) {
-        let clean: String = w.trim_start_matches("0x").replace('_', "");
-        *slot = u64::from_str_radix(&clean, 16).map_err(|_| DecodeError::BadWord(w.to_string()))?;
+        *slot = parse_word(w).ok_or_else(|| DecodeError::BadWord(w.to_string()))?;
     }
     Ok(out)
+}
+
+/// Returns the value of one hex word, or `None` unless it is hex digits
+/// (and separating underscores) after at most one `0x`: `from_str_radix`
+/// alone would take a sign (`+9`), and stripping every `0x` would take
+/// `0x0x9`.
+fn parse_word(w: &str) -> Option<u64> {
+    let digits = w
+        .strip_prefix("0x")
+        .or_else(|| w.strip_prefix("0X"))
+        .unwrap_or(w);
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit() || b == b'_') {
+        return None;
+    }
+    u64::from_str_radix(&digits.replace('_', ""), 16).ok()
 }
 
 /// One named field of a structure: word index, name, bits.
@@ -269,15 +290,27 @@ pub fn pte(args: &[String], stage: Stage, level: u8, granule: u64) -> Result<Str
         if stage == Stage::S1 { 1 } else { 2 }
     );
     if d & 1 == 0 {
-        s.push_str("  invalid (bit 0 clear)\n");
+        // A "name = value" line like the others, so --json carries it too.
+        s.push_str("  type          = invalid (bit 0 clear)\n");
         return Ok(s);
     }
+    if shift == 16 && level == 0 {
+        return Err(DecodeError::Malformed(
+            "the 64K granule has no level 0 (walks start at level 1)".into(),
+        ));
+    }
     let table_bit = d & 2 != 0;
-    let kind = match (level, table_bit) {
-        (3, true) => "page",
-        (3, false) => "reserved (invalid at level 3)",
-        (_, true) => "table",
-        (_, false) => "block",
+    // Blocks exist only at the levels VMSAv8-64 gives them; elsewhere the
+    // encoding is a translation fault, as the model's walker treats it.
+    let kind = match (level, table_bit, shift) {
+        (3, true, _) => "page",
+        (3, false, _) => "reserved (invalid at level 3)",
+        (_, true, _) => "table",
+        (1 | 2, false, 12) | (2, false, _) => "block",
+        (1, false, 16) => "block (at level 1 only with a 52-bit output, FEAT_LPA)",
+        (0, false, 12) => "reserved (a level-0 block needs FEAT_LPA2, DS = 1)",
+        (1, false, _) => "reserved (a level-1 block needs FEAT_LPA2, DS = 1)",
+        (_, false, _) => "reserved (no level-0 block with the 16K granule)",
     };
     // Output address bits [47:shift]; with the 64K granule bits 15:12 hold
     // PA[51:48].
@@ -416,11 +449,11 @@ pub fn event_value(w: [u64; 4]) -> serde_json::Value {
         serde_json::json!({
             "addr": format!("{:#x}", f.addr),
             "ipa": f.ipa.map(|a| format!("{a:#x}")),
-            "stage2": f.stage2,
+            "stage2": e.ty.has_stage().then_some(f.stage2),
             "read": f.read,
             "privileged": f.privileged,
             "instruction": f.instruction,
-            "class": format!("{:?}", f.class),
+            "class": e.ty.has_class().then(|| format!("{:?}", f.class)),
             "stall_tag": f.stall_tag,
         })
     });

@@ -4,7 +4,9 @@
 //! adds (timestamp, driver and device name, tabs). Newer kernels follow
 //! with a summary line (`event: F_TRANSLATION client: ... sid: 0x8 ...`),
 //! which is cross-checked against the decoded words. Xen's port prints
-//! the same dump.
+//! the same dump. Each line is tied to its device (the last `name:` token
+//! before the payload), so the dumps of two SMMUs printing at once, and
+//! other drivers' lines in between, do not mix.
 
 use crate::decode::DecodeError;
 
@@ -40,14 +42,33 @@ pub fn looks_like_log(text: &str) -> bool {
     text.contains("received")
 }
 
-/// Returns the event code of a header line (`... event 0x10 received:`).
-fn header_code(line: &str) -> Option<u8> {
-    let rest = line.split("event 0x").nth(1)?;
+/// Returns the source a line's payload came from: the last `name:` token
+/// of the text before it (`9050000.smmuv3:` after any timestamp, journal
+/// or driver prefix), or "" when there is none. Lines of one device's
+/// dump share it; another SMMU or driver has its own.
+fn source(prefix: &str) -> &str {
+    prefix
+        .split_whitespace()
+        .rev()
+        .find(|t| t.ends_with(':'))
+        .unwrap_or("")
+}
+
+/// Returns the event code and the prefix of a header line
+/// (`... event 0x10 received:`).
+fn header(line: &str) -> Option<(u8, &str)> {
+    // ASCII lower-casing keeps byte offsets, so `at` indexes `line`.
+    let at = line.to_ascii_lowercase().find("event 0x")?;
+    let rest = &line[at + "event 0x".len()..];
     let (code, tail) = rest.split_once(char::is_whitespace)?;
-    if !tail.trim_start().starts_with("received") {
+    if !tail
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("received")
+    {
         return None;
     }
-    u8::from_str_radix(code, 16).ok()
+    Some((u8::from_str_radix(code, 16).ok()?, &line[..at]))
 }
 
 fn hex(s: &str, digits: usize) -> Option<u64> {
@@ -56,79 +77,121 @@ fn hex(s: &str, digits: usize) -> Option<u64> {
         .flatten()
 }
 
-/// Returns the record word a dump line ends with: `0x` and 16 hex digits,
-/// or (as some mail archives wrap it) `0x` and 8 digits, a space, 8
-/// digits.
-fn word_of(line: &str) -> Option<u64> {
-    let toks: Vec<&str> = line.split_whitespace().collect();
-    let last = *toks.last()?;
-    if let Some(w) = last.strip_prefix("0x").and_then(|h| hex(h, 16)) {
-        return Some(w);
-    }
-    let prev = toks.len().checked_sub(2).map(|i| toks[i])?;
-    let hi = prev.strip_prefix("0x").and_then(|h| hex(h, 8))?;
-    Some(hi << 32 | hex(last, 8)?)
+fn strip_0x(s: &str) -> Option<&str> {
+    s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))
 }
 
-/// Returns every complete event dump in `text`.
+/// Returns the record word a dump line ends with and the line's prefix:
+/// `0x` and 16 hex digits, or (as some mail archives wrap it) `0x` and 8
+/// digits, a space, 8 digits.
+fn word_of(line: &str) -> Option<(u64, &str)> {
+    let (prefix, last) = line
+        .trim_end()
+        .rsplit_once(char::is_whitespace)
+        .unwrap_or(("", line.trim_end()));
+    if let Some(w) = strip_0x(last).and_then(|h| hex(h, 16)) {
+        return Some((w, prefix));
+    }
+    let lo = hex(last, 8)?;
+    let (prefix, prev) = prefix
+        .trim_end()
+        .rsplit_once(char::is_whitespace)
+        .unwrap_or(("", prefix.trim_end()));
+    let hi = strip_0x(prev).and_then(|h| hex(h, 8))?;
+    Some((hi << 32 | lo, prefix))
+}
+
+/// A dump whose four words are still being read.
+struct Pending<'a> {
+    source: &'a str,
+    line: usize,
+    code: u8,
+    words: Vec<u64>,
+}
+
+/// Returns every complete event dump in `text`, in the order of their
+/// header lines. Dumps of different devices may interleave line by line
+/// (two SMMUs' event threads print at once); lines of other sources are
+/// skipped.
 ///
 /// # Errors
 ///
 /// [`DecodeError::Malformed`] when a header is not followed by four record
-/// words, and [`DecodeError::Empty`] when the text holds no event dump.
+/// words from the same device, and [`DecodeError::NoDump`] when the text
+/// holds no event dump.
 pub fn parse_log(text: &str) -> Result<Vec<LogEvent>, DecodeError> {
     let mut out: Vec<LogEvent> = Vec::new();
-    let mut pending: Option<(usize, u8, Vec<u64>)> = None;
+    let mut pending: Vec<Pending<'_>> = Vec::new();
+    // Per source, the event a following kernel summary line belongs to.
+    let mut last_done: Vec<(&str, usize)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
-        if let Some(code) = header_code(line) {
-            if let Some((at, _, w)) = &pending {
+        if let Some((code, prefix)) = header(line) {
+            let src = source(prefix);
+            if let Some(p) = pending.iter().find(|p| p.source == src) {
                 return Err(DecodeError::Malformed(format!(
-                    "line {at}: event dump has {} of 4 words before the next one at line {n}",
-                    w.len()
+                    "line {}: event dump has {} of 4 words before the next one at line {n}",
+                    p.line,
+                    p.words.len()
                 )));
             }
-            pending = Some((n, code, Vec::new()));
+            last_done.retain(|(s, _)| *s != src);
+            pending.push(Pending {
+                source: src,
+                line: n,
+                code,
+                words: Vec::new(),
+            });
             continue;
         }
-        if let Some((at, code, words)) = &mut pending {
-            match word_of(line) {
-                Some(w) => {
-                    words.push(w);
-                    if words.len() == 4 {
-                        out.push(LogEvent {
-                            line: *at,
-                            header_code: *code,
-                            words: [words[0], words[1], words[2], words[3]],
-                            summary: None,
-                        });
-                        pending = None;
-                    }
-                }
-                None => {
-                    return Err(DecodeError::Malformed(format!(
-                        "line {n}: expected record word {} of the event at line {at}",
-                        words.len() + 1
-                    )));
+        if let Some((w, prefix)) = word_of(line) {
+            let src = source(prefix);
+            if let Some(at) = pending.iter().position(|p| p.source == src) {
+                let p = &mut pending[at];
+                p.words.push(w);
+                if p.words.len() == 4 {
+                    let p = pending.remove(at);
+                    last_done.push((src, out.len()));
+                    out.push(LogEvent {
+                        line: p.line,
+                        header_code: p.code,
+                        words: [p.words[0], p.words[1], p.words[2], p.words[3]],
+                        summary: None,
+                    });
                 }
             }
             continue;
         }
-        if let (Some(last), Some(pos)) = (out.last_mut(), line.find("event: ")) {
-            if last.summary.is_none() && line.contains("sid:") {
-                last.summary = Some(line[pos..].trim().to_string());
+        if let Some(pos) = line.find("event: ").filter(|_| line.contains("sid:")) {
+            let src = source(&line[..pos]);
+            // The summary follows the four words: a dump still short of
+            // them lost lines.
+            if let Some(p) = pending.iter().find(|p| p.source == src) {
+                return Err(DecodeError::Malformed(format!(
+                    "line {n}: expected record word {} of the event at line {}",
+                    p.words.len() + 1,
+                    p.line
+                )));
+            }
+            if let Some(k) = last_done.iter().position(|(s, _)| *s == src) {
+                let (_, idx) = last_done.remove(k);
+                out[idx].summary = Some(line[pos..].trim().to_string());
             }
         }
+        // Any other line (another driver, the queue-overflow or rate-limit
+        // notice, a concurrent global-error message) is not part of a dump.
     }
-    if let Some((at, _, w)) = pending {
+    if let Some(p) = pending.first() {
         return Err(DecodeError::Malformed(format!(
-            "line {at}: event dump has {} of 4 words",
-            w.len()
+            "line {}: event dump has {} of 4 words",
+            p.line,
+            p.words.len()
         )));
     }
     if out.is_empty() {
-        return Err(DecodeError::Empty);
+        return Err(DecodeError::NoDump);
     }
+    out.sort_by_key(|e| e.line);
     Ok(out)
 }
 
@@ -184,7 +247,7 @@ arm-smmu-v3 fc900000.iommu: \t0x0000000000000000
         assert!(matches!(parse_log(t), Err(DecodeError::Malformed(_))));
         let t = "x: event 0x10 received:\nx: hello\n";
         assert!(matches!(parse_log(t), Err(DecodeError::Malformed(_))));
-        assert_eq!(parse_log("nothing here"), Err(DecodeError::Empty));
+        assert_eq!(parse_log("nothing here"), Err(DecodeError::NoDump));
         let t = "a: event 0x10 received:\na: 0x0000000800000010\na: event 0x10 received:\n";
         assert!(matches!(parse_log(t), Err(DecodeError::Malformed(_))));
     }

@@ -129,12 +129,18 @@ enum DecodeWhat {
     },
 }
 
+/// Returns a log's text; bytes that are not UTF-8 (line noise on a
+/// serial console) become U+FFFD, so they spoil their own line only.
+fn log_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 fn stdin_text() -> Result<String, String> {
-    let mut t = String::new();
+    let mut t = Vec::new();
     std::io::stdin()
-        .read_to_string(&mut t)
+        .read_to_end(&mut t)
         .map_err(|e| format!("reading standard input: {e}"))?;
-    Ok(t)
+    Ok(log_text(&t))
 }
 
 fn json_text(v: &serde_json::Value) -> String {
@@ -165,7 +171,7 @@ fn run_decode(what: DecodeWhat, json: bool) -> Result<(), String> {
         DecodeWhat::Log { file } => {
             let text = match file {
                 Some(f) if f.as_os_str() != "-" => {
-                    std::fs::read_to_string(&f).map_err(|err| format!("{}: {err}", f.display()))?
+                    log_text(&std::fs::read(&f).map_err(|err| format!("{}: {err}", f.display()))?)
                 }
                 _ => stdin_text()?,
             };

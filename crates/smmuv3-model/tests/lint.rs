@@ -66,3 +66,70 @@ fn rejected_cd_is_c_bad_cd_and_rejected_command_is_cerror_ill() {
     let (w0, w1) = tlbi_nh_va_range(1, 0x1000, 1, 0, 1, 0, true);
     assert_eq!(h.smmu.check_command([w0, w1]), Ok(()));
 }
+
+#[test]
+fn reserved_s2ps_is_capped_and_s1stalld_needs_a_configurable_stall_model() {
+    // STE.S2PS = 0b111 behaves as 0b110 (v3.1 to v3.3), capped to the OAS:
+    // the STE is legal and translates.
+    let mut h = H::new(ModelConfig::default());
+    h.enable_linear(4);
+    let pt = Pt::new_s2(&h, 12, 40, 1);
+    let page = h.alloc(4096);
+    pt.map(&h, 0x1000, page, 3, S2_RW | 3);
+    let s2 = S2 {
+        vmid: 1,
+        t0sz: 24,
+        sl0: 1,
+        tg: 0,
+        ps: 7,
+        ttb: pt.root,
+    };
+    assert_eq!(h.smmu.check_ste(ste_s2(&s2)), Ok(()));
+    h.set_ste(1, ste_s2(&s2));
+    assert!(h.smmu.translate(&DmaRequest::read(1, 0x1000, 4)).is_ok());
+    // STE.S1STALLD = 1 is ILLEGAL unless IDR0.STALL_MODEL == 0b00.
+    let mut q = H::new(ModelConfig::qemu_like());
+    q.enable_linear(4);
+    let cdp = q.alloc(64);
+    let mut s = ste_s1(cdp, 0, 0, 0);
+    s[1] |= 1 << 27;
+    let v = q.smmu.check_ste(s).unwrap_err();
+    assert!(v.0.contains("S1STALLD"), "{v}");
+    q.set_ste(2, s);
+    let f = q.smmu.translate(&DmaRequest::read(2, 0, 4)).unwrap_err();
+    assert_eq!(f.event_type(), Some(EventType::CBadSte));
+    assert_eq!(h.smmu.check_ste(s), Ok(()), "stall model configurable");
+}
+
+#[test]
+fn strw_is_ignored_when_stage_2_translates() {
+    // STE.STRW is IGNORED with Config = 0b11x on a Non-secure STE (the
+    // StreamWorld is NS-EL1); it was ILLEGAL on an SMMU with IDR0.HYP.
+    let h = H::new(ModelConfig {
+        hyp: true,
+        ..ModelConfig::default()
+    });
+    let s2 = S2 {
+        vmid: 1,
+        t0sz: 24,
+        sl0: 1,
+        tg: 0,
+        ps: 2,
+        ttb: 0x8000_0000,
+    };
+    for strw in 0..4u64 {
+        let mut n = ste_nested(0x8000_1000, &s2);
+        n[1] |= strw << 30;
+        assert_eq!(h.smmu.check_ste(n), Ok(()), "nested, STRW {strw:#b}");
+        // Stage 1 only: 0b10 selects EL2, 0b01 and 0b11 are ILLEGAL.
+        let mut s1 = ste_s1(0x8000_1000, 0, 0, 0);
+        s1[1] |= strw << 30;
+        let v = h.smmu.check_ste(s1);
+        assert_eq!(v.is_ok(), strw & 1 == 0, "stage 1, STRW {strw:#b}: {v:?}");
+    }
+    // Without IDR0.HYP the field is RES0, which this SMMU checks.
+    let plain = H::new(ModelConfig::default());
+    let mut n = ste_nested(0x8000_1000, &s2);
+    n[1] |= 2 << 30;
+    assert!(plain.smmu.check_ste(n).unwrap_err().0.contains("STRW"));
+}

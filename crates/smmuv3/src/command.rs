@@ -146,7 +146,8 @@ pub enum Command {
         resp: u8,
     },
     /// Retry (`abort` false) or abort a stalled transaction (Action 0b01 /
-    /// 0b10; a decoded terminate, 0b00, reads as abort).
+    /// 0b10; a decoded terminate, 0b00, reads as abort, and 0b11 as retry:
+    /// the Ac bit decides, Ab only matters when terminating).
     Resume { sid: u32, stag: u16, abort: bool },
     /// Terminate all stalled transactions of a stream.
     StallTerm { sid: u32 },
@@ -420,8 +421,9 @@ impl Command {
             op::RESUME => Self::Resume {
                 sid,
                 stag: w1 as u16,
-                // Terminate (0b00) ends the transaction like abort does.
-                abort: c::RESUME_ACTION.get(w0) != RESUME_RETRY,
+                // Bit 12 (Ac) retries whatever bit 13 (Ab) says, so 0b11 is
+                // a retry; terminate (0b00) ends the transaction like abort.
+                abort: c::RESUME_ACTION.get(w0) & RESUME_RETRY == 0,
             },
             op::STALL_TERM => Self::StallTerm { sid },
             op::SYNC => Self::Sync {
@@ -479,11 +481,13 @@ impl fmt::Display for TlbiAddr {
             self.addr, self.leaf, self.ttl
         )?;
         if self.tg != 0 {
+            // NUM as encoded; the span is (NUM + 1) << SCALE granules.
             write!(
                 f,
-                " range: tg={} num={} scale={} ({} granules)",
+                " range: tg={} ({}) num={} scale={} ({} granules)",
                 self.tg,
-                u32::from(self.num) + 1,
+                ["", "4K", "16K", "64K"][usize::from(self.tg & 3)],
+                self.num,
                 self.scale,
                 (u64::from(self.num) + 1) << self.scale
             )?;
@@ -765,6 +769,12 @@ mod tests {
         assert!(matches!(
             Command::decode(terminate),
             Ok(Command::Resume { abort: true, .. })
+        ));
+        // Ac = 1 retries whatever Ab says.
+        let retry_ab = [u64::from(op::RESUME) | 0b11 << 12, 0];
+        assert!(matches!(
+            Command::decode(retry_ab),
+            Ok(Command::Resume { abort: false, .. })
         ));
     }
 

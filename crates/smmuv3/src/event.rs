@@ -111,7 +111,9 @@ impl EventType {
             Self::BadSte => "stream table entry is invalid or malformed",
             Self::BadAtsRequest => "ATS translation request refused",
             Self::StreamDisabled => "transaction without substream ID refused by S1DSS",
-            Self::TranslationForbidden => "ATS translation request on a bypassed stream",
+            Self::TranslationForbidden => {
+                "ATS-translated transaction refused (the STE does not let translated traffic bypass)"
+            }
             Self::BadSubstreamId => "substream ID out of range of the CD table",
             Self::CdFetch => "external abort fetching the context descriptor",
             Self::BadCd => "context descriptor is invalid or malformed",
@@ -126,6 +128,29 @@ impl EventType {
             Self::VmsFetch => "external abort fetching the VMS",
             Self::Unknown(_) => "event type not known to this driver",
         }
+    }
+
+    /// Returns whether records of this type have the Stall and STAG
+    /// fields: only the four translation-related faults can stall; in
+    /// other records those bits are RES0 or an IMPLEMENTATION DEFINED
+    /// reason.
+    pub fn can_stall(&self) -> bool {
+        matches!(
+            self,
+            Self::Translation | Self::AddressSize | Self::AccessFlag | Self::Permission
+        )
+    }
+
+    /// Returns whether records of this type have the S2 field (F_UUT has
+    /// no stage: its bit 39 is RES0).
+    pub fn has_stage(&self) -> bool {
+        self.is_fault() && *self != Self::UnsupportedUpstream
+    }
+
+    /// Returns whether records of this type have the CLASS field (F_UUT
+    /// and F_TLB_CONFLICT do not).
+    pub fn has_class(&self) -> bool {
+        self.can_stall() || *self == Self::WalkAbort
     }
 
     /// Returns whether records of this type carry transaction details
@@ -162,7 +187,8 @@ pub struct Fault {
     pub addr: u64,
     /// IPA where a stage-2 fault occurred.
     pub ipa: Option<u64>,
-    /// The fault was in stage 2.
+    /// The fault was in stage 2 (false for a type without the S2 field,
+    /// see [`EventType::has_stage`]).
     pub stage2: bool,
     /// Read (true) or write.
     pub read: bool,
@@ -170,7 +196,8 @@ pub struct Fault {
     pub privileged: bool,
     /// Instruction fetch.
     pub instruction: bool,
-    /// What was being accessed.
+    /// What was being accessed; read from RES0 bits (so `CdFetch`) for a
+    /// type without the CLASS field, see [`EventType::has_class`].
     pub class: FaultClass,
     /// Stall tag when the transaction is stalled awaiting CMD_RESUME.
     pub stall_tag: Option<u16>,
@@ -198,7 +225,7 @@ impl Event {
     pub fn decode(raw: [u64; 4]) -> Self {
         let [w0, w1, w2, w3] = raw;
         let ty = EventType::from_code(e::TYPE.get(w0) as u8);
-        let stage2 = e::S2.get(w1) != 0;
+        let stage2 = ty.has_stage() && e::S2.get(w1) != 0;
         let fault = ty.is_fault().then(|| Fault {
             addr: w2,
             ipa: (stage2 && ty != EventType::WalkAbort).then(|| w3 & e::IPA.mask()),
@@ -211,7 +238,7 @@ impl Event {
                 1 => FaultClass::TableWalk,
                 _ => FaultClass::Input,
             },
-            stall_tag: (e::STALL.get(w1) != 0).then(|| e::STAG.get(w1) as u16),
+            stall_tag: (ty.can_stall() && e::STALL.get(w1) != 0).then(|| e::STAG.get(w1) as u16),
         });
         let fetch_addr = matches!(
             ty,
@@ -252,10 +279,14 @@ impl fmt::Display for Event {
         }
         write!(f, ": {}", self.ty.description())?;
         if let Some(flt) = &self.fault {
+            if self.ty.has_stage() {
+                write!(f, "; stage {}", if flt.stage2 { 2 } else { 1 })?;
+            } else {
+                f.write_str(";")?;
+            }
             write!(
                 f,
-                "; stage {} {} {} {} at {:#x}",
-                if flt.stage2 { 2 } else { 1 },
+                " {} {} {} at {:#x}",
                 if flt.privileged {
                     "privileged"
                 } else {
@@ -273,6 +304,7 @@ impl fmt::Display for Event {
                 write!(f, " (IPA {ipa:#x})")?;
             }
             match flt.class {
+                _ if !self.ty.has_class() => {}
                 FaultClass::CdFetch => write!(f, " while fetching the CD")?,
                 FaultClass::TableWalk => write!(f, " while walking stage-1 tables")?,
                 FaultClass::Input => {}
@@ -340,6 +372,28 @@ mod tests {
         let ev = Event::decode([0x7f, 0, 0, 0]);
         assert_eq!(ev.ty, EventType::Unknown(0x7f));
         assert!(ev.to_string().starts_with("UNKNOWN(0x7f)"));
+    }
+
+    #[test]
+    fn only_translation_faults_stall_and_f_uut_has_no_stage_or_class() {
+        // Bit 31 (Stall), bit 39 (S2) and CLASS 0 in records without them.
+        let w1 = (1 << 31) | (1 << 39) | 0x7f;
+        let ev = Event::decode([0x01 | (4 << 32), w1, 0x1000, 0]);
+        let flt = ev.fault.unwrap();
+        assert_eq!((flt.stall_tag, flt.stage2, flt.ipa), (None, false, None));
+        assert_eq!(
+            ev.to_string(),
+            "F_UUT sid=0x4: unsupported upstream transaction; unprivileged data write at 0x1000"
+        );
+        for code in [0x0b, 0x20] {
+            let ev = Event::decode([code, w1, 0x1000, 0]);
+            assert_eq!(ev.fault.unwrap().stall_tag, None, "{code:#x}");
+            assert!(!ev.to_string().contains("stalled"), "{ev}");
+        }
+        assert!(!Event::decode([0x20, w1, 0, 0]).to_string().contains("CD"));
+        assert!(Event::decode([0x0b, w1, 0, 0]).to_string().contains("CD"));
+        let ev = Event::decode([0x10, w1, 0x1000, 0]);
+        assert_eq!(ev.fault.unwrap().stall_tag, Some(0x7f));
     }
 
     #[test]

@@ -170,8 +170,12 @@ impl State {
         if !self.granule_ok(shift) {
             return bad("STE.S2TG selects a granule IDR5.GRAN4K/16K/64K does not advertise");
         }
+        // S2PS 0b111 is reserved and behaves as 0b110 (52 bits) from v3.1
+        // to v3.3; like any value above the OAS it is then capped, never
+        // ILLEGAL.
+        let ps_field = if raw.s2ps() == 7 { 6 } else { raw.s2ps() };
         let ps = u32::from(
-            oas_field_to_bits(raw.s2ps()).ok_or(Violation("STE.S2PS is a reserved encoding"))?,
+            oas_field_to_bits(ps_field).ok_or(Violation("STE.S2PS is a reserved encoding"))?,
         );
         let mut eff_ps = ps.min(u32::from(self.cfg.oas_bits));
         if shift != 16 {
@@ -297,6 +301,13 @@ impl State {
                 3 => 0,
                 f => f,
             };
+            // Only an SMMU whose stall model is configurable lets the STE
+            // forbid stalls; elsewhere S1STALLD = 1 is ILLEGAL.
+            if raw.s1stalld() && self.cfg.stall_model != StallModel::StallAndTerminate {
+                return bad(
+                    "STE.S1STALLD = 1 on an SMMU whose IDR0.STALL_MODEL is not 0b00 (stalls are not configurable)",
+                );
+            }
             if fmt != 0 && !self.cfg.cd2l {
                 return bad("STE.S1Fmt selects a 2-level CD table without IDR0.CD2L");
             }
@@ -307,10 +318,14 @@ impl State {
             }
             match raw.strw() {
                 0 => {}
-                2 if self.cfg.hyp && !s2_on => el2 = true,
+                // With stage 2 on the StreamWorld is NS-EL1 whatever STRW
+                // says: the field is IGNORED (it is RES0 without IDR0.HYP,
+                // and this SMMU rejects a non-zero RES0 field).
+                _ if s2_on && self.cfg.hyp => {}
+                2 if self.cfg.hyp => el2 = true,
                 _ => {
                     return bad(
-                        "STE.STRW: EL2 StreamWorld needs IDR0.HYP and stage 2 off; other values are reserved",
+                        "STE.STRW: RES0 without IDR0.HYP; 0b01 and 0b11 are reserved (ILLEGAL) with stage 2 off",
                     );
                 }
             }

@@ -43,7 +43,8 @@ pub const ATC_ADDR: Field = Field::new(63, 12);
 /// Word 1 of PREFETCH_ADDR: log2 of the prefetch size in 4 KiB pages.
 pub const PREFETCH_SIZE: Field = Field::new(4, 0);
 
-/// Word 0 of CMD_RESUME: action (0b00 terminate, 0b01 retry, 0b10 abort).
+/// Word 0 of CMD_RESUME: action, bit 12 Ac (retry) and bit 13 Ab (abort
+/// when terminating): 0b00 terminate, 0b01 and 0b11 retry, 0b10 abort.
 pub const RESUME_ACTION: Field = Field::new(13, 12);
 /// Word 0 of CMD_SYNC: completion signal.
 pub const SYNC_CS: Field = Field::new(13, 12);
