@@ -435,10 +435,12 @@ fn stalls_of_a_stall_forced_smmu_are_terminated_by_the_hypervisor() {
         ..Setup::default()
     });
     let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
-    // The host is shown terminate-only: it cannot resume anything.
+    // The host is shown the forced stalls, so that its CDs select them
+    // (CD.S = 0 is ILLEGAL on this SMMU, which walks the host's CDs); it
+    // still cannot resume anything.
     assert_eq!(
         host.features().stall,
-        smmuv3::probe::StallModel::TerminateOnly
+        smmuv3::probe::StallModel::StallForced
     );
     let _dom = attach_stage1(&host);
     let f = t.dma_write(SID, IOVA, b"x").unwrap_err();

@@ -133,3 +133,57 @@ fn strw_is_ignored_when_stage_2_translates() {
     n[1] |= 2 << 30;
     assert!(plain.smmu.check_ste(n).unwrap_err().0.contains("STRW"));
 }
+
+#[test]
+fn a_stall_forced_smmu_needs_stalling_cds_and_stage_2_stes() {
+    // IDR0.STALL_MODEL = 0b10: CD.S = 0 and, with stage 2 on, STE.S2S = 0
+    // are ILLEGAL (ARS = 0bxx0 cannot be honoured); S = 1 is what works.
+    let mut h = H::new(ModelConfig {
+        stall_model: smmuv3_model::StallModel::StallForced,
+        ..ModelConfig::default()
+    });
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let page = h.alloc(4096);
+    pt.map(&h, 0x1000, page, 3, S1_RW);
+    let cdp = h.alloc(64);
+    let terminating = cd(16, 0, 5, pt.root, 1);
+    let mut stalling = terminating;
+    stalling[0] |= 1 << 44;
+    let v = h.smmu.check_cd(terminating, None).unwrap_err();
+    assert!(v.0.contains("CD.S = 0"), "{v}");
+    assert_eq!(h.smmu.check_cd(stalling, None), Ok(()));
+    // Through the SMMU: the terminating CD is C_BAD_CD, the stalling one
+    // translates.
+    h.write_words(cdp, &terminating);
+    h.set_ste(1, ste_s1(cdp, 0, 0, 0));
+    let f = h
+        .smmu
+        .translate(&DmaRequest::read(1, 0x1000, 4).privileged())
+        .unwrap_err();
+    assert_eq!(f.event_type(), Some(EventType::CBadCd));
+    h.write_words(cdp, &stalling);
+    h.cfgi_ste(1);
+    let t = h
+        .smmu
+        .translate(&DmaRequest::read(1, 0x1000, 4).privileged())
+        .unwrap();
+    assert_eq!(t.pa, page);
+    // Stage 2: S2S = 0 is ILLEGAL, S2S = 1 legal.
+    let s2 = S2 {
+        vmid: 1,
+        t0sz: 24,
+        sl0: 1,
+        tg: 0,
+        ps: 2,
+        ttb: 0x8000_0000,
+    };
+    let plain = ste_s2(&s2);
+    let v = h.smmu.check_ste(plain).unwrap_err();
+    assert!(v.0.contains("S2S = 0"), "{v}");
+    let mut stalls = plain;
+    stalls[2] |= 1 << 57;
+    assert_eq!(h.smmu.check_ste(stalls), Ok(()));
+    // Stage 1 only: S2S is IGNORED.
+    assert_eq!(h.smmu.check_ste(ste_s1(cdp, 0, 0, 0)), Ok(()));
+}

@@ -167,7 +167,7 @@ fn s1_words(e: &mut Entry, cdt: &CdTableRef, s1dss: S1Dss, env: &EntryEnv) {
     }
 }
 
-fn s2_words(e: &mut Entry, s2: &S2Ref) {
+fn s2_words(e: &mut Entry, s2: &S2Ref, env: &EntryEnv) {
     let r = &s2.regs;
     e[1] |= ste::SHCFG.make(ste::SHCFG_INCOMING);
     e[2] = ste::S2VMID.make(s2.vmid.into())
@@ -181,6 +181,8 @@ fn s2_words(e: &mut Entry, s2: &S2Ref) {
         | ste::S2AA64.make(1)
         | ste::S2PTW.make(1)
         | ste::S2R.make(1)
+        // A stall-forced SMMU stalls stage-2 faults: S2S = 0 is ILLEGAL.
+        | ste::S2S.make((env.stall == StallModel::StallForced).into())
         | ste::S2FWB.make(r.fwb.into());
     e[3] = r.vttbr & ste::S2TTB.mask();
 }
@@ -251,12 +253,12 @@ pub fn try_build_ste(cfg: &SteConfig, env: &EntryEnv) -> Result<Entry, EntryErro
 ///
 /// [`EntryError::DoesNotFit`] for a misaligned or too wide TTB, or a T0SZ,
 /// TG0 or IPS encoding outside its field.
-pub fn try_build_cd(regs: &Stage1Regs, asid: u16) -> Result<Entry, EntryError> {
+pub fn try_build_cd(regs: &Stage1Regs, asid: u16, env: &EntryEnv) -> Result<Entry, EntryError> {
     check("TTB0", regs.ttbr, regs.ttbr & !cd::TTB0.mask() == 0)?;
     check("T0SZ", regs.t0sz.into(), cd::T0SZ.fits(regs.t0sz.into()))?;
     check("TG0", regs.tg0.into(), regs.tg0 <= 2)?;
     check("IPS", regs.ips.into(), regs.ips <= 6)?;
-    Ok(build_cd(regs, asid))
+    Ok(build_cd(regs, asid, env))
 }
 
 /// Returns the STE for a configuration.
@@ -280,13 +282,13 @@ pub fn build_ste(cfg: &SteConfig, env: &EntryEnv) -> Entry {
         }
         SteConfig::Stage2 { s2, ats } => {
             e[0] = v | ste::CONFIG.make(ste::CONFIG_S2);
-            s2_words(&mut e, s2);
+            s2_words(&mut e, s2, env);
             e[1] |= ste::EATS.make((*ats).into());
         }
         SteConfig::Nested { cd, s1dss, s2, ats } => {
             e[0] = v | ste::CONFIG.make(ste::CONFIG_NESTED);
             s1_words(&mut e, cd, *s1dss, env);
-            s2_words(&mut e, s2);
+            s2_words(&mut e, s2, env);
             e[1] |= ste::EATS.make((*ats).into());
         }
     }
@@ -297,7 +299,9 @@ pub fn build_ste(cfg: &SteConfig, env: &EntryEnv) -> Entry {
 ///
 /// Tables built with io-pgtable's TTBR1 quirk are not supported here (the
 /// driver only creates TTB0 domains); their registers are placed in TTB0.
-pub fn build_cd(regs: &Stage1Regs, asid: u16) -> Entry {
+/// On a stall-forced SMMU the CD selects the stall fault model (CD.S = 0
+/// is ILLEGAL there); elsewhere faults terminate.
+pub fn build_cd(regs: &Stage1Regs, asid: u16, env: &EntryEnv) -> Entry {
     let mut e = [0u64; WORDS];
     e[0] = cd::T0SZ.make(regs.t0sz.into())
         | cd::TG0.make(regs.tg0.into())
@@ -313,7 +317,8 @@ pub fn build_cd(regs: &Stage1Regs, asid: u16) -> Entry {
         | cd::R.make(1)
         | cd::A.make(1)
         | cd::ASET.make(1)
-        | cd::ASID.make(asid.into());
+        | cd::ASID.make(asid.into())
+        | cd::S.make((env.stall == StallModel::StallForced).into());
     e[1] = regs.ttbr & cd::TTB0.mask();
     e[cd::MAIR_WORD] = regs.mair;
     e
@@ -486,14 +491,15 @@ mod tests {
             hd: false,
             mair: 0x0004_ff44,
         };
-        let e = try_build_cd(&regs, 42).unwrap();
+        let e = try_build_cd(&regs, 42, &ENV).unwrap();
         assert!(
             try_build_cd(
                 &Stage1Regs {
                     ttbr: 1 << 53,
                     ..regs
                 },
-                42
+                42,
+                &ENV
             )
             .is_err()
         );
@@ -505,6 +511,45 @@ mod tests {
         assert_eq!(cd::AA64.get(e[0]), 1);
         assert_eq!(e[1], 0x4030_0000);
         assert_eq!(e[3], 0x0004_ff44);
+        // Faults terminate unless the SMMU forces stalls, where CD.S = 0
+        // would make the CD ILLEGAL.
+        assert_eq!(cd::S.get(e[0]), 0);
+        for (stall, s) in [
+            (StallModel::StallAndTerminate, 0),
+            (StallModel::StallForced, 1),
+        ] {
+            let e = build_cd(&regs, 42, &EntryEnv { stall, ..ENV });
+            assert_eq!(cd::S.get(e[0]), s, "{stall:?}");
+        }
+    }
+
+    #[test]
+    fn stage_2_stalls_exactly_where_the_smmu_forces_them() {
+        let s2 = s2();
+        for (stall, s2s, s1stalld) in [
+            (StallModel::TerminateOnly, 0, 0),
+            (StallModel::StallAndTerminate, 0, 1),
+            (StallModel::StallForced, 1, 0),
+        ] {
+            let env = EntryEnv { stall, ..ENV };
+            let e = build_ste(&SteConfig::Stage2 { s2, ats: false }, &env);
+            assert_eq!(ste::S2S.get(e[2]), s2s, "{stall:?}");
+            let e = build_ste(
+                &SteConfig::Nested {
+                    cd: CdTableRef {
+                        ptr: 0x9000_0000,
+                        format: CdFormat::Linear,
+                        cdmax_log2: 0,
+                    },
+                    s1dss: S1Dss::Terminate,
+                    s2,
+                    ats: false,
+                },
+                &env,
+            );
+            assert_eq!(ste::S2S.get(e[2]), s2s, "{stall:?}");
+            assert_eq!(ste::S1STALLD.get(e[1]), s1stalld, "{stall:?}");
+        }
     }
 
     #[test]

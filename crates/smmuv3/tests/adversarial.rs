@@ -909,7 +909,8 @@ proptest! {
         let regs = Stage1Regs {
             ttbr, t0sz, tg0, irgn0: 1, orgn0: 1, sh0: 3, ips, epd1: true, ttbr1: false, hd, mair,
         };
-        let e = build_cd(&regs, asid);
+        let env = EntryEnv { coherent: true, stall: StallModel::TerminateOnly };
+        let e = build_cd(&regs, asid, &env);
         prop_assert_eq!(field(e[0], 31, 31), 1, "V");
         prop_assert_eq!(field(e[0], 5, 0), u64::from(t0sz), "T0SZ");
         prop_assert_eq!(field(e[0], 7, 6), u64::from(tg0), "TG0");
@@ -918,7 +919,7 @@ proptest! {
         prop_assert_eq!(field(e[0], 63, 48), u64::from(asid), "ASID");
         prop_assert_eq!(e[1] & 0x000f_ffff_ffff_fff0, ttbr, "TTB0");
         prop_assert_eq!(e[3], mair, "MAIR");
-        let moved = build_cd(&Stage1Regs { ttbr: ttbr ^ (1 << 20), ..regs }, other_asid);
+        let moved = build_cd(&Stage1Regs { ttbr: ttbr ^ (1 << 20), ..regs }, other_asid, &env);
         check_hitless(EntryKind::Cd, &e, &moved)?;
         check_hitless(EntryKind::Cd, &[0; WORDS], &e)?;
     }

@@ -128,6 +128,9 @@ const QBASE_HOST: u64 = q_base::ADDR.mask() | q_base::LOG2SIZE.mask() | q_base::
 const QPTR_HOST: u32 = 0x000f_ffff | (1 << 31);
 
 /// Returns the ID registers the host sees.
+/// IDR0.STALL_MODEL of an SMMU that stalls every translation fault.
+const STALL_FORCED: u64 = 0b10;
+
 pub(super) fn virtual_idrs(
     real: &impl RegisterFrame,
     ias: u32,
@@ -149,10 +152,18 @@ pub(super) fn virtual_idrs(
             | idr0::TTENDIAN.mask()
             | idr0::TERM_MODEL.mask()
             | idr0::ST_LEVEL.mask());
-    // Terminate only: the host can neither resume nor terminate stalls
-    // (stalls a stall-forced SMMU makes are terminated by the hypervisor's
-    // driver as it drains them: `Smmu::set_abort_stalls`, on by default).
-    let i0 = idr0::STALL_MODEL.set(i0, 1);
+    // The host can neither resume nor terminate stalls: stalls are
+    // terminated by the hypervisor's driver as it drains them
+    // (`Smmu::set_abort_stalls`, on by default). So the host is shown
+    // terminate only, unless the SMMU forces stalls: there its CDs must
+    // select the stall model (CD.S = 0 is ILLEGAL on the real SMMU, which
+    // walks the host's CDs), so it is shown stall forced. Either way no
+    // stall tag reaches it.
+    let stall = match idr0::STALL_MODEL.get(get(r::IDR0)) {
+        STALL_FORCED => STALL_FORCED,
+        _ => 1,
+    };
+    let i0 = idr0::STALL_MODEL.set(i0, stall);
     let real1 = get(r::IDR1);
     let sid_bits = idr1::SIDSIZE.get(real1).min(opts.max_sid_bits.into());
     // No PRI queue, no preset tables or queues, absolute addresses.
@@ -397,5 +408,30 @@ mod tests {
         // 40-bit shadow: OAS encoding 2.
         assert_eq!(idr5::OAS.get(i5), 2);
         assert_eq!(idr5::STALL_MAX.get(i5), 0);
+    }
+
+    /// A real SMMU whose IDR0 reads `0` and every other ID register reads
+    /// all ones.
+    struct Idr0(u32);
+
+    impl RegisterFrame for Idr0 {
+        fn read32(&self, offset: usize) -> u32 {
+            if offset == r::IDR0 { self.0 } else { u32::MAX }
+        }
+        fn write32(&self, _: usize, _: u32) {}
+        fn read64(&self, _: usize) -> u64 {
+            u64::MAX
+        }
+        fn write64(&self, _: usize, _: u64) {}
+    }
+
+    #[test]
+    fn the_host_sees_stalls_forced_only_where_the_smmu_forces_them() {
+        let opts = EmulationOptions { max_sid_bits: 16 };
+        for (real, shown) in [(0b00, 0b01), (0b01, 0b01), (0b10, 0b10), (0b11, 0b01)] {
+            let i0 = idr0::STALL_MODEL.set(0, real) as u32;
+            let [v0, ..] = virtual_idrs(&Idr0(i0), 40, &opts);
+            assert_eq!(idr0::STALL_MODEL.get(v0.into()), shown, "real {real:#b}");
+        }
     }
 }

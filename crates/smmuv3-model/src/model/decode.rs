@@ -151,14 +151,6 @@ impl State {
         }
     }
 
-    pub(super) fn stall_allowed(&self, requested: bool) -> bool {
-        match self.cfg.stall_model {
-            StallModel::TerminateOnly => false,
-            StallModel::StallForced => true,
-            StallModel::StallAndTerminate => requested,
-        }
-    }
-
     pub(super) fn decode_s2(&self, raw: &RawSte) -> Result<S2Ste, Violation> {
         if !raw.s2aa64() {
             return bad("STE.S2AA64 = 0: AArch32 stage-2 tables are not implemented");
@@ -242,6 +234,9 @@ impl State {
         if raw.s2s() && self.cfg.stall_model == StallModel::TerminateOnly {
             return bad("STE.S2S = 1 on an SMMU with IDR0.STALL_MODEL = terminate only");
         }
+        if !raw.s2s() && self.cfg.stall_model == StallModel::StallForced {
+            return bad("STE.S2S = 0 on an SMMU with IDR0.STALL_MODEL = stall forced");
+        }
         let vmid = if self.cfg.vmid16 {
             raw.s2vmid()
         } else {
@@ -254,7 +249,8 @@ impl State {
             tt,
             vmid,
             record: raw.s2r(),
-            stall: self.stall_allowed(raw.s2s()),
+            // The stall model was checked above: S2S is what it allows.
+            stall: raw.s2s(),
         })
     }
 
@@ -394,6 +390,9 @@ impl State {
         if raw.stall() && self.cfg.stall_model == StallModel::TerminateOnly {
             return bad("CD.S = 1 on an SMMU with IDR0.STALL_MODEL = terminate only");
         }
+        if !raw.stall() && self.cfg.stall_model == StallModel::StallForced {
+            return bad("CD.S = 0 on an SMMU with IDR0.STALL_MODEL = stall forced");
+        }
         if raw.stall() && ste.s1.is_some_and(|s| s.stalld) {
             return bad("CD.S = 1 while the STE sets S1STALLD");
         }
@@ -473,7 +472,8 @@ impl State {
                 pan: raw.pan(),
             },
             record: raw.record(),
-            stall: self.stall_allowed(raw.stall()),
+            // The stall model was checked above: S is what it allows.
+            stall: raw.stall(),
             abort: raw.abort() || self.cfg.term_model_abort_only,
         })
     }

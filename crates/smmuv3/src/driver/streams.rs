@@ -956,7 +956,7 @@ impl<E: SmmuEnv> Smmu<E> {
                         Some(s) => s,
                     };
                     let live = m.cd.as_ref().is_some_and(|c| cd_live == Some(c.blk.phys()));
-                    let cd = build_cd(&r, asid);
+                    let cd = build_cd(&r, asid, &i.entry_env);
                     i.write_cd(m, sid, index, &cd, live, &mut up)?;
                     Inner::<E>::unlink(m, sid, Some(index), false, &mut gone);
                     shared.add(sid, ssid);
