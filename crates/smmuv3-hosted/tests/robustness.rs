@@ -240,6 +240,70 @@ fn mmu600_errata_and_no_ril() {
     assert_eq!(sys.model.stats().command(0x12) - before, 64);
 }
 
+/// On an SMMU with ATS, traffic an endpoint marks as translated bypasses
+/// the SMMU unless CR0.ATSCHK is set. The driver sets it: a stream that
+/// did not enable ATS cannot reach memory outside its mappings by marking
+/// its requests translated (before, it read and wrote any PA).
+#[test]
+fn translated_traffic_passes_only_for_streams_that_enable_ats() {
+    let sys = sys_with(
+        ModelConfig {
+            ats: true,
+            ..ModelConfig::default()
+        },
+        SmmuConfig::default(),
+    );
+    let d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    sys.smmu
+        .attach(6, None, &d, AttachOptions::default())
+        .unwrap();
+    let ats = AttachOptions {
+        ats: true,
+        ..Default::default()
+    };
+    sys.smmu.attach(7, None, &d, ats).unwrap();
+    let secret = sys.mem.alloc(4096).unwrap();
+    sys.mem.cpu_write(secret, b"secret").unwrap();
+    let translated = |sid: u32, write: bool| {
+        let r = if write {
+            DmaRequest::write(sid, secret, 6)
+        } else {
+            DmaRequest::read(sid, secret, 6)
+        };
+        DmaRequest {
+            ats_translated: true,
+            ..r
+        }
+    };
+    let mut b = [0u8; 6];
+    let e = sys
+        .model
+        .dma_read(&translated(6, false), &mut b)
+        .unwrap_err();
+    assert_eq!(
+        e.event_type(),
+        Some(smmuv3_model::EventType::FTranslForbidden)
+    );
+    assert_eq!(b, [0; 6]);
+    let e = sys
+        .model
+        .dma_write(&translated(6, true), b"stolen")
+        .unwrap_err();
+    assert_eq!(
+        e.event_type(),
+        Some(smmuv3_model::EventType::FTranslForbidden)
+    );
+    let mut now = [0u8; 6];
+    sys.mem.cpu_read(secret, &mut now).unwrap();
+    assert_eq!(&now, b"secret");
+    let evs = sys.smmu.drain_events().unwrap().events;
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    assert!(evs.iter().all(|e| e.ty == EventType::TranslationForbidden));
+    // A stream that enabled ATS sends translated traffic as it may.
+    sys.model.dma_read(&translated(7, false), &mut b).unwrap();
+    assert_eq!(&b, b"secret");
+}
+
 #[test]
 fn ats_streams_get_atc_invalidations() {
     let sys = sys_with(

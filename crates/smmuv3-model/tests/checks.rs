@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use smmuv3_model::{DmaRequest, EventType, Httu, ModelConfig};
+use smmuv3_model::{DmaFault, DmaRequest, EventType, Httu, ModelConfig, regs};
 
 const SID: u32 = 1;
 
@@ -189,7 +189,22 @@ fn ats_translated_traffic_needs_eats() {
     h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
     let mut req = DmaRequest::read(SID, 0x1000, 4);
     req.ats_translated = true;
+    // SMMU_CR0.ATSCHK = 0: translated traffic bypasses the SMMU, EATS = 0
+    // or an aborting STE notwithstanding (no event either).
+    assert_eq!(h.smmu.translate(&req).unwrap().pa, 0x1000);
+    h.set_ste(SID + 1, ste_abort());
+    let other = DmaRequest {
+        sid: SID + 1,
+        ..req
+    };
+    assert_eq!(h.smmu.translate(&other).unwrap().pa, 0x1000);
+    assert!(h.events().is_empty());
+    // With the check on, the STE decides.
+    let checked = h.smmu.read32(regs::CR0) | regs::cr0::ATSCHK;
+    h.smmu.write32(regs::CR0, checked);
+    assert_eq!(h.smmu.read32(regs::CR0ACK), checked);
     assert_eq!(kind(&h, req), Some(EventType::FTranslForbidden));
+    assert_eq!(h.smmu.translate(&other), Err(DmaFault::StreamAbort));
     let mut s = ste_s1(cdp, 0, 0, 0);
     s[1] |= 1 << 28; // EATS = full ATS
     h.set_ste(SID, s);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use smmuv3_model::{DmaFault, DmaRequest, EventType, ModelConfig, Termination};
+use smmuv3_model::{DmaFault, DmaRequest, EventType, ModelConfig, Termination, regs};
 
 const SID: u32 = 3;
 
@@ -15,6 +15,9 @@ fn ats() -> H {
     };
     let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 1 << 20);
     h.enable_linear(4);
+    // Translated traffic is checked against the STE (else it bypasses).
+    let v = h.smmu.read32(regs::CR0) | regs::cr0::ATSCHK;
+    h.smmu.write32(regs::CR0, v);
     h
 }
 

@@ -644,6 +644,14 @@ impl State {
             }
             return Ok(bypass(iova));
         }
+        // Traffic an endpoint marks as translated (by its ATC) is checked
+        // against the STE only with SMMU_CR0.ATSCHK set; otherwise it
+        // bypasses the SMMU, whatever the stream's configuration. (Without
+        // ATS support no such traffic passes: the STE check below refuses
+        // it.)
+        if req.ats_translated && self.cfg.ats && self.regs.cr0 & cr0::ATSCHK == 0 {
+            return Ok(bypass(iova));
+        }
         let sid = req.sid;
         let mut acc = access(req);
         let event = |acc: Access| base_event(req, iova, acc);

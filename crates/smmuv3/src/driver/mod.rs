@@ -516,8 +516,16 @@ impl<E: SmmuEnv> Smmu<E> {
             (r.read32(regs::IRQ_CTRLACK) == 0).then_some(())
         })
         .map_err(|_| Error::Timeout("IRQ_CTRLACK"))?;
-        // 7. Translate.
-        i.write_cr0((en | cr0::SMMUEN.make(1)) as u32)?;
+        // 7. Translate. With ATS, traffic an endpoint marks as translated
+        // would bypass the SMMU unless ATSCHK is set: with it, only
+        // streams whose STE enables ATS (EATS) may send it, and everything
+        // else is refused (F_TRANSL_FORBIDDEN).
+        let atschk = if i.features.ats {
+            cr0::ATSCHK.make(1)
+        } else {
+            0
+        };
+        i.write_cr0((en | atschk | cr0::SMMUEN.make(1)) as u32)?;
         i.enabled.store(true, Ordering::Release);
         Ok(())
     }
