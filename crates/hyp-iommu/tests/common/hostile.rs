@@ -150,10 +150,13 @@ impl World {
     /// `two_level`.
     pub fn with(two_level: bool) -> Self {
         // Small memories: a world is built per input.
+        // ATS on: a device may also mark its traffic as translated, which
+        // must not let it past the SMMU (CR0.ATSCHK).
         let t = Trapped::new(Setup {
             host_ram: 1 << 20,
             sim_size: 4 << 20,
             tlb_capacity: 256,
+            ats: true,
             ..Setup::default()
         });
         let host = t
@@ -424,10 +427,16 @@ impl World {
         probes.extend([ram.base - 4096, ram.base, ram.end(), super::MMIO.base]);
         for sid in [SID, SID + 1, 0, 1, 2, 3, FAR_SID] {
             for &iova in &probes {
-                for req in [
+                let plain = [
                     DmaRequest::read(sid, iova, 8),
                     DmaRequest::write(sid, iova, 8),
-                ] {
+                ];
+                // The same, marked as translated by the device's ATC.
+                let translated = plain.map(|r| DmaRequest {
+                    ats_translated: true,
+                    ..r
+                });
+                for req in plain.into_iter().chain(translated) {
                     if let Ok(tr) = self.t.models[0].translate(&req) {
                         let pa = tr.pa;
                         let host = pa >= ram.base

@@ -48,6 +48,9 @@ pub struct Setup {
     pub stall: Option<smmuv3_model::StallModel>,
     /// The models' substream ID bits (IDR1.SSIDSIZE).
     pub ssid_bits: u8,
+    /// The models support ATS (IDR0.ATS): devices may mark traffic as
+    /// translated.
+    pub ats: bool,
 }
 
 impl Default for Setup {
@@ -63,6 +66,7 @@ impl Default for Setup {
             sim_size: 0,
             stall: None,
             ssid_bits: ModelConfig::default().ssid_bits,
+            ats: false,
         }
     }
 }
@@ -88,6 +92,7 @@ pub fn model_config(setup: &Setup) -> ModelConfig {
         tlb_capacity: setup.tlb_capacity,
         stall_model: setup.stall.unwrap_or(ModelConfig::default().stall_model),
         ssid_bits: setup.ssid_bits,
+        ats: setup.ats,
         ..ModelConfig::default()
     }
 }
