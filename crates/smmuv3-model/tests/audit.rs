@@ -187,3 +187,69 @@ fn any_single_field_forgery_restores_cleanly_or_is_refused() {
     }
     assert!(refused > 50, "only {refused} forgeries refused");
 }
+
+/// Runs `f` on a thread; fails (instead of hanging the suite) when it does
+/// not finish within `secs`.
+fn finishes_within(secs: u64, what: &str, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(()) => t.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(e) = t.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what}: deadlock"),
+    }
+}
+
+/// A stage-1 stream `SID` of `pages` 4K pages at IOVA 0.., each RW.
+fn iotlb_rig(pages: u64) -> (common::H, common::Pt, Vec<u64>) {
+    use common::*;
+    let mut h = H::new(ModelConfig::default());
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
+    h.set_ste(1, ste_s1(cdp, 0, 0, 0));
+    let pas: Vec<u64> = (0..pages).map(|_| h.alloc(4096)).collect();
+    for (i, pa) in pas.iter().enumerate() {
+        pt.map(&h, (i as u64) << 12, *pa, 3, S1_USER_RW);
+    }
+    (h, pt, pas)
+}
+
+/// Defect: a translation vm-memory still holds (its `IotlbIterator`, e.g.
+/// inside the slice iterator `IommuMemory::get_slices` returns, keeps the
+/// stream's `Iotlb` read-locked) made the next `Iotlb` miss on the same
+/// stream and thread deadlock: filling the `Iotlb` took its write lock
+/// and waited for the read lock its own thread held. A device model that
+/// keeps a buffer's slices while reading its next descriptor hung.
+#[test]
+fn a_miss_while_a_translation_is_held_does_not_deadlock() {
+    use vm_memory::iommu::Iommu;
+    use vm_memory::{GuestAddress, Permissions};
+    let (h, _pt, pas) = iotlb_rig(4);
+    let io = h.smmu.iommu(1, None);
+    let pas2 = pas.clone();
+    finishes_within(20, "a miss under a held translation", move || {
+        let held = io.translate(GuestAddress(0), 8, Permissions::Read).unwrap();
+        // Page 1 is not in the Iotlb yet: a miss while `held` lives.
+        let next: Vec<u64> = io
+            .translate(GuestAddress(0x1000), 8, Permissions::Read)
+            .unwrap()
+            .map(|m| m.base.0)
+            .collect();
+        assert_eq!(next, [pas2[1]]);
+        let first: Vec<u64> = held.map(|m| m.base.0).collect();
+        assert_eq!(first, [pas2[0]]);
+        // Once nothing is held, misses fill the shared Iotlb again.
+        io.translate(GuestAddress(0x2000), 8, Permissions::Read)
+            .unwrap();
+        assert_eq!(io.iotlb_lookup(0x2000, Permissions::Read), Some(pas2[2]));
+    });
+}

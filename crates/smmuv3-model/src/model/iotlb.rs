@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError, Weak};
 
 use vm_memory::iommu::{Error as IommuError, Iotlb, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Permissions};
@@ -121,15 +121,26 @@ impl IotlbSlot {
         self.iotlb.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn install(&self, u: CachedUnit, key: Option<TlbKey>) {
+    /// Copies `u` into the `Iotlb`; returns false when it is not there
+    /// (the `Iotlb` was read-locked).
+    fn install(&self, u: CachedUnit, key: Option<TlbKey>) -> bool {
         let mut units = lock(&self.units);
         let at = (u.iova_base, u.size_log2);
         if units.all.get(&at) == Some(&(u, key)) {
-            return;
+            return true;
         }
+        // vm-memory keeps a translation's guard (our read lock) for as long
+        // as the access uses it, across further translations of the same
+        // thread: waiting here for the write lock could wait for ourselves.
+        // The caller then serves this translation from a private Iotlb.
+        let mut iotlb = match self.iotlb.try_write() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
         units.take(at);
         // Installing cannot fail for an in-range, non-empty unit.
-        let _ = self.write_iotlb().set_mapping(
+        let _ = iotlb.set_mapping(
             GuestAddress(u.iova_base),
             GuestAddress(u.pa_base),
             u.len() as usize,
@@ -140,6 +151,7 @@ impl IotlbSlot {
             units.by_key.entry(k).or_default().push(at);
         }
         units.max_size_log2 = units.max_size_log2.max(u.size_log2);
+        true
     }
 
     /// Drops the units at `drop` from the `Iotlb`, and installs again the
@@ -356,7 +368,9 @@ impl SmmuModel {
             // other direction of a read-write access faulted.
             let unit = s.probe(io.sid, io.ssid, addr, None);
             if let (Some(slot), Some((u, key))) = (&io.slot, unit) {
-                slot.install(u, key);
+                if !slot.install(u, key) {
+                    all_kept = false;
+                }
             }
             let unit = unit.map(|(u, _)| u);
             let (pa, n) = r?;
