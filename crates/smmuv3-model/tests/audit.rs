@@ -434,3 +434,100 @@ fn every_iotlb_matches_the_model_caches_after_every_step() {
     }
     assert!(filled > 1000, "the Iotlbs were rarely filled ({filled})");
 }
+
+/// Defect: STAGs were handed out by a wrapping 16-bit counter without
+/// looking at the stalls still outstanding, so after 65,536 stalls a new
+/// one could get the STAG of one still waiting on the same stream, and one
+/// CMD_RESUME then retired both (the second transaction's fault handler
+/// never got to answer it). A STAG must name one outstanding stall.
+#[test]
+fn a_stag_is_never_reused_while_its_stall_is_outstanding() {
+    use common::*;
+    use smmuv3_model::DmaFault;
+    use smmuv3_model::layout::op;
+    let mut h = H::new(ModelConfig::default());
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let mut c = cd(16, 0, 5, pt.root, 1);
+    c[0] |= 1 << 44; // CD.S: faults stall
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &c);
+    // Streams 1 and 2 share the CD; nothing is mapped, every access stalls.
+    h.set_ste(1, ste_s1(cdp, 0, 0, 0));
+    h.set_ste(2, ste_s1(cdp, 0, 0, 0));
+    let stall = |h: &H, sid: u32| match h.smmu.translate(&DmaRequest::read(sid, 0x1000, 4)) {
+        Err(DmaFault::Stalled { event }) => event.stag,
+        other => panic!("expected a stall, got {other:?}"),
+    };
+    let kept = stall(&h, 1);
+    // Stream 2 goes through every other STAG (65,535 stalls); they are
+    // terminated in batches (and the events drained) so only stream 1's
+    // stays outstanding.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..u16::MAX {
+        seen.insert(stall(&h, 2));
+        if i % 128 == 127 || i == u16::MAX - 1 {
+            h.cmd(op::STALL_TERM as u64 | 2 << 32, 0);
+            h.sync();
+            h.events();
+        }
+    }
+    assert_eq!(seen.len(), usize::from(u16::MAX));
+    assert!(!seen.contains(&kept));
+    assert_eq!(h.smmu.stalled(), [(1, kept)]);
+    let again = stall(&h, 1);
+    assert_ne!(again, kept, "an outstanding STAG was handed out again");
+    // Resuming the first stall leaves the second waiting.
+    h.cmd(op::RESUME as u64 | 1 << 32 | 1 << 12, u64::from(kept));
+    h.sync();
+    assert_eq!(h.smmu.stalled(), [(1, again)]);
+}
+
+/// With every STAG held by an outstanding stall, a further stalling fault
+/// is terminated (event recorded with Stall = 0) instead of growing the
+/// model's list of stalls without bound (a guest that never resumes). The
+/// 65,536 stalls come from a snapshot (filling them one by one costs
+/// seconds); one more real stall first checks the snapshot's stream stalls.
+#[test]
+fn stalls_are_bounded_by_the_stag_space() {
+    use common::*;
+    use smmuv3_model::{DmaFault, EventType};
+    let mut h = H::new(ModelConfig::default());
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let mut c = cd(16, 0, 5, pt.root, 1);
+    c[0] |= 1 << 44; // CD.S: faults stall
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &c);
+    h.set_ste(1, ste_s1(cdp, 0, 0, 0));
+    let req = DmaRequest::read(1, 0x1000, 4);
+    assert!(matches!(
+        h.smmu.translate(&req),
+        Err(DmaFault::Stalled { .. })
+    ));
+    let mut snap = serde_json::to_value(h.smmu.snapshot()).unwrap();
+    let all: Vec<Value> = (0..=u16::MAX)
+        .map(|stag| json!({ "sid": 1, "stag": stag }))
+        .collect();
+    snap["stalled"] = Value::Array(all);
+    h.smmu
+        .restore(&serde_json::from_value(snap.clone()).unwrap())
+        .unwrap();
+    assert_eq!(h.smmu.stalled().len(), 1 << 16);
+    match h.smmu.translate(&req) {
+        Err(DmaFault::Terminated { event, .. }) => {
+            assert_eq!(event.kind, EventType::FTranslation);
+            assert!(!event.stall);
+        }
+        other => panic!("expected a termination, got {other:?}"),
+    }
+    assert_eq!(h.smmu.stalled().len(), 1 << 16);
+    // A snapshot naming one STAG twice is not a state the model can be in.
+    let before = h.smmu.snapshot();
+    snap["stalled"][1]["stag"] = json!(0);
+    assert!(matches!(
+        h.smmu.restore(&serde_json::from_value(snap).unwrap()),
+        Err(SnapshotError::Corrupt { .. })
+    ));
+    assert_eq!(h.smmu.snapshot(), before);
+}

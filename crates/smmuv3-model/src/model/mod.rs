@@ -933,9 +933,22 @@ impl State {
         true
     }
 
-    fn alloc_stag(&mut self) -> u16 {
-        self.next_stag = self.next_stag.wrapping_add(1);
-        self.next_stag
+    /// Returns a STAG no outstanding stall holds, or `None` when all
+    /// 65,536 are held (the model then terminates the transaction instead
+    /// of stalling it, which also bounds the stalls kept).
+    fn alloc_stag(&mut self) -> Option<u16> {
+        // CMD_RESUME retires a stall by (StreamID, STAG): a STAG handed out
+        // twice would let one resume retire two transactions.
+        if self.stalled.len() > usize::from(u16::MAX) {
+            return None;
+        }
+        loop {
+            self.next_stag = self.next_stag.wrapping_add(1);
+            let tag = self.next_stag;
+            if !self.stalled.iter().any(|s| s.stag == tag) {
+                return Some(tag);
+            }
+        }
     }
 }
 

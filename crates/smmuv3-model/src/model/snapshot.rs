@@ -142,6 +142,11 @@ impl State {
         if !snap.ctx_cache.iter().all(|(_, ctx)| ctx.is_consistent()) {
             return corrupt("a stream context its STE and CD do not give");
         }
+        let mut stags: Vec<u16> = snap.stalled.iter().map(|s| s.stag).collect();
+        stags.sort_unstable();
+        if stags.windows(2).any(|w| w[0] == w[1]) {
+            return corrupt("two outstanding stalls with one STAG");
+        }
         let cfg = &self.cfg;
         if !snap
             .tlb
