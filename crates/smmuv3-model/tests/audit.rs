@@ -254,8 +254,9 @@ fn a_miss_while_a_translation_is_held_does_not_deadlock() {
     });
 }
 
-/// Claim 1 in one randomized run: five streams (stage 1 with two ASIDs,
-/// nested, bypass, stage 2 only; two handles on one stream) whose
+/// Claim 1 in one randomized run: six streams (stage 1 with two ASIDs,
+/// nested, bypass, stage 2 only, two substreams; two handles on one
+/// stream) whose
 /// `Iotlb`s are filled by translations while page tables change without
 /// invalidation, every TLBI/CFGI kind (by address with and without Leaf,
 /// by range, by ASID, by VMID, everything) is issued, and GBPA and
@@ -308,11 +309,21 @@ fn every_iotlb_matches_the_model_caches_after_every_step() {
     h.set_ste(2, ste_nested(cda, &s2p));
     h.set_ste(3, ste_bypass());
     h.set_ste(4, ste_s2(&s2p));
+    // Stream 5: two substreams (linear CD table), ASIDs 3 and 4.
+    let cds = h.alloc(128);
+    h.write_words(cds, &cd(16, 0, 5, s1a.root, 3));
+    h.write_words(cds + 64, &cd(16, 0, 5, s1b.root, 4));
+    h.set_ste(5, ste_s1(cds, 1, 0, 0));
 
-    let streams = [0u32, 0, 1, 2, 3, 4];
-    let ios: Vec<_> = streams.iter().map(|&s| h.smmu.iommu(s, None)).collect();
+    let streams = [0u32, 0, 1, 2, 3, 4, 5, 5];
+    let ssids = [None, None, None, None, None, None, Some(0), Some(1)];
+    let ios: Vec<_> = streams
+        .iter()
+        .zip(ssids)
+        .map(|(&s, ss)| h.smmu.iommu(s, ss))
+        .collect();
     let probes = |sid: u32| -> Vec<u64> {
-        let base = if sid >= 3 { buf } else { IOVA };
+        let base = if sid == 3 || sid == 4 { buf } else { IOVA };
         (0..10).map(|k| base + k * 4096).collect()
     };
     let accesses = [Permissions::Read, Permissions::Write];
@@ -321,10 +332,10 @@ fn every_iotlb_matches_the_model_caches_after_every_step() {
     type Seen = Vec<(Option<u64>, Option<u64>, Option<smmuv3_model::CachedUnit>)>;
     let observe = |h: &H| -> Seen {
         let mut out = Vec::new();
-        for (io, &sid) in ios.iter().zip(&streams) {
+        for ((io, &sid), ssid) in ios.iter().zip(&streams).zip(ssids) {
             for va in probes(sid) {
                 for acc in accesses {
-                    let unit = h.smmu.cached_translation(sid, None, va);
+                    let unit = h.smmu.cached_translation(sid, ssid, va);
                     let cached = unit
                         .filter(|u| {
                             if acc == Permissions::Read {
@@ -349,6 +360,7 @@ fn every_iotlb_matches_the_model_caches_after_every_step() {
     };
     let mut before = observe(&h);
     let mut filled = 0usize;
+    let mut ever = vec![false; ios.len()];
     for step in 0..600 {
         let what;
         match next(10) {
@@ -377,9 +389,10 @@ fn every_iotlb_matches_the_model_caches_after_every_step() {
             }
             5..=7 => {
                 let va = IOVA + next(10) * 4096;
-                let asid = 1 + next(2);
+                let asid = 1 + next(4);
                 let vmid = next(2);
-                let sid = next(5);
+                let sid = next(6);
+                let ssid = next(2);
                 let (w0, w1) = match next(13) {
                     0 => tlbi_nh_va(asid as u16, va, next(2) == 0),
                     1 => (op::TLBI_NH_VAA as u64, va | next(2)),
@@ -393,7 +406,7 @@ fn every_iotlb_matches_the_model_caches_after_every_step() {
                     6 => (op::TLBI_NSNH_ALL as u64, 0),
                     7 => (op::CFGI_STE as u64 | sid << 32, 1),
                     8 => (op::CFGI_STE_RANGE as u64, 31),
-                    9 => (op::CFGI_CD as u64 | sid << 32, 1),
+                    9 => (op::CFGI_CD as u64 | sid << 32 | ssid << 12, next(2)),
                     10 => (op::CFGI_CD_ALL as u64 | sid << 32, 0),
                     _ => tlbi_nh_va_range(asid as u16, va, next(4), 0, 1, 3, next(2) == 0),
                 };
@@ -428,11 +441,15 @@ fn every_iotlb_matches_the_model_caches_after_every_step() {
             }
         }
         filled += after.iter().filter(|(io, _, _)| io.is_some()).count();
+        for (i, (io, _, _)) in after.iter().enumerate() {
+            ever[i / 20] |= io.is_some();
+        }
         before = after;
         // Drain events so the queue never stops recording.
         h.events();
     }
     assert!(filled > 1000, "the Iotlbs were rarely filled ({filled})");
+    assert_eq!(ever, vec![true; ios.len()], "an Iotlb was never filled");
 }
 
 /// Defect: STAGs were handed out by a wrapping 16-bit counter without
