@@ -316,6 +316,20 @@ pub(crate) struct TlbSnapshot {
 }
 
 impl TlbSnapshot {
+    /// Returns the largest of the TLB's counters (see
+    /// `Stats::max_counter`).
+    pub fn max_counter(&self) -> u64 {
+        [
+            self.evictions,
+            self.leaf_evictions,
+            self.granule_mismatch,
+            self.conflicts,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
+
     /// Returns whether the snapshot is one a TLB of `capacity` entries and
     /// break-before-make level `bbml` over `oas_bits` of output address can
     /// hold: every translation served from it shifts by its sizes and adds

@@ -142,6 +142,10 @@ impl State {
         if !snap.ctx_cache.iter().all(|(_, ctx)| ctx.is_consistent()) {
             return corrupt("a stream context its STE and CD do not give");
         }
+        let counters = [snap.stats.max_counter(), snap.tlb.max_counter()];
+        if counters.iter().any(|&c| c >> 63 != 0) {
+            return corrupt("a counter beyond what any run reaches (2^63)");
+        }
         let mut stags: Vec<u16> = snap.stalled.iter().map(|s| s.stag).collect();
         stags.sort_unstable();
         if stags.windows(2).any(|w| w[0] == w[1]) {
