@@ -746,3 +746,83 @@ fn stage2_invalidation_of_a_nested_stream_keeps_iotlb_and_model_in_step() {
     cmd(&m, u64::from(op::TLBI_S12_VMALL) | 3 << 32, 0);
     assert_eq!((held(&io), cached(&m)), (None, None));
 }
+
+/// Defect: a thread holding a translation of a stream (its guard
+/// read-locks the stream's `Iotlb`) that translated on the same stream
+/// again while another thread's invalidation of that `Iotlb` was running
+/// deadlocked: the invalidation held the model lock and waited for the
+/// write lock, which also held back the second translation's read lock
+/// (or its model lock on a miss). The invalidation now never blocks on
+/// the lock, and defers its drop while the holder waits for the model.
+#[test]
+fn a_held_translation_and_a_concurrent_invalidation_do_not_deadlock() {
+    use vm_memory::iommu::Iommu;
+    use vm_memory::{GuestAddress, Permissions};
+    let (h, _pt, pas) = iotlb_rig(4);
+    let io = Arc::new(h.smmu.iommu(1, None));
+    let h = Arc::new(std::sync::Mutex::new(h));
+    for (second, name) in [(0x1000, "a hit"), (0x3000, "a miss")] {
+        let (io2, h2, pas2) = (io.clone(), h.clone(), pas.clone());
+        finishes_within(20, name, move || {
+            // Page 1 is in the Iotlb from the previous round (or not).
+            let _ = io2.translate(GuestAddress(0x1000), 8, Permissions::Read);
+            let held = io2
+                .translate(GuestAddress(0), 8, Permissions::Read)
+                .unwrap();
+            let inv = std::thread::spawn(move || {
+                let mut h = h2.lock().unwrap();
+                let (w0, w1) = common::tlbi_nh_va(1, 0, true);
+                h.cmd(w0, w1);
+                h.sync();
+            });
+            // Let the invalidation start waiting for `held`.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let next: Vec<u64> = io2
+                .translate(GuestAddress(second), 8, Permissions::Read)
+                .unwrap()
+                .map(|m| m.base.0)
+                .collect();
+            assert_eq!(next, [pas2[(second >> 12) as usize]]);
+            drop(held);
+            inv.join().unwrap();
+            // Page 0's TLBI is done: the Iotlb no longer serves it.
+            assert_eq!(io2.iotlb_lookup(0, Permissions::Read), None);
+        });
+    }
+}
+
+/// What the deferral must not weaken (no defect found): a CMD_SYNC after
+/// an invalidation completes only once an access still using an old
+/// `Iotlb` entry (a guard held by a thread that does not translate) is
+/// done.
+#[test]
+fn a_sync_waits_for_an_access_using_an_invalidated_entry() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use vm_memory::iommu::Iommu;
+    use vm_memory::{GuestAddress, Permissions};
+    let (h, _pt, _pas) = iotlb_rig(2);
+    let io = Arc::new(h.smmu.iommu(1, None));
+    let done = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (io2, done2) = (io.clone(), done.clone());
+    let device = std::thread::spawn(move || {
+        let held = io2
+            .translate(GuestAddress(0), 8, Permissions::Read)
+            .unwrap();
+        tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        done2.store(true, Ordering::SeqCst);
+        drop(held);
+    });
+    rx.recv().unwrap();
+    let mut h = h;
+    let (w0, w1) = common::tlbi_nh_va(1, 0, true);
+    h.cmd(w0, w1);
+    h.sync();
+    assert!(
+        done.load(Ordering::SeqCst),
+        "the sync completed during the access"
+    );
+    device.join().unwrap();
+    assert_eq!(io.iotlb_lookup(0, Permissions::Read), None);
+}

@@ -11,7 +11,7 @@ mod snapshot;
 mod xlate;
 
 pub use decode::Violation;
-pub use iotlb::{CachedUnit, IotlbGuard, StreamIommu};
+pub use iotlb::{CachedUnit, IotlbGuard, SharedIotlb, StreamIommu};
 pub use signal::{IrqHandler, IrqLine, MsiHandler};
 pub use snapshot::{ModelSnapshot, SNAPSHOT_VERSION, SnapshotError};
 
