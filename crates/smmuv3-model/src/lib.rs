@@ -89,7 +89,7 @@ pub use event::{Event, EventType, FaultClass};
 pub use memory::{DeviceMemory, GuestRam};
 pub use model::{
     CachedUnit, IotlbGuard, IrqHandler, IrqLine, ModelSnapshot, MsiHandler, SNAPSHOT_VERSION,
-    SmmuModel, SnapshotError, StreamIommu, Violation,
+    SharedIotlb, SmmuModel, SnapshotError, StreamIommu, Violation,
 };
 pub use sim_memory::{Coherency, MemError, SimMemory};
 pub use stats::{Stats, TraceEntry};

@@ -137,6 +137,81 @@ impl Stats {
     pub fn total_gerrors(&self) -> u64 {
         self.gerrors.iter().sum()
     }
+
+    /// Returns the largest counter. Counters grow by one per event (by the
+    /// bytes moved for `dma_bytes`), so no run reaches 2^63: a restored
+    /// snapshot with a larger one is corrupt (and its next increment would
+    /// overflow).
+    pub(crate) fn max_counter(&self) -> u64 {
+        // Destructured, so that a new counter cannot be left out.
+        let Self {
+            commands,
+            illegal_commands,
+            command_aborts,
+            dropped_commands,
+            sync_msi_writes,
+            sync_sevs,
+            msi_writes,
+            translations,
+            tlb_hits,
+            tlb_misses,
+            walks,
+            descriptor_reads,
+            walk_cache_hits,
+            httu_updates,
+            ste_hits,
+            ste_misses,
+            cd_hits,
+            cd_misses,
+            tlb_entries_invalidated,
+            tlb_evictions,
+            tlbi_granule_mismatches,
+            tlb_conflicts,
+            events,
+            events_recorded,
+            events_suppressed,
+            events_overflowed,
+            events_discarded,
+            gerrors,
+            stalls,
+            dma_bytes,
+            mmio_accesses,
+            iotlb_invalidations,
+        } = self;
+        let single = [
+            illegal_commands,
+            command_aborts,
+            dropped_commands,
+            sync_msi_writes,
+            sync_sevs,
+            msi_writes,
+            translations,
+            tlb_hits,
+            tlb_misses,
+            walks,
+            descriptor_reads,
+            walk_cache_hits,
+            httu_updates,
+            ste_hits,
+            ste_misses,
+            cd_hits,
+            cd_misses,
+            tlb_entries_invalidated,
+            tlb_evictions,
+            tlbi_granule_mismatches,
+            tlb_conflicts,
+            events_recorded,
+            events_suppressed,
+            events_overflowed,
+            events_discarded,
+            stalls,
+            dma_bytes,
+            mmio_accesses,
+            iotlb_invalidations,
+        ];
+        let arrays = commands.iter().chain(events.iter()).chain(gerrors.iter());
+        single.into_iter().chain(arrays).copied().max().unwrap_or(0)
+    }
 }
 
 /// One step recorded by the optional trace.

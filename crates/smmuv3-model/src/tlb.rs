@@ -315,6 +315,45 @@ pub(crate) struct TlbSnapshot {
     conflicts: u64,
 }
 
+impl TlbSnapshot {
+    /// Returns the largest of the TLB's counters (see
+    /// `Stats::max_counter`).
+    pub fn max_counter(&self) -> u64 {
+        [
+            self.evictions,
+            self.leaf_evictions,
+            self.granule_mismatch,
+            self.conflicts,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
+
+    /// Returns whether the snapshot is one a TLB of `capacity` entries and
+    /// break-before-make level `bbml` over `oas_bits` of output address can
+    /// hold: every translation served from it shifts by its sizes and adds
+    /// offsets to its addresses, so a restored snapshot is checked first.
+    pub fn is_consistent(&self, capacity: usize, bbml: u8, oas_bits: u8) -> bool {
+        let size_ok = |s: u32| (12..=52).contains(&s);
+        let addr_ok = |a: u64, size: u32| a >> oas_bits == 0 && a & ((1u64 << size) - 1) == 0;
+        let leaves = self.leaves.iter().all(|&(_, (k0, _), e)| {
+            size_ok(e.size_log2)
+                && key_size(k0) == e.size_log2
+                && size_ok(e.match_size_log2)
+                && e.match_base & ((1u64 << e.match_size_log2) - 1) == 0
+                && e.level <= 3
+                && matches!(e.granule_shift, 12 | 14 | 16)
+                && addr_ok(e.out_base, e.size_log2)
+                && addr_ok(e.ipa_base, e.size_log2)
+        });
+        let walks = self.walks.iter().all(|&(_, (k0, _), w)| {
+            size_ok(key_size(k0)) && matches!(w.granule_shift(), 12 | 14 | 16)
+        });
+        self.capacity == capacity && self.strict_bbm == (bbml < 2) && leaves && walks
+    }
+}
+
 /// Returns the range (log2) invalidations match a leaf entry by.
 fn leaf_span(_k0: u64, e: &TlbEntry) -> u32 {
     e.match_size_log2

@@ -62,6 +62,26 @@ impl TableCfg {
         }
     }
 
+    /// Returns whether the geometry is one the STE and CD decoders can
+    /// produce: every walk and TLB lookup relies on it (shifts by `ias`,
+    /// `shift` and the level LSBs), so a restored snapshot is checked with
+    /// it before its decoded structures are trusted.
+    pub fn is_consistent(&self) -> bool {
+        if !matches!(self.shift, 12 | 14 | 16)
+            || self.start_level > 3
+            || self.ias > 52
+            || self.oas > 52
+            || self.pa52 != (self.shift == 16 && self.oas == 52)
+        {
+            return false;
+        }
+        let lsb = self.level_lsb(self.start_level);
+        self.ias > lsb
+            && self.ias - lsb <= self.stride() + 4
+            && self.ttb >> self.oas == 0
+            && self.ttb & (self.start_table_bytes() - 1) == 0
+    }
+
     /// Returns the number of bytes of the start table (concatenated tables
     /// included), at least 64 as every table must be 64-byte aligned.
     pub fn start_table_bytes(&self) -> u64 {

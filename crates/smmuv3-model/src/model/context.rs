@@ -53,6 +53,73 @@ pub(crate) struct Ctx {
     pub(super) nsizes: usize,
 }
 
+impl Ctx {
+    /// Returns the context of a stream in `mode` with its decoded STE and
+    /// CD: the TLB tag and the leaf sizes a lookup tries follow from them.
+    fn new(mode: Mode, ste: Ste, cd: Option<Cd>) -> Self {
+        let (regime, asid) = match mode {
+            Mode::S1 if ste.el2 => (Regime::El2, cd.map_or(0, |c| c.asid)),
+            Mode::S1 => (Regime::Nh, cd.map_or(0, |c| c.asid)),
+            Mode::Nested => (Regime::Nested, cd.map_or(0, |c| c.asid)),
+            _ => (Regime::S2, 0),
+        };
+        let mut sizes = [0u32; 9];
+        let mut n = 0;
+        let mut add = |s: u32| {
+            if !sizes[..n].contains(&s) && n < sizes.len() {
+                sizes[n] = s;
+                n += 1;
+            }
+        };
+        if matches!(mode, Mode::S1 | Mode::Nested) {
+            for t in cd.iter().flat_map(|c| c.tt.iter().flatten()) {
+                level_sizes(t).for_each(&mut add);
+            }
+        }
+        if matches!(mode, Mode::S2 | Mode::Nested) {
+            if let Some(s2) = ste.s2 {
+                level_sizes(&s2.tt).for_each(&mut add);
+            }
+        }
+        sizes[..n].sort_unstable();
+        Ctx {
+            mode,
+            ste,
+            cd,
+            tag: Tag {
+                regime,
+                vmid: ste.vmid,
+                asid,
+            },
+            sizes,
+            nsizes: n,
+        }
+    }
+
+    /// Returns whether the context is one [`State::context`] can build: a
+    /// mode its STE and CD select, consistent structures, and the tag and
+    /// sizes they give (a restored snapshot's contexts are checked with it,
+    /// as every translation indexes and shifts by them).
+    pub(super) fn is_consistent(&self) -> bool {
+        let (abort, cd, s2) = (
+            self.ste.config == ste_config::ABORT,
+            self.cd.is_some(),
+            self.ste.s2.is_some(),
+        );
+        let shape = match self.mode {
+            Mode::Abort => abort && !cd,
+            Mode::Bypass => !abort && !cd && !s2,
+            Mode::S2 => !abort && !cd && s2,
+            Mode::S1 => !abort && cd && !s2 && self.ste.s1.is_some(),
+            Mode::Nested => !abort && cd && s2 && self.ste.s1.is_some(),
+        };
+        shape
+            && self.ste.is_consistent()
+            && self.cd.is_none_or(|c| c.is_consistent())
+            && *self == Ctx::new(self.mode, self.ste, self.cd)
+    }
+}
+
 fn level_sizes(tt: &TableCfg) -> impl Iterator<Item = u32> {
     let t = *tt;
     (t.start_level.max(1)..=3).map(move |l| t.level_lsb(l))
@@ -361,43 +428,7 @@ impl State {
                 }
             }
         };
-        let (regime, asid) = match mode {
-            Mode::S1 if ste.el2 => (Regime::El2, cd.map_or(0, |c| c.asid)),
-            Mode::S1 => (Regime::Nh, cd.map_or(0, |c| c.asid)),
-            Mode::Nested => (Regime::Nested, cd.map_or(0, |c| c.asid)),
-            _ => (Regime::S2, 0),
-        };
-        let mut sizes = [0u32; 9];
-        let mut n = 0;
-        let mut add = |s: u32| {
-            if !sizes[..n].contains(&s) && n < sizes.len() {
-                sizes[n] = s;
-                n += 1;
-            }
-        };
-        if matches!(mode, Mode::S1 | Mode::Nested) {
-            for t in cd.iter().flat_map(|c| c.tt.iter().flatten()) {
-                level_sizes(t).for_each(&mut add);
-            }
-        }
-        if matches!(mode, Mode::S2 | Mode::Nested) {
-            if let Some(s2) = ste.s2 {
-                level_sizes(&s2.tt).for_each(&mut add);
-            }
-        }
-        sizes[..n].sort_unstable();
-        let ctx = Ctx {
-            mode,
-            ste,
-            cd,
-            tag: Tag {
-                regime,
-                vmid: ste.vmid,
-                asid,
-            },
-            sizes,
-            nsizes: n,
-        };
+        let ctx = Ctx::new(mode, ste, cd);
         self.ctx_cache.insert(key, ctx);
         Ok(ctx)
     }

@@ -68,7 +68,38 @@ pub(crate) struct Cd {
     pub(super) abort: bool,
 }
 
+impl Ste {
+    /// Returns whether the decoded STE is one `decode_ste` can produce in
+    /// the fields translation shifts and indexes by (a restored snapshot's
+    /// STEs are checked with it).
+    pub(super) fn is_consistent(&self) -> bool {
+        let s1 = self
+            .s1
+            .is_none_or(|s| s.cdmax <= super::context::MAX_SSID_BITS && s.fmt <= 2 && s.s1dss <= 2);
+        let s2 = self.s2.is_none_or(|s| s.tt.stage2 && s.tt.is_consistent());
+        let stages = match self.config {
+            ste_config::ABORT | ste_config::BYPASS => (false, false),
+            ste_config::S1 => (true, false),
+            ste_config::S2 => (false, true),
+            ste_config::NESTED => (true, true),
+            _ => return false,
+        };
+        s1 && s2
+            && stages == (self.s1.is_some(), self.s2.is_some())
+            && (!self.el2 || self.s1.is_some())
+    }
+}
+
 impl Cd {
+    /// Returns whether the decoded CD is one `decode_cd` can produce in
+    /// the fields translation shifts and indexes by (checked on restore).
+    pub(super) fn is_consistent(&self) -> bool {
+        self.tt
+            .iter()
+            .flatten()
+            .all(|t| !t.stage2 && t.is_consistent())
+    }
+
     /// Returns the address the TLB knows a cached stage-1 translation of
     /// `iova` by (sign-extended for the TTBR1 half), or `None` when `iova`
     /// is outside both halves' input ranges or its half has no table: the

@@ -8,9 +8,13 @@
 //! configuration), and it lives exactly as long as that entry is still what
 //! the model would serve from its caches.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{
+    Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError, Weak,
+};
 
 use vm_memory::iommu::{Error as IommuError, Iotlb, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Permissions};
@@ -100,36 +104,199 @@ impl Units {
 }
 
 /// The `Iotlb` of one stream and the model units it copies.
+///
+/// Readers hold the `Iotlb` read-locked for as long as vm-memory uses a
+/// translation (the guard lives in its `IotlbIterator`), so an invalidation
+/// that write-locks it waits for the accesses still using old entries (the
+/// CMD_SYNC that follows completes after them). Writers never block on the
+/// lock, they retry: a blocked writer would hold back new readers, and a
+/// reader may hold an older guard of the same `Iotlb`. When the holder of a
+/// guard waits for the model itself (a translation on the same stream
+/// while its guard lives, with the invalidation holding the model lock),
+/// waiting would never end: the drop is then deferred to the next writer,
+/// and until then the `Iotlb` is not consulted (`stale`).
 #[derive(Debug)]
 pub(crate) struct IotlbSlot {
     sid: u32,
     ssid: Option<u32>,
     iotlb: RwLock<Iotlb>,
     units: Mutex<Units>,
+    /// Units dropped from `units` but still mapped in `iotlb`.
+    pending: Mutex<Vec<CachedUnit>>,
+    /// `pending` may be non-empty: lookups must not trust `iotlb`.
+    stale: AtomicBool,
+    /// Threads holding a guard of this `Iotlb` while translating through
+    /// the model.
+    stuck: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+thread_local! {
+    /// The `Iotlb`s (by slot address) this thread holds guards of, and how
+    /// many.
+    static HELD: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A read guard of a stream's shared `Iotlb` (see [`IotlbGuard::Shared`]).
+#[derive(Debug)]
+pub struct SharedIotlb<'a> {
+    guard: RwLockReadGuard<'a, Iotlb>,
+    slot: &'a IotlbSlot,
+}
+
+impl Deref for SharedIotlb<'_> {
+    type Target = Iotlb;
+
+    fn deref(&self) -> &Iotlb {
+        &self.guard
+    }
+}
+
+impl Drop for SharedIotlb<'_> {
+    fn drop(&mut self) {
+        let key = self.slot.key();
+        let _ = HELD.try_with(|h| {
+            let mut h = h.borrow_mut();
+            if let Some(i) = h.iter().position(|(k, _)| *k == key) {
+                h[i].1 -= 1;
+                if h[i].1 == 0 {
+                    h.swap_remove(i);
+                }
+            }
+        });
+    }
+}
+
+/// Marks the calling thread as translating through the model while it
+/// may hold a guard of the slot, for as long as it lives.
+struct Stuck<'a>(Option<&'a IotlbSlot>);
+
+impl Drop for Stuck<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.0 {
+            s.stuck.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 impl IotlbSlot {
-    fn write_iotlb(&self) -> std::sync::RwLockWriteGuard<'_, Iotlb> {
-        self.iotlb.write().unwrap_or_else(|e| e.into_inner())
+    fn key(&self) -> usize {
+        self as *const Self as usize
     }
 
-    fn read_iotlb(&self) -> RwLockReadGuard<'_, Iotlb> {
-        self.iotlb.read().unwrap_or_else(|e| e.into_inner())
+    /// Returns whether the calling thread holds a guard of this `Iotlb`.
+    fn held_here(&self) -> bool {
+        let key = self.key();
+        HELD.try_with(|h| h.borrow().iter().any(|(k, _)| *k == key))
+            .unwrap_or(false)
     }
 
-    fn install(&self, u: CachedUnit, key: Option<TlbKey>) {
+    /// Returns a read guard when the `Iotlb` can be trusted (nothing
+    /// pending, or the pending drops could be applied now).
+    fn shared(&self) -> Option<SharedIotlb<'_>> {
+        if self.stale.load(Ordering::Acquire) && !self.apply_pending() {
+            return None;
+        }
+        let guard = self.iotlb.read().unwrap_or_else(|e| e.into_inner());
+        // A deferral between the check and the lock: not trusted either.
+        if self.stale.load(Ordering::Acquire) {
+            return None;
+        }
+        let key = self.key();
+        let _ = HELD.try_with(|h| {
+            let mut h = h.borrow_mut();
+            match h.iter_mut().find(|(k, _)| *k == key) {
+                Some(e) => e.1 += 1,
+                None => h.push((key, 1)),
+            }
+        });
+        Some(SharedIotlb { guard, slot: self })
+    }
+
+    /// Returns the marker for a translation through the model (counted only
+    /// when this thread holds a guard of the `Iotlb`).
+    fn stuck(&self) -> Stuck<'_> {
+        if self.held_here() {
+            self.stuck.fetch_add(1, Ordering::AcqRel);
+            Stuck(Some(self))
+        } else {
+            Stuck(None)
+        }
+    }
+
+    /// Applies the deferred drops if nobody holds the `Iotlb`; returns
+    /// whether nothing is pending any more. Never waits.
+    fn apply_pending(&self) -> bool {
+        let Ok(units) = self.units.try_lock() else {
+            return false;
+        };
+        let Some(mut iotlb) = self.try_write() else {
+            return false;
+        };
+        self.flush(&units, &mut iotlb);
+        true
+    }
+
+    fn try_write(&self) -> Option<RwLockWriteGuard<'_, Iotlb>> {
+        match self.iotlb.try_write() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Removes `gone` (already out of `units`) from the write-locked
+    /// `iotlb`, with the pending drops, and installs again the survivors
+    /// their ranges overlapped (vm-memory drops whole overlapping
+    /// mappings).
+    fn remove(&self, units: &Units, iotlb: &mut Iotlb, gone: &[CachedUnit]) {
+        let mut pending = lock(&self.pending);
+        let all: Vec<CachedUnit> = pending.drain(..).chain(gone.iter().copied()).collect();
+        self.stale.store(false, Ordering::Release);
+        drop(pending);
+        for u in &all {
+            iotlb.invalidate_mapping(GuestAddress(u.iova_base), u.len() as usize);
+        }
+        for u in &all {
+            for x in units.overlapping(u) {
+                let _ = iotlb.set_mapping(
+                    GuestAddress(x.iova_base),
+                    GuestAddress(x.pa_base),
+                    x.len() as usize,
+                    x.perms(),
+                );
+            }
+        }
+    }
+
+    fn flush(&self, units: &Units, iotlb: &mut Iotlb) {
+        if self.stale.load(Ordering::Acquire) {
+            self.remove(units, iotlb, &[]);
+        }
+    }
+
+    /// Copies `u` into the `Iotlb`; returns false when it is not there
+    /// (the `Iotlb` was read-locked).
+    fn install(&self, u: CachedUnit, key: Option<TlbKey>) -> bool {
         let mut units = lock(&self.units);
         let at = (u.iova_base, u.size_log2);
         if units.all.get(&at) == Some(&(u, key)) {
-            return;
+            return true;
         }
+        // vm-memory keeps a translation's guard (our read lock) for as long
+        // as the access uses it, across further translations of the same
+        // thread: waiting here for the write lock could wait for ourselves.
+        // The caller then serves this translation from a private Iotlb.
+        let Some(mut iotlb) = self.try_write() else {
+            return false;
+        };
+        self.flush(&units, &mut iotlb);
         units.take(at);
         // Installing cannot fail for an in-range, non-empty unit.
-        let _ = self.write_iotlb().set_mapping(
+        let _ = iotlb.set_mapping(
             GuestAddress(u.iova_base),
             GuestAddress(u.pa_base),
             u.len() as usize,
@@ -140,29 +307,28 @@ impl IotlbSlot {
             units.by_key.entry(k).or_default().push(at);
         }
         units.max_size_log2 = units.max_size_log2.max(u.size_log2);
+        true
     }
 
-    /// Drops the units at `drop` from the `Iotlb`, and installs again the
-    /// survivors their ranges overlapped (vm-memory drops whole overlapping
-    /// mappings). Returns the number dropped.
+    /// Drops the units at `drop` from the `Iotlb` once the accesses still
+    /// using it are done (deferred when one of them waits for the model,
+    /// see [`IotlbSlot`]). Returns the number dropped.
     fn drop_units(&self, units: &mut Units, drop: &[(u64, u32)]) -> usize {
         let gone: Vec<CachedUnit> = drop.iter().filter_map(|at| units.take(*at)).collect();
         if gone.is_empty() {
             return 0;
         }
-        let mut iotlb = self.write_iotlb();
-        for u in &gone {
-            iotlb.invalidate_mapping(GuestAddress(u.iova_base), u.len() as usize);
-        }
-        for u in &gone {
-            for x in units.overlapping(u) {
-                let _ = iotlb.set_mapping(
-                    GuestAddress(x.iova_base),
-                    GuestAddress(x.pa_base),
-                    x.len() as usize,
-                    x.perms(),
-                );
+        loop {
+            if let Some(mut iotlb) = self.try_write() {
+                self.remove(units, &mut iotlb, &gone);
+                break;
             }
+            if self.held_here() || self.stuck.load(Ordering::Acquire) > 0 {
+                lock(&self.pending).extend_from_slice(&gone);
+                self.stale.store(true, Ordering::Release);
+                break;
+            }
+            std::thread::yield_now();
         }
         gone.len()
     }
@@ -174,7 +340,7 @@ impl IotlbSlot {
 #[derive(Debug)]
 pub enum IotlbGuard<'a> {
     /// The stream's `Iotlb`, read-locked.
-    Shared(RwLockReadGuard<'a, Iotlb>),
+    Shared(SharedIotlb<'a>),
     /// A one-off `Iotlb`.
     Private(Box<Iotlb>),
 }
@@ -229,7 +395,7 @@ impl StreamIommu {
     /// without an `Iotlb`).
     pub fn iotlb_lookup(&self, iova: u64, access: Permissions) -> Option<u64> {
         let slot = self.slot.as_ref()?;
-        let mut it = Iotlb::lookup(slot.read_iotlb(), GuestAddress(iova), 1, access).ok()?;
+        let mut it = Iotlb::lookup(slot.shared()?, GuestAddress(iova), 1, access).ok()?;
         it.next().map(|m| m.base.0)
     }
 
@@ -256,19 +422,22 @@ impl vm_memory::iommu::Iommu for StreamIommu {
                 reason: "the range wraps the 64-bit address space".into(),
             });
         }
-        if let Some(slot) = &self.slot {
-            let g = IotlbGuard::Shared(slot.read_iotlb());
-            if let Ok(it) = Iotlb::lookup(g, iova, length, access) {
+        if let Some(g) = self.slot.as_ref().and_then(|s| s.shared()) {
+            if let Ok(it) = Iotlb::lookup(IotlbGuard::Shared(g), iova, length, access) {
                 return Ok(it);
             }
         }
+        // This thread may hold a guard of the Iotlb while it waits for the
+        // model: an invalidation must not wait for it (see `IotlbSlot`).
+        let stuck = self.slot.as_ref().map(|s| s.stuck());
         let private = self.model.resolve(self, iova.0, length as u64, access);
         self.model.deliver();
         let private = private?;
         if let (Some(slot), None) = (&self.slot, &private) {
-            let g = IotlbGuard::Shared(slot.read_iotlb());
-            if let Ok(it) = Iotlb::lookup(g, iova, length, access) {
-                return Ok(it);
+            if let Some(g) = slot.shared() {
+                if let Ok(it) = Iotlb::lookup(IotlbGuard::Shared(g), iova, length, access) {
+                    return Ok(it);
+                }
             }
             // An invalidation raced with the fill: translate once more
             // into a private Iotlb.
@@ -283,6 +452,7 @@ impl vm_memory::iommu::Iommu for StreamIommu {
                 p?
             }
         };
+        drop(stuck);
         Iotlb::lookup(IotlbGuard::Private(Box::new(iotlb)), iova, length, access).map_err(|_| {
             IommuError::CannotResolve {
                 iova_range: IovaRange { base: iova, length },
@@ -301,6 +471,9 @@ impl SmmuModel {
             ssid,
             iotlb: RwLock::new(Iotlb::new()),
             units: Mutex::new(Units::default()),
+            pending: Mutex::new(Vec::new()),
+            stale: AtomicBool::new(false),
+            stuck: AtomicUsize::new(0),
         });
         let mut s = self.lock();
         s.iotlbs.retain(|w| w.strong_count() > 0);
@@ -356,7 +529,9 @@ impl SmmuModel {
             // other direction of a read-write access faulted.
             let unit = s.probe(io.sid, io.ssid, addr, None);
             if let (Some(slot), Some((u, key))) = (&io.slot, unit) {
-                slot.install(u, key);
+                if !slot.install(u, key) {
+                    all_kept = false;
+                }
             }
             let unit = unit.map(|(u, _)| u);
             let (pa, n) = r?;

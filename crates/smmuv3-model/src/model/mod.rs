@@ -11,7 +11,7 @@ mod snapshot;
 mod xlate;
 
 pub use decode::Violation;
-pub use iotlb::{CachedUnit, IotlbGuard, StreamIommu};
+pub use iotlb::{CachedUnit, IotlbGuard, SharedIotlb, StreamIommu};
 pub use signal::{IrqHandler, IrqLine, MsiHandler};
 pub use snapshot::{ModelSnapshot, SNAPSHOT_VERSION, SnapshotError};
 
@@ -843,6 +843,43 @@ impl State {
         }
     }
 
+    /// Returns whether every register of `r` holds a value the register
+    /// writes above can leave in it (a restored snapshot is checked with
+    /// it: queue indexing, the stream table walk and GERROR handling rely
+    /// on the masks).
+    fn regs_consistent(&self, r: &Regs) -> bool {
+        let mut cr0_bits = cr0::SMMUEN | cr0::EVENTQEN | cr0::CMDQEN;
+        if self.cfg.ats {
+            cr0_bits |= cr0::ATSCHK;
+        }
+        let e2h = if self.cfg.hyp { 1 } else { 0 };
+        let queue_base = queue::ADDR_MASK | queue::ALLOC_HINT | queue::LOG2SIZE_MASK;
+        let irq_addr = 0x000f_ffff_ffff_fffc;
+        let cons = queue::PTR_MASK | queue::CONS_ERR_MASK << queue::CONS_ERR_SHIFT;
+        let event_ptr = queue::PTR_MASK | queue::OVFLG;
+        let fits = |v: u64, mask: u64| v & !mask == 0;
+        let fits32 = |v: u32, mask: u32| v & !mask == 0;
+        fits32(r.cr0, cr0_bits)
+            && fits32(r.cr1, 0xfff)
+            && fits32(r.cr2, e2h | 0b110)
+            && fits32(r.gbpa, gbpa::FIELDS)
+            && fits32(r.irq_ctrl, 0b101)
+            && fits32(r.gerror, gerror::ALL)
+            && fits32(r.gerrorn, gerror::ALL)
+            && fits(r.gerror_irq_cfg0, irq_addr)
+            && fits32(r.gerror_irq_cfg2, 0x3f)
+            && fits(r.strtab_base, strtab::ADDR_MASK | strtab::RA)
+            && fits32(r.strtab_base_cfg, strtab::CFG_MASK)
+            && fits(r.cmdq_base, queue_base)
+            && fits32(r.cmdq_prod, queue::PTR_MASK)
+            && fits32(r.cmdq_cons, cons)
+            && fits(r.eventq_base, queue_base)
+            && fits32(r.eventq_prod, event_ptr)
+            && fits32(r.eventq_cons, event_ptr)
+            && fits(r.eventq_irq_cfg0, irq_addr)
+            && fits32(r.eventq_irq_cfg2, 0x3f)
+    }
+
     fn write_cr0(&mut self, value: u32) {
         let mut allowed = cr0::SMMUEN | cr0::EVENTQEN | cr0::CMDQEN;
         if self.cfg.ats {
@@ -896,9 +933,22 @@ impl State {
         true
     }
 
-    fn alloc_stag(&mut self) -> u16 {
-        self.next_stag = self.next_stag.wrapping_add(1);
-        self.next_stag
+    /// Returns a STAG no outstanding stall holds, or `None` when all
+    /// 65,536 are held (the model then terminates the transaction instead
+    /// of stalling it, which also bounds the stalls kept).
+    fn alloc_stag(&mut self) -> Option<u16> {
+        // CMD_RESUME retires a stall by (StreamID, STAG): a STAG handed out
+        // twice would let one resume retire two transactions.
+        if self.stalled.len() > usize::from(u16::MAX) {
+            return None;
+        }
+        loop {
+            self.next_stag = self.next_stag.wrapping_add(1);
+            let tag = self.next_stag;
+            if !self.stalled.iter().any(|s| s.stag == tag) {
+                return Some(tag);
+            }
+        }
     }
 }
 

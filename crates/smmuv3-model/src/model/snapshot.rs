@@ -60,6 +60,15 @@ pub enum SnapshotError {
     /// ID registers, and so what its caches may hold, would differ).
     #[error("snapshot of a differently configured SMMU")]
     ConfigMismatch,
+    /// The snapshot holds state the model could not have been in (a
+    /// register value its writes mask off, a cached structure its decoders
+    /// never produce, a TLB entry its walker never fills): it was corrupted
+    /// or forged, and restoring it could make translations misbehave.
+    #[error("corrupt snapshot: {what}")]
+    Corrupt {
+        /// The part of the state found inconsistent.
+        what: &'static str,
+    },
 }
 
 fn sorted<K: Ord + Copy, V: Copy>(m: &FastMap<K, V>) -> Vec<(K, V)> {
@@ -107,6 +116,7 @@ impl SmmuModel {
         if s.cfg != snap.config {
             return Err(SnapshotError::ConfigMismatch);
         }
+        s.check(snap)?;
         s.fold_hot_hits();
         s.restore_from(snap);
         drop(s);
@@ -116,6 +126,41 @@ impl SmmuModel {
 }
 
 impl State {
+    /// Returns why `snap` (of this configuration) holds state this model
+    /// could not have been in, if it does.
+    fn check(&self, snap: &ModelSnapshot) -> Result<(), SnapshotError> {
+        let corrupt = |what| Err(SnapshotError::Corrupt { what });
+        if !self.regs_consistent(&snap.regs) {
+            return corrupt("a register holds bits its writes never set");
+        }
+        if !snap.ste_cache.iter().all(|(_, ste)| ste.is_consistent()) {
+            return corrupt("a cached STE the decoder never produces");
+        }
+        if !snap.cd_cache.iter().all(|(_, cd)| cd.is_consistent()) {
+            return corrupt("a cached CD the decoder never produces");
+        }
+        if !snap.ctx_cache.iter().all(|(_, ctx)| ctx.is_consistent()) {
+            return corrupt("a stream context its STE and CD do not give");
+        }
+        let counters = [snap.stats.max_counter(), snap.tlb.max_counter()];
+        if counters.iter().any(|&c| c >> 63 != 0) {
+            return corrupt("a counter beyond what any run reaches (2^63)");
+        }
+        let mut stags: Vec<u16> = snap.stalled.iter().map(|s| s.stag).collect();
+        stags.sort_unstable();
+        if stags.windows(2).any(|w| w[0] == w[1]) {
+            return corrupt("two outstanding stalls with one STAG");
+        }
+        let cfg = &self.cfg;
+        if !snap
+            .tlb
+            .is_consistent(cfg.tlb_capacity, cfg.bbml, cfg.oas_bits)
+        {
+            return corrupt("a TLB or walk-cache entry the walker never fills");
+        }
+        Ok(())
+    }
+
     fn restore_from(&mut self, snap: &ModelSnapshot) {
         self.regs = snap.regs.clone();
         self.ste_cache = snap.ste_cache.iter().copied().collect();

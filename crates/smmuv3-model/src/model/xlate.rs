@@ -397,9 +397,9 @@ impl State {
                 stall,
                 abort,
             } => {
-                if stall {
+                if let Some(stag) = stall.then(|| self.alloc_stag()).flatten() {
                     ev.stall = true;
-                    ev.stag = self.alloc_stag();
+                    ev.stag = stag;
                     self.stats.stalls += 1;
                     self.stalled.push(super::Stalled {
                         sid: ev.sid,
