@@ -467,3 +467,64 @@ fn event_interrupts_are_delivered_by_msi() {
     assert_ne!(h.gerror_active() & regs::gerror::MSI_EVENTQ_ABT_ERR, 0);
     assert_eq!(h.smmu.stats().msi_writes, 2);
 }
+
+#[test]
+fn translated_traffic_follows_the_effective_eats() {
+    let cfg = ModelConfig {
+        ats: true,
+        ..ModelConfig::default()
+    };
+    let mut h = linear(cfg);
+    let checked = h.smmu.read32(regs::CR0) | regs::cr0::ATSCHK;
+    h.smmu.write32(regs::CR0, checked);
+    let s2pt = Pt::new_s2(&h, 12, 40, 1);
+    let page = h.alloc(4096);
+    s2pt.map(&h, 0x4000_0000, page, 3, S2_RW | 3);
+    let s2 = S2 {
+        vmid: 1,
+        t0sz: 24,
+        sl0: 1,
+        tg: 0,
+        ps: 2,
+        ttb: s2pt.root,
+    };
+    let with_eats = |mut s: [u64; 8], eats: u64| {
+        s[1] |= eats << 28;
+        s
+    };
+    // The CD and stage-1 root at IPA = PA, so that the context decodes.
+    let (cdp, root) = (h.alloc(64), h.alloc(4096));
+    for p in [cdp & !0xfff, root] {
+        s2pt.map(&h, p, p, 3, S2_RW | 3);
+    }
+    h.write_words(cdp, &cd(16, 0, 5, root, 1));
+    let mut req = DmaRequest::read(SID, 0x4000_0010, 4);
+    req.ats_translated = true;
+    // Split-stage ATS on a nested STE: translated traffic is an IPA, which
+    // stage 2 translates (and faults on where it maps nothing).
+    h.set_ste(SID, with_eats(ste_nested(cdp, &s2), 2));
+    assert_eq!(h.smmu.translate(&req).unwrap().pa, page + 0x10);
+    let unmapped = DmaRequest {
+        iova: 0x5000_0000,
+        ..req
+    };
+    let f = h.smmu.translate(&unmapped).unwrap_err();
+    assert_eq!(f.event_type(), Some(EventType::FTranslation));
+    // Full ATS bypasses, EATS 0b11 without DPT behaves as 0b00.
+    h.set_ste(SID, with_eats(ste_nested(cdp, &s2), 1));
+    assert_eq!(h.smmu.translate(&req).unwrap().pa, 0x4000_0010);
+    h.set_ste(SID, with_eats(ste_nested(cdp, &s2), 3));
+    assert_eq!(kind(&h, req), Some(EventType::FTranslForbidden));
+    // A bypassing STE refuses translated traffic (its EATS is IGNORED).
+    h.set_ste(SID, with_eats(ste_bypass(), 1));
+    assert_eq!(kind(&h, req), Some(EventType::FTranslForbidden));
+    // ILLEGAL: split-stage without both stages, or with S2S; full ATS
+    // with stage 2 and S2S.
+    assert!(h.smmu.check_ste(with_eats(ste_s2(&s2), 2)).is_err());
+    let mut stalling = ste_nested(cdp, &s2);
+    stalling[2] |= 1 << 57;
+    assert_eq!(h.smmu.check_ste(stalling), Ok(()));
+    assert!(h.smmu.check_ste(with_eats(stalling, 2)).is_err());
+    assert!(h.smmu.check_ste(with_eats(stalling, 1)).is_err());
+    assert_eq!(h.smmu.check_ste(with_eats(ste_nested(cdp, &s2), 2)), Ok(()));
+}

@@ -394,10 +394,30 @@ impl State {
             s2,
             vmid,
             el2,
-            eats: if self.cfg.ats { raw.eats() } else { 0 },
+            eats: self.eats(raw, config, s2.as_ref())?,
             privcfg: ovr(raw.privcfg()),
             instcfg: ovr(raw.instcfg()),
         })
+    }
+
+    /// Returns the effective STE.EATS: 0 (translated traffic refused), 1
+    /// (full ATS: it bypasses) or 2 (split-stage: it is an IPA stage 2
+    /// translates).
+    fn eats(&self, raw: &RawSte, config: u64, s2: Option<&S2Ste>) -> Result<u64, Violation> {
+        // IGNORED without ATS support and when no stage translates.
+        if !self.cfg.ats || config == ste_config::ABORT || config == ste_config::BYPASS {
+            return Ok(0);
+        }
+        let s2s = s2.is_some_and(|s| s.stall);
+        match raw.eats() {
+            1 if s2s => bad("STE.EATS = 0b01 (full ATS) with stage 2 and S2S = 1"),
+            2 if config != ste_config::NESTED || s2s => {
+                bad("STE.EATS = 0b10 (split-stage ATS) without Config = 0b111 and S2S = 0")
+            }
+            // 0b11 (DPT checks) without IDR3.DPT is reserved: as 0b00.
+            3 => Ok(0),
+            e => Ok(e),
+        }
     }
 
     pub(super) fn decode_cd(&self, raw: &RawCd, ste: &Ste) -> Result<Cd, Violation> {

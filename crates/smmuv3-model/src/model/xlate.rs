@@ -676,15 +676,27 @@ impl State {
             _ => {}
         }
         let base_ev = event(acc);
-        // An aborting STE aborts translated traffic too, silently.
-        if req.ats_translated && !matches!(ctx.mode, Mode::Bypass | Mode::Abort) {
-            if ctx.ste.eats == 0 {
-                return Err(Stop::Config(Event {
+        // An aborting STE aborts translated traffic too, silently; a
+        // bypassing one refuses it, as EATS = 0b00 does (its EATS is
+        // IGNORED).
+        if req.ats_translated && !matches!(ctx.mode, Mode::Abort) {
+            return match (ctx.ste.eats, ctx.ste.s2) {
+                (1, _) => Ok(bypass(iova)),
+                // Split-stage ATS: the endpoint's ATC holds stage 1 only, so
+                // what it sends is an IPA. Not remembered: the copy would
+                // serve the same address untranslated by stage 1.
+                (2, Some(s2)) => match self.s2_translate(&s2, iova, acc) {
+                    Ok((pa, e)) => {
+                        let off = iova & ((1 << e.size_log2) - 1);
+                        Ok(Xlat::walked(pa, (1u64 << e.size_log2) - off))
+                    }
+                    Err(f) => Err(self.s2_stop(&s2, f, iova, FaultClass::Input, base_ev)),
+                },
+                _ => Err(Stop::Config(Event {
                     kind: EventType::FTranslForbidden,
                     ..base_ev
-                }));
-            }
-            return Ok(bypass(iova));
+                })),
+            };
         }
         // With stage 1 bypassed its output is the input address, which must
         // fit the implemented address size (IAS = OAS here).
