@@ -747,35 +747,40 @@ fn stage2_invalidation_of_a_nested_stream_keeps_iotlb_and_model_in_step() {
     assert_eq!((held(&io), cached(&m)), (None, None));
 }
 
-/// Defect: a thread holding a translation of a stream (its guard
-/// read-locks the stream's `Iotlb`) that translated on the same stream
-/// again while another thread's invalidation of that `Iotlb` was running
-/// deadlocked: the invalidation held the model lock and waited for the
-/// write lock, which also held back the second translation's read lock
-/// (or its model lock on a miss). The invalidation now never blocks on
-/// the lock, and defers its drop while the holder waits for the model.
+/// A translation held (vm-memory keeps its guard for the whole access)
+/// while the same thread translates again on the stream, and another
+/// thread's TLBI + CMD_SYNC of the held page, deadlocked: the invalidation
+/// held the model lock and waited for the `Iotlb` write lock, which also
+/// held back the second translation's read lock (or its model lock on a
+/// miss). Now nothing under the model lock waits: the second translation
+/// is served, and the CMD_SYNC stays at CMDQ_CONS until the held access
+/// ends (the release of its guard resumes the queue), not a moment before.
 #[test]
 fn a_held_translation_and_a_concurrent_invalidation_do_not_deadlock() {
     use vm_memory::iommu::Iommu;
     use vm_memory::{GuestAddress, Permissions};
     let (h, _pt, pas) = iotlb_rig(4);
     let io = Arc::new(h.smmu.iommu(1, None));
+    let model = h.smmu.clone();
     let h = Arc::new(std::sync::Mutex::new(h));
     for (second, name) in [(0x1000, "a hit"), (0x3000, "a miss")] {
-        let (io2, h2, pas2) = (io.clone(), h.clone(), pas.clone());
+        let (io2, h2, pas2, model2) = (io.clone(), h.clone(), pas.clone(), model.clone());
         finishes_within(20, name, move || {
             // Page 1 is in the Iotlb from the previous round (or not).
             let _ = io2.translate(GuestAddress(0x1000), 8, Permissions::Read);
             let held = io2
                 .translate(GuestAddress(0), 8, Permissions::Read)
                 .unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
             let inv = std::thread::spawn(move || {
                 let mut h = h2.lock().unwrap();
                 let (w0, w1) = common::tlbi_nh_va(1, 0, true);
                 h.cmd(w0, w1);
-                h.sync();
+                tx.send(h.prod + 1).unwrap();
+                h.sync_polled(std::time::Duration::from_secs(15))
             });
-            // Let the invalidation start waiting for `held`.
+            let sync_done = rx.recv().unwrap();
+            // Let the CMD_SYNC reach the queue and wait for `held`.
             std::thread::sleep(std::time::Duration::from_millis(200));
             let next: Vec<u64> = io2
                 .translate(GuestAddress(second), 8, Permissions::Read)
@@ -783,8 +788,14 @@ fn a_held_translation_and_a_concurrent_invalidation_do_not_deadlock() {
                 .map(|m| m.base.0)
                 .collect();
             assert_eq!(next, [pas2[(second >> 12) as usize]]);
+            let cons = model2.read32(smmuv3_model::regs::CMDQ_CONS) & 0xfffff;
+            assert_ne!(
+                cons,
+                sync_done & 0xfffff,
+                "the CMD_SYNC completed during the access"
+            );
             drop(held);
-            inv.join().unwrap();
+            assert!(inv.join().unwrap(), "the CMD_SYNC never completed");
             // Page 0's TLBI is done: the Iotlb no longer serves it.
             assert_eq!(io2.iotlb_lookup(0, Permissions::Read), None);
         });
@@ -818,7 +829,7 @@ fn a_sync_waits_for_an_access_using_an_invalidated_entry() {
     let mut h = h;
     let (w0, w1) = common::tlbi_nh_va(1, 0, true);
     h.cmd(w0, w1);
-    h.sync();
+    assert!(h.sync_polled(std::time::Duration::from_secs(15)));
     assert!(
         done.load(Ordering::SeqCst),
         "the sync completed during the access"

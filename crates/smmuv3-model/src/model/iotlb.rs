@@ -8,10 +8,10 @@
 //! configuration), and it lives exactly as long as that entry is still what
 //! the model would serve from its caches.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::mem::ManuallyDrop;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{
     Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError, Weak,
 };
@@ -106,15 +106,16 @@ impl Units {
 /// The `Iotlb` of one stream and the model units it copies.
 ///
 /// Readers hold the `Iotlb` read-locked for as long as vm-memory uses a
-/// translation (the guard lives in its `IotlbIterator`), so an invalidation
-/// that write-locks it waits for the accesses still using old entries (the
-/// CMD_SYNC that follows completes after them). Writers never block on the
-/// lock, they retry: a blocked writer would hold back new readers, and a
-/// reader may hold an older guard of the same `Iotlb`. When the holder of a
-/// guard waits for the model itself (a translation on the same stream
-/// while its guard lives, with the invalidation holding the model lock),
-/// waiting would never end: the drop is then deferred to the next writer,
-/// and until then the `Iotlb` is not consulted (`stale`).
+/// translation (the guard lives in its `IotlbIterator`). Nothing under the
+/// model lock waits for them: the holder of a guard may itself be waiting
+/// for the model (a translation on the same stream while its guard lives).
+/// An invalidation that cannot write-lock the `Iotlb` keeps its drops in
+/// `pending` and marks it `stale`: lookups stop trusting it at once, and
+/// the next CMD_SYNC stays unexecuted (CMDQ_CONS does not pass it) until
+/// the last guard is gone and the drops are applied; that guard's release
+/// resumes the command queue. So a CMD_SYNC completes after every access
+/// that used an entry it invalidates, as on hardware, without a thread
+/// waiting under a lock.
 #[derive(Debug)]
 pub(crate) struct IotlbSlot {
     sid: u32,
@@ -124,26 +125,23 @@ pub(crate) struct IotlbSlot {
     /// Units dropped from `units` but still mapped in `iotlb`.
     pending: Mutex<Vec<CachedUnit>>,
     /// `pending` may be non-empty: lookups must not trust `iotlb`.
+    /// Sequentially consistent with `SmmuModel::sync_wait` (a Dekker pair:
+    /// a releasing reader and a waiting CMD_SYNC each set their flag, then
+    /// read the other's; one of them resumes the queue).
     stale: AtomicBool,
-    /// Threads holding a guard of this `Iotlb` while translating through
-    /// the model.
-    stuck: AtomicUsize,
+    /// The model, whose command queue a guard's release may resume.
+    model: Weak<SmmuModel>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-thread_local! {
-    /// The `Iotlb`s (by slot address) this thread holds guards of, and how
-    /// many.
-    static HELD: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
-}
-
 /// A read guard of a stream's shared `Iotlb` (see [`IotlbGuard::Shared`]).
 #[derive(Debug)]
 pub struct SharedIotlb<'a> {
-    guard: RwLockReadGuard<'a, Iotlb>,
+    /// Released in `drop`, before the pending drops are applied.
+    guard: ManuallyDrop<RwLockReadGuard<'a, Iotlb>>,
     slot: &'a IotlbSlot,
 }
 
@@ -157,74 +155,52 @@ impl Deref for SharedIotlb<'_> {
 
 impl Drop for SharedIotlb<'_> {
     fn drop(&mut self) {
-        let key = self.slot.key();
-        let _ = HELD.try_with(|h| {
-            let mut h = h.borrow_mut();
-            if let Some(i) = h.iter().position(|(k, _)| *k == key) {
-                h[i].1 -= 1;
-                if h[i].1 == 0 {
-                    h.swap_remove(i);
-                }
-            }
-        });
-    }
-}
-
-/// Marks the calling thread as translating through the model while it
-/// may hold a guard of the slot, for as long as it lives.
-struct Stuck<'a>(Option<&'a IotlbSlot>);
-
-impl Drop for Stuck<'_> {
-    fn drop(&mut self) {
-        if let Some(s) = self.0 {
-            s.stuck.fetch_sub(1, Ordering::AcqRel);
+        // SAFETY: `guard` is not used after this; it is dropped once, here.
+        unsafe { ManuallyDrop::drop(&mut self.guard) };
+        // The last access using dropped entries may have ended: a CMD_SYNC
+        // waiting for it can complete. (No lock of the model is held here:
+        // guards are only released outside the model.)
+        if self.slot.stale.load(Ordering::SeqCst) && self.slot.apply_pending() {
+            self.slot.resume_queue();
         }
     }
 }
 
 impl IotlbSlot {
-    fn key(&self) -> usize {
-        self as *const Self as usize
-    }
-
-    /// Returns whether the calling thread holds a guard of this `Iotlb`.
-    fn held_here(&self) -> bool {
-        let key = self.key();
-        HELD.try_with(|h| h.borrow().iter().any(|(k, _)| *k == key))
-            .unwrap_or(false)
-    }
-
     /// Returns a read guard when the `Iotlb` can be trusted (nothing
     /// pending, or the pending drops could be applied now).
     fn shared(&self) -> Option<SharedIotlb<'_>> {
-        if self.stale.load(Ordering::Acquire) && !self.apply_pending() {
-            return None;
+        if self.stale.load(Ordering::SeqCst) {
+            if !self.apply_pending() {
+                return None;
+            }
+            self.resume_queue();
         }
         let guard = self.iotlb.read().unwrap_or_else(|e| e.into_inner());
         // A deferral between the check and the lock: not trusted either.
-        if self.stale.load(Ordering::Acquire) {
+        if self.stale.load(Ordering::SeqCst) {
             return None;
         }
-        let key = self.key();
-        let _ = HELD.try_with(|h| {
-            let mut h = h.borrow_mut();
-            match h.iter_mut().find(|(k, _)| *k == key) {
-                Some(e) => e.1 += 1,
-                None => h.push((key, 1)),
-            }
-        });
-        Some(SharedIotlb { guard, slot: self })
+        Some(SharedIotlb {
+            guard: ManuallyDrop::new(guard),
+            slot: self,
+        })
     }
 
-    /// Returns the marker for a translation through the model (counted only
-    /// when this thread holds a guard of the `Iotlb`).
-    fn stuck(&self) -> Stuck<'_> {
-        if self.held_here() {
-            self.stuck.fetch_add(1, Ordering::AcqRel);
-            Stuck(Some(self))
-        } else {
-            Stuck(None)
+    /// Lets a CMD_SYNC that waited for this `Iotlb` complete. Called
+    /// without any lock of the model held.
+    fn resume_queue(&self) {
+        if let Some(m) = self.model.upgrade() {
+            m.resume_sync();
         }
+    }
+
+    /// Returns whether a CMD_SYNC may complete as far as this `Iotlb` goes:
+    /// nothing pending, or the pending drops applied now. (Whichever
+    /// thread asks, its own accesses count: the CMD_SYNC does not block
+    /// the thread that queued it, which ends its accesses in its time.)
+    pub(super) fn settled(&self) -> bool {
+        !self.stale.load(Ordering::SeqCst) || self.apply_pending()
     }
 
     /// Applies the deferred drops if nobody holds the `Iotlb`; returns
@@ -255,7 +231,7 @@ impl IotlbSlot {
     fn remove(&self, units: &Units, iotlb: &mut Iotlb, gone: &[CachedUnit]) {
         let mut pending = lock(&self.pending);
         let all: Vec<CachedUnit> = pending.drain(..).chain(gone.iter().copied()).collect();
-        self.stale.store(false, Ordering::Release);
+        self.stale.store(false, Ordering::SeqCst);
         drop(pending);
         for u in &all {
             iotlb.invalidate_mapping(GuestAddress(u.iova_base), u.len() as usize);
@@ -273,7 +249,7 @@ impl IotlbSlot {
     }
 
     fn flush(&self, units: &Units, iotlb: &mut Iotlb) {
-        if self.stale.load(Ordering::Acquire) {
+        if self.stale.load(Ordering::SeqCst) {
             self.remove(units, iotlb, &[]);
         }
     }
@@ -310,25 +286,20 @@ impl IotlbSlot {
         true
     }
 
-    /// Drops the units at `drop` from the `Iotlb` once the accesses still
-    /// using it are done (deferred when one of them waits for the model,
-    /// see [`IotlbSlot`]). Returns the number dropped.
+    /// Drops the units at `drop` from the `Iotlb`, now if no access holds
+    /// it, else when the last one ends (see [`IotlbSlot`]). Returns the
+    /// number dropped.
     fn drop_units(&self, units: &mut Units, drop: &[(u64, u32)]) -> usize {
         let gone: Vec<CachedUnit> = drop.iter().filter_map(|at| units.take(*at)).collect();
         if gone.is_empty() {
             return 0;
         }
-        loop {
-            if let Some(mut iotlb) = self.try_write() {
-                self.remove(units, &mut iotlb, &gone);
-                break;
-            }
-            if self.held_here() || self.stuck.load(Ordering::Acquire) > 0 {
+        match self.try_write() {
+            Some(mut iotlb) => self.remove(units, &mut iotlb, &gone),
+            None => {
                 lock(&self.pending).extend_from_slice(&gone);
-                self.stale.store(true, Ordering::Release);
-                break;
+                self.stale.store(true, Ordering::SeqCst);
             }
-            std::thread::yield_now();
         }
         gone.len()
     }
@@ -427,11 +398,10 @@ impl vm_memory::iommu::Iommu for StreamIommu {
                 return Ok(it);
             }
         }
-        // This thread may hold a guard of the Iotlb while it waits for the
-        // model: an invalidation must not wait for it (see `IotlbSlot`).
-        let stuck = self.slot.as_ref().map(|s| s.stuck());
         let private = self.model.resolve(self, iova.0, length as u64, access);
         self.model.deliver();
+        // Filling the Iotlb may have applied drops a CMD_SYNC waits for.
+        self.model.resume_sync();
         let private = private?;
         if let (Some(slot), None) = (&self.slot, &private) {
             if let Some(g) = slot.shared() {
@@ -452,7 +422,6 @@ impl vm_memory::iommu::Iommu for StreamIommu {
                 p?
             }
         };
-        drop(stuck);
         Iotlb::lookup(IotlbGuard::Private(Box::new(iotlb)), iova, length, access).map_err(|_| {
             IommuError::CannotResolve {
                 iova_range: IovaRange { base: iova, length },
@@ -473,7 +442,7 @@ impl SmmuModel {
             units: Mutex::new(Units::default()),
             pending: Mutex::new(Vec::new()),
             stale: AtomicBool::new(false),
-            stuck: AtomicUsize::new(0),
+            model: Arc::downgrade(self),
         });
         let mut s = self.lock();
         s.iotlbs.retain(|w| w.strong_count() > 0);
@@ -572,7 +541,40 @@ impl SmmuModel {
     }
 }
 
+impl SmmuModel {
+    /// Runs the command queue again if a CMD_SYNC waits at CMDQ_CONS for
+    /// accesses using dropped `Iotlb` entries (it completes once they are
+    /// all done). Called with no lock of the model held.
+    pub(super) fn resume_sync(&self) {
+        if !self.sync_wait.load(Ordering::SeqCst) {
+            return;
+        }
+        self.lock().process_cmdq();
+        self.deliver();
+    }
+}
+
 impl State {
+    /// Returns whether the CMD_SYNC at CMDQ_CONS may complete: no access
+    /// still uses an `Iotlb` entry a command before it dropped. Otherwise
+    /// leaves `sync_wait` set, for the end of the last such access to
+    /// resume the queue (set before looking, so that one of the two sides
+    /// always sees the other).
+    pub(super) fn sync_may_complete(&mut self) -> bool {
+        if self.iotlbs.is_empty() {
+            if self.sync_wait.load(Ordering::SeqCst) {
+                self.sync_wait.store(false, Ordering::SeqCst);
+            }
+            return true;
+        }
+        self.sync_wait.store(true, Ordering::SeqCst);
+        if self.live_iotlbs().iter().all(|slot| slot.settled()) {
+            self.sync_wait.store(false, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
     /// Translates the unit at `addr` for every direction of `access`;
     /// returns its output address and the bytes it covers (capped at
     /// `end`).

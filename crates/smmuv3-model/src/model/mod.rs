@@ -109,6 +109,9 @@ pub(crate) struct State {
     iotlbs: Vec<std::sync::Weak<iotlb::IotlbSlot>>,
     /// Interrupts and MSIs for the callbacks, delivered after unlocking.
     outbox: signal::Outbox,
+    /// A CMD_SYNC waits at CMDQ_CONS for accesses using dropped `Iotlb`
+    /// entries (shared with [`SmmuModel::sync_wait`]).
+    sync_wait: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A software SMMUv3; see the crate documentation.
@@ -123,6 +126,9 @@ pub struct SmmuModel {
     pending: Arc<std::sync::atomic::AtomicBool>,
     handlers: std::sync::RwLock<signal::Handlers>,
     hot: Arc<hot::Hot>,
+    /// Set while a CMD_SYNC waits for accesses using dropped `Iotlb`
+    /// entries; whoever ends the last of them resumes the queue.
+    sync_wait: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl core::fmt::Debug for SmmuModel {
@@ -234,6 +240,7 @@ impl SmmuModel {
         let mut tlb = Tlb::new(config.tlb_capacity);
         tlb.set_bbml(config.bbml);
         let pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sync_wait = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let hot = Arc::new(hot::Hot::default());
         let state = State {
             last: None,
@@ -257,6 +264,7 @@ impl SmmuModel {
             next_stag: 0,
             iotlbs: Vec::new(),
             outbox: signal::Outbox::new(pending.clone()),
+            sync_wait: sync_wait.clone(),
         };
         Ok(Self {
             state: Mutex::new(state),
@@ -264,6 +272,7 @@ impl SmmuModel {
             pending,
             handlers: Default::default(),
             hot,
+            sync_wait,
         })
     }
 
@@ -293,6 +302,7 @@ impl SmmuModel {
     pub fn read32(&self, offset: u64) -> u32 {
         let v = self.lock().read32(offset);
         self.deliver();
+        self.resume_sync();
         v
     }
 
@@ -302,6 +312,9 @@ impl SmmuModel {
     pub fn write32(&self, offset: u64, value: u32) {
         self.lock().write32(offset, value);
         self.deliver();
+        // A CMD_SYNC this write reached may wait for `Iotlb` accesses that
+        // ended meanwhile (see `iotlb.rs`).
+        self.resume_sync();
     }
 
     /// Reads a 64-bit register (or two consecutive 32-bit registers).
@@ -321,6 +334,7 @@ impl SmmuModel {
         s.write32_inner(offset.wrapping_add(4), (value >> 32) as u32);
         drop(s);
         self.deliver();
+        self.resume_sync();
     }
 
     /// Translates one address without moving data.

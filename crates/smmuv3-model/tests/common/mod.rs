@@ -131,6 +131,23 @@ impl H {
         assert_eq!(self.smmu.read32(regs::CMDQ_CONS) & 0xfffff, self.prod);
     }
 
+    /// Issues a CMD_SYNC and polls CMDQ_CONS until it passes it, as a
+    /// driver does, for up to `timeout`; returns whether it completed. (A
+    /// CMD_SYNC waits for accesses still using `Iotlb` entries the
+    /// commands before it dropped, which other threads may hold.)
+    #[allow(dead_code)]
+    pub fn sync_polled(&mut self, timeout: std::time::Duration) -> bool {
+        assert_eq!(self.cmd(op::SYNC as u64, 0), 0);
+        let start = std::time::Instant::now();
+        while self.smmu.read32(regs::CMDQ_CONS) & 0xfffff != self.prod {
+            if start.elapsed() > timeout {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        true
+    }
+
     pub fn cfgi_ste(&mut self, sid: u32) {
         self.cmd(op::CFGI_STE as u64 | u64::from(sid) << 32, 0);
         self.sync();
