@@ -837,3 +837,38 @@ fn a_sync_waits_for_an_access_using_an_invalidated_entry() {
     device.join().unwrap();
     assert_eq!(io.iotlb_lookup(0, Permissions::Read), None);
 }
+
+/// A CMD_SYNC that waits at CMDQ_CONS for an access using a dropped
+/// `Iotlb` entry does not block the thread that queued it, completes when
+/// that access ends, and, snapshotted while it waits, completes in the
+/// restored model (which holds no access) at its first register access.
+#[test]
+fn a_waiting_sync_completes_when_the_access_ends_and_after_a_restore() {
+    use smmuv3_model::layout::op;
+    use smmuv3_model::regs;
+    use vm_memory::iommu::Iommu;
+    use vm_memory::{GuestAddress, Permissions};
+    let (mut h, _pt, _pas) = iotlb_rig(2);
+    let io = h.smmu.iommu(1, None);
+    let held = io.translate(GuestAddress(0), 8, Permissions::Read).unwrap();
+    let (w0, w1) = common::tlbi_nh_va(1, 0, true);
+    h.cmd(w0, w1);
+    assert_eq!(h.cmd(u64::from(op::SYNC), 0), 0);
+    let cons = |m: &SmmuModel| m.read32(regs::CMDQ_CONS) & 0xfffff;
+    // The TLBI ran; the SYNC waits (this very thread holds the access).
+    assert_eq!(cons(&h.smmu), h.prod - 1);
+    assert_eq!(
+        io.iotlb_lookup(0, Permissions::Read),
+        None,
+        "stale: not consulted"
+    );
+    let snap = h.smmu.snapshot();
+    let fresh = SmmuModel::new(ModelConfig::default(), h.mem.clone()).unwrap();
+    fresh.restore(&snap).unwrap();
+    // The first access shows the state restored, then the queue resumes.
+    assert_eq!(cons(&fresh), h.prod - 1);
+    assert_eq!(cons(&fresh), h.prod);
+    assert_eq!(cons(&h.smmu), h.prod - 1, "the source still waits");
+    drop(held);
+    assert_eq!(cons(&h.smmu), h.prod, "the release resumed the queue");
+}

@@ -120,6 +120,10 @@ impl SmmuModel {
         s.fold_hot_hits();
         s.restore_from(snap);
         drop(s);
+        // A CMD_SYNC the source held at CMDQ_CONS for its `Iotlb` accesses
+        // (a fresh model has none) completes at the next register access.
+        self.sync_wait
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.deliver();
         Ok(())
     }
