@@ -83,14 +83,7 @@ fn nested_model(tlb_capacity: usize) -> H {
         let a = MEM_BASE + i * (2 << 20);
         s2pt.map(&h, a, a, 2, S2_RW);
     }
-    let s2 = S2 {
-        vmid: 1,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: s2pt.root,
-    };
+    let s2 = S2::ipa40(1, s2pt.root);
     let pt = Pt::new_s1(&h, 12, 48);
     let cdp = h.alloc(64);
     h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));

@@ -150,14 +150,7 @@ fn model_pages(tlb_capacity: usize, nested: bool, stream: bool) -> H {
             let a = MEM_BASE + i * (2 << 20);
             s2pt.map(&h, a, a, 2, S2_RW);
         }
-        let s2 = S2 {
-            vmid: 1,
-            t0sz: 24,
-            sl0: 1,
-            tg: 0,
-            ps: 2,
-            ttb: s2pt.root,
-        };
+        let s2 = S2::ipa40(1, s2pt.root);
         h.set_ste(SID, ste_nested(cdp, &s2));
     } else {
         h.set_ste(SID, ste_s1(cdp, 0, 0, 0));

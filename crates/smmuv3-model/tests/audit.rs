@@ -300,14 +300,7 @@ fn every_iotlb_matches_the_model_caches_after_every_step() {
         let a = MEM_BASE + (i << 21);
         s2.map(&h, a, a, 2, S2_RW);
     }
-    let s2p = S2 {
-        vmid: 1,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: s2.root,
-    };
+    let s2p = S2::ipa40(1, s2.root);
     let s1a = Pt::new_s1(&h, 12, 48);
     let s1b = Pt::new_s1(&h, 12, 48);
     for k in 0..8u64 {

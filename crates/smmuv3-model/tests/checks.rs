@@ -37,14 +37,7 @@ fn illegal_ste_fields() {
         ),
         (
             {
-                let mut s = ste_s2(&S2 {
-                    vmid: 1,
-                    t0sz: 24,
-                    sl0: 1,
-                    tg: 0,
-                    ps: 2,
-                    ttb: cdp,
-                });
+                let mut s = ste_s2(&S2::ipa40(1, cdp));
                 s[2] &= !(1 << 51);
                 s
             },
@@ -219,14 +212,7 @@ fn stage2_hardware_dirty_update_and_multi_page_dma() {
     };
     let mut h = linear(cfg);
     let pt = Pt::new_s2(&h, 12, 40, 1);
-    let mut s = ste_s2(&S2 {
-        vmid: 2,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: pt.root,
-    });
+    let mut s = ste_s2(&S2::ipa40(2, pt.root));
     s[2] |= 1 << 55 | 1 << 56; // S2HD, S2HA
     h.set_ste(SID, s);
     let a = h.alloc(4096);
@@ -319,37 +305,14 @@ fn cd_fetch_faults_and_substream_errors() {
     h.mem.clear_aborts();
     // SubstreamID on a stream without stage 1.
     let pt = Pt::new_s2(&h, 12, 40, 1);
-    h.set_ste(
-        2,
-        ste_s2(&S2 {
-            vmid: 1,
-            t0sz: 24,
-            sl0: 1,
-            tg: 0,
-            ps: 2,
-            ttb: pt.root,
-        }),
-    );
+    h.set_ste(2, ste_s2(&S2::ipa40(1, pt.root)));
     assert_eq!(
         kind(&h, DmaRequest::read(2, 0, 4).with_ssid(0)),
         Some(EventType::CBadSubstreamId)
     );
     // Nested: a CD table pointer at an IPA stage 2 does not map: S2 fault,
     // class CD, recorded because S2R is set.
-    h.set_ste(
-        3,
-        ste_nested(
-            0x1000,
-            &S2 {
-                vmid: 1,
-                t0sz: 24,
-                sl0: 1,
-                tg: 0,
-                ps: 2,
-                ttb: pt.root,
-            },
-        ),
-    );
+    h.set_ste(3, ste_nested(0x1000, &S2::ipa40(1, pt.root)));
     let e = *h
         .smmu
         .translate(&DmaRequest::read(3, 0, 4))
@@ -480,14 +443,7 @@ fn translated_traffic_follows_the_effective_eats() {
     let s2pt = Pt::new_s2(&h, 12, 40, 1);
     let page = h.alloc(4096);
     s2pt.map(&h, 0x4000_0000, page, 3, S2_RW | 3);
-    let s2 = S2 {
-        vmid: 1,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: s2pt.root,
-    };
+    let s2 = S2::ipa40(1, s2pt.root);
     let with_eats = |mut s: [u64; 8], eats: u64| {
         s[1] |= eats << 28;
         s

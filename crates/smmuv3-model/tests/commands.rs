@@ -268,14 +268,7 @@ fn stage2_invalidations_by_ipa_and_vmall() {
     let mut h = H::new(ModelConfig::default());
     h.enable_linear(4);
     let pt = Pt::new_s2(&h, 12, 40, 1);
-    let s2 = S2 {
-        vmid: 4,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: pt.root,
-    };
+    let s2 = S2::ipa40(4, pt.root);
     h.set_ste(SID, ste_s2(&s2));
     let a = h.alloc(4096);
     let b = h.alloc(4096);

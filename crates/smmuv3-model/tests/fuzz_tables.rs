@@ -92,14 +92,7 @@ fn fuzz_table_contents_against_a_fresh_model() {
             let cdp = h.alloc(64);
             h.write_words(cdp, &cd(16, 0, 5, s1.root, 1));
             h.set_ste(0, ste_s1(cdp, 0, 0, 0));
-            let g = |root| S2 {
-                vmid: 3,
-                t0sz: 24,
-                sl0: 1,
-                tg: 0,
-                ps: 2,
-                ttb: root,
-            };
+            let g = |root| S2::ipa40(3, root);
             h.set_ste(
                 1,
                 ste_s2(&S2 {

@@ -14,14 +14,7 @@ fn rejected_ste_is_c_bad_ste_and_accepted_one_translates() {
     let pt = Pt::new_s2(&h, 12, 40, 1);
     let page = h.alloc(4096);
     pt.map(&h, 0x1000, page, 3, S2_RW | 3);
-    let good = S2 {
-        vmid: 1,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: pt.root,
-    };
+    let good = S2::ipa40(1, pt.root);
     let ok = ste_s2(&good);
     assert_eq!(h.smmu.check_ste(ok), Ok(()));
     h.set_ste(1, ok);
@@ -109,14 +102,7 @@ fn strw_is_ignored_when_stage_2_translates() {
         hyp: true,
         ..ModelConfig::default()
     });
-    let s2 = S2 {
-        vmid: 1,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: 0x8000_0000,
-    };
+    let s2 = S2::ipa40(1, 0x8000_0000);
     for strw in 0..4u64 {
         let mut n = ste_nested(0x8000_1000, &s2);
         n[1] |= strw << 30;
@@ -170,14 +156,7 @@ fn a_stall_forced_smmu_needs_stalling_cds_and_stage_2_stes() {
         .unwrap();
     assert_eq!(t.pa, page);
     // Stage 2: S2S = 0 is ILLEGAL, S2S = 1 legal.
-    let s2 = S2 {
-        vmid: 1,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: 0x8000_0000,
-    };
+    let s2 = S2::ipa40(1, 0x8000_0000);
     let plain = ste_s2(&s2);
     let v = h.smmu.check_ste(plain).unwrap_err();
     assert!(v.0.contains("S2S = 0"), "{v}");

@@ -467,14 +467,7 @@ fn stage2_concatenated_start_table() {
     // 4K granule, IPA 40 bits, start level 1 with 2 concatenated tables.
     let pt = Pt::new_s2(&h, 12, 40, 1);
     assert_eq!(pt.root_bytes(), 8192);
-    let s2 = S2 {
-        vmid: 5,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: pt.root,
-    };
+    let s2 = S2::ipa40(5, pt.root);
     h.set_ste(SID, ste_s2(&s2));
     let page = h.alloc(4096);
     let ipa = (1u64 << 39) + 0x1000; // second concatenated table
@@ -512,14 +505,7 @@ fn bad_stage2_geometry_is_c_bad_ste() {
     let mut h = H::new(ModelConfig::default());
     h.enable_linear(4);
     let pt = Pt::new_s2(&h, 12, 40, 1);
-    let good = S2 {
-        vmid: 1,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: pt.root,
-    };
+    let good = S2::ipa40(1, pt.root);
     let cases = [
         S2 { sl0: 0, ..good },   // level 2 start would need 512 tables
         S2 { sl0: 3, ..good },   // reserved
@@ -555,14 +541,7 @@ fn nested_translation_and_stage2_fault_on_table_walk() {
         let a = MEM_BASE + i * (2 << 20);
         s2pt.map(&h, a, a, 2, S2_RW);
     }
-    let s2 = S2 {
-        vmid: 9,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: s2pt.root,
-    };
+    let s2 = S2::ipa40(9, s2pt.root);
     // Stage 1 tables and CD live in that identity-mapped IPA space.
     let s1pt = Pt::new_s1(&h, 12, 48);
     assert!(s1pt.root < MEM_BASE + (8 << 20));
@@ -711,14 +690,7 @@ fn nested_cached_entry_reports_the_denying_stage() {
     let s1pt = Pt::new_s1(&h, 12, 48);
     let cdp = h.alloc(64);
     h.write_words(cdp, &cd(16, 0, 5, s1pt.root, 3));
-    let s2 = S2 {
-        vmid: 9,
-        t0sz: 24,
-        sl0: 1,
-        tg: 0,
-        ps: 2,
-        ttb: s2pt.root,
-    };
+    let s2 = S2::ipa40(9, s2pt.root);
     h.set_ste(SID, ste_nested(cdp, &s2));
     // Stage 2 maps a page outside the identity blocks read-only.
     let page = h.alloc(4096);

@@ -231,6 +231,22 @@ pub struct S2 {
     pub ttb: u64,
 }
 
+impl S2 {
+    /// Returns a stage 2 with 4K pages over a 40-bit IPA space starting at
+    /// level 1 (S2T0SZ 24, S2SL0 1, S2PS 40 bits), the tests' usual one.
+    #[allow(dead_code)]
+    pub fn ipa40(vmid: u64, ttb: u64) -> Self {
+        Self {
+            vmid,
+            t0sz: 24,
+            sl0: 1,
+            tg: 0,
+            ps: 2,
+            ttb,
+        }
+    }
+}
+
 pub fn s2_word2(s: &S2) -> u64 {
     s.vmid
         | s.t0sz << 32
