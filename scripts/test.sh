@@ -11,7 +11,8 @@
 # crate on its own (unit, integration, property, fuzz smoke, doc tests, and
 # the bare-metal scenarios and the EL2 hypervisor booting Linux under QEMU
 # through crates/qemu-tests), the loom model
-# check of io-pgtable (crates/io-pgtable/tests/loom.rs), and a short
+# checks of io-pgtable (crates/io-pgtable/tests/loom.rs) and of the
+# model's CMD_SYNC hand-off (crates/smmuv3-model/tests/loom.rs), and a short
 # coverage-guided libFuzzer run of the model and the decoders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,6 +104,9 @@ disk_report "after the tests"
 step "loom: model check of io-pgtable's install, retire/reclaim and link protocol"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test -p io-pgtable --test loom --profile loom 2>&1 | tee -a "$log" || tests_rc=$?
+step "loom: model check of the model's CMD_SYNC hand-off (smmuv3-model)"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test -p smmuv3-model --test loom --profile loom 2>&1 | tee -a "$log" || tests_rc=$?
 # Totals over every test binary and doc-test run, for the closing line.
 read -r passed failed ignored < <(awk '/^test result:/ {p+=$4; f+=$6; i+=$8} END {print p+0, f+0, i+0}' "$log")
 if [ "$tests_rc" -ne 0 ]; then

@@ -87,6 +87,11 @@ pub use config::{ConfigError, Httu, ModelConfig, StallModel};
 pub use device::{MmioError, RidMapping, SmmuDevice, pci_rid};
 pub use event::{Event, EventType, FaultClass};
 pub use memory::{DeviceMemory, GuestRam};
+/// The CMD_SYNC hand-off's flags and steps, for the loom model check
+/// (`tests/loom.rs`) only.
+#[cfg(loom)]
+#[doc(hidden)]
+pub use model::sync_gate as sync_gate_for_loom;
 pub use model::{
     CachedUnit, IotlbGuard, IrqHandler, IrqLine, ModelSnapshot, MsiHandler, SNAPSHOT_VERSION,
     SharedIotlb, SmmuModel, SnapshotError, StreamIommu, Violation,

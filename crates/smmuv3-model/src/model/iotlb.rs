@@ -8,10 +8,10 @@
 //! configuration), and it lives exactly as long as that entry is still what
 //! the model would serve from its caches.
 
+use super::sync_gate::{self as gate, AtomicBool};
 use std::collections::{BTreeMap, HashMap};
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{
     Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError, Weak,
 };
@@ -160,7 +160,7 @@ impl Drop for SharedIotlb<'_> {
         // The last access using dropped entries may have ended: a CMD_SYNC
         // waiting for it can complete. (No lock of the model is held here:
         // guards are only released outside the model.)
-        if self.slot.stale.load(Ordering::SeqCst) && self.slot.apply_pending() {
+        if gate::is_stale(&self.slot.stale) && self.slot.apply_pending() {
             self.slot.resume_queue();
         }
     }
@@ -170,7 +170,7 @@ impl IotlbSlot {
     /// Returns a read guard when the `Iotlb` can be trusted (nothing
     /// pending, or the pending drops could be applied now).
     fn shared(&self) -> Option<SharedIotlb<'_>> {
-        if self.stale.load(Ordering::SeqCst) {
+        if gate::is_stale(&self.stale) {
             if !self.apply_pending() {
                 return None;
             }
@@ -178,7 +178,7 @@ impl IotlbSlot {
         }
         let guard = self.iotlb.read().unwrap_or_else(|e| e.into_inner());
         // A deferral between the check and the lock: not trusted either.
-        if self.stale.load(Ordering::SeqCst) {
+        if gate::is_stale(&self.stale) {
             return None;
         }
         Some(SharedIotlb {
@@ -200,7 +200,7 @@ impl IotlbSlot {
     /// thread asks, its own accesses count: the CMD_SYNC does not block
     /// the thread that queued it, which ends its accesses in its time.)
     pub(super) fn settled(&self) -> bool {
-        !self.stale.load(Ordering::SeqCst) || self.apply_pending()
+        !gate::is_stale(&self.stale) || self.apply_pending()
     }
 
     /// Applies the deferred drops if nobody holds the `Iotlb`; returns
@@ -231,7 +231,7 @@ impl IotlbSlot {
     fn remove(&self, units: &Units, iotlb: &mut Iotlb, gone: &[CachedUnit]) {
         let mut pending = lock(&self.pending);
         let all: Vec<CachedUnit> = pending.drain(..).chain(gone.iter().copied()).collect();
-        self.stale.store(false, Ordering::SeqCst);
+        gate::clear_stale(&self.stale);
         drop(pending);
         for u in &all {
             iotlb.invalidate_mapping(GuestAddress(u.iova_base), u.len() as usize);
@@ -249,7 +249,7 @@ impl IotlbSlot {
     }
 
     fn flush(&self, units: &Units, iotlb: &mut Iotlb) {
-        if self.stale.load(Ordering::SeqCst) {
+        if gate::is_stale(&self.stale) {
             self.remove(units, iotlb, &[]);
         }
     }
@@ -298,7 +298,7 @@ impl IotlbSlot {
             Some(mut iotlb) => self.remove(units, &mut iotlb, &gone),
             None => {
                 lock(&self.pending).extend_from_slice(&gone);
-                self.stale.store(true, Ordering::SeqCst);
+                gate::set_stale(&self.stale);
             }
         }
         gone.len()
@@ -546,7 +546,7 @@ impl SmmuModel {
     /// accesses using dropped `Iotlb` entries (it completes once they are
     /// all done). Called with no lock of the model held.
     pub(super) fn resume_sync(&self) {
-        if !self.sync_wait.load(Ordering::SeqCst) {
+        if !gate::waiting(&self.sync_wait) {
             return;
         }
         self.lock().process_cmdq();
@@ -562,17 +562,11 @@ impl State {
     /// always sees the other).
     pub(super) fn sync_may_complete(&mut self) -> bool {
         if self.iotlbs.is_empty() {
-            if self.sync_wait.load(Ordering::SeqCst) {
-                self.sync_wait.store(false, Ordering::SeqCst);
-            }
+            gate::disarm(&self.sync_wait);
             return true;
         }
-        self.sync_wait.store(true, Ordering::SeqCst);
-        if self.live_iotlbs().iter().all(|slot| slot.settled()) {
-            self.sync_wait.store(false, Ordering::SeqCst);
-            return true;
-        }
-        false
+        let slots = self.live_iotlbs();
+        gate::arm_then_check(&self.sync_wait, || slots.iter().all(|s| s.settled()))
     }
 
     /// Translates the unit at `addr` for every direction of `access`;

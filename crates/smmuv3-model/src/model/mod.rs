@@ -8,6 +8,7 @@ mod iotlb;
 mod lint;
 mod signal;
 mod snapshot;
+pub mod sync_gate;
 mod xlate;
 
 pub use decode::Violation;
@@ -111,7 +112,7 @@ pub(crate) struct State {
     outbox: signal::Outbox,
     /// A CMD_SYNC waits at CMDQ_CONS for accesses using dropped `Iotlb`
     /// entries (shared with [`SmmuModel::sync_wait`]).
-    sync_wait: Arc<std::sync::atomic::AtomicBool>,
+    sync_wait: Arc<sync_gate::AtomicBool>,
 }
 
 /// A software SMMUv3; see the crate documentation.
@@ -128,7 +129,7 @@ pub struct SmmuModel {
     hot: Arc<hot::Hot>,
     /// Set while a CMD_SYNC waits for accesses using dropped `Iotlb`
     /// entries; whoever ends the last of them resumes the queue.
-    sync_wait: Arc<std::sync::atomic::AtomicBool>,
+    sync_wait: Arc<sync_gate::AtomicBool>,
 }
 
 impl core::fmt::Debug for SmmuModel {
@@ -240,7 +241,7 @@ impl SmmuModel {
         let mut tlb = Tlb::new(config.tlb_capacity);
         tlb.set_bbml(config.bbml);
         let pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sync_wait = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sync_wait = Arc::new(sync_gate::AtomicBool::new(false));
         let hot = Arc::new(hot::Hot::default());
         let state = State {
             last: None,

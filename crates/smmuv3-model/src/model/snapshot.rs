@@ -122,8 +122,7 @@ impl SmmuModel {
         drop(s);
         // A CMD_SYNC the source held at CMDQ_CONS for its `Iotlb` accesses
         // (a fresh model has none) completes at the next register access.
-        self.sync_wait
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        super::sync_gate::arm(&self.sync_wait);
         self.deliver();
         Ok(())
     }
