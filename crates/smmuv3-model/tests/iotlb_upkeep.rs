@@ -98,3 +98,56 @@ fn evictions_drop_their_units_and_cfgi_drops_the_stream() {
     h.cfgi_ste(SID);
     assert!(held(&h, &io, &pages).is_empty());
 }
+
+/// CMD_CFGI_CD (Leaf = 1) invalidates one CD, the one at the index its
+/// SubstreamID names: the `Iotlb`s of the stream's other substreams keep
+/// their units (every context of the stream was dropped before). With
+/// S1DSS = 0b10, index 0 serves transactions without a SubstreamID (and
+/// SubstreamID 0 is refused): their handle loses its units with it.
+/// Leaf = 0 (level-1 descriptors too) may take them all.
+#[test]
+fn cfgi_cd_drops_the_iotlb_units_of_its_own_cd_only() {
+    let mut h = H::new(ModelConfig::default());
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let page = h.alloc(4096);
+    pt.map(&h, 0x1000, page, 3, S1_USER_RW);
+    // Four CDs, one stage-1 table; S1DSS = 0b10: no SubstreamID uses CD 0.
+    let cds = h.alloc(4 * 64);
+    for i in 0..4u64 {
+        h.write_words(cds + i * 64, &cd(16, 0, 5, pt.root, 7 + i as u16));
+    }
+    h.set_ste(SID, ste_s1(cds, 2, 0, 2));
+    let ios: Vec<StreamIommu> = [None, Some(1), Some(2)]
+        .into_iter()
+        .map(|ss| h.smmu.iommu(SID, ss))
+        .collect();
+    let fill = |ios: &[StreamIommu]| {
+        for io in ios {
+            io.translate(GuestAddress(0x1000), 4, Permissions::Read)
+                .unwrap()
+                .for_each(drop);
+        }
+    };
+    let units = |ios: &[StreamIommu]| ios.iter().map(|io| io.iotlb_units()).collect::<Vec<_>>();
+    let cfgi_cd = |h: &mut H, ssid: u64, leaf: bool| {
+        h.cmd(
+            op::CFGI_CD as u64 | u64::from(SID) << 32 | ssid << 12,
+            u64::from(leaf),
+        );
+        h.sync();
+    };
+    fill(&ios);
+    assert_eq!(units(&ios), [1, 1, 1]);
+    cfgi_cd(&mut h, 2, true);
+    assert_eq!(units(&ios), [1, 1, 0], "only substream 2's");
+    fill(&ios);
+    cfgi_cd(&mut h, 0, true);
+    assert_eq!(units(&ios), [0, 1, 1], "CD 0 serves no SubstreamID");
+    fill(&ios);
+    cfgi_cd(&mut h, 1, false);
+    assert_eq!(units(&ios), [0, 0, 0], "Leaf = 0: every context");
+    // Nothing stale survives: each handle translates afresh.
+    fill(&ios);
+    assert_eq!(units(&ios), [1, 1, 1]);
+}

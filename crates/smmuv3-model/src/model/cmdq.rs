@@ -1,7 +1,7 @@
 //! Command queue consumption and command semantics.
 
 use super::State;
-use super::context::ctx_key_sid;
+use super::context::{NO_SSID, ctx_key, ctx_key_sid};
 use crate::config::StallModel;
 use crate::layout::{CMD_SIZE, RawCmd, op, sync_cs};
 use crate::regs::{cerror, cr0, gerror, irq_ctrl, queue};
@@ -270,10 +270,20 @@ impl State {
                 if self.sid_ok(c.sid()) && ssid_ok {
                     let (sid, ssid) = (c.sid(), c.ssid());
                     self.cd_cache.remove(&(sid, ssid));
-                    if !c.leaf() {
+                    if c.leaf() {
+                        // Only the contexts built from this CD: its
+                        // substream's, and that of transactions without a
+                        // SubstreamID (S1DSS may send them to substream 0).
+                        self.ctx_cache.remove(&ctx_key(sid, ssid));
+                        if ssid == 0 {
+                            self.ctx_cache.remove(&ctx_key(sid, NO_SSID));
+                        }
+                    } else {
+                        // The level-1 descriptors too: every context of
+                        // the stream may have been reached through them.
                         self.l1cd_cache.retain(|k, _| k.0 != sid);
+                        self.ctx_cache.retain(|k, _| ctx_key_sid(*k) != sid);
                     }
-                    self.ctx_cache.retain(|k, _| ctx_key_sid(*k) != sid);
                 }
                 Ok(())
             }
