@@ -304,6 +304,55 @@ fn translated_traffic_passes_only_for_streams_that_enable_ats() {
     assert_eq!(&b, b"secret");
 }
 
+/// A stall-forced SMMU stalls stage-2 faults (STE.S2S = 1), and full ATS
+/// with S2S = 1 is an ILLEGAL STE: the driver refuses ATS on a stream with
+/// stage 2 there, with a typed error and nothing changed (it wrote the
+/// ILLEGAL STE, and every DMA of the stream was C_BAD_STE). Stage 1 alone
+/// keeps ATS.
+#[test]
+fn ats_with_stage_2_is_refused_where_stalls_are_forced() {
+    let sys = sys_with(
+        ModelConfig {
+            ats: true,
+            stall_model: smmuv3_model::StallModel::StallForced,
+            ..ModelConfig::default()
+        },
+        SmmuConfig::default(),
+    );
+    let ats = AttachOptions {
+        ats: true,
+        ..Default::default()
+    };
+    let s2 = HostedDomain::new_stage2(&sys.smmu, Granule::K4, 40).unwrap();
+    let pa = sys.mem.alloc(4096).unwrap();
+    s2.map(0x8000, pa, 4096, RW).unwrap();
+    let write = || {
+        sys.model
+            .dma_write(&DmaRequest::write(4, 0x8000, 4), &[1; 4])
+    };
+    let before = write().unwrap_err();
+    assert!(matches!(
+        sys.smmu.attach(4, None, &s2, ats),
+        Err(Error::Unsupported(_))
+    ));
+    // Nothing changed: the stream is refused as it was.
+    assert_eq!(write().unwrap_err(), before);
+    sys.smmu.drain_events().unwrap();
+    sys.smmu
+        .attach(4, None, &s2, AttachOptions::default())
+        .unwrap();
+    write().unwrap();
+    let s1 = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    s1.map(0x8000, pa, 4096, RW).unwrap();
+    sys.smmu.attach(5, None, &s1, ats).unwrap();
+    let mut b = [0u8; 4];
+    sys.model
+        .dma_read(&DmaRequest::read(5, 0x8000, 4), &mut b)
+        .unwrap();
+    assert_eq!(b, [1; 4]);
+    assert!(sys.smmu.drain_events().unwrap().events.is_empty());
+}
+
 #[test]
 fn ats_streams_get_atc_invalidations() {
     let sys = sys_with(

@@ -15,7 +15,7 @@ use crate::entry::{Entry, EntryKind, WORDS, apply, plan_update};
 use crate::env::{DmaMemory, SmmuEnv};
 use crate::layout::{cd, ste};
 use crate::mem::DevBlock;
-use crate::probe::Features;
+use crate::probe::{Features, StallModel};
 use crate::regs::{strtab_base, strtab_base_cfg};
 
 /// Stream IDs resolved by one level-2 stream table (256 STEs, 16 KiB).
@@ -851,6 +851,22 @@ impl<E: SmmuEnv> Smmu<E> {
             return Err(Error::Unsupported("ATS (IDR0.ATS)"));
         }
         let mut st = i.streams.lock();
+        if opts.ats && i.features.stall == StallModel::StallForced {
+            // Stage 2 stalls there (S2S = 1), and full ATS with S2S = 1 is
+            // an ILLEGAL STE: refuse before anything changes.
+            let s2_link = links
+                .iter()
+                .any(|(_, d, _)| matches!(d.kind(), DomainKind::Stage2 { .. }));
+            let s2_kept = st
+                .masters
+                .get(&sid)
+                .is_some_and(|m| m.mode == Mode::Translate && m.s2.is_some());
+            if s2_link || s2_kept {
+                return Err(Error::Unsupported(
+                    "ATS with stage 2 on a stall-forced SMMU (EATS = 0b01 with S2S = 1 is ILLEGAL)",
+                ));
+            }
+        }
         let mut up = Update::default();
         // The CD table the SMMU may be using right now, from the live STE.
         let cd_live = st.cd_table_in_use(sid);
