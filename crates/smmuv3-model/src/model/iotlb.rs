@@ -544,11 +544,23 @@ impl SmmuModel {
 impl SmmuModel {
     /// Runs the command queue again if a CMD_SYNC waits at CMDQ_CONS for
     /// accesses using dropped `Iotlb` entries (it completes once they are
-    /// all done). Called with no lock of the model held.
+    /// all done). The releasing side of the hand-off: called, with no lock
+    /// of the model held, after this thread applied pending drops.
     pub(super) fn resume_sync(&self) {
-        if !gate::waiting(&self.sync_wait) {
-            return;
+        if gate::waiting(&self.sync_wait) {
+            self.run_queue();
         }
+    }
+
+    /// As [`SmmuModel::resume_sync`] for a register access, which applied
+    /// nothing: a plain look at the flag, without the hand-off's fence.
+    pub(super) fn poll_sync(&self) {
+        if gate::armed(&self.sync_wait) {
+            self.run_queue();
+        }
+    }
+
+    fn run_queue(&self) {
         self.lock().process_cmdq();
         self.deliver();
     }

@@ -303,7 +303,7 @@ impl SmmuModel {
     pub fn read32(&self, offset: u64) -> u32 {
         let v = self.lock().read32(offset);
         self.deliver();
-        self.resume_sync();
+        self.poll_sync();
         v
     }
 
@@ -315,7 +315,7 @@ impl SmmuModel {
         self.deliver();
         // A CMD_SYNC this write reached may wait for `Iotlb` accesses that
         // ended meanwhile (see `iotlb.rs`).
-        self.resume_sync();
+        self.poll_sync();
     }
 
     /// Reads a 64-bit register (or two consecutive 32-bit registers).
@@ -335,7 +335,7 @@ impl SmmuModel {
         s.write32_inner(offset.wrapping_add(4), (value >> 32) as u32);
         drop(s);
         self.deliver();
-        self.resume_sync();
+        self.poll_sync();
     }
 
     /// Translates one address without moving data.

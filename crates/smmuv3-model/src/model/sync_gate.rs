@@ -61,6 +61,13 @@ pub fn arm(wait: &AtomicBool) {
     wait.store(true, SeqCst);
 }
 
+/// Returns whether a CMD_SYNC waits, without the fence of [`waiting`]: a
+/// poll (a register access, which applied no drops), not a side of the
+/// hand-off.
+pub fn armed(wait: &AtomicBool) -> bool {
+    wait.load(SeqCst)
+}
+
 /// Disarms `wait` (no slot left to wait for).
 pub fn disarm(wait: &AtomicBool) {
     if wait.load(SeqCst) {
