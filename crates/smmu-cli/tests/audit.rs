@@ -2,40 +2,9 @@
 //! kernel-log formats Linux's arm-smmu-v3 driver really prints, the
 //! checker's verdicts against the SMMUv3 rules, and `--json`.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+mod common;
 
-/// Exit status, standard output and standard error of one run.
-struct Run {
-    code: i32,
-    out: String,
-    err: String,
-}
-
-fn smmu(args: &[&str], stdin: Option<&str>) -> Run {
-    smmu_bytes(args, stdin.map(str::as_bytes))
-}
-
-fn smmu_bytes(args: &[&str], stdin: Option<&[u8]>) -> Run {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_smmu"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = c.stdin.take().unwrap();
-    if let Some(t) = stdin {
-        input.write_all(t).unwrap();
-    }
-    drop(input);
-    let out = c.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        out: String::from_utf8_lossy(&out.stdout).into_owned(),
-        err: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use common::{Run, smmu, smmu_bytes};
 
 fn json(r: &Run) -> serde_json::Value {
     serde_json::from_str(&r.out).unwrap_or_else(|e| panic!("{e}: {:?}", r.out))

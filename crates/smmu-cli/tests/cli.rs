@@ -1,27 +1,12 @@
 //! The `smmu` binary as a user runs it: exit status, standard input,
 //! `--json`.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+mod common;
 
+/// Returns the exit status and standard output of one run.
 fn smmu(args: &[&str], stdin: Option<&str>) -> (i32, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_smmu"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = c.stdin.take().unwrap();
-    if let Some(t) = stdin {
-        input.write_all(t.as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = c.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let r = common::smmu(args, stdin);
+    (r.code, r.out)
 }
 
 const LOG: &str = "\

@@ -13,22 +13,7 @@ use serde_json::{Value, json};
 use smmuv3_model::{
     DeviceMemory, DmaRequest, GuestRam, ModelConfig, ModelSnapshot, SmmuModel, SnapshotError,
 };
-use vm_memory::{GuestAddress, GuestMemoryMmap};
-
-fn guest_model(cfg: ModelConfig) -> (Arc<SmmuModel>, GuestRam<GuestMemoryMmap>) {
-    let ram = GuestRam(
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(BASE), SIZE as usize)]).unwrap(),
-    );
-    let m = Arc::new(SmmuModel::with_memory(cfg, Arc::new(ram.clone())).unwrap());
-    (m, ram)
-}
-
-fn writer(ram: &GuestRam<GuestMemoryMmap>) -> impl Fn(u64, &[u64]) + '_ {
-    move |pa, words| {
-        let b: Vec<u8> = words.iter().flat_map(|v| v.to_le_bytes()).collect();
-        ram.write(pa, &b).unwrap();
-    }
-}
+use vm_memory::GuestMemoryMmap;
 
 /// A model with both fixed streams (stage 1 and nested) translated once,
 /// so its snapshot holds STEs, CDs, contexts, TLB and walk-cache entries.
@@ -458,6 +443,23 @@ fn every_iotlb_matches_the_model_caches_after_every_step() {
     assert_eq!(ever, vec![true; ios.len()], "an Iotlb was never filled");
 }
 
+/// Returns a model whose streams `sids` share one stalling CD (CD.S = 1)
+/// over an empty stage-1 table: every access stalls.
+fn stalling_rig(sids: &[u32]) -> common::H {
+    use common::*;
+    let mut h = H::new(ModelConfig::default());
+    h.enable_linear(4);
+    let pt = Pt::new_s1(&h, 12, 48);
+    let mut c = cd(16, 0, 5, pt.root, 1);
+    c[0] |= 1 << 44; // CD.S: faults stall
+    let cdp = h.alloc(64);
+    h.write_words(cdp, &c);
+    for &sid in sids {
+        h.set_ste(sid, ste_s1(cdp, 0, 0, 0));
+    }
+    h
+}
+
 /// Defect: STAGs were handed out by a wrapping 16-bit counter without
 /// looking at the stalls still outstanding, so after 65,536 stalls a new
 /// one could get the STAG of one still waiting on the same stream, and one
@@ -468,16 +470,8 @@ fn a_stag_is_never_reused_while_its_stall_is_outstanding() {
     use common::*;
     use smmuv3_model::DmaFault;
     use smmuv3_model::layout::op;
-    let mut h = H::new(ModelConfig::default());
-    h.enable_linear(4);
-    let pt = Pt::new_s1(&h, 12, 48);
-    let mut c = cd(16, 0, 5, pt.root, 1);
-    c[0] |= 1 << 44; // CD.S: faults stall
-    let cdp = h.alloc(64);
-    h.write_words(cdp, &c);
     // Streams 1 and 2 share the CD; nothing is mapped, every access stalls.
-    h.set_ste(1, ste_s1(cdp, 0, 0, 0));
-    h.set_ste(2, ste_s1(cdp, 0, 0, 0));
+    let mut h = stalling_rig(&[1, 2]);
     let stall = |h: &H, sid: u32| match h.smmu.translate(&DmaRequest::read(sid, 0x1000, 4)) {
         Err(DmaFault::Stalled { event }) => event.stag,
         other => panic!("expected a stall, got {other:?}"),
@@ -513,16 +507,8 @@ fn a_stag_is_never_reused_while_its_stall_is_outstanding() {
 /// seconds); one more real stall first checks the snapshot's stream stalls.
 #[test]
 fn stalls_are_bounded_by_the_stag_space() {
-    use common::*;
     use smmuv3_model::{DmaFault, EventType};
-    let mut h = H::new(ModelConfig::default());
-    h.enable_linear(4);
-    let pt = Pt::new_s1(&h, 12, 48);
-    let mut c = cd(16, 0, 5, pt.root, 1);
-    c[0] |= 1 << 44; // CD.S: faults stall
-    let cdp = h.alloc(64);
-    h.write_words(cdp, &c);
-    h.set_ste(1, ste_s1(cdp, 0, 0, 0));
+    let h = stalling_rig(&[1]);
     let req = DmaRequest::read(1, 0x1000, 4);
     assert!(matches!(
         h.smmu.translate(&req),

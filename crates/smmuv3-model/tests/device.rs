@@ -9,25 +9,9 @@ use common::fixed::*;
 use smmuv3_model::layout::op;
 use smmuv3_model::regs::{self, irq_ctrl};
 use smmuv3_model::{
-    DeviceMemory, DmaRequest, Event, EventType, GuestRam, IrqLine, MmioError, ModelConfig,
-    RidMapping, SmmuDevice, SmmuModel, SnapshotError, Stats, pci_rid,
+    DeviceMemory, DmaRequest, Event, EventType, IrqLine, MmioError, ModelConfig, RidMapping,
+    SmmuDevice, SmmuModel, SnapshotError, Stats, pci_rid,
 };
-use vm_memory::{GuestAddress, GuestMemoryMmap};
-
-fn guest_model(cfg: ModelConfig) -> (Arc<SmmuModel>, GuestRam<GuestMemoryMmap>) {
-    let ram = GuestRam(
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(BASE), SIZE as usize)]).unwrap(),
-    );
-    let m = Arc::new(SmmuModel::with_memory(cfg, Arc::new(ram.clone())).unwrap());
-    (m, ram)
-}
-
-fn writer(ram: &GuestRam<GuestMemoryMmap>) -> impl Fn(u64, &[u64]) + '_ {
-    move |pa, words| {
-        let b: Vec<u8> = words.iter().flat_map(|v| v.to_le_bytes()).collect();
-        ram.write(pa, &b).unwrap();
-    }
-}
 
 #[test]
 fn mmio_by_offset_and_size() {

@@ -357,12 +357,13 @@ where
 mod tests {
     use super::*;
 
-    /// A real SMMU with every ID bit set.
-    struct AllOnes;
+    /// A real SMMU whose IDR0 reads `.0` and every other register all
+    /// ones (`Real(u32::MAX)`: every ID bit set).
+    struct Real(u32);
 
-    impl RegisterFrame for AllOnes {
-        fn read32(&self, _: usize) -> u32 {
-            u32::MAX
+    impl RegisterFrame for Real {
+        fn read32(&self, offset: usize) -> u32 {
+            if offset == r::IDR0 { self.0 } else { u32::MAX }
         }
         fn write32(&self, _: usize, _: u32) {}
         fn read64(&self, _: usize) -> u64 {
@@ -374,7 +375,7 @@ mod tests {
     #[test]
     fn only_emulated_features_reach_the_host() {
         let opts = EmulationOptions { max_sid_bits: 16 };
-        let [i0, i1, i2, i3, i4, i5] = virtual_idrs(&AllOnes, 40, &opts).map(u64::from);
+        let [i0, i1, i2, i3, i4, i5] = virtual_idrs(&Real(u32::MAX), 40, &opts).map(u64::from);
         for hidden in [
             idr0::S2P,
             idr0::VMID16,
@@ -410,27 +411,12 @@ mod tests {
         assert_eq!(idr5::STALL_MAX.get(i5), 0);
     }
 
-    /// A real SMMU whose IDR0 reads `0` and every other ID register reads
-    /// all ones.
-    struct Idr0(u32);
-
-    impl RegisterFrame for Idr0 {
-        fn read32(&self, offset: usize) -> u32 {
-            if offset == r::IDR0 { self.0 } else { u32::MAX }
-        }
-        fn write32(&self, _: usize, _: u32) {}
-        fn read64(&self, _: usize) -> u64 {
-            u64::MAX
-        }
-        fn write64(&self, _: usize, _: u64) {}
-    }
-
     #[test]
     fn the_host_sees_stalls_forced_only_where_the_smmu_forces_them() {
         let opts = EmulationOptions { max_sid_bits: 16 };
         for (real, shown) in [(0b00, 0b01), (0b01, 0b01), (0b10, 0b10), (0b11, 0b01)] {
             let i0 = idr0::STALL_MODEL.set(0, real) as u32;
-            let [v0, ..] = virtual_idrs(&Idr0(i0), 40, &opts);
+            let [v0, ..] = virtual_idrs(&Real(i0), 40, &opts);
             assert_eq!(idr0::STALL_MODEL.get(v0.into()), shown, "real {real:#b}");
         }
     }

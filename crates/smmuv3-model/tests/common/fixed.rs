@@ -3,8 +3,10 @@
 //! stage 2.
 
 use super::{S1_USER_RW, S2, cd, ste_nested, ste_s1};
-use smmuv3_model::SmmuModel;
 use smmuv3_model::regs::{self, cr0};
+use smmuv3_model::{DeviceMemory, GuestRam, ModelConfig, SmmuModel};
+use std::sync::Arc;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 pub const BASE: u64 = 0x8000_0000;
 pub const SIZE: u64 = 4 << 20;
@@ -70,4 +72,24 @@ pub fn setup(m: &SmmuModel, w: &dyn Fn(u64, &[u64])) {
         m.read32(regs::CR0ACK),
         cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN
     );
+}
+
+/// Returns a model over a vm-memory guest RAM of [`SIZE`] bytes at
+/// [`BASE`], and the RAM.
+#[allow(dead_code)]
+pub fn guest_model(cfg: ModelConfig) -> (Arc<SmmuModel>, GuestRam<GuestMemoryMmap>) {
+    let ram = GuestRam(
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(BASE), SIZE as usize)]).unwrap(),
+    );
+    let m = Arc::new(SmmuModel::with_memory(cfg, Arc::new(ram.clone())).unwrap());
+    (m, ram)
+}
+
+/// Returns a writer of little-endian words into `ram` (for [`setup`]).
+#[allow(dead_code)]
+pub fn writer(ram: &GuestRam<GuestMemoryMmap>) -> impl Fn(u64, &[u64]) + '_ {
+    move |pa, words| {
+        let b: Vec<u8> = words.iter().flat_map(|v| v.to_le_bytes()).collect();
+        ram.write(pa, &b).unwrap();
+    }
 }
