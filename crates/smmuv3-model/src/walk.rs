@@ -274,24 +274,9 @@ impl TableAttrs {
         Self(self.0 | desc.table_attr_bits() & keep)
     }
 
-    /// APTable\[0\] on the way: no unprivileged access.
-    pub fn no_user(self) -> bool {
-        self.0 & Self::NO_USER != 0
-    }
-
     /// APTable\[1\] on the way: read-only.
     pub fn read_only(self) -> bool {
         self.0 & Self::READ_ONLY != 0
-    }
-
-    /// UXNTable on the way.
-    pub fn uxn(self) -> bool {
-        self.0 & Self::UXN != 0
-    }
-
-    /// PXNTable on the way.
-    pub fn pxn(self) -> bool {
-        self.0 & Self::PXN != 0
     }
 }
 
@@ -651,29 +636,84 @@ fn perms_if_dirty(cfg: &TableCfg, desc: RawDesc, attrs: TableAttrs, s1perm: S1Pe
     }
 }
 
+/// The stage-1 permission inputs of a leaf, folded with the table
+/// attributes above it into one 6-bit index of [`S1_PERMS`]: each table
+/// attribute ORs into the leaf bit it restricts (bit 0 PXN, 1 UXN, 2 no
+/// unprivileged access, 3 read-only, as [`TableAttrs`]), then WXN (4) and
+/// PAN (5).
 #[inline(always)]
-fn s1_perms(desc: RawDesc, t: TableAttrs, p: S1Perm) -> Perms {
-    let user = desc.ap_user_or_s2_read() && !t.no_user();
-    let ro = desc.ap_ro_or_s2_write() || t.read_only();
-    let uxn = desc.uxn() || t.uxn();
-    let pxn = desc.pxn() || t.pxn();
+fn s1_perm_index(desc: RawDesc, t: TableAttrs, p: S1Perm) -> usize {
+    // PXN and UXN are adjacent, as in TableAttrs.
+    let xn = (desc.0 >> d::PXN & 3) as u8;
+    let no_user = if desc.ap_user_or_s2_read() {
+        0
+    } else {
+        TableAttrs::NO_USER
+    };
+    let ro = if desc.ap_ro_or_s2_write() {
+        TableAttrs::READ_ONLY
+    } else {
+        0
+    };
+    let leaf = xn | no_user | ro | t.bits();
+    usize::from(leaf) | usize::from(p.wxn) << 4 | usize::from(p.pan) << 5
+}
+
+/// [`s1_perms_of`] for every [`s1_perm_index`]: the walker looks a leaf's
+/// permissions up rather than derives them (a few instructions instead
+/// of some forty on every stage-1 walk).
+static S1_PERMS: [Perms; 64] = {
+    let mut lut = [Perms(0); 64];
+    let mut i = 0;
+    while i < 64 {
+        lut[i] = s1_perms_of(i as u8);
+        i += 1;
+    }
+    lut
+};
+
+/// Returns the permissions of [`s1_perm_index`] `i`: the architecture's
+/// stage-1 rules, written out once.
+const fn s1_perms_of(i: u8) -> Perms {
+    let pxn = i & TableAttrs::PXN != 0;
+    let uxn = i & TableAttrs::UXN != 0;
+    let user = i & TableAttrs::NO_USER == 0;
+    let ro = i & TableAttrs::READ_ONLY != 0;
+    let wxn_on = i & 1 << 4 != 0;
+    let pan = i & 1 << 5 != 0;
     let write_user = user && !ro;
     let writable = !ro;
     // Privileged code may not execute memory that unprivileged code can
     // write, and WXN makes every writable page execute-never.
-    let wxn = p.wxn && writable;
+    let wxn = wxn_on && writable;
     let exec_priv = !(pxn || write_user || wxn);
     let exec_user = !(uxn || wxn);
-    let priv_data = !(p.pan && user);
-    let bit = |b: bool, v: u8| if b { v } else { 0 };
-    Perms::from_bits(
-        bit(priv_data, Perms::READ_PRIV)
-            | bit(user, Perms::READ_USER)
-            | bit(writable && priv_data, Perms::WRITE_PRIV)
-            | bit(write_user, Perms::WRITE_USER)
-            | bit(exec_priv, Perms::EXEC_PRIV)
-            | bit(exec_user, Perms::EXEC_USER),
-    )
+    let priv_data = !(pan && user);
+    let mut bits = 0;
+    if priv_data {
+        bits |= Perms::READ_PRIV;
+    }
+    if user {
+        bits |= Perms::READ_USER;
+    }
+    if writable && priv_data {
+        bits |= Perms::WRITE_PRIV;
+    }
+    if write_user {
+        bits |= Perms::WRITE_USER;
+    }
+    if exec_priv {
+        bits |= Perms::EXEC_PRIV;
+    }
+    if exec_user {
+        bits |= Perms::EXEC_USER;
+    }
+    Perms::from_bits(bits)
+}
+
+#[inline(always)]
+fn s1_perms(desc: RawDesc, t: TableAttrs, p: S1Perm) -> Perms {
+    S1_PERMS[s1_perm_index(desc, t, p)]
 }
 
 fn s2_perms(cfg: &TableCfg, desc: RawDesc) -> Perms {
@@ -847,6 +887,29 @@ mod tests {
         let ro = TableAttrs::default().with_table(RawDesc(3 | 1 << 62), 0xf);
         let p = s1_perms(leaf(0, false, false), ro, none);
         assert!(!p.writable());
+    }
+
+    #[test]
+    fn table_attributes_restrict_as_the_leaf_bits_they_stand_for() {
+        // APTable[1] acts as AP[2] = 1, APTable[0] as AP[1] = 0, PXNTable
+        // as PXN and UXNTable as UXN: every leaf, every table limit, with
+        // and without WXN and PAN.
+        for i in 0..1u64 << 10 {
+            let (ap, pxn, uxn, t) = (i & 3, i >> 2 & 1, i >> 3 & 1, (i >> 4 & 0xf) as u8);
+            let p = S1Perm {
+                wxn: i >> 8 & 1 != 0,
+                pan: i >> 9 & 1 != 0,
+            };
+            let leaf = |ap: u64, pxn: u64, uxn: u64| RawDesc(3 | ap << 6 | pxn << 53 | uxn << 54);
+            let table = TableAttrs::from_bits(t);
+            let ap_eff = (ap | u64::from(t >> 3 & 1) << 1) & !u64::from(t >> 2 & 1);
+            let want = s1_perms(
+                leaf(ap_eff, pxn | u64::from(t & 1), uxn | u64::from(t >> 1 & 1)),
+                TableAttrs::default(),
+                p,
+            );
+            assert_eq!(s1_perms(leaf(ap, pxn, uxn), table, p), want, "case {i:#x}");
+        }
     }
 
     #[test]

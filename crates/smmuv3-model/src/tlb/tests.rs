@@ -292,8 +292,9 @@ fn walk_entries_keep_table_attributes_and_granule() {
     let no_user_ro = TableAttrs::default()
         .with_table(crate::layout::RawDesc(3 | 1 << 61 | 1 << 62), 0xf)
         .with_table(crate::layout::RawDesc(3 | 1 << 59 | 1 << 60), 0xf);
-    assert!(no_user_ro.no_user() && no_user_ro.read_only());
-    assert!(no_user_ro.pxn() && no_user_ro.uxn());
+    // PXNTable, UXNTable, APTable[0] and APTable[1]: all four bits.
+    assert_eq!(no_user_ro.bits(), 0xf);
+    assert!(no_user_ro.read_only());
     for shift in [12, 14, 16] {
         for attrs in [
             TableAttrs::default(),
