@@ -118,7 +118,7 @@ const CD_FIELDS: &[FieldDef] = &[
 
 /// Returns the line saying which words were read as zero (`""` when all
 /// were given), to follow a decoder's or checker's first line.
-pub fn note_line<const N: usize>(w: &Words<N>) -> String {
+fn note_line<const N: usize>(w: &Words<N>) -> String {
     w.zero_filled()
         .map(|z| format!("  note: {z}\n"))
         .unwrap_or_default()

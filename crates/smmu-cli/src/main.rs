@@ -83,22 +83,23 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum CheckWhat {
-    /// Stream table entry: up to 8 64-bit words.
+    /// Stream table entry: up to 8 64-bit words (the rest read as 0).
     Ste {
         /// Hex words.
         #[arg(required = true)]
         words: Vec<String>,
     },
-    /// Context descriptor: up to 8 64-bit words.
+    /// Context descriptor: up to 8 64-bit words (the rest read as 0).
     Cd {
-        /// The STE it hangs under (default: a plain stage-1 STE).
+        /// The STE it hangs under (default: a plain stage-1 STE). It takes
+        /// every word after it, so give it after the CD's words.
         #[arg(long, num_args = 1.., value_delimiter = ',')]
         ste: Vec<String>,
         /// Hex words.
         #[arg(required = true)]
         words: Vec<String>,
     },
-    /// Command-queue entry: 2 64-bit words.
+    /// Command-queue entry: up to 2 64-bit words (the rest read as 0).
     Cmd {
         /// Hex words.
         #[arg(required = true)]
@@ -108,26 +109,28 @@ enum CheckWhat {
 
 #[derive(Subcommand)]
 enum DecodeWhat {
-    /// Stream table entry: up to 8 64-bit words, word 0 first.
+    /// Stream table entry: up to 8 64-bit words, word 0 first (the rest
+    /// read as 0).
     Ste {
         /// Hex words.
         #[arg(required = true)]
         words: Vec<String>,
     },
-    /// Context descriptor: up to 8 64-bit words.
+    /// Context descriptor: up to 8 64-bit words (the rest read as 0).
     Cd {
         /// Hex words.
         #[arg(required = true)]
         words: Vec<String>,
     },
-    /// Command-queue entry: 2 64-bit words.
+    /// Command-queue entry: up to 2 64-bit words (the rest read as 0).
     Cmd {
         /// Hex words.
         #[arg(required = true)]
         words: Vec<String>,
     },
-    /// Event record: 4 64-bit words, or pasted arm-smmu-v3 kernel log
-    /// lines (read from standard input when no argument is given).
+    /// Event record: up to 4 64-bit words (the rest read as 0), or pasted
+    /// arm-smmu-v3 kernel log lines (read from standard input when no
+    /// argument is given; a dump must have all four).
     Event {
         /// Hex words or log text.
         words: Vec<String>,
