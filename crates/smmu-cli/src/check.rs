@@ -5,7 +5,8 @@
 use sim_memory::{Coherency, SimMemory};
 use smmuv3_model::{ModelConfig, SmmuModel};
 
-use crate::decode::{DecodeError, parse_words};
+use crate::decode::DecodeError;
+use crate::words::{Words, parse_words};
 
 /// Which SMMU the structure is checked against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -46,6 +47,13 @@ pub struct Verdict {
     pub kind: &'static str,
     /// The words checked.
     pub words: Vec<u64>,
+    /// How many of `words` were given; the rest were read as zero.
+    pub given: usize,
+    /// For a CD: how many words of the `--ste` STE were given, `None`
+    /// without one (a plain stage-1 STE is assumed).
+    pub ste_given: Option<usize>,
+    /// What was read as zero, one line each ("2 of 8 words given; ...").
+    pub notes: Vec<String>,
     /// The broken rule, `None` when legal.
     pub rule: Option<&'static str>,
 }
@@ -56,22 +64,33 @@ impl Verdict {
         self.rule.is_none()
     }
 
-    /// Returns the verdict as text.
+    /// Returns the verdict as text: the verdict line, then a note for
+    /// each structure read partly as zero.
     pub fn text(&self) -> String {
-        match self.rule {
+        let mut s = match self.rule {
             None => format!("{}: legal", self.kind.to_uppercase()),
             Some(r) => format!("{}: ILLEGAL: {r}", self.kind.to_uppercase()),
+        };
+        for n in &self.notes {
+            s.push_str("\n  note: ");
+            s.push_str(n);
         }
+        s
     }
 
     /// Returns the verdict as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "kind": self.kind,
             "words": self.words.iter().map(|w| format!("{w:#x}")).collect::<Vec<_>>(),
+            "words_given": self.given,
             "legal": self.legal(),
             "rule": self.rule,
-        })
+        });
+        if self.kind == "cd" {
+            v["ste_words_given"] = self.ste_given.into();
+        }
+        v
     }
 }
 
@@ -88,12 +107,15 @@ fn model(preset: Preset) -> Result<SmmuModel, DecodeError> {
 ///
 /// [`DecodeError`] for bad input.
 pub fn ste(args: &[String], preset: Preset) -> Result<Verdict, DecodeError> {
-    let w: [u64; 8] = parse_words("an STE", args)?;
-    let rule = model(preset)?.check_ste(w).err().map(|v| v.0);
+    let w: Words<8> = parse_words("an STE", args)?;
+    let rule = model(preset)?.check_ste(w.words).err().map(|v| v.0);
     Ok(Verdict {
         kind: "ste",
-        words: w.to_vec(),
+        words: w.words.to_vec(),
         rule,
+        given: w.given,
+        ste_given: None,
+        notes: w.zero_filled().into_iter().collect(),
     })
 }
 
@@ -103,17 +125,28 @@ pub fn ste(args: &[String], preset: Preset) -> Result<Verdict, DecodeError> {
 ///
 /// [`DecodeError`] for bad input.
 pub fn cd(args: &[String], ste: &[String], preset: Preset) -> Result<Verdict, DecodeError> {
-    let w: [u64; 8] = parse_words("a CD", args)?;
+    let w: Words<8> = parse_words("a CD", args)?;
     let ste = if ste.is_empty() {
         None
     } else {
         Some(parse_words::<8>("an STE", ste)?)
     };
-    let rule = model(preset)?.check_cd(w, ste).err().map(|v| v.0);
+    let rule = model(preset)?
+        .check_cd(w.words, ste.map(|s| s.words))
+        .err()
+        .map(|v| v.0);
+    let mut notes: Vec<String> = w.zero_filled().into_iter().collect();
+    notes.extend(
+        ste.and_then(|s| s.zero_filled())
+            .map(|z| format!("--ste: {z}")),
+    );
     Ok(Verdict {
         kind: "cd",
-        words: w.to_vec(),
+        words: w.words.to_vec(),
         rule,
+        given: w.given,
+        ste_given: ste.map(|s| s.given),
+        notes,
     })
 }
 
@@ -123,12 +156,15 @@ pub fn cd(args: &[String], ste: &[String], preset: Preset) -> Result<Verdict, De
 ///
 /// [`DecodeError`] for bad input.
 pub fn cmd(args: &[String], preset: Preset) -> Result<Verdict, DecodeError> {
-    let w: [u64; 2] = parse_words("a command", args)?;
-    let rule = model(preset)?.check_command(w).err().map(|v| v.0);
+    let w: Words<2> = parse_words("a command", args)?;
+    let rule = model(preset)?.check_command(w.words).err().map(|v| v.0);
     Ok(Verdict {
         kind: "cmd",
-        words: w.to_vec(),
+        words: w.words.to_vec(),
         rule,
+        given: w.given,
+        ste_given: None,
+        notes: w.zero_filled().into_iter().collect(),
     })
 }
 

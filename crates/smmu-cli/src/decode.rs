@@ -12,6 +12,8 @@ use smmuv3::command::Command;
 use smmuv3::event::Event;
 use smmuv3::layout::{cd, ste};
 
+use crate::words::{Words, parse_words};
+
 /// Errors from parsing decoder input.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -52,55 +54,6 @@ impl std::fmt::Display for DecodeError {
 }
 
 impl std::error::Error for DecodeError {}
-
-/// Parses hex words (one "0x" or "0X" optional, "_" allowed between
-/// digits) into up to `N` words, zero-filling the rest.
-///
-/// # Errors
-///
-/// [`DecodeError`] for no word, a bad word or too many words.
-pub fn parse_words<const N: usize>(
-    what: &'static str,
-    args: &[String],
-) -> Result<[u64; N], DecodeError> {
-    // Accept "w0 w1" as well as "w0,w1" or one quoted string.
-    let words: Vec<&str> = args
-        .iter()
-        .flat_map(|a| a.split(|c: char| c == ',' || c.is_whitespace()))
-        .filter(|w| !w.is_empty())
-        .collect();
-    // An empty argument (an unset shell variable) is no word, not a zero.
-    if words.is_empty() {
-        return Err(DecodeError::Empty);
-    }
-    if words.len() > N {
-        return Err(DecodeError::TooMany {
-            what,
-            max: N,
-            got: words.len(),
-        });
-    }
-    let mut out = [0u64; N];
-    for (slot, w) in out.iter_mut().zip(&words) {
-        *slot = parse_word(w).ok_or_else(|| DecodeError::BadWord(w.to_string()))?;
-    }
-    Ok(out)
-}
-
-/// Returns the value of one hex word, or `None` unless it is hex digits
-/// (and separating underscores) after at most one `0x`: `from_str_radix`
-/// alone would take a sign (`+9`), and stripping every `0x` would take
-/// `0x0x9`.
-fn parse_word(w: &str) -> Option<u64> {
-    let digits = w
-        .strip_prefix("0x")
-        .or_else(|| w.strip_prefix("0X"))
-        .unwrap_or(w);
-    if !digits.bytes().all(|b| b.is_ascii_hexdigit() || b == b'_') {
-        return None;
-    }
-    u64::from_str_radix(&digits.replace('_', ""), 16).ok()
-}
 
 /// One named field of a structure: word index, name, bits.
 type FieldDef = (usize, &'static str, Field);
@@ -163,6 +116,14 @@ const CD_FIELDS: &[FieldDef] = &[
     (3, "MAIR", Field::new(63, 0)),
 ];
 
+/// Returns the line saying which words were read as zero (`""` when all
+/// were given), to follow a decoder's or checker's first line.
+fn note_line<const N: usize>(w: &Words<N>) -> String {
+    w.zero_filled()
+        .map(|z| format!("  note: {z}\n"))
+        .unwrap_or_default()
+}
+
 /// Returns the fields of `words` as "  wN NAME = value" lines; addresses
 /// (fields named *PTR / TTB*) are shown shifted back into place.
 fn fields(words: &[u64], defs: &[FieldDef]) -> String {
@@ -185,7 +146,8 @@ fn fields(words: &[u64], defs: &[FieldDef]) -> String {
 ///
 /// [`DecodeError`] for bad input.
 pub fn ste_words(args: &[String]) -> Result<String, DecodeError> {
-    let w: [u64; 8] = parse_words("an STE", args)?;
+    let given: Words<8> = parse_words("an STE", args)?;
+    let w = given.words;
     let config = match ste::CONFIG.get(w[0]) {
         ste::CONFIG_ABORT => "abort",
         ste::CONFIG_BYPASS => "bypass",
@@ -200,7 +162,8 @@ pub fn ste_words(args: &[String]) -> Result<String, DecodeError> {
         "INVALID (all traffic aborts, F_STE invalid)"
     };
     Ok(format!(
-        "STE: {valid}, {config}\n{}",
+        "STE: {valid}, {config}\n{}{}",
+        note_line(&given),
         fields(&w, STE_FIELDS)
     ))
 }
@@ -211,7 +174,8 @@ pub fn ste_words(args: &[String]) -> Result<String, DecodeError> {
 ///
 /// [`DecodeError`] for bad input.
 pub fn cd_words(args: &[String]) -> Result<String, DecodeError> {
-    let w: [u64; 8] = parse_words("a CD", args)?;
+    let given: Words<8> = parse_words("a CD", args)?;
+    let w = given.words;
     let valid = if cd::V.get(w[0]) == 1 {
         "valid"
     } else {
@@ -224,9 +188,10 @@ pub fn cd_words(args: &[String]) -> Result<String, DecodeError> {
         _ => "reserved",
     };
     Ok(format!(
-        "CD: {valid}, ASID {:#x}, {}-bit VA, {tg} granule\n{}",
+        "CD: {valid}, ASID {:#x}, {}-bit VA, {tg} granule\n{}{}",
         cd::ASID.get(w[0]),
         64 - cd::T0SZ.get(w[0]),
+        note_line(&given),
         fields(&w, CD_FIELDS)
     ))
 }
@@ -237,9 +202,15 @@ pub fn cd_words(args: &[String]) -> Result<String, DecodeError> {
 ///
 /// [`DecodeError::Malformed`] for an unknown opcode, or bad input.
 pub fn command_words(args: &[String]) -> Result<String, DecodeError> {
-    let w: [u64; 2] = parse_words("a command", args)?;
+    let given: Words<2> = parse_words("a command", args)?;
+    let w = given.words;
     let cmd = Command::decode(w).map_err(|e| DecodeError::Malformed(format!("{e}")))?;
-    Ok(format!("command {:#018x} {:#018x}: {cmd}", w[0], w[1]))
+    Ok(format!(
+        "command {:#018x} {:#018x}: {cmd}\n{}",
+        w[0],
+        w[1],
+        note_line(&given)
+    ))
 }
 
 /// Returns a description of an event record (4 words).
@@ -248,8 +219,12 @@ pub fn command_words(args: &[String]) -> Result<String, DecodeError> {
 ///
 /// [`DecodeError`] for bad input.
 pub fn event_words(args: &[String]) -> Result<String, DecodeError> {
-    let w: [u64; 4] = parse_words("an event record", args)?;
-    Ok(format!("event: {}", Event::decode(w)))
+    let given: Words<4> = parse_words("an event record", args)?;
+    Ok(format!(
+        "event: {}\n{}",
+        Event::decode(given.words),
+        note_line(&given)
+    ))
 }
 
 /// Translation stage of a page-table descriptor.
@@ -268,7 +243,8 @@ pub enum Stage {
 ///
 /// [`DecodeError::Malformed`] for a level above 3 or an unknown granule.
 pub fn pte(args: &[String], stage: Stage, level: u8, granule: u64) -> Result<String, DecodeError> {
-    let [d]: [u64; 1] = parse_words("a descriptor", args)?;
+    // One word: never zero-filled.
+    let Words { words: [d], .. } = parse_words("a descriptor", args)?;
     let shift = match granule {
         4096 => 12,
         16384 => 14,
@@ -399,11 +375,13 @@ fn hex_words(w: &[u64]) -> Vec<String> {
 ///
 /// [`DecodeError`] for bad input.
 pub fn ste_json(args: &[String]) -> Result<serde_json::Value, DecodeError> {
-    let w: [u64; 8] = parse_words("an STE", args)?;
+    let given: Words<8> = parse_words("an STE", args)?;
+    let w = given.words;
     let text = ste_words(args)?;
     Ok(serde_json::json!({
         "kind": "ste",
         "words": hex_words(&w),
+        "words_given": given.given,
         "summary": text.lines().next().unwrap_or_default(),
         "fields": fields_json(&w, STE_FIELDS),
     }))
@@ -415,11 +393,13 @@ pub fn ste_json(args: &[String]) -> Result<serde_json::Value, DecodeError> {
 ///
 /// [`DecodeError`] for bad input.
 pub fn cd_json(args: &[String]) -> Result<serde_json::Value, DecodeError> {
-    let w: [u64; 8] = parse_words("a CD", args)?;
+    let given: Words<8> = parse_words("a CD", args)?;
+    let w = given.words;
     let text = cd_words(args)?;
     Ok(serde_json::json!({
         "kind": "cd",
         "words": hex_words(&w),
+        "words_given": given.given,
         "summary": text.lines().next().unwrap_or_default(),
         "fields": fields_json(&w, CD_FIELDS),
     }))
@@ -431,19 +411,22 @@ pub fn cd_json(args: &[String]) -> Result<serde_json::Value, DecodeError> {
 ///
 /// As [`command_words`].
 pub fn command_json(args: &[String]) -> Result<serde_json::Value, DecodeError> {
-    let w: [u64; 2] = parse_words("a command", args)?;
+    let given: Words<2> = parse_words("a command", args)?;
+    let w = given.words;
     let cmd = Command::decode(w).map_err(|e| DecodeError::Malformed(format!("{e}")))?;
     Ok(serde_json::json!({
         "kind": "cmd",
         "words": hex_words(&w),
+        "words_given": given.given,
         "opcode": format!("{:#x}", w[0] & 0xff),
         "name": smmuv3_model::layout::opcode_name((w[0] & 0xff) as u8),
         "text": cmd.to_string(),
     }))
 }
 
-/// Returns a decoded event record as JSON.
-pub fn event_value(w: [u64; 4]) -> serde_json::Value {
+/// Returns a decoded event record as JSON, `given` of its words taken
+/// from the input (the rest read as zero).
+pub fn event_value(w: [u64; 4], given: usize) -> serde_json::Value {
     let e = Event::decode(w);
     let fault = e.fault.map(|f| {
         serde_json::json!({
@@ -460,6 +443,7 @@ pub fn event_value(w: [u64; 4]) -> serde_json::Value {
     serde_json::json!({
         "kind": "event",
         "words": hex_words(&w),
+        "words_given": given,
         "type": e.ty.name(),
         "code": format!("{:#x}", w[0] & 0xff),
         "sid": format!("{:#x}", e.sid),
@@ -476,7 +460,8 @@ pub fn event_value(w: [u64; 4]) -> serde_json::Value {
 ///
 /// [`DecodeError`] for bad input.
 pub fn event_json(args: &[String]) -> Result<serde_json::Value, DecodeError> {
-    Ok(event_value(parse_words("an event record", args)?))
+    let given: Words<4> = parse_words("an event record", args)?;
+    Ok(event_value(given.words, given.given))
 }
 
 /// Returns a page-table descriptor as JSON (the text lines, keyed).
@@ -515,7 +500,8 @@ pub fn log(text: &str, json: bool) -> Result<String, DecodeError> {
         let v: Vec<serde_json::Value> = events
             .iter()
             .map(|le| {
-                let mut v = event_value(le.words);
+                // A dump short of four words is an error of parse_log.
+                let mut v = event_value(le.words, le.words.len());
                 v["line"] = le.line.into();
                 v["header_code"] = format!("{:#x}", le.header_code).into();
                 v["header_matches"] = le.header_matches().into();

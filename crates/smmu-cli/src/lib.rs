@@ -10,3 +10,4 @@ pub mod decode;
 pub mod klog;
 pub mod pgtable_demo;
 pub mod system_demo;
+pub mod words;

@@ -4,14 +4,40 @@
 use clap::{Parser, Subcommand};
 
 use std::io::Read as _;
+use std::process::ExitCode;
 
 use smmu_cli::{check, decode, klog, pgtable_demo, system_demo};
+
+/// Exit statuses, told in `--help`: a script can tell an ILLEGAL
+/// structure (1) from input the tool could not read (2, as clap exits for
+/// a usage error).
+const AFTER_HELP: &str = "\
+Words not given read as 0: a structure given short (3 of an STE's 8
+words) is decoded and checked as zero-filled, and the output says so (a
+`note:` line; `words_given` in --json).
+
+Exit status:
+  0  success; `check`: the structure is legal
+  1  `check`: the structure is ILLEGAL (the verdict is printed);
+     `demo`, `pgtable`: the run saw wrong data, a stale translation or an
+     unexpected fault
+  2  bad input or usage: a word that is not hex, too many words, no word,
+     no event dump in a log (or one cut short), an unreadable file; the
+     error is on standard error and nothing on standard output";
+
+/// Exit status of `smmu check` for an ILLEGAL structure, and of a failed
+/// `demo` or `pgtable` run.
+const FAILED: u8 = 1;
+
+/// Exit status for input the tool cannot read, and for usage errors.
+const BAD_INPUT: u8 = 2;
 
 #[derive(Parser)]
 #[command(
     name = "smmu",
     version,
-    about = "Arm SMMUv3 stack: simulation and decoders"
+    about = "Arm SMMUv3 stack: simulation and decoders",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// Print decode/check results as JSON.
@@ -45,7 +71,7 @@ enum Cmd {
         what: DecodeWhat,
     },
     /// Say whether an STE, CD or command is legal for an SMMU and, if not,
-    /// which rule it breaks (exit status 1 when illegal).
+    /// which rule it breaks (exit status 1 when illegal, 2 for bad input).
     Check {
         /// The SMMU to check against.
         #[arg(long, value_enum, default_value = "default", global = true)]
@@ -57,22 +83,23 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum CheckWhat {
-    /// Stream table entry: up to 8 64-bit words.
+    /// Stream table entry: up to 8 64-bit words (the rest read as 0).
     Ste {
         /// Hex words.
         #[arg(required = true)]
         words: Vec<String>,
     },
-    /// Context descriptor: up to 8 64-bit words.
+    /// Context descriptor: up to 8 64-bit words (the rest read as 0).
     Cd {
-        /// The STE it hangs under (default: a plain stage-1 STE).
+        /// The STE it hangs under (default: a plain stage-1 STE). It takes
+        /// every word after it, so give it after the CD's words.
         #[arg(long, num_args = 1.., value_delimiter = ',')]
         ste: Vec<String>,
         /// Hex words.
         #[arg(required = true)]
         words: Vec<String>,
     },
-    /// Command-queue entry: 2 64-bit words.
+    /// Command-queue entry: up to 2 64-bit words (the rest read as 0).
     Cmd {
         /// Hex words.
         #[arg(required = true)]
@@ -82,26 +109,28 @@ enum CheckWhat {
 
 #[derive(Subcommand)]
 enum DecodeWhat {
-    /// Stream table entry: up to 8 64-bit words, word 0 first.
+    /// Stream table entry: up to 8 64-bit words, word 0 first (the rest
+    /// read as 0).
     Ste {
         /// Hex words.
         #[arg(required = true)]
         words: Vec<String>,
     },
-    /// Context descriptor: up to 8 64-bit words.
+    /// Context descriptor: up to 8 64-bit words (the rest read as 0).
     Cd {
         /// Hex words.
         #[arg(required = true)]
         words: Vec<String>,
     },
-    /// Command-queue entry: 2 64-bit words.
+    /// Command-queue entry: up to 2 64-bit words (the rest read as 0).
     Cmd {
         /// Hex words.
         #[arg(required = true)]
         words: Vec<String>,
     },
-    /// Event record: 4 64-bit words, or pasted arm-smmu-v3 kernel log
-    /// lines (read from standard input when no argument is given).
+    /// Event record: up to 4 64-bit words (the rest read as 0), or pasted
+    /// arm-smmu-v3 kernel log lines (read from standard input when no
+    /// argument is given; a dump must have all four).
     Event {
         /// Hex words or log text.
         words: Vec<String>,
@@ -213,10 +242,22 @@ fn run_check(what: CheckWhat, preset: check::Preset, json: bool) -> Result<bool,
     Ok(v.legal())
 }
 
-fn main() -> std::process::ExitCode {
+/// Returns the exit status of `result`, `status` for an error (after
+/// printing it on standard error).
+fn exit(result: Result<(), String>, status: u8) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(status)
+        }
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
-    let result = match cli.cmd.unwrap_or(Cmd::Demo {
+    match cli.cmd.unwrap_or(Cmd::Demo {
         ops: 2000,
         coherent: false,
         seed: 0x5eed,
@@ -225,21 +266,14 @@ fn main() -> std::process::ExitCode {
             ops,
             coherent,
             seed,
-        } => demo(ops, coherent, seed),
-        Cmd::Pgtable => pgtable(),
-        Cmd::Decode { what } => run_decode(what, json),
+        } => exit(demo(ops, coherent, seed), FAILED),
+        Cmd::Pgtable => exit(pgtable(), FAILED),
+        Cmd::Decode { what } => exit(run_decode(what, json), BAD_INPUT),
         Cmd::Check { preset, what } => match run_check(what, preset, json) {
-            Ok(true) => Ok(()),
-            Ok(false) => return std::process::ExitCode::from(1),
-            Err(e) => Err(e),
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(FAILED),
+            Err(e) => exit(Err(e), BAD_INPUT),
         },
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
     }
 }
 

@@ -87,7 +87,7 @@ fn a_log_without_a_dump_is_reported_as_such() {
     // Was "no word given", which names the wrong problem.
     for args in [&["decode", "log"][..], &["decode", "event"][..]] {
         let r = smmu(args, Some("[ 1.0] usb 1-1: new device\n"));
-        assert_eq!(r.code, 1);
+        assert_eq!(r.code, 2);
         assert!(r.out.is_empty(), "{}", r.out);
         assert!(r.err.contains("no arm-smmu-v3 event dump"), "{}", r.err);
     }
@@ -120,7 +120,7 @@ fn a_truncated_dump_is_an_error_in_text_and_json() {
     let cut: String = d.lines().take(3).map(|l| format!("{l}\n")).collect();
     for args in [&["decode", "log"][..], &["--json", "decode", "log"][..]] {
         let r = smmu(args, Some(&cut));
-        assert_eq!(r.code, 1, "{}", r.out);
+        assert_eq!(r.code, 2, "{}", r.out);
         assert!(r.out.is_empty(), "{}", r.out);
         assert!(r.err.contains("2 of 4 words"), "{}", r.err);
     }
@@ -155,7 +155,7 @@ fn an_empty_word_argument_is_an_error_not_a_verdict_on_zeros() {
         &["decode", "cd", ""][..],
     ] {
         let r = smmu(args, None);
-        assert_eq!(r.code, 1, "{args:?}");
+        assert_eq!(r.code, 2, "{args:?}");
         assert!(r.out.is_empty(), "{args:?}: {}", r.out);
         assert!(r.err.contains("no word given"), "{args:?}: {}", r.err);
     }
@@ -166,7 +166,7 @@ fn words_are_hex_digits_after_one_0x_prefix() {
     // from_str_radix takes a sign, and trimming every "0x" took "0x0x9".
     for w in ["+9", "0x+9", "0x0x9", "0x-1", "0x", "9g"] {
         let r = smmu(&["check", "ste", w], None);
-        assert_eq!(r.code, 1, "{w}: {}", r.out);
+        assert_eq!(r.code, 2, "{w}: {}", r.out);
         assert!(r.out.is_empty(), "{w}: {}", r.out);
         assert!(
             r.err.contains("is not a hexadecimal 64-bit word"),
@@ -185,7 +185,7 @@ fn words_are_hex_digits_after_one_0x_prefix() {
     assert_eq!(v["words"][2], "0xab");
     // 17 digits are too many unless the extra ones are leading zeros.
     let r = smmu(&["check", "cmd", "0x10000000000000046", "0"], None);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert!(r.err.contains("is not a hexadecimal"), "{}", r.err);
     let r = smmu(&["check", "cmd", "0x00000000000000046", "0"], None);
     assert_eq!((r.code, r.out.trim()), (0, "CMD: legal"));
@@ -212,7 +212,7 @@ fn word_count_errors_name_the_structure_and_its_size() {
         ),
     ] {
         let r = smmu(args, None);
-        assert_eq!(r.code, 1, "{args:?}");
+        assert_eq!(r.code, 2, "{args:?}");
         assert!(r.out.is_empty(), "{args:?}");
         assert!(r.err.contains(msg), "{args:?}: {}", r.err);
     }
@@ -245,8 +245,8 @@ fn a_reserved_s2ps_is_capped_not_illegal() {
         a.extend(s2_ste(ps));
         let r = check(&a);
         assert_eq!(
-            (r.code, r.out.trim()),
-            (0, "STE: legal"),
+            (r.code, r.out.lines().next()),
+            (0, Some("STE: legal")),
             "S2PS {ps}: {}",
             r.err
         );
@@ -264,9 +264,9 @@ fn s1stalld_is_illegal_where_stalls_are_not_configurable() {
     // Where the stall model is configurable it is how the STE forbids
     // stalls, and legal; without it the QEMU STE is legal too.
     let r = smmu(&["check", "ste", w0, &w1], None);
-    assert_eq!((r.code, r.out.trim()), (0, "STE: legal"));
+    assert_eq!((r.code, r.out.lines().next()), (0, Some("STE: legal")));
     let r = smmu(&["check", "ste", w0, "0", "--preset", "qemu"], None);
-    assert_eq!((r.code, r.out.trim()), (0, "STE: legal"));
+    assert_eq!((r.code, r.out.lines().next()), (0, Some("STE: legal")));
 }
 
 #[test]
@@ -304,7 +304,7 @@ fn hexes(words: &[u64]) -> Vec<String> {
 
 /// Runs `smmu check` in text and JSON mode and returns the broken rule
 /// (`None` when legal), after checking both modes and the exit status
-/// agree.
+/// agree, and that both say how many words were given.
 fn verdict(kind: &str, words: &[u64], extra: &[&str]) -> Option<String> {
     let mut args = vec!["check".to_string(), kind.to_string()];
     args.extend(hexes(words));
@@ -315,7 +315,17 @@ fn verdict(kind: &str, words: &[u64], extra: &[&str]) -> Option<String> {
     let v = json(&j);
     assert_eq!(text.code, j.code, "{args:?}");
     let up = kind.to_uppercase();
-    let rule = match text.out.trim().strip_prefix(&format!("{up}: ")) {
+    let mut lines = text.out.lines();
+    let first = lines.next().unwrap_or_default();
+    let n = if kind == "cmd" { 2 } else { 8 };
+    let note = (words.len() < n).then(|| format!("  note: {} of {n} words given;", words.len()));
+    assert_eq!(
+        lines.next().map(|l| l.split_inclusive(';').next().unwrap()),
+        note.as_deref(),
+        "{args:?}"
+    );
+    assert_eq!(v["words_given"], words.len(), "{args:?}");
+    let rule = match first.strip_prefix(&format!("{up}: ")) {
         Some("legal") => None,
         Some(r) => Some(r.strip_prefix("ILLEGAL: ").expect("verdict").to_string()),
         None => panic!("{args:?}: {:?} {:?}", text.out, text.err),
@@ -789,7 +799,7 @@ fn pte_names_blocks_only_where_the_granule_has_them() {
         let mut a = args.to_vec();
         a.extend(["--granule", "65536", "--level", "0", "0x3"]);
         let r = smmu(&a, None);
-        assert_eq!(r.code, 1);
+        assert_eq!(r.code, 2);
         assert!(r.out.is_empty(), "{}", r.out);
         assert!(r.err.contains("no level 0"), "{}", r.err);
     }
