@@ -32,6 +32,38 @@ const FAILED: u8 = 1;
 /// Exit status for input the tool cannot read, and for usage errors.
 const BAD_INPUT: u8 = 2;
 
+/// Set when standard output failed for another reason than its reader
+/// going away (a full disk): the run then exits [`BAD_INPUT`], not with
+/// the status of a run whose output was lost.
+static STDOUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes to standard output. A reader that went away (`smmu ... | head`)
+/// is no error: the rest of the output is dropped and the run's exit
+/// status stands (`println!` panicked, exit 101). Any other failure is
+/// told on standard error once and makes the exit status [`BAD_INPUT`].
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        let failed = &STDOUT_FAILED;
+        if e.kind() != std::io::ErrorKind::BrokenPipe
+            && !failed.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            eprintln!("error: writing standard output: {e}");
+        }
+    }
+}
+
+/// `println!` through [`emit`].
+macro_rules! say {
+    () => {
+        emit(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 #[derive(Parser)]
 #[command(
     name = "smmu",
@@ -91,9 +123,10 @@ enum CheckWhat {
     },
     /// Context descriptor: up to 8 64-bit words (the rest read as 0).
     Cd {
-        /// The STE it hangs under (default: a plain stage-1 STE). It takes
-        /// every word after it, so give it after the CD's words.
-        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        /// The STE it hangs under (default: a plain stage-1 STE): one
+        /// value, its words separated by commas (`--ste 0x8000000b,0,0`),
+        /// so it may come before or after the CD's words.
+        #[arg(long, value_delimiter = ',')]
         ste: Vec<String>,
         /// Hex words.
         #[arg(required = true)]
@@ -219,9 +252,9 @@ fn run_decode(what: DecodeWhat, json: bool) -> Result<(), String> {
             words,
         } => decode::pte(&words, stage, level, granule).map_err(e)?,
     };
-    print!("{text}");
+    emit(format_args!("{text}"));
     if !text.ends_with('\n') {
-        println!();
+        say!();
     }
     Ok(())
 }
@@ -235,9 +268,9 @@ fn run_check(what: CheckWhat, preset: check::Preset, json: bool) -> Result<bool,
     }
     .map_err(|e| e.to_string())?;
     if json {
-        println!("{}", json_text(&v.json()));
+        say!("{}", json_text(&v.json()));
     } else {
-        println!("{}", v.text());
+        say!("{}", v.text());
     }
     Ok(v.legal())
 }
@@ -255,7 +288,15 @@ fn exit(result: Result<(), String>, status: u8) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let status = run(Cli::parse());
+    if STDOUT_FAILED.load(std::sync::atomic::Ordering::Relaxed) {
+        return ExitCode::from(BAD_INPUT);
+    }
+    status
+}
+
+/// Returns the exit status of the command line's command.
+fn run(cli: Cli) -> ExitCode {
     let json = cli.json;
     match cli.cmd.unwrap_or(Cmd::Demo {
         ops: 2000,
@@ -278,12 +319,10 @@ fn main() -> ExitCode {
 }
 
 fn pgtable() -> Result<(), String> {
-    println!(
-        "io-pgtable: scatter-gather map, stage 1, 4K granule, non-coherent walker, deferred sync"
-    );
+    say!("io-pgtable: scatter-gather map, stage 1, 4K granule, non-coherent walker, deferred sync");
     let sg = pgtable_demo::sample_sg_list();
     let report = pgtable_demo::run(&sg, 0x1_0000_0000)?;
-    println!("{report}");
+    say!("{report}");
     if report.device_mismatches != 0 {
         return Err("the walker does not see what the CPU wrote".into());
     }
@@ -292,8 +331,8 @@ fn pgtable() -> Result<(), String> {
 
 fn demo(ops: u64, coherent: bool, seed: u64) -> Result<(), String> {
     pgtable()?;
-    println!();
-    println!("smmuv3: the driver on the software SMMU, end to end");
+    say!();
+    say!("smmuv3: the driver on the software SMMU, end to end");
     let opts = system_demo::DemoOptions {
         ops,
         coherency: if coherent {
@@ -305,7 +344,7 @@ fn demo(ops: u64, coherent: bool, seed: u64) -> Result<(), String> {
         ..Default::default()
     };
     let report = system_demo::run(opts)?;
-    println!("{}", system_demo::render(&report));
+    say!("{}", system_demo::render(&report));
     if report.ok() {
         Ok(())
     } else {

@@ -235,8 +235,7 @@ fn a_short_ste_says_how_many_words_were_given() {
     );
     let v = json(&j);
     assert_eq!((j.code, &v["words_given"]), (1, &3.into()));
-    // A CD under a short --ste: the note names which one was short. (The
-    // option takes every word after it, so it comes last.)
+    // A CD under a short --ste: the note names which one was short.
     let w0 = format!(
         "{:#x}",
         16u64 | 1 << 30 | 1 << 31 | 5 << 32 | 1 << 41 | 1 << 45 | 1 << 46 | 1 << 48
@@ -329,4 +328,63 @@ fn a_dump_cut_short_in_a_log_is_an_error_not_zero_filled() {
     args.extend(&lines);
     let r = common::smmu(&args, None);
     assert_eq!((r.code, r.out.as_str()), (2, ""), "{}", r.err);
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_not_the_run() {
+    // `smmu ... | head`: the reader is gone before the tool writes (it
+    // first reads the whole log from standard input), so every write
+    // fails with a broken pipe. `println!` panicked on it (exit 101).
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut c = Command::new(env!("CARGO_BIN_EXE_smmu"))
+        .args(["decode", "event"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(c.stdout.take());
+    let mut input = c.stdin.take().unwrap();
+    input.write_all(LOG.repeat(200).as_bytes()).unwrap();
+    drop(input);
+    let out = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+#[test]
+fn ste_takes_one_value_wherever_it_stands() {
+    // `--ste` took every word after it, so `check cd --ste STE CD...` lost
+    // the CD's words to the STE (a usage error, or worse a CD checked
+    // short). One value, words separated by commas, in any place.
+    let w0 = format!(
+        "{:#x}",
+        16u64 | 1 << 30 | 1 << 31 | 5 << 32 | 1 << 41 | 1 << 45 | 1 << 46 | 1 << 48
+    );
+    let cd = [w0.as_str(), "0x80001000", "0", "0", "0", "0", "0", "0"];
+    let before: Vec<&str> = ["--json", "check", "cd", "--ste", "0x8000000b,0"]
+        .into_iter()
+        .chain(cd)
+        .collect();
+    let after: Vec<&str> = ["--json", "check", "cd"]
+        .into_iter()
+        .chain(cd)
+        .chain(["--ste", "0x8000000b,0"])
+        .collect();
+    for args in [before, after] {
+        let r = common::smmu(&args, None);
+        assert_eq!(r.code, 0, "{args:?}: {} {}", r.out, r.err);
+        let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+        assert_eq!(
+            (&v["words_given"], &v["ste_words_given"]),
+            (&8.into(), &2.into()),
+            "{args:?}"
+        );
+    }
+    // A bypass STE given first still applies to the CD after it.
+    let r = common::smmu(&["check", "cd", "--ste", "0x9", &w0, "0x80001000"], None);
+    assert_eq!(r.code, 1, "{} {}", r.out, r.err);
+    assert!(r.out.contains("does not enable stage 1"), "{}", r.out);
 }
