@@ -522,25 +522,7 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
             return fault(EventType::FAddrSize, level);
         }
         if desc.contiguous() {
-            let run = contiguous_entries(cfg.shift, level);
-            let first = idx & !(run - 1);
-            let run_base = oa_base.wrapping_sub((idx - first) << lsb);
-            if run_base & ((run << lsb) - 1) != 0 {
-                return fault(EventType::FTlbConflict, level);
-            }
-            for j in 0..run {
-                let pa =
-                    fetch(table + (first + j) * 8).map_err(|e| Stopped::Halt(Halt::Fetch(e)))?;
-                extra_reads += 1;
-                let Ok(member) = mem.read_u64(pa) else {
-                    return abort(level, pa);
-                };
-                if !contiguous_member_ok(cfg, desc, RawDesc(member), lsb, idx - first, j) {
-                    // Misprogrammed contiguous hint: a TLB conflict is one
-                    // of the architecturally allowed outcomes; report it.
-                    return fault(EventType::FTlbConflict, level);
-                }
-            }
+            extra_reads += check_run(mem, cfg, fetch, desc, table, idx, lsb, level, oa_base)?;
         }
         let af = desc.af();
         let dbm = desc.dbm();
@@ -592,6 +574,59 @@ fn walk_once<E, F: FnMut(u64) -> Result<u64, E>>(
             updates,
         });
     }
+}
+
+/// Reads the other members of the contiguous run of leaf `desc` (entry
+/// `idx` of `table`, output `oa_base`) and returns how many it read, or
+/// the TLB conflict a misprogrammed run is reported as.
+///
+/// Out of line and cold: few leaves are contiguous, and inlined, its loop
+/// and its values took registers from every walk.
+#[allow(clippy::too_many_arguments)]
+#[cold]
+#[inline(never)]
+fn check_run<E, F: FnMut(u64) -> Result<u64, E>>(
+    mem: Tables<'_>,
+    cfg: &TableCfg,
+    fetch: &mut F,
+    desc: RawDesc,
+    table: u64,
+    idx: u64,
+    lsb: u32,
+    level: u32,
+    oa_base: u64,
+) -> Result<u32, Stopped<E>> {
+    let conflict = || {
+        Err(Stopped::from(WalkFault {
+            kind: EventType::FTlbConflict,
+            level,
+            fetch_pa: 0,
+        }))
+    };
+    let run = contiguous_entries(cfg.shift, level);
+    let first = idx & !(run - 1);
+    let run_base = oa_base.wrapping_sub((idx - first) << lsb);
+    if run_base & ((run << lsb) - 1) != 0 {
+        return conflict();
+    }
+    let mut reads = 0;
+    for j in 0..run {
+        let pa = fetch(table + (first + j) * 8).map_err(|e| Stopped::Halt(Halt::Fetch(e)))?;
+        reads += 1;
+        let Ok(member) = mem.read_u64(pa) else {
+            return Err(Stopped::from(WalkFault {
+                kind: EventType::FWalkEabt,
+                level,
+                fetch_pa: pa,
+            }));
+        };
+        if !contiguous_member_ok(cfg, desc, RawDesc(member), lsb, idx - first, j) {
+            // Misprogrammed contiguous hint: a TLB conflict is one of the
+            // architecturally allowed outcomes; report it.
+            return conflict();
+        }
+    }
+    Ok(reads)
 }
 
 /// Returns how many adjacent descriptors a contiguous hint spans.
