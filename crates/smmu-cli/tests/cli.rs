@@ -18,6 +18,9 @@ const LOG: &str = "\
 [  478.947552] hisi_zip 0000:31:00.0: qm_axi_rresp [error status=0x1] found
 ";
 
+/// The record LOG dumps, as raw words.
+const EVENT: [&str; 4] = ["0x0000310200000010", "0x000002088000007f", "0", "0"];
+
 #[test]
 fn pasted_kernel_log_decodes_from_stdin() {
     let (code, out) = smmu(&["decode", "event"], Some(LOG));
@@ -31,14 +34,7 @@ fn pasted_kernel_log_decodes_from_stdin() {
     assert_eq!(v["events"][0]["type"], "F_TRANSLATION");
     // Raw words still work.
     let (code, out) = smmu(
-        &[
-            "decode",
-            "event",
-            "0x0000310200000010",
-            "0x000002088000007f",
-            "0",
-            "0",
-        ],
+        &["decode", "event", EVENT[0], EVENT[1], EVENT[2], EVENT[3]],
         None,
     );
     assert_eq!(code, 0);
@@ -78,6 +74,25 @@ fn both(args: &[&str], stdin: Option<&str>) -> [common::Run; 2] {
 
 fn json(r: &common::Run) -> serde_json::Value {
     serde_json::from_str(&r.out).unwrap_or_else(|e| panic!("{e}: {:?}", r.out))
+}
+
+/// Asserts that a short structure's text run starts with `first` and then
+/// gives exactly `note`, and that its JSON run says `given` words, both
+/// runs exiting `code`; returns the JSON.
+fn assert_short(
+    [text, j]: &[common::Run; 2],
+    code: i32,
+    first: &str,
+    note: &str,
+    given: u64,
+) -> serde_json::Value {
+    assert_eq!(text.code, code, "{} {}", text.out, text.err);
+    let lines: Vec<&str> = text.out.lines().collect();
+    assert!(lines[0].starts_with(first), "{}", text.out);
+    assert_eq!(lines[1..], [note], "{}", text.out);
+    let v = json(j);
+    assert_eq!((j.code, &v["words_given"]), (code, &given.into()));
+    v
 }
 
 /// The dump LOG holds, cut after its second record word.
@@ -182,7 +197,7 @@ fn help_tells_the_exit_statuses() {
 fn a_short_event_says_how_many_words_were_given() {
     // A paste cut after two words decoded as if words 2 and 3 were zero,
     // with no sign of it.
-    let [text, j] = both(
+    let runs = both(
         &[
             "decode",
             "event",
@@ -191,15 +206,13 @@ fn a_short_event_says_how_many_words_were_given() {
         ],
         None,
     );
-    assert_eq!(text.code, 0, "{}", text.err);
-    let lines: Vec<&str> = text.out.lines().collect();
-    assert!(lines[0].starts_with("event: F_TRANSLATION"), "{}", text.out);
-    assert_eq!(
-        lines[1..],
-        ["  note: 2 of 4 words given; words 2-3 read as 0"]
+    let v = assert_short(
+        &runs,
+        0,
+        "event: F_TRANSLATION",
+        "  note: 2 of 4 words given; words 2-3 read as 0",
+        2,
     );
-    let v = json(&j);
-    assert_eq!((j.code, &v["words_given"]), (0, &2.into()));
     assert_eq!(v["words"][3], "0x0");
     let r = common::smmu(&["decode", "event", "0x10", "0", "0x1000"], None);
     assert!(
@@ -225,16 +238,13 @@ fn a_short_ste_says_how_many_words_were_given() {
     // The checker says it too, after its verdict; the STE's S2TTB (word 3)
     // was not given, so it is illegal as read.
     args[0] = "check";
-    let [text, j] = both(&args, None);
-    assert_eq!(text.code, 1, "{}", text.out);
-    let lines: Vec<&str> = text.out.lines().collect();
-    assert!(lines[0].starts_with("STE: ILLEGAL: "), "{}", text.out);
-    assert_eq!(
-        lines[1..],
-        ["  note: 3 of 8 words given; words 3-7 read as 0"]
+    assert_short(
+        &both(&args, None),
+        1,
+        "STE: ILLEGAL: ",
+        "  note: 3 of 8 words given; words 3-7 read as 0",
+        3,
     );
-    let v = json(&j);
-    assert_eq!((j.code, &v["words_given"]), (1, &3.into()));
     // A CD under a short --ste: the note names which one was short.
     let w0 = format!(
         "{:#x}",
@@ -274,14 +284,7 @@ fn a_short_ste_says_how_many_words_were_given() {
 fn whole_structures_have_no_note_and_words_given_n() {
     for (args, n) in [
         (
-            &[
-                "decode",
-                "event",
-                "0x0000310200000010",
-                "0x000002088000007f",
-                "0",
-                "0",
-            ][..],
+            &["decode", "event", EVENT[0], EVENT[1], EVENT[2], EVENT[3]][..],
             4,
         ),
         (
