@@ -26,7 +26,7 @@ fn fields(r: Result<Translation, DmaFault>) -> u64 {
     t.pa ^ t.bytes_left.rotate_left(17) ^ u64::from(t.tlb_hit) << 63
 }
 
-const SID: u32 = 1;
+const SID: u32 = common::rig::RIG_SID;
 /// Input addresses 1 GiB + 1 page apart: each needs its own level-1,
 /// level-2 and level-3 descriptors.
 const STEP: u64 = (1 << 30) + 0x1000;
@@ -36,63 +36,29 @@ const MISS_PAGES: u64 = 1 << 18;
 
 /// Stage 1 over `MISS_PAGES` consecutive pages with the default TLB.
 fn stream_model() -> H {
-    let mut h = H::with(
-        ModelConfig::default(),
-        smmuv3_model::Coherency::Coherent,
-        16 << 20,
-    );
-    h.enable_linear(4);
-    let pt = Pt::new_s1(&h, 12, 48);
-    let cdp = h.alloc(64);
-    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
-    h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
-    let page = h.alloc(4096);
+    let common::rig::Rig { h, pt, page } =
+        common::rig::rig(ModelConfig::default().tlb_capacity, false);
     for i in 0..MISS_PAGES {
         pt.map(&h, i << 12, page, 3, S1_RW);
     }
     h
 }
 
-fn s1_model(tlb_capacity: usize) -> H {
-    let cfg = ModelConfig {
-        tlb_capacity,
-        ..ModelConfig::default()
-    };
-    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 16 << 20);
-    h.enable_linear(4);
-    let pt = Pt::new_s1(&h, 12, 48);
-    let cdp = h.alloc(64);
-    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
-    h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
-    let page = h.alloc(4096);
+/// Stage 1 (or nested) over `N` pages `STEP` apart.
+fn spread_model(tlb_capacity: usize, nested: bool) -> H {
+    let common::rig::Rig { h, pt, page } = common::rig::rig(tlb_capacity, nested);
     for i in 0..N {
         pt.map(&h, i * STEP, page, 3, S1_RW);
     }
     h
 }
 
+fn s1_model(tlb_capacity: usize) -> H {
+    spread_model(tlb_capacity, false)
+}
+
 fn nested_model(tlb_capacity: usize) -> H {
-    let cfg = ModelConfig {
-        tlb_capacity,
-        ..ModelConfig::default()
-    };
-    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 16 << 20);
-    h.enable_linear(4);
-    let s2pt = Pt::new_s2(&h, 12, 40, 1);
-    for i in 0..8u64 {
-        let a = MEM_BASE + i * (2 << 20);
-        s2pt.map(&h, a, a, 2, S2_RW);
-    }
-    let s2 = S2::ipa40(1, s2pt.root);
-    let pt = Pt::new_s1(&h, 12, 48);
-    let cdp = h.alloc(64);
-    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
-    h.set_ste(SID, ste_nested(cdp, &s2));
-    let page = h.alloc(4096);
-    for i in 0..N {
-        pt.map(&h, i * STEP, page, 3, S1_RW);
-    }
-    h
+    spread_model(tlb_capacity, true)
 }
 
 fn bench(c: &mut Criterion) {

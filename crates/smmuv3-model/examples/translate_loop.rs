@@ -31,9 +31,9 @@
 mod common;
 
 use common::*;
-use smmuv3_model::{Coherency, DmaRequest, ModelConfig};
+use smmuv3_model::DmaRequest;
 
-const SID: u32 = 1;
+const SID: u32 = common::rig::RIG_SID;
 const STEP: u64 = (1 << 30) + 0x1000;
 const N: u64 = 64;
 /// Pages of the `miss` case.
@@ -135,27 +135,7 @@ fn model(tlb_capacity: usize, nested: bool) -> H {
 }
 
 fn model_pages(tlb_capacity: usize, nested: bool, stream: bool) -> H {
-    let cfg = ModelConfig {
-        tlb_capacity,
-        ..ModelConfig::default()
-    };
-    let mut h = H::with(cfg, Coherency::Coherent, 16 << 20);
-    h.enable_linear(4);
-    let pt = Pt::new_s1(&h, 12, 48);
-    let cdp = h.alloc(64);
-    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
-    if nested {
-        let s2pt = Pt::new_s2(&h, 12, 40, 1);
-        for i in 0..8u64 {
-            let a = MEM_BASE + i * (2 << 20);
-            s2pt.map(&h, a, a, 2, S2_RW);
-        }
-        let s2 = S2::ipa40(1, s2pt.root);
-        h.set_ste(SID, ste_nested(cdp, &s2));
-    } else {
-        h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
-    }
-    let page = h.alloc(4096);
+    let common::rig::Rig { h, pt, page } = common::rig::rig(tlb_capacity, nested);
     if stream {
         for i in 0..MISS_PAGES {
             // User-accessible: the `Iommu` of the `tlbi` case makes

@@ -8,27 +8,17 @@ mod common;
 
 use common::*;
 use sim_memory::counting::{CountingAlloc, allocations};
-use smmuv3_model::{DmaRequest, ModelConfig};
+use smmuv3_model::DmaRequest;
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
 
-const SID: u32 = 1;
+const SID: u32 = common::rig::RIG_SID;
 const PAGES: u64 = 2048;
 
 /// Stage 1 over `PAGES` consecutive pages.
 fn model(tlb_capacity: usize) -> H {
-    let cfg = ModelConfig {
-        tlb_capacity,
-        ..ModelConfig::default()
-    };
-    let mut h = H::with(cfg, smmuv3_model::Coherency::Coherent, 16 << 20);
-    h.enable_linear(4);
-    let pt = Pt::new_s1(&h, 12, 48);
-    let cdp = h.alloc(64);
-    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
-    h.set_ste(SID, ste_s1(cdp, 0, 0, 0));
-    let page = h.alloc(4096);
+    let common::rig::Rig { h, pt, page } = common::rig::rig(tlb_capacity, false);
     for i in 0..PAGES {
         pt.map(&h, i << 12, page, 3, S1_RW);
     }
