@@ -58,6 +58,16 @@ struct Regs {
     eventq_irq_cfg2: u32,
 }
 
+/// What became of an event record offered to the event queue.
+enum Put {
+    Written,
+    /// EVENTQEN = 0, or an event queue abort is active.
+    Unwritable,
+    Full,
+    /// The write aborted (EVENTQ_ABT_ERR raised).
+    Aborted,
+}
+
 /// Fault injection state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Inject {
@@ -105,6 +115,10 @@ pub(crate) struct State {
     inject: Inject,
     irq: Interrupts,
     stalled: Vec<Stalled>,
+    /// Records of stalled transactions that found the event queue full or
+    /// unwritable: they are not discarded but written, in order, when the
+    /// queue is next writable (IHI 0070 7.4).
+    stall_records: Vec<Event>,
     next_stag: u16,
     /// The `Iotlb`s of [`StreamIommu`]s, kept coherent with the caches.
     iotlbs: Vec<std::sync::Weak<iotlb::IotlbSlot>>,
@@ -262,6 +276,7 @@ impl SmmuModel {
             inject: Inject::default(),
             irq: Interrupts::default(),
             stalled: Vec::new(),
+            stall_records: Vec::new(),
             next_stag: 0,
             iotlbs: Vec::new(),
             outbox: signal::Outbox::new(pending.clone()),
@@ -648,14 +663,17 @@ impl State {
         self.regs.gerror ^= bit;
         self.stats.gerrors[bit.trailing_zeros() as usize] += 1;
         if self.regs.irq_ctrl & irq_ctrl::GERROR_IRQEN != 0 {
-            // Signalled on the wired-interrupt view only: GERROR MSIs are
-            // not modelled (their abort would itself be a new global error).
             self.irq.gerror = true;
             self.outbox.irq(signal::IrqLine::Gerror);
+            // An aborted GERROR MSI is itself a global error; raising it
+            // again while active does nothing, so this recurses once.
+            if !self.send_msi(self.regs.gerror_irq_cfg0, self.regs.gerror_irq_cfg1) {
+                self.raise_gerror(gerror::MSI_GERROR_ABT_ERR);
+            }
         }
     }
 
-    /// Writes an event queue MSI (32-bit data to a 4-byte aligned address) when MSIs
+    /// Writes an MSI (32-bit data to a 4-byte aligned address) when MSIs
     /// are implemented and an address is programmed; returns false when the
     /// write aborted.
     fn send_msi(&mut self, cfg0: u64, data: u32) -> bool {
@@ -680,7 +698,7 @@ impl State {
         let hi = |v: u64| (v >> 32) as u32;
         if offset >= regs::PAGE1 {
             return match offset - regs::PAGE1 {
-                regs::EVENTQ_PROD => r.eventq_prod,
+                regs::EVENTQ_PROD => self.eventq_prod_reg(),
                 regs::EVENTQ_CONS => r.eventq_cons,
                 _ => 0,
             };
@@ -716,11 +734,12 @@ impl State {
                         self.process_cmdq();
                     }
                 }
-                self.regs.cmdq_cons
+                let field = queue::CONS_ERR_MASK << queue::CONS_ERR_SHIFT | self.cmdq().ptr_mask();
+                self.regs.cmdq_cons & field
             }
             regs::EVENTQ_BASE => lo(r.eventq_base),
             0xa4 => hi(r.eventq_base),
-            regs::EVENTQ_PROD => r.eventq_prod,
+            regs::EVENTQ_PROD => self.eventq_prod_reg(),
             regs::EVENTQ_CONS => r.eventq_cons,
             regs::EVENTQ_IRQ_CFG0 => lo(r.eventq_irq_cfg0),
             0xb4 => hi(r.eventq_irq_cfg0),
@@ -738,10 +757,27 @@ impl State {
         self.write32_inner(offset, value);
     }
 
+    /// Writes the waiting stall records once a register write may have
+    /// made the event queue writable (CONS moved, EVENTQEN set, an event
+    /// queue abort acknowledged).
+    fn after_write(&mut self, offset: u64) {
+        let offset = offset & !regs::PAGE1;
+        if !self.stall_records.is_empty()
+            && matches!(offset, regs::CR0 | regs::GERRORN | regs::EVENTQ_CONS)
+        {
+            self.flush_stall_records();
+        }
+    }
+
     // Each arm reads as "register: condition under which the write lands",
     // which guards would hide behind the catch-all arm.
-    #[allow(clippy::collapsible_match)]
     fn write32_inner(&mut self, offset: u64, value: u32) {
+        self.write_reg(offset, value);
+        self.after_write(offset);
+    }
+
+    #[allow(clippy::collapsible_match)]
+    fn write_reg(&mut self, offset: u64, value: u32) {
         self.stats.mmio_accesses += 1;
         self.set_last(None);
         if offset % 4 != 0 || offset >= regs::FRAME_SIZE {
@@ -769,8 +805,7 @@ impl State {
             }
             regs::CR2 => {
                 if en & cr0::SMMUEN == 0 {
-                    let e2h = if self.cfg.hyp { 1 } else { 0 };
-                    self.regs.cr2 = value & (e2h | 0b110);
+                    self.regs.cr2 = value & self.cr2_fields();
                 }
             }
             regs::GBPA => {
@@ -791,10 +826,19 @@ impl State {
                     self.process_cmdq();
                 }
             }
-            regs::GERROR_IRQ_CFG0 => set_lo(&mut self.regs.gerror_irq_cfg0, value & !3),
-            0x6c => set_hi(&mut self.regs.gerror_irq_cfg0, value & 0x000f_ffff),
-            regs::GERROR_IRQ_CFG1 => self.regs.gerror_irq_cfg1 = value,
-            regs::GERROR_IRQ_CFG2 => self.regs.gerror_irq_cfg2 = value & 0x3f,
+            // MSI configuration exists only with MSIs (IDR0.MSI), and is
+            // read-only while its source is enabled (ignored writes are
+            // the SMMUv3.2 behaviour, one of v3.0/v3.1's outcomes).
+            regs::GERROR_IRQ_CFG0..=regs::GERROR_IRQ_CFG2 => {
+                if self.cfg.msi && self.regs.irq_ctrl & irq_ctrl::GERROR_IRQEN == 0 {
+                    match offset {
+                        regs::GERROR_IRQ_CFG0 => set_lo(&mut self.regs.gerror_irq_cfg0, value & !3),
+                        0x6c => set_hi(&mut self.regs.gerror_irq_cfg0, value & 0x000f_ffff),
+                        regs::GERROR_IRQ_CFG1 => self.regs.gerror_irq_cfg1 = value,
+                        _ => self.regs.gerror_irq_cfg2 = value & 0x3f,
+                    }
+                }
+            }
             regs::STRTAB_BASE | 0x84 => {
                 if en & cr0::SMMUEN == 0 {
                     let r = &mut self.regs.strtab_base;
@@ -808,7 +852,7 @@ impl State {
             }
             regs::STRTAB_BASE_CFG => {
                 if en & cr0::SMMUEN == 0 {
-                    self.regs.strtab_base_cfg = value & strtab::CFG_MASK;
+                    self.regs.strtab_base_cfg = value & self.strtab_cfg_fields();
                 }
             }
             regs::CMDQ_BASE | 0x94 => {
@@ -830,7 +874,8 @@ impl State {
                 if en & cr0::CMDQEN == 0 {
                     let keep_err =
                         self.regs.cmdq_cons & (queue::CONS_ERR_MASK << queue::CONS_ERR_SHIFT);
-                    self.regs.cmdq_cons = (value & queue::PTR_MASK) | keep_err;
+                    // RD bits above the wrap bit are RAZ.
+                    self.regs.cmdq_cons = (value & self.cmdq().ptr_mask()) | keep_err;
                 }
             }
             regs::EVENTQ_BASE | 0xa4 => {
@@ -846,14 +891,22 @@ impl State {
             }
             regs::EVENTQ_PROD => {
                 if en & cr0::EVENTQEN == 0 {
-                    self.regs.eventq_prod = value & (queue::PTR_MASK | queue::OVFLG);
+                    // WR bits above the wrap bit are RAZ.
+                    let ptr = self.eventq().ptr_mask();
+                    self.regs.eventq_prod = value & (ptr | queue::OVFLG);
                 }
             }
             regs::EVENTQ_CONS => self.regs.eventq_cons = value & (queue::PTR_MASK | queue::OVFLG),
-            regs::EVENTQ_IRQ_CFG0 => set_lo(&mut self.regs.eventq_irq_cfg0, value & !3),
-            0xb4 => set_hi(&mut self.regs.eventq_irq_cfg0, value & 0x000f_ffff),
-            regs::EVENTQ_IRQ_CFG1 => self.regs.eventq_irq_cfg1 = value,
-            regs::EVENTQ_IRQ_CFG2 => self.regs.eventq_irq_cfg2 = value & 0x3f,
+            regs::EVENTQ_IRQ_CFG0..=regs::EVENTQ_IRQ_CFG2 => {
+                if self.cfg.msi && self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN == 0 {
+                    match offset {
+                        regs::EVENTQ_IRQ_CFG0 => set_lo(&mut self.regs.eventq_irq_cfg0, value & !3),
+                        0xb4 => set_hi(&mut self.regs.eventq_irq_cfg0, value & 0x000f_ffff),
+                        regs::EVENTQ_IRQ_CFG1 => self.regs.eventq_irq_cfg1 = value,
+                        _ => self.regs.eventq_irq_cfg2 = value & 0x3f,
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -867,7 +920,6 @@ impl State {
         if self.cfg.ats {
             cr0_bits |= cr0::ATSCHK;
         }
-        let e2h = if self.cfg.hyp { 1 } else { 0 };
         let queue_base = queue::ADDR_MASK | queue::ALLOC_HINT | queue::LOG2SIZE_MASK;
         let irq_addr = 0x000f_ffff_ffff_fffc;
         let cons = queue::PTR_MASK | queue::CONS_ERR_MASK << queue::CONS_ERR_SHIFT;
@@ -876,15 +928,19 @@ impl State {
         let fits32 = |v: u32, mask: u32| v & !mask == 0;
         fits32(r.cr0, cr0_bits)
             && fits32(r.cr1, 0xfff)
-            && fits32(r.cr2, e2h | 0b110)
+            && fits32(r.cr2, self.cr2_fields())
             && fits32(r.gbpa, gbpa::FIELDS)
             && fits32(r.irq_ctrl, 0b101)
             && fits32(r.gerror, gerror::ALL)
             && fits32(r.gerrorn, gerror::ALL)
             && fits(r.gerror_irq_cfg0, irq_addr)
             && fits32(r.gerror_irq_cfg2, 0x3f)
+            && (self.cfg.msi
+                || r.gerror_irq_cfg0 | u64::from(r.gerror_irq_cfg1 | r.gerror_irq_cfg2) == 0)
+            && (self.cfg.msi
+                || r.eventq_irq_cfg0 | u64::from(r.eventq_irq_cfg1 | r.eventq_irq_cfg2) == 0)
             && fits(r.strtab_base, strtab::ADDR_MASK | strtab::RA)
-            && fits32(r.strtab_base_cfg, strtab::CFG_MASK)
+            && fits32(r.strtab_base_cfg, self.strtab_cfg_fields())
             && fits(r.cmdq_base, queue_base)
             && fits32(r.cmdq_prod, queue::PTR_MASK)
             && fits32(r.cmdq_cons, cons)
@@ -893,6 +949,30 @@ impl State {
             && fits32(r.eventq_cons, event_ptr)
             && fits(r.eventq_irq_cfg0, irq_addr)
             && fits32(r.eventq_irq_cfg2, 0x3f)
+    }
+
+    /// Returns the SMMU_CR2 fields this SMMU implements: RECINVSID,
+    /// E2H with Hyp, PTM with BTM (the others are RES0).
+    fn cr2_fields(&self) -> u32 {
+        let e2h = if self.cfg.hyp { 1 } else { 0 };
+        let ptm = if self.cfg.btm { 0b100 } else { 0 };
+        e2h | 0b10 | ptm
+    }
+
+    /// Returns the SMMU_STRTAB_BASE_CFG fields this SMMU implements: FMT
+    /// and SPLIT only with 2-level tables (IDR0.ST_LEVEL), else RES0.
+    fn strtab_cfg_fields(&self) -> u32 {
+        if self.cfg.two_level_strtab {
+            strtab::CFG_MASK
+        } else {
+            strtab::LOG2SIZE_MASK
+        }
+    }
+
+    /// Returns SMMU_EVENTQ_PROD as read: WR bits above the wrap bit of
+    /// the current queue size are RAZ.
+    fn eventq_prod_reg(&self) -> u32 {
+        self.regs.eventq_prod & (queue::OVFLG | self.eventq().ptr_mask())
     }
 
     fn write_cr0(&mut self, value: u32) {
@@ -915,26 +995,72 @@ impl State {
     fn record_event(&mut self, ev: Event) -> bool {
         self.stats.events[usize::from(ev.kind.code())] += 1;
         self.trace(|| TraceEntry::Event(ev));
-        if self.regs.cr0 & cr0::EVENTQEN == 0 || self.gerror_active(gerror::EVENTQ_ABT_ERR) {
-            self.stats.events_discarded += 1;
+        if ev.stall && !self.stall_records.is_empty() {
+            // Behind earlier stall records still waiting for room.
+            self.stall_records.push(ev);
             return false;
+        }
+        match self.put_event(&ev) {
+            Put::Written => true,
+            Put::Unwritable | Put::Full if ev.stall => {
+                self.stall_records.push(ev);
+                false
+            }
+            Put::Unwritable | Put::Aborted => {
+                self.stats.events_discarded += 1;
+                false
+            }
+            Put::Full => {
+                // Overflow: flag it once until software acknowledges.
+                let (prod, cons) = (self.regs.eventq_prod, self.regs.eventq_cons);
+                if (prod ^ cons) & queue::OVFLG == 0 {
+                    self.regs.eventq_prod ^= queue::OVFLG;
+                }
+                self.stats.events_overflowed += 1;
+                false
+            }
+        }
+    }
+
+    /// Writes the stall records that waited for room, in order, while the
+    /// queue takes them; drops those whose stall was retired meanwhile.
+    fn flush_stall_records(&mut self) {
+        let mut done = 0;
+        while let Some(ev) = self.stall_records.get(done).copied() {
+            if self.stall_outstanding(&ev) {
+                match self.put_event(&ev) {
+                    Put::Written => {}
+                    Put::Aborted => self.stats.events_discarded += 1,
+                    Put::Unwritable | Put::Full => break,
+                }
+            }
+            done += 1;
+        }
+        self.stall_records.drain(..done);
+    }
+
+    /// Returns whether the stall `ev` reports still waits for an answer.
+    fn stall_outstanding(&self, ev: &Event) -> bool {
+        self.stalled
+            .iter()
+            .any(|s| s.sid == ev.sid && s.stag == ev.stag)
+    }
+
+    /// Writes `ev` at EVENTQ_PROD and signals it.
+    fn put_event(&mut self, ev: &Event) -> Put {
+        if self.regs.cr0 & cr0::EVENTQEN == 0 || self.gerror_active(gerror::EVENTQ_ABT_ERR) {
+            return Put::Unwritable;
         }
         let q = self.eventq();
         let prod = self.regs.eventq_prod;
         let cons = self.regs.eventq_cons;
         if q.full(prod, cons) {
-            // Overflow: flag it once until software acknowledges.
-            if (prod ^ cons) & queue::OVFLG == 0 {
-                self.regs.eventq_prod ^= queue::OVFLG;
-            }
-            self.stats.events_overflowed += 1;
-            return false;
+            return Put::Full;
         }
         let addr = q.base + u64::from(q.idx(prod)) * crate::layout::EVENT_SIZE;
         if self.mem.write(addr, &ev.to_bytes()).is_err() {
             self.raise_gerror(gerror::EVENTQ_ABT_ERR);
-            self.stats.events_discarded += 1;
-            return false;
+            return Put::Aborted;
         }
         self.regs.eventq_prod = (prod & queue::OVFLG) | q.inc(prod & queue::PTR_MASK);
         self.stats.events_recorded += 1;
@@ -945,7 +1071,7 @@ impl State {
                 self.raise_gerror(gerror::MSI_EVENTQ_ABT_ERR);
             }
         }
-        true
+        Put::Written
     }
 
     /// Returns a STAG no outstanding stall holds, or `None` when all

@@ -1,0 +1,337 @@
+//! The register interface as a guest driver other than ours programs it
+//! (Arm IHI 0070 chapter 6 and 3.18): guarded MSI configuration, RES0
+//! fields of unimplemented features, GERROR and CMD_SYNC signalling,
+//! queue index bits above the wrap bit, the stream table's effective base
+//! and SPLIT, stall records on a full queue.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use smmuv3_model::layout::op;
+use smmuv3_model::regs::{self, cr0, gerror, irq_ctrl};
+use smmuv3_model::{DmaFault, DmaRequest, EventType, IrqLine, ModelConfig, StallModel};
+
+/// A linear 16-entry stream table, queues of 256 entries, all enabled.
+fn linear(cfg: ModelConfig) -> H {
+    let mut h = H::new(cfg);
+    h.enable_linear(4);
+    h
+}
+
+/// Returns the (address, data) of every MSI the model sends from now on.
+fn msi_log(h: &H) -> Arc<Mutex<Vec<(u64, u32)>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    h.smmu.set_msi_handler(Some(Arc::new(move |addr, data| {
+        l.lock().unwrap().push((addr, data));
+        true
+    })));
+    log
+}
+
+/// Returns every wired interrupt the model asserts from now on.
+fn irq_log(h: &H) -> Arc<Mutex<Vec<IrqLine>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    h.smmu
+        .set_irq_handler(Some(Arc::new(move |line| l.lock().unwrap().push(line))));
+    log
+}
+
+#[test]
+fn msi_configuration_is_read_only_while_its_source_is_enabled() {
+    let mut h = linear(ModelConfig::default());
+    let msis = msi_log(&h);
+    h.smmu.write64(regs::EVENTQ_IRQ_CFG0, 0x0800_0040);
+    h.smmu.write32(regs::EVENTQ_IRQ_CFG1, 0x11);
+    h.smmu.write64(regs::GERROR_IRQ_CFG0, 0x0800_0080);
+    h.smmu.write32(regs::GERROR_IRQ_CFG1, 0x22);
+    h.smmu.write32(
+        regs::IRQ_CTRL,
+        irq_ctrl::EVENTQ_IRQEN | irq_ctrl::GERROR_IRQEN,
+    );
+    // Guarded by their IRQEN (6.3.21): these writes are ignored.
+    h.smmu.write64(regs::EVENTQ_IRQ_CFG0, 0x0900_0000);
+    h.smmu.write32(regs::EVENTQ_IRQ_CFG1, 0x99);
+    h.smmu.write32(regs::EVENTQ_IRQ_CFG2, 0x3f);
+    h.smmu.write32(regs::GERROR_IRQ_CFG0 + 4, 0xf);
+    h.smmu.write32(regs::GERROR_IRQ_CFG1, 0x98);
+    h.smmu.write32(regs::GERROR_IRQ_CFG2, 0x3f);
+    assert_eq!(h.smmu.read64(regs::EVENTQ_IRQ_CFG0), 0x0800_0040);
+    assert_eq!(h.smmu.read32(regs::EVENTQ_IRQ_CFG1), 0x11);
+    assert_eq!(h.smmu.read32(regs::EVENTQ_IRQ_CFG2), 0);
+    assert_eq!(h.smmu.read64(regs::GERROR_IRQ_CFG0), 0x0800_0080);
+    assert_eq!(h.smmu.read32(regs::GERROR_IRQ_CFG1), 0x22);
+    assert_eq!(h.smmu.read32(regs::GERROR_IRQ_CFG2), 0);
+    // The MSI still goes where it was configured before the enable.
+    let _ = h.smmu.translate(&DmaRequest::read(1, 0, 4));
+    assert_eq!(msis.lock().unwrap().as_slice(), &[(0x0800_0040, 0x11)]);
+    // Disabled again, the configuration is writable.
+    h.smmu.write32(regs::IRQ_CTRL, irq_ctrl::GERROR_IRQEN);
+    h.smmu.write64(regs::EVENTQ_IRQ_CFG0, 0x0900_0000);
+    assert_eq!(h.smmu.read64(regs::EVENTQ_IRQ_CFG0), 0x0900_0000);
+    assert_eq!(h.smmu.read64(regs::GERROR_IRQ_CFG0), 0x0800_0080);
+    assert_eq!(h.events().len(), 1);
+}
+
+#[test]
+fn fields_of_unimplemented_features_are_res0() {
+    let cfg = ModelConfig {
+        msi: false,
+        btm: false,
+        two_level_strtab: false,
+        sid_bits: 6,
+        ..ModelConfig::default()
+    };
+    let h = H::new(cfg);
+    assert_eq!(h.smmu.read32(regs::IDR0) & (1 << 13 | 1 << 5 | 3 << 27), 0);
+    // IDR0.MSI == 0: the MSI configuration registers are RES0.
+    for (off, v) in [
+        (regs::GERROR_IRQ_CFG0, 0x0800_0040),
+        (regs::GERROR_IRQ_CFG0 + 4, 0x1),
+        (regs::GERROR_IRQ_CFG1, 0x1234),
+        (regs::GERROR_IRQ_CFG2, 0x31),
+        (regs::EVENTQ_IRQ_CFG0, 0x0800_0080),
+        (regs::EVENTQ_IRQ_CFG0 + 4, 0x1),
+        (regs::EVENTQ_IRQ_CFG1, 0x5678),
+        (regs::EVENTQ_IRQ_CFG2, 0x31),
+    ] {
+        h.smmu.write32(off, v);
+        assert_eq!(h.smmu.read32(off), 0, "offset {off:#x}");
+    }
+    // CR2.PTM is RES0 without BTM; RECINVSID stays.
+    h.smmu.write32(regs::CR2, 0b110);
+    assert_eq!(h.smmu.read32(regs::CR2), 0b010);
+    // STRTAB_BASE_CFG.FMT and SPLIT are RES0 without ST_LEVEL.
+    h.smmu.write32(regs::STRTAB_BASE_CFG, 1 << 16 | 8 << 6 | 6);
+    assert_eq!(h.smmu.read32(regs::STRTAB_BASE_CFG), 6);
+    // With the features, the same writes are kept.
+    let full = H::new(ModelConfig {
+        btm: true,
+        ..ModelConfig::default()
+    });
+    full.smmu.write32(regs::CR2, 0b110);
+    assert_eq!(full.smmu.read32(regs::CR2), 0b110);
+    full.smmu
+        .write32(regs::STRTAB_BASE_CFG, 1 << 16 | 8 << 6 | 6);
+    assert_eq!(
+        full.smmu.read32(regs::STRTAB_BASE_CFG),
+        1 << 16 | 8 << 6 | 6
+    );
+    full.smmu.write32(regs::GERROR_IRQ_CFG1, 0x1234);
+    assert_eq!(full.smmu.read32(regs::GERROR_IRQ_CFG1), 0x1234);
+}
+
+#[test]
+fn a_global_error_sends_its_msi() {
+    let mut h = linear(ModelConfig::default());
+    let doorbell = h.alloc(64);
+    h.smmu.write64(regs::GERROR_IRQ_CFG0, doorbell + 8);
+    h.smmu.write32(regs::GERROR_IRQ_CFG1, 0x6e6e);
+    h.smmu.write32(regs::IRQ_CTRL, irq_ctrl::GERROR_IRQEN);
+    // An illegal command activates CMDQ_ERR: the GERROR MSI is written
+    // (3.18.2: "If enabled, an MSI is sent ... ADDR not zero").
+    assert_eq!(h.cmd(0xff, 0), 1);
+    assert_eq!(h.gerror_active(), gerror::CMDQ_ERR);
+    assert_eq!(h.r64(doorbell + 8) as u32, 0x6e6e);
+    assert_eq!(h.smmu.stats().msi_writes, 1);
+    assert!(h.smmu.take_interrupts().gerror, "and the wired line");
+    // An error already active is not raised again: no second MSI.
+    h.w64(doorbell + 8, 0);
+    h.smmu.write32(regs::CMDQ_PROD, h.prod);
+    assert_eq!(h.r64(doorbell + 8), 0);
+    // An aborted GERROR MSI activates MSI_GERROR_ABT_ERR (once).
+    h.mem.inject_abort(doorbell, 64);
+    h.ack_gerror();
+    assert_eq!(
+        h.gerror_active(),
+        gerror::CMDQ_ERR | gerror::MSI_GERROR_ABT_ERR
+    );
+    assert_eq!(h.smmu.stats().gerrors[7], 1);
+    // Without IRQEN no MSI is sent.
+    let msis = msi_log(&h);
+    h.smmu.write32(regs::IRQ_CTRL, 0);
+    h.ack_gerror();
+    assert_eq!(h.gerror_active(), gerror::CMDQ_ERR);
+    assert!(msis.lock().unwrap().is_empty());
+}
+
+#[test]
+fn cmd_sync_sig_irq_pulses_the_wired_line_whatever_the_msi_address() {
+    let mut h = linear(ModelConfig::default());
+    let lines = irq_log(&h);
+    let msis = msi_log(&h);
+    let target = 0x0800_0040u64;
+    let sync_irq = u64::from(op::SYNC) | 1 << 12 | 0x5a5a_0001 << 32;
+    assert_eq!(h.cmd(sync_irq, target), 0);
+    // 4.7.3: "an event on a unique wired interrupt output is asserted on
+    // this signal, regardless of the value of MSIAddress".
+    assert_eq!(msis.lock().unwrap().as_slice(), &[(target, 0x5a5a_0001)]);
+    assert_eq!(lines.lock().unwrap().as_slice(), &[IrqLine::CmdSync]);
+    assert!(h.smmu.take_interrupts().cmd_sync);
+    // Without an address: the wired line only.
+    assert_eq!(h.cmd(sync_irq, 0), 0);
+    assert_eq!(msis.lock().unwrap().len(), 1);
+    assert_eq!(lines.lock().unwrap().len(), 2);
+    assert!(h.smmu.take_interrupts().cmd_sync);
+    // SIG_NONE signals nothing.
+    h.sync();
+    assert_eq!(lines.lock().unwrap().len(), 2);
+    assert!(!h.smmu.take_interrupts().cmd_sync);
+}
+
+#[test]
+fn index_bits_above_the_wrap_bit_read_as_zero() {
+    let h = H::new(ModelConfig::default());
+    // 16-entry queues: RD/WR are bits [3:0], the wrap bit is bit 4.
+    h.smmu.write64(regs::CMDQ_BASE, MEM_BASE | 4);
+    h.smmu.write64(regs::EVENTQ_BASE, MEM_BASE + 0x1000 | 4);
+    // SMMU-written indexes: bits [19:QS+1] are RAZ (6.3.28, and
+    // EVENTQ_PROD likewise).
+    h.smmu.write32(regs::CMDQ_CONS, 0xf_ffe3);
+    assert_eq!(h.smmu.read32(regs::CMDQ_CONS), 0x03);
+    h.smmu.write32(regs::EVENTQ_PROD, 0x8fff_fff5);
+    assert_eq!(h.smmu.read32(regs::PAGE1 + regs::EVENTQ_PROD), 0x8000_0015);
+    // A queue made smaller shows the truncated index.
+    h.smmu.write32(regs::EVENTQ_PROD, 0x1c);
+    h.smmu.write64(regs::EVENTQ_BASE, MEM_BASE + 0x1000 | 2);
+    assert_eq!(h.smmu.read32(regs::PAGE1 + regs::EVENTQ_PROD), 0x4);
+    // The model's consumption keeps them clear: consume 3 commands from
+    // CONS = 0x1e (index 14, wrap 1) of a 16-entry queue.
+    let mut h = H::new(ModelConfig::default());
+    h.enable_queues(4, 4);
+    h.smmu.write32(regs::CR0, 0);
+    h.smmu.write32(regs::CMDQ_CONS, 0xff_ff1e);
+    h.smmu.write32(regs::CMDQ_PROD, 0x1e);
+    h.prod = 0x1e;
+    h.smmu.write32(regs::CR0, cr0::CMDQEN | cr0::EVENTQEN);
+    for _ in 0..3 {
+        h.sync();
+    }
+    assert_eq!(h.smmu.read32(regs::CMDQ_CONS), 0x01);
+}
+
+#[test]
+fn reserved_split_values_behave_as_six() {
+    let mut h = H::new(ModelConfig::default());
+    let l1 = h.alloc(8 * 1024);
+    h.smmu.write64(regs::STRTAB_BASE, l1);
+    // SPLIT = 9 is reserved and behaves as 6 (6.3.25): StreamID 0x45 is
+    // STE 5 of the level-2 table of L1 descriptor 1.
+    h.smmu.write32(regs::STRTAB_BASE_CFG, 1 << 16 | 9 << 6 | 16);
+    h.enable_queues(8, 8);
+    h.enable_smmu();
+    let l2 = h.alloc(64 * 64);
+    h.w64(l1 + 8, l2 | 7);
+    h.write_words(l2 + 5 * 64, &ste_bypass());
+    h.cfgi_ste(0x45);
+    let t = h.smmu.translate(&DmaRequest::read(0x45, 0x1000, 1));
+    assert!(t.unwrap().bypass);
+    // Under SPLIT 8 this StreamID would have used L1 descriptor 0.
+    assert_eq!(
+        h.smmu
+            .translate(&DmaRequest::read(0x05, 0x1000, 1))
+            .unwrap_err()
+            .event_type(),
+        Some(EventType::CBadStreamId)
+    );
+}
+
+#[test]
+fn the_stream_table_base_is_aligned_to_the_table_size() {
+    let mut h = H::new(ModelConfig::default());
+    // A 16-entry linear table (1 KiB) inside a 2 KiB aligned block, with
+    // ADDR programmed 0x100 bytes past its start: the SMMU ignores the
+    // low bits (6.3.24, ADDR[LOG2SIZE + 5:0] = 0).
+    let block = h.alloc(2048);
+    assert_eq!(block % 2048, 0);
+    h.strtab = block;
+    h.smmu.write64(regs::STRTAB_BASE, block + 0x100);
+    h.smmu.write32(regs::STRTAB_BASE_CFG, 4);
+    h.enable_queues(8, 8);
+    h.enable_smmu();
+    h.write_words(block + 3 * 64, &ste_bypass());
+    h.write_words(block + 0x100 + 3 * 64, &ste_abort());
+    h.cfgi_ste(3);
+    assert!(
+        h.smmu
+            .translate(&DmaRequest::read(3, 0x1000, 1))
+            .unwrap()
+            .bypass
+    );
+    // The register still reads back what was written.
+    assert_eq!(h.smmu.read64(regs::STRTAB_BASE), block + 0x100);
+
+    // 2-level: aligned to the level-1 table size (2^(16 - 8) descriptors
+    // of 8 bytes: 2 KiB).
+    let mut h = H::new(ModelConfig::default());
+    let l1 = h.alloc(4096);
+    assert_eq!(l1 % 4096, 0);
+    h.smmu.write64(regs::STRTAB_BASE, l1 + 0x440);
+    h.smmu.write32(regs::STRTAB_BASE_CFG, 1 << 16 | 8 << 6 | 16);
+    h.enable_queues(8, 8);
+    h.enable_smmu();
+    let l2 = h.alloc(64 * 4);
+    h.w64(l1 + 8, l2 | 3);
+    h.write_words(l2 + 64, &ste_bypass());
+    h.cfgi_ste(0x101);
+    assert!(
+        h.smmu
+            .translate(&DmaRequest::read(0x101, 0x1000, 1))
+            .unwrap()
+            .bypass
+    );
+}
+
+#[test]
+fn a_stall_record_waits_for_room_instead_of_overflowing() {
+    let cfg = ModelConfig {
+        stall_model: StallModel::StallAndTerminate,
+        ..ModelConfig::default()
+    };
+    let mut h = H::new(cfg);
+    h.enable_linear(4);
+    // Shrink the event queue to two entries.
+    h.smmu.write32(regs::CR0, cr0::CMDQEN | cr0::SMMUEN);
+    h.evtq_log2 = 1;
+    h.smmu.write64(regs::EVENTQ_BASE, h.evtq | 1);
+    h.smmu
+        .write32(regs::CR0, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN);
+    // SID 2: stage 1 whose CD stalls (CD.S) on a fault; nothing mapped.
+    let pt = Pt::new_s1(&h, 12, 48);
+    let cdp = h.alloc(64);
+    let mut d = cd(16, 0, 5, pt.root, 9);
+    d[0] |= 1 << 44; // S
+    h.write_words(cdp, &d);
+    h.set_ste(2, ste_s1(cdp, 0, 0, 0));
+    // Fill the queue with two terminated faults (C_BAD_STE on SID 1).
+    for _ in 0..2 {
+        let _ = h.smmu.translate(&DmaRequest::read(1, 0, 4));
+    }
+    let prod = h.smmu.read32(regs::PAGE1 + regs::EVENTQ_PROD);
+    assert_eq!(prod, 0b10, "full: index 0, wrap 1");
+    // The stalled transaction's record finds the queue full: it is not
+    // discarded and causes no overflow (7.4).
+    let f = h.smmu.translate(&DmaRequest::read(2, 0x4000, 4));
+    let Err(DmaFault::Stalled { event }) = f else {
+        panic!("expected a stall, got {f:?}");
+    };
+    assert_eq!(h.smmu.read32(regs::PAGE1 + regs::EVENTQ_PROD), prod);
+    // A terminated fault now is discarded and overflows.
+    let _ = h.smmu.translate(&DmaRequest::read(1, 0, 4));
+    assert_eq!(
+        h.smmu.read32(regs::PAGE1 + regs::EVENTQ_PROD),
+        prod | 1 << 31
+    );
+    // Consuming makes room: the stall record is written.
+    let evs = h.events();
+    assert_eq!(evs.len(), 2);
+    assert!(evs.iter().all(|e| e.kind == EventType::CBadSte));
+    let evs = h.events();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0], event);
+    assert!(evs[0].stall);
+    assert_eq!(h.smmu.stalled(), vec![(2, event.stag)]);
+}
