@@ -76,18 +76,24 @@ fn msi_configuration_is_read_only_while_its_source_is_enabled() {
     assert_eq!(h.events().len(), 1);
 }
 
-#[test]
-fn fields_of_unimplemented_features_are_res0() {
-    let cfg = ModelConfig {
+/// A model without MSIs, broadcast TLB maintenance or 2-level stream
+/// tables.
+fn bare() -> H {
+    let h = H::new(ModelConfig {
         msi: false,
         btm: false,
         two_level_strtab: false,
         sid_bits: 6,
         ..ModelConfig::default()
-    };
-    let h = H::new(cfg);
+    });
     assert_eq!(h.smmu.read32(regs::IDR0) & (1 << 13 | 1 << 5 | 3 << 27), 0);
-    // IDR0.MSI == 0: the MSI configuration registers are RES0.
+    h
+}
+
+#[test]
+fn msi_configuration_is_res0_without_msis() {
+    let h = bare();
+    // IDR0.MSI == 0: the MSI configuration registers are RES0 (6.3.21).
     for (off, v) in [
         (regs::GERROR_IRQ_CFG0, 0x0800_0040),
         (regs::GERROR_IRQ_CFG0 + 4, 0x1),
@@ -101,27 +107,38 @@ fn fields_of_unimplemented_features_are_res0() {
         h.smmu.write32(off, v);
         assert_eq!(h.smmu.read32(off), 0, "offset {off:#x}");
     }
-    // CR2.PTM is RES0 without BTM; RECINVSID stays.
+    let full = H::new(ModelConfig::default());
+    full.smmu.write32(regs::GERROR_IRQ_CFG1, 0x1234);
+    assert_eq!(full.smmu.read32(regs::GERROR_IRQ_CFG1), 0x1234);
+}
+
+#[test]
+fn cr2_ptm_is_res0_without_btm() {
+    let h = bare();
+    // 6.3.12: PTM exists when IDR0.BTM == 1; RECINVSID always.
     h.smmu.write32(regs::CR2, 0b110);
     assert_eq!(h.smmu.read32(regs::CR2), 0b010);
-    // STRTAB_BASE_CFG.FMT and SPLIT are RES0 without ST_LEVEL.
-    h.smmu.write32(regs::STRTAB_BASE_CFG, 1 << 16 | 8 << 6 | 6);
-    assert_eq!(h.smmu.read32(regs::STRTAB_BASE_CFG), 6);
-    // With the features, the same writes are kept.
     let full = H::new(ModelConfig {
         btm: true,
         ..ModelConfig::default()
     });
     full.smmu.write32(regs::CR2, 0b110);
     assert_eq!(full.smmu.read32(regs::CR2), 0b110);
+}
+
+#[test]
+fn strtab_fmt_and_split_are_res0_without_two_level_tables() {
+    let h = bare();
+    // 6.3.25: FMT and SPLIT exist when IDR0.ST_LEVEL != 0.
+    h.smmu.write32(regs::STRTAB_BASE_CFG, 1 << 16 | 8 << 6 | 6);
+    assert_eq!(h.smmu.read32(regs::STRTAB_BASE_CFG), 6);
+    let full = H::new(ModelConfig::default());
     full.smmu
         .write32(regs::STRTAB_BASE_CFG, 1 << 16 | 8 << 6 | 6);
     assert_eq!(
         full.smmu.read32(regs::STRTAB_BASE_CFG),
         1 << 16 | 8 << 6 | 6
     );
-    full.smmu.write32(regs::GERROR_IRQ_CFG1, 0x1234);
-    assert_eq!(full.smmu.read32(regs::GERROR_IRQ_CFG1), 0x1234);
 }
 
 #[test]
@@ -240,7 +257,7 @@ fn reserved_split_values_behave_as_six() {
 }
 
 #[test]
-fn the_stream_table_base_is_aligned_to_the_table_size() {
+fn a_linear_stream_table_base_is_aligned_to_the_table_size() {
     let mut h = H::new(ModelConfig::default());
     // A 16-entry linear table (1 KiB) inside a 2 KiB aligned block, with
     // ADDR programmed 0x100 bytes past its start: the SMMU ignores the
@@ -263,7 +280,10 @@ fn the_stream_table_base_is_aligned_to_the_table_size() {
     );
     // The register still reads back what was written.
     assert_eq!(h.smmu.read64(regs::STRTAB_BASE), block + 0x100);
+}
 
+#[test]
+fn a_two_level_stream_table_base_is_aligned_to_the_level1_size() {
     // 2-level: aligned to the level-1 table size (2^(16 - 8) descriptors
     // of 8 bytes: 2 KiB).
     let mut h = H::new(ModelConfig::default());
