@@ -355,3 +355,49 @@ fn a_stall_record_waits_for_room_instead_of_overflowing() {
     assert!(evs[0].stall);
     assert_eq!(h.smmu.stalled(), vec![(2, event.stag)]);
 }
+
+#[test]
+fn the_event_interrupt_fires_when_the_queue_becomes_non_empty() {
+    let mut h = linear(ModelConfig::default());
+    let lines = irq_log(&h);
+    let msis = msi_log(&h);
+    h.smmu.write64(regs::EVENTQ_IRQ_CFG0, 0x0800_0040);
+    h.smmu.write32(regs::EVENTQ_IRQ_CFG1, 0x7);
+    h.smmu.write32(regs::IRQ_CTRL, irq_ctrl::EVENTQ_IRQEN);
+    let fault = |h: &H| {
+        let r = h.smmu.translate(&DmaRequest::read(1, 0, 4));
+        assert_eq!(r.unwrap_err().event_type(), Some(EventType::CBadSte));
+    };
+    // 3.18.2: the trigger is the queue going from empty to non-empty.
+    fault(&h);
+    fault(&h);
+    fault(&h);
+    assert_eq!(lines.lock().unwrap().as_slice(), &[IrqLine::EventQ]);
+    assert_eq!(msis.lock().unwrap().len(), 1);
+    assert_eq!(h.events().len(), 3);
+    // Drained: the next record interrupts again.
+    fault(&h);
+    assert_eq!(lines.lock().unwrap().len(), 2);
+    assert_eq!(msis.lock().unwrap().as_slice(), &[(0x0800_0040, 7); 2]);
+    // Records written while the source was disabled leave the queue
+    // non-empty: enabling it then does not interrupt for them, and a new
+    // record into the non-empty queue does not either.
+    h.smmu.write32(regs::IRQ_CTRL, 0);
+    fault(&h);
+    h.smmu.write32(regs::IRQ_CTRL, irq_ctrl::EVENTQ_IRQEN);
+    fault(&h);
+    assert_eq!(lines.lock().unwrap().len(), 2);
+    assert_eq!(h.events().len(), 3);
+}
+
+#[test]
+fn gerrorn_keeps_only_the_errors_this_smmu_has() {
+    // No PRI queue: PRIQ_ABT_ERR and MSI_PRIQ_ABT_ERR are RES0 (6.3.20);
+    // without MSIs the MSI abort errors are too.
+    let h = H::new(ModelConfig::default());
+    h.smmu.write32(regs::GERRORN, 0xffff_ffff);
+    assert_eq!(h.smmu.read32(regs::GERRORN), 0x1b5);
+    let bare = bare();
+    bare.smmu.write32(regs::GERRORN, 0xffff_ffff);
+    assert_eq!(bare.smmu.read32(regs::GERRORN), 0x105);
+}

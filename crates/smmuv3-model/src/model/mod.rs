@@ -818,7 +818,7 @@ impl State {
             regs::IRQ_CTRL => self.regs.irq_ctrl = value & 0b101,
             regs::GERRORN => {
                 let was_cmdq_err = self.gerror_active(gerror::CMDQ_ERR);
-                self.regs.gerrorn = value & gerror::ALL;
+                self.regs.gerrorn = value & self.gerror_fields();
                 if was_cmdq_err && !self.gerror_active(gerror::CMDQ_ERR) {
                     // Acknowledged: ERR is UNKNOWN from now on (the model
                     // clears it) and consumption restarts at CONS.
@@ -931,8 +931,8 @@ impl State {
             && fits32(r.cr2, self.cr2_fields())
             && fits32(r.gbpa, gbpa::FIELDS)
             && fits32(r.irq_ctrl, 0b101)
-            && fits32(r.gerror, gerror::ALL)
-            && fits32(r.gerrorn, gerror::ALL)
+            && fits32(r.gerror, self.gerror_fields())
+            && fits32(r.gerrorn, self.gerror_fields())
             && fits(r.gerror_irq_cfg0, irq_addr)
             && fits32(r.gerror_irq_cfg2, 0x3f)
             && (self.cfg.msi
@@ -949,6 +949,16 @@ impl State {
             && fits32(r.eventq_cons, event_ptr)
             && fits(r.eventq_irq_cfg0, irq_addr)
             && fits32(r.eventq_irq_cfg2, 0x3f)
+    }
+
+    /// Returns the SMMU_GERROR(N) fields this SMMU implements: no PRI
+    /// errors (no PRI queue), MSI aborts only with MSIs.
+    fn gerror_fields(&self) -> u32 {
+        let msi =
+            gerror::MSI_CMDQ_ABT_ERR | gerror::MSI_EVENTQ_ABT_ERR | gerror::MSI_GERROR_ABT_ERR;
+        let pri = gerror::PRIQ_ABT_ERR | gerror::MSI_PRIQ_ABT_ERR;
+        let absent = if self.cfg.msi { pri } else { pri | msi };
+        gerror::ALL & !absent
     }
 
     /// Returns the SMMU_CR2 fields this SMMU implements: RECINVSID,
@@ -1064,7 +1074,9 @@ impl State {
         }
         self.regs.eventq_prod = (prod & queue::OVFLG) | q.inc(prod & queue::PTR_MASK);
         self.stats.events_recorded += 1;
-        if self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN != 0 {
+        // The interrupt's trigger is the queue going from empty to
+        // non-empty (IHI 0070 3.18.2), not every record.
+        if q.empty(prod, cons) && self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN != 0 {
             self.irq.eventq = true;
             self.outbox.irq(signal::IrqLine::EventQ);
             if !self.send_msi(self.regs.eventq_irq_cfg0, self.regs.eventq_irq_cfg1) {

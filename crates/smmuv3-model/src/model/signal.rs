@@ -12,11 +12,12 @@ use crate::SmmuModel;
 /// A wired interrupt line of the SMMU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IrqLine {
-    /// Event queue interrupt (an event was written, IRQ_CTRL.EVENTQ_IRQEN).
+    /// Event queue interrupt (the queue went from empty to non-empty,
+    /// IRQ_CTRL.EVENTQ_IRQEN).
     EventQ,
     /// Global error interrupt (IRQ_CTRL.GERROR_IRQEN).
     Gerror,
-    /// CMD_SYNC completion with CS = SIG_IRQ and no MSI address.
+    /// CMD_SYNC completion with CS = SIG_IRQ (whatever its MSI address).
     CmdSync,
 }
 
@@ -24,8 +25,8 @@ pub enum IrqLine {
 /// once per assertion).
 pub type IrqHandler = Arc<dyn Fn(IrqLine) + Send + Sync>;
 
-/// Called with (address, data) of each MSI the SMMU sends (event queue
-/// MSIs and CMD_SYNC completion MSIs). Returns whether it consumed the MSI
+/// Called with (address, data) of each MSI the SMMU sends (event queue,
+/// GERROR and CMD_SYNC completion MSIs). Returns whether it consumed the MSI
 /// (e.g. injected it through the interrupt controller); when it returns
 /// false the model performs the 32-bit write to memory itself.
 pub type MsiHandler = Arc<dyn Fn(u64, u32) -> bool + Send + Sync>;
