@@ -401,3 +401,96 @@ fn gerrorn_keeps_only_the_errors_this_smmu_has() {
     bare.smmu.write32(regs::GERRORN, 0xffff_ffff);
     assert_eq!(bare.smmu.read32(regs::GERRORN), 0x105);
 }
+
+/// Returns every register a driver reads (page 0 up to the PRI queue
+/// registers, and page 1's event queue pointers).
+fn register_reads(h: &H) -> Vec<(u64, u32)> {
+    (0..0xe0)
+        .step_by(4)
+        .chain([
+            regs::PAGE1 + regs::EVENTQ_PROD,
+            regs::PAGE1 + regs::EVENTQ_CONS,
+        ])
+        .map(|o| (o, h.smmu.read32(o)))
+        .collect()
+}
+
+#[test]
+fn a_snapshot_taken_mid_use_restores_registers_events_and_interrupts() {
+    let mut a = linear(ModelConfig::default());
+    let doorbell = a.alloc(64);
+    a.smmu.write64(regs::EVENTQ_IRQ_CFG0, doorbell);
+    a.smmu.write32(regs::EVENTQ_IRQ_CFG1, 0xe0);
+    a.smmu.write64(regs::GERROR_IRQ_CFG0, doorbell + 8);
+    a.smmu.write32(regs::GERROR_IRQ_CFG1, 0x6e);
+    a.smmu.write32(
+        regs::IRQ_CTRL,
+        irq_ctrl::EVENTQ_IRQEN | irq_ctrl::GERROR_IRQEN,
+    );
+    // A two-entry event queue, and a stream whose faults stall.
+    a.smmu.write32(regs::CR0, cr0::CMDQEN | cr0::SMMUEN);
+    a.evtq_log2 = 1;
+    a.smmu.write64(regs::EVENTQ_BASE, a.evtq | 1);
+    a.smmu
+        .write32(regs::CR0, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN);
+    let pt = Pt::new_s1(&a, 12, 48);
+    let cdp = a.alloc(64);
+    let mut d = cd(16, 0, 5, pt.root, 9);
+    d[0] |= 1 << 44;
+    a.write_words(cdp, &d);
+    a.set_ste(2, ste_s1(cdp, 0, 0, 0));
+    // Mid-use: two events not consumed (the queue is full), a stall
+    // record waiting for room, the event and GERROR interrupts pending,
+    // a command error with a CMD_SYNC (SIG_IRQ, with an MSI) behind it.
+    for _ in 0..2 {
+        let _ = a.smmu.translate(&DmaRequest::read(1, 0, 4));
+    }
+    assert!(matches!(
+        a.smmu.translate(&DmaRequest::read(2, 0x4000, 4)),
+        Err(DmaFault::Stalled { .. })
+    ));
+    let bad_at = a.cmdq + u64::from(a.prod & 0xff) * 16;
+    assert_eq!(a.cmd(0xff, 0), 1);
+    let sync_irq = u64::from(op::SYNC) | 1 << 12 | 0x5a << 32;
+    let _ = a.cmd(sync_irq, doorbell + 16);
+    assert_eq!(a.gerror_active(), gerror::CMDQ_ERR);
+    assert!(a.smmu.interrupts().eventq && a.smmu.interrupts().gerror);
+
+    let snap = a.smmu.snapshot();
+    let mut b = H::new(ModelConfig::default());
+    let mut image = vec![0u8; 16 << 20];
+    a.mem.dev_read(MEM_BASE, &mut image).unwrap();
+    b.mem.dev_write(MEM_BASE, &image).unwrap();
+    (b.cmdq, b.cmdq_log2, b.evtq, b.evtq_log2, b.prod) =
+        (a.cmdq, a.cmdq_log2, a.evtq, a.evtq_log2, a.prod);
+    b.smmu.restore(&snap).unwrap();
+
+    assert_eq!(register_reads(&b), register_reads(&a));
+    assert_eq!(b.smmu.interrupts(), a.smmu.interrupts());
+    assert_eq!(b.smmu.stalled(), a.smmu.stalled());
+    // The same future: fix the command and acknowledge the error, then
+    // drain the queue twice (the stall record follows the two events).
+    let mut outcomes = Vec::new();
+    for h in [&mut a, &mut b] {
+        let lines = irq_log(h);
+        let msis = msi_log(h);
+        let _ = h.smmu.take_interrupts();
+        h.write_words(bad_at, &[u64::from(op::CFGI_STE_RANGE), 31]);
+        h.ack_gerror();
+        let first = h.events();
+        let second = h.events();
+        let after = register_reads(h);
+        let lines = lines.lock().unwrap().clone();
+        let msis = msis.lock().unwrap().clone();
+        outcomes.push((first, second, after, lines, msis, h.smmu.interrupts()));
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    let (first, second, _, lines, msis, irqs) = &outcomes[0];
+    assert_eq!(first.len(), 2);
+    assert!(second.len() == 1 && second[0].stall);
+    // CMD_SYNC's wired line and MSI; the stall record into the drained
+    // queue interrupts (wired and MSI).
+    assert_eq!(lines.as_slice(), &[IrqLine::CmdSync, IrqLine::EventQ]);
+    assert_eq!(msis.as_slice(), &[(doorbell + 16, 0x5a), (doorbell, 0xe0)]);
+    assert!(irqs.cmd_sync && irqs.eventq && !irqs.gerror);
+}
