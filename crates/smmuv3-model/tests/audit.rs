@@ -851,3 +851,29 @@ fn a_waiting_sync_completes_when_the_access_ends_and_after_a_restore() {
     drop(held);
     assert_eq!(cons(&h.smmu), h.prod, "the release resumed the queue");
 }
+
+/// Defect: `read64` (an 8-byte MMIO read) did not look at a CMD_SYNC
+/// waiting at CMDQ_CONS as `read32` does, so a guest polling PROD and
+/// CONS with one 64-bit read at 0x98 (two adjacent 32-bit registers:
+/// architecturally read as both) never saw a restored model's waiting
+/// CMD_SYNC complete.
+#[test]
+fn a_waiting_sync_completes_under_64_bit_polling_after_a_restore() {
+    use smmuv3_model::layout::op;
+    use smmuv3_model::regs;
+    use vm_memory::iommu::Iommu;
+    use vm_memory::{GuestAddress, Permissions};
+    let (mut h, _pt, _pas) = iotlb_rig(2);
+    let io = h.smmu.iommu(1, None);
+    let held = io.translate(GuestAddress(0), 8, Permissions::Read).unwrap();
+    let (w0, w1) = common::tlbi_nh_va(1, 0, true);
+    h.cmd(w0, w1);
+    assert_eq!(h.cmd(u64::from(op::SYNC), 0), 0);
+    let snap = h.smmu.snapshot();
+    let fresh = SmmuModel::new(ModelConfig::default(), h.mem.clone()).unwrap();
+    fresh.restore(&snap).unwrap();
+    let cons = |m: &SmmuModel| (m.read64(regs::CMDQ_PROD) >> 32) as u32 & 0xfffff;
+    assert_eq!(cons(&fresh), h.prod - 1);
+    assert_eq!(cons(&fresh), h.prod, "the 64-bit poll resumed the queue");
+    drop(held);
+}

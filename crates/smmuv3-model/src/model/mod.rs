@@ -339,6 +339,9 @@ impl SmmuModel {
         let v = u64::from(s.read32(offset)) | u64::from(s.read32(offset.wrapping_add(4))) << 32;
         drop(s);
         self.deliver();
+        // As `read32`: a poll of CMDQ_CONS (with PROD, at 0x98) lets a
+        // waiting CMD_SYNC complete.
+        self.poll_sync();
         v
     }
 
