@@ -204,7 +204,7 @@ fn index_bits_above_the_wrap_bit_read_as_zero() {
     let h = H::new(ModelConfig::default());
     // 16-entry queues: RD/WR are bits [3:0], the wrap bit is bit 4.
     h.smmu.write64(regs::CMDQ_BASE, MEM_BASE | 4);
-    h.smmu.write64(regs::EVENTQ_BASE, MEM_BASE + 0x1000 | 4);
+    h.smmu.write64(regs::EVENTQ_BASE, (MEM_BASE + 0x1000) | 4);
     // SMMU-written indexes: bits [19:QS+1] are RAZ (6.3.28, and
     // EVENTQ_PROD likewise).
     h.smmu.write32(regs::CMDQ_CONS, 0xf_ffe3);
@@ -213,7 +213,7 @@ fn index_bits_above_the_wrap_bit_read_as_zero() {
     assert_eq!(h.smmu.read32(regs::PAGE1 + regs::EVENTQ_PROD), 0x8000_0015);
     // A queue made smaller shows the truncated index.
     h.smmu.write32(regs::EVENTQ_PROD, 0x1c);
-    h.smmu.write64(regs::EVENTQ_BASE, MEM_BASE + 0x1000 | 2);
+    h.smmu.write64(regs::EVENTQ_BASE, (MEM_BASE + 0x1000) | 2);
     assert_eq!(h.smmu.read32(regs::PAGE1 + regs::EVENTQ_PROD), 0x4);
     // The model's consumption keeps them clear: consume 3 commands from
     // CONS = 0x1e (index 14, wrap 1) of a 16-entry queue.
