@@ -339,6 +339,8 @@ fn a_stall_record_waits_for_room_instead_of_overflowing() {
         panic!("expected a stall, got {f:?}");
     };
     assert_eq!(h.smmu.read32(regs::PAGE1 + regs::EVENTQ_PROD), prod);
+    let st = h.smmu.stats();
+    assert_eq!((st.events_waiting, st.events_overflowed), (1, 0));
     // A terminated fault now is discarded and overflows.
     let _ = h.smmu.translate(&DmaRequest::read(1, 0, 4));
     assert_eq!(
@@ -354,6 +356,34 @@ fn a_stall_record_waits_for_room_instead_of_overflowing() {
     assert_eq!(evs[0], event);
     assert!(evs[0].stall);
     assert_eq!(h.smmu.stalled(), vec![(2, event.stag)]);
+    let st = h.smmu.stats();
+    assert_eq!((st.events_waiting, st.events_recorded), (0, 3));
+
+    // A record still waiting when its stall is retired is not written.
+    h.cmd(u64::from(op::STALL_TERM) | 2 << 32, 0);
+    h.sync();
+    for _ in 0..2 {
+        let _ = h.smmu.translate(&DmaRequest::read(1, 0, 4));
+    }
+    assert!(matches!(
+        h.smmu.translate(&DmaRequest::read(2, 0x4000, 4)),
+        Err(DmaFault::Stalled { .. })
+    ));
+    assert_eq!(h.smmu.stats().events_waiting, 1);
+    h.cmd(u64::from(op::STALL_TERM) | 2 << 32, 0);
+    h.sync();
+    let st = h.smmu.stats();
+    assert_eq!((st.events_waiting, st.events_discarded), (0, 1));
+    assert_eq!(h.events().len(), 2);
+    assert!(h.events().is_empty());
+    assert!(h.smmu.stalled().is_empty());
+    // Every event is accounted for once.
+    let st = h.smmu.stats();
+    let generated: u64 = st.events.iter().sum();
+    assert_eq!(
+        generated,
+        st.events_recorded + st.events_discarded + st.events_overflowed + st.events_suppressed
+    );
 }
 
 #[test]

@@ -412,13 +412,7 @@ impl State {
                 } else {
                     self.stalled.retain(|s| s.sid != sid);
                 }
-                // A record still waiting for room reports a stall no
-                // longer there: it is not written.
-                let records = std::mem::take(&mut self.stall_records);
-                self.stall_records = records
-                    .into_iter()
-                    .filter(|ev| self.stall_outstanding(ev))
-                    .collect();
+                self.drop_retired_stall_records();
                 Ok(())
             }
             op::SYNC => self.cmd_sync(c),

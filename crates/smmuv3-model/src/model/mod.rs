@@ -498,6 +498,7 @@ impl SmmuModel {
         st.tlb_evictions = s.tlb.evictions();
         st.tlbi_granule_mismatches = s.tlb.granule_mismatch;
         st.tlb_conflicts = s.tlb.conflicts;
+        st.events_waiting = s.stall_records.len() as u64;
         st
     }
 
@@ -1005,20 +1006,24 @@ impl State {
     }
 
     /// Writes an event to the event queue; returns whether it was recorded.
+    ///
+    /// A stall record that finds no room waits (see `stall_records`); it
+    /// is counted in [`Stats::events`] when it leaves the wait.
     fn record_event(&mut self, ev: Event) -> bool {
-        self.stats.events[usize::from(ev.kind.code())] += 1;
         self.trace(|| TraceEntry::Event(ev));
         if ev.stall && !self.stall_records.is_empty() {
             // Behind earlier stall records still waiting for room.
             self.stall_records.push(ev);
             return false;
         }
-        match self.put_event(&ev) {
+        let put = self.put_event(&ev);
+        if ev.stall && matches!(put, Put::Unwritable | Put::Full) {
+            self.stall_records.push(ev);
+            return false;
+        }
+        self.stats.events[usize::from(ev.kind.code())] += 1;
+        match put {
             Put::Written => true,
-            Put::Unwritable | Put::Full if ev.stall => {
-                self.stall_records.push(ev);
-                false
-            }
             Put::Unwritable | Put::Aborted => {
                 self.stats.events_discarded += 1;
                 false
@@ -1046,10 +1051,27 @@ impl State {
                     Put::Aborted => self.stats.events_discarded += 1,
                     Put::Unwritable | Put::Full => break,
                 }
+            } else {
+                self.stats.events_discarded += 1;
             }
+            self.stats.events[usize::from(ev.kind.code())] += 1;
             done += 1;
         }
         self.stall_records.drain(..done);
+    }
+
+    /// Drops the waiting stall records of stalls no longer outstanding
+    /// (retired by CMD_RESUME / CMD_STALL_TERM): they are not written.
+    pub(super) fn drop_retired_stall_records(&mut self) {
+        let records = std::mem::take(&mut self.stall_records);
+        for ev in records {
+            if self.stall_outstanding(&ev) {
+                self.stall_records.push(ev);
+            } else {
+                self.stats.events[usize::from(ev.kind.code())] += 1;
+                self.stats.events_discarded += 1;
+            }
+        }
     }
 
     /// Returns whether the stall `ev` reports still waits for an answer.
