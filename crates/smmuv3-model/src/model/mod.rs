@@ -773,13 +773,13 @@ impl State {
         }
     }
 
-    // Each arm reads as "register: condition under which the write lands",
-    // which guards would hide behind the catch-all arm.
     fn write32_inner(&mut self, offset: u64, value: u32) {
         self.write_reg(offset, value);
         self.after_write(offset);
     }
 
+    // Each arm reads as "register: condition under which the write lands",
+    // which guards would hide behind the catch-all arm.
     #[allow(clippy::collapsible_match)]
     fn write_reg(&mut self, offset: u64, value: u32) {
         self.stats.mmio_accesses += 1;
