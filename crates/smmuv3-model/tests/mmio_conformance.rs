@@ -524,3 +524,36 @@ fn a_snapshot_taken_mid_use_restores_registers_events_and_interrupts() {
     assert_eq!(msis.as_slice(), &[(doorbell + 16, 0x5a), (doorbell, 0xe0)]);
     assert!(irqs.cmd_sync && irqs.eventq && !irqs.gerror);
 }
+
+/// An MSI the VMM's callback declines is written to memory by the model;
+/// when that write aborts, the source's MSI abort error activates, as
+/// without a callback (3.18.1: a completed MSI is visible or its abort is
+/// in GERROR).
+#[test]
+fn a_declined_msi_that_aborts_activates_its_abort_error() {
+    let mut h = linear(ModelConfig::default());
+    let doorbell = h.alloc(64);
+    h.smmu
+        .set_msi_handler(Some(Arc::new(|_addr: u64, _data: u32| false)));
+    h.mem.inject_abort(doorbell, 64);
+    h.smmu.write64(regs::EVENTQ_IRQ_CFG0, doorbell);
+    h.smmu.write32(regs::IRQ_CTRL, irq_ctrl::EVENTQ_IRQEN);
+    let _ = h.smmu.translate(&DmaRequest::read(1, 0, 4));
+    assert_eq!(h.gerror_active(), gerror::MSI_EVENTQ_ABT_ERR);
+    // CMD_SYNC's MSI likewise.
+    let sync_irq = u64::from(op::SYNC) | 1 << 12;
+    assert_eq!(h.cmd(sync_irq, doorbell + 8), 0);
+    assert_eq!(
+        h.gerror_active(),
+        gerror::MSI_EVENTQ_ABT_ERR | gerror::MSI_CMDQ_ABT_ERR
+    );
+    // And the GERROR MSI of those errors, once enabled.
+    h.ack_gerror();
+    h.smmu.write64(regs::GERROR_IRQ_CFG0, doorbell + 16);
+    h.smmu.write32(regs::IRQ_CTRL, irq_ctrl::GERROR_IRQEN);
+    assert_eq!(h.cmd(sync_irq, doorbell + 8), 0);
+    assert_eq!(
+        h.gerror_active(),
+        gerror::MSI_CMDQ_ABT_ERR | gerror::MSI_GERROR_ABT_ERR
+    );
+}

@@ -432,7 +432,8 @@ impl State {
                 let addr = c.sync_msi_addr();
                 if self.cfg.msi && addr != 0 {
                     let data = c.sync_msi_data().to_le_bytes();
-                    if self.outbox.msi(addr, c.sync_msi_data()) {
+                    let abort = gerror::MSI_CMDQ_ABT_ERR;
+                    if self.outbox.msi(addr, c.sync_msi_data(), abort) {
                         self.stats.sync_msi_writes += 1;
                     } else if self.mem.write(addr, &data).is_err() {
                         self.raise_gerror(gerror::MSI_CMDQ_ABT_ERR);

@@ -671,7 +671,8 @@ impl State {
             self.outbox.irq(signal::IrqLine::Gerror);
             // An aborted GERROR MSI is itself a global error; raising it
             // again while active does nothing, so this recurses once.
-            if !self.send_msi(self.regs.gerror_irq_cfg0, self.regs.gerror_irq_cfg1) {
+            let (cfg0, data) = (self.regs.gerror_irq_cfg0, self.regs.gerror_irq_cfg1);
+            if !self.send_msi(cfg0, data, gerror::MSI_GERROR_ABT_ERR) {
                 self.raise_gerror(gerror::MSI_GERROR_ABT_ERR);
             }
         }
@@ -680,13 +681,15 @@ impl State {
     /// Writes an MSI (32-bit data to a 4-byte aligned address) when MSIs
     /// are implemented and an address is programmed; returns false when the
     /// write aborted.
-    fn send_msi(&mut self, cfg0: u64, data: u32) -> bool {
+    /// `abort` is the GERROR bit its abort activates (the caller raises
+    /// it on a false return; the outbox when a declined MSI aborts).
+    fn send_msi(&mut self, cfg0: u64, data: u32, abort: u32) -> bool {
         let addr = cfg0 & crate::layout::addr_mask(2);
         if !self.cfg.msi || addr == 0 {
             return true;
         }
         self.stats.msi_writes += 1;
-        if self.outbox.msi(addr, data) {
+        if self.outbox.msi(addr, data, abort) {
             return true;
         }
         self.mem.write(addr, &data.to_le_bytes()).is_ok()
@@ -1104,7 +1107,8 @@ impl State {
         if q.empty(prod, cons) && self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN != 0 {
             self.irq.eventq = true;
             self.outbox.irq(signal::IrqLine::EventQ);
-            if !self.send_msi(self.regs.eventq_irq_cfg0, self.regs.eventq_irq_cfg1) {
+            let (cfg0, data) = (self.regs.eventq_irq_cfg0, self.regs.eventq_irq_cfg1);
+            if !self.send_msi(cfg0, data, gerror::MSI_EVENTQ_ABT_ERR) {
                 self.raise_gerror(gerror::MSI_EVENTQ_ABT_ERR);
             }
         }
