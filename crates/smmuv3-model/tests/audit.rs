@@ -500,10 +500,10 @@ fn a_stag_is_never_reused_while_its_stall_is_outstanding() {
     assert_eq!(h.smmu.stalled(), [(1, again)]);
 }
 
-/// With every STAG held by an outstanding stall, a further stalling fault
-/// is terminated (event recorded with Stall = 0) instead of growing the
-/// model's list of stalls without bound (a guest that never resumes). The
-/// 65,536 stalls come from a snapshot (filling them one by one costs
+/// With IDR5.STALL_MAX (65,535) stalls outstanding, a further stalling
+/// fault is terminated (event recorded with Stall = 0) instead of growing
+/// the model's list of stalls without bound (a guest that never resumes).
+/// The stalls come from a snapshot (filling them one by one costs
 /// seconds); one more real stall first checks the snapshot's stream stalls.
 #[test]
 fn stalls_are_bounded_by_the_stag_space() {
@@ -518,11 +518,18 @@ fn stalls_are_bounded_by_the_stag_space() {
     let all: Vec<Value> = (0..=u16::MAX)
         .map(|stag| json!({ "sid": 1, "stag": stag }))
         .collect();
-    snap["stalled"] = Value::Array(all);
+    // One more than STALL_MAX is not a state the model can be in.
+    snap["stalled"] = Value::Array(all.clone());
+    assert!(matches!(
+        h.smmu
+            .restore(&serde_json::from_value(snap.clone()).unwrap()),
+        Err(SnapshotError::Corrupt { .. })
+    ));
+    snap["stalled"] = Value::Array(all[1..].to_vec());
     h.smmu
         .restore(&serde_json::from_value(snap.clone()).unwrap())
         .unwrap();
-    assert_eq!(h.smmu.stalled().len(), 1 << 16);
+    assert_eq!(h.smmu.stalled().len(), 0xffff);
     match h.smmu.translate(&req) {
         Err(DmaFault::Terminated { event, .. }) => {
             assert_eq!(event.kind, EventType::FTranslation);
@@ -530,10 +537,10 @@ fn stalls_are_bounded_by_the_stag_space() {
         }
         other => panic!("expected a termination, got {other:?}"),
     }
-    assert_eq!(h.smmu.stalled().len(), 1 << 16);
+    assert_eq!(h.smmu.stalled().len(), 0xffff);
     // A snapshot naming one STAG twice is not a state the model can be in.
     let before = h.smmu.snapshot();
-    snap["stalled"][1]["stag"] = json!(0);
+    snap["stalled"][1]["stag"] = snap["stalled"][0]["stag"].clone();
     assert!(matches!(
         h.smmu.restore(&serde_json::from_value(snap).unwrap()),
         Err(SnapshotError::Corrupt { .. })

@@ -557,3 +557,22 @@ fn a_declined_msi_that_aborts_activates_its_abort_error() {
         gerror::MSI_CMDQ_ABT_ERR | gerror::MSI_GERROR_ABT_ERR
     );
 }
+
+/// IDR5.STALL_MAX was 0 on a model that stalls, which promises that no
+/// stall record is ever outstanding (6.3.6); it now says how many stalls
+/// the model keeps (65,535: `audit.rs` `stalls_are_bounded_by_the_stag_space`
+/// checks the bound), and stays RES0 without the stall model.
+#[test]
+fn idr5_stall_max_tells_how_many_stalls_may_be_outstanding() {
+    let h = H::new(ModelConfig::default());
+    let idr5 = h.smmu.read32(regs::IDR5);
+    assert_eq!(idr5 >> 16, regs::STALL_MAX);
+    assert_eq!(idr5 & 0xffff, 0x75, "OAS 48, 4K/16K/64K granules");
+    let forced = H::new(ModelConfig {
+        stall_model: StallModel::StallForced,
+        ..ModelConfig::default()
+    });
+    assert_eq!(forced.smmu.read32(regs::IDR5) >> 16, 0xffff);
+    let terminate = H::new(ModelConfig::qemu_like());
+    assert_eq!(terminate.smmu.read32(regs::IDR5), 0x74);
+}

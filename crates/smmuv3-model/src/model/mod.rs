@@ -1115,13 +1115,14 @@ impl State {
         Put::Written
     }
 
-    /// Returns a STAG no outstanding stall holds, or `None` when all
-    /// 65,536 are held (the model then terminates the transaction instead
-    /// of stalling it, which also bounds the stalls kept).
+    /// Returns a STAG no outstanding stall holds, or `None` when
+    /// IDR5.STALL_MAX stalls are outstanding (the model then terminates
+    /// the transaction instead of stalling it, which also bounds the
+    /// stalls kept).
     fn alloc_stag(&mut self) -> Option<u16> {
         // CMD_RESUME retires a stall by (StreamID, STAG): a STAG handed out
         // twice would let one resume retire two transactions.
-        if self.stalled.len() > usize::from(u16::MAX) {
+        if self.stalled.len() >= regs::STALL_MAX as usize {
             return None;
         }
         loop {

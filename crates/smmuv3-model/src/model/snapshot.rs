@@ -154,6 +154,9 @@ impl State {
         if counters.iter().any(|&c| c >> 63 != 0) {
             return corrupt("a counter beyond what any run reaches (2^63)");
         }
+        if snap.stalled.len() > crate::regs::STALL_MAX as usize {
+            return corrupt("more outstanding stalls than IDR5.STALL_MAX");
+        }
         let mut stags: Vec<u16> = snap.stalled.iter().map(|s| s.stag).collect();
         stags.sort_unstable();
         if stags.windows(2).any(|w| w[0] == w[1]) {
