@@ -576,3 +576,34 @@ fn idr5_stall_max_tells_how_many_stalls_may_be_outstanding() {
     let terminate = H::new(ModelConfig::qemu_like());
     assert_eq!(terminate.smmu.read32(regs::IDR5), 0x74);
 }
+
+/// The effective LOG2SIZE is MIN(LOG2SIZE, IDR1.SIDSIZE) for the range
+/// check and indexing (found right), while the base alignment uses the
+/// literal LOG2SIZE (6.3.24, 6.3.25; the alignment fix above).
+#[test]
+fn log2size_beyond_sidsize_is_capped_but_aligns_literally() {
+    let mut h = H::new(ModelConfig {
+        sid_bits: 6,
+        ..ModelConfig::default()
+    });
+    let block = h.alloc(64 << 8);
+    assert_eq!(block % (64 << 8), 0);
+    h.strtab = block;
+    h.smmu.write64(regs::STRTAB_BASE, block + (64 << 6));
+    h.smmu.write32(regs::STRTAB_BASE_CFG, 8);
+    assert_eq!(
+        h.smmu.read32(regs::STRTAB_BASE_CFG),
+        8,
+        "read back literally"
+    );
+    h.enable_queues(8, 8);
+    h.enable_smmu();
+    h.write_words(block + 0x3f * 64, &ste_bypass());
+    h.cfgi_ste(0x3f);
+    let t = |sid| h.smmu.translate(&DmaRequest::read(sid, 0x1000, 1));
+    assert!(t(0x3f).unwrap().bypass);
+    assert_eq!(
+        t(0x40).unwrap_err().event_type(),
+        Some(EventType::CBadStreamId)
+    );
+}
