@@ -264,10 +264,11 @@ pub struct Translation {
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
 )]
 pub struct Interrupts {
-    /// An event was written while IRQ_CTRL.EVENTQ_IRQEN was set.
+    /// An event was written into an empty event queue while
+    /// IRQ_CTRL.EVENTQ_IRQEN was set.
     pub eventq: bool,
     /// A global error was raised while IRQ_CTRL.GERROR_IRQEN was set.
     pub gerror: bool,
-    /// A CMD_SYNC with CS = SIG_IRQ completed without an MSI address.
+    /// A CMD_SYNC with CS = SIG_IRQ completed (with or without an MSI).
     pub cmd_sync: bool,
 }

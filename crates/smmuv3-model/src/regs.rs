@@ -1,7 +1,7 @@
 //! SMMUv3 register frame layout (Arm IHI 0070, chapter 6): offsets and
 //! field positions, kept apart from the behaviour in [`crate::SmmuModel`].
 
-use crate::config::{Httu, ModelConfig};
+use crate::config::{Httu, ModelConfig, StallModel};
 
 /// Size of the whole register frame (page 0 and page 1).
 pub const FRAME_SIZE: u64 = 0x20000;
@@ -186,6 +186,11 @@ pub mod cerror {
     pub const ATC_INV_SYNC: u32 = 3;
 }
 
+/// SMMU_IDR5.STALL_MAX of a model that stalls: the most stalled
+/// transactions it keeps outstanding (one short of the 65,536 STAGs, the
+/// field being 16 bits). Further faults that would stall terminate.
+pub const STALL_MAX: u32 = 0xffff;
+
 /// SMMU_IIDR encoding.
 pub mod iidr {
     /// JEP106 code of Arm (implementer field).
@@ -276,7 +281,14 @@ impl IdRegs {
             | u32::from(cfg.cmdq_log2) << 21
             | b(cfg.attr_perms_ovr, 26);
         let idr3 = b(cfg.had, 2) | b(cfg.xnx, 4) | b(cfg.ril, 10) | u32::from(cfg.bbml & 3) << 11;
+        // STALL_MAX is RES0 without the stall model.
+        let stall_max = if cfg.stall_model == StallModel::TerminateOnly {
+            0
+        } else {
+            STALL_MAX
+        };
         let idr5 = oas_bits_to_field(cfg.oas_bits).unwrap_or(5)
+            | stall_max << 16
             | b(cfg.gran4k, 4)
             | b(cfg.gran16k, 5)
             | b(cfg.gran64k, 6)

@@ -63,8 +63,14 @@ pub struct Stats {
     pub events_suppressed: u64,
     /// Events lost because the event queue was full (overflow).
     pub events_overflowed: u64,
-    /// Events discarded because the event queue was disabled or broken.
+    /// Events discarded because the event queue was disabled or broken
+    /// (or, for a stall record that waited for room, because its stall
+    /// was retired first).
     pub events_discarded: u64,
+    /// Stall event records waiting for room in the event queue: a level,
+    /// not a counter. A waiting record is counted in `events` (and as
+    /// recorded or discarded) when it leaves the wait.
+    pub events_waiting: u64,
     /// Global errors raised, indexed by GERROR bit.
     pub gerrors: [u64; 16],
     /// Transactions stalled.
@@ -108,6 +114,7 @@ impl Default for Stats {
             events_suppressed: 0,
             events_overflowed: 0,
             events_discarded: 0,
+            events_waiting: 0,
             gerrors: [0; 16],
             stalls: 0,
             dma_bytes: 0,
@@ -172,6 +179,7 @@ impl Stats {
             events_suppressed,
             events_overflowed,
             events_discarded,
+            events_waiting,
             gerrors,
             stalls,
             dma_bytes,
@@ -204,6 +212,7 @@ impl Stats {
             events_suppressed,
             events_overflowed,
             events_discarded,
+            events_waiting,
             stalls,
             dma_bytes,
             mmio_accesses,

@@ -385,11 +385,13 @@ fn random_mmio_memory_and_dma_keep_the_invariants() {
                             rig.h.smmu.write32(o, v as u32);
                             if o == regs::GERRORN {
                                 // Acknowledging CMDQ_ERR resumes the queue,
-                                // which may stop at the next bad command;
-                                // no other error can appear from the write.
+                                // which may stop at the next bad command
+                                // (whose GERROR MSI may abort); no other
+                                // error can appear from the write.
+                                let moved = gerror::CMDQ_ERR | gerror::MSI_GERROR_ABT_ERR;
                                 assert_eq!(
-                                    rig.h.smmu.read32(regs::GERROR) & !gerror::CMDQ_ERR,
-                                    g & !gerror::CMDQ_ERR,
+                                    rig.h.smmu.read32(regs::GERROR) & !moved,
+                                    g & !moved,
                                     "{what}: GERROR moved"
                                 );
                             }

@@ -500,10 +500,10 @@ fn a_stag_is_never_reused_while_its_stall_is_outstanding() {
     assert_eq!(h.smmu.stalled(), [(1, again)]);
 }
 
-/// With every STAG held by an outstanding stall, a further stalling fault
-/// is terminated (event recorded with Stall = 0) instead of growing the
-/// model's list of stalls without bound (a guest that never resumes). The
-/// 65,536 stalls come from a snapshot (filling them one by one costs
+/// With IDR5.STALL_MAX (65,535) stalls outstanding, a further stalling
+/// fault is terminated (event recorded with Stall = 0) instead of growing
+/// the model's list of stalls without bound (a guest that never resumes).
+/// The stalls come from a snapshot (filling them one by one costs
 /// seconds); one more real stall first checks the snapshot's stream stalls.
 #[test]
 fn stalls_are_bounded_by_the_stag_space() {
@@ -518,11 +518,18 @@ fn stalls_are_bounded_by_the_stag_space() {
     let all: Vec<Value> = (0..=u16::MAX)
         .map(|stag| json!({ "sid": 1, "stag": stag }))
         .collect();
-    snap["stalled"] = Value::Array(all);
+    // One more than STALL_MAX is not a state the model can be in.
+    snap["stalled"] = Value::Array(all.clone());
+    assert!(matches!(
+        h.smmu
+            .restore(&serde_json::from_value(snap.clone()).unwrap()),
+        Err(SnapshotError::Corrupt { .. })
+    ));
+    snap["stalled"] = Value::Array(all[1..].to_vec());
     h.smmu
         .restore(&serde_json::from_value(snap.clone()).unwrap())
         .unwrap();
-    assert_eq!(h.smmu.stalled().len(), 1 << 16);
+    assert_eq!(h.smmu.stalled().len(), 0xffff);
     match h.smmu.translate(&req) {
         Err(DmaFault::Terminated { event, .. }) => {
             assert_eq!(event.kind, EventType::FTranslation);
@@ -530,10 +537,10 @@ fn stalls_are_bounded_by_the_stag_space() {
         }
         other => panic!("expected a termination, got {other:?}"),
     }
-    assert_eq!(h.smmu.stalled().len(), 1 << 16);
+    assert_eq!(h.smmu.stalled().len(), 0xffff);
     // A snapshot naming one STAG twice is not a state the model can be in.
     let before = h.smmu.snapshot();
-    snap["stalled"][1]["stag"] = json!(0);
+    snap["stalled"][1]["stag"] = snap["stalled"][0]["stag"].clone();
     assert!(matches!(
         h.smmu.restore(&serde_json::from_value(snap).unwrap()),
         Err(SnapshotError::Corrupt { .. })
@@ -850,4 +857,30 @@ fn a_waiting_sync_completes_when_the_access_ends_and_after_a_restore() {
     assert_eq!(cons(&h.smmu), h.prod - 1, "the source still waits");
     drop(held);
     assert_eq!(cons(&h.smmu), h.prod, "the release resumed the queue");
+}
+
+/// Defect: `read64` (an 8-byte MMIO read) did not look at a CMD_SYNC
+/// waiting at CMDQ_CONS as `read32` does, so a guest polling PROD and
+/// CONS with one 64-bit read at 0x98 (two adjacent 32-bit registers:
+/// architecturally read as both) never saw a restored model's waiting
+/// CMD_SYNC complete.
+#[test]
+fn a_waiting_sync_completes_under_64_bit_polling_after_a_restore() {
+    use smmuv3_model::layout::op;
+    use smmuv3_model::regs;
+    use vm_memory::iommu::Iommu;
+    use vm_memory::{GuestAddress, Permissions};
+    let (mut h, _pt, _pas) = iotlb_rig(2);
+    let io = h.smmu.iommu(1, None);
+    let held = io.translate(GuestAddress(0), 8, Permissions::Read).unwrap();
+    let (w0, w1) = common::tlbi_nh_va(1, 0, true);
+    h.cmd(w0, w1);
+    assert_eq!(h.cmd(u64::from(op::SYNC), 0), 0);
+    let snap = h.smmu.snapshot();
+    let fresh = SmmuModel::new(ModelConfig::default(), h.mem.clone()).unwrap();
+    fresh.restore(&snap).unwrap();
+    let cons = |m: &SmmuModel| (m.read64(regs::CMDQ_PROD) >> 32) as u32 & 0xfffff;
+    assert_eq!(cons(&fresh), h.prod - 1);
+    assert_eq!(cons(&fresh), h.prod, "the 64-bit poll resumed the queue");
+    drop(held);
 }

@@ -119,8 +119,18 @@ fn interrupts_and_msis_reach_the_callbacks() {
         ms.lock().unwrap().push((addr, data));
         addr == 0x0800_0040 // the interrupt controller's doorbell
     })));
+    // The MSI configuration is written while its source is disabled
+    // (writes while enabled are ignored).
+    m.write32(regs::IRQ_CTRL, 0);
     m.write64(regs::EVENTQ_IRQ_CFG0, 0x0800_0040);
     m.write32(regs::EVENTQ_IRQ_CFG1, 0x42);
+    m.write32(regs::IRQ_CTRL, irq_ctrl::EVENTQ_IRQEN);
+    // The guest consumed the first event: the next one finds the queue
+    // empty and interrupts.
+    m.write32(
+        regs::PAGE1 + regs::EVENTQ_CONS,
+        m.read32(regs::PAGE1 + regs::EVENTQ_PROD),
+    );
     let _ = m.dma_read(&DmaRequest::read(2, VA + 0x10_0000, 4), &mut [0; 4]);
     assert_eq!(*msis.lock().unwrap(), [(0x0800_0040, 0x42)]);
     assert_eq!(lines.lock().unwrap().len(), 2);
@@ -135,12 +145,20 @@ fn interrupts_and_msis_reach_the_callbacks() {
     let mut b = [0u8; 4];
     ram.read(target, &mut b).unwrap();
     assert_eq!(u32::from_le_bytes(b), 0x5a5a_0001);
-    // Removing the callbacks stops deliveries.
+    // The wired CMD_SYNC line pulses as well.
+    assert_eq!(lines.lock().unwrap()[2].0, IrqLine::CmdSync);
+    // Removing the callbacks stops deliveries (of an event into the
+    // emptied queue, which interrupts).
+    m.write32(
+        regs::PAGE1 + regs::EVENTQ_CONS,
+        m.read32(regs::PAGE1 + regs::EVENTQ_PROD),
+    );
     m.set_irq_handler(None);
     m.set_msi_handler(None);
     let _ = m.dma_read(&DmaRequest::read(1, VA + 0x10_0000, 4), &mut [0; 4]);
-    assert_eq!(lines.lock().unwrap().len(), 2);
+    assert_eq!(lines.lock().unwrap().len(), 3);
     assert_eq!(msis.lock().unwrap().len(), 2);
+    assert!(m.take_interrupts().eventq, "the level view still sees it");
 }
 
 /// A second phase of work whose outcome depends on the cached state.

@@ -4,7 +4,7 @@ use super::State;
 use super::context::{NO_SSID, ctx_key, ctx_key_sid};
 use crate::config::StallModel;
 use crate::layout::{CMD_SIZE, RawCmd, op, sync_cs};
-use crate::regs::{cerror, cr0, gerror, irq_ctrl, queue};
+use crate::regs::{cerror, cr0, gerror, queue};
 use crate::stats::TraceEntry;
 use crate::tlb::{InvScope, Regime};
 
@@ -412,6 +412,7 @@ impl State {
                 } else {
                     self.stalled.retain(|s| s.sid != sid);
                 }
+                self.drop_retired_stall_records();
                 Ok(())
             }
             op::SYNC => self.cmd_sync(c),
@@ -423,20 +424,22 @@ impl State {
         match c.sync_cs() {
             sync_cs::NONE => {}
             sync_cs::IRQ => {
+                // The wired CMD_SYNC line pulses whatever MSIAddress says
+                // (IHI 0070 4.7.3); an MSI is sent as well when one is
+                // configured. IRQ_CTRL has no enable for this source.
+                self.irq.cmd_sync = true;
+                self.outbox.irq(super::signal::IrqLine::CmdSync);
                 let addr = c.sync_msi_addr();
                 if self.cfg.msi && addr != 0 {
                     let data = c.sync_msi_data().to_le_bytes();
-                    if self.outbox.msi(addr, c.sync_msi_data()) {
+                    let abort = gerror::MSI_CMDQ_ABT_ERR;
+                    if self.outbox.msi(addr, c.sync_msi_data(), abort) {
                         self.stats.sync_msi_writes += 1;
                     } else if self.mem.write(addr, &data).is_err() {
                         self.raise_gerror(gerror::MSI_CMDQ_ABT_ERR);
                     } else {
                         self.stats.sync_msi_writes += 1;
                     }
-                } else {
-                    let _ = irq_ctrl::GERROR_IRQEN;
-                    self.irq.cmd_sync = true;
-                    self.outbox.irq(super::signal::IrqLine::CmdSync);
                 }
             }
             // Without SEV support the wake-up event simply does not happen

@@ -127,11 +127,28 @@ fn level_sizes(tt: &TableCfg) -> impl Iterator<Item = u32> {
 
 impl State {
     pub(super) fn strtab_split(&self) -> u32 {
+        // Reserved values behave as 6 (IHI 0070 6.3.25).
         match (self.regs.strtab_base_cfg >> strtab::SPLIT_SHIFT) & 0x1f {
-            0..=7 => 6,
-            8 | 9 => 8,
-            _ => 10,
+            8 => 8,
+            10 => 10,
+            _ => 6,
         }
+    }
+
+    /// Returns the effective stream table base: ADDR aligned by the SMMU
+    /// to the table size (linear) or to the larger of 64 bytes and the
+    /// level-1 table size (2-level), both from the literal LOG2SIZE, not
+    /// capped by SIDSIZE (IHI 0070 6.3.24).
+    fn strtab_base(&self, two_level: bool) -> u64 {
+        let log2size = self.regs.strtab_base_cfg & strtab::LOG2SIZE_MASK;
+        // log2 of the alignment in bytes.
+        let align = if two_level {
+            (log2size.saturating_sub(self.strtab_split()) + 3).max(6)
+        } else {
+            log2size + 6
+        };
+        let low = 1u64.checked_shl(align).map_or(u64::MAX, |a| a - 1);
+        self.regs.strtab_base & strtab::ADDR_MASK & !low
     }
 
     // ---- structure fetching -------------------------------------------
@@ -160,8 +177,8 @@ impl State {
         if u64::from(sid) >> log2size != 0 {
             return Err(ev(EventType::CBadStreamId));
         }
-        let base = self.regs.strtab_base & strtab::ADDR_MASK;
         let two_level = (cfg >> strtab::FMT_SHIFT) & 3 == 1 && self.cfg.two_level_strtab;
+        let base = self.strtab_base(two_level);
         // (array base, first StreamID of the array, STEs in the array)
         let ste_pa = if two_level {
             let split = self.strtab_split();

@@ -58,6 +58,16 @@ struct Regs {
     eventq_irq_cfg2: u32,
 }
 
+/// What became of an event record offered to the event queue.
+enum Put {
+    Written,
+    /// EVENTQEN = 0, or an event queue abort is active.
+    Unwritable,
+    Full,
+    /// The write aborted (EVENTQ_ABT_ERR raised).
+    Aborted,
+}
+
 /// Fault injection state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Inject {
@@ -105,6 +115,10 @@ pub(crate) struct State {
     inject: Inject,
     irq: Interrupts,
     stalled: Vec<Stalled>,
+    /// Records of stalled transactions that found the event queue full or
+    /// unwritable: they are not discarded but written, in order, when the
+    /// queue is next writable (IHI 0070 7.4).
+    stall_records: Vec<Event>,
     next_stag: u16,
     /// The `Iotlb`s of [`StreamIommu`]s, kept coherent with the caches.
     iotlbs: Vec<std::sync::Weak<iotlb::IotlbSlot>>,
@@ -262,6 +276,7 @@ impl SmmuModel {
             inject: Inject::default(),
             irq: Interrupts::default(),
             stalled: Vec::new(),
+            stall_records: Vec::new(),
             next_stag: 0,
             iotlbs: Vec::new(),
             outbox: signal::Outbox::new(pending.clone()),
@@ -324,6 +339,9 @@ impl SmmuModel {
         let v = u64::from(s.read32(offset)) | u64::from(s.read32(offset.wrapping_add(4))) << 32;
         drop(s);
         self.deliver();
+        // As `read32`: a poll of CMDQ_CONS (with PROD, at 0x98) lets a
+        // waiting CMD_SYNC complete.
+        self.poll_sync();
         v
     }
 
@@ -480,6 +498,7 @@ impl SmmuModel {
         st.tlb_evictions = s.tlb.evictions();
         st.tlbi_granule_mismatches = s.tlb.granule_mismatch;
         st.tlb_conflicts = s.tlb.conflicts;
+        st.events_waiting = s.stall_records.len() as u64;
         st
     }
 
@@ -648,23 +667,29 @@ impl State {
         self.regs.gerror ^= bit;
         self.stats.gerrors[bit.trailing_zeros() as usize] += 1;
         if self.regs.irq_ctrl & irq_ctrl::GERROR_IRQEN != 0 {
-            // Signalled on the wired-interrupt view only: GERROR MSIs are
-            // not modelled (their abort would itself be a new global error).
             self.irq.gerror = true;
             self.outbox.irq(signal::IrqLine::Gerror);
+            // An aborted GERROR MSI is itself a global error; raising it
+            // again while active does nothing, so this recurses once.
+            let (cfg0, data) = (self.regs.gerror_irq_cfg0, self.regs.gerror_irq_cfg1);
+            if !self.send_msi(cfg0, data, gerror::MSI_GERROR_ABT_ERR) {
+                self.raise_gerror(gerror::MSI_GERROR_ABT_ERR);
+            }
         }
     }
 
-    /// Writes an event queue MSI (32-bit data to a 4-byte aligned address) when MSIs
+    /// Writes an MSI (32-bit data to a 4-byte aligned address) when MSIs
     /// are implemented and an address is programmed; returns false when the
     /// write aborted.
-    fn send_msi(&mut self, cfg0: u64, data: u32) -> bool {
+    /// `abort` is the GERROR bit its abort activates (the caller raises
+    /// it on a false return; the outbox when a declined MSI aborts).
+    fn send_msi(&mut self, cfg0: u64, data: u32, abort: u32) -> bool {
         let addr = cfg0 & crate::layout::addr_mask(2);
         if !self.cfg.msi || addr == 0 {
             return true;
         }
         self.stats.msi_writes += 1;
-        if self.outbox.msi(addr, data) {
+        if self.outbox.msi(addr, data, abort) {
             return true;
         }
         self.mem.write(addr, &data.to_le_bytes()).is_ok()
@@ -680,7 +705,7 @@ impl State {
         let hi = |v: u64| (v >> 32) as u32;
         if offset >= regs::PAGE1 {
             return match offset - regs::PAGE1 {
-                regs::EVENTQ_PROD => r.eventq_prod,
+                regs::EVENTQ_PROD => self.eventq_prod_reg(),
                 regs::EVENTQ_CONS => r.eventq_cons,
                 _ => 0,
             };
@@ -716,11 +741,12 @@ impl State {
                         self.process_cmdq();
                     }
                 }
-                self.regs.cmdq_cons
+                let field = queue::CONS_ERR_MASK << queue::CONS_ERR_SHIFT | self.cmdq().ptr_mask();
+                self.regs.cmdq_cons & field
             }
             regs::EVENTQ_BASE => lo(r.eventq_base),
             0xa4 => hi(r.eventq_base),
-            regs::EVENTQ_PROD => r.eventq_prod,
+            regs::EVENTQ_PROD => self.eventq_prod_reg(),
             regs::EVENTQ_CONS => r.eventq_cons,
             regs::EVENTQ_IRQ_CFG0 => lo(r.eventq_irq_cfg0),
             0xb4 => hi(r.eventq_irq_cfg0),
@@ -738,10 +764,27 @@ impl State {
         self.write32_inner(offset, value);
     }
 
+    /// Writes the waiting stall records once a register write may have
+    /// made the event queue writable (CONS moved, EVENTQEN set, an event
+    /// queue abort acknowledged).
+    fn after_write(&mut self, offset: u64) {
+        let offset = offset & !regs::PAGE1;
+        if !self.stall_records.is_empty()
+            && matches!(offset, regs::CR0 | regs::GERRORN | regs::EVENTQ_CONS)
+        {
+            self.flush_stall_records();
+        }
+    }
+
+    fn write32_inner(&mut self, offset: u64, value: u32) {
+        self.write_reg(offset, value);
+        self.after_write(offset);
+    }
+
     // Each arm reads as "register: condition under which the write lands",
     // which guards would hide behind the catch-all arm.
     #[allow(clippy::collapsible_match)]
-    fn write32_inner(&mut self, offset: u64, value: u32) {
+    fn write_reg(&mut self, offset: u64, value: u32) {
         self.stats.mmio_accesses += 1;
         self.set_last(None);
         if offset % 4 != 0 || offset >= regs::FRAME_SIZE {
@@ -769,8 +812,7 @@ impl State {
             }
             regs::CR2 => {
                 if en & cr0::SMMUEN == 0 {
-                    let e2h = if self.cfg.hyp { 1 } else { 0 };
-                    self.regs.cr2 = value & (e2h | 0b110);
+                    self.regs.cr2 = value & self.cr2_fields();
                 }
             }
             regs::GBPA => {
@@ -783,7 +825,7 @@ impl State {
             regs::IRQ_CTRL => self.regs.irq_ctrl = value & 0b101,
             regs::GERRORN => {
                 let was_cmdq_err = self.gerror_active(gerror::CMDQ_ERR);
-                self.regs.gerrorn = value & gerror::ALL;
+                self.regs.gerrorn = value & self.gerror_fields();
                 if was_cmdq_err && !self.gerror_active(gerror::CMDQ_ERR) {
                     // Acknowledged: ERR is UNKNOWN from now on (the model
                     // clears it) and consumption restarts at CONS.
@@ -791,10 +833,19 @@ impl State {
                     self.process_cmdq();
                 }
             }
-            regs::GERROR_IRQ_CFG0 => set_lo(&mut self.regs.gerror_irq_cfg0, value & !3),
-            0x6c => set_hi(&mut self.regs.gerror_irq_cfg0, value & 0x000f_ffff),
-            regs::GERROR_IRQ_CFG1 => self.regs.gerror_irq_cfg1 = value,
-            regs::GERROR_IRQ_CFG2 => self.regs.gerror_irq_cfg2 = value & 0x3f,
+            // MSI configuration exists only with MSIs (IDR0.MSI), and is
+            // read-only while its source is enabled (ignored writes are
+            // the SMMUv3.2 behaviour, one of v3.0/v3.1's outcomes).
+            regs::GERROR_IRQ_CFG0..=regs::GERROR_IRQ_CFG2 => {
+                if self.cfg.msi && self.regs.irq_ctrl & irq_ctrl::GERROR_IRQEN == 0 {
+                    match offset {
+                        regs::GERROR_IRQ_CFG0 => set_lo(&mut self.regs.gerror_irq_cfg0, value & !3),
+                        0x6c => set_hi(&mut self.regs.gerror_irq_cfg0, value & 0x000f_ffff),
+                        regs::GERROR_IRQ_CFG1 => self.regs.gerror_irq_cfg1 = value,
+                        _ => self.regs.gerror_irq_cfg2 = value & 0x3f,
+                    }
+                }
+            }
             regs::STRTAB_BASE | 0x84 => {
                 if en & cr0::SMMUEN == 0 {
                     let r = &mut self.regs.strtab_base;
@@ -808,7 +859,7 @@ impl State {
             }
             regs::STRTAB_BASE_CFG => {
                 if en & cr0::SMMUEN == 0 {
-                    self.regs.strtab_base_cfg = value & strtab::CFG_MASK;
+                    self.regs.strtab_base_cfg = value & self.strtab_cfg_fields();
                 }
             }
             regs::CMDQ_BASE | 0x94 => {
@@ -830,7 +881,8 @@ impl State {
                 if en & cr0::CMDQEN == 0 {
                     let keep_err =
                         self.regs.cmdq_cons & (queue::CONS_ERR_MASK << queue::CONS_ERR_SHIFT);
-                    self.regs.cmdq_cons = (value & queue::PTR_MASK) | keep_err;
+                    // RD bits above the wrap bit are RAZ.
+                    self.regs.cmdq_cons = (value & self.cmdq().ptr_mask()) | keep_err;
                 }
             }
             regs::EVENTQ_BASE | 0xa4 => {
@@ -846,14 +898,22 @@ impl State {
             }
             regs::EVENTQ_PROD => {
                 if en & cr0::EVENTQEN == 0 {
-                    self.regs.eventq_prod = value & (queue::PTR_MASK | queue::OVFLG);
+                    // WR bits above the wrap bit are RAZ.
+                    let ptr = self.eventq().ptr_mask();
+                    self.regs.eventq_prod = value & (ptr | queue::OVFLG);
                 }
             }
             regs::EVENTQ_CONS => self.regs.eventq_cons = value & (queue::PTR_MASK | queue::OVFLG),
-            regs::EVENTQ_IRQ_CFG0 => set_lo(&mut self.regs.eventq_irq_cfg0, value & !3),
-            0xb4 => set_hi(&mut self.regs.eventq_irq_cfg0, value & 0x000f_ffff),
-            regs::EVENTQ_IRQ_CFG1 => self.regs.eventq_irq_cfg1 = value,
-            regs::EVENTQ_IRQ_CFG2 => self.regs.eventq_irq_cfg2 = value & 0x3f,
+            regs::EVENTQ_IRQ_CFG0..=regs::EVENTQ_IRQ_CFG2 => {
+                if self.cfg.msi && self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN == 0 {
+                    match offset {
+                        regs::EVENTQ_IRQ_CFG0 => set_lo(&mut self.regs.eventq_irq_cfg0, value & !3),
+                        0xb4 => set_hi(&mut self.regs.eventq_irq_cfg0, value & 0x000f_ffff),
+                        regs::EVENTQ_IRQ_CFG1 => self.regs.eventq_irq_cfg1 = value,
+                        _ => self.regs.eventq_irq_cfg2 = value & 0x3f,
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -867,7 +927,6 @@ impl State {
         if self.cfg.ats {
             cr0_bits |= cr0::ATSCHK;
         }
-        let e2h = if self.cfg.hyp { 1 } else { 0 };
         let queue_base = queue::ADDR_MASK | queue::ALLOC_HINT | queue::LOG2SIZE_MASK;
         let irq_addr = 0x000f_ffff_ffff_fffc;
         let cons = queue::PTR_MASK | queue::CONS_ERR_MASK << queue::CONS_ERR_SHIFT;
@@ -876,15 +935,19 @@ impl State {
         let fits32 = |v: u32, mask: u32| v & !mask == 0;
         fits32(r.cr0, cr0_bits)
             && fits32(r.cr1, 0xfff)
-            && fits32(r.cr2, e2h | 0b110)
+            && fits32(r.cr2, self.cr2_fields())
             && fits32(r.gbpa, gbpa::FIELDS)
             && fits32(r.irq_ctrl, 0b101)
-            && fits32(r.gerror, gerror::ALL)
-            && fits32(r.gerrorn, gerror::ALL)
+            && fits32(r.gerror, self.gerror_fields())
+            && fits32(r.gerrorn, self.gerror_fields())
             && fits(r.gerror_irq_cfg0, irq_addr)
             && fits32(r.gerror_irq_cfg2, 0x3f)
+            && (self.cfg.msi
+                || r.gerror_irq_cfg0 | u64::from(r.gerror_irq_cfg1 | r.gerror_irq_cfg2) == 0)
+            && (self.cfg.msi
+                || r.eventq_irq_cfg0 | u64::from(r.eventq_irq_cfg1 | r.eventq_irq_cfg2) == 0)
             && fits(r.strtab_base, strtab::ADDR_MASK | strtab::RA)
-            && fits32(r.strtab_base_cfg, strtab::CFG_MASK)
+            && fits32(r.strtab_base_cfg, self.strtab_cfg_fields())
             && fits(r.cmdq_base, queue_base)
             && fits32(r.cmdq_prod, queue::PTR_MASK)
             && fits32(r.cmdq_cons, cons)
@@ -893,6 +956,40 @@ impl State {
             && fits32(r.eventq_cons, event_ptr)
             && fits(r.eventq_irq_cfg0, irq_addr)
             && fits32(r.eventq_irq_cfg2, 0x3f)
+    }
+
+    /// Returns the SMMU_GERROR(N) fields this SMMU implements: no PRI
+    /// errors (no PRI queue), MSI aborts only with MSIs.
+    fn gerror_fields(&self) -> u32 {
+        let msi =
+            gerror::MSI_CMDQ_ABT_ERR | gerror::MSI_EVENTQ_ABT_ERR | gerror::MSI_GERROR_ABT_ERR;
+        let pri = gerror::PRIQ_ABT_ERR | gerror::MSI_PRIQ_ABT_ERR;
+        let absent = if self.cfg.msi { pri } else { pri | msi };
+        gerror::ALL & !absent
+    }
+
+    /// Returns the SMMU_CR2 fields this SMMU implements: RECINVSID,
+    /// E2H with Hyp, PTM with BTM (the others are RES0).
+    fn cr2_fields(&self) -> u32 {
+        let e2h = if self.cfg.hyp { 1 } else { 0 };
+        let ptm = if self.cfg.btm { 0b100 } else { 0 };
+        e2h | 0b10 | ptm
+    }
+
+    /// Returns the SMMU_STRTAB_BASE_CFG fields this SMMU implements: FMT
+    /// and SPLIT only with 2-level tables (IDR0.ST_LEVEL), else RES0.
+    fn strtab_cfg_fields(&self) -> u32 {
+        if self.cfg.two_level_strtab {
+            strtab::CFG_MASK
+        } else {
+            strtab::LOG2SIZE_MASK
+        }
+    }
+
+    /// Returns SMMU_EVENTQ_PROD as read: WR bits above the wrap bit of
+    /// the current queue size are RAZ.
+    fn eventq_prod_reg(&self) -> u32 {
+        self.regs.eventq_prod & (queue::OVFLG | self.eventq().ptr_mask())
     }
 
     fn write_cr0(&mut self, value: u32) {
@@ -912,49 +1009,120 @@ impl State {
     }
 
     /// Writes an event to the event queue; returns whether it was recorded.
+    ///
+    /// A stall record that finds no room waits (see `stall_records`); it
+    /// is counted in [`Stats::events`] when it leaves the wait.
     fn record_event(&mut self, ev: Event) -> bool {
-        self.stats.events[usize::from(ev.kind.code())] += 1;
         self.trace(|| TraceEntry::Event(ev));
-        if self.regs.cr0 & cr0::EVENTQEN == 0 || self.gerror_active(gerror::EVENTQ_ABT_ERR) {
-            self.stats.events_discarded += 1;
+        if ev.stall && !self.stall_records.is_empty() {
+            // Behind earlier stall records still waiting for room.
+            self.stall_records.push(ev);
             return false;
+        }
+        let put = self.put_event(&ev);
+        if ev.stall && matches!(put, Put::Unwritable | Put::Full) {
+            self.stall_records.push(ev);
+            return false;
+        }
+        self.stats.events[usize::from(ev.kind.code())] += 1;
+        match put {
+            Put::Written => true,
+            Put::Unwritable | Put::Aborted => {
+                self.stats.events_discarded += 1;
+                false
+            }
+            Put::Full => {
+                // Overflow: flag it once until software acknowledges.
+                let (prod, cons) = (self.regs.eventq_prod, self.regs.eventq_cons);
+                if (prod ^ cons) & queue::OVFLG == 0 {
+                    self.regs.eventq_prod ^= queue::OVFLG;
+                }
+                self.stats.events_overflowed += 1;
+                false
+            }
+        }
+    }
+
+    /// Writes the stall records that waited for room, in order, while the
+    /// queue takes them; drops those whose stall was retired meanwhile.
+    fn flush_stall_records(&mut self) {
+        let mut done = 0;
+        while let Some(ev) = self.stall_records.get(done).copied() {
+            if self.stall_outstanding(&ev) {
+                match self.put_event(&ev) {
+                    Put::Written => {}
+                    Put::Aborted => self.stats.events_discarded += 1,
+                    Put::Unwritable | Put::Full => break,
+                }
+            } else {
+                self.stats.events_discarded += 1;
+            }
+            self.stats.events[usize::from(ev.kind.code())] += 1;
+            done += 1;
+        }
+        self.stall_records.drain(..done);
+    }
+
+    /// Drops the waiting stall records of stalls no longer outstanding
+    /// (retired by CMD_RESUME / CMD_STALL_TERM): they are not written.
+    pub(super) fn drop_retired_stall_records(&mut self) {
+        let records = std::mem::take(&mut self.stall_records);
+        for ev in records {
+            if self.stall_outstanding(&ev) {
+                self.stall_records.push(ev);
+            } else {
+                self.stats.events[usize::from(ev.kind.code())] += 1;
+                self.stats.events_discarded += 1;
+            }
+        }
+    }
+
+    /// Returns whether the stall `ev` reports still waits for an answer.
+    fn stall_outstanding(&self, ev: &Event) -> bool {
+        self.stalled
+            .iter()
+            .any(|s| s.sid == ev.sid && s.stag == ev.stag)
+    }
+
+    /// Writes `ev` at EVENTQ_PROD and signals it.
+    fn put_event(&mut self, ev: &Event) -> Put {
+        if self.regs.cr0 & cr0::EVENTQEN == 0 || self.gerror_active(gerror::EVENTQ_ABT_ERR) {
+            return Put::Unwritable;
         }
         let q = self.eventq();
         let prod = self.regs.eventq_prod;
         let cons = self.regs.eventq_cons;
         if q.full(prod, cons) {
-            // Overflow: flag it once until software acknowledges.
-            if (prod ^ cons) & queue::OVFLG == 0 {
-                self.regs.eventq_prod ^= queue::OVFLG;
-            }
-            self.stats.events_overflowed += 1;
-            return false;
+            return Put::Full;
         }
         let addr = q.base + u64::from(q.idx(prod)) * crate::layout::EVENT_SIZE;
         if self.mem.write(addr, &ev.to_bytes()).is_err() {
             self.raise_gerror(gerror::EVENTQ_ABT_ERR);
-            self.stats.events_discarded += 1;
-            return false;
+            return Put::Aborted;
         }
         self.regs.eventq_prod = (prod & queue::OVFLG) | q.inc(prod & queue::PTR_MASK);
         self.stats.events_recorded += 1;
-        if self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN != 0 {
+        // The interrupt's trigger is the queue going from empty to
+        // non-empty (IHI 0070 3.18.2), not every record.
+        if q.empty(prod, cons) && self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN != 0 {
             self.irq.eventq = true;
             self.outbox.irq(signal::IrqLine::EventQ);
-            if !self.send_msi(self.regs.eventq_irq_cfg0, self.regs.eventq_irq_cfg1) {
+            let (cfg0, data) = (self.regs.eventq_irq_cfg0, self.regs.eventq_irq_cfg1);
+            if !self.send_msi(cfg0, data, gerror::MSI_EVENTQ_ABT_ERR) {
                 self.raise_gerror(gerror::MSI_EVENTQ_ABT_ERR);
             }
         }
-        true
+        Put::Written
     }
 
-    /// Returns a STAG no outstanding stall holds, or `None` when all
-    /// 65,536 are held (the model then terminates the transaction instead
-    /// of stalling it, which also bounds the stalls kept).
+    /// Returns a STAG no outstanding stall holds, or `None` when
+    /// IDR5.STALL_MAX stalls are outstanding (the model then terminates
+    /// the transaction instead of stalling it, which also bounds the
+    /// stalls kept).
     fn alloc_stag(&mut self) -> Option<u16> {
         // CMD_RESUME retires a stall by (StreamID, STAG): a STAG handed out
         // twice would let one resume retire two transactions.
-        if self.stalled.len() > usize::from(u16::MAX) {
+        if self.stalled.len() >= regs::STALL_MAX as usize {
             return None;
         }
         loop {

@@ -12,11 +12,12 @@ use crate::SmmuModel;
 /// A wired interrupt line of the SMMU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IrqLine {
-    /// Event queue interrupt (an event was written, IRQ_CTRL.EVENTQ_IRQEN).
+    /// Event queue interrupt (the queue went from empty to non-empty,
+    /// IRQ_CTRL.EVENTQ_IRQEN).
     EventQ,
     /// Global error interrupt (IRQ_CTRL.GERROR_IRQEN).
     Gerror,
-    /// CMD_SYNC completion with CS = SIG_IRQ and no MSI address.
+    /// CMD_SYNC completion with CS = SIG_IRQ (whatever its MSI address).
     CmdSync,
 }
 
@@ -24,8 +25,8 @@ pub enum IrqLine {
 /// once per assertion).
 pub type IrqHandler = Arc<dyn Fn(IrqLine) + Send + Sync>;
 
-/// Called with (address, data) of each MSI the SMMU sends (event queue
-/// MSIs and CMD_SYNC completion MSIs). Returns whether it consumed the MSI
+/// Called with (address, data) of each MSI the SMMU sends (event queue,
+/// GERROR and CMD_SYNC completion MSIs). Returns whether it consumed the MSI
 /// (e.g. injected it through the interrupt controller); when it returns
 /// false the model performs the 32-bit write to memory itself.
 pub type MsiHandler = Arc<dyn Fn(u64, u32) -> bool + Send + Sync>;
@@ -39,7 +40,12 @@ pub(crate) struct Handlers {
 #[derive(Clone, Copy, Debug)]
 enum Signal {
     Irq(IrqLine),
-    Msi { addr: u64, data: u32 },
+    /// An MSI, with the GERROR bit its abort activates.
+    Msi {
+        addr: u64,
+        data: u32,
+        abort: u32,
+    },
 }
 
 /// Signals waiting for delivery, queued only while a callback is
@@ -69,12 +75,14 @@ impl Outbox {
     }
 
     /// Queues an MSI for the callback; returns false when none is
-    /// installed (the caller writes memory).
-    pub fn msi(&mut self, addr: u64, data: u32) -> bool {
+    /// installed (the caller writes memory). `abort` is the GERROR bit
+    /// (MSI_*_ABT_ERR) to activate if the model ends up writing it to
+    /// memory and the write aborts.
+    pub fn msi(&mut self, addr: u64, data: u32, abort: u32) -> bool {
         if !self.msi_hooked {
             return false;
         }
-        self.signals.push(Signal::Msi { addr, data });
+        self.signals.push(Signal::Msi { addr, data, abort });
         self.pending.store(true, Ordering::Release);
         true
     }
@@ -108,7 +116,7 @@ impl SmmuModel {
 
     #[cold]
     fn deliver_slow(&self) {
-        let signals = {
+        let mut signals = {
             let mut s = self.lock();
             self.pending.store(false, Ordering::Release);
             std::mem::take(&mut s.outbox.signals)
@@ -118,22 +126,37 @@ impl SmmuModel {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        for sig in signals {
-            match sig {
-                Signal::Irq(line) => {
-                    if let Some(f) = &h.irq {
-                        f(line);
+        // Bounded: an aborted MSI raises an error at most once while it is
+        // active, and each error's GERROR MSI can only raise
+        // MSI_GERROR_ABT_ERR.
+        while !signals.is_empty() {
+            let mut aborted = 0u32;
+            for sig in signals {
+                match sig {
+                    Signal::Irq(line) => {
+                        if let Some(f) = &h.irq {
+                            f(line);
+                        }
                     }
-                }
-                Signal::Msi { addr, data } => {
-                    let taken = h.msi.as_ref().is_some_and(|f| f(addr, data));
-                    if !taken {
-                        // As without a callback; an abort has no one left
-                        // to report to (the MSI was already "sent").
-                        let _ = self.mem.write(addr, &data.to_le_bytes());
+                    Signal::Msi { addr, data, abort } => {
+                        let taken = h.msi.as_ref().is_some_and(|f| f(addr, data));
+                        // Declined: written as without a callback, and an
+                        // abort reported as without one.
+                        if !taken && self.mem.write(addr, &data.to_le_bytes()).is_err() {
+                            aborted |= abort;
+                        }
                     }
                 }
             }
+            if aborted == 0 {
+                return;
+            }
+            let mut s = self.lock();
+            for bit in (0..32).map(|b| 1u32 << b).filter(|b| aborted & b != 0) {
+                s.raise_gerror(bit);
+            }
+            self.pending.store(false, Ordering::Release);
+            signals = std::mem::take(&mut s.outbox.signals);
         }
     }
 }

@@ -10,14 +10,16 @@ use super::context::Ctx;
 use super::decode::{Cd, Ste};
 use super::{Inject, Regs, Stalled, State};
 use crate::config::ModelConfig;
+use crate::event::Event;
 use crate::stats::Stats;
 use crate::tlb::{FastMap, Tlb, TlbSnapshot};
 use crate::{Interrupts, SmmuModel};
 
 /// Version of the snapshot format (2: TLB and walk-cache entries are
 /// stored with their set-associative slots and eviction state; 3: their
-/// permissions are one bit mask).
-pub const SNAPSHOT_VERSION: u32 = 3;
+/// permissions are one bit mask; 4: stall records waiting for room in the
+/// event queue).
+pub const SNAPSHOT_VERSION: u32 = 4;
 
 /// The serialisable state of a [`SmmuModel`] (not the memory behind it,
 /// which the VMM migrates as guest RAM, and not the trace or the
@@ -37,6 +39,8 @@ pub struct ModelSnapshot {
     inject: Inject,
     irq: Interrupts,
     stalled: Vec<Stalled>,
+    /// Stall records waiting for room, as event queue entries.
+    stall_records: Vec<[u8; 32]>,
     next_stag: u16,
 }
 
@@ -96,6 +100,7 @@ impl SmmuModel {
             inject: s.inject,
             irq: s.irq,
             stalled: s.stalled.clone(),
+            stall_records: s.stall_records.iter().map(Event::to_bytes).collect(),
             next_stag: s.next_stag,
         }
     }
@@ -149,10 +154,27 @@ impl State {
         if counters.iter().any(|&c| c >> 63 != 0) {
             return corrupt("a counter beyond what any run reaches (2^63)");
         }
+        if snap.stalled.len() > crate::regs::STALL_MAX as usize {
+            return corrupt("more outstanding stalls than IDR5.STALL_MAX");
+        }
         let mut stags: Vec<u16> = snap.stalled.iter().map(|s| s.stag).collect();
         stags.sort_unstable();
         if stags.windows(2).any(|w| w[0] == w[1]) {
             return corrupt("two outstanding stalls with one STAG");
+        }
+        let outstanding = |ev: &Event| {
+            ev.stall
+                && snap
+                    .stalled
+                    .iter()
+                    .any(|s| s.sid == ev.sid && s.stag == ev.stag)
+        };
+        if !snap
+            .stall_records
+            .iter()
+            .all(|b| Event::from_bytes(b).is_some_and(|ev| outstanding(&ev)))
+        {
+            return corrupt("a waiting stall record of no outstanding stall");
         }
         let cfg = &self.cfg;
         if !snap
@@ -176,6 +198,12 @@ impl State {
         self.inject = snap.inject;
         self.irq = snap.irq;
         self.stalled = snap.stalled.clone();
+        // Checked to decode.
+        self.stall_records = snap
+            .stall_records
+            .iter()
+            .filter_map(Event::from_bytes)
+            .collect();
         self.next_stag = snap.next_stag;
         self.set_last(None);
         self.sync_iotlbs();
