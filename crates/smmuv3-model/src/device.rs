@@ -42,7 +42,9 @@ pub enum MmioError {
 pub struct RidMapping {
     /// First requester ID.
     pub rid_base: u32,
-    /// Number of requester IDs.
+    /// Number of requester IDs: an IORT ID mapping's "Number of IDs"
+    /// field plus one (IORT stores the count minus one), a devicetree
+    /// `iommu-map` entry's length as it stands.
     pub count: u32,
     /// StreamID of `rid_base`.
     pub sid_base: u32,
