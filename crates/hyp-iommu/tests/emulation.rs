@@ -853,3 +853,31 @@ fn a_host_cd_table_with_64k_leaves_serves_its_substreams() {
     }
     assert!(t.host.violations.lock().unwrap().is_empty());
 }
+
+/// The event queue interrupt is raised when the host's queue goes from
+/// empty to non-empty (IHI 0070 3.18.2), not for every record: a record
+/// written behind one the host has not consumed does not interrupt.
+#[test]
+fn the_host_event_interrupt_fires_when_its_queue_becomes_non_empty() {
+    let t = setup(Coherency::Coherent);
+    let (host, _dom) = attached(&t, StrtabFormat::Linear);
+    let irq_ctrl = smmuv3::regs::IRQ_CTRL as u64;
+    let en = smmuv3::regs::irq_ctrl::EVENTQ_IRQEN.mask();
+    let fault = |iova: u64| {
+        assert!(t.dma_write(SID, iova, b"x").is_err());
+        let mut e = t.emu.lock().unwrap();
+        e.poll_events();
+        e.take_irqs(0).eventq
+    };
+    {
+        let mut e = t.emu.lock().unwrap();
+        e.write(0, irq_ctrl, 4, en).unwrap();
+        assert_eq!(e.read(0, smmuv3::regs::IRQ_CTRLACK as u64, 4).unwrap(), en);
+        e.take_irqs(0);
+    }
+    assert!(fault(IOVA), "empty -> non-empty");
+    assert!(!fault(IOVA + 0x1000), "the queue was not empty");
+    assert_eq!(host.drain_events().unwrap().events.len(), 2);
+    assert!(fault(IOVA + 0x2000), "consumed, so empty again");
+    assert_eq!(t.stats().host_events, 3);
+}

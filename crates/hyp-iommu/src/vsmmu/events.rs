@@ -227,7 +227,9 @@ where
         }
         v.evtq.prod = ring.next(prod) | (prod & ovf);
         v.stats.host_events += 1;
-        if v.irq_ctrl & (irq_ctrl::EVENTQ_IRQEN.mask() as u32) != 0 {
+        // The interrupt's trigger is the queue going from empty to
+        // non-empty (IHI 0070 3.18.2), not every record.
+        if ring.empty(prod, cons) && v.irq_ctrl & (irq_ctrl::EVENTQ_IRQEN.mask() as u32) != 0 {
             v.irqs.eventq = true;
         }
     }

@@ -107,7 +107,8 @@ impl Default for EmulationOptions {
 pub struct HostIrqs {
     /// A global error was raised with IRQ_CTRL.GERROR_IRQEN set.
     pub gerror: bool,
-    /// Events were written with IRQ_CTRL.EVENTQ_IRQEN set.
+    /// The host's event queue went from empty to non-empty with
+    /// IRQ_CTRL.EVENTQ_IRQEN set.
     pub eventq: bool,
 }
 
