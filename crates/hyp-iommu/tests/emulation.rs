@@ -881,3 +881,35 @@ fn the_host_event_interrupt_fires_when_its_queue_becomes_non_empty() {
     assert!(fault(IOVA + 0x2000), "consumed, so empty again");
     assert_eq!(t.stats().host_events, 3);
 }
+
+/// The indexes the SMMU writes (CMDQ_CONS.RD, EVENTQ_PROD.WR) have no
+/// bits above the wrap bit of the queue's size: they read as zero
+/// (IHI 0070 6.3.28), also when the queue is made smaller.
+#[test]
+fn index_bits_above_the_wrap_bit_read_as_zero() {
+    use smmuv3::regs as r;
+    let t = setup(Coherency::Coherent);
+    let mut e = t.emu.lock().unwrap();
+    let base = t.ram.base;
+    // 16-entry queues: the index is bits [3:0], the wrap bit bit 4.
+    e.write(0, r::CMDQ_BASE as u64, 8, base | 4).unwrap();
+    e.write(0, r::EVENTQ_BASE as u64, 8, (base + 0x1000) | 4)
+        .unwrap();
+    e.write(0, r::CMDQ_CONS as u64, 4, 0xf_ffe3).unwrap();
+    assert_eq!(e.read(0, r::CMDQ_CONS as u64, 4).unwrap(), 0x03);
+    e.write(0, r::EVENTQ_PROD as u64, 4, 0x8fff_fff5).unwrap();
+    assert_eq!(e.read(0, r::EVENTQ_PROD as u64, 4).unwrap(), 0x8000_0015);
+    assert_eq!(e.read(0, r::EVENTQ_PROD_P0 as u64, 4).unwrap(), 0x8000_0015);
+    // A queue made smaller shows the truncated index.
+    e.write(0, r::EVENTQ_PROD as u64, 4, 0x1c).unwrap();
+    e.write(0, r::EVENTQ_BASE as u64, 8, (base + 0x1000) | 2)
+        .unwrap();
+    assert_eq!(e.read(0, r::EVENTQ_PROD as u64, 4).unwrap(), 0x4);
+    // LOG2SIZE above IDR1's queue size is used as that size.
+    let idr1 = e.read(0, r::IDR1 as u64, 4).unwrap();
+    let cmdqs = r::idr1::CMDQS.get(idr1);
+    assert!(cmdqs < 19, "bits above IDR1's wrap bit exist to clear");
+    e.write(0, r::CMDQ_BASE as u64, 8, base | 31).unwrap();
+    e.write(0, r::CMDQ_CONS as u64, 4, 0xf_ffff).unwrap();
+    assert_eq!(e.read(0, r::CMDQ_CONS as u64, 4).unwrap(), (2 << cmdqs) - 1);
+}

@@ -9,7 +9,7 @@ use smmuv3::command::{Command, SyncSignal};
 use smmuv3::env::SmmuEnv;
 use smmuv3::regs::{cmdq_cons, cr0, gerror, idr1, q_base};
 
-use super::{Emulator, HostMemory, Ring};
+use super::{Emulator, HostMemory};
 use crate::scrub::Scrub;
 
 /// Bytes per command.
@@ -111,10 +111,7 @@ where
         let Some(real) = self.hyp.smmu(smmu) else {
             return;
         };
-        let max = idr1::CMDQS.get(v.idr[1].into()) as u32;
-        let ring = Ring {
-            log2: (q_base::LOG2SIZE.get(v.cmdq.base) as u32).min(max),
-        };
+        let ring = v.cmdq_ring();
         let size = CMD_BYTES << ring.log2;
         let base = (v.cmdq.base & q_base::ADDR.mask()) & !(size - 1);
         let sid_bits = self.sid_bits(smmu);

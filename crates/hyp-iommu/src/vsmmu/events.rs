@@ -5,10 +5,10 @@ use io_pgtable::env::{CacheMaintenance, TableMemory};
 use smmuv3::env::SmmuEnv;
 use smmuv3::event::{Event, EventType, FaultClass};
 use smmuv3::layout::event::{self as ev, EVENT_BYTES, ty};
-use smmuv3::regs::{cr0, cr2, evtq, gerror, idr1, irq_ctrl, q_base};
+use smmuv3::regs::{cr0, cr2, evtq, gerror, irq_ctrl, q_base};
 
 use super::streams::{Lookup, StreamConfig};
-use super::{Emulator, HYP_EVENT_LOG, HostMemory, Ring, host_owned};
+use super::{Emulator, HYP_EVENT_LOG, HostMemory, host_owned};
 use crate::scrub::Scrub;
 
 /// What a real event recording traffic on an aborted stream means for
@@ -194,10 +194,7 @@ where
             self.vs[smmu].stats.dropped_events += 1;
             return;
         }
-        let max = idr1::EVENTQS.get(v.idr[1].into()) as u32;
-        let ring = Ring {
-            log2: (q_base::LOG2SIZE.get(v.evtq.base) as u32).min(max),
-        };
+        let ring = v.evtq_ring();
         let (prod, cons) = (v.evtq.prod, v.evtq.cons);
         let ovf = evtq::OVFLG.mask() as u32;
         if ring.full(prod, cons) {

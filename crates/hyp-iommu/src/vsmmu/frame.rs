@@ -226,9 +226,14 @@ where
             Reg::StrtabBaseCfg => v.strtab_cfg.into(),
             Reg::CmdqBase => v.cmdq.base,
             Reg::CmdqProd => v.cmdq.prod.into(),
-            Reg::CmdqCons => (v.cmdq.cons | (v.cmdq_err << 24)).into(),
+            // The indexes the SMMU writes have no bits above the wrap bit
+            // of the queue's current size (6.3.28).
+            Reg::CmdqCons => (v.cmdq_ring().bits(v.cmdq.cons) | (v.cmdq_err << 24)).into(),
             Reg::EvtqBase => v.evtq.base,
-            Reg::EvtqProd => v.evtq.prod.into(),
+            Reg::EvtqProd => {
+                let ovf = r::evtq::OVFLG.mask() as u32;
+                (v.evtq_ring().bits(v.evtq.prod) | (v.evtq.prod & ovf)).into()
+            }
             Reg::EvtqCons => v.evtq.cons.into(),
         };
         Ok(match (size, high) {

@@ -415,6 +415,24 @@ impl VSmmu {
         }
     }
 
+    /// Returns the host's command queue geometry: LOG2SIZE used as at
+    /// most IDR1.CMDQS.
+    fn cmdq_ring(&self) -> Ring {
+        Ring::of(
+            self.cmdq.base,
+            smmuv3::regs::idr1::CMDQS.get(self.idr[1].into()),
+        )
+    }
+
+    /// Returns the host's event queue geometry: LOG2SIZE used as at most
+    /// IDR1.EVENTQS.
+    fn evtq_ring(&self) -> Ring {
+        Ring::of(
+            self.evtq.base,
+            smmuv3::regs::idr1::EVENTQS.get(self.idr[1].into()),
+        )
+    }
+
     fn cr0_has(&self, f: smmuv3::bits::Field) -> bool {
         self.cr0 & (f.mask() as u32) != 0
     }
@@ -428,6 +446,13 @@ struct Ring {
 }
 
 impl Ring {
+    /// Returns the ring a queue base register describes, its LOG2SIZE
+    /// capped at `max` (the IDR1 queue size).
+    fn of(base: u64, max: u64) -> Self {
+        let log2 = smmuv3::regs::q_base::LOG2SIZE.get(base).min(max) as u32;
+        Self { log2 }
+    }
+
     fn mask(self) -> u32 {
         (1u32 << self.log2) - 1
     }
