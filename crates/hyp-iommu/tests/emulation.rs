@@ -913,3 +913,86 @@ fn index_bits_above_the_wrap_bit_read_as_zero() {
     e.write(0, r::CMDQ_CONS as u64, 4, 0xf_ffff).unwrap();
     assert_eq!(e.read(0, r::CMDQ_CONS as u64, 4).unwrap(), (2 << cmdqs) - 1);
 }
+
+/// A bypassing host STE (stage 2 on the shadow once shadowed).
+fn ste_bypass() -> Vec<u8> {
+    use smmuv3::layout::ste;
+    let mut b = (ste::V.make(1) | ste::CONFIG.make(ste::CONFIG_BYPASS))
+        .to_le_bytes()
+        .to_vec();
+    b.resize(64, 0);
+    b
+}
+
+/// Programs the host's stream table registers raw (`base`, `cfg`) and
+/// enables its SMMU, which shadows every stream of the table.
+fn enable_with_strtab(t: &Trapped, base: u64, cfg: u64) {
+    use smmuv3::regs as r;
+    let mut e = t.emu.lock().unwrap();
+    e.write(0, r::STRTAB_BASE as u64, 8, base).unwrap();
+    e.write(0, r::STRTAB_BASE_CFG as u64, 4, cfg).unwrap();
+    e.write(0, r::CR0 as u64, 4, r::cr0::SMMUEN.mask()).unwrap();
+}
+
+/// Reserved STRTAB_BASE_CFG values behave as the architecture says
+/// (IHI 0070 6.3.25): a SPLIT other than 6, 8 or 10 as 6, an FMT other
+/// than linear or 2-level as linear. They read back as written.
+#[test]
+fn reserved_strtab_split_and_fmt_values_behave_as_the_architecture_says() {
+    use smmuv3::regs::{STRTAB_BASE_CFG, strtab_base_cfg as cfg};
+    let t = setup(Coherency::Coherent);
+    let idr0 = t.emu.lock().unwrap().read(0, 0, 4).unwrap();
+    assert_ne!(smmuv3::regs::idr0::ST_LEVEL.get(idr0), 0, "2-level tables");
+    // SPLIT = 9: StreamID 0x45 is STE 5 of the level-2 table under
+    // level-1 descriptor 1 (as SPLIT 6; under SPLIT 8 it is descriptor 0).
+    let l1 = t.host_ram.alloc(8 << 10).unwrap();
+    let l2 = t.host_ram.alloc(64 * 64).unwrap();
+    host_store(&t, l1 + 8, &(ste_span(7) | l2).to_le_bytes());
+    host_store(&t, l2 + 5 * 64, &ste_bypass());
+    let split9 = cfg::FMT.make(cfg::FMT_2LVL) | cfg::SPLIT.make(9) | cfg::LOG2SIZE.make(16);
+    enable_with_strtab(&t, l1, split9);
+    {
+        let mut e = t.emu.lock().unwrap();
+        assert_eq!(e.read(0, STRTAB_BASE_CFG as u64, 4).unwrap(), split9);
+        assert_eq!(e.stream(0, 0x45), StreamConfig::Stage2);
+        assert_eq!(e.stream(0, 0x05), StreamConfig::Abort);
+        assert_eq!(e.stats(0).unwrap().bad_stes, 0);
+    }
+    let t = setup(Coherency::Coherent);
+    // FMT = 0b10: a linear table of 16 STEs, STE 3 bypasses.
+    let table = t.host_ram.alloc(16 * 64).unwrap();
+    host_store(&t, table + 3 * 64, &ste_bypass());
+    let fmt2 = cfg::FMT.make(0b10) | cfg::LOG2SIZE.make(4);
+    enable_with_strtab(&t, table, fmt2);
+    let e = t.emu.lock().unwrap();
+    assert_eq!(e.stream(0, 3), StreamConfig::Stage2);
+    assert_eq!(e.stats(0).unwrap().bad_stes, 0);
+    drop(e);
+    let buf = t.host_ram.alloc(4096).unwrap();
+    t.dma_write(3, buf, b"linear").unwrap();
+    assert_eq!(t.cpu_read(buf, 6), b"linear");
+}
+
+/// Without 2-level stream tables (IDR0.ST_LEVEL = 0, as the real SMMU
+/// says), STRTAB_BASE_CFG.FMT and SPLIT are RES0 (IHI 0070 6.3.25): they
+/// read as zero, and a table the host calls 2-level is linear.
+#[test]
+fn strtab_fmt_and_split_are_res0_without_two_level_tables() {
+    use smmuv3::regs::{STRTAB_BASE_CFG, strtab_base_cfg as cfg};
+    let t = Trapped::new(Setup {
+        two_level_strtab: false,
+        ..Setup::default()
+    });
+    let idr0 = t.emu.lock().unwrap().read(0, 0, 4).unwrap();
+    assert_eq!(smmuv3::regs::idr0::ST_LEVEL.get(idr0), 0);
+    let table = t.host_ram.alloc(16 * 64).unwrap();
+    host_store(&t, table + 3 * 64, &ste_bypass());
+    let two_level = cfg::FMT.make(cfg::FMT_2LVL) | cfg::SPLIT.make(8) | cfg::LOG2SIZE.make(4);
+    enable_with_strtab(&t, table, two_level);
+    let mut e = t.emu.lock().unwrap();
+    assert_eq!(
+        e.read(0, STRTAB_BASE_CFG as u64, 4).unwrap(),
+        cfg::LOG2SIZE.make(4)
+    );
+    assert_eq!(e.stream(0, 3), StreamConfig::Stage2);
+}

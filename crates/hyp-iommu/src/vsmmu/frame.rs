@@ -282,9 +282,11 @@ where
                 v.strtab_base = merge(v.strtab_base) & mask;
             }
             Reg::StrtabBaseCfg if !v.cr0_has(cr0::SMMUEN) => {
-                let mask = bits(r::strtab_base_cfg::LOG2SIZE)
-                    | bits(r::strtab_base_cfg::SPLIT)
-                    | bits(r::strtab_base_cfg::FMT);
+                // FMT and SPLIT exist only with 2-level tables (6.3.25).
+                let mut mask = bits(r::strtab_base_cfg::LOG2SIZE);
+                if idr0::ST_LEVEL.get(v.idr[0].into()) != 0 {
+                    mask |= bits(r::strtab_base_cfg::SPLIT) | bits(r::strtab_base_cfg::FMT);
+                }
                 v.strtab_cfg = w32 & mask;
             }
             Reg::CmdqBase if !v.cr0_has(cr0::CMDQEN) => {

@@ -50,8 +50,7 @@ pub(super) enum Lookup {
     OutsideTable,
     /// The host's STE is invalid (V = 0): C_BAD_STE.
     Invalid,
-    /// An STE the virtual SMMU does not accept (C_BAD_STE), or a malformed
-    /// STRTAB_BASE_CFG.
+    /// An STE the virtual SMMU does not accept (C_BAD_STE).
     Bad,
     /// The STE (or its level-1 descriptor, or the CD table it points at)
     /// is not in host-owned RAM or could not be read: F_STE_FETCH at this
@@ -147,20 +146,24 @@ where
         }))
     }
 
-    /// Returns the log2 of the host's stream table size (entries) and its
-    /// split (0 when linear), or `None` for a malformed configuration.
-    fn host_table(&self, smmu: usize) -> Option<(u32, u32)> {
+    /// Returns the log2 of the host's stream table size (entries, capped
+    /// at SIDSIZE) and its split (0 when linear). Reserved values behave as
+    /// IHI 0070 6.3.25 says: an FMT other than 2-level as linear, a SPLIT
+    /// other than 6, 8 or 10 as 6.
+    fn host_table(&self, smmu: usize) -> (u32, u32) {
         let v = &self.vs[smmu];
         let cfg = u64::from(v.strtab_cfg);
         let log2 = (strtab_base_cfg::LOG2SIZE.get(cfg) as u32).min(self.sid_bits(smmu));
-        match strtab_base_cfg::FMT.get(cfg) {
-            strtab_base_cfg::FMT_LINEAR => Some((log2, 0)),
-            strtab_base_cfg::FMT_2LVL if idr0::ST_LEVEL.get(v.idr[0].into()) != 0 => {
-                let split = strtab_base_cfg::SPLIT.get(cfg) as u32;
-                matches!(split, 6 | 8 | 10).then_some((log2, split))
-            }
-            _ => None,
+        let two_level = strtab_base_cfg::FMT.get(cfg) == strtab_base_cfg::FMT_2LVL
+            && idr0::ST_LEVEL.get(v.idr[0].into()) != 0;
+        if !two_level {
+            return (log2, 0);
         }
+        let split = match strtab_base_cfg::SPLIT.get(cfg) as u32 {
+            s @ (6 | 8 | 10) => s,
+            _ => 6,
+        };
+        (log2, split)
     }
 
     fn strtab_addr(&self, smmu: usize) -> u64 {
@@ -194,9 +197,7 @@ where
             // records nothing.
             return Lookup::Silent;
         }
-        let Some((log2, split)) = self.host_table(smmu) else {
-            return Lookup::Bad;
-        };
+        let (log2, split) = self.host_table(smmu);
         let sid = u64::from(sid);
         if sid >> log2 != 0 {
             return Lookup::OutsideTable;
@@ -310,35 +311,34 @@ where
             .take_while(|s| u64::from(*s) < hi)
             .collect();
         if self.vs[smmu].cr0_has(cr0::SMMUEN) {
-            if let Some((tlog2, split)) = self.host_table(smmu) {
-                let end = hi.min(1u64 << tlog2);
-                let mut sid = lo;
-                while sid < end {
-                    let mut span_end = end;
-                    if split != 0 {
-                        // One level-1 descriptor per span: skip a span with
-                        // no table, and its entries past the table's end.
-                        let next = ((sid >> split) + 1) << split;
-                        span_end = next.min(end);
-                        match self.l1(smmu, sid >> split, split) {
-                            Ok(Some((_, count))) => {
-                                span_end = span_end.min((sid >> split << split) + count);
-                            }
-                            // An unreadable descriptor is reported once.
-                            Err(_) => span_end = sid + 1,
-                            Ok(None) => {
-                                sid = next;
-                                continue;
-                            }
+            let (tlog2, split) = self.host_table(smmu);
+            let end = hi.min(1u64 << tlog2);
+            let mut sid = lo;
+            while sid < end {
+                let mut span_end = end;
+                if split != 0 {
+                    // One level-1 descriptor per span: skip a span with
+                    // no table, and its entries past the table's end.
+                    let next = ((sid >> split) + 1) << split;
+                    span_end = next.min(end);
+                    match self.l1(smmu, sid >> split, split) {
+                        Ok(Some((_, count))) => {
+                            span_end = span_end.min((sid >> split << split) + count);
+                        }
+                        // An unreadable descriptor is reported once.
+                        Err(_) => span_end = sid + 1,
+                        Ok(None) => {
+                            sid = next;
+                            continue;
                         }
                     }
-                    sids.extend((sid..span_end).map(|s| s as u32));
-                    sid = if split != 0 {
-                        ((sid >> split) + 1) << split
-                    } else {
-                        span_end
-                    };
                 }
+                sids.extend((sid..span_end).map(|s| s as u32));
+                sid = if split != 0 {
+                    ((sid >> split) + 1) << split
+                } else {
+                    span_end
+                };
             }
         }
         sids.sort_unstable();

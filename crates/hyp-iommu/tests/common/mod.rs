@@ -51,6 +51,8 @@ pub struct Setup {
     /// The models support ATS (IDR0.ATS): devices may mark traffic as
     /// translated.
     pub ats: bool,
+    /// The models have 2-level stream tables (IDR0.ST_LEVEL).
+    pub two_level_strtab: bool,
 }
 
 impl Default for Setup {
@@ -67,6 +69,7 @@ impl Default for Setup {
             stall: None,
             ssid_bits: ModelConfig::default().ssid_bits,
             ats: false,
+            two_level_strtab: true,
         }
     }
 }
@@ -93,6 +96,7 @@ pub fn model_config(setup: &Setup) -> ModelConfig {
         stall_model: setup.stall.unwrap_or(ModelConfig::default().stall_model),
         ssid_bits: setup.ssid_bits,
         ats: setup.ats,
+        two_level_strtab: setup.two_level_strtab,
         ..ModelConfig::default()
     }
 }
