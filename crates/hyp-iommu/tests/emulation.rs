@@ -996,3 +996,58 @@ fn strtab_fmt_and_split_are_res0_without_two_level_tables() {
     );
     assert_eq!(e.stream(0, 3), StreamConfig::Stage2);
 }
+
+/// The SMMU aligns the stream table base to the table: a linear one to
+/// its size, a 2-level one to the larger of 64 bytes and its level-1
+/// table, from the literal LOG2SIZE (IHI 0070 6.3.24). The register reads
+/// back as written.
+#[test]
+fn the_host_stream_table_base_is_aligned_to_its_table() {
+    use smmuv3::regs::{STRTAB_BASE, strtab_base_cfg as cfg};
+    let ste_abort = || {
+        use smmuv3::layout::ste;
+        let mut b = (ste::V.make(1) | ste::CONFIG.make(ste::CONFIG_ABORT))
+            .to_le_bytes()
+            .to_vec();
+        b.resize(64, 0);
+        b
+    };
+    // Linear, 16 STEs (1 KiB), programmed 0x100 bytes into a 2 KiB block.
+    let t = setup(Coherency::Coherent);
+    let block = t.host_ram.alloc(2048).unwrap();
+    host_store(&t, block + 3 * 64, &ste_bypass());
+    host_store(&t, block + 0x100 + 3 * 64, &ste_abort());
+    enable_with_strtab(&t, block + 0x100, cfg::LOG2SIZE.make(4));
+    {
+        let mut e = t.emu.lock().unwrap();
+        assert_eq!(e.read(0, STRTAB_BASE as u64, 8).unwrap(), block + 0x100);
+        assert_eq!(e.stream(0, 3), StreamConfig::Stage2);
+    }
+    let buf = t.host_ram.alloc(4096).unwrap();
+    t.dma_write(3, buf, b"aligned").unwrap();
+    assert_eq!(t.cpu_read(buf, 7), b"aligned");
+    // The largest LOG2SIZE (63) aligns the base to 0, which the host does
+    // not own: every STE of the table (SIDSIZE caps it) is unreadable.
+    {
+        let mut e = t.emu.lock().unwrap();
+        e.write(0, smmuv3::regs::CR0 as u64, 4, 0).unwrap();
+        let before = e.stats(0).unwrap().refused_pointers;
+        drop(e);
+        enable_with_strtab(&t, block + 0x100, cfg::LOG2SIZE.make(63));
+        let mut e = t.emu.lock().unwrap();
+        assert_eq!(e.stream(0, 3), StreamConfig::Abort);
+        let idr1 = e.read(0, smmuv3::regs::IDR1 as u64, 4).unwrap();
+        let sids = 1 << smmuv3::regs::idr1::SIDSIZE.get(idr1);
+        assert_eq!(e.stats(0).unwrap().refused_pointers - before, sids);
+    }
+    // 2-level, SPLIT 8, LOG2SIZE 16: 256 level-1 descriptors (2 KiB).
+    let t = setup(Coherency::Coherent);
+    let l1 = t.host_ram.alloc(4096).unwrap();
+    let l2 = t.host_ram.alloc(4 * 64).unwrap();
+    host_store(&t, l1 + 8, &(ste_span(3) | l2).to_le_bytes());
+    host_store(&t, l2 + 64, &ste_bypass());
+    let two_level = cfg::FMT.make(cfg::FMT_2LVL) | cfg::SPLIT.make(8) | cfg::LOG2SIZE.make(16);
+    enable_with_strtab(&t, l1 + 0x440, two_level);
+    assert_eq!(t.emu.lock().unwrap().stream(0, 0x101), StreamConfig::Stage2);
+    assert!(t.host.violations.lock().unwrap().is_empty());
+}

@@ -166,8 +166,20 @@ where
         (log2, split)
     }
 
+    /// Returns the host's stream table base as the SMMU uses it: aligned
+    /// to the table (linear) or to the larger of 64 bytes and the level-1
+    /// table (2-level), from the literal LOG2SIZE (IHI 0070 6.3.24).
     fn strtab_addr(&self, smmu: usize) -> u64 {
-        self.vs[smmu].strtab_base & strtab_base::ADDR.mask()
+        let v = &self.vs[smmu];
+        let log2 = strtab_base_cfg::LOG2SIZE.get(v.strtab_cfg.into()) as u32;
+        let align_bits = match self.host_table(smmu) {
+            (_, 0) => log2 + STE_BYTES.trailing_zeros(),
+            (_, split) => (log2.saturating_sub(split) + L1_BYTES.trailing_zeros()).max(6),
+        };
+        // LOG2SIZE is 6 bits: a table of 2^63 STEs aligns every address
+        // bit away.
+        let keep = u64::MAX.checked_shl(align_bits).unwrap_or(0);
+        v.strtab_base & strtab_base::ADDR.mask() & keep
     }
 
     /// Returns the level-1 descriptor `idx` as (level-2 address, STEs it
