@@ -617,13 +617,18 @@ fn traffic_past_a_linear_host_table_is_c_bad_streamid_for_the_host() {
     }
     let s = t.stats();
     assert_eq!((s.traffic_events, s.hyp_events), (6, 0), "{s:?}");
-    // With CR2.RECINVSID clear, the host asked not to hear of them.
-    let cr2 = smmuv3::regs::CR2 as u64;
+    // With CR2.RECINVSID clear, the host asked not to hear of them (CR2
+    // changes only while SMMUEN = 0).
+    let (cr0, cr2) = (smmuv3::regs::CR0 as u64, smmuv3::regs::CR2 as u64);
     let mut emu = t.emu.lock().unwrap();
     let on = emu.read(0, cr2, 4).unwrap();
     assert_ne!(on & smmuv3::regs::cr2::RECINVSID.mask(), 0);
+    let enabled = emu.read(0, cr0, 4).unwrap();
+    let smmuen = smmuv3::regs::cr0::SMMUEN.mask();
+    emu.write(0, cr0, 4, enabled & !smmuen).unwrap();
     emu.write(0, cr2, 4, on & !smmuv3::regs::cr2::RECINVSID.mask())
         .unwrap();
+    emu.write(0, cr0, 4, enabled).unwrap();
     drop(emu);
     assert!(t.dma_write(0x10, buf, b"quiet").is_err());
     assert!(host.drain_events().unwrap().events.is_empty());
@@ -1050,4 +1055,57 @@ fn the_host_stream_table_base_is_aligned_to_its_table() {
     enable_with_strtab(&t, l1 + 0x440, two_level);
     assert_eq!(t.emu.lock().unwrap().stream(0, 0x101), StreamConfig::Stage2);
     assert!(t.host.violations.lock().unwrap().is_empty());
+}
+
+/// Fields of features the virtual SMMU does not show read as zero:
+/// CR2.PTM without IDR0.BTM, CR2.E2H without IDR0.HYP (6.3.12), and
+/// GERRORN's PRI and MSI abort errors without PRI or MSIs (6.3.20).
+#[test]
+fn fields_of_hidden_features_are_res0() {
+    use smmuv3::regs::{self as r, cr2, gerror};
+    let t = setup(Coherency::Coherent);
+    let mut e = t.emu.lock().unwrap();
+    let idr0 = e.read(0, r::IDR0 as u64, 4).unwrap();
+    assert_eq!(r::idr0::BTM.get(idr0) | r::idr0::MSI.get(idr0), 0);
+    e.write(0, r::CR2 as u64, 4, 0xffff_ffff).unwrap();
+    assert_eq!(e.read(0, r::CR2 as u64, 4).unwrap(), cr2::RECINVSID.mask());
+    e.write(0, r::GERRORN as u64, 4, 0xffff_ffff).unwrap();
+    let implemented =
+        gerror::CMDQ_ERR.mask() | gerror::EVTQ_ABT_ERR.mask() | gerror::SFM_ERR.mask();
+    assert_eq!(e.read(0, r::GERRORN as u64, 4).unwrap(), implemented);
+}
+
+/// CR1's table attributes and CR2 are read-only while SMMUEN is set, CR1's
+/// queue attributes while a queue is enabled (6.3.11, 6.3.12).
+#[test]
+fn cr1_and_cr2_are_read_only_while_their_guards_are_set() {
+    use smmuv3::regs::{self as r, cr0, cr2};
+    let t = setup(Coherency::Coherent);
+    let table = t.host_ram.alloc(16 * 64).unwrap();
+    let mut e = t.emu.lock().unwrap();
+    let (cr1, cr2_off) = (r::CR1 as u64, r::CR2 as u64);
+    e.write(0, cr1, 4, 0xfff).unwrap();
+    e.write(0, cr2_off, 4, cr2::RECINVSID.mask()).unwrap();
+    assert_eq!(e.read(0, cr1, 4).unwrap(), 0xfff);
+    // A queue enabled: QUEUE_* (bits [5:0]) hold, TABLE_* still change.
+    e.write(0, r::CR0 as u64, 4, cr0::CMDQEN.mask()).unwrap();
+    e.write(0, cr1, 4, 0).unwrap();
+    assert_eq!(e.read(0, cr1, 4).unwrap(), 0x3f);
+    // SMMUEN set: nothing of CR1 or CR2 changes.
+    e.write(0, r::STRTAB_BASE as u64, 8, table).unwrap();
+    e.write(0, r::STRTAB_BASE_CFG as u64, 4, 4).unwrap();
+    e.write(0, r::CR0 as u64, 4, cr0::SMMUEN.mask() | cr0::CMDQEN.mask())
+        .unwrap();
+    let ignored = e.stats(0).unwrap().ignored_writes;
+    e.write(0, cr1, 4, 0xfff).unwrap();
+    e.write(0, cr2_off, 4, 0).unwrap();
+    assert_eq!(e.read(0, cr1, 4).unwrap(), 0x3f);
+    assert_eq!(e.read(0, cr2_off, 4).unwrap(), cr2::RECINVSID.mask());
+    assert_eq!(e.stats(0).unwrap().ignored_writes, ignored + 2);
+    // Off again, they take writes.
+    e.write(0, r::CR0 as u64, 4, 0).unwrap();
+    e.write(0, cr2_off, 4, 0).unwrap();
+    e.write(0, cr1, 4, 0xfff).unwrap();
+    assert_eq!(e.read(0, cr2_off, 4).unwrap(), 0);
+    assert_eq!(e.read(0, cr1, 4).unwrap(), 0xfff);
 }

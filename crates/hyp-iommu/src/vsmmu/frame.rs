@@ -117,10 +117,20 @@ const PRIQ_IRQ_CFG2: usize = 0xdc;
 const CR0_HOST: u32 = (cr0::SMMUEN.mask() | cr0::EVENTQEN.mask() | cr0::CMDQEN.mask()) as u32;
 /// IRQ_CTRL bits the host may set (no PRI queue).
 const IRQ_HOST: u32 = (irq_ctrl::GERROR_IRQEN.mask() | irq_ctrl::EVENTQ_IRQEN.mask()) as u32;
-/// CR1: queue and table cacheability and shareability.
-const CR1_HOST: u32 = 0xfff;
-/// CR2: RECINVSID and PTM (E2H belongs to the hidden HYP feature).
-const CR2_HOST: u32 = 0b110;
+/// CR1.QUEUE_*: queue cacheability and shareability (guarded by the
+/// queue enables).
+const CR1_QUEUE: u32 = 0x3f;
+/// CR1.TABLE_*: stream table cacheability and shareability (guarded by
+/// SMMUEN).
+const CR1_TABLE: u32 = 0xfc0;
+/// CR2: RECINVSID only (PTM belongs to the hidden BTM, E2H to the hidden
+/// HYP: RES0, 6.3.12).
+const CR2_HOST: u32 = 0b010;
+/// GERROR(N) errors the virtual SMMU has: no PRI queue and no MSIs, so
+/// no PRIQ_ABT_ERR or MSI_*_ABT_ERR (RES0, 6.3.20).
+const GERROR_HOST: u32 = (r::gerror::CMDQ_ERR.mask()
+    | r::gerror::EVTQ_ABT_ERR.mask()
+    | r::gerror::SFM_ERR.mask()) as u32;
 /// Queue base bits a host may set (address, LOG2SIZE, allocate hint).
 const QBASE_HOST: u64 = q_base::ADDR.mask() | q_base::LOG2SIZE.mask() | q_base::ALLOC.mask();
 /// Queue PROD/CONS: index and wrap (up to 2^19 entries), the overflow
@@ -268,11 +278,23 @@ where
         let w32 = value as u32;
         match reg {
             Reg::Cr0 => self.write_cr0(smmu, w32 & CR0_HOST),
-            Reg::Cr1 => v.cr1 = w32 & CR1_HOST,
-            Reg::Cr2 => v.cr2 = w32 & CR2_HOST,
+            // CR1 and CR2 are read-only while their guards are set
+            // (6.3.11, 6.3.12): TABLE_* and CR2 by SMMUEN, QUEUE_* by the
+            // queue enables.
+            Reg::Cr1 if !v.cr0_has(cr0::SMMUEN) || !v.queues_enabled() => {
+                let mut writable = 0;
+                if !v.cr0_has(cr0::SMMUEN) {
+                    writable |= CR1_TABLE;
+                }
+                if !v.queues_enabled() {
+                    writable |= CR1_QUEUE;
+                }
+                v.cr1 = (v.cr1 & !writable) | (w32 & writable);
+            }
+            Reg::Cr2 if !v.cr0_has(cr0::SMMUEN) => v.cr2 = w32 & CR2_HOST,
             Reg::IrqCtrl => v.irq_ctrl = w32 & IRQ_HOST,
             Reg::Gerrorn => {
-                v.gerrorn = w32 & r::gerror::ALL;
+                v.gerrorn = w32 & GERROR_HOST;
                 // An acknowledged command error lets the queue go on from
                 // the command at CONS (which the host has fixed).
                 self.run_cmdq(smmu);

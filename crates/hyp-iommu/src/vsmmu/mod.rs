@@ -433,6 +433,11 @@ impl VSmmu {
         )
     }
 
+    /// Whether the command or the event queue is enabled.
+    fn queues_enabled(&self) -> bool {
+        self.cr0_has(smmuv3::regs::cr0::CMDQEN) || self.cr0_has(smmuv3::regs::cr0::EVENTQEN)
+    }
+
     fn cr0_has(&self, f: smmuv3::bits::Field) -> bool {
         self.cr0 & (f.mask() as u32) != 0
     }
