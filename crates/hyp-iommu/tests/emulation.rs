@@ -1109,3 +1109,39 @@ fn cr1_and_cr2_are_read_only_while_their_guards_are_set() {
     assert_eq!(e.read(0, cr2_off, 4).unwrap(), 0);
     assert_eq!(e.read(0, cr1, 4).unwrap(), 0xfff);
 }
+
+/// A host CMD_SYNC signals its completion as its CS says (IHI 0070
+/// 4.7.3): SIG_IRQ the wired CMD_SYNC interrupt (MSIs are hidden, so
+/// whatever its MSI address), SIG_SEV an event only on an SMMU with
+/// IDR0.SEV, SIG_NONE nothing.
+#[test]
+fn a_host_cmd_sync_signals_as_its_cs_says() {
+    use smmuv3::command::{Command, SyncSignal};
+    for sev in [true, false] {
+        let t = Trapped::new(Setup {
+            sev,
+            ..Setup::default()
+        });
+        let host = t.host_smmu(0, host_cfg(StrtabFormat::Linear)).unwrap();
+        let idr0 = t.emu.lock().unwrap().read(0, 0, 4).unwrap();
+        assert_eq!(smmuv3::regs::idr0::SEV.get(idr0), u64::from(sev));
+        let sync = |signal| {
+            let sevs = t.host.sevs.load(std::sync::atomic::Ordering::Relaxed);
+            t.emu.lock().unwrap().take_irqs(0);
+            host.issue(&[Command::Sync { signal }], false).unwrap();
+            let irqs = t.emu.lock().unwrap().take_irqs(0);
+            let sent = t.host.sevs.load(std::sync::atomic::Ordering::Relaxed) - sevs;
+            (irqs.cmd_sync, sent)
+        };
+        let target = t.host_ram.alloc(64).unwrap();
+        let msi = SyncSignal::Msi {
+            addr: target,
+            data: 7,
+        };
+        assert_eq!(sync(msi), (true, 0), "SIG_IRQ");
+        assert_eq!(sync(SyncSignal::Msi { addr: 0, data: 0 }), (true, 0));
+        assert_eq!(sync(SyncSignal::Sev), (false, u64::from(sev)), "SIG_SEV");
+        assert_eq!(sync(SyncSignal::None), (false, 0), "SIG_NONE");
+        assert_eq!(t.cpu_read(target, 4), [0; 4], "no MSI written");
+    }
+}

@@ -7,7 +7,8 @@ use alloc::collections::BTreeSet;
 use io_pgtable::env::{CacheMaintenance, TableMemory};
 use smmuv3::command::{Command, SyncSignal};
 use smmuv3::env::SmmuEnv;
-use smmuv3::regs::{cmdq_cons, cr0, gerror, idr1, q_base};
+use smmuv3::layout::cmd::{self as c, op};
+use smmuv3::regs::{cmdq_cons, cr0, gerror, idr0, idr1, q_base};
 
 use super::{Emulator, HostMemory};
 use crate::scrub::Scrub;
@@ -41,6 +42,11 @@ enum Action {
 /// Returns what a host command becomes on an SMMU whose host view has
 /// `sid_bits` and `ssid_bits`.
 fn translate(w: [u64; 2], sid_bits: u32, ssid_bits: u32) -> Action {
+    // CMD_SYNC's reserved CS (0b11) is CERROR_ILL (4.7.3); the driver's
+    // decoder reads it as SIG_NONE.
+    if (w[0] & 0xff) as u8 == op::SYNC && c::SYNC_CS.get(w[0]) == 0b11 {
+        return Action::Illegal;
+    }
     let Ok(cmd) = Command::decode(w) else {
         return Action::Illegal;
     };
@@ -124,6 +130,7 @@ where
         let mut error = None;
         let mut failed = false;
         let mut sev = false;
+        let mut irq = false;
         let mut consumed = 0u64;
         let mut syncs = 0u64;
         let mut forwarded = 0u64;
@@ -160,9 +167,14 @@ where
                 }
                 Action::Sync(signal) => {
                     syncs += 1;
-                    // An MSI the host aims is never written (MSIs are
-                    // hidden); it polls CONS or waits for the SEV.
-                    sev |= signal == SyncSignal::Sev;
+                    match signal {
+                        SyncSignal::None => {}
+                        SyncSignal::Sev => sev = true,
+                        // SIG_IRQ: the wired CMD_SYNC interrupt, whatever
+                        // the MSI address (4.7.3); an MSI the host aims is
+                        // never written (MSIs are hidden).
+                        SyncSignal::Msi { .. } => irq = true,
+                    }
                 }
                 Action::Nothing => {}
                 Action::Illegal => {
@@ -207,7 +219,13 @@ where
             v.cmdq_err = code as u32;
             v.raise_gerror(cmdq_err);
         }
-        if sev {
+        // Completion signals are observed after CONS shows the CMD_SYNC
+        // consumed. SIG_SEV sends an event only where IDR0.SEV says so
+        // (4.7.3).
+        if irq {
+            v.irqs.cmd_sync = true;
+        }
+        if sev && idr0::SEV.get(v.idr[0].into()) != 0 {
             self.host.send_event();
         }
     }
@@ -277,6 +295,13 @@ mod tests {
         }
         // Unknown opcodes, and IDs beyond what the host was shown.
         assert_eq!(translate([0x7f, 0], 16, 8), Action::Illegal);
+        // CMD_SYNC with the reserved CS (4.7.3).
+        let sync = enc(Command::Sync {
+            signal: SyncSignal::None,
+        });
+        assert_eq!(translate(sync, 16, 8), Action::Sync(SyncSignal::None));
+        let reserved = [c::SYNC_CS.set(sync[0], 0b11), sync[1]];
+        assert_eq!(translate(reserved, 16, 8), Action::Illegal);
         assert_eq!(
             translate(
                 enc(Command::CfgiSte {

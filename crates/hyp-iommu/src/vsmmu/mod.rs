@@ -110,6 +110,9 @@ pub struct HostIrqs {
     /// The host's event queue went from empty to non-empty with
     /// IRQ_CTRL.EVENTQ_IRQEN set.
     pub eventq: bool,
+    /// A host CMD_SYNC with CS = SIG_IRQ completed (the wired CMD_SYNC
+    /// interrupt, which IRQ_CTRL does not gate).
+    pub cmd_sync: bool,
 }
 
 /// Counters of one virtual SMMU.

@@ -53,6 +53,8 @@ pub struct Setup {
     pub ats: bool,
     /// The models have 2-level stream tables (IDR0.ST_LEVEL).
     pub two_level_strtab: bool,
+    /// The models send SEV events (IDR0.SEV).
+    pub sev: bool,
 }
 
 impl Default for Setup {
@@ -70,6 +72,7 @@ impl Default for Setup {
             ssid_bits: ModelConfig::default().ssid_bits,
             ats: false,
             two_level_strtab: true,
+            sev: ModelConfig::default().sev,
         }
     }
 }
@@ -97,6 +100,7 @@ pub fn model_config(setup: &Setup) -> ModelConfig {
         ssid_bits: setup.ssid_bits,
         ats: setup.ats,
         two_level_strtab: setup.two_level_strtab,
+        sev: setup.sev,
         ..ModelConfig::default()
     }
 }
