@@ -1145,3 +1145,52 @@ fn a_host_cmd_sync_signals_as_its_cs_says() {
         assert_eq!(t.cpu_read(target, 4), [0; 4], "no MSI written");
     }
 }
+
+/// While EVTQ_ABT_ERR is active the host's event queue is not writable:
+/// events are discarded, not written, until the host acknowledges the
+/// error in GERRORN (IHI 0070 7.2.1), whatever it does to EVENTQEN.
+#[test]
+fn an_event_queue_abort_stops_event_writes_until_acknowledged() {
+    use smmuv3::regs::{self as r, cr0, gerror};
+    let t = setup(Coherency::Coherent);
+    let (_host, _dom) = attached(&t, StrtabFormat::Linear);
+    let reg = |off: usize| t.emu.lock().unwrap().read(0, off as u64, 4).unwrap();
+    let set =
+        |off: usize, size: u8, v: u64| t.emu.lock().unwrap().write(0, off as u64, size, v).unwrap();
+    let fault = |iova: u64| {
+        assert!(t.dma_write(SID, iova, b"x").is_err());
+        t.emu.lock().unwrap().poll_events();
+    };
+    let on = reg(r::CR0);
+    let base = t
+        .emu
+        .lock()
+        .unwrap()
+        .read(0, r::EVENTQ_BASE as u64, 8)
+        .unwrap();
+    let with_base = |b: u64| {
+        set(r::CR0, 4, on & !cr0::EVENTQEN.mask());
+        set(r::EVENTQ_BASE, 8, b);
+        set(r::CR0, 4, on);
+    };
+    // The queue in memory the host does not own: the write aborts.
+    let hyp_page = t.ram.end();
+    with_base(hyp_page | (base & r::q_base::LOG2SIZE.mask()));
+    fault(IOVA);
+    let abt = gerror::EVTQ_ABT_ERR.mask();
+    assert_eq!((reg(r::GERROR) ^ reg(r::GERRORN)) & abt, abt);
+    // Back in host memory, but the error is not acknowledged.
+    with_base(base);
+    let prod = reg(r::EVENTQ_PROD);
+    let written = t.stats().host_events;
+    fault(IOVA + 0x1000);
+    assert_eq!(reg(r::EVENTQ_PROD), prod, "not writable");
+    assert_eq!(t.stats().host_events, written);
+    assert_eq!(t.stats().dropped_events, 2);
+    // Acknowledged: writable again.
+    set(r::GERRORN, 4, reg(r::GERROR));
+    fault(IOVA + 0x2000);
+    assert_ne!(reg(r::EVENTQ_PROD), prod);
+    assert_eq!(t.stats().host_events, written + 1);
+    assert!(t.host.violations.lock().unwrap().is_empty());
+}

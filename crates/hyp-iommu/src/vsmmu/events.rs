@@ -187,10 +187,14 @@ where
     }
 
     /// Writes `rec` to the host's event queue, with the architecture's
-    /// disabled, full (overflow) and abort behaviour.
+    /// disabled, full (overflow), abort and unacknowledged-abort
+    /// behaviour.
     pub(super) fn post_host_event(&mut self, smmu: usize, rec: [u64; 4]) {
         let v = &self.vs[smmu];
-        if !v.cr0_has(cr0::EVENTQEN) {
+        // Not writable while disabled or while an event queue abort is
+        // unacknowledged (7.2.1): the record is discarded.
+        let abt = gerror::EVTQ_ABT_ERR.mask() as u32;
+        if !v.cr0_has(cr0::EVENTQEN) || (v.gerror ^ v.gerrorn) & abt != 0 {
             self.vs[smmu].stats.dropped_events += 1;
             return;
         }
@@ -219,7 +223,7 @@ where
         if !written {
             v.stats.dropped_events += 1;
             v.stats.refused_pointers += 1;
-            v.raise_gerror(gerror::EVTQ_ABT_ERR.mask() as u32);
+            v.raise_gerror(abt);
             return;
         }
         v.evtq.prod = ring.next(prod) | (prod & ovf);
