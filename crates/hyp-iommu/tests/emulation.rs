@@ -268,7 +268,7 @@ fn refused_accesses_are_counted_and_change_nothing() {
     assert!(e.read(0, 2, 4).is_err(), "misaligned");
     assert!(e.read(0, 0, 2).is_err(), "16-bit");
     assert!(e.read(0, 0, 8).is_err(), "64-bit read of a 32-bit register");
-    assert!(e.write(0, 0x4000, 4, 1).is_err(), "unknown");
+    assert!(e.read(0, 0x18, 8).is_err(), "64-bit read of IIDR and AIDR");
     assert!(e.write(0, 0x2_0000, 4, 1).is_err(), "outside the frame");
     assert!(e.read(5, 0, 4).is_err(), "no such SMMU");
     assert_eq!(e.stats(0).unwrap().refused_accesses, 5);
@@ -1193,4 +1193,40 @@ fn an_event_queue_abort_stops_event_writes_until_acknowledged() {
     assert_ne!(reg(r::EVENTQ_PROD), prod);
     assert_eq!(t.stats().host_events, written + 1);
     assert!(t.host.violations.lock().unwrap().is_empty());
+}
+
+/// Locations of the frame where no register is defined are RES0 (IHI
+/// 0070 6.2): they read as zero and ignore writes, on both pages, as 32-
+/// or 64-bit accesses; an access outside the frame, or 64 bits over an
+/// undefined location and a register, is refused.
+#[test]
+fn undefined_register_locations_read_as_zero_and_ignore_writes() {
+    let t = setup(Coherency::Coherent);
+    let mut e = t.emu.lock().unwrap();
+    // SMMU_IDR6, GATOS, the ECMDQ control page base, the Secure page, the
+    // IMPLEMENTATION DEFINED space, and page 1 outside its queue registers.
+    for (off, size) in [
+        (0x190, 4),
+        (0x100, 4),
+        (0x108, 8),
+        (0x4000, 8),
+        (0x8000, 4),
+        (0x1000, 4),
+        (0x1_0000, 4),
+        (0x1_fff8, 8),
+    ] {
+        let ignored = e.stats(0).unwrap().ignored_writes;
+        e.write(0, off, size, u64::MAX).unwrap();
+        assert_eq!(e.read(0, off, size).unwrap(), 0, "{off:#x}");
+        assert_eq!(e.stats(0).unwrap().ignored_writes, ignored + 1);
+    }
+    assert_eq!(e.stats(0).unwrap().refused_accesses, 0);
+    // 8 bytes over 0x3c (undefined) and STATUSR are misaligned; over
+    // 0x58 (undefined) and 0x5c (undefined): RES0; over 0x48 (AGBPA) and
+    // 0x4c (undefined): refused as a 64-bit access to a 32-bit register.
+    assert_eq!(e.read(0, 0x58, 8).unwrap(), 0);
+    assert!(e.read(0, 0x48, 8).is_err());
+    assert!(e.read(0, 0x1_fffc, 8).is_err());
+    assert!(e.read(0, 0x2_0000, 4).is_err());
+    assert_eq!(e.stats(0).unwrap().refused_accesses, 3);
 }

@@ -27,7 +27,9 @@ pub enum AccessError {
     /// The offset is not a multiple of the access size.
     #[error("misaligned access at {0:#x}")]
     Misaligned(u64),
-    /// No register of this SMMU lives there (or it is outside the frame).
+    /// The offset is outside the SMMU's two 64 KiB register pages.
+    /// (Undefined locations inside them read as zero and ignore writes,
+    /// as IHI 0070 6.2 makes them RES0.)
     #[error("no register at {0:#x}")]
     Unknown(u64),
 }
@@ -60,6 +62,9 @@ enum Reg {
     /// Registers of hidden features (MSI configuration, the PRI queue):
     /// read as zero, writes ignored.
     Hidden,
+    /// A location of the frame where no register is defined: RES0 (read
+    /// as zero, writes ignored and counted).
+    Undefined,
 }
 
 /// Returns the register at `offset` and whether it is 64-bit.
@@ -227,7 +232,7 @@ where
             Reg::Cr0 | Reg::Cr0Ack => v.cr0.into(),
             Reg::Cr1 => v.cr1.into(),
             Reg::Cr2 => v.cr2.into(),
-            Reg::Statusr | Reg::Agbpa | Reg::Hidden => 0,
+            Reg::Statusr | Reg::Agbpa | Reg::Hidden | Reg::Undefined => 0,
             Reg::Gbpa => gbpa::ABORT.mask(),
             Reg::IrqCtrl | Reg::IrqCtrlAck => v.irq_ctrl.into(),
             Reg::Gerror => v.gerror.into(),
@@ -327,6 +332,7 @@ where
             Reg::EvtqProd if !v.cr0_has(cr0::EVENTQEN) => v.evtq.prod = w32 & QPTR_HOST,
             Reg::EvtqCons => v.evtq.cons = w32 & QPTR_HOST,
             Reg::Hidden => {}
+            // Reg::Undefined and read-only registers among them.
             _ => v.stats.ignored_writes += 1,
         }
         Ok(())
@@ -351,12 +357,23 @@ where
         if offset % u64::from(size) != 0 {
             return refuse(v, AccessError::Misaligned(offset));
         }
+        if offset >= r::FRAME_SIZE as u64 {
+            return refuse(v, AccessError::Unknown(offset));
+        }
         let (reg, wide, high) = match lookup(offset) {
             Some((reg, wide)) => (reg, wide, false),
-            // The high half of a 64-bit register, as a 32-bit access.
             None => match offset.checked_sub(4).and_then(lookup) {
+                // The high half of a 64-bit register, as a 32-bit access.
                 Some((reg, true)) if size == 4 => (reg, true, true),
-                _ => return refuse(v, AccessError::Unknown(offset)),
+                // 8 bytes over an undefined location and a 32-bit
+                // register: as an access to two registers, refused (one of
+                // the outcomes 6.2 allows).
+                _ if size == 8 && lookup(offset + 4).is_some() => {
+                    return refuse(v, AccessError::BadSize { offset, size });
+                }
+                // Undefined locations are RES0 (6.2: on page 0; on page 1
+                // RES0 is one of the two outcomes allowed).
+                _ => (Reg::Undefined, true, false),
             },
         };
         if size == 8 && !wide {
