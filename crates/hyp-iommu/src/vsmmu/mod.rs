@@ -7,7 +7,7 @@
 //! in host memory. The emulator:
 //!
 //! * answers every register access ([`Emulator::read`], [`Emulator::write`];
-//!   `frame.rs`), refusing misaligned, mis-sized and unknown ones;
+//!   `frame.rs`), refusing misaligned, mis-sized and out-of-frame ones;
 //! * on a host `CMDQ_PROD` write, reads the host's new commands from host
 //!   memory and validates and translates each (`cmdq.rs`): TLBIs forwarded
 //!   at VMID 0, `CFGI_STE`/`CFGI_ALL` re-shadowing the streams they name,
