@@ -15,6 +15,8 @@ use crate::scrub::Scrub;
 
 /// Bytes per command.
 const CMD_BYTES: u64 = 16;
+/// SSec, bit 10 of word 0 of the configuration and prefetch commands.
+const SSEC: u64 = 1 << 10;
 /// Commands issued to the real queue at a time (without a sync), so a
 /// large host batch never needs more real queue space than this.
 const CHUNK: usize = 64;
@@ -42,9 +44,24 @@ enum Action {
 /// Returns what a host command becomes on an SMMU whose host view has
 /// `sid_bits` and `ssid_bits`.
 fn translate(w: [u64; 2], sid_bits: u32, ssid_bits: u32) -> Action {
+    let opcode = (w[0] & 0xff) as u8;
     // CMD_SYNC's reserved CS (0b11) is CERROR_ILL (4.7.3); the driver's
     // decoder reads it as SIG_NONE.
-    if (w[0] & 0xff) as u8 == op::SYNC && c::SYNC_CS.get(w[0]) == 0b11 {
+    if opcode == op::SYNC && c::SYNC_CS.get(w[0]) == 0b11 {
+        return Action::Illegal;
+    }
+    // SSec = 1 on the Non-secure queue is ILLEGAL (4.1.6); the decoder
+    // does not look at it.
+    let has_ssec = matches!(
+        opcode,
+        op::PREFETCH_CONFIG
+            | op::PREFETCH_ADDR
+            | op::CFGI_STE
+            | op::CFGI_STE_RANGE
+            | op::CFGI_CD
+            | op::CFGI_CD_ALL
+    );
+    if has_ssec && w[0] & SSEC != 0 {
         return Action::Illegal;
     }
     let Ok(cmd) = Command::decode(w) else {
@@ -60,31 +77,37 @@ fn translate(w: [u64; 2], sid_bits: u32, ssid_bits: u32) -> Action {
         }
     };
     match cmd {
-        Command::PrefetchConfig { sid, .. } | Command::PrefetchAddr { sid, .. } if sid_ok(sid) => {
-            Action::Nothing
-        }
+        // An out-of-range StreamID or SubstreamID makes a command have no
+        // effect, one of the two outcomes 4.1.7 allows (CERROR_ILL is not
+        // one of them).
+        Command::PrefetchConfig { .. } | Command::PrefetchAddr { .. } => Action::Nothing,
         Command::CfgiSte { sid, .. } if sid_ok(sid) => Action::Reshadow {
             first: sid,
             log2: 0,
             cfgi: Command::CfgiSte { sid, leaf: true },
         },
-        Command::CfgiSteRange { sid, range } if range == 31 || u32::from(range) < sid_bits => {
-            let log2 = (u32::from(range) + 1).min(sid_bits);
-            let first = if log2 >= 32 {
-                0
-            } else {
-                sid & !((1u32 << log2) - 1)
-            };
+        Command::CfgiSte { .. } => Action::Nothing,
+        // Every Range (0-31) is valid: 2^(Range + 1) StreamIDs, aligned,
+        // the bits below ignored (4.3.2); those past SIDSIZE do not exist.
+        Command::CfgiSteRange { sid, range } => {
+            let span = u32::from(range) + 1;
+            // At most `sid`, so a u32.
+            let first = (u64::from(sid) & !((1u64 << span) - 1)) as u32;
+            if !sid_ok(first) {
+                return Action::Nothing;
+            }
             Action::Reshadow {
                 first,
-                log2,
+                log2: span.min(sid_bits),
                 cfgi: Command::CfgiSteRange { sid: first, range },
             }
         }
         Command::CfgiCd { sid, ssid, leaf } if sid_ok(sid) && u64::from(ssid) >> ssid_bits == 0 => {
             forward(Command::CfgiCd { sid, ssid, leaf })
         }
+        Command::CfgiCd { .. } => Action::Nothing,
         Command::CfgiCdAll { sid } if sid_ok(sid) => forward(Command::CfgiCdAll { sid }),
+        Command::CfgiCdAll { .. } => Action::Nothing,
         // The host's stage-1 entries are tagged with VMID 0 (they are
         // nested on the shadow); whatever VMID it wrote is ignored, as a
         // stage-1-only SMMU ignores the field.
@@ -94,7 +117,7 @@ fn translate(w: [u64; 2], sid_bits: u32, ssid_bits: u32) -> Action {
         // "All non-hypervisor entries" of a stage-1-only SMMU: the host's.
         Command::TlbiNsnhAll => forward(Command::TlbiNhAll { vmid: 0 }),
         Command::Sync { signal } => Action::Sync(signal),
-        // Stage 2, EL2, ATS, PRI and stalls are hidden; out-of-range IDs.
+        // Stage 2, EL2, ATS, PRI and stalls are hidden.
         _ => Action::Illegal,
     }
 }
@@ -293,7 +316,7 @@ mod tests {
         ] {
             assert_eq!(translate(enc(c), 16, 8), Action::Illegal, "{c:?}");
         }
-        // Unknown opcodes, and IDs beyond what the host was shown.
+        // Unknown opcodes.
         assert_eq!(translate([0x7f, 0], 16, 8), Action::Illegal);
         // CMD_SYNC with the reserved CS (4.7.3).
         let sync = enc(Command::Sync {
@@ -302,29 +325,54 @@ mod tests {
         assert_eq!(translate(sync, 16, 8), Action::Sync(SyncSignal::None));
         let reserved = [c::SYNC_CS.set(sync[0], 0b11), sync[1]];
         assert_eq!(translate(reserved, 16, 8), Action::Illegal);
-        assert_eq!(
-            translate(
-                enc(Command::CfgiSte {
-                    sid: 1 << 16,
-                    leaf: true
-                }),
-                16,
-                8
-            ),
-            Action::Illegal
-        );
-        assert_eq!(
-            translate(
-                enc(Command::CfgiCd {
-                    sid: 1,
-                    ssid: 1 << 8,
-                    leaf: true
-                }),
-                16,
-                8
-            ),
-            Action::Illegal
-        );
+    }
+
+    #[test]
+    fn out_of_range_ids_make_a_command_a_no_op() {
+        // 4.1.7: no effect (or an UNPREDICTABLE in-range value), never
+        // CERROR_ILL.
+        for c in [
+            Command::CfgiSte {
+                sid: 1 << 16,
+                leaf: true,
+            },
+            Command::CfgiCd {
+                sid: 1,
+                ssid: 1 << 8,
+                leaf: true,
+            },
+            Command::CfgiCd {
+                sid: 1 << 16,
+                ssid: 0,
+                leaf: true,
+            },
+            Command::CfgiCdAll { sid: 1 << 16 },
+            Command::CfgiSteRange {
+                sid: 1 << 20,
+                range: 3,
+            },
+            Command::PrefetchConfig {
+                sid: 1 << 16,
+                ssid: None,
+            },
+        ] {
+            assert_eq!(translate(enc(c), 16, 8), Action::Nothing, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn ssec_set_is_illegal_on_the_non_secure_queue() {
+        // 4.1.6: whether or not Secure state exists.
+        for c in [
+            Command::CfgiSte { sid: 1, leaf: true },
+            Command::CFGI_ALL,
+            Command::CfgiCdAll { sid: 1 },
+            Command::PrefetchConfig { sid: 1, ssid: None },
+        ] {
+            let w = enc(c);
+            assert_ne!(translate(w, 16, 8), Action::Illegal, "{c:?}");
+            assert_eq!(translate([w[0] | SSEC, w[1]], 16, 8), Action::Illegal);
+        }
     }
 
     #[test]
@@ -335,6 +383,22 @@ mod tests {
                 first: 0,
                 log2: 16,
                 cfgi: Command::CFGI_ALL
+            }
+        );
+        // A Range at or past SIDSIZE covers every stream (4.3.2): valid.
+        assert_eq!(
+            translate(
+                enc(Command::CfgiSteRange {
+                    sid: 0x1234,
+                    range: 20
+                }),
+                16,
+                8
+            ),
+            Action::Reshadow {
+                first: 0,
+                log2: 16,
+                cfgi: Command::CfgiSteRange { sid: 0, range: 20 }
             }
         );
         assert_eq!(
