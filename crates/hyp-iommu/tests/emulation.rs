@@ -1230,3 +1230,48 @@ fn undefined_register_locations_read_as_zero_and_ignore_writes() {
     assert!(e.read(0, 0x2_0000, 4).is_err());
     assert_eq!(e.stats(0).unwrap().refused_accesses, 3);
 }
+
+/// A host doorbell full of CFGI_STE_RANGEs over the same spans costs one
+/// pass over each span, not one per command: the work a hostile host can
+/// make the hypervisor do per doorbell is bounded by its stream table,
+/// not by its queue size times the table (here, level-1 descriptor reads
+/// of a 2-level table).
+#[test]
+fn repeated_range_invalidations_walk_each_span_once() {
+    use smmuv3::command::Command;
+    let t = setup(Coherency::Coherent);
+    let (host, _dom) = attached(&t, StrtabFormat::TwoLevel);
+    let idr1 = t
+        .emu
+        .lock()
+        .unwrap()
+        .read(0, smmuv3::regs::IDR1 as u64, 4)
+        .unwrap();
+    let sid_bits = smmuv3::regs::idr1::SIDSIZE.get(idr1) as u32;
+    // Two halves of the StreamID space, alternately, 200 times.
+    let range = (sid_bits - 2) as u8;
+    let cmds: Vec<_> = (0..200u32)
+        .map(|k| Command::CfgiSteRange {
+            sid: (k % 2) << (sid_bits - 1),
+            range,
+        })
+        .collect();
+    let reads = || t.host.reads.load(std::sync::atomic::Ordering::Relaxed);
+    let before = reads();
+    let syncs = t.stats().real_syncs;
+    host.issue(&cmds, true).unwrap();
+    let spent = reads() - before;
+    let doorbells = t.stats().real_syncs - syncs;
+    // The whole table, at most: 2^(sid_bits - split) level-1 descriptors
+    // and the STEs of the level-2 tables there are (one, 2^split), each
+    // STE read with its descriptor.
+    let table = (1u64 << (sid_bits - 8)) + 2 * 256;
+    assert!(
+        spent <= 201 + doorbells * table,
+        "{spent} host reads for 200 range invalidations in {doorbells} doorbells"
+    );
+    assert!(matches!(
+        t.emu.lock().unwrap().stream(0, SID),
+        StreamConfig::Nested { .. }
+    ));
+}

@@ -2,14 +2,13 @@
 //! its CMDQ_PROD write, validated, translated and issued on the real SMMU
 //! with one CMD_SYNC.
 
-use alloc::collections::BTreeSet;
-
 use io_pgtable::env::{CacheMaintenance, TableMemory};
 use smmuv3::command::{Command, SyncSignal};
 use smmuv3::env::SmmuEnv;
 use smmuv3::layout::cmd::{self as c, op};
 use smmuv3::regs::{cmdq_cons, cr0, gerror, idr0, idr1, q_base};
 
+use super::streams::Reshadowed;
 use super::{Emulator, HostMemory};
 use crate::scrub::Scrub;
 
@@ -159,7 +158,7 @@ where
         let mut forwarded = 0u64;
         let mut refused = 0u64;
         // Streams re-read in this doorbell (see `reshadow_span`).
-        let mut done = BTreeSet::new();
+        let mut done = Reshadowed::default();
         let mut all_done = false;
         // Bounded by the queue size: each step consumes one entry.
         while !ring.empty(prod, cons) {

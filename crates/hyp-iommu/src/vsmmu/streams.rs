@@ -58,6 +58,24 @@ pub(super) enum Lookup {
     Unreadable(u64),
 }
 
+/// What one host doorbell has re-shadowed already (see
+/// [`Emulator::reshadow_span`]).
+#[derive(Default)]
+pub(super) struct Reshadowed {
+    /// Streams re-read.
+    sids: BTreeSet<u32>,
+    /// Aligned spans (first StreamID, log2 of the size) walked whole.
+    spans: BTreeSet<(u64, u32)>,
+}
+
+impl Reshadowed {
+    /// Whether the aligned span of 2^`log2` streams at `lo`, or one that
+    /// holds it, was walked (at most `sid_bits + 1` lookups).
+    fn covers(&self, lo: u64, log2: u32, sid_bits: u32) -> bool {
+        (log2..=sid_bits.max(log2)).any(|l| self.spans.contains(&(lo >> l << l, l)))
+    }
+}
+
 /// Bytes per STE and per level-1 descriptor.
 const STE_BYTES: u64 = ste::STE_BYTES as u64;
 const L1_BYTES: u64 = ste::L1_DESC_BYTES as u64;
@@ -304,17 +322,24 @@ where
     ///
     /// One host doorbell passes one `done` for all its commands: every STE
     /// write those commands cover happened before the doorbell, so a
-    /// stream read once is read for all of them, and a queue full of
-    /// CFGI_ALLs costs one pass over the host's table, not one each.
+    /// stream read once is read for all of them, and a span walked once
+    /// is not walked again: a queue full of CFGI_ALLs or of range
+    /// invalidations costs at most one pass over the host's table per
+    /// span size, not one per command.
     pub(super) fn reshadow_span(
         &mut self,
         smmu: usize,
         first: u32,
         log2: u32,
-        done: &mut BTreeSet<u32>,
+        done: &mut Reshadowed,
     ) {
-        let log2 = log2.min(self.sid_bits(smmu));
+        let sid_bits = self.sid_bits(smmu);
+        let log2 = log2.min(sid_bits);
         let lo = u64::from(first) & !((1u64 << log2) - 1);
+        if done.covers(lo, log2, sid_bits) {
+            return;
+        }
+        done.spans.insert((lo, log2));
         let hi = lo + (1u64 << log2);
         let mut sids: alloc::vec::Vec<u32> = self.vs[smmu]
             .shadowed
@@ -356,7 +381,7 @@ where
         sids.sort_unstable();
         sids.dedup();
         for sid in sids {
-            if done.insert(sid) {
+            if done.sids.insert(sid) {
                 self.reshadow(smmu, sid);
             }
         }
@@ -365,7 +390,7 @@ where
     /// Re-shadows every stream (host SMMU enable or disable).
     pub(super) fn reshadow_all(&mut self, smmu: usize) {
         let bits = self.sid_bits(smmu);
-        self.reshadow_span(smmu, 0, bits, &mut BTreeSet::new());
+        self.reshadow_span(smmu, 0, bits, &mut Reshadowed::default());
     }
 }
 
