@@ -1275,3 +1275,24 @@ fn repeated_range_invalidations_walk_each_span_once() {
         StreamConfig::Nested { .. }
     ));
 }
+
+/// The SMMU aligns a level-2 stream table to its size, ignoring the low
+/// bits of L1STD.L2Ptr (IHI 0070 5.1): a misaligned pointer is not an
+/// invalid descriptor.
+#[test]
+fn a_level2_pointer_is_aligned_to_its_table() {
+    use smmuv3::regs::strtab_base_cfg as cfg;
+    let t = setup(Coherency::Coherent);
+    let l1 = t.host_ram.alloc(8 << 10).unwrap();
+    // Four STEs (Span 3, 256 bytes), the pointer 64 bytes in.
+    let l2 = t.host_ram.alloc(512).unwrap();
+    host_store(&t, l1 + 8, &(ste_span(3) | (l2 + 0x40)).to_le_bytes());
+    host_store(&t, l2 + 64, &ste_bypass());
+    let split6 = cfg::FMT.make(cfg::FMT_2LVL) | cfg::SPLIT.make(6) | cfg::LOG2SIZE.make(16);
+    enable_with_strtab(&t, l1, split6);
+    // StreamID 0x41: descriptor 1, STE 1 of the aligned table.
+    assert_eq!(t.emu.lock().unwrap().stream(0, 0x41), StreamConfig::Stage2);
+    let buf = t.host_ram.alloc(4096).unwrap();
+    t.dma_write(0x41, buf, b"level2").unwrap();
+    assert_eq!(t.cpu_read(buf, 6), b"level2");
+}

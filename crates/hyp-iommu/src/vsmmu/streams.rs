@@ -210,11 +210,9 @@ where
             return Ok(None);
         }
         let count = 1u64 << (span - 1);
-        let l2 = d & ste::L1_L2PTR.mask();
-        // A level-2 table is aligned to its size.
-        if l2 % (count * STE_BYTES) != 0 {
-            return Ok(None);
-        }
+        // The SMMU aligns a level-2 table to its size: L2Ptr's low bits
+        // are treated as zero (5.1).
+        let l2 = d & ste::L1_L2PTR.mask() & !(count * STE_BYTES - 1);
         Ok(Some((l2, count)))
     }
 
