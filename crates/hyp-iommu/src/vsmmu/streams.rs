@@ -106,24 +106,34 @@ fn nested(w: &[u64; 8], idr0_v: u64, ssid_bits: u8) -> Option<StreamConfig> {
         return None;
     }
     let cd2l = idr0::CD2L.get(idr0_v) != 0;
+    // S1CDMax is IGNORED without substreams (SSIDSIZE = 0); past SSIDSIZE
+    // it is ILLEGAL (5.2).
+    let cdmax_log2 = if ssid_bits == 0 {
+        0
+    } else {
+        ste::S1CDMAX.get(w[0]) as u8
+    };
+    if cdmax_log2 > ssid_bits {
+        return None;
+    }
+    // S1Fmt and S1DSS are IGNORED with substreams disabled (S1CDMax = 0:
+    // S1ContextPtr is one CD); their reserved values behave as linear and
+    // as terminate (5.2).
+    let substreams = cdmax_log2 != 0;
     let format = match ste::S1FMT.get(w[0]) {
-        ste::S1FMT_LINEAR => CdFormat::Linear,
+        _ if !substreams => CdFormat::Linear,
         // Either leaf size: the real SMMU walks the host's tables
         // itself, through the shadow stage 2.
         ste::S1FMT_4K_L2 if cd2l => CdFormat::TwoLevel4K,
         ste::S1FMT_64K_L2 if cd2l => CdFormat::TwoLevel64K,
-        // Reserved, or 2-level without CD2L: refused, not misread.
-        _ => return None,
+        // 2-level without CD2L is ILLEGAL: refused, not misread.
+        ste::S1FMT_4K_L2 | ste::S1FMT_64K_L2 => return None,
+        _ => CdFormat::Linear,
     };
-    let cdmax_log2 = ste::S1CDMAX.get(w[0]) as u8;
-    if cdmax_log2 > ssid_bits {
-        return None;
-    }
     let s1dss = match ste::S1DSS.get(w[1]) {
-        ste::S1DSS_TERMINATE => S1Dss::Terminate,
         ste::S1DSS_BYPASS => S1Dss::Bypass,
         ste::S1DSS_SSID0 => S1Dss::Ssid0,
-        _ => return None,
+        _ => S1Dss::Terminate,
     };
     Some(StreamConfig::Nested {
         cd: CdTableRef {
@@ -436,18 +446,41 @@ mod tests {
     }
 
     #[test]
+    fn reserved_and_ignored_stage1_fields_behave_as_the_architecture_says() {
+        let nested = |format, cdmax_log2, s1dss| {
+            Lookup::Config(StreamConfig::Nested {
+                cd: CdTableRef {
+                    ptr: 0x1000,
+                    format,
+                    cdmax_log2,
+                },
+                s1dss,
+            })
+        };
+        // 5.2: the reserved S1Fmt behaves as linear, the reserved S1DSS
+        // as terminate.
+        let linear = nested(CdFormat::Linear, 1, S1Dss::Terminate);
+        assert_eq!(decode(&s1_ste(0x1000, 3, 1, 0), CD2L, 8), linear);
+        assert_eq!(decode(&s1_ste(0x1000, 0, 1, 3), CD2L, 8), linear);
+        // With S1CDMax = 0, S1Fmt is IGNORED (one CD), even a 2-level one
+        // the SMMU lacks.
+        let one = nested(CdFormat::Linear, 0, S1Dss::Terminate);
+        assert_eq!(decode(&s1_ste(0x1000, 1, 0, 0), 0, 8), one);
+        assert_eq!(decode(&s1_ste(0x1000, 2, 0, 3), CD2L, 8), one);
+        // Without substreams (SSIDSIZE = 0) S1CDMax is IGNORED.
+        assert_eq!(decode(&s1_ste(0x1000, 1, 5, 0), CD2L, 0), one);
+    }
+
+    #[test]
     fn hidden_or_reserved_configurations_are_refused() {
         for config in [ste::CONFIG_S2, ste::CONFIG_NESTED, 0b001, 0b010, 0b011] {
             let mut w = [0u64; 8];
             w[0] = ste::V.make(1) | ste::CONFIG.make(config);
             assert_eq!(decode(&w, CD2L, 8), Lookup::Bad, "config {config:#b}");
         }
-        // Too many substream bits, a reserved S1DSS, the reserved S1Fmt,
-        // 2-level CD tables (either leaf size) the SMMU lacks, and
-        // StreamWorld EL2.
+        // Too many substream bits, 2-level CD tables (either leaf size)
+        // the SMMU lacks, and StreamWorld EL2.
         assert_eq!(decode(&s1_ste(0x1000, 0, 9, 0), CD2L, 8), Lookup::Bad);
-        assert_eq!(decode(&s1_ste(0x1000, 0, 1, 3), CD2L, 8), Lookup::Bad);
-        assert_eq!(decode(&s1_ste(0x1000, 3, 1, 0), CD2L, 8), Lookup::Bad);
         assert_eq!(decode(&s1_ste(0x1000, 1, 1, 0), 0, 8), Lookup::Bad);
         assert_eq!(decode(&s1_ste(0x1000, 2, 1, 0), 0, 8), Lookup::Bad);
         let mut w = s1_ste(0x1000, 0, 0, 0);
