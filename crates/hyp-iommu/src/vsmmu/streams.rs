@@ -89,10 +89,12 @@ fn decode(w: &[u64; 8], idr0_v: u64, ssid_bits: u8) -> Lookup {
         return Lookup::Invalid;
     }
     let cfg = match ste::CONFIG.get(w[0]) {
-        ste::CONFIG_ABORT => return Lookup::Silent,
+        // Abort, and the reserved 0b0xx, which behave as abort: no event
+        // (5.2).
+        0b000..=0b011 => return Lookup::Silent,
         ste::CONFIG_BYPASS => Some(StreamConfig::Stage2),
         ste::CONFIG_S1 => nested(w, idr0_v, ssid_bits),
-        // Stage 2 and nesting are hidden; the rest is reserved.
+        // Stage 2 and nesting are hidden: ILLEGAL.
         _ => None,
     };
     cfg.map_or(Lookup::Bad, Lookup::Config)
@@ -473,10 +475,16 @@ mod tests {
 
     #[test]
     fn hidden_or_reserved_configurations_are_refused() {
-        for config in [ste::CONFIG_S2, ste::CONFIG_NESTED, 0b001, 0b010, 0b011] {
+        for config in [ste::CONFIG_S2, ste::CONFIG_NESTED] {
             let mut w = [0u64; 8];
             w[0] = ste::V.make(1) | ste::CONFIG.make(config);
             assert_eq!(decode(&w, CD2L, 8), Lookup::Bad, "config {config:#b}");
+        }
+        // The reserved Config values behave as abort (5.2): no event.
+        for config in [0b001, 0b010, 0b011] {
+            let mut w = [0u64; 8];
+            w[0] = ste::V.make(1) | ste::CONFIG.make(config);
+            assert_eq!(decode(&w, CD2L, 8), Lookup::Silent, "config {config:#b}");
         }
         // Too many substream bits, 2-level CD tables (either leaf size)
         // the SMMU lacks, and StreamWorld EL2.
