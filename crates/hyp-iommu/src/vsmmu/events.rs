@@ -24,16 +24,6 @@ enum Traffic {
     Stale,
 }
 
-/// Returns a C_BAD_STE record for `sid`.
-pub(super) fn record_bad_ste(sid: u32) -> [u64; 4] {
-    [
-        ev::TYPE.make(ty::C_BAD_STE.into()) | ev::SID.make(sid.into()),
-        0,
-        0,
-        0,
-    ]
-}
-
 /// Returns word 0 of a configuration event `code` for a transaction of
 /// stream `sid` (and substream `ssid`).
 fn config_word(code: u8, sid: u32, ssid: Option<u32>) -> u64 {
@@ -42,17 +32,6 @@ fn config_word(code: u8, sid: u32, ssid: Option<u32>) -> u64 {
         Some(s) => w0 | ev::SSV.make(1) | ev::SSID.make(s.into()),
         None => w0,
     }
-}
-
-/// Returns an F_STE_FETCH record for `sid` that could not fetch at `at`
-/// (a host address: the host gave it).
-pub(super) fn record_ste_fetch(sid: u32, at: u64) -> [u64; 4] {
-    [
-        ev::TYPE.make(ty::F_STE_FETCH.into()) | ev::SID.make(sid.into()),
-        0,
-        0,
-        at & ev::FETCH_ADDR.mask(),
-    ]
 }
 
 /// Returns the host's copy of a real event when it is the host's to see:

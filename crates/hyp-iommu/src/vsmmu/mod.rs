@@ -15,7 +15,8 @@
 //!   batch completed by one real `CMD_SYNC`;
 //! * turns each host STE into one of its own (`streams.rs`): abort stays
 //!   abort, bypass becomes stage 2 on the shadow, stage 1 becomes nested
-//!   over the shadow, anything else is refused with a `C_BAD_STE` event;
+//!   over the shadow, anything else is refused (`C_BAD_STE` for its
+//!   traffic);
 //! * sorts the real SMMUs' events (`events.rs`): stage-1 faults and bad
 //!   contexts of the host's making go to the host's event queue, rebuilt
 //!   from their decoded fields; stage-2 faults are the hypervisor's;

@@ -9,7 +9,7 @@ use smmuv3::env::SmmuEnv;
 use smmuv3::layout::ste;
 use smmuv3::regs::{cr0, idr0, idr1, strtab_base, strtab_base_cfg};
 
-use super::{Emulator, HostMemory, events, host_owned};
+use super::{Emulator, HostMemory, host_owned};
 use crate::scrub::Scrub;
 
 /// How the hypervisor configured a host stream on the real SMMU.
@@ -268,7 +268,7 @@ where
                 if !host_owned(&self.hyp, cd.ptr, STE_BYTES) =>
             {
                 // The SMMU would only fault on it at stage 2; refusing it
-                // here tells the host at once.
+                // tells the host (F_STE_FETCH on its traffic).
                 Lookup::Unreadable(cd.ptr)
             }
             found => found,
@@ -285,14 +285,16 @@ where
                 StreamConfig::SilentAbort
             }
             Lookup::Silent | Lookup::OutsideTable | Lookup::Invalid => StreamConfig::Abort,
+            // A configuration error is recorded only for a transaction
+            // (7.2), never on a CFGI: the stream reports its traffic
+            // (invalid real STE) and `traffic` gives the host the
+            // C_BAD_STE or F_STE_FETCH then.
             Lookup::Bad => {
                 self.vs[smmu].stats.bad_stes += 1;
-                self.post_host_event(smmu, events::record_bad_ste(sid));
                 StreamConfig::Abort
             }
-            Lookup::Unreadable(at) => {
+            Lookup::Unreadable(_) => {
                 self.vs[smmu].stats.refused_pointers += 1;
-                self.post_host_event(smmu, events::record_ste_fetch(sid, at));
                 StreamConfig::Abort
             }
         };
