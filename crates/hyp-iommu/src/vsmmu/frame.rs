@@ -332,7 +332,8 @@ where
             Reg::EvtqProd if !v.cr0_has(cr0::EVENTQEN) => v.evtq.prod = w32 & QPTR_HOST,
             Reg::EvtqCons => v.evtq.cons = w32 & QPTR_HOST,
             Reg::Hidden => {}
-            // Reg::Undefined and read-only registers among them.
+            // Read-only registers, guarded ones while guarded, undefined
+            // locations.
             _ => v.stats.ignored_writes += 1,
         }
         Ok(())
