@@ -22,6 +22,15 @@ pub enum CommandError {
     /// The opcode is not one the driver knows.
     #[error("unknown command opcode {0:#04x}")]
     UnknownOpcode(u8),
+    /// A field holds a value the architecture reserves or makes ILLEGAL
+    /// on the Non-secure command queue (CERROR_ILL on hardware).
+    #[error("command field {field} = {value:#x} is reserved on the Non-secure queue")]
+    Reserved {
+        /// Field name.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+    },
     /// A range invalidation request is malformed.
     #[error("bad invalidation range {iova:#x}+{size:#x} (granule 2^{granule_log2})")]
     BadRange {
@@ -350,14 +359,33 @@ impl Command {
         })
     }
 
-    /// Returns the command held in two queue words.
+    /// Returns the command held in two queue words, as a Non-secure
+    /// command queue consumes them.
     ///
     /// # Errors
     ///
-    /// [`CommandError::UnknownOpcode`] for opcodes outside [`op`].
+    /// [`CommandError::UnknownOpcode`] for opcodes outside [`op`];
+    /// [`CommandError::Reserved`] for CMD_SYNC's reserved CS (0b11) and
+    /// for SSec = 1 (IHI 0070 4.1.6, 4.7.3).
     pub fn decode(w: [u64; 2]) -> Result<Self, CommandError> {
         let [w0, w1] = w;
         let opc = c::OPCODE.get(w0) as u8;
+        let reserved = |field, value| Err(CommandError::Reserved { field, value });
+        let has_ssec = matches!(
+            opc,
+            op::PREFETCH_CONFIG
+                | op::PREFETCH_ADDR
+                | op::CFGI_STE
+                | op::CFGI_STE_RANGE
+                | op::CFGI_CD
+                | op::CFGI_CD_ALL
+        );
+        if has_ssec && c::SSEC.get(w0) != 0 {
+            return reserved("SSec", 1);
+        }
+        if opc == op::SYNC && c::SYNC_CS.get(w0) == 0b11 {
+            return reserved("CMD_SYNC.CS", 0b11);
+        }
         let sid = c::SID.get(w0) as u32;
         let ssid = (c::SSV.get(w0) != 0).then(|| c::SSID.get(w0) as u32);
         let vmid = c::VMID.get(w0) as u16;
@@ -776,6 +804,42 @@ mod tests {
             Command::decode(retry_ab),
             Ok(Command::Resume { abort: false, .. })
         ));
+    }
+
+    #[test]
+    fn reserved_sync_signals_and_secure_streams_do_not_decode() {
+        // CS = 0b11 is reserved (it read as "no signal"); SSec = 1 names
+        // the Secure StreamID space, ILLEGAL on a Non-secure queue (it was
+        // ignored, so the command acted on the Non-secure stream).
+        let sync = [u64::from(op::SYNC) | 0b11 << 12, 0];
+        assert_eq!(
+            Command::decode(sync),
+            Err(CommandError::Reserved {
+                field: "CMD_SYNC.CS",
+                value: 3
+            })
+        );
+        for opc in [
+            op::PREFETCH_CONFIG,
+            op::PREFETCH_ADDR,
+            op::CFGI_STE,
+            op::CFGI_STE_RANGE,
+            op::CFGI_CD,
+            op::CFGI_CD_ALL,
+        ] {
+            let w = [u64::from(opc) | 1 << 10, 0];
+            assert_eq!(
+                Command::decode(w),
+                Err(CommandError::Reserved {
+                    field: "SSec",
+                    value: 1
+                }),
+                "{opc:#x}"
+            );
+            assert!(Command::decode([u64::from(opc), 0]).is_ok(), "{opc:#x}");
+        }
+        // Bit 10 of other commands is another field (TLBI TG) or RES0.
+        assert!(Command::decode([u64::from(op::TLBI_NH_ALL) | 1 << 10, 0]).is_ok());
     }
 
     #[test]

@@ -162,13 +162,20 @@ fn opcode() -> impl Strategy<Value = u8> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4000, failure_persistence: None, ..ProptestConfig::default() })]
 
-    /// Any two words decode to a command or to `UnknownOpcode` naming the
-    /// opcode byte; a decoded command re-encodes, and that encoding decodes
-    /// to the same command (decode is a normal form).
+    /// Any two words decode to a command, to `UnknownOpcode` naming the
+    /// opcode byte, or to `Reserved` for SSec = 1 and CMD_SYNC.CS = 0b11;
+    /// a decoded command re-encodes, and that encoding decodes to the same
+    /// command (decode is a normal form).
     #[test]
     fn command_decode_any_words(op in opcode(), w0 in any::<u64>(), w1 in any::<u64>()) {
         let w0 = (w0 & !0xff) | u64::from(op);
         match Command::decode([w0, w1]) {
+            Err(CommandError::Reserved { field: "SSec", value: 1 }) => {
+                prop_assert!(w0 >> 10 & 1 == 1 && (1..=6).contains(&op), "{op:#x}");
+            }
+            Err(CommandError::Reserved { field: "CMD_SYNC.CS", value: 3 }) => {
+                prop_assert!(op == 0x46 && w0 >> 12 & 3 == 3);
+            }
             Err(e) => prop_assert_eq!(e, CommandError::UnknownOpcode(op)),
             Ok(cmd) => {
                 prop_assert_eq!(cmd.opcode(), op);

@@ -5,7 +5,6 @@
 use io_pgtable::env::{CacheMaintenance, TableMemory};
 use smmuv3::command::{Command, SyncSignal};
 use smmuv3::env::SmmuEnv;
-use smmuv3::layout::cmd::{self as c, op};
 use smmuv3::regs::{cmdq_cons, cr0, gerror, idr0, idr1, q_base};
 
 use super::streams::Reshadowed;
@@ -14,8 +13,6 @@ use crate::scrub::Scrub;
 
 /// Bytes per command.
 const CMD_BYTES: u64 = 16;
-/// SSec, bit 10 of word 0 of the configuration and prefetch commands.
-const SSEC: u64 = 1 << 10;
 /// Commands issued to the real queue at a time (without a sync), so a
 /// large host batch never needs more real queue space than this.
 const CHUNK: usize = 64;
@@ -43,26 +40,8 @@ enum Action {
 /// Returns what a host command becomes on an SMMU whose host view has
 /// `sid_bits` and `ssid_bits`.
 fn translate(w: [u64; 2], sid_bits: u32, ssid_bits: u32) -> Action {
-    let opcode = (w[0] & 0xff) as u8;
-    // CMD_SYNC's reserved CS (0b11) is CERROR_ILL (4.7.3); the driver's
-    // decoder reads it as SIG_NONE.
-    if opcode == op::SYNC && c::SYNC_CS.get(w[0]) == 0b11 {
-        return Action::Illegal;
-    }
-    // SSec = 1 on the Non-secure queue is ILLEGAL (4.1.6); the decoder
-    // does not look at it.
-    let has_ssec = matches!(
-        opcode,
-        op::PREFETCH_CONFIG
-            | op::PREFETCH_ADDR
-            | op::CFGI_STE
-            | op::CFGI_STE_RANGE
-            | op::CFGI_CD
-            | op::CFGI_CD_ALL
-    );
-    if has_ssec && w[0] & SSEC != 0 {
-        return Action::Illegal;
-    }
+    // Unknown opcodes, SSec = 1 and CMD_SYNC's reserved CS are all
+    // CERROR_ILL (the decoder refuses them).
     let Ok(cmd) = Command::decode(w) else {
         return Action::Illegal;
     };
@@ -257,6 +236,7 @@ where
 mod tests {
     use super::*;
     use smmuv3::command::TlbiAddr;
+    use smmuv3::layout::cmd as c;
 
     fn enc(c: Command) -> [u64; 2] {
         c.encode().unwrap()
@@ -370,7 +350,10 @@ mod tests {
         ] {
             let w = enc(c);
             assert_ne!(translate(w, 16, 8), Action::Illegal, "{c:?}");
-            assert_eq!(translate([w[0] | SSEC, w[1]], 16, 8), Action::Illegal);
+            assert_eq!(
+                translate([c::SSEC.set(w[0], 1), w[1]], 16, 8),
+                Action::Illegal
+            );
         }
     }
 

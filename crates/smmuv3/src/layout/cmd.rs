@@ -48,6 +48,9 @@ pub const PREFETCH_SIZE: Field = Field::new(4, 0);
 pub const RESUME_ACTION: Field = Field::new(13, 12);
 /// Word 0 of CMD_SYNC: completion signal.
 pub const SYNC_CS: Field = Field::new(13, 12);
+/// Word 0 of the prefetch and configuration-invalidation commands: SSec,
+/// bit 10 (the Secure StreamID space; must be 0 on a Non-secure queue).
+pub const SSEC: Field = Field::new(10, 10);
 /// Word 0 of CMD_SYNC: MSI shareability.
 pub const SYNC_MSH: Field = Field::new(23, 22);
 /// Word 0 of CMD_SYNC: MSI memory attributes.
@@ -131,6 +134,7 @@ mod tests {
         assert_eq!(TTL.mask(), 3 << 8);
         assert_eq!(IPA.mask(), 0x000f_ffff_ffff_f000);
         assert_eq!(SYNC_CS.mask(), 3 << 12);
+        assert_eq!(SSEC.mask(), 1 << 10);
         assert_eq!(op::TLBI_NH_VA, 0x12);
         assert_eq!(op::TLBI_S2_IPA, 0x2a);
         assert_eq!(op::SYNC, 0x46);
