@@ -58,6 +58,18 @@ struct Regs {
     eventq_irq_cfg2: u32,
 }
 
+/// Writes 32 bits at `rel` bytes into an MSI configuration (CFG0's low
+/// and high halves, CFG1, CFG2; the GERROR and event queue sets share the
+/// layout): the address keeps bits \[51:2\], CFG2 its six attribute bits.
+fn write_msi_cfg((cfg0, cfg1, cfg2): (&mut u64, &mut u32, &mut u32), rel: u64, value: u32) {
+    match rel {
+        0 => *cfg0 = (*cfg0 & !0xffff_ffff) | u64::from(value & !3),
+        4 => *cfg0 = (*cfg0 & 0xffff_ffff) | u64::from(value & 0x000f_ffff) << 32,
+        8 => *cfg1 = value,
+        _ => *cfg2 = value & 0x3f,
+    }
+}
+
 /// What became of an event record offered to the event queue.
 enum Put {
     Written,
@@ -838,12 +850,13 @@ impl State {
             // the SMMUv3.2 behaviour, one of v3.0/v3.1's outcomes).
             regs::GERROR_IRQ_CFG0..=regs::GERROR_IRQ_CFG2 => {
                 if self.cfg.msi && self.regs.irq_ctrl & irq_ctrl::GERROR_IRQEN == 0 {
-                    match offset {
-                        regs::GERROR_IRQ_CFG0 => set_lo(&mut self.regs.gerror_irq_cfg0, value & !3),
-                        0x6c => set_hi(&mut self.regs.gerror_irq_cfg0, value & 0x000f_ffff),
-                        regs::GERROR_IRQ_CFG1 => self.regs.gerror_irq_cfg1 = value,
-                        _ => self.regs.gerror_irq_cfg2 = value & 0x3f,
-                    }
+                    let r = &mut self.regs;
+                    let cfg = (
+                        &mut r.gerror_irq_cfg0,
+                        &mut r.gerror_irq_cfg1,
+                        &mut r.gerror_irq_cfg2,
+                    );
+                    write_msi_cfg(cfg, offset - regs::GERROR_IRQ_CFG0, value);
                 }
             }
             regs::STRTAB_BASE | 0x84 => {
@@ -906,12 +919,13 @@ impl State {
             regs::EVENTQ_CONS => self.regs.eventq_cons = value & (queue::PTR_MASK | queue::OVFLG),
             regs::EVENTQ_IRQ_CFG0..=regs::EVENTQ_IRQ_CFG2 => {
                 if self.cfg.msi && self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN == 0 {
-                    match offset {
-                        regs::EVENTQ_IRQ_CFG0 => set_lo(&mut self.regs.eventq_irq_cfg0, value & !3),
-                        0xb4 => set_hi(&mut self.regs.eventq_irq_cfg0, value & 0x000f_ffff),
-                        regs::EVENTQ_IRQ_CFG1 => self.regs.eventq_irq_cfg1 = value,
-                        _ => self.regs.eventq_irq_cfg2 = value & 0x3f,
-                    }
+                    let r = &mut self.regs;
+                    let cfg = (
+                        &mut r.eventq_irq_cfg0,
+                        &mut r.eventq_irq_cfg1,
+                        &mut r.eventq_irq_cfg2,
+                    );
+                    write_msi_cfg(cfg, offset - regs::EVENTQ_IRQ_CFG0, value);
                 }
             }
             _ => {}
