@@ -458,6 +458,15 @@ fn stalls_of_a_stall_forced_smmu_are_terminated_by_the_hypervisor() {
     assert_eq!(events[0].fault.unwrap().stall_tag, None);
 }
 
+/// Returns how many host-memory reads `issue` cost the emulator, and in
+/// how many doorbells (one real CMD_SYNC each) it came.
+fn host_reads_and_doorbells(t: &Trapped, issue: impl FnOnce()) -> (u64, u64) {
+    let reads = || t.host.reads.load(std::sync::atomic::Ordering::Relaxed);
+    let (before, syncs) = (reads(), t.stats().real_syncs);
+    issue();
+    (reads() - before, t.stats().real_syncs - syncs)
+}
+
 /// A host cannot make one doorbell cost the hypervisor one pass over its
 /// stream table per command: a queue of CFGI_ALLs reads each STE once.
 #[test]
@@ -472,14 +481,9 @@ fn a_queue_of_cfgi_alls_reads_the_host_table_once() {
         .unwrap();
     let entries = 1u64 << smmuv3::regs::strtab_base_cfg::LOG2SIZE.get(cfg);
     let cmds = vec![smmuv3::command::Command::CFGI_ALL; 200];
-    let reads = || t.host.reads.load(std::sync::atomic::Ordering::Relaxed);
-    let before = reads();
-    let syncs = t.stats().real_syncs;
-    host.issue(&cmds, true).unwrap();
-    let spent = reads() - before;
     // Each doorbell the driver rings reads its commands and the table once
     // (one real CMD_SYNC per doorbell).
-    let doorbells = t.stats().real_syncs - syncs;
+    let (spent, doorbells) = host_reads_and_doorbells(&t, || host.issue(&cmds, true).unwrap());
     assert!(doorbells >= 1);
     assert!(
         spent <= 201 + doorbells * entries,
@@ -1256,12 +1260,7 @@ fn repeated_range_invalidations_walk_each_span_once() {
             range,
         })
         .collect();
-    let reads = || t.host.reads.load(std::sync::atomic::Ordering::Relaxed);
-    let before = reads();
-    let syncs = t.stats().real_syncs;
-    host.issue(&cmds, true).unwrap();
-    let spent = reads() - before;
-    let doorbells = t.stats().real_syncs - syncs;
+    let (spent, doorbells) = host_reads_and_doorbells(&t, || host.issue(&cmds, true).unwrap());
     // The whole table, at most: 2^(sid_bits - split) level-1 descriptors
     // and the STEs of the level-2 tables there are (one, 2^split), each
     // STE read with its descriptor.

@@ -209,12 +209,7 @@ fn finishes_within(secs: u64, what: &str, f: impl FnOnce() + Send + 'static) {
 /// A stage-1 stream `SID` of `pages` 4K pages at IOVA 0.., each RW.
 fn iotlb_rig(pages: u64) -> (common::H, common::Pt, Vec<u64>) {
     use common::*;
-    let mut h = H::new(ModelConfig::default());
-    h.enable_linear(4);
-    let pt = Pt::new_s1(&h, 12, 48);
-    let cdp = h.alloc(64);
-    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
-    h.set_ste(1, ste_s1(cdp, 0, 0, 0));
+    let rig::Rig { h, pt, .. } = rig::rig_on(H::new(ModelConfig::default()), false);
     let pas: Vec<u64> = (0..pages).map(|_| h.alloc(4096)).collect();
     for (i, pa) in pas.iter().enumerate() {
         pt.map(&h, (i as u64) << 12, *pa, 3, S1_USER_RW);
@@ -824,22 +819,27 @@ fn a_sync_waits_for_an_access_using_an_invalidated_entry() {
     assert_eq!(io.iotlb_lookup(0, Permissions::Read), None);
 }
 
+/// Queues TLBI_NH_VA of page 0 (ASID 1, leaf) and a CMD_SYNC, which
+/// waits at CMDQ_CONS while an access holds that page's `Iotlb` entry.
+fn invalidate_page_0_and_sync(h: &mut common::H) {
+    let (w0, w1) = common::tlbi_nh_va(1, 0, true);
+    h.cmd(w0, w1);
+    assert_eq!(h.cmd(u64::from(smmuv3_model::layout::op::SYNC), 0), 0);
+}
+
 /// A CMD_SYNC that waits at CMDQ_CONS for an access using a dropped
 /// `Iotlb` entry does not block the thread that queued it, completes when
 /// that access ends, and, snapshotted while it waits, completes in the
 /// restored model (which holds no access) at its first register access.
 #[test]
 fn a_waiting_sync_completes_when_the_access_ends_and_after_a_restore() {
-    use smmuv3_model::layout::op;
     use smmuv3_model::regs;
     use vm_memory::iommu::Iommu;
     use vm_memory::{GuestAddress, Permissions};
     let (mut h, _pt, _pas) = iotlb_rig(2);
     let io = h.smmu.iommu(1, None);
     let held = io.translate(GuestAddress(0), 8, Permissions::Read).unwrap();
-    let (w0, w1) = common::tlbi_nh_va(1, 0, true);
-    h.cmd(w0, w1);
-    assert_eq!(h.cmd(u64::from(op::SYNC), 0), 0);
+    invalidate_page_0_and_sync(&mut h);
     let cons = |m: &SmmuModel| m.read32(regs::CMDQ_CONS) & 0xfffff;
     // The TLBI ran; the SYNC waits (this very thread holds the access).
     assert_eq!(cons(&h.smmu), h.prod - 1);
@@ -866,16 +866,13 @@ fn a_waiting_sync_completes_when_the_access_ends_and_after_a_restore() {
 /// CMD_SYNC complete.
 #[test]
 fn a_waiting_sync_completes_under_64_bit_polling_after_a_restore() {
-    use smmuv3_model::layout::op;
     use smmuv3_model::regs;
     use vm_memory::iommu::Iommu;
     use vm_memory::{GuestAddress, Permissions};
     let (mut h, _pt, _pas) = iotlb_rig(2);
     let io = h.smmu.iommu(1, None);
     let held = io.translate(GuestAddress(0), 8, Permissions::Read).unwrap();
-    let (w0, w1) = common::tlbi_nh_va(1, 0, true);
-    h.cmd(w0, w1);
-    assert_eq!(h.cmd(u64::from(op::SYNC), 0), 0);
+    invalidate_page_0_and_sync(&mut h);
     let snap = h.smmu.snapshot();
     let fresh = SmmuModel::new(ModelConfig::default(), h.mem.clone()).unwrap();
     fresh.restore(&snap).unwrap();

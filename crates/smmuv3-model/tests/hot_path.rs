@@ -11,13 +11,7 @@ use common::*;
 use smmuv3_model::{DmaRequest, ModelConfig};
 
 fn setup() -> (H, Pt, u64) {
-    let mut h = H::new(ModelConfig::default());
-    h.enable_linear(4);
-    let pt = Pt::new_s1(&h, 12, 48);
-    let cdp = h.alloc(64);
-    h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
-    h.set_ste(1, ste_s1(cdp, 0, 0, 0));
-    let page = h.alloc(4096);
+    let rig::Rig { h, pt, page } = rig::rig_on(H::new(ModelConfig::default()), false);
     pt.map(&h, 0x4000, page, 3, S1_RW);
     (h, pt, page)
 }

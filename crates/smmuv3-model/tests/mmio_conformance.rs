@@ -305,6 +305,22 @@ fn a_two_level_stream_table_base_is_aligned_to_the_level1_size() {
     );
 }
 
+/// Shrinks `h`'s (enabled) event queue to two entries and gives SID 2 a
+/// stage-1 CD that stalls (CD.S) on a fault, with nothing mapped.
+fn two_entries_and_a_stalling_stream(h: &mut H) {
+    h.smmu.write32(regs::CR0, cr0::CMDQEN | cr0::SMMUEN);
+    h.evtq_log2 = 1;
+    h.smmu.write64(regs::EVENTQ_BASE, h.evtq | 1);
+    h.smmu
+        .write32(regs::CR0, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN);
+    let pt = Pt::new_s1(h, 12, 48);
+    let cdp = h.alloc(64);
+    let mut d = cd(16, 0, 5, pt.root, 9);
+    d[0] |= 1 << 44; // S
+    h.write_words(cdp, &d);
+    h.set_ste(2, ste_s1(cdp, 0, 0, 0));
+}
+
 #[test]
 fn a_stall_record_waits_for_room_instead_of_overflowing() {
     let cfg = ModelConfig {
@@ -313,19 +329,7 @@ fn a_stall_record_waits_for_room_instead_of_overflowing() {
     };
     let mut h = H::new(cfg);
     h.enable_linear(4);
-    // Shrink the event queue to two entries.
-    h.smmu.write32(regs::CR0, cr0::CMDQEN | cr0::SMMUEN);
-    h.evtq_log2 = 1;
-    h.smmu.write64(regs::EVENTQ_BASE, h.evtq | 1);
-    h.smmu
-        .write32(regs::CR0, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN);
-    // SID 2: stage 1 whose CD stalls (CD.S) on a fault; nothing mapped.
-    let pt = Pt::new_s1(&h, 12, 48);
-    let cdp = h.alloc(64);
-    let mut d = cd(16, 0, 5, pt.root, 9);
-    d[0] |= 1 << 44; // S
-    h.write_words(cdp, &d);
-    h.set_ste(2, ste_s1(cdp, 0, 0, 0));
+    two_entries_and_a_stalling_stream(&mut h);
     // Fill the queue with two terminated faults (C_BAD_STE on SID 1).
     for _ in 0..2 {
         let _ = h.smmu.translate(&DmaRequest::read(1, 0, 4));
@@ -457,18 +461,7 @@ fn a_snapshot_taken_mid_use_restores_registers_events_and_interrupts() {
         regs::IRQ_CTRL,
         irq_ctrl::EVENTQ_IRQEN | irq_ctrl::GERROR_IRQEN,
     );
-    // A two-entry event queue, and a stream whose faults stall.
-    a.smmu.write32(regs::CR0, cr0::CMDQEN | cr0::SMMUEN);
-    a.evtq_log2 = 1;
-    a.smmu.write64(regs::EVENTQ_BASE, a.evtq | 1);
-    a.smmu
-        .write32(regs::CR0, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN);
-    let pt = Pt::new_s1(&a, 12, 48);
-    let cdp = a.alloc(64);
-    let mut d = cd(16, 0, 5, pt.root, 9);
-    d[0] |= 1 << 44;
-    a.write_words(cdp, &d);
-    a.set_ste(2, ste_s1(cdp, 0, 0, 0));
+    two_entries_and_a_stalling_stream(&mut a);
     // Mid-use: two events not consumed (the queue is full), a stall
     // record waiting for room, the event and GERROR interrupts pending,
     // a command error with a CMD_SYNC (SIG_IRQ, with an MSI) behind it.

@@ -23,7 +23,11 @@ pub fn rig(tlb_capacity: usize, nested: bool) -> Rig {
         tlb_capacity,
         ..ModelConfig::default()
     };
-    let mut h = H::with(cfg, Coherency::Coherent, 16 << 20);
+    rig_on(H::with(cfg, Coherency::Coherent, 16 << 20), nested)
+}
+
+/// Returns the rig on `h` (a model not enabled yet).
+pub fn rig_on(mut h: H, nested: bool) -> Rig {
     h.enable_linear(4);
     let pt = Pt::new_s1(&h, 12, 48);
     let cdp = h.alloc(64);
