@@ -89,6 +89,11 @@ impl SmmuDevice {
         &self.model
     }
 
+    /// Returns the requester ID mappings, in the order they are tried.
+    pub fn rid_map(&self) -> &[RidMapping] {
+        &self.rid_map
+    }
+
     fn check(offset: u64, size: usize) -> Result<(), MmioError> {
         if size != 4 && size != 8 {
             return Err(MmioError::BadSize { size });

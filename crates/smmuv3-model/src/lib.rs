@@ -58,8 +58,8 @@
 //! MSI write, wired interrupt or SEV; stall and resume.
 //!
 //! Not modelled: PRI queue, ATS translation requests and the ATC (ATC_INV
-//! is accepted when ATS is advertised), secure and realm state, GERROR and
-//! PRI MSIs (event queue and CMD_SYNC MSIs are written), event merging,
+//! is accepted when ATS is advertised), secure and realm state, PRI MSIs
+//! (event queue, GERROR and CMD_SYNC MSIs are sent), event merging,
 //! VMID wildcards, the E2H distinction of EL2 entries, DS (52-bit with 4K or
 //! 16K granules), 128-bit descriptors, hardware table-AF updates, memory
 //! attributes (MemAttr/SH/alloc hints are parsed but only validated),
@@ -74,6 +74,8 @@
 pub mod config;
 pub mod device;
 pub mod event;
+#[cfg(feature = "fdt")]
+pub mod fdt;
 pub mod layout;
 pub mod memory;
 mod model;

@@ -10,6 +10,10 @@ pub const PAGE1: u64 = 0x10000;
 
 /// SMMU_IDR0 offset.
 pub const IDR0: u64 = 0x00;
+/// SMMU_IDR0.COHACC: coherent access to tables, queues and MSIs.
+pub const IDR0_COHACC: u32 = 1 << 4;
+/// SMMU_IDR0.MSI: MSIs are supported.
+pub const IDR0_MSI: u32 = 1 << 13;
 /// SMMU_IDR1 offset.
 pub const IDR1: u64 = 0x04;
 /// SMMU_IDR2 offset.
@@ -261,13 +265,13 @@ impl IdRegs {
         let idr0 = b(cfg.stage2, 0)
             | b(cfg.stage1, 1)
             | 2 << 2 // TTF: AArch64 tables only
-            | b(coherent, 4)
+            | if coherent { IDR0_COHACC } else { 0 }
             | b(cfg.btm, 5)
             | httu << 6
             | b(cfg.hyp, 9)
             | b(cfg.ats, 10)
             | b(cfg.asid16, 12)
-            | b(cfg.msi, 13)
+            | if cfg.msi { IDR0_MSI } else { 0 }
             | b(cfg.sev, 14)
             | b(cfg.vmid16, 18)
             | b(cfg.cd2l, 19)
@@ -316,6 +320,25 @@ mod tests {
         let s1 = IdRegs::new(&ModelConfig::qemu_stage1_only(), true);
         assert_eq!(s1.idr[0], 0x0d44_101a);
         assert_eq!(s1.idr[3], 0x1404, "QEMU virt-9.1 has no XNX");
+    }
+
+    #[test]
+    fn idr0_fields_are_placed_per_architecture() {
+        assert_eq!(IDR0_COHACC, 1 << 4);
+        assert_eq!(IDR0_MSI, 1 << 13);
+        let msi = ModelConfig {
+            msi: true,
+            ..ModelConfig::default()
+        };
+        let no_msi = ModelConfig { msi: false, ..msi };
+        assert_eq!(
+            IdRegs::new(&msi, false).idr[0] & (IDR0_MSI | IDR0_COHACC),
+            IDR0_MSI
+        );
+        assert_eq!(
+            IdRegs::new(&no_msi, true).idr[0] & (IDR0_MSI | IDR0_COHACC),
+            IDR0_COHACC
+        );
     }
 
     #[test]
