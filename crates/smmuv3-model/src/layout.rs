@@ -20,6 +20,18 @@ pub const fn addr_mask(lo: u32) -> u64 {
     ((1u64 << 52) - 1) & !((1u64 << lo) - 1)
 }
 
+/// Returns how many address bits a command's physical address field
+/// (such as CMD_SYNC.MSIAddress, \[55:2\]) defines in SMMUv3.`arch_minor`:
+/// bits \[55:52\] are RES0 in SMMUv3.1 to v3.3 and \[55:48\] in v3.0
+/// (IHI 0070 4.1.6).
+pub const fn pa_field_bits(arch_minor: u8) -> u32 {
+    match arch_minor {
+        0 => 48,
+        1..=3 => 52,
+        _ => 56,
+    }
+}
+
 /// Size of a stream table entry in bytes.
 pub const STE_SIZE: u64 = 64;
 /// Size of a context descriptor in bytes.
@@ -588,9 +600,20 @@ impl RawCmd {
     pub fn sync_msi_data(&self) -> u32 {
         bits(self.0[0], 63, 32) as u32
     }
-    /// CMD_SYNC.MSIAddress, bits \[115:66\].
+    /// CMD_SYNC.MSH, bits \[23:22\]: the MSI write's Shareability.
+    pub fn sync_msh(&self) -> u32 {
+        bits(self.0[0], 23, 22) as u32
+    }
+    /// CMD_SYNC.MSIAttr, bits \[27:24\]: the MSI write's memory type
+    /// (encoded as STE.MemAttr).
+    pub fn sync_msi_attr(&self) -> u32 {
+        bits(self.0[0], 27, 24) as u32
+    }
+    /// CMD_SYNC.MSIAddress, bits \[119:66\] (address bits \[55:2\], of
+    /// which [`pa_field_bits`] says how many an architecture revision
+    /// defines).
     pub fn sync_msi_addr(&self) -> u64 {
-        self.0[1] & addr_mask(2)
+        bits(self.0[1], 55, 2) << 2
     }
     /// ATC_INV.Size, bits \[69:64\].
     pub fn atc_size(&self) -> u32 {
@@ -686,12 +709,20 @@ mod tests {
         assert_eq!(c.va(), 0xffff_0000_1234_5000);
         assert_eq!(c.ipa(), 0x000f_0000_1234_5000);
         let s = RawCmd([
-            u64::from(op::SYNC) | 1 << 12 | 0xdead_beef << 32,
-            0x8000_1004,
+            u64::from(op::SYNC) | 1 << 12 | 0b11 << 22 | 0xa << 24 | 0xdead_beef << 32,
+            0xff80_0000_8000_1007,
         ]);
         assert_eq!(
             (s.sync_cs(), s.sync_msi_data(), s.sync_msi_addr()),
-            (1, 0xdead_beef, 0x8000_1004)
+            (1, 0xdead_beef, 0x0080_0000_8000_1004)
+        );
+        assert_eq!((s.sync_msh(), s.sync_msi_attr()), (0b11, 0xa));
+        assert_eq!(RawCmd([0, 1 << 55]).sync_msi_addr(), 1 << 55);
+        assert_eq!(RawCmd([0, 1 << 56]).sync_msi_addr(), 0);
+        assert_eq!(
+            [0, 1, 3, 4].map(pa_field_bits),
+            [48, 52, 52, 56],
+            "4.1.6: [55:52] RES0 in v3.1-v3.3, [55:48] in v3.0"
         );
         assert_eq!(opcode_name(0x46), Some("SYNC"));
         assert_eq!(opcode_name(0x47), None);

@@ -62,7 +62,8 @@
 //! (event queue, GERROR and CMD_SYNC MSIs are sent), event merging,
 //! VMID wildcards, the E2H distinction of EL2 entries, DS (52-bit with 4K or
 //! 16K granules), 128-bit descriptors, hardware table-AF updates, memory
-//! attributes (MemAttr/SH/alloc hints are parsed but only validated),
+//! attributes (MemAttr/SH/alloc hints are parsed but only validated; an
+//! MSI's are passed to the VMM's callback, see [`msi`]),
 //! big-endian and AArch32 tables. A stalled transaction is released by
 //! CMD_RESUME / CMD_STALL_TERM but not replayed: the device sees
 //! [`DmaFault::Stalled`] and retries itself.
@@ -79,6 +80,7 @@ pub mod fdt;
 pub mod layout;
 pub mod memory;
 mod model;
+pub mod msi;
 pub mod regs;
 mod set_cache;
 pub mod stats;
@@ -95,9 +97,10 @@ pub use memory::{DeviceMemory, GuestRam};
 #[doc(hidden)]
 pub use model::sync_gate as sync_gate_for_loom;
 pub use model::{
-    CachedUnit, IotlbGuard, IrqHandler, IrqLine, ModelSnapshot, MsiHandler, SNAPSHOT_VERSION,
-    SharedIotlb, SmmuModel, SnapshotError, StreamIommu, Violation,
+    CachedUnit, IotlbGuard, IrqHandler, IrqLine, ModelSnapshot, MsiHandler, MsiWriteHandler,
+    SNAPSHOT_VERSION, SharedIotlb, SmmuModel, SnapshotError, StreamIommu, Violation,
 };
+pub use msi::{MsiAttr, MsiWrite};
 pub use sim_memory::{Coherency, MemError, SimMemory};
 pub use stats::{Stats, TraceEntry};
 

@@ -144,6 +144,24 @@ pub mod irq_ctrl {
     pub const EVENTQ_IRQEN: u32 = 1 << 2;
 }
 
+/// MSI configuration (SMMU_GERROR_IRQ_CFG0..2, SMMU_EVENTQ_IRQ_CFG0..2)
+/// fields; every set has the same layout (6.3.21 to 6.3.23).
+pub mod irq_cfg {
+    /// CFG0.ADDR's lowest bit: bits \[1:0\] are RES0.
+    pub const ADDR_LSB: u32 = 2;
+    /// CFG0.ADDR's highest bit + 1 (\[55:2\]); bits above the OAS are
+    /// RES0.
+    pub const ADDR_END: u32 = 56;
+    /// CFG2.MemAttr, bits \[3:0\] (encoded as STE.MemAttr).
+    pub const MEMATTR_MASK: u32 = 0xf;
+    /// CFG2.SH shift (bits \[5:4\]).
+    pub const SH_SHIFT: u32 = 4;
+    /// CFG2.SH mask (after shifting).
+    pub const SH_MASK: u32 = 0b11;
+    /// Every CFG2 field (bits \[31:6\] are RES0).
+    pub const CFG2_FIELDS: u32 = SH_MASK << SH_SHIFT | MEMATTR_MASK;
+}
+
 /// Queue registers (SMMU_*Q_BASE / PROD / CONS) fields.
 pub mod queue {
     /// Base register LOG2SIZE, bits \[4:0\].
@@ -367,6 +385,23 @@ mod tests {
         assert_eq!(PAGE1 + EVENTQ_PROD, 0x100a8);
         assert_eq!(PAGE1 + EVENTQ_CONS, 0x100ac);
         assert_eq!(gerror::ALL.count_ones(), 8);
+        assert_eq!(
+            [GERROR_IRQ_CFG0, GERROR_IRQ_CFG1, GERROR_IRQ_CFG2],
+            [0x68, 0x70, 0x74]
+        );
+        assert_eq!(
+            [EVENTQ_IRQ_CFG0, EVENTQ_IRQ_CFG1, EVENTQ_IRQ_CFG2],
+            [0xb0, 0xb8, 0xbc]
+        );
+    }
+
+    #[test]
+    fn msi_configuration_fields_sit_at_architected_bits() {
+        // CFG0.ADDR [55:2]; CFG2.SH [5:4], MemAttr [3:0] (6.3.21, 6.3.23).
+        assert_eq!((irq_cfg::ADDR_LSB, irq_cfg::ADDR_END), (2, 56));
+        assert_eq!(irq_cfg::MEMATTR_MASK, 0b00_1111);
+        assert_eq!(irq_cfg::SH_MASK << irq_cfg::SH_SHIFT, 0b11_0000);
+        assert_eq!(irq_cfg::CFG2_FIELDS, 0x3f);
     }
 
     #[test]

@@ -10,8 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use smmuv3_model::layout::op;
+use smmuv3_model::msi::{Cacheability, MemoryType, Shareability};
 use smmuv3_model::regs::{self, cr0, gerror, irq_ctrl};
-use smmuv3_model::{DmaFault, DmaRequest, EventType, IrqLine, ModelConfig, StallModel};
+use smmuv3_model::{
+    DmaFault, DmaRequest, EventType, IrqLine, ModelConfig, MsiAttr, MsiWrite, SnapshotError,
+    StallModel,
+};
 
 /// A linear 16-entry stream table, queues of 256 entries, all enabled.
 fn linear(cfg: ModelConfig) -> H {
@@ -599,4 +603,220 @@ fn log2size_beyond_sidsize_is_capped_but_aligns_literally() {
         t(0x40).unwrap_err().event_type(),
         Some(EventType::CBadStreamId)
     );
+}
+
+/// CMD_SYNC(SIG_IRQ)'s MSIAddress (4.7.3): "If this field is non-zero, it
+/// configures the physical address that an MSI is sent to ... The check
+/// for zero applies to the entire specified field span and is not limited
+/// to the physical address size (OAS) of an implementation. If the OAS is
+/// smaller than this field, MSIAddress is truncated to the OAS". The span
+/// is \[55:2\], of which \[55:52\] are RES0 in SMMUv3.1 to v3.3 and
+/// \[55:48\] in v3.0 (4.1.6); a RES0 field is checked or ignored entirely
+/// (4.1.5), and the model ignores them.
+#[test]
+fn cmd_sync_msi_address_is_truncated_to_the_oas() {
+    let target = 0x0800_0040u64;
+    let sync_irq = u64::from(op::SYNC) | 1 << 12 | 0x77 << 32;
+    // SMMUv3.2, OAS 48: bits [51:48] are address bits above the OAS.
+    let mut h = linear(ModelConfig::default());
+    let msis = msi_log(&h);
+    assert_eq!(h.cmd(sync_irq, 1 << 50 | target), 0);
+    // Only bits above the OAS: the field is not zero, so an MSI is sent,
+    // to the truncated address.
+    assert_eq!(h.cmd(sync_irq, 1 << 51), 0);
+    // [63:56] and [55:52] (RES0 here) and [1:0] (below the field) are
+    // ignored: no MSI when nothing else is set.
+    assert_eq!(h.cmd(sync_irq, 0xff << 56 | 0xf << 52 | target | 3), 0);
+    assert_eq!(h.cmd(sync_irq, 0xff << 56 | 0xf << 52 | 3), 0);
+    assert_eq!(
+        msis.lock().unwrap().as_slice(),
+        &[(target, 0x77), (0, 0x77), (target, 0x77)]
+    );
+    assert_eq!(h.smmu.stats().sync_msi_writes, 3);
+
+    // SMMUv3.4 and later: [55:52] belong to the field, so its zero check
+    // sees them, and the truncation to the OAS drops them.
+    let mut v34 = linear(ModelConfig {
+        arch_minor: 4,
+        ..ModelConfig::default()
+    });
+    let msis = msi_log(&v34);
+    assert_eq!(v34.cmd(sync_irq, 1 << 53), 0);
+    assert_eq!(v34.cmd(sync_irq, 1 << 55 | target), 0);
+    assert_eq!(v34.cmd(sync_irq, 1 << 56), 0);
+    assert_eq!(
+        msis.lock().unwrap().as_slice(),
+        &[(0, 0x77), (target, 0x77)]
+    );
+
+    // SMMUv3.0: [55:48] are RES0 and ignored; OAS 44 truncates [47:44].
+    let mut v30 = linear(ModelConfig {
+        arch_minor: 0,
+        oas_bits: 44,
+        ..ModelConfig::default()
+    });
+    let msis = msi_log(&v30);
+    assert_eq!(v30.cmd(sync_irq, 1 << 50), 0);
+    assert_eq!(v30.cmd(sync_irq, 1 << 46 | target), 0);
+    assert_eq!(msis.lock().unwrap().as_slice(), &[(target, 0x77)]);
+}
+
+/// SMMU_GERROR_IRQ_CFG0 / SMMU_EVENTQ_IRQ_CFG0.ADDR (6.3.21, 6.3.30):
+/// "High-order bits of the ADDR field above the system physical address
+/// size, as reported by SMMU_IDR5.OAS, are RES0. Note: An implementation
+/// is not required to store these bits." The model does not store them,
+/// so the MSI goes to the address truncated to the OAS (3.4.3: an MSI
+/// write configured by SMMU_(*_)*_IRQ_CFG{0,1,2} is truncated to the OAS).
+#[test]
+fn irq_cfg0_address_bits_above_the_oas_are_not_stored() {
+    let target = 0x0800_0040u64;
+    let mut h = linear(ModelConfig::default());
+    let msis = msi_log(&h);
+    for cfg0 in [regs::GERROR_IRQ_CFG0, regs::EVENTQ_IRQ_CFG0] {
+        h.smmu.write64(cfg0, u64::MAX);
+        assert_eq!(h.smmu.read64(cfg0), 0x0000_ffff_ffff_fffc, "{cfg0:#x}");
+        h.smmu.write32(cfg0 + 4, 0x0004_0000);
+        assert_eq!(h.smmu.read64(cfg0), 0xffff_fffc, "{cfg0:#x}");
+        h.smmu.write64(cfg0, 1 << 50 | target);
+        assert_eq!(h.smmu.read64(cfg0), target, "{cfg0:#x}");
+    }
+    h.smmu.write32(regs::EVENTQ_IRQ_CFG1, 0x5);
+    h.smmu.write32(regs::IRQ_CTRL, irq_ctrl::EVENTQ_IRQEN);
+    let _ = h.smmu.translate(&DmaRequest::read(1, 0, 4));
+    assert_eq!(msis.lock().unwrap().as_slice(), &[(target, 0x5)]);
+    // Only bits above the OAS: ADDR reads 0, and no MSI is sent.
+    assert_eq!(h.events().len(), 1);
+    h.smmu.write32(regs::IRQ_CTRL, 0);
+    h.smmu.write64(regs::EVENTQ_IRQ_CFG0, 1 << 50);
+    assert_eq!(h.smmu.read64(regs::EVENTQ_IRQ_CFG0), 0);
+    h.smmu.write32(regs::IRQ_CTRL, irq_ctrl::EVENTQ_IRQEN);
+    let _ = h.smmu.translate(&DmaRequest::read(1, 0, 4));
+    assert_eq!(h.events().len(), 1);
+    assert_eq!(msis.lock().unwrap().len(), 1);
+
+    // OAS 52 keeps [51:48]; [55:52] are never stored (the OAS is at most
+    // 52 bits), nor [63:56] and [1:0].
+    let h52 = H::new(ModelConfig {
+        oas_bits: 52,
+        ..ModelConfig::default()
+    });
+    h52.smmu.write64(regs::GERROR_IRQ_CFG0, u64::MAX);
+    assert_eq!(
+        h52.smmu.read64(regs::GERROR_IRQ_CFG0),
+        0x000f_ffff_ffff_fffc
+    );
+    // OAS 32: the high half holds nothing.
+    let h32 = H::new(ModelConfig {
+        oas_bits: 32,
+        ..ModelConfig::default()
+    });
+    h32.smmu.write64(regs::EVENTQ_IRQ_CFG0, u64::MAX);
+    assert_eq!(h32.smmu.read64(regs::EVENTQ_IRQ_CFG0), 0xffff_fffc);
+
+    // A snapshot holding a bit the registers no longer store is refused.
+    let mut snap = serde_json::to_value(h.smmu.snapshot()).unwrap();
+    for cfg0 in ["gerror_irq_cfg0", "eventq_irq_cfg0"] {
+        let genuine = snap["regs"][cfg0].clone();
+        snap["regs"][cfg0] = serde_json::json!(1u64 << 50 | target);
+        let forged = serde_json::from_value(snap.clone()).unwrap();
+        let fresh = H::new(ModelConfig::default());
+        assert!(
+            matches!(
+                fresh.smmu.restore(&forged),
+                Err(SnapshotError::Corrupt { .. })
+            ),
+            "{cfg0}"
+        );
+        snap["regs"][cfg0] = genuine;
+    }
+    let genuine = serde_json::from_value(snap).unwrap();
+    H::new(ModelConfig::default())
+        .smmu
+        .restore(&genuine)
+        .unwrap();
+}
+
+/// Returns every MSI, with its attributes, the model sends from now on.
+fn msi_write_log(h: &H) -> Arc<Mutex<Vec<MsiWrite>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    h.smmu
+        .set_msi_write_handler(Some(Arc::new(move |w: &MsiWrite| {
+            l.lock().unwrap().push(*w);
+            true
+        })));
+    log
+}
+
+/// SMMU_*_IRQ_CFG2 (6.3.23, 6.3.32): SH \[5:4\] and MemAttr \[3:0\] are
+/// kept as written, Reserved encodings included (they are "treated as"
+/// another value, not stored as one), bits \[31:6\] are RES0. "Each MSI
+/// can be independently configured with a memory type and Shareability"
+/// (3.18): the MSI callback gets them, from CFG2 for the event queue and
+/// GERROR MSIs and from MSIAttr \[27:24\] / MSH \[23:22\] for CMD_SYNC's
+/// (4.7.3), with the effective Shareability (Outer for Device and Normal
+/// iNC-oNC) and Reserved MemAttr values behaving as Device-nGnRnE (5.2).
+#[test]
+fn msi_attributes_read_back_and_reach_the_msi_callback() {
+    let mut h = linear(ModelConfig::default());
+    for cfg2 in [regs::GERROR_IRQ_CFG2, regs::EVENTQ_IRQ_CFG2] {
+        for v in 0..64 {
+            h.smmu.write32(cfg2, 0xffff_ffc0 | v);
+            assert_eq!(h.smmu.read32(cfg2), v, "{cfg2:#x}");
+        }
+    }
+    let msis = msi_write_log(&h);
+    // What Linux programs: Device-nGnRE doorbells, SH left 0.
+    h.smmu.write64(regs::EVENTQ_IRQ_CFG0, 0x0800_0040);
+    h.smmu.write32(regs::EVENTQ_IRQ_CFG1, 0xe);
+    h.smmu.write32(regs::EVENTQ_IRQ_CFG2, 0b0001);
+    // Normal Write-Back, Inner Shareable.
+    h.smmu.write64(regs::GERROR_IRQ_CFG0, 0x0800_0080);
+    h.smmu.write32(regs::GERROR_IRQ_CFG1, 0x6);
+    h.smmu.write32(regs::GERROR_IRQ_CFG2, 0b11 << 4 | 0b1111);
+    h.smmu.write32(
+        regs::IRQ_CTRL,
+        irq_ctrl::EVENTQ_IRQEN | irq_ctrl::GERROR_IRQEN,
+    );
+    let _ = h.smmu.translate(&DmaRequest::read(1, 0, 4));
+    // An illegal command raises the GERROR MSI; replaced by a legal one.
+    let bad_at = h.cmdq + u64::from(h.prod & 0xff) * 16;
+    assert_eq!(h.cmd(0xff, 0), 1);
+    h.write_words(bad_at, &[u64::from(op::CFGI_STE_RANGE), 31]);
+    h.ack_gerror();
+    // CMD_SYNC as Linux issues it (MSIAttr Write-Back, MSH Inner), then
+    // with a Reserved MSIAttr and MSH.
+    let sync = u64::from(op::SYNC) | 1 << 12 | 0x5a << 32;
+    assert_eq!(h.cmd(sync | 0b11 << 22 | 0b1111 << 24, 0x0800_00c0), 0);
+    assert_eq!(h.cmd(sync | 0b01 << 22 | 0b0100 << 24, 0x0800_00c0), 0);
+    let want = [
+        MsiWrite::new(0x0800_0040, 0xe, MsiAttr::new(0b0001, 0)),
+        MsiWrite::new(0x0800_0080, 0x6, MsiAttr::new(0b1111, 0b11)),
+        MsiWrite::new(0x0800_00c0, 0x5a, MsiAttr::new(0b1111, 0b11)),
+        MsiWrite::new(0x0800_00c0, 0x5a, MsiAttr::new(0b0100, 0b01)),
+    ];
+    let got = msis.lock().unwrap().clone();
+    assert_eq!(got, want);
+    let effective: Vec<_> = got
+        .iter()
+        .map(|w| (w.attr.memory_type(), w.attr.shareability()))
+        .collect();
+    let wb = MemoryType::Normal {
+        outer: Cacheability::WriteBack,
+        inner: Cacheability::WriteBack,
+    };
+    assert_eq!(
+        effective,
+        [
+            (MemoryType::DeviceNgnre, Shareability::Outer),
+            (wb, Shareability::Inner),
+            (wb, Shareability::Inner),
+            (MemoryType::DeviceNgnrne, Shareability::Outer),
+        ]
+    );
+    // The (address, data) callback replaces it and still gets every MSI.
+    let plain = msi_log(&h);
+    assert_eq!(h.cmd(sync, 0x0800_0100), 0);
+    assert_eq!(plain.lock().unwrap().as_slice(), &[(0x0800_0100, 0x5a)]);
+    assert_eq!(msis.lock().unwrap().len(), 4);
 }

@@ -429,16 +429,11 @@ impl State {
                 // configured. IRQ_CTRL has no enable for this source.
                 self.irq.cmd_sync = true;
                 self.outbox.irq(super::signal::IrqLine::CmdSync);
-                let addr = c.sync_msi_addr();
-                if self.cfg.msi && addr != 0 {
-                    let data = c.sync_msi_data().to_le_bytes();
-                    let abort = gerror::MSI_CMDQ_ABT_ERR;
-                    if self.outbox.msi(addr, c.sync_msi_data(), abort) {
+                if let Some(msi) = self.sync_msi(&c) {
+                    if self.write_msi(msi, gerror::MSI_CMDQ_ABT_ERR) {
                         self.stats.sync_msi_writes += 1;
-                    } else if self.mem.write(addr, &data).is_err() {
-                        self.raise_gerror(gerror::MSI_CMDQ_ABT_ERR);
                     } else {
-                        self.stats.sync_msi_writes += 1;
+                        self.raise_gerror(gerror::MSI_CMDQ_ABT_ERR);
                     }
                 }
             }

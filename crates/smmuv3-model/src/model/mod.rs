@@ -6,6 +6,7 @@ mod decode;
 mod hot;
 mod iotlb;
 mod lint;
+mod msi;
 mod signal;
 mod snapshot;
 pub mod sync_gate;
@@ -13,7 +14,7 @@ mod xlate;
 
 pub use decode::Violation;
 pub use iotlb::{CachedUnit, IotlbGuard, SharedIotlb, StreamIommu};
-pub use signal::{IrqHandler, IrqLine, MsiHandler};
+pub use signal::{IrqHandler, IrqLine, MsiHandler, MsiWriteHandler};
 pub use snapshot::{ModelSnapshot, SNAPSHOT_VERSION, SnapshotError};
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,13 +25,14 @@ use crate::memory::DeviceMemory;
 
 use crate::config::{ConfigError, ModelConfig};
 use crate::event::Event;
-use crate::regs::{self, IdRegs, cr0, gbpa, gerror, irq_ctrl, queue, strtab};
+use crate::regs::{self, IdRegs, cr0, gbpa, gerror, irq_cfg, irq_ctrl, queue, strtab};
 use crate::stats::{Stats, TraceEntry};
 use crate::tlb::{FastMap, Tlb};
 use crate::{DmaFault, DmaRequest, Interrupts, Termination, Translation};
 
 use context::Ctx;
 use decode::{Cd, Ste};
+use msi::write_msi_cfg;
 
 /// Registers software can program.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,18 +58,6 @@ struct Regs {
     eventq_irq_cfg0: u64,
     eventq_irq_cfg1: u32,
     eventq_irq_cfg2: u32,
-}
-
-/// Writes 32 bits at `rel` bytes into an MSI configuration (CFG0's low
-/// and high halves, CFG1, CFG2; the GERROR and event queue sets share the
-/// layout): the address keeps bits \[51:2\], CFG2 its six attribute bits.
-fn write_msi_cfg((cfg0, cfg1, cfg2): (&mut u64, &mut u32, &mut u32), rel: u64, value: u32) {
-    match rel {
-        0 => *cfg0 = (*cfg0 & !0xffff_ffff) | u64::from(value & !3),
-        4 => *cfg0 = (*cfg0 & 0xffff_ffff) | u64::from(value & 0x000f_ffff) << 32,
-        8 => *cfg1 = value,
-        _ => *cfg2 = value & 0x3f,
-    }
 }
 
 /// What became of an event record offered to the event queue.
@@ -683,28 +673,12 @@ impl State {
             self.outbox.irq(signal::IrqLine::Gerror);
             // An aborted GERROR MSI is itself a global error; raising it
             // again while active does nothing, so this recurses once.
-            let (cfg0, data) = (self.regs.gerror_irq_cfg0, self.regs.gerror_irq_cfg1);
-            if !self.send_msi(cfg0, data, gerror::MSI_GERROR_ABT_ERR) {
+            let r = &self.regs;
+            let cfg = (r.gerror_irq_cfg0, r.gerror_irq_cfg1, r.gerror_irq_cfg2);
+            if !self.send_msi(cfg, gerror::MSI_GERROR_ABT_ERR) {
                 self.raise_gerror(gerror::MSI_GERROR_ABT_ERR);
             }
         }
-    }
-
-    /// Writes an MSI (32-bit data to a 4-byte aligned address) when MSIs
-    /// are implemented and an address is programmed; returns false when the
-    /// write aborted.
-    /// `abort` is the GERROR bit its abort activates (the caller raises
-    /// it on a false return; the outbox when a declined MSI aborts).
-    fn send_msi(&mut self, cfg0: u64, data: u32, abort: u32) -> bool {
-        let addr = cfg0 & crate::layout::addr_mask(2);
-        if !self.cfg.msi || addr == 0 {
-            return true;
-        }
-        self.stats.msi_writes += 1;
-        if self.outbox.msi(addr, data, abort) {
-            return true;
-        }
-        self.mem.write(addr, &data.to_le_bytes()).is_ok()
     }
 
     fn read32(&mut self, offset: u64) -> u32 {
@@ -850,13 +824,14 @@ impl State {
             // the SMMUv3.2 behaviour, one of v3.0/v3.1's outcomes).
             regs::GERROR_IRQ_CFG0..=regs::GERROR_IRQ_CFG2 => {
                 if self.cfg.msi && self.regs.irq_ctrl & irq_ctrl::GERROR_IRQEN == 0 {
+                    let mask = self.msi_addr_mask();
                     let r = &mut self.regs;
                     let cfg = (
                         &mut r.gerror_irq_cfg0,
                         &mut r.gerror_irq_cfg1,
                         &mut r.gerror_irq_cfg2,
                     );
-                    write_msi_cfg(cfg, offset - regs::GERROR_IRQ_CFG0, value);
+                    write_msi_cfg(cfg, mask, offset - regs::GERROR_IRQ_CFG0, value);
                 }
             }
             regs::STRTAB_BASE | 0x84 => {
@@ -919,13 +894,14 @@ impl State {
             regs::EVENTQ_CONS => self.regs.eventq_cons = value & (queue::PTR_MASK | queue::OVFLG),
             regs::EVENTQ_IRQ_CFG0..=regs::EVENTQ_IRQ_CFG2 => {
                 if self.cfg.msi && self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN == 0 {
+                    let mask = self.msi_addr_mask();
                     let r = &mut self.regs;
                     let cfg = (
                         &mut r.eventq_irq_cfg0,
                         &mut r.eventq_irq_cfg1,
                         &mut r.eventq_irq_cfg2,
                     );
-                    write_msi_cfg(cfg, offset - regs::EVENTQ_IRQ_CFG0, value);
+                    write_msi_cfg(cfg, mask, offset - regs::EVENTQ_IRQ_CFG0, value);
                 }
             }
             _ => {}
@@ -942,7 +918,7 @@ impl State {
             cr0_bits |= cr0::ATSCHK;
         }
         let queue_base = queue::ADDR_MASK | queue::ALLOC_HINT | queue::LOG2SIZE_MASK;
-        let irq_addr = 0x000f_ffff_ffff_fffc;
+        let irq_addr = self.msi_addr_mask();
         let cons = queue::PTR_MASK | queue::CONS_ERR_MASK << queue::CONS_ERR_SHIFT;
         let event_ptr = queue::PTR_MASK | queue::OVFLG;
         let fits = |v: u64, mask: u64| v & !mask == 0;
@@ -955,7 +931,7 @@ impl State {
             && fits32(r.gerror, self.gerror_fields())
             && fits32(r.gerrorn, self.gerror_fields())
             && fits(r.gerror_irq_cfg0, irq_addr)
-            && fits32(r.gerror_irq_cfg2, 0x3f)
+            && fits32(r.gerror_irq_cfg2, irq_cfg::CFG2_FIELDS)
             && (self.cfg.msi
                 || r.gerror_irq_cfg0 | u64::from(r.gerror_irq_cfg1 | r.gerror_irq_cfg2) == 0)
             && (self.cfg.msi
@@ -969,7 +945,7 @@ impl State {
             && fits32(r.eventq_prod, event_ptr)
             && fits32(r.eventq_cons, event_ptr)
             && fits(r.eventq_irq_cfg0, irq_addr)
-            && fits32(r.eventq_irq_cfg2, 0x3f)
+            && fits32(r.eventq_irq_cfg2, irq_cfg::CFG2_FIELDS)
     }
 
     /// Returns the SMMU_GERROR(N) fields this SMMU implements: no PRI
@@ -1121,8 +1097,9 @@ impl State {
         if q.empty(prod, cons) && self.regs.irq_ctrl & irq_ctrl::EVENTQ_IRQEN != 0 {
             self.irq.eventq = true;
             self.outbox.irq(signal::IrqLine::EventQ);
-            let (cfg0, data) = (self.regs.eventq_irq_cfg0, self.regs.eventq_irq_cfg1);
-            if !self.send_msi(cfg0, data, gerror::MSI_EVENTQ_ABT_ERR) {
+            let r = &self.regs;
+            let cfg = (r.eventq_irq_cfg0, r.eventq_irq_cfg1, r.eventq_irq_cfg2);
+            if !self.send_msi(cfg, gerror::MSI_EVENTQ_ABT_ERR) {
                 self.raise_gerror(gerror::MSI_EVENTQ_ABT_ERR);
             }
         }

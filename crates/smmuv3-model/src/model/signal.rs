@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::SmmuModel;
+use crate::msi::MsiWrite;
 
 /// A wired interrupt line of the SMMU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,10 +32,14 @@ pub type IrqHandler = Arc<dyn Fn(IrqLine) + Send + Sync>;
 /// false the model performs the 32-bit write to memory itself.
 pub type MsiHandler = Arc<dyn Fn(u64, u32) -> bool + Send + Sync>;
 
+/// As [`MsiHandler`], called with the whole [`MsiWrite`]: address, data
+/// and the memory type and Shareability it is written with.
+pub type MsiWriteHandler = Arc<dyn Fn(&MsiWrite) -> bool + Send + Sync>;
+
 #[derive(Clone, Default)]
 pub(crate) struct Handlers {
     irq: Option<IrqHandler>,
-    msi: Option<MsiHandler>,
+    msi: Option<MsiWriteHandler>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -42,8 +47,7 @@ enum Signal {
     Irq(IrqLine),
     /// An MSI, with the GERROR bit its abort activates.
     Msi {
-        addr: u64,
-        data: u32,
+        write: MsiWrite,
         abort: u32,
     },
 }
@@ -78,11 +82,11 @@ impl Outbox {
     /// installed (the caller writes memory). `abort` is the GERROR bit
     /// (MSI_*_ABT_ERR) to activate if the model ends up writing it to
     /// memory and the write aborts.
-    pub fn msi(&mut self, addr: u64, data: u32, abort: u32) -> bool {
+    pub fn msi(&mut self, write: MsiWrite, abort: u32) -> bool {
         if !self.msi_hooked {
             return false;
         }
-        self.signals.push(Signal::Msi { addr, data, abort });
+        self.signals.push(Signal::Msi { write, abort });
         self.pending.store(true, Ordering::Release);
         true
     }
@@ -98,8 +102,21 @@ impl SmmuModel {
     }
 
     /// Installs (or with `None` removes) the MSI callback; without one,
-    /// MSIs are 32-bit writes to memory.
+    /// MSIs are 32-bit writes to memory. It replaces a callback installed
+    /// by [`SmmuModel::set_msi_write_handler`].
     pub fn set_msi_handler(&self, handler: Option<MsiHandler>) {
+        self.set_msi_write_handler(
+            handler.map(|f| -> MsiWriteHandler { Arc::new(move |w: &MsiWrite| f(w.addr, w.data)) }),
+        );
+    }
+
+    /// Installs (or with `None` removes) the MSI callback that also gets
+    /// each MSI's memory type and Shareability (SMMU_*_IRQ_CFG2.MemAttr
+    /// and SH, CMD_SYNC's MSIAttr and MSH). It replaces a callback
+    /// installed by [`SmmuModel::set_msi_handler`]. The attributes do not
+    /// change the write the model makes when the callback declines it:
+    /// the memory's coherency (IDR0.COHACC) decides what CPUs see.
+    pub fn set_msi_write_handler(&self, handler: Option<MsiWriteHandler>) {
         let on = handler.is_some();
         self.handlers.write().unwrap_or_else(|e| e.into_inner()).msi = handler;
         self.lock().outbox.msi_hooked = on;
@@ -138,11 +155,12 @@ impl SmmuModel {
                             f(line);
                         }
                     }
-                    Signal::Msi { addr, data, abort } => {
-                        let taken = h.msi.as_ref().is_some_and(|f| f(addr, data));
+                    Signal::Msi { write, abort } => {
+                        let taken = h.msi.as_ref().is_some_and(|f| f(&write));
                         // Declined: written as without a callback, and an
                         // abort reported as without one.
-                        if !taken && self.mem.write(addr, &data.to_le_bytes()).is_err() {
+                        let (addr, data) = (write.addr, write.data.to_le_bytes());
+                        if !taken && self.mem.write(addr, &data).is_err() {
                             aborted |= abort;
                         }
                     }
