@@ -38,11 +38,22 @@ pub struct GuestPlacement {
     /// SPI of [`crate::IrqLine::CmdSync`], if the VMM wires it (Linux
     /// polls or uses an MSI for CMD_SYNC and does not need it).
     pub cmdq_sync_spi: Option<u32>,
-    /// Phandle of the MSI controller the model's MSIs are routed to (its
+    /// The MSI controller the VMM delivers the model's MSIs to (from its
     /// [`crate::MsiHandler`]), for `msi-parent`. Ignored on a model
     /// without MSIs (IDR0.MSI = 0): the guest would look for MSIs the
     /// model cannot send.
-    pub msi_parent: Option<u32>,
+    pub msi_parent: Option<MsiParent>,
+}
+
+/// An `msi-parent` reference: the MSI controller's phandle and, for one
+/// with `#msi-cells = <1>` (a GICv3 ITS), the DeviceID the SMMU's own MSIs
+/// carry; `None` for one without MSI cells (a GICv2m frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiParent {
+    /// Phandle of the MSI controller.
+    pub phandle: u32,
+    /// The SMMU's DeviceID at that controller, when it takes one.
+    pub device_id: Option<u32>,
 }
 
 /// Why a node was not written.
@@ -104,7 +115,10 @@ impl SmmuDevice {
             fdt.property_null("dma-coherent")?;
         }
         if let Some(msi) = at.msi_parent.filter(|_| idr0 & regs::IDR0_MSI != 0) {
-            fdt.property_u32("msi-parent", msi)?;
+            match msi.device_id {
+                Some(id) => fdt.property_array_u32("msi-parent", &[msi.phandle, id])?,
+                None => fdt.property_u32("msi-parent", msi.phandle)?,
+            }
         }
         fdt.property_u32("#iommu-cells", 1)?;
         fdt.property_phandle(phandle)?;
@@ -156,7 +170,10 @@ mod tests {
             eventq_spi: 74,
             gerror_spi: 77,
             cmdq_sync_spi: Some(76),
-            msi_parent: Some(MSI_CTL),
+            msi_parent: Some(MsiParent {
+                phandle: MSI_CTL,
+                device_id: Some(0xff00),
+            }),
         }
     }
 
@@ -219,7 +236,10 @@ mod tests {
                 idr0 & regs::IDR0_COHACC != 0
             );
             assert_eq!(idr0 & regs::IDR0_MSI != 0, msi);
-            assert_eq!(prop("msi-parent").map(cells), msi.then(|| vec![MSI_CTL]));
+            assert_eq!(
+                prop("msi-parent").map(cells),
+                msi.then(|| vec![MSI_CTL, 0xff00])
+            );
             assert_eq!(prop("#iommu-cells").map(cells), Some(vec![1]));
             assert_eq!(fdt.find_phandle(SMMU).unwrap().name, "smmuv3@9050000");
             assert!(
@@ -241,6 +261,22 @@ mod tests {
         let prop = |name| node.property(name).unwrap().value;
         assert_eq!(cells(prop("interrupts")), [0, 74, 1, 0, 77, 1]);
         assert_eq!(prop("interrupt-names"), b"eventq\0gerror\0");
+    }
+
+    #[test]
+    fn an_msi_controller_without_cells_is_named_alone() {
+        let dev = device(Coherency::Coherent, true, vec![]);
+        let at = GuestPlacement {
+            msi_parent: Some(MsiParent {
+                phandle: MSI_CTL,
+                device_id: None,
+            }),
+            ..placement()
+        };
+        let blob = tree(&dev, &at);
+        let fdt = Fdt::new(&blob).unwrap();
+        let node = fdt.find_node("/smmuv3@9050000").unwrap();
+        assert_eq!(cells(node.property("msi-parent").unwrap().value), [MSI_CTL]);
     }
 
     #[test]
