@@ -147,6 +147,9 @@ fn map_use_unmap(sys: &System, dom: &mut HostedDomain, sid: u32, ssid: Option<u3
         sys.smmu.stats().tlbi_commands() > before,
         "unmap invalidated"
     );
+    // Nothing cached for any stream disagrees with memory now.
+    let audit = sys.model.audit_caches();
+    assert!(audit.is_clean(), "{audit:?}");
     // The TLB held the translation: only the invalidation makes this fault.
     check_fault(sys, req(0x2000), EventType::Translation);
     sys.mem.free(pa);
@@ -252,6 +255,8 @@ fn remap_never_shows_a_stale_translation() {
                 .unwrap();
             assert_eq!(got, [round as u8 % 4 + 1; 16], "round {round}");
             assert_eq!(dom.unmap(0x20_0000, len).unwrap(), len);
+            let audit = sys.model.audit_caches();
+            assert!(audit.is_clean(), "round {round}: {audit:?}");
             unmaps += 1;
         }
         let tlbis = sys.smmu.stats().tlbi_commands() - tlbi_before;

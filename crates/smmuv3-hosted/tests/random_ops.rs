@@ -71,6 +71,10 @@ fn run(coh: Coherency, ril: bool, ops: &[Op]) {
             }
             Op::Reread => {}
         }
+        // Nothing the model caches disagrees with the tables: every
+        // cached translation, not only the slots read below.
+        let audit = sys.model.audit_caches();
+        assert!(audit.is_clean(), "after {op:?}: {audit:?}");
         // After every step, every slot reads as the shadow says.
         for s in 0..SLOTS {
             let mut got = [0u8; 8];

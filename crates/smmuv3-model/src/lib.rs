@@ -9,7 +9,9 @@
 //! * **missing TLB invalidations**: leaf translations and table descriptors
 //!   stay cached until a matching `CMD_TLBI_*` removes them (range
 //!   invalidations honour TG/SCALE/NUM/TTL and Leaf exactly), and
-//!   STEs/CDs stay cached until `CMD_CFGI_*`;
+//!   STEs/CDs stay cached until `CMD_CFGI_*`; [`SmmuModel::audit_caches`]
+//!   lists every cached translation and configuration memory no longer
+//!   gives, without changing anything;
 //! * **missing cache cleans**: every structure, queue and table is read
 //!   through the *device view* of [`SimMemory`]; on non-coherent memory a
 //!   CPU store that was not cleaned is invisible (IDR0.COHACC then reads 0);
@@ -97,8 +99,9 @@ pub use memory::{DeviceMemory, GuestRam};
 #[doc(hidden)]
 pub use model::sync_gate as sync_gate_for_loom;
 pub use model::{
-    CachedUnit, IotlbGuard, IrqHandler, IrqLine, ModelSnapshot, MsiHandler, MsiWriteHandler,
-    SNAPSHOT_VERSION, SharedIotlb, SmmuModel, SnapshotError, StreamIommu, Violation,
+    CacheAudit, CachedUnit, IotlbGuard, IrqHandler, IrqLine, ModelSnapshot, MsiHandler,
+    MsiWriteHandler, SNAPSHOT_VERSION, SharedIotlb, SmmuModel, SnapshotError, StaleTranslation,
+    StreamIommu, Violation,
 };
 pub use msi::{MsiAttr, MsiWrite};
 pub use sim_memory::{Coherency, MemError, SimMemory};

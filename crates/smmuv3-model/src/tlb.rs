@@ -380,6 +380,16 @@ impl Tlb {
         }
     }
 
+    /// Returns every live leaf entry: its tag, the input address it is
+    /// cached for (its first byte) and the entry.
+    pub fn leaf_entries(&self) -> Vec<(Tag, u64, TlbEntry)> {
+        self.leaves
+            .placed()
+            .into_iter()
+            .map(|(_, (k0, k1), e)| (Tag::unpack(key_tag(k0)), k1 << key_size(k0), e))
+            .collect()
+    }
+
     pub fn from_snapshot(s: &TlbSnapshot) -> Self {
         Self {
             leaves: SetCache::restore(s.capacity, &s.leaves, &s.leaf_victims, leaf_span),

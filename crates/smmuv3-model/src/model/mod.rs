@@ -1,5 +1,6 @@
 //! The SMMU state machine: register frame, queues, caches, translation.
 
+mod audit;
 mod cmdq;
 mod context;
 mod decode;
@@ -12,6 +13,7 @@ mod snapshot;
 pub mod sync_gate;
 mod xlate;
 
+pub use audit::{CacheAudit, StaleTranslation};
 pub use decode::Violation;
 pub use iotlb::{CachedUnit, IotlbGuard, SharedIotlb, StreamIommu};
 pub use signal::{IrqHandler, IrqLine, MsiHandler, MsiWriteHandler};

@@ -1,0 +1,264 @@
+//! The cache audit: every translation the model's caches would serve,
+//! checked against what the structures and tables in memory say now.
+//!
+//! The model keeps stale entries as hardware does, so a missing
+//! invalidation shows only when a device happens to use one. The audit
+//! names them all at once: after an unmap, a detach or a donation
+//! returns, a driver that invalidated everything it changed leaves none.
+//!
+//! Each check is a second translation by a throwaway copy of the SMMU with
+//! empty caches over the same memory: read-only (the events it would
+//! record go nowhere, and an access flag or dirty state update it would
+//! make is taken as made but not written), so the audit changes nothing,
+//! not even the statistics. An entry whose descriptor software made old
+//! (AF clear) or clean again is therefore not reported: the SMMU would set
+//! the flag back and translate as cached.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use super::context::{NO_SSID, ctx_key_sid};
+use super::{Inject, State, hot, signal};
+use crate::memory::DeviceMemory;
+use crate::regs::cr0;
+use crate::tlb::{FastMap, Regime, Tlb};
+use crate::{DmaFault, DmaRequest, Interrupts, MemError, SmmuModel, Stats};
+
+/// The most leaves of one cached entry the audit compares (a 1 GiB block
+/// whose table now maps it as 4 KiB pages would be 262,144); the rest of
+/// such an entry is counted in [`CacheAudit::unchecked`].
+const MAX_STEPS: u32 = 1024;
+
+/// A translation the model's caches serve that memory no longer gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaleTranslation {
+    /// StreamID.
+    pub sid: u32,
+    /// SubstreamID, if the stream's context has one.
+    pub ssid: Option<u32>,
+    /// First input address of the stale part.
+    pub iova: u64,
+    /// Whether the stale part is the write permission (a read through it
+    /// is still what memory says).
+    pub write: bool,
+    /// Output address the caches give for `iova`.
+    pub cached_pa: u64,
+    /// What a translation from memory gives now: the output address, or
+    /// the fault.
+    pub now: Result<u64, DmaFault>,
+}
+
+/// What [`SmmuModel::audit_caches`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheAudit {
+    /// Cached translations memory no longer gives: each the first address
+    /// of one cached entry, for one stream, where they differ.
+    pub stale: Vec<StaleTranslation>,
+    /// Streams (StreamID, SubstreamID) whose cached configuration (STE,
+    /// CD, and so the tables and tag their translations use) differs from
+    /// what memory holds now, or no longer decodes: a missing CMD_CFGI.
+    pub stale_configs: Vec<(u32, Option<u32>)>,
+    /// Cached leaf entries no cached configuration uses (their ASID or
+    /// VMID was dropped from every context without a TLBI): harmless until
+    /// a new context takes that tag, which then starts with them.
+    pub orphans: usize,
+    /// Cached entries compared (per stream using them).
+    pub checked: usize,
+    /// Cached entries not compared: stage-2 entries serving only nested
+    /// streams' table walks, and the leaves of an entry past
+    /// 1,024 leaves.
+    pub unchecked: usize,
+}
+
+impl CacheAudit {
+    /// Returns whether nothing stale was found (orphans aside).
+    pub fn is_clean(&self) -> bool {
+        self.stale.is_empty() && self.stale_configs.is_empty()
+    }
+}
+
+/// The model's memory as the audit's second SMMU sees it: reads as the
+/// model reads, no writes (a hardware update it tries loses the race).
+#[derive(Debug)]
+struct ReadOnly(Arc<dyn DeviceMemory>);
+
+impl DeviceMemory for ReadOnly {
+    fn coherent(&self) -> bool {
+        self.0.coherent()
+    }
+
+    fn read(&self, pa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.0.read(pa, buf)
+    }
+
+    fn write(&self, pa: u64, _data: &[u8]) -> Result<(), MemError> {
+        Err(MemError::ExternalAbort { pa })
+    }
+
+    fn read_u64(&self, pa: u64) -> Result<u64, MemError> {
+        self.0.read_u64(pa)
+    }
+
+    fn cmpxchg_u64(&self, pa: u64, old: u64, _new: u64) -> Result<Result<u64, u64>, MemError> {
+        // Succeeds without writing: the walk goes on with the descriptor as
+        // the SMMU's own access flag or dirty update would leave it, which
+        // is what the model itself would translate with.
+        self.0
+            .read_u64(pa)
+            .map(|now| if now == old { Ok(old) } else { Err(now) })
+    }
+
+    fn word_view(&self) -> Option<&[AtomicU64]> {
+        self.0.word_view()
+    }
+
+    fn word_view_base(&self) -> u64 {
+        self.0.word_view_base()
+    }
+}
+
+impl State {
+    /// Returns a copy of this SMMU with empty caches and the TLB off,
+    /// over `mem` read-only, with its event queue off.
+    fn shadow(&self) -> State {
+        let mut regs = self.regs.clone();
+        regs.cr0 &= !cr0::EVENTQEN;
+        let mut tlb = Tlb::new(1);
+        tlb.enabled = false;
+        let pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        State {
+            last: None,
+            hot: Arc::new(hot::Hot::default()),
+            hot_live: false,
+            cfg: self.cfg.clone(),
+            ids: self.ids,
+            mem: Arc::new(ReadOnly(self.mem.clone())),
+            regs,
+            ste_cache: FastMap::default(),
+            l1std_cache: FastMap::default(),
+            cd_cache: FastMap::default(),
+            l1cd_cache: FastMap::default(),
+            ctx_cache: FastMap::default(),
+            tlb,
+            stats: Stats::default(),
+            trace: None,
+            inject: Inject::default(),
+            irq: Interrupts::default(),
+            stalled: Vec::new(),
+            stall_records: Vec::new(),
+            next_stag: 0,
+            iotlbs: Vec::new(),
+            outbox: signal::Outbox::new(pending),
+            sync_wait: Arc::new(super::sync_gate::AtomicBool::new(false)),
+        }
+    }
+}
+
+impl SmmuModel {
+    /// Returns every translation the model's caches would serve that the
+    /// stream table, context descriptors and translation tables in memory
+    /// no longer give (a missing CMD_TLBI or CMD_CFGI), and every cached
+    /// configuration memory no longer holds.
+    ///
+    /// Each cached leaf entry is checked for each cached stream context
+    /// that uses its tag, over its whole range (up to 1,024
+    /// leaves of the current tables), for unprivileged data reads and,
+    /// where the cache allows them, writes: what a device behind a
+    /// vm-memory `IommuMemory` issues. Nothing the model or memory holds
+    /// changes, statistics included. With SMMU_CR0.SMMUEN clear nothing is
+    /// served from the caches and nothing is checked.
+    ///
+    /// Entries are stale in the window between a table change and its
+    /// invalidation, and on purpose in lazy (deferred) invalidation until
+    /// the flush: call it where the driver promises none.
+    pub fn audit_caches(&self) -> CacheAudit {
+        let s = self.lock();
+        let mut audit = CacheAudit::default();
+        if s.regs.cr0 & cr0::SMMUEN == 0 {
+            return audit;
+        }
+        let mut shadow = s.shadow();
+        let mut contexts: Vec<_> = s.ctx_cache.iter().map(|(k, c)| (*k, *c)).collect();
+        contexts.sort_unstable_by_key(|(k, _)| *k);
+        let stream = |key: u64| {
+            let ssid = key as u32;
+            (ctx_key_sid(key), (ssid != NO_SSID).then_some(ssid))
+        };
+        for (key, ctx) in &contexts {
+            let (sid, ssid) = stream(*key);
+            let base = crate::Event::new(crate::EventType::FTranslation, sid).with_ssid(ssid);
+            if shadow.context(sid, ssid, base).ok() != Some(*ctx) {
+                audit.stale_configs.push((sid, ssid));
+            }
+        }
+        for (tag, ia, e) in s.tlb.leaf_entries() {
+            let users: Vec<_> = contexts
+                .iter()
+                .filter(|(_, c)| c.tag == tag)
+                .map(|(k, _)| stream(*k))
+                .collect();
+            if users.is_empty() {
+                let walks_only = tag.regime == Regime::S2
+                    && contexts
+                        .iter()
+                        .any(|(_, c)| c.tag.regime == Regime::Nested && c.tag.vmid == tag.vmid);
+                if walks_only {
+                    audit.unchecked += 1;
+                } else {
+                    audit.orphans += 1;
+                }
+                continue;
+            }
+            let end = ia.saturating_add(1 << e.size_log2);
+            for (sid, ssid) in users {
+                audit.checked += 1;
+                let (mut a, mut steps) = (ia, 0);
+                while a < end {
+                    if steps == MAX_STEPS {
+                        audit.unchecked += 1;
+                        break;
+                    }
+                    steps += 1;
+                    let Some((unit, _)) = s.probe(sid, ssid, a, None) else {
+                        // Not served from the caches here (a stream whose
+                        // sizes or permissions do not take this entry).
+                        break;
+                    };
+                    let cached_pa = unit.pa_base + (a - unit.iova_base);
+                    let mut step = unit.iova_base + (1 << unit.size_log2) - a;
+                    let mut stale = None;
+                    for write in [false, true] {
+                        if (write && !unit.write) || (!write && !unit.read) {
+                            continue;
+                        }
+                        let req = DmaRequest {
+                            ssid,
+                            write,
+                            ..DmaRequest::read(sid, a, 1)
+                        };
+                        match shadow.translate(&req, a) {
+                            Ok(t) if t.pa == cached_pa => step = step.min(t.bytes_left),
+                            now => {
+                                stale = Some(StaleTranslation {
+                                    sid,
+                                    ssid,
+                                    iova: a,
+                                    write,
+                                    cached_pa,
+                                    now: now.map(|t| t.pa),
+                                });
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(st) = stale {
+                        audit.stale.push(st);
+                        break;
+                    }
+                    a = a.saturating_add(step.max(1));
+                }
+            }
+        }
+        audit
+    }
+}
