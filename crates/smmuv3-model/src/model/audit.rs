@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use super::context::{NO_SSID, ctx_key_sid};
-use super::{Inject, State, hot, signal};
+use super::{State, hot};
 use crate::memory::DeviceMemory;
 use crate::regs::cr0;
-use crate::tlb::{FastMap, Regime, Tlb};
-use crate::{DmaFault, DmaRequest, Interrupts, MemError, SmmuModel, Stats};
+use crate::tlb::{Regime, Tlb};
+use crate::{DmaFault, DmaRequest, MemError, SmmuModel};
 
 /// The most leaves of one cached entry the audit compares (a 1 GiB block
 /// whose table now maps it as 4 KiB pages would be 262,144); the rest of
@@ -125,32 +125,13 @@ impl State {
         regs.cr0 &= !cr0::EVENTQEN;
         let mut tlb = Tlb::new(1);
         tlb.enabled = false;
-        let pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        State {
-            last: None,
-            hot: Arc::new(hot::Hot::default()),
-            hot_live: false,
-            cfg: self.cfg.clone(),
-            ids: self.ids,
-            mem: Arc::new(ReadOnly(self.mem.clone())),
-            regs,
-            ste_cache: FastMap::default(),
-            l1std_cache: FastMap::default(),
-            cd_cache: FastMap::default(),
-            l1cd_cache: FastMap::default(),
-            ctx_cache: FastMap::default(),
-            tlb,
-            stats: Stats::default(),
-            trace: None,
-            inject: Inject::default(),
-            irq: Interrupts::default(),
-            stalled: Vec::new(),
-            stall_records: Vec::new(),
-            next_stag: 0,
-            iotlbs: Vec::new(),
-            outbox: signal::Outbox::new(pending),
-            sync_wait: Arc::new(super::sync_gate::AtomicBool::new(false)),
-        }
+        let shared = (
+            Arc::new(hot::Hot::default()),
+            Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            Arc::new(super::sync_gate::AtomicBool::new(false)),
+        );
+        let mem: Arc<dyn DeviceMemory> = Arc::new(ReadOnly(self.mem.clone()));
+        State::fresh(self.cfg.clone(), self.ids, mem, regs, tlb, shared)
     }
 }
 

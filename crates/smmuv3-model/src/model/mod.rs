@@ -211,6 +211,52 @@ impl Queue {
     }
 }
 
+impl State {
+    /// Returns a state with these registers and TLB and nothing else yet:
+    /// empty configuration caches, no events, stalls or statistics. The
+    /// lock-free copies, the signal flag and the CMD_SYNC hand-off flag
+    /// are the model's (`shared`).
+    fn fresh(
+        cfg: ModelConfig,
+        ids: IdRegs,
+        mem: Arc<dyn DeviceMemory>,
+        regs: Regs,
+        tlb: Tlb,
+        shared: (
+            Arc<hot::Hot>,
+            Arc<std::sync::atomic::AtomicBool>,
+            Arc<sync_gate::AtomicBool>,
+        ),
+    ) -> Self {
+        let (hot, pending, sync_wait) = shared;
+        State {
+            last: None,
+            hot,
+            hot_live: false,
+            cfg,
+            ids,
+            mem,
+            regs,
+            ste_cache: FastMap::default(),
+            l1std_cache: FastMap::default(),
+            cd_cache: FastMap::default(),
+            l1cd_cache: FastMap::default(),
+            ctx_cache: FastMap::default(),
+            tlb,
+            stats: Stats::default(),
+            trace: None,
+            inject: Inject::default(),
+            irq: Interrupts::default(),
+            stalled: Vec::new(),
+            stall_records: Vec::new(),
+            next_stag: 0,
+            iotlbs: Vec::new(),
+            outbox: signal::Outbox::new(pending),
+            sync_wait,
+        }
+    }
+}
+
 impl SmmuModel {
     /// Returns a model of the SMMU described by `config` over `memory`.
     ///
@@ -261,31 +307,14 @@ impl SmmuModel {
         let pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sync_wait = Arc::new(sync_gate::AtomicBool::new(false));
         let hot = Arc::new(hot::Hot::default());
-        let state = State {
-            last: None,
-            hot: hot.clone(),
-            hot_live: false,
-            cfg: config,
+        let state = State::fresh(
+            config,
             ids,
-            mem: memory.clone(),
+            memory.clone(),
             regs,
-            ste_cache: FastMap::default(),
-            l1std_cache: FastMap::default(),
-            cd_cache: FastMap::default(),
-            l1cd_cache: FastMap::default(),
-            ctx_cache: FastMap::default(),
             tlb,
-            stats: Stats::default(),
-            trace: None,
-            inject: Inject::default(),
-            irq: Interrupts::default(),
-            stalled: Vec::new(),
-            stall_records: Vec::new(),
-            next_stag: 0,
-            iotlbs: Vec::new(),
-            outbox: signal::Outbox::new(pending.clone()),
-            sync_wait: sync_wait.clone(),
-        };
+            (hot.clone(), pending.clone(), sync_wait.clone()),
+        );
         Ok(Self {
             state: Mutex::new(state),
             mem: memory,
