@@ -36,7 +36,7 @@ const MISS_PAGES: u64 = 1 << 18;
 
 /// Stage 1 over `MISS_PAGES` consecutive pages with the default TLB.
 fn stream_model() -> H {
-    let common::rig::Rig { h, pt, page } =
+    let common::rig::Rig { h, pt, page, .. } =
         common::rig::rig(ModelConfig::default().tlb_capacity, false);
     for i in 0..MISS_PAGES {
         pt.map(&h, i << 12, page, 3, S1_RW);
@@ -46,7 +46,7 @@ fn stream_model() -> H {
 
 /// Stage 1 (or nested) over `N` pages `STEP` apart.
 fn spread_model(tlb_capacity: usize, nested: bool) -> H {
-    let common::rig::Rig { h, pt, page } = common::rig::rig(tlb_capacity, nested);
+    let common::rig::Rig { h, pt, page, .. } = common::rig::rig(tlb_capacity, nested);
     for i in 0..N {
         pt.map(&h, i * STEP, page, 3, S1_RW);
     }

@@ -135,7 +135,7 @@ fn model(tlb_capacity: usize, nested: bool) -> H {
 }
 
 fn model_pages(tlb_capacity: usize, nested: bool, stream: bool) -> H {
-    let common::rig::Rig { h, pt, page } = common::rig::rig(tlb_capacity, nested);
+    let common::rig::Rig { h, pt, page, .. } = common::rig::rig(tlb_capacity, nested);
     if stream {
         for i in 0..MISS_PAGES {
             // User-accessible: the `Iommu` of the `tlbi` case makes

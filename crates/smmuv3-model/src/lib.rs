@@ -101,7 +101,7 @@ pub use model::sync_gate as sync_gate_for_loom;
 pub use model::{
     CacheAudit, CachedUnit, IotlbGuard, IrqHandler, IrqLine, ModelSnapshot, MsiHandler,
     MsiWriteHandler, SNAPSHOT_VERSION, SharedIotlb, SmmuModel, SnapshotError, StaleTranslation,
-    StreamIommu, Violation,
+    StaleWalk, StreamIommu, Violation,
 };
 pub use msi::{MsiAttr, MsiWrite};
 pub use sim_memory::{Coherency, MemError, SimMemory};

@@ -390,6 +390,20 @@ impl Tlb {
             .collect()
     }
 
+    /// Returns every live walk-cache entry: its tag, the input address of
+    /// the first byte its table descriptor resolves, that level's lowest
+    /// input bit, and the entry.
+    pub fn walk_entries(&self) -> Vec<(Tag, u64, u32, WalkEntry)> {
+        self.walks
+            .placed()
+            .into_iter()
+            .map(|(_, (k0, k1), w)| {
+                let lsb = key_size(k0);
+                (Tag::unpack(key_tag(k0)), k1 << lsb, lsb, w)
+            })
+            .collect()
+    }
+
     pub fn from_snapshot(s: &TlbSnapshot) -> Self {
         Self {
             leaves: SetCache::restore(s.capacity, &s.leaves, &s.leaf_victims, leaf_span),

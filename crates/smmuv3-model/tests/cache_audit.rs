@@ -6,7 +6,9 @@ mod common;
 
 use common::rig::{RIG_SID, Rig, rig};
 use common::*;
-use smmuv3_model::{DmaFault, DmaRequest, Httu, ModelConfig, StaleTranslation, layout::op};
+use smmuv3_model::{
+    DmaFault, DmaRequest, Httu, ModelConfig, StaleTranslation, StaleWalk, layout::op,
+};
 
 const VA: u64 = 0x4000_0000;
 const ASID: u16 = 1;
@@ -38,7 +40,8 @@ fn a_cache_that_matches_memory_audits_clean() {
     let r = cached(true);
     let a = r.h.smmu.audit_caches();
     assert!(a.is_clean(), "{a:?}");
-    assert_eq!((a.checked, a.orphans, a.unchecked), (1, 0, 0));
+    // The leaf and the three table descriptors above it.
+    assert_eq!((a.checked, a.orphans, a.unchecked), (4, 0, 0));
 }
 
 #[test]
@@ -109,7 +112,8 @@ fn a_block_split_into_its_own_pages_is_clean_and_one_moved_page_is_stale() {
     }
     let a = r.h.smmu.audit_caches();
     assert!(a.is_clean(), "{a:?}");
-    assert_eq!((a.checked, a.unchecked), (1, 0));
+    // The block and the two table descriptors above it.
+    assert_eq!((a.checked, a.unchecked), (3, 0));
     let moved = r.h.alloc(4096);
     r.pt.map(&r.h, VA + (300 << 12), moved, 3, S1_USER_RW);
     let a = r.h.smmu.audit_caches();
@@ -134,7 +138,8 @@ fn an_ste_changed_without_cfgi_is_stale_and_leaves_orphans_after_it() {
     r.h.cfgi_ste(RIG_SID);
     let a = r.h.smmu.audit_caches();
     assert!(a.is_clean(), "{a:?}");
-    assert_eq!((a.orphans, a.checked), (1, 0));
+    // The leaf and its three table descriptors.
+    assert_eq!((a.orphans, a.checked), (4, 0));
     r.h.cmd(op::TLBI_NH_ASID as u64 | u64::from(ASID) << 48, 0);
     r.h.sync();
     assert_eq!(r.h.smmu.audit_caches().orphans, 0);
@@ -147,7 +152,9 @@ fn a_nested_streams_stage1_change_is_stale() {
     assert_eq!(translate(&r.h, VA, false), Ok(r.page));
     let a = r.h.smmu.audit_caches();
     assert!(a.is_clean(), "{a:?}");
-    assert_eq!(a.checked, 1);
+    // The combined leaf and stage 2's table descriptor (stage 1's, with
+    // IPA table addresses, and stage 2's leaves are not compared).
+    assert_eq!(a.checked, 2);
     let other = r.h.alloc(4096);
     r.pt.map(&r.h, VA, other, 3, S1_USER_RW);
     let a = r.h.smmu.audit_caches();
@@ -225,10 +232,89 @@ fn an_access_flag_cleared_under_hardware_updates_is_not_stale_and_stays_clear() 
     h.w64(pte, h.r64(pte) & !AF);
     let a = h.smmu.audit_caches();
     assert!(a.is_clean(), "{a:?}");
-    assert_eq!(a.checked, 1);
+    assert_eq!(a.checked, 4);
     assert_eq!(h.r64(pte) & AF, 0, "the audit wrote no access flag");
     // Remapped, it is stale as without hardware updates.
     let other = h.alloc(4096);
     pt.map(&h, VA, other, 3, S1_USER_RW & !AF);
     assert_eq!(h.smmu.audit_caches().stale.len(), 1);
+}
+
+/// Software replaced a level-3 table (unmapped the 2 MiB range, freed the
+/// table, mapped the page again in a new one) and invalidated only the
+/// leaf: the walk cache still points at the old table, and walks of the
+/// range still start there. The audit names that descriptor; a non-leaf
+/// TLBI clears it.
+#[test]
+fn a_replaced_table_invalidated_leaf_only_is_a_stale_walk() {
+    let mut r = cached(false);
+    let l2 = r.pt.slot(&r.h, VA, 2);
+    let old_table = r.h.r64(l2) & 0x0000_ffff_ffff_f000;
+    let new_table = r.h.alloc(4096);
+    let other = r.h.alloc(4096);
+    let idx = (VA >> 12) & 511;
+    r.h.w64(new_table + idx * 8, other | S1_USER_RW | 3);
+    r.h.w64(l2, new_table | 3);
+    tlbi_page(&mut r.h, VA);
+    let a = r.h.smmu.audit_caches();
+    assert!(a.stale.is_empty() && a.stale_configs.is_empty(), "{a:?}");
+    assert_eq!(
+        a.stale_walks,
+        [StaleWalk {
+            sid: RIG_SID,
+            ssid: None,
+            stage2: false,
+            input: VA & !((2 << 20) - 1),
+            level: 3,
+            cached_table: old_table,
+            now: Some(new_table),
+        }]
+    );
+    // The hazard it names: walks still go through the old table.
+    assert_eq!(translate(&r.h, VA, false), Ok(r.page));
+    let (w0, w1) = tlbi_nh_va(ASID, VA, false);
+    r.h.cmd(w0, w1);
+    r.h.sync();
+    let a = r.h.smmu.audit_caches();
+    assert!(a.is_clean(), "{a:?}");
+    assert_eq!(translate(&r.h, VA, false), Ok(other));
+}
+
+/// A table descriptor cleared (the whole 2 MiB range unmapped) with a
+/// leaf-only TLBI: the cached descriptor has no counterpart in memory.
+#[test]
+fn a_cleared_table_descriptor_is_a_stale_walk_with_nothing_now() {
+    let mut r = cached(false);
+    let l2 = r.pt.slot(&r.h, VA, 2);
+    r.h.w64(l2, 0);
+    tlbi_page(&mut r.h, VA);
+    let a = r.h.smmu.audit_caches();
+    assert_eq!(a.stale_walks.len(), 1, "{a:?}");
+    assert_eq!((a.stale_walks[0].level, a.stale_walks[0].now), (3, None));
+}
+
+/// A nested stream's stage-2 walk-cache entries are checked against its
+/// stage-2 table (its stage-1 ones, with IPA table addresses, are not).
+#[test]
+fn a_nested_streams_stage2_table_replaced_without_tlbi_is_a_stale_walk() {
+    let r = rig(64, true);
+    r.pt.map(&r.h, VA, r.page, 3, S1_USER_RW);
+    assert_eq!(translate(&r.h, VA, false), Ok(r.page));
+    let a = r.h.smmu.audit_caches();
+    assert!(a.is_clean(), "{a:?}");
+    let s2_walks = |a: &smmuv3_model::CacheAudit| a.stale_walks.iter().filter(|w| w.stage2).count();
+    assert_eq!(s2_walks(&a), 0);
+    // Point stage 2's level-1 descriptor of the data at an empty table.
+    let s2pt = r.s2pt.as_ref().expect("nested rig");
+    let l1 = s2pt.slot(&r.h, r.page, 1);
+    let empty = r.h.alloc(4096);
+    r.h.w64(l1, empty | 3);
+    let a = r.h.smmu.audit_caches();
+    assert!(s2_walks(&a) >= 1, "{a:?}");
+    assert!(
+        a.stale_walks
+            .iter()
+            .any(|w| w.stage2 && w.now == Some(empty)),
+        "{a:?}"
+    );
 }

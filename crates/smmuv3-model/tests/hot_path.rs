@@ -11,7 +11,7 @@ use common::*;
 use smmuv3_model::{DmaRequest, ModelConfig};
 
 fn setup() -> (H, Pt, u64) {
-    let rig::Rig { h, pt, page } = rig::rig_on(H::new(ModelConfig::default()), false);
+    let rig::Rig { h, pt, page, .. } = rig::rig_on(H::new(ModelConfig::default()), false);
     pt.map(&h, 0x4000, page, 3, S1_RW);
     (h, pt, page)
 }

@@ -18,7 +18,7 @@ const PAGES: u64 = 2048;
 
 /// Stage 1 over `PAGES` consecutive pages.
 fn model(tlb_capacity: usize) -> H {
-    let common::rig::Rig { h, pt, page } = common::rig::rig(tlb_capacity, false);
+    let common::rig::Rig { h, pt, page, .. } = common::rig::rig(tlb_capacity, false);
     for i in 0..PAGES {
         pt.map(&h, i << 12, page, 3, S1_RW);
     }

@@ -17,11 +17,14 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use super::context::{NO_SSID, ctx_key_sid};
+use core::convert::Infallible;
+
+use super::context::{Ctx, Mode, NO_SSID, ctx_key_sid};
 use super::{State, hot};
 use crate::memory::DeviceMemory;
 use crate::regs::cr0;
 use crate::tlb::{Regime, Tlb};
+use crate::walk::{self, Access, S1Perm, Start, TableAttrs, Tables};
 use crate::{DmaFault, DmaRequest, MemError, SmmuModel};
 
 /// The most leaves of one cached entry the audit compares (a 1 GiB block
@@ -48,32 +51,57 @@ pub struct StaleTranslation {
     pub now: Result<u64, DmaFault>,
 }
 
+/// A table descriptor the walk cache holds that memory no longer gives:
+/// walks of its range would start from a table software replaced or freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaleWalk {
+    /// StreamID.
+    pub sid: u32,
+    /// SubstreamID, if the stream's context has one.
+    pub ssid: Option<u32>,
+    /// Whether it is a stage-2 table (else stage 1).
+    pub stage2: bool,
+    /// First input address (VA, or IPA at stage 2) the descriptor resolves.
+    pub input: u64,
+    /// The level of the table the cached descriptor points to.
+    pub level: u32,
+    /// The table the walk cache points to.
+    pub cached_table: u64,
+    /// The table memory points to now at that level, if any (`None`: the
+    /// walk stops above it, or at it with a leaf).
+    pub now: Option<u64>,
+}
+
 /// What [`SmmuModel::audit_caches`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CacheAudit {
     /// Cached translations memory no longer gives: each the first address
     /// of one cached entry, for one stream, where they differ.
     pub stale: Vec<StaleTranslation>,
+    /// Walk-cache entries memory no longer gives: each once per stream
+    /// using it.
+    pub stale_walks: Vec<StaleWalk>,
     /// Streams (StreamID, SubstreamID) whose cached configuration (STE,
     /// CD, and so the tables and tag their translations use) differs from
     /// what memory holds now, or no longer decodes: a missing CMD_CFGI.
     pub stale_configs: Vec<(u32, Option<u32>)>,
-    /// Cached leaf entries no cached configuration uses (their ASID or
+    /// Cached leaf and walk-cache entries no cached configuration uses (their ASID or
     /// VMID was dropped from every context without a TLBI): harmless until
     /// a new context takes that tag, which then starts with them.
     pub orphans: usize,
-    /// Cached entries compared (per stream using them).
+    /// Cached entries compared, leaf and walk-cache ones (each once per
+    /// stream using it).
     pub checked: usize,
-    /// Cached entries not compared: stage-2 entries serving only nested
-    /// streams' table walks, and the leaves of an entry past
-    /// 1,024 leaves.
+    /// Cached entries not compared: walk-cache entries of nested streams'
+    /// stage 1 (whose table addresses are IPAs), stage-2 leaves only
+    /// nested streams use, and the leaves of an entry past 1,024 leaves.
     pub unchecked: usize,
 }
 
 impl CacheAudit {
     /// Returns whether nothing stale was found (orphans aside).
     pub fn is_clean(&self) -> bool {
-        self.stale.is_empty() && self.stale_configs.is_empty()
+        self.stale.is_empty() && self.stale_walks.is_empty() && self.stale_configs.is_empty()
     }
 }
 
@@ -138,7 +166,9 @@ impl State {
 impl SmmuModel {
     /// Returns every translation the model's caches would serve that the
     /// stream table, context descriptors and translation tables in memory
-    /// no longer give (a missing CMD_TLBI or CMD_CFGI), and every cached
+    /// no longer give (a missing CMD_TLBI or CMD_CFGI), every table
+    /// descriptor its walk cache holds that the tables no longer hold (a
+    /// table replaced or freed after a leaf-only TLBI), and every cached
     /// configuration memory no longer holds.
     ///
     /// Each cached leaf entry is checked for each cached stream context
@@ -161,22 +191,19 @@ impl SmmuModel {
         let mut shadow = s.shadow();
         let mut contexts: Vec<_> = s.ctx_cache.iter().map(|(k, c)| (*k, *c)).collect();
         contexts.sort_unstable_by_key(|(k, _)| *k);
-        let stream = |key: u64| {
-            let ssid = key as u32;
-            (ctx_key_sid(key), (ssid != NO_SSID).then_some(ssid))
-        };
         for (key, ctx) in &contexts {
-            let (sid, ssid) = stream(*key);
+            let (sid, ssid) = stream_of(*key);
             let base = crate::Event::new(crate::EventType::FTranslation, sid).with_ssid(ssid);
             if shadow.context(sid, ssid, base).ok() != Some(*ctx) {
                 audit.stale_configs.push((sid, ssid));
             }
         }
+        audit_walks(&s, &shadow.mem, &contexts, &mut audit);
         for (tag, ia, e) in s.tlb.leaf_entries() {
             let users: Vec<_> = contexts
                 .iter()
                 .filter(|(_, c)| c.tag == tag)
-                .map(|(k, _)| stream(*k))
+                .map(|(k, _)| stream_of(*k))
                 .collect();
             if users.is_empty() {
                 let walks_only = tag.regime == Regime::S2
@@ -241,5 +268,89 @@ impl SmmuModel {
             }
         }
         audit
+    }
+}
+
+/// Returns the (StreamID, SubstreamID) of a context cache key.
+fn stream_of(key: u64) -> (u32, Option<u32>) {
+    let ssid = key as u32;
+    (ctx_key_sid(key), (ssid != NO_SSID).then_some(ssid))
+}
+
+/// Checks every walk-cache entry against a walk of the tables in memory
+/// (through `mem`, read-only) for each cached context that would start a
+/// walk from it: a stage-1 entry for the contexts of its tag, a stage-2
+/// one for every context whose stage 2 has its VMID (stage-2 and nested
+/// streams alike).
+fn audit_walks(
+    s: &State,
+    mem: &Arc<dyn DeviceMemory>,
+    contexts: &[(u64, Ctx)],
+    audit: &mut CacheAudit,
+) {
+    for (tag, input, lsb, w) in s.tlb.walk_entries() {
+        if tag.regime == Regime::Nested {
+            // Its table addresses are IPAs: not walked here.
+            audit.unchecked += 1;
+            continue;
+        }
+        let users: Vec<_> = contexts
+            .iter()
+            .filter_map(|(key, c)| {
+                let (tt, ia, perm) = if tag.regime == Regime::S2 {
+                    let s2 = c.ste.s2.filter(|s2| s2.vmid == tag.vmid)?;
+                    if !matches!(c.mode, Mode::S2 | Mode::Nested) {
+                        return None;
+                    }
+                    (s2.tt, input, S1Perm::default())
+                } else {
+                    let cd = c.cd.filter(|_| c.tag == tag)?;
+                    let (tt, ia, _) = cd.walk_input(input)?;
+                    (*tt, ia, cd.perm)
+                };
+                // A walk only starts from an entry of its own granule.
+                (tt.shift == w.granule_shift()).then_some((stream_of(*key), tt, ia, perm))
+            })
+            .collect();
+        if users.is_empty() {
+            audit.orphans += 1;
+            continue;
+        }
+        for ((sid, ssid), tt, ia, perm) in users {
+            audit.checked += 1;
+            let Some(level) = (tt.start_level..3).find(|&l| tt.level_lsb(l) == lsb) else {
+                continue;
+            };
+            let mut steps = [(0, 0, TableAttrs::default()); 4];
+            let mut n = 0;
+            let read = Access {
+                write: false,
+                privileged: false,
+                instruction: false,
+            };
+            let _ = walk::walk::<Infallible, _>(
+                Tables::new(&**mem),
+                &tt,
+                Start::root(&tt),
+                ia,
+                read,
+                perm,
+                &mut Ok,
+                &mut steps,
+                &mut n,
+            );
+            let now = steps[..n].iter().find(|st| st.0 == lsb);
+            if now.map(|st| (st.1, st.2)) != Some((w.next_table(), w.attrs())) {
+                audit.stale_walks.push(StaleWalk {
+                    sid,
+                    ssid,
+                    stage2: tag.regime == Regime::S2,
+                    input,
+                    level: level + 1,
+                    cached_table: w.next_table(),
+                    now: now.map(|st| st.1),
+                });
+            }
+        }
     }
 }

@@ -14,6 +14,9 @@ pub struct Rig {
     pub h: H,
     pub pt: Pt,
     pub page: u64,
+    /// The stage-2 table of the nested rig.
+    #[allow(dead_code)]
+    pub s2pt: Option<Pt>,
 }
 
 /// Returns the rig over 16 MiB of coherent memory, with a TLB and walk
@@ -32,16 +35,18 @@ pub fn rig_on(mut h: H, nested: bool) -> Rig {
     let pt = Pt::new_s1(&h, 12, 48);
     let cdp = h.alloc(64);
     h.write_words(cdp, &cd(16, 0, 5, pt.root, 1));
-    if nested {
+    let s2pt = if nested {
         let s2pt = Pt::new_s2(&h, 12, 40, 1);
         for i in 0..8u64 {
             let a = MEM_BASE + i * (2 << 20);
             s2pt.map(&h, a, a, 2, S2_RW);
         }
         h.set_ste(RIG_SID, ste_nested(cdp, &S2::ipa40(1, s2pt.root)));
+        Some(s2pt)
     } else {
         h.set_ste(RIG_SID, ste_s1(cdp, 0, 0, 0));
-    }
+        None
+    };
     let page = h.alloc(4096);
-    Rig { h, pt, page }
+    Rig { h, pt, page, s2pt }
 }
