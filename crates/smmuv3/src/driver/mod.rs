@@ -622,6 +622,27 @@ impl<E: SmmuEnv> Smmu<E> {
         }
     }
 
+    /// Enables exactly the interrupt sources of `sources` (IRQ_CTRL bits:
+    /// [`regs::irq_ctrl::EVENTQ_IRQEN`], `GERROR_IRQEN`; others are
+    /// dropped) and waits for IRQ_CTRLACK to say so. The driver brings
+    /// the SMMU up with every source off; how each one signals (wired or
+    /// MSI: the `*_IRQ_CFG*` registers, writable only while the source is
+    /// off) is the platform's, set before this.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the SMMU does not acknowledge.
+    pub fn set_interrupts(&self, sources: u32) -> Result<(), Error> {
+        let known = regs::irq_ctrl::EVENTQ_IRQEN.mask() | regs::irq_ctrl::GERROR_IRQEN.mask();
+        let want = sources & known as u32;
+        let r = &self.inner.regs;
+        r.write32(regs::IRQ_CTRL, want);
+        poll(&self.inner.clock, self.inner.timeout(), false, || {
+            (r.read32(regs::IRQ_CTRLACK) == want).then_some(())
+        })
+        .map_err(|_| Error::Timeout("IRQ_CTRLACK"))
+    }
+
     /// Sets whether [`Smmu::drain_events`] terminates stalled transactions
     /// (CMD_RESUME with abort) whose fault events it drains; on by default,
     /// since the driver has no page-fault handler and a stall-forced SMMU
