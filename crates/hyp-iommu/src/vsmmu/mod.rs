@@ -23,7 +23,11 @@
 //!   traffic on a stream it aborts (with an invalid real STE, which the
 //!   real SMMU records) becomes the event the host's configuration calls
 //!   for: C_BAD_STREAMID outside the host's stream table, C_BAD_STE,
-//!   F_STE_FETCH, or nothing for a host abort (then silenced).
+//!   F_STE_FETCH, or nothing for a host abort (then silenced);
+//! * enables each real SMMU's event interrupt, whose handler calls
+//!   [`Emulator::event_irq`]: the host's events reach its queue and its
+//!   event interrupt without the host polling (the hypervisor injects
+//!   what [`Emulator::event_irq`] and [`Emulator::take_irqs`] return).
 //!
 //! Every host address the emulator reads or writes (queues, stream table,
 //! level-1 descriptors) is checked page by page to be host-owned RAM at

@@ -510,7 +510,8 @@ impl<E: SmmuEnv> Smmu<E> {
         }
         let en = cr0::CMDQEN.make(1) | cr0::EVENTQEN.make(1);
         i.write_cr0(en as u32)?;
-        // 6. Interrupts stay off: the driver polls (the host may enable them).
+        // 6. Interrupts stay off: the driver polls (`set_interrupts` enables
+        // them).
         r.write32(regs::IRQ_CTRL, 0);
         poll(&i.clock, i.timeout(), false, || {
             (r.read32(regs::IRQ_CTRLACK) == 0).then_some(())
