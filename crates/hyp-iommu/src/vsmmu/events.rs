@@ -161,6 +161,11 @@ where
             return 0;
         };
         let n = batch.events.len();
+        if batch.overflowed {
+            // Not the host's overflow: its OVFLG may toggle only when its
+            // own queue was full (IHI 0070 7.4).
+            self.vs[smmu].stats.real_overflows += 1;
+        }
         for e in batch.events {
             let rec = match self.traffic(smmu, &e) {
                 Traffic::NotAborted => host_record(&e),

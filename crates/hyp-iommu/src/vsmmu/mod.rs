@@ -169,6 +169,10 @@ pub struct EmulationStats {
     pub dropped_events: u64,
     /// Host event queue overflows.
     pub overflows: u64,
+    /// Overflows of the real event queue seen by a drain (records lost
+    /// before the hypervisor sorted them; the host is not told, since its
+    /// own queue did not overflow).
+    pub real_overflows: u64,
     /// Events kept by the hypervisor (stage-2 faults and its own
     /// configuration's).
     pub hyp_events: u64,
