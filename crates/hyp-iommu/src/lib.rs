@@ -54,6 +54,6 @@ pub use owner::{MAX_GUEST, Owner, Ownership, ShareTarget};
 pub use scrub::{Scrub, ScrubError};
 pub use shadow::{Geometry, MMIO_PROT, Mode, RAM_PROT, Shadow};
 pub use vsmmu::{
-    AccessError, EmulationOptions, EmulationStats, Emulator, HostIrqs, HostMemory, HostMemoryError,
-    StreamConfig,
+    AccessError, EmulationOptions, EmulationStats, Emulator, EventIrq, HostIrqs, HostMemory,
+    HostMemoryError, StreamConfig,
 };

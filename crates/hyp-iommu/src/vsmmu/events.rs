@@ -2,13 +2,15 @@
 //! hypervisor, and the host's event queue in host memory.
 
 use io_pgtable::env::{CacheMaintenance, TableMemory};
+use smmuv3::env::RegisterFrame;
 use smmuv3::env::SmmuEnv;
 use smmuv3::event::{Event, EventType, FaultClass};
 use smmuv3::layout::event::{self as ev, EVENT_BYTES, ty};
-use smmuv3::regs::{cr0, cr2, evtq, gerror, irq_ctrl, q_base};
+use smmuv3::regs::{self, cr0, cr2, evtq, gerror, irq_ctrl, q_base};
 
 use super::streams::{Lookup, StreamConfig};
-use super::{Emulator, HYP_EVENT_LOG, HostMemory, host_owned};
+use super::{Emulator, HYP_EVENT_LOG, HostIrqs, HostMemory, host_owned};
+use crate::error::Error;
 use crate::scrub::Scrub;
 
 /// What a real event recording traffic on an aborted stream means for
@@ -77,6 +79,30 @@ pub(super) fn host_record(e: &Event) -> Option<[u64; 4]> {
     Some([w0, w1, w2, 0])
 }
 
+/// What the hypervisor does after a real SMMU's event interrupt
+/// ([`Emulator::event_irq`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventIrq {
+    /// Interrupts to inject into the host now: every one pending on that
+    /// virtual SMMU, as [`Emulator::take_irqs`] returns them.
+    pub host: HostIrqs,
+    /// The real event queue still held events after the bounded drain (a
+    /// device recorded faster than the drain took them). Its interrupt
+    /// fires only when the queue goes from empty to non-empty, so it will
+    /// not fire for these: call [`Emulator::event_irq`] again, later (a
+    /// deferred task or the next tick), not in a loop here.
+    pub more: bool,
+}
+
+/// Whether a real event queue holds records its consumer has not taken.
+fn real_events_pending(regs: &impl RegisterFrame) -> bool {
+    let prod = regs.read32(regs::EVENTQ_PROD);
+    let cons = regs.read32(regs::EVENTQ_CONS);
+    // WR and RD (index and wrap bits) only: bits above the wrap bit read
+    // as zero, OVFLG / OVACKFLG say nothing about records.
+    (prod ^ cons) & !(evtq::OVFLG.mask() as u32) != 0
+}
+
 impl<M, E, S, H> Emulator<M, E, S, H>
 where
     M: TableMemory + CacheMaintenance,
@@ -84,11 +110,45 @@ where
     S: Scrub,
     H: HostMemory,
 {
-    /// Drains the real event queues (the hypervisor calls it on an SMMU
-    /// event interrupt; host reads of EVTQ_PROD do too) and returns how
-    /// many events were taken.
+    /// Drains every real event queue (as host reads of EVENTQ_PROD do)
+    /// and returns how many events were taken. Host interrupts it raises
+    /// wait in [`Emulator::take_irqs`]; an SMMU's event interrupt is
+    /// [`Emulator::event_irq`].
     pub fn poll_events(&mut self) -> usize {
         (0..self.vs.len()).map(|k| self.forward_events(k)).sum()
+    }
+
+    /// Handles the event interrupt of real SMMU `smmu`: the hypervisor
+    /// calls it from that interrupt's handler (the emulator enables the
+    /// real source, IRQ_CTRL.EVENTQ_IRQEN). Drains the real queue (a
+    /// bounded number of passes), gives the host its events, and returns
+    /// the host interrupts to inject and whether to call again.
+    pub fn event_irq(&mut self, smmu: usize) -> EventIrq {
+        self.forward_events(smmu);
+        let more = self
+            .hyp
+            .smmu(smmu)
+            .is_some_and(|real| real_events_pending(real.regs()));
+        EventIrq {
+            host: self.take_irqs(smmu),
+            more,
+        }
+    }
+
+    /// Enables real SMMU `smmu`'s event interrupt, then drains its queue:
+    /// records already there would otherwise keep it from ever going
+    /// from empty to non-empty, the interrupt's trigger.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Driver`] when the SMMU does not acknowledge.
+    pub(super) fn arm_event_irq(&mut self, smmu: usize) -> Result<(), Error> {
+        if let Some(real) = self.hyp.smmu(smmu) {
+            real.set_interrupts(irq_ctrl::EVENTQ_IRQEN.mask() as u32)
+                .map_err(|error| Error::Driver { smmu, error })?;
+        }
+        self.forward_events(smmu);
+        Ok(())
     }
 
     /// Drains SMMU `smmu`'s real event queue, giving the host what is
@@ -101,6 +161,11 @@ where
             return 0;
         };
         let n = batch.events.len();
+        if batch.overflowed {
+            // Not the host's overflow: its OVFLG may toggle only when its
+            // own queue was full (IHI 0070 7.4).
+            self.vs[smmu].stats.real_overflows += 1;
+        }
         for e in batch.events {
             let rec = match self.traffic(smmu, &e) {
                 Traffic::NotAborted => host_record(&e),

@@ -23,7 +23,11 @@
 //!   traffic on a stream it aborts (with an invalid real STE, which the
 //!   real SMMU records) becomes the event the host's configuration calls
 //!   for: C_BAD_STREAMID outside the host's stream table, C_BAD_STE,
-//!   F_STE_FETCH, or nothing for a host abort (then silenced).
+//!   F_STE_FETCH, or nothing for a host abort (then silenced);
+//! * enables each real SMMU's event interrupt, whose handler calls
+//!   [`Emulator::event_irq`]: the host's events reach its queue and its
+//!   event interrupt without the host polling (the hypervisor injects
+//!   what [`Emulator::event_irq`] and [`Emulator::take_irqs`] return).
 //!
 //! Every host address the emulator reads or writes (queues, stream table,
 //! level-1 descriptors) is checked page by page to be host-owned RAM at
@@ -51,6 +55,7 @@ use crate::error::Error;
 use crate::hyp::HypIommu;
 use crate::scrub::Scrub;
 
+pub use events::EventIrq;
 pub use frame::AccessError;
 pub use streams::StreamConfig;
 
@@ -142,7 +147,8 @@ pub struct EmulationStats {
     pub real_syncs: u64,
     /// Real command submissions that failed (the host's CONS stays put,
     /// or, after a power cycle, the fresh SMMU's unconfigured streams
-    /// abort without recording their traffic).
+    /// abort without recording their traffic or its event interrupt
+    /// could not be enabled).
     pub real_failures: u64,
     /// STE re-shadows that changed the real STE.
     pub ste_updates: u64,
@@ -163,6 +169,10 @@ pub struct EmulationStats {
     pub dropped_events: u64,
     /// Host event queue overflows.
     pub overflows: u64,
+    /// Overflows of the real event queue seen by a drain (records lost
+    /// before the hypervisor sorted them; the host is not told, since its
+    /// own queue did not overflow).
+    pub real_overflows: u64,
     /// Events kept by the hypervisor (stage-2 faults and its own
     /// configuration's).
     pub hyp_events: u64,
@@ -230,13 +240,18 @@ where
     /// enables its SMMU with a stream table, including those
     /// [`HypIommu::attach_host_stream`] put on the shadow before; every
     /// real STE the hypervisor did not configure becomes invalid, so the
-    /// real SMMU records traffic on it ([`StreamConfig::Abort`]).
+    /// real SMMU records traffic on it ([`StreamConfig::Abort`]). Each
+    /// real SMMU's event interrupt is enabled (IRQ_CTRL.EVENTQ_IRQEN, as
+    /// its EVENTQ_IRQ_CFG* registers say: wired unless the platform set
+    /// an MSI up before) and its handler must call
+    /// [`Emulator::event_irq`].
     ///
     /// # Errors
     ///
     /// [`Error::SmmuOff`] when an SMMU is off; [`Error::Unsuitable`] when
     /// one cannot nest (stage 1 + stage 2, no errata in the way);
-    /// [`Error::Driver`] when a stream cannot be made to abort.
+    /// [`Error::Driver`] when a stream cannot be made to abort or an
+    /// SMMU's event interrupt cannot be enabled.
     pub fn new(mut hyp: HypIommu<M, E, S>, host: H, opts: EmulationOptions) -> Result<Self, Error> {
         let ias = hyp.shadow().geometry().ias;
         let mut vs = Vec::new();
@@ -251,12 +266,16 @@ where
             // `shadowed` starts empty: the real STEs must say the same.
             hyp.release_host_streams(k)?;
         }
-        Ok(Self {
+        let mut emu = Self {
             hyp,
             host,
             vs,
             opts,
-        })
+        };
+        for k in 0..emu.vs.len() {
+            emu.arm_event_irq(k)?;
+        }
+        Ok(emu)
     }
 
     /// Returns the hypervisor state (ownership, shadow, real SMMUs).
@@ -295,6 +314,12 @@ where
             v.shadowed.clear();
             self.reshadow_all(smmu);
             self.run_cmdq(smmu);
+            // The fresh SMMU's interrupts are off: without its event
+            // interrupt the host hears of faults only when it polls, which
+            // is counted.
+            if self.arm_event_irq(smmu).is_err() {
+                self.vs[smmu].stats.real_failures += 1;
+            }
         }
         Ok(())
     }

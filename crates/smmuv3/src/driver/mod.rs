@@ -510,7 +510,8 @@ impl<E: SmmuEnv> Smmu<E> {
         }
         let en = cr0::CMDQEN.make(1) | cr0::EVENTQEN.make(1);
         i.write_cr0(en as u32)?;
-        // 6. Interrupts stay off: the driver polls (the host may enable them).
+        // 6. Interrupts stay off: the driver polls (`set_interrupts` enables
+        // them).
         r.write32(regs::IRQ_CTRL, 0);
         poll(&i.clock, i.timeout(), false, || {
             (r.read32(regs::IRQ_CTRLACK) == 0).then_some(())
@@ -620,6 +621,27 @@ impl<E: SmmuEnv> Smmu<E> {
             Some(e) => Err(e),
             None => Ok(active),
         }
+    }
+
+    /// Enables exactly the interrupt sources of `sources` (IRQ_CTRL bits:
+    /// [`regs::irq_ctrl::EVENTQ_IRQEN`], `GERROR_IRQEN`; others are
+    /// dropped) and waits for IRQ_CTRLACK to say so. The driver brings
+    /// the SMMU up with every source off; how each one signals (wired or
+    /// MSI: the `*_IRQ_CFG*` registers, writable only while the source is
+    /// off) is the platform's, set before this.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the SMMU does not acknowledge.
+    pub fn set_interrupts(&self, sources: u32) -> Result<(), Error> {
+        let known = regs::irq_ctrl::EVENTQ_IRQEN.mask() | regs::irq_ctrl::GERROR_IRQEN.mask();
+        let want = sources & known as u32;
+        let r = &self.inner.regs;
+        r.write32(regs::IRQ_CTRL, want);
+        poll(&self.inner.clock, self.inner.timeout(), false, || {
+            (r.read32(regs::IRQ_CTRLACK) == want).then_some(())
+        })
+        .map_err(|_| Error::Timeout("IRQ_CTRLACK"))
     }
 
     /// Sets whether [`Smmu::drain_events`] terminates stalled transactions
