@@ -100,8 +100,8 @@ pub use memory::{DeviceMemory, GuestRam};
 pub use model::sync_gate as sync_gate_for_loom;
 pub use model::{
     CacheAudit, CachedUnit, IotlbGuard, IrqHandler, IrqLine, ModelSnapshot, MsiHandler,
-    MsiWriteHandler, SNAPSHOT_VERSION, SharedIotlb, SmmuModel, SnapshotError, StaleTranslation,
-    StaleWalk, StreamIommu, Violation,
+    MsiWriteHandler, SNAPSHOT_VERSION, SharedIotlb, SmmuModel, SnapshotError, StaleStage2,
+    StaleTranslation, StaleWalk, StreamIommu, Violation,
 };
 pub use msi::{MsiAttr, MsiWrite};
 pub use sim_memory::{Coherency, MemError, SimMemory};

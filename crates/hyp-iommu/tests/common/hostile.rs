@@ -422,6 +422,29 @@ impl World {
             ));
         }
         let ram = self.t.ram;
+        let owned = |pa: u64| {
+            let host = pa >= ram.base && pa < ram.end() && !self.donated.contains(&(pa & !0xfff));
+            host || (pa >= super::MMIO.base && pa < super::MMIO.end())
+        };
+        // Everything the real SMMU caches, not only the probes below: the
+        // hypervisor's stage 2 is never stale (every donation invalidated
+        // it), and a stale translation the host left in its own stage 1
+        // still only reaches the host's memory.
+        let audit = self.t.models[0].audit_caches();
+        if let Some(s) = audit.stale_stage2.first() {
+            return Err(format!(
+                "stale stage-2 entry after the hypervisor's changes: {s:?}"
+            ));
+        }
+        if let Some(w) = audit.stale_walks.iter().find(|w| w.stage2) {
+            return Err(format!("stale stage-2 walk-cache entry: {w:?}"));
+        }
+        if let Some(st) = audit.stale.iter().find(|st| !owned(st.cached_pa)) {
+            return Err(format!(
+                "a cached translation reaches {:#x}: {st:?}",
+                st.cached_pa
+            ));
+        }
         let mut probes: Vec<u64> = (0..10).map(|k| IOVA + k * 4096).collect();
         probes.extend(self.donated.iter().copied());
         probes.extend([ram.base - 4096, ram.base, ram.end(), super::MMIO.base]);

@@ -23,8 +23,8 @@ use super::context::{Ctx, Mode, NO_SSID, ctx_key_sid};
 use super::{State, hot};
 use crate::memory::DeviceMemory;
 use crate::regs::cr0;
-use crate::tlb::{Regime, Tlb};
-use crate::walk::{self, Access, S1Perm, Start, TableAttrs, Tables};
+use crate::tlb::{Regime, Tlb, TlbEntry};
+use crate::walk::{self, Access, S1Perm, Start, TableAttrs, TableCfg, Tables};
 use crate::{DmaFault, DmaRequest, MemError, SmmuModel};
 
 /// The most leaves of one cached entry the audit compares (a 1 GiB block
@@ -72,6 +72,23 @@ pub struct StaleWalk {
     pub now: Option<u64>,
 }
 
+/// A stage-2 translation the TLB holds for a VMID that the stage-2 table
+/// in memory no longer gives (checked where only nested streams use it;
+/// a stage-2 stream's are [`StaleTranslation`]s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaleStage2 {
+    /// The VMID the entry is tagged with.
+    pub vmid: u16,
+    /// First intermediate physical address of the stale part.
+    pub ipa: u64,
+    /// Whether the stale part is the write permission.
+    pub write: bool,
+    /// Output address the TLB gives for `ipa`.
+    pub cached_pa: u64,
+    /// What the stage-2 table gives now (`None`: a fault).
+    pub now: Option<u64>,
+}
+
 /// What [`SmmuModel::audit_caches`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CacheAudit {
@@ -81,6 +98,9 @@ pub struct CacheAudit {
     /// Walk-cache entries memory no longer gives: each once per stream
     /// using it.
     pub stale_walks: Vec<StaleWalk>,
+    /// Stage-2 leaf entries only nested streams use that their stage-2
+    /// table no longer gives.
+    pub stale_stage2: Vec<StaleStage2>,
     /// Streams (StreamID, SubstreamID) whose cached configuration (STE,
     /// CD, and so the tables and tag their translations use) differs from
     /// what memory holds now, or no longer decodes: a missing CMD_CFGI.
@@ -93,15 +113,18 @@ pub struct CacheAudit {
     /// stream using it).
     pub checked: usize,
     /// Cached entries not compared: walk-cache entries of nested streams'
-    /// stage 1 (whose table addresses are IPAs), stage-2 leaves only
-    /// nested streams use, and the leaves of an entry past 1,024 leaves.
+    /// stage 1 (whose table addresses are IPAs), and the leaves of an
+    /// entry past 1,024 leaves.
     pub unchecked: usize,
 }
 
 impl CacheAudit {
     /// Returns whether nothing stale was found (orphans aside).
     pub fn is_clean(&self) -> bool {
-        self.stale.is_empty() && self.stale_walks.is_empty() && self.stale_configs.is_empty()
+        self.stale.is_empty()
+            && self.stale_walks.is_empty()
+            && self.stale_stage2.is_empty()
+            && self.stale_configs.is_empty()
     }
 }
 
@@ -206,14 +229,23 @@ impl SmmuModel {
                 .map(|(k, _)| stream_of(*k))
                 .collect();
             if users.is_empty() {
-                let walks_only = tag.regime == Regime::S2
-                    && contexts
-                        .iter()
-                        .any(|(_, c)| c.tag.regime == Regime::Nested && c.tag.vmid == tag.vmid);
-                if walks_only {
-                    audit.unchecked += 1;
-                } else {
+                // A stage-2 entry only nested streams use: against their
+                // stage-2 table (one per distinct table of that VMID).
+                let mut tables: Vec<TableCfg> = Vec::new();
+                for (_, c) in &contexts {
+                    let s2 = c.ste.s2.filter(|s2| {
+                        tag.regime == Regime::S2 && c.mode == Mode::Nested && s2.vmid == tag.vmid
+                    });
+                    if let Some(s2) = s2.filter(|s2| !tables.contains(&s2.tt)) {
+                        tables.push(s2.tt);
+                    }
+                }
+                if tables.is_empty() {
                     audit.orphans += 1;
+                }
+                for tt in tables {
+                    audit.checked += 1;
+                    check_stage2(&shadow.mem, &tt, tag.vmid, ia, &e, &mut audit);
                 }
                 continue;
             }
@@ -352,5 +384,68 @@ fn audit_walks(
                 });
             }
         }
+    }
+}
+
+/// Checks stage-2 leaf entry `e` (cached for `ipa` under `vmid`) against
+/// a walk of stage-2 table `tt` over its whole range (up to `MAX_STEPS`
+/// leaves), for reads and, where cached, writes.
+fn check_stage2(
+    mem: &Arc<dyn DeviceMemory>,
+    tt: &TableCfg,
+    vmid: u16,
+    ipa: u64,
+    e: &TlbEntry,
+    audit: &mut CacheAudit,
+) {
+    let end = ipa.saturating_add(1 << e.size_log2);
+    let (mut a, mut steps) = (ipa, 0);
+    while a < end {
+        if steps == MAX_STEPS {
+            audit.unchecked += 1;
+            return;
+        }
+        steps += 1;
+        let cached_pa = e.out_base + (a - ipa);
+        let mut step = end - a;
+        for write in [false, true] {
+            let acc = Access {
+                write,
+                privileged: false,
+                instruction: false,
+            };
+            if !e.perms.allows(acc) {
+                continue;
+            }
+            let mut st = [(0, 0, TableAttrs::default()); 4];
+            let mut n = 0;
+            let leaf = walk::walk::<Infallible, _>(
+                Tables::new(&**mem),
+                tt,
+                Start::root(tt),
+                a,
+                acc,
+                S1Perm::default(),
+                &mut Ok,
+                &mut st,
+                &mut n,
+            );
+            let now = leaf.ok().filter(|l| l.perms.allows(acc)).map(|l| {
+                let off = a & ((1 << l.size_log2) - 1);
+                step = step.min((1 << l.size_log2) - off);
+                l.oa_base + off
+            });
+            if now != Some(cached_pa) {
+                audit.stale_stage2.push(StaleStage2 {
+                    vmid,
+                    ipa: a,
+                    write,
+                    cached_pa,
+                    now,
+                });
+                return;
+            }
+        }
+        a = a.saturating_add(step.max(1));
     }
 }

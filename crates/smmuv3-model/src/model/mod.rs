@@ -13,7 +13,7 @@ mod snapshot;
 pub mod sync_gate;
 mod xlate;
 
-pub use audit::{CacheAudit, StaleTranslation, StaleWalk};
+pub use audit::{CacheAudit, StaleStage2, StaleTranslation, StaleWalk};
 pub use decode::Violation;
 pub use iotlb::{CachedUnit, IotlbGuard, SharedIotlb, StreamIommu};
 pub use signal::{IrqHandler, IrqLine, MsiHandler, MsiWriteHandler};
