@@ -512,7 +512,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             // device could still be filling after it.
             self.cpu_side_unmap_pre(p, size, dir, attrs)?;
         }
-        d.unmap_range(dma, iova, len)?;
+        d.unmap_range(dma, iova, len, self.cfg.untrusted)?;
         if let Some(p) = phys {
             self.bounce_out(p, size, dir, attrs);
         }

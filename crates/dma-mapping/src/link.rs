@@ -221,13 +221,13 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             }
             let start = at & !(g - 1);
             let len = d.align_len(at + size - start).unwrap_or(0);
-            d.unmap_pages(start, len)?;
+            d.unmap_pages(start, len, false)?;
         }
         if linked.is_empty() {
             // Nothing was ever reachable: no invalidation to wait for.
             d.free_iova_now(r.iova, r.len);
             return Ok(());
         }
-        d.release_iova(r.iova, r.len)
+        d.release_iova(r.iova, r.len, false)
     }
 }

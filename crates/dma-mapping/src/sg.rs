@@ -218,7 +218,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
                         self.env.invalidate(s.phys, s.len)?;
                     }
                 }
-                d.unmap_range(DmaAddr(iova), iova, len)?;
+                d.unmap_range(DmaAddr(iova), iova, len, self.cfg.untrusted)?;
                 if let Some(dbg) = &self.debug {
                     dbg.forget(self.cfg.id, DmaAddr(iova));
                 }
