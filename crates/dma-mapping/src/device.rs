@@ -441,7 +441,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             Some(d) => self.unmap_iommu(d, dma, size, dir, attrs)?,
         }
         if let Some(dbg) = &self.debug {
-            dbg.forget(self.cfg.id, dma);
+            dbg.forget(self.cfg.id, dma, size, dir);
         }
         Ok(())
     }
@@ -672,6 +672,15 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
                 iova
             }
         };
+        if let Some(dbg) = &self.debug {
+            dbg.record(
+                self.cfg.id,
+                DmaAddr(dma),
+                size,
+                Direction::Bidirectional,
+                phys,
+            );
+        }
         Ok(CoherentBuffer {
             cpu,
             phys,
@@ -691,8 +700,11 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     ///
     /// # Errors
     ///
-    /// IOMMU errors; the memory is then not freed (the device might still
-    /// reach it).
+    /// [`DmaError::Debug`] when debugging finds no such live allocation
+    /// (nothing changed); [`DmaError::NotMapped`] when the IOMMU has
+    /// nothing mapped at its address (nothing changed); IOMMU errors and
+    /// [`DmaError::SizeMismatch`]: the memory is then not freed (the device
+    /// might still reach it).
     ///
     /// # Safety
     ///
@@ -700,6 +712,11 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     /// CPU reference into it is alive.
     pub unsafe fn free_coherent(&self, buf: CoherentBuffer) -> Res<(), D> {
         let alloc_size = self.coherent_size(buf.size).ok_or(DmaError::ZeroSize)?;
+        let (id, dma, size) = (self.cfg.id, buf.dma, buf.size);
+        if let Some(dbg) = &self.debug {
+            dbg.check_unmap(id, dma, size, Direction::Bidirectional)
+                .map_err(DmaError::Debug)?;
+        }
         let buf = CoherentBuffer {
             size: alloc_size,
             ..buf
@@ -709,6 +726,9 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
                 .domain()
                 .unmap(buf.dma.0, buf.size)
                 .map_err(DmaError::Iommu)?;
+            if done == 0 {
+                return Err(DmaError::NotMapped(buf.dma));
+            }
             if done != buf.size {
                 return Err(DmaError::SizeMismatch {
                     addr: buf.dma,
@@ -721,6 +741,9 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
         // SAFETY: our allocation, unreachable by the device now (strict
         // unmap above, or direct path with the caller's promise).
         unsafe { self.env.free_coherent(buf.phys, buf.size) };
+        if let Some(dbg) = &self.debug {
+            dbg.forget(id, dma, size, Direction::Bidirectional);
+        }
         Ok(())
     }
 }

@@ -220,7 +220,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
                 }
                 d.unmap_range(DmaAddr(iova), iova, len, self.cfg.untrusted)?;
                 if let Some(dbg) = &self.debug {
-                    dbg.forget(self.cfg.id, DmaAddr(iova));
+                    dbg.forget(self.cfg.id, DmaAddr(iova), len, m.dir);
                 }
                 Ok(())
             }
