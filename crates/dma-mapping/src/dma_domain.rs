@@ -157,7 +157,8 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
 
     /// Maps `[iova, iova + len)` to `phys` and makes it visible to the
     /// device. On failure whatever part got mapped is unmapped (and
-    /// invalidated) and the IOVA range given back, so nothing changed.
+    /// invalidated) and the IOVA range given back, so nothing changed
+    /// ([`DmaDomain::undo_map`]).
     ///
     /// # Errors
     ///
@@ -174,10 +175,18 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
             .map(iova, phys, len, prot)
             .and_then(|()| dom.sync_map(iova, len));
         if r.is_err() {
-            let _ = dom.unmap(iova, len);
-            self.free_iova_now(iova, len);
+            self.undo_map(iova, len, len);
         }
         r
+    }
+
+    /// Removes what a failed map left in `[iova, iova + mapped)` and gives
+    /// the `len` bytes of IOVA back, unless that unmap failed too: then
+    /// translations may be left, and the IOVA stays out of reuse.
+    pub(crate) fn undo_map(&self, iova: u64, mapped: u64, len: u64) {
+        if self.domain.unmap(iova, mapped).is_ok() {
+            self.free_iova_now(iova, len);
+        }
     }
 
     /// Removes the translations of `[iova, iova + len)`: invalidated before

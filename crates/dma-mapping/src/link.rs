@@ -81,7 +81,9 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     /// # Errors
     ///
     /// [`DmaError::BadLink`] for a piece that breaks these rules, cache and
-    /// IOMMU errors; nothing stays mapped.
+    /// IOMMU errors; nothing stays mapped (if the driver cannot undo its
+    /// partial map either, the piece stays recorded so that
+    /// [`DmaDevice::iova_destroy`] removes it).
     ///
     /// # Safety
     ///
@@ -122,7 +124,11 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
         let len = d.align_len(at + size - start).ok_or_else(bad)?;
         let dom = d.domain();
         if let Err(e) = dom.map(start, phys & !(g - 1), len, self.prot(dir, attrs)) {
-            let _ = dom.unmap(start, len);
+            if dom.unmap(start, len).is_err() {
+                // Part of it may still be mapped: keep the piece so
+                // `iova_destroy` removes it.
+                r.linked.insert(pos, (offset, size));
+            }
             return Err(DmaError::Iommu(e));
         }
         r.linked.insert(pos, (offset, size));
@@ -195,7 +201,8 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     ///
     /// # Errors
     ///
-    /// Cache and IOMMU errors (the IOVA is then kept from reuse).
+    /// The first cache or IOMMU error; every other piece is still
+    /// unmapped, and the IOVA is kept from reuse.
     ///
     /// # Safety
     ///
@@ -209,6 +216,9 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
         let d = self.domain.as_ref().ok_or(DmaError::NoIommu)?;
         let g = d.granule();
         let linked = core::mem::take(&mut r.linked);
+        // Every piece is unmapped whatever fails: the reservation is gone
+        // with this call, so nothing could unmap a piece left behind.
+        let mut res = Ok(());
         for &(offset, size) in &linked {
             let at = r.iova + r.offset + offset;
             if !self.coherent
@@ -216,12 +226,23 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
                 && dir != Direction::ToDevice
             {
                 if let Some(phys) = d.domain().translate(at) {
-                    self.env.invalidate(phys, size)?;
+                    if let Err(e) = self.env.invalidate(phys, size) {
+                        res = res.and(Err(e.into()));
+                    }
                 }
             }
             let start = at & !(g - 1);
             let len = d.align_len(at + size - start).unwrap_or(0);
-            d.unmap_pages(start, len, false)?;
+            if let Err(e) = d.unmap_pages(start, len, false) {
+                res = res.and(Err(e));
+            }
+        }
+        if res.is_err() {
+            if d.is_lazy() {
+                // What was unmapped must not stay in the IOTLB.
+                let _ = d.domain().flush_all();
+            }
+            return res;
         }
         if linked.is_empty() {
             // Nothing was ever reachable: no invalidation to wait for.

@@ -110,8 +110,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             let off = s.phys & (g - 1);
             let l = d.align_len(off + s.len).unwrap_or(0);
             if let Err(e) = dom.map(at, s.phys - off, l, prot) {
-                let _ = dom.unmap(iova, at + l - iova);
-                d.free_iova_now(iova, total);
+                d.undo_map(iova, at + l - iova, total);
                 return Err(DmaError::Iommu(e));
             }
             let addr = at + off;
@@ -130,8 +129,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             at += l;
         }
         if let Err(e) = dom.sync_map(iova, total) {
-            let _ = dom.unmap(iova, total);
-            d.free_iova_now(iova, total);
+            d.undo_map(iova, total, total);
             return Err(DmaError::Iommu(e));
         }
         if let Some(dbg) = &self.debug {
