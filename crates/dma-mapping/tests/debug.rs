@@ -227,3 +227,55 @@ fn one_buffer_mapped_twice_at_one_address_unmaps_twice() {
     assert_eq!(dbg.live(), 0);
     assert_eq!(dbg.take_reports().len(), 1);
 }
+
+#[test]
+fn wrong_unmaps_of_adjacent_mappings_are_refused_and_change_neither() {
+    let f = fixture(Coherency::Coherent, Invalidation::Strict);
+    let dbg = Arc::new(DmaDebug::new());
+    let dev = f.device(DeviceConfig::new(1)).with_debug(dbg.clone());
+    let a = f.buffer(8192, 1);
+    let b = f.buffer(8192, 2);
+    // SAFETY: test-owned buffers; every misuse below is refused.
+    unsafe {
+        let da = dev
+            .map_phys(a, 8192, Direction::ToDevice, Attrs::empty())
+            .unwrap();
+        let db = dev
+            .map_phys(b, 8192, Direction::ToDevice, Attrs::empty())
+            .unwrap();
+        // Top-down: B sits right below A, so an oversized unmap of B would
+        // run into A.
+        assert_eq!(db.0 + 8192, da.0);
+        for (addr, size) in [
+            (db, 16384),
+            (db, 4096),
+            (DmaAddr(db.0 + 4096), 4096),
+            (DmaAddr(db.0 + 8), 8184),
+        ] {
+            let e = dev.unmap_phys(addr, size, Direction::ToDevice, Attrs::empty());
+            assert!(
+                matches!(e, Err(DmaError::Debug(_))),
+                "{addr} {size:#x}: {e:?}"
+            );
+        }
+        let e = dev.unmap_phys(db, 8192, Direction::FromDevice, Attrs::empty());
+        assert!(matches!(
+            e,
+            Err(DmaError::Debug(DebugReport::WrongDirection { .. }))
+        ));
+        // A sync running past the mapping's end.
+        let e = dev.sync_for_cpu(DmaAddr(db.0 + 4096), 8192, Direction::ToDevice);
+        assert!(matches!(
+            e,
+            Err(DmaError::Debug(DebugReport::SyncUnmapped { .. }))
+        ));
+        assert_eq!(f.dev_read(da.0, 8192).unwrap(), vec![1; 8192]);
+        assert_eq!(f.dev_read(db.0, 8192).unwrap(), vec![2; 8192]);
+        assert_eq!(dbg.take_reports().len(), 6);
+        for d in [da, db] {
+            dev.unmap_phys(d, 8192, Direction::ToDevice, Attrs::empty())
+                .unwrap();
+            f.assert_unreachable(d.0, 8192);
+        }
+    }
+}
