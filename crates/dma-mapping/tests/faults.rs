@@ -21,7 +21,8 @@ use smmuv3_model::ModelConfig;
 
 /// The model's domain with failures on demand: each counter is the number
 /// of calls to let through before one fails (`u32::MAX`: never). A failing
-/// map maps its first granule first, as a driver that fails part way.
+/// map maps its first granule first, and a failing deferred unmap unmaps
+/// it, as a driver that fails part way.
 struct Faulty {
     inner: Smmu,
     map_ok: AtomicU32,
@@ -72,6 +73,10 @@ impl IommuDomain for Faulty {
     }
     fn unmap_deferred(&self, iova: u64, len: u64) -> Result<u64, Self::Error> {
         if fails(&self.unmap_ok) {
+            // Part way, as a page table whose split or clean failed.
+            if len > 4096 {
+                self.inner.unmap_deferred(iova, 4096)?;
+            }
             return Err(injected());
         }
         self.inner.unmap_deferred(iova, len)
@@ -274,4 +279,28 @@ fn a_link_whose_cleanup_failed_is_removed_by_destroy() {
     unsafe { dev.iova_destroy(range, Direction::ToDevice, Attrs::empty()) }.unwrap();
     r.f.assert_unreachable(base, 8192);
     assert_eq!(r.dom.domain().translate(base), None);
+}
+
+#[test]
+fn a_lazy_unmap_failing_part_way_leaves_nothing_it_cleared_reachable() {
+    let r = rig(Invalidation::Lazy {
+        timeout_ticks: 1000,
+    });
+    let dev = r.device();
+    let pa = r.f.buffer(8192, 0x21);
+    // SAFETY: test-owned buffer.
+    let d = unsafe { dev.map_phys(pa, 8192, Direction::ToDevice, Attrs::empty()) }.unwrap();
+    // Both granules in the IOTLB.
+    assert!(r.f.dev_read(d.0, 4).is_some());
+    assert!(r.f.dev_read(d.0 + 4096, 4).is_some());
+    r.dom.domain().unmap_ok.store(0, Ordering::Relaxed);
+    // SAFETY: the mapping above, DMA done.
+    let e = unsafe { dev.unmap_phys(d, 8192, Direction::ToDevice, Attrs::empty()) };
+    assert_eq!(e, Err(DmaError::Iommu(injected())));
+    // The cleared granule was invalidated (before, it stayed in the IOTLB
+    // with nothing queued to flush it); the rest is still mapped and its
+    // IOVA kept.
+    r.f.assert_unreachable(d.0, 4096);
+    assert!(r.f.dev_read(d.0 + 4096, 4).is_some());
+    assert_eq!(r.dom.pending(), 0);
 }
