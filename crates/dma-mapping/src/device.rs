@@ -212,6 +212,11 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     /// `[phys, phys + size)` must be memory the caller owns for the life of
     /// the mapping (no Rust reference to it while the device or a bounce
     /// copy may write it), or a device's MMIO range with [`Attrs::MMIO`].
+    /// For a non-coherent device that is not bounced, the CPU must not
+    /// write memory sharing a cache line with the buffer while it is
+    /// mapped: unmap and `sync_for_cpu` invalidate whole lines, so such a
+    /// write is lost (or, written back, overwrites the device's data), as
+    /// with Linux's DMA alignment rule.
     pub unsafe fn map_phys(
         &self,
         phys: PhysAddr,
