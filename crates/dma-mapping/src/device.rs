@@ -295,6 +295,10 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             return Ok(DmaAddr(dma));
         }
         let Some(pool) = &self.bounce else {
+            if self.cfg.force_bounce {
+                // The address may well be reachable: the pool is missing.
+                return Err(DmaError::NoBouncePool);
+            }
             return Err(DmaError::Unreachable {
                 addr: dma,
                 size,

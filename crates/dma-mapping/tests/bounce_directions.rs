@@ -222,3 +222,20 @@ fn the_forced_direct_path_bounces_by_direction_too() {
     }
     assert_eq!(pool.used_slots(), 0);
 }
+
+#[test]
+fn forced_bouncing_without_a_pool_says_so() {
+    let f = fixture(Coherency::Coherent, Invalidation::Strict);
+    let dev: DirectDev = DmaDevice::direct(
+        DeviceConfig {
+            force_bounce: true,
+            ..DeviceConfig::new(1)
+        },
+        f.env.clone(),
+    );
+    let pa = f.buffer(4096, 1);
+    // SAFETY: refused before anything is touched. Before, this was
+    // `Unreachable` for an address the device reaches.
+    let e = unsafe { dev.map_phys(pa, 64, Direction::ToDevice, Attrs::empty()) };
+    assert_eq!(e, Err(DmaError::NoBouncePool));
+}
