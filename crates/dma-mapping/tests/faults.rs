@@ -304,3 +304,40 @@ fn a_lazy_unmap_failing_part_way_leaves_nothing_it_cleared_reachable() {
     assert!(r.f.dev_read(d.0 + 4096, 4).is_some());
     assert_eq!(r.dom.pending(), 0);
 }
+
+#[test]
+fn a_bounced_map_failing_gives_back_its_slots_and_its_iova() {
+    let r = rig(Invalidation::Strict);
+    let pool = r.f.pool(16384);
+    let dev = DmaDevice::behind_iommu(
+        DeviceConfig {
+            untrusted: true,
+            ..DeviceConfig::new(1)
+        },
+        r.dom.clone(),
+    )
+    .with_bounce(pool.clone());
+    let a = r.f.buffer(8192, 1) + 0x10;
+    let free = r.iova_free();
+    // A bounced single mapping whose IOMMU map fails halfway.
+    r.dom.domain().map_ok.store(0, Ordering::Relaxed);
+    // SAFETY: test-owned buffer.
+    let e = unsafe { dev.map_phys(a, 5000, Direction::ToDevice, Attrs::empty()) };
+    assert_eq!(e, Err(DmaError::Iommu(injected())));
+    assert_eq!((pool.used_slots(), r.iova_free()), (0, free));
+    // A list whose second, bounced, segment fails: the first is undone.
+    let segs = [
+        PhysSegment { phys: a, len: 100 },
+        PhysSegment {
+            phys: a + 4096,
+            len: 100,
+        },
+    ];
+    r.dom.domain().map_ok.store(1, Ordering::Relaxed);
+    // SAFETY: test-owned buffer.
+    let e = unsafe { dev.map_sg(&segs, Direction::ToDevice, Attrs::empty()) };
+    assert_eq!(e.unwrap_err(), DmaError::Iommu(injected()));
+    assert_eq!((pool.used_slots(), r.iova_free()), (0, free));
+    // Whatever IOVAs those were, the top of the space maps nothing.
+    r.f.assert_unreachable((1 << 48) - 0x10000, 0x10000);
+}
