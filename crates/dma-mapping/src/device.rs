@@ -516,6 +516,13 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
         } else {
             None
         };
+        if let (Some(p), Some(pool)) = (phys, &self.bounce) {
+            // Inside a bounce run but not at a live buffer's start: not
+            // what map returned (unmapping would leak the slots).
+            if pool.contains(p) && pool.lookup(p).filter(|s| s.bounce == p).is_none() {
+                return Err(DmaError::NotMapped(dma));
+            }
+        }
         if let Some(p) = phys {
             // Before the unmap, as Linux: the CPU must not see lines the
             // device could still be filling after it.

@@ -190,3 +190,24 @@ fn a_lazy_domain_unmaps_untrusted_devices_strictly() {
     }
     assert_eq!(pool.used_slots(), 0);
 }
+
+#[test]
+fn an_address_inside_a_bounce_buffer_is_not_mapped_and_changes_nothing() {
+    let f = fixture(sim_memory::Coherency::Coherent, Invalidation::Strict);
+    let pool = f.pool(16384);
+    let dev = f.device(untrusted()).with_bounce(pool.clone());
+    let buf = f.buffer(4096, 0x19) + 0x100;
+    // SAFETY: test-owned buffer.
+    let dma = unsafe { dev.map_phys(buf, 200, Direction::ToDevice, Attrs::empty()) }.unwrap();
+    let inside = dma_mapping::DmaAddr(dma.0 + 8);
+    // SAFETY: refused before anything changes. Before, it unmapped the
+    // IOVA and leaked the bounce slots for good.
+    let e = unsafe { dev.unmap_phys(inside, 192, Direction::ToDevice, Attrs::empty()) };
+    assert_eq!(e, Err(DmaError::NotMapped(inside)));
+    assert_eq!(f.dev_read(dma.0, 200).unwrap(), vec![0x19; 200]);
+    assert_eq!(pool.used_slots(), 2);
+    // SAFETY: the mapping above.
+    unsafe { dev.unmap_phys(dma, 200, Direction::ToDevice, Attrs::empty()) }.unwrap();
+    assert_eq!(pool.used_slots(), 0);
+    f.assert_unreachable(dma.0, 200);
+}
