@@ -195,15 +195,18 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
     ///
     /// Returns the bytes unmapped.
     pub(crate) fn unmap_pages(&self, iova: u64, len: u64, strict: bool) -> Res<u64, D> {
-        if self.fq.is_none() || strict {
-            return self.domain.unmap(iova, len).map_err(DmaError::Iommu);
-        }
-        self.domain.unmap_deferred(iova, len).map_err(|e| {
+        let strict = strict || self.fq.is_none();
+        let r = if strict {
+            self.domain.unmap(iova, len)
+        } else {
+            self.domain.unmap_deferred(iova, len)
+        };
+        if r.is_err() && !strict {
             // Part of the range may be cleared, and nothing is queued to
             // flush it: invalidate now, as a strict unmap's error does.
             let _ = self.domain.flush_all();
-            DmaError::Iommu(e)
-        })
+        }
+        r.map_err(DmaError::Iommu)
     }
 
     /// Releases an IOVA range whose translations were removed by
