@@ -262,3 +262,80 @@ fn an_iova_of_another_domain_is_not_mapped_here_and_changes_nothing() {
     assert_eq!(read_b(theirs.0), None);
     let _ = f.sys.smmu.drain_events();
 }
+
+#[test]
+fn a_consuming_teardown_whose_cache_invalidation_fails_still_unmaps() {
+    let f = fixture(Coherency::NonCoherent, Invalidation::Strict);
+    let dev = f.device(DeviceConfig::new(1));
+    let a = f.buffer(8192, 1);
+    let segs = [
+        PhysSegment { phys: a, len: 4096 },
+        PhysSegment {
+            phys: a + 4096,
+            len: 4096,
+        },
+    ];
+    // SAFETY: test-owned buffers.
+    let m = unsafe { dev.map_sg(&segs, Direction::FromDevice, Attrs::empty()) }.unwrap();
+    let base = m.segments()[0].addr.0;
+    let mut r = dev.iova_try_alloc(a, 8192).unwrap();
+    // SAFETY: test-owned buffer (device-written pieces, mapped twice).
+    unsafe { dev.iova_link(&mut r, a, 0, 8192, Direction::FromDevice, Attrs::empty()) }.unwrap();
+    dev.iova_sync(&r, 0, 8192).unwrap();
+    let link = r.addr().0;
+    assert!(f.dev_write(base, &[2; 4]));
+    assert!(f.dev_write(link, &[2; 4]));
+    f.env
+        .fail_invalidate
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: DMA done. Both handles are consumed: before, the cache
+    // error returned first and left the IOVAs mapped with no way to unmap
+    // them.
+    unsafe {
+        assert!(matches!(dev.unmap_sg(m), Err(DmaError::Cache(_))));
+        assert!(matches!(
+            dev.iova_destroy(r, Direction::FromDevice, Attrs::empty()),
+            Err(DmaError::Cache(_))
+        ));
+    }
+    f.assert_unreachable(base, 8192);
+    f.assert_unreachable(link, 8192);
+}
+
+#[test]
+fn a_bounced_list_whose_cache_invalidation_fails_still_unmaps() {
+    let f = fixture(Coherency::NonCoherent, Invalidation::Strict);
+    let pool = f.pool(16384);
+    let dev = f
+        .device(DeviceConfig {
+            untrusted: true,
+            ..DeviceConfig::new(1)
+        })
+        .with_bounce(pool.clone());
+    let a = f.buffer(8192, 1);
+    let segs = [
+        PhysSegment {
+            phys: a + 0x10,
+            len: 100,
+        },
+        PhysSegment {
+            phys: a + 4096 + 0x10,
+            len: 100,
+        },
+    ];
+    // SAFETY: test-owned buffer.
+    let m = unsafe { dev.map_sg(&segs, Direction::FromDevice, Attrs::empty()) }.unwrap();
+    assert!(!m.is_contiguous(), "bounced segments are mapped one by one");
+    let addrs: Vec<u64> = m.segments().iter().map(|s| s.addr.0).collect();
+    f.env
+        .fail_invalidate
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: DMA done. Before, each segment's cache error came first and
+    // left it mapped, its slots taken, with no handle left.
+    let r = unsafe { dev.unmap_sg(m) };
+    assert!(matches!(r, Err(DmaError::Cache(_))));
+    for a in addrs {
+        f.assert_unreachable(a, 100);
+    }
+    assert_eq!(pool.used_slots(), 0);
+}
