@@ -4,6 +4,7 @@
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::mutex::SpinMutex;
 
@@ -75,11 +76,22 @@ struct Entry {
     phys: PhysAddr,
 }
 
+/// Live mappings by (device, address, serial): the serial keeps apart
+/// mappings a device holds at one address at once (the same buffer mapped
+/// twice on the direct path).
+type Live = BTreeMap<(u32, u64, u64), Entry>;
+
 /// The tracker shared by the devices it debugs.
 #[derive(Default)]
 pub struct DmaDebug {
-    live: SpinMutex<BTreeMap<(u32, u64), Entry>>,
+    live: SpinMutex<Live>,
+    serial: AtomicU64,
     reports: SpinMutex<Vec<DebugReport>>,
+}
+
+/// Returns the mappings `dev` holds at `addr`.
+fn at(live: &Live, dev: u32, addr: u64) -> impl Iterator<Item = (&(u32, u64, u64), &Entry)> {
+    live.range((dev, addr, 0)..=(dev, addr, u64::MAX))
 }
 
 impl DmaDebug {
@@ -94,9 +106,10 @@ impl DmaDebug {
     }
 
     pub(crate) fn record(&self, dev: u32, addr: DmaAddr, size: u64, dir: Direction, phys: u64) {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         self.live
             .lock()
-            .insert((dev, addr.0), Entry { size, dir, phys });
+            .insert((dev, addr.0, serial), Entry { size, dir, phys });
     }
 
     /// Checks an unmap against the live mapping (nothing is changed).
@@ -107,7 +120,12 @@ impl DmaDebug {
         size: u64,
         dir: Direction,
     ) -> Result<(), DebugReport> {
-        let e = self.live.lock().get(&(dev, addr.0)).copied();
+        let e = {
+            let live = self.live.lock();
+            let mut here = at(&live, dev, addr.0).map(|(_, e)| *e).peekable();
+            let first = here.peek().copied();
+            here.find(|e| e.size == size && e.dir == dir).or(first)
+        };
         let Some(e) = e else {
             return Err(self.report(DebugReport::DoubleUnmap { dev, addr }));
         };
@@ -130,8 +148,17 @@ impl DmaDebug {
         Ok(())
     }
 
-    pub(crate) fn forget(&self, dev: u32, addr: DmaAddr) {
-        self.live.lock().remove(&(dev, addr.0));
+    /// Forgets one mapping of `dev` at `addr` of `size` bytes in `dir`.
+    pub(crate) fn forget(&self, dev: u32, addr: DmaAddr, size: u64, dir: Direction) {
+        let mut live = self.live.lock();
+        let key = {
+            let mut here = at(&live, dev, addr.0);
+            here.find(|(_, e)| e.size == size && e.dir == dir)
+                .map(|(k, _)| *k)
+        };
+        if let Some(k) = key {
+            live.remove(&k);
+        }
     }
 
     /// Checks that a sync lies inside one live mapping of `dev` with the
@@ -145,9 +172,9 @@ impl DmaDebug {
     ) -> Result<(), DebugReport> {
         let live = self.live.lock();
         let hit = live
-            .range((dev, 0)..=(dev, addr.0))
+            .range((dev, 0, 0)..=(dev, addr.0, u64::MAX))
             .next_back()
-            .map(|(&(_, a), &e)| (a, e))
+            .map(|(&(_, a, _), &e)| (a, e))
             .filter(|&(a, e)| addr.0 - a < e.size && size <= e.size - (addr.0 - a));
         drop(live);
         match hit {
@@ -167,8 +194,8 @@ impl DmaDebug {
         let leaks: Vec<DebugReport> = self
             .live
             .lock()
-            .range((dev, 0)..=(dev, u64::MAX))
-            .map(|(&(_, a), e)| DebugReport::Leak {
+            .range((dev, 0, 0)..=(dev, u64::MAX, u64::MAX))
+            .map(|(&(_, a, _), e)| DebugReport::Leak {
                 dev,
                 addr: DmaAddr(a),
                 size: e.size,

@@ -212,6 +212,11 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     /// `[phys, phys + size)` must be memory the caller owns for the life of
     /// the mapping (no Rust reference to it while the device or a bounce
     /// copy may write it), or a device's MMIO range with [`Attrs::MMIO`].
+    /// For a non-coherent device that is not bounced, the CPU must not
+    /// write memory sharing a cache line with the buffer while it is
+    /// mapped: unmap and `sync_for_cpu` invalidate whole lines, so such a
+    /// write is lost (or, written back, overwrites the device's data), as
+    /// with Linux's DMA alignment rule.
     pub unsafe fn map_phys(
         &self,
         phys: PhysAddr,
@@ -290,6 +295,10 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             return Ok(DmaAddr(dma));
         }
         let Some(pool) = &self.bounce else {
+            if self.cfg.force_bounce {
+                // The address may well be reachable: the pool is missing.
+                return Err(DmaError::NoBouncePool);
+            }
             return Err(DmaError::Unreachable {
                 addr: dma,
                 size,
@@ -441,7 +450,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             Some(d) => self.unmap_iommu(d, dma, size, dir, attrs)?,
         }
         if let Some(dbg) = &self.debug {
-            dbg.forget(self.cfg.id, dma);
+            dbg.forget(self.cfg.id, dma, size, dir);
         }
         Ok(())
     }
@@ -507,12 +516,19 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
         } else {
             None
         };
+        if let (Some(p), Some(pool)) = (phys, &self.bounce) {
+            // Inside a bounce run but not at a live buffer's start: not
+            // what map returned (unmapping would leak the slots).
+            if pool.contains(p) && pool.lookup(p).filter(|s| s.bounce == p).is_none() {
+                return Err(DmaError::NotMapped(dma));
+            }
+        }
         if let Some(p) = phys {
             // Before the unmap, as Linux: the CPU must not see lines the
             // device could still be filling after it.
             self.cpu_side_unmap_pre(p, size, dir, attrs)?;
         }
-        d.unmap_range(dma, iova, len)?;
+        d.unmap_range(dma, iova, len, self.cfg.untrusted)?;
         if let Some(p) = phys {
             self.bounce_out(p, size, dir, attrs);
         }
@@ -672,6 +688,15 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
                 iova
             }
         };
+        if let Some(dbg) = &self.debug {
+            dbg.record(
+                self.cfg.id,
+                DmaAddr(dma),
+                size,
+                Direction::Bidirectional,
+                phys,
+            );
+        }
         Ok(CoherentBuffer {
             cpu,
             phys,
@@ -691,8 +716,11 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     ///
     /// # Errors
     ///
-    /// IOMMU errors; the memory is then not freed (the device might still
-    /// reach it).
+    /// [`DmaError::Debug`] when debugging finds no such live allocation
+    /// (nothing changed); [`DmaError::NotMapped`] when the IOMMU has
+    /// nothing mapped at its address (nothing changed); IOMMU errors and
+    /// [`DmaError::SizeMismatch`]: the memory is then not freed (the device
+    /// might still reach it).
     ///
     /// # Safety
     ///
@@ -700,6 +728,11 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     /// CPU reference into it is alive.
     pub unsafe fn free_coherent(&self, buf: CoherentBuffer) -> Res<(), D> {
         let alloc_size = self.coherent_size(buf.size).ok_or(DmaError::ZeroSize)?;
+        let (id, dma, size) = (self.cfg.id, buf.dma, buf.size);
+        if let Some(dbg) = &self.debug {
+            dbg.check_unmap(id, dma, size, Direction::Bidirectional)
+                .map_err(DmaError::Debug)?;
+        }
         let buf = CoherentBuffer {
             size: alloc_size,
             ..buf
@@ -709,6 +742,9 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
                 .domain()
                 .unmap(buf.dma.0, buf.size)
                 .map_err(DmaError::Iommu)?;
+            if done == 0 {
+                return Err(DmaError::NotMapped(buf.dma));
+            }
             if done != buf.size {
                 return Err(DmaError::SizeMismatch {
                     addr: buf.dma,
@@ -721,6 +757,9 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
         // SAFETY: our allocation, unreachable by the device now (strict
         // unmap above, or direct path with the caller's promise).
         unsafe { self.env.free_coherent(buf.phys, buf.size) };
+        if let Some(dbg) = &self.debug {
+            dbg.forget(id, dma, size, Direction::Bidirectional);
+        }
         Ok(())
     }
 }

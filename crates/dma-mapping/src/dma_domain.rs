@@ -20,7 +20,8 @@ pub enum Invalidation {
     /// ring is full or `timeout_ticks` of the environment's clock passed;
     /// an IOVA is reused only after its invalidation completed. Until then
     /// the device may still reach the old memory through stale IOTLB
-    /// entries (the trade Linux's non-strict mode makes).
+    /// entries (the trade Linux's non-strict mode makes). Unmaps of
+    /// untrusted devices stay strict.
     Lazy {
         /// Flush at the latest this many ticks after the previous flush.
         timeout_ticks: u64,
@@ -156,7 +157,8 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
 
     /// Maps `[iova, iova + len)` to `phys` and makes it visible to the
     /// device. On failure whatever part got mapped is unmapped (and
-    /// invalidated) and the IOVA range given back, so nothing changed.
+    /// invalidated) and the IOVA range given back, so nothing changed
+    /// ([`DmaDomain::undo_map`]).
     ///
     /// # Errors
     ///
@@ -173,30 +175,45 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
             .map(iova, phys, len, prot)
             .and_then(|()| dom.sync_map(iova, len));
         if r.is_err() {
-            let _ = dom.unmap(iova, len);
-            self.free_iova_now(iova, len);
+            self.undo_map(iova, len, len);
         }
         r
     }
 
+    /// Removes what a failed map left in `[iova, iova + mapped)` and gives
+    /// the `len` bytes of IOVA back, unless that unmap failed too: then
+    /// translations may be left, and the IOVA stays out of reuse.
+    pub(crate) fn undo_map(&self, iova: u64, mapped: u64, len: u64) {
+        if self.domain.unmap(iova, mapped).is_ok() {
+            self.free_iova_now(iova, len);
+        }
+    }
+
     /// Removes the translations of `[iova, iova + len)`: invalidated before
-    /// returning when strict, left for the flush queue when lazy.
+    /// returning when strict (the domain's mode or `strict`), left for the
+    /// flush queue when lazy.
     ///
     /// Returns the bytes unmapped.
-    pub(crate) fn unmap_pages(&self, iova: u64, len: u64) -> Res<u64, D> {
-        if self.fq.is_some() {
-            self.domain.unmap_deferred(iova, len)
-        } else {
+    pub(crate) fn unmap_pages(&self, iova: u64, len: u64, strict: bool) -> Res<u64, D> {
+        let strict = strict || self.fq.is_none();
+        let r = if strict {
             self.domain.unmap(iova, len)
+        } else {
+            self.domain.unmap_deferred(iova, len)
+        };
+        if r.is_err() && !strict {
+            // Part of the range may be cleared, and nothing is queued to
+            // flush it: invalidate now, as a strict unmap's error does.
+            let _ = self.domain.flush_all();
         }
-        .map_err(DmaError::Iommu)
+        r.map_err(DmaError::Iommu)
     }
 
     /// Releases an IOVA range whose translations were removed by
-    /// [`DmaDomain::unmap_pages`]: at once when strict, through the flush
-    /// queue when lazy.
-    pub(crate) fn release_iova(&self, iova: u64, len: u64) -> Res<(), D> {
-        let Some(fq) = &self.fq else {
+    /// [`DmaDomain::unmap_pages`] with the same `strict`: at once when
+    /// strict, through the flush queue when lazy.
+    pub(crate) fn release_iova(&self, iova: u64, len: u64, strict: bool) -> Res<(), D> {
+        let Some(fq) = self.fq.as_ref().filter(|_| !strict) else {
             self.free_iova_now(iova, len);
             return Ok(());
         };
@@ -215,20 +232,28 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
     }
 
     /// Unmaps a whole mapping of `len` bytes at `iova` and releases its
-    /// IOVA.
+    /// IOVA; `strict` invalidates before returning even in a lazy domain
+    /// (untrusted devices: their bounce slots are reused at once, and a
+    /// stale IOTLB entry would show the next user's data to the device).
     ///
     /// # Errors
     ///
     /// [`DmaError::NotMapped`] when nothing was mapped at `iova` (nothing
     /// changed); [`DmaError::SizeMismatch`] when another amount was
     /// unmapped (that part is invalidated, the IOVA is kept from reuse).
-    pub(crate) fn unmap_range(&self, dma: DmaAddr, iova: u64, len: u64) -> Res<(), D> {
-        let done = self.unmap_pages(iova, len)?;
+    pub(crate) fn unmap_range(
+        &self,
+        dma: DmaAddr,
+        iova: u64,
+        len: u64,
+        strict: bool,
+    ) -> Res<(), D> {
+        let done = self.unmap_pages(iova, len, strict)?;
         if done == 0 {
             return Err(DmaError::NotMapped(dma));
         }
         if done != len {
-            if self.fq.is_some() {
+            if self.fq.is_some() && !strict {
                 self.domain.flush_all().map_err(DmaError::Iommu)?;
             }
             return Err(DmaError::SizeMismatch {
@@ -237,7 +262,7 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
                 found: done,
             });
         }
-        self.release_iova(iova, len)
+        self.release_iova(iova, len, strict)
     }
 
     /// Invalidates the IOTLB now and frees every lazily queued IOVA.

@@ -95,6 +95,10 @@ pub enum DmaError<E> {
         /// Size.
         size: u64,
     },
+    /// A link reservation used with a device of another IOMMU domain
+    /// (its IOVA belongs to that domain's space).
+    #[error("the IOVA reservation belongs to another domain")]
+    ForeignRange,
     /// Memory for a coherent allocation could not be had.
     #[error("out of memory for a coherent allocation of {size:#x} bytes")]
     OutOfMemory {

@@ -3,7 +3,7 @@
 //! they given back to the allocator for reuse.
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering, fence};
 
 use spin::mutex::SpinMutex;
 
@@ -82,7 +82,7 @@ impl FlushQueue {
         // completed, so a failed flush delays nothing beyond the next
         // successful one (counting completions instead would leave
         // `finished` one behind for good after a failure).
-        let ticket = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let ticket = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         flush()?;
         self.finished.fetch_max(ticket, Ordering::AcqRel);
         self.last_flush.store(now, Ordering::Relaxed);
@@ -118,11 +118,18 @@ impl FlushQueue {
             ring.pop_done(self.finished.load(Ordering::Acquire), free);
         }
         if ring.len < RING_SIZE {
+            // The caller's page-table update (the unmap) must be visible
+            // before the stamp is read: otherwise a flush that takes its
+            // ticket after the read could still run before the update is
+            // seen, let the walker re-cache the old entry, and free the
+            // range anyway (a store-load order, so Acquire is not enough;
+            // Linux has an smp_mb() here).
+            fence(Ordering::SeqCst);
             let tail = (ring.head + ring.len) % RING_SIZE;
             ring.entries[tail] = Entry {
                 pfn,
                 pages,
-                stamp: self.started.load(Ordering::Acquire),
+                stamp: self.started.load(Ordering::SeqCst),
             };
             ring.len += 1;
         }

@@ -1,9 +1,11 @@
 //! The link API: reserve IOVA once, link physical ranges into it without
 //! IOTLB work, publish them with one `sync`, unlink, destroy.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use crate::device::{DmaDevice, Res, check_range};
+use crate::dma_domain::DmaDomain;
 use crate::domain::IommuDomain;
 use crate::env::DmaEnv;
 use crate::error::DmaError;
@@ -23,6 +25,8 @@ pub struct IovaRange {
     size: u64,
     /// Linked pieces `(offset, size)`, sorted.
     linked: Vec<(u64, u64)>,
+    /// The domain whose IOVA space it is (its address, as identity).
+    domain: usize,
 }
 
 impl IovaRange {
@@ -67,7 +71,17 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             offset,
             size,
             linked: Vec::new(),
+            domain: Arc::as_ptr(d) as *const () as usize,
         })
+    }
+
+    /// Returns the domain of the device, refusing a reservation of another.
+    fn link_domain(&self, r: &IovaRange) -> Res<&Arc<DmaDomain<D, E>>, D> {
+        let d = self.domain.as_ref().ok_or(DmaError::NoIommu)?;
+        if Arc::as_ptr(d) as *const () as usize != r.domain {
+            return Err(DmaError::ForeignRange);
+        }
+        Ok(d)
     }
 
     /// Maps `size` bytes at `phys` at byte `offset` of the reservation,
@@ -80,8 +94,11 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     ///
     /// # Errors
     ///
-    /// [`DmaError::BadLink`] for a piece that breaks these rules, cache and
-    /// IOMMU errors; nothing stays mapped.
+    /// [`DmaError::BadLink`] for a piece that breaks these rules,
+    /// [`DmaError::ForeignRange`] for a reservation of another domain, cache
+    /// and IOMMU errors; nothing stays mapped (if the driver cannot undo its
+    /// partial map either, the piece stays recorded so that
+    /// [`DmaDevice::iova_destroy`] removes it).
     ///
     /// # Safety
     ///
@@ -96,7 +113,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
         attrs: Attrs,
     ) -> Res<(), D> {
         check_range(phys, size)?;
-        let d = self.domain.as_ref().ok_or(DmaError::NoIommu)?;
+        let d = self.link_domain(r)?;
         let g = d.granule();
         let bad = || DmaError::BadLink { offset, size };
         let end = offset.checked_add(size).ok_or_else(bad)?;
@@ -122,7 +139,11 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
         let len = d.align_len(at + size - start).ok_or_else(bad)?;
         let dom = d.domain();
         if let Err(e) = dom.map(start, phys & !(g - 1), len, self.prot(dir, attrs)) {
-            let _ = dom.unmap(start, len);
+            if dom.unmap(start, len).is_err() {
+                // Part of it may still be mapped: keep the piece so
+                // `iova_destroy` removes it.
+                r.linked.insert(pos, (offset, size));
+            }
             return Err(DmaError::Iommu(e));
         }
         r.linked.insert(pos, (offset, size));
@@ -134,9 +155,10 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     ///
     /// # Errors
     ///
-    /// IOMMU errors.
+    /// [`DmaError::BadLink`] for a range beyond the reservation,
+    /// [`DmaError::ForeignRange`], IOMMU errors.
     pub fn iova_sync(&self, r: &IovaRange, offset: u64, size: u64) -> Res<(), D> {
-        let d = self.domain.as_ref().ok_or(DmaError::NoIommu)?;
+        let d = self.link_domain(r)?;
         let bad = || DmaError::BadLink { offset, size };
         if size == 0 || offset.checked_add(size).is_none_or(|e| e > r.size) {
             return Err(bad());
@@ -153,8 +175,8 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     ///
     /// # Errors
     ///
-    /// [`DmaError::NotMapped`] when no piece was linked there, cache and
-    /// IOMMU errors.
+    /// [`DmaError::NotMapped`] when no piece was linked there,
+    /// [`DmaError::ForeignRange`] (nothing changed), cache and IOMMU errors.
     ///
     /// # Safety
     ///
@@ -167,7 +189,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
         dir: Direction,
         attrs: Attrs,
     ) -> Res<(), D> {
-        let d = self.domain.as_ref().ok_or(DmaError::NoIommu)?;
+        let d = self.link_domain(r)?;
         let Some(pos) = r.linked.iter().position(|&p| p == (offset, size)) else {
             return Err(DmaError::NotMapped(DmaAddr(r.iova + r.offset + offset)));
         };
@@ -195,7 +217,11 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     ///
     /// # Errors
     ///
-    /// Cache and IOMMU errors (the IOVA is then kept from reuse).
+    /// [`DmaError::ForeignRange`] for a reservation of another domain:
+    /// nothing is unmapped here, and the reservation, now dropped, stays
+    /// allocated and linked in its own domain. Otherwise the first cache or
+    /// IOMMU error; every other piece is still unmapped, and the IOVA is
+    /// kept from reuse.
     ///
     /// # Safety
     ///
@@ -206,9 +232,12 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
         dir: Direction,
         attrs: Attrs,
     ) -> Res<(), D> {
-        let d = self.domain.as_ref().ok_or(DmaError::NoIommu)?;
+        let d = self.link_domain(&r)?;
         let g = d.granule();
         let linked = core::mem::take(&mut r.linked);
+        // Every piece is unmapped whatever fails: the reservation is gone
+        // with this call, so nothing could unmap a piece left behind.
+        let mut res = Ok(());
         for &(offset, size) in &linked {
             let at = r.iova + r.offset + offset;
             if !self.coherent
@@ -216,18 +245,29 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
                 && dir != Direction::ToDevice
             {
                 if let Some(phys) = d.domain().translate(at) {
-                    self.env.invalidate(phys, size)?;
+                    if let Err(e) = self.env.invalidate(phys, size) {
+                        res = res.and(Err(e.into()));
+                    }
                 }
             }
             let start = at & !(g - 1);
             let len = d.align_len(at + size - start).unwrap_or(0);
-            d.unmap_pages(start, len)?;
+            if let Err(e) = d.unmap_pages(start, len, false) {
+                res = res.and(Err(e));
+            }
+        }
+        if res.is_err() {
+            if d.is_lazy() {
+                // What was unmapped must not stay in the IOTLB.
+                let _ = d.domain().flush_all();
+            }
+            return res;
         }
         if linked.is_empty() {
             // Nothing was ever reachable: no invalidation to wait for.
             d.free_iova_now(r.iova, r.len);
             return Ok(());
         }
-        d.release_iova(r.iova, r.len)
+        d.release_iova(r.iova, r.len, false)
     }
 }

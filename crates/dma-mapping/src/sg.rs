@@ -110,8 +110,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             let off = s.phys & (g - 1);
             let l = d.align_len(off + s.len).unwrap_or(0);
             if let Err(e) = dom.map(at, s.phys - off, l, prot) {
-                let _ = dom.unmap(iova, at + l - iova);
-                d.free_iova_now(iova, total);
+                d.undo_map(iova, at + l - iova, total);
                 return Err(DmaError::Iommu(e));
             }
             let addr = at + off;
@@ -130,8 +129,7 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             at += l;
         }
         if let Err(e) = dom.sync_map(iova, total) {
-            let _ = dom.unmap(iova, total);
-            d.free_iova_now(iova, total);
+            d.undo_map(iova, total, total);
             return Err(DmaError::Iommu(e));
         }
         if let Some(dbg) = &self.debug {
@@ -188,7 +186,8 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
     ///
     /// # Errors
     ///
-    /// Cache and IOMMU errors.
+    /// IOMMU errors; cache errors, after the list is unmapped all the same
+    /// (it is consumed, so nothing could unmap it later).
     ///
     /// # Safety
     ///
@@ -200,6 +199,13 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
                 for (a, s) in addrs.iter().zip(&m.inputs) {
                     // SAFETY: mapped by `map_sg` with these arguments.
                     let r = unsafe { self.unmap_phys(*a, s.len, m.dir, m.attrs) };
+                    if let Err(DmaError::Cache(_)) = r {
+                        // Unmap it without the CPU side all the same: the
+                        // list is consumed, nothing could unmap it later.
+                        let skip = m.attrs | Attrs::SKIP_CPU_SYNC;
+                        // SAFETY: as above; it is still mapped.
+                        let _ = unsafe { self.unmap_phys(*a, s.len, m.dir, skip) };
+                    }
                     if res.is_ok() {
                         res = r;
                     }
@@ -210,19 +216,24 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
                 let Some(d) = &self.domain else {
                     unreachable!("contiguous lists exist only behind an IOMMU");
                 };
+                // A cache error does not stop the unmap: the list is
+                // consumed, so nothing could unmap it later.
+                let mut cache = Ok(());
                 if !self.coherent
                     && !m.attrs.intersects(Attrs::SKIP_CPU_SYNC | Attrs::MMIO)
                     && m.dir != Direction::ToDevice
                 {
                     for s in &m.inputs {
-                        self.env.invalidate(s.phys, s.len)?;
+                        if let Err(e) = self.env.invalidate(s.phys, s.len) {
+                            cache = cache.and(Err(e));
+                        }
                     }
                 }
-                d.unmap_range(DmaAddr(iova), iova, len)?;
+                d.unmap_range(DmaAddr(iova), iova, len, self.cfg.untrusted)?;
                 if let Some(dbg) = &self.debug {
-                    dbg.forget(self.cfg.id, DmaAddr(iova));
+                    dbg.forget(self.cfg.id, DmaAddr(iova), len, m.dir);
                 }
-                Ok(())
+                Ok(cache?)
             }
         }
     }

@@ -218,3 +218,16 @@ fn an_impossible_geometry_is_an_empty_space_not_a_panic() {
     assert_eq!(a.alloc(1, u64::MAX, 0), None);
     assert_eq!(a.tree_free_pages(), 0);
 }
+
+#[test]
+fn cached_frames_counts_frames_of_every_order() {
+    let a = IovaAllocator::new(IovaConfig::new(12, 32, 1));
+    let total = a.tree_free_pages();
+    let two = a.alloc(2, u64::MAX, 0).unwrap();
+    let eight = a.alloc(5, u64::MAX, 0).unwrap();
+    a.free(two, 2, 0).unwrap();
+    a.free(eight, 5, 0).unwrap();
+    // Before, each cached range counted as one frame (2, not 2 + 8).
+    assert_eq!(a.cached_frames(), 2 + 8);
+    assert_eq!(a.tree_free_pages() + a.cached_frames() as u64, total);
+}

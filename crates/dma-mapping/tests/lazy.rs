@@ -120,3 +120,73 @@ fn strict_unmaps_invalidate_before_returning() {
     assert_eq!(f.dom.pending(), 0);
     f.assert_unreachable(dma.0, 4096);
 }
+
+#[test]
+fn a_double_unmap_or_a_sync_after_unmap_is_not_mapped_and_queues_nothing() {
+    let f = fixture(Coherency::NonCoherent, LAZY);
+    let dev = f.device(DeviceConfig::new(1));
+    let pa = f.buffer(4096, 1);
+    // SAFETY: test-owned buffer.
+    let d = unsafe { dev.map_phys(pa, 4096, Direction::FromDevice, Attrs::empty()) }.unwrap();
+    // SAFETY: the mapping above; the misuse after the unmap is refused.
+    unsafe {
+        dev.unmap_phys(d, 4096, Direction::FromDevice, Attrs::empty())
+            .unwrap();
+        assert_eq!(f.dom.pending(), 1);
+        assert_eq!(
+            dev.unmap_phys(d, 4096, Direction::FromDevice, Attrs::empty()),
+            Err(dma_mapping::DmaError::NotMapped(d))
+        );
+        assert_eq!(
+            dev.sync_for_cpu(d, 4096, Direction::FromDevice),
+            Err(dma_mapping::DmaError::NotMapped(d))
+        );
+        assert_eq!(
+            dev.sync_for_device(d, 16, Direction::FromDevice),
+            Err(dma_mapping::DmaError::NotMapped(d))
+        );
+        assert_eq!(f.dom.pending(), 1, "queued once");
+    }
+    f.dom.flush_pending().unwrap();
+    f.assert_unreachable(d.0, 4096);
+}
+
+#[test]
+fn an_exhausted_space_flushes_the_queue_before_failing() {
+    let f = fixture(Coherency::Coherent, LAZY);
+    // 15 usable IOVA pages.
+    let dev = f.device(DeviceConfig {
+        dma_mask: 16 * 4096 - 1,
+        ..DeviceConfig::new(1)
+    });
+    let pa = f.buffer(4096, 3);
+    // SAFETY: test-owned buffer, mapped read-only many times.
+    unsafe {
+        let first: Vec<_> = (0..15)
+            .map(|_| {
+                dev.map_phys(pa, 4096, Direction::ToDevice, Attrs::empty())
+                    .unwrap()
+            })
+            .collect();
+        for &a in &first {
+            assert!(f.dev_read(a.0, 4).is_some());
+            dev.unmap_phys(a, 4096, Direction::ToDevice, Attrs::empty())
+                .unwrap();
+        }
+        assert_eq!(f.dom.pending(), 15);
+        // Every IOVA waits for a flush: the next map flushes, then reuses.
+        let syncs = f.sys.smmu.stats().syncs;
+        let again = dev
+            .map_phys(pa, 4096, Direction::ToDevice, Attrs::empty())
+            .unwrap();
+        assert!(f.sys.smmu.stats().syncs > syncs, "flushed first");
+        assert_eq!(f.dom.pending(), 0);
+        assert!(first.contains(&again));
+        for &a in first.iter().filter(|&&a| a != again) {
+            f.assert_unreachable(a.0, 4096);
+        }
+        dev.unmap_phys(again, 4096, Direction::ToDevice, Attrs::empty())
+            .unwrap();
+    }
+    f.dom.flush_pending().unwrap();
+}

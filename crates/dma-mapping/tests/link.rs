@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use dma_mapping::{Attrs, DeviceConfig, Direction, DmaAddr, DmaError, Invalidation};
+use dma_mapping::{Attrs, DeviceConfig, Direction, DmaAddr, DmaError, Invalidation, IommuDomain};
 use sim_memory::Coherency;
 
 #[test]
@@ -157,5 +157,49 @@ fn lazy_destroy_defers_the_iova_until_the_flush() {
     unsafe { dev.iova_destroy(r, Direction::ToDevice, Attrs::empty()) }.unwrap();
     assert_eq!(f.dom.pending(), 1);
     f.dom.flush_pending().unwrap();
+    f.assert_unreachable(base, 8192);
+}
+
+#[test]
+fn a_reservation_of_another_domain_is_refused_and_changes_nothing() {
+    let f = fixture(Coherency::Coherent, Invalidation::Strict);
+    let other = fixture(Coherency::Coherent, Invalidation::Strict);
+    let dev = f.device(DeviceConfig::new(1));
+    // A device of another domain (its own model and stream table).
+    let stranger = other.device(DeviceConfig::new(2));
+    let a = f.buffer(8192, 5);
+    let mut r = dev.iova_try_alloc(a, 8192).unwrap();
+    // SAFETY: test-owned buffer.
+    unsafe { dev.iova_link(&mut r, a, 0, 4096, Direction::ToDevice, Attrs::empty()) }.unwrap();
+    dev.iova_sync(&r, 0, 4096).unwrap();
+    let base = r.addr().0;
+    // SAFETY: all three calls are refused before anything is mapped or
+    // unmapped.
+    unsafe {
+        // Before, the stranger mapped into its own table at an IOVA its
+        // allocator never gave out (and would later hand out again).
+        assert_eq!(
+            stranger.iova_link(
+                &mut r,
+                a + 4096,
+                4096,
+                4096,
+                Direction::ToDevice,
+                Attrs::empty()
+            ),
+            Err(DmaError::ForeignRange)
+        );
+        assert_eq!(
+            stranger.iova_unlink(&mut r, 0, 4096, Direction::ToDevice, Attrs::empty()),
+            Err(DmaError::ForeignRange)
+        );
+    }
+    assert_eq!(stranger.iova_sync(&r, 0, 4096), Err(DmaError::ForeignRange));
+    assert_eq!(r.linked(), &[(0, 4096)]);
+    let theirs = stranger.dma_domain().unwrap().domain();
+    assert_eq!(theirs.translate(base + 4096), None);
+    assert_eq!(f.dev_read(base, 4096).unwrap(), vec![5; 4096]);
+    // SAFETY: DMA done.
+    unsafe { dev.iova_destroy(r, Direction::ToDevice, Attrs::empty()) }.unwrap();
     f.assert_unreachable(base, 8192);
 }

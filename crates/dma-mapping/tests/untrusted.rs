@@ -134,3 +134,80 @@ fn bounce_exhaustion_on_the_iommu_path_changes_nothing() {
     }
     assert_eq!(pool.used_slots(), 0);
 }
+
+#[test]
+fn a_lazy_domain_unmaps_untrusted_devices_strictly() {
+    // One granule of pool: the second mapping reuses the first's slots at
+    // once, so a stale IOTLB entry of the first would hand the second
+    // user's bytes to the device.
+    let f = fixture(
+        sim_memory::Coherency::Coherent,
+        Invalidation::Lazy {
+            timeout_ticks: 1000,
+        },
+    );
+    let pool = f.pool(4096);
+    let dev = f.device(untrusted()).with_bounce(pool.clone());
+    let first = f.buffer(4096, 0x11) + 0x300;
+    let aligned = f.buffer(8192, 0x22);
+    // SAFETY: test-owned buffers.
+    unsafe {
+        let d0 = dev
+            .map_phys(first, 100, Direction::Bidirectional, Attrs::empty())
+            .unwrap();
+        // An aligned (not bounced) mapping of the same device too.
+        let d1 = dev
+            .map_phys(aligned, 8192, Direction::Bidirectional, Attrs::empty())
+            .unwrap();
+        // Fill the IOTLB with both.
+        assert!(f.dev_read(d0.0, 4).is_some());
+        assert!(f.dev_read(d1.0, 4).is_some());
+        dev.unmap_phys(d0, 100, Direction::Bidirectional, Attrs::empty())
+            .unwrap();
+        dev.unmap_phys(d1, 8192, Direction::Bidirectional, Attrs::empty())
+            .unwrap();
+        assert_eq!(f.dom.pending(), 0, "nothing queued for an untrusted device");
+        // Gone at return (before, the old IOVAs still reached the slot and
+        // the page through the IOTLB).
+        f.assert_unreachable(d0.0, 100);
+        f.assert_unreachable(d1.0, 8192);
+        // The slot's next user: the device sees its bytes and zeroes only.
+        let secret = f.buffer(4096, 0x77) + 0x300;
+        let d2 = dev
+            .map_phys(secret, 100, Direction::ToDevice, Attrs::empty())
+            .unwrap();
+        let granule = f.dev_read(d2.0 & !0xfff, 4096).unwrap();
+        assert_eq!(&granule[0x300..0x364], &[0x77; 100]);
+        assert!(
+            granule[..0x300]
+                .iter()
+                .chain(&granule[0x364..])
+                .all(|&b| b == 0)
+        );
+        dev.unmap_phys(d2, 100, Direction::ToDevice, Attrs::empty())
+            .unwrap();
+        f.assert_unreachable(d2.0, 100);
+    }
+    assert_eq!(pool.used_slots(), 0);
+}
+
+#[test]
+fn an_address_inside_a_bounce_buffer_is_not_mapped_and_changes_nothing() {
+    let f = fixture(sim_memory::Coherency::Coherent, Invalidation::Strict);
+    let pool = f.pool(16384);
+    let dev = f.device(untrusted()).with_bounce(pool.clone());
+    let buf = f.buffer(4096, 0x19) + 0x100;
+    // SAFETY: test-owned buffer.
+    let dma = unsafe { dev.map_phys(buf, 200, Direction::ToDevice, Attrs::empty()) }.unwrap();
+    let inside = dma_mapping::DmaAddr(dma.0 + 8);
+    // SAFETY: refused before anything changes. Before, it unmapped the
+    // IOVA and leaked the bounce slots for good.
+    let e = unsafe { dev.unmap_phys(inside, 192, Direction::ToDevice, Attrs::empty()) };
+    assert_eq!(e, Err(DmaError::NotMapped(inside)));
+    assert_eq!(f.dev_read(dma.0, 200).unwrap(), vec![0x19; 200]);
+    assert_eq!(pool.used_slots(), 2);
+    // SAFETY: the mapping above.
+    unsafe { dev.unmap_phys(dma, 200, Direction::ToDevice, Attrs::empty()) }.unwrap();
+    assert_eq!(pool.used_slots(), 0);
+    f.assert_unreachable(dma.0, 200);
+}

@@ -198,7 +198,8 @@ impl RangeCache {
         }
     }
 
-    /// Returns the number of cached frames of every order.
+    /// Returns the number of cached frames of every order (an entry of
+    /// order `o` is `1 << o` frames).
     pub fn cached(&self) -> usize {
         let local: usize = self
             .cpus
@@ -207,14 +208,16 @@ impl RangeCache {
                 c.orders
                     .lock()
                     .iter()
-                    .map(|m| m.loaded.len + m.prev.len)
+                    .enumerate()
+                    .map(|(o, m)| (m.loaded.len + m.prev.len) << o)
                     .sum::<usize>()
             })
             .sum();
         let depot: usize = self
             .depots
             .iter()
-            .map(|d| d.lock().full.iter().map(|m| m.len).sum::<usize>())
+            .enumerate()
+            .map(|(o, d)| d.lock().full.iter().map(|m| m.len << o).sum::<usize>())
             .sum();
         local + depot
     }

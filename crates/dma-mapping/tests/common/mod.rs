@@ -6,7 +6,7 @@
 use std::cell::Cell;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dma_mapping::smmu::SmmuDomain;
 use dma_mapping::{
@@ -37,6 +37,8 @@ pub fn set_cpu(cpu: usize) {
 pub struct SimEnv {
     pub mem: Arc<SimMemory>,
     pub ticks: AtomicU64,
+    /// Makes every `invalidate` fail (a test's injected cache error).
+    pub fail_invalidate: AtomicBool,
 }
 
 impl SimEnv {
@@ -44,6 +46,7 @@ impl SimEnv {
         Arc::new(Self {
             mem,
             ticks: AtomicU64::new(0),
+            fail_invalidate: AtomicBool::new(false),
         })
     }
 
@@ -71,6 +74,9 @@ unsafe impl DmaEnv for SimEnv {
     }
 
     fn invalidate(&self, phys: u64, len: u64) -> Result<(), CacheError> {
+        if self.fail_invalidate.load(Ordering::Relaxed) {
+            return Err(CacheError { phys, len });
+        }
         self.mem
             .invalidate(phys, len)
             .map_err(|_| CacheError { phys, len })
