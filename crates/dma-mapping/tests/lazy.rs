@@ -31,6 +31,8 @@ fn a_lazily_unmapped_iova_is_not_reused_until_flushed() {
             f.dev_read(dma.0, 4).is_some(),
             "stale IOTLB entry expected before the flush"
         );
+        // And it is the only stale translation the model holds.
+        assert_eq!(f.stale_iovas(), [dma.0]);
         // A new mapping meanwhile gets another IOVA.
         let pb = f.buffer(4096, 0x20);
         // SAFETY: test-owned buffer.
@@ -39,6 +41,7 @@ fn a_lazily_unmapped_iova_is_not_reused_until_flushed() {
         f.dom.flush_pending().unwrap();
         assert_eq!(f.dom.pending(), 0);
         f.assert_unreachable(dma.0, 4096);
+        assert_eq!(f.stale_iovas(), [0u64; 0]);
         // Now the IOVA is free again and comes back first (magazine LIFO).
         // SAFETY: the mapping above.
         unsafe { dev.unmap_phys(other, 4096, Direction::ToDevice, Attrs::empty()) }.unwrap();
@@ -119,6 +122,11 @@ fn strict_unmaps_invalidate_before_returning() {
     assert_eq!(f.sys.smmu.stats().syncs, syncs + 1);
     assert_eq!(f.dom.pending(), 0);
     f.assert_unreachable(dma.0, 4096);
+    assert_eq!(
+        f.stale_iovas(),
+        [0u64; 0],
+        "nothing cached is stale at return"
+    );
 }
 
 #[test]

@@ -202,6 +202,19 @@ impl Fixture {
             .is_ok()
     }
 
+    /// Returns the IOVAs of the translations the model caches that the
+    /// page tables no longer give (see `SmmuModel::audit_caches`), after
+    /// asserting nothing else is stale (walk-cache entries, configuration).
+    #[allow(dead_code)]
+    pub fn stale_iovas(&self) -> Vec<u64> {
+        let a = self.sys.model.audit_caches();
+        assert!(
+            a.stale_walks.is_empty() && a.stale_stage2.is_empty() && a.stale_configs.is_empty(),
+            "{a:?}"
+        );
+        a.stale.iter().map(|s| s.iova).collect()
+    }
+
     /// Asserts the device can neither read nor write any byte of
     /// `[iova, iova + len)` (checked at every granule and at both ends).
     pub fn assert_unreachable(&self, iova: u64, len: u64) {
