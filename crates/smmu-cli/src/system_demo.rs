@@ -74,6 +74,10 @@ pub struct DemoReport {
     pub data_errors: u64,
     /// Unmapped IOVAs that still translated (must be 0).
     pub stale_translations: u64,
+    /// The model's cache audit at the end: (entries checked, stale ones
+    /// found: translations, walk-cache entries, stage-2 entries,
+    /// configurations; must be 0).
+    pub audit: (usize, usize),
     /// Events by name.
     pub events: BTreeMap<String, u64>,
     /// Decoded events of the provoked faults.
@@ -124,7 +128,10 @@ impl Phases {
 impl DemoReport {
     /// Returns whether everything the demo checks held.
     pub fn ok(&self) -> bool {
-        self.data_errors == 0 && self.stale_translations == 0 && self.provoked_mismatches == 0
+        self.data_errors == 0
+            && self.stale_translations == 0
+            && self.provoked_mismatches == 0
+            && self.audit.1 == 0
     }
 }
 
@@ -265,6 +272,10 @@ pub fn run(opts: DemoOptions) -> Result<DemoReport, String> {
         m.descriptor_reads,
     );
     rep.config_cache = (m.ste_hits, m.ste_misses, m.cd_hits, m.cd_misses);
+    // Everything the model still caches, against the tables in memory.
+    let a = sys.model.audit_caches();
+    let stale = a.stale.len() + a.stale_walks.len() + a.stale_stage2.len() + a.stale_configs.len();
+    rep.audit = (a.checked, stale);
     sys.smmu.shutdown().map_err(err("shutdown"))?;
     Ok(rep)
 }
@@ -637,6 +648,11 @@ pub fn render(rep: &DemoReport) -> String {
         s,
         "  config cache: STE hits {sh} misses {sm}, CD hits {ch} misses {cm}"
     );
+    let _ = writeln!(
+        s,
+        "  cache audit: {} cached entries checked against the tables in memory, {} stale",
+        rep.audit.0, rep.audit.1
+    );
     let _ = writeln!(s, "== events");
     for (name, n) in &rep.events {
         let _ = writeln!(s, "  {name}: {n}");
@@ -647,7 +663,7 @@ pub fn render(rep: &DemoReport) -> String {
         if rep.ok() {
             "OK"
         } else {
-            "FAILED (see data errors, stale translations, provoked faults)"
+            "FAILED (see data errors, stale translations, cache audit, provoked faults)"
         }
     );
     s
@@ -674,6 +690,9 @@ mod tests {
             let r = small(coh);
             assert!(r.ok(), "{}", render(&r));
             assert_eq!(r.ops, 60);
+            // The audit saw the devices' remaining cached entries.
+            assert_eq!(r.audit.1, 0);
+            assert!(r.audit.0 > 0, "{:?}", r.audit);
             assert!(r.dma_bytes > 0);
             // Each translated op ends with one probe fault (4 of 5 devices)
             // and the provoked faults add their own.
