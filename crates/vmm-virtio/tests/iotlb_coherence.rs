@@ -47,6 +47,9 @@ fn check(sys: &System, dom: Option<&HostedDomain>, io: &StreamIommu, what: &str)
         }
         held += usize::from(got.is_some());
     }
+    // Whatever else the model caches agrees with memory too.
+    let audit = sys.model.audit_caches();
+    assert!(audit.is_clean(), "{what}: {audit:?}");
     held
 }
 

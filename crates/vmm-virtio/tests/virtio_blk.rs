@@ -77,6 +77,9 @@ fn assert_released_unreachable(s: &Setup) {
             assert_eq!(s.vm.model.cached_translation(s.sid, None, page), None);
         }
     }
+    // Nor does anything else the model caches disagree with the tables.
+    let audit = s.vm.model.audit_caches();
+    assert!(audit.is_clean(), "{audit:?}");
 }
 
 #[test]
