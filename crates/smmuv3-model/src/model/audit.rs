@@ -302,6 +302,56 @@ impl SmmuModel {
     }
 }
 
+/// An unprivileged data read, the access the audit's walks make.
+const READ: Access = Access {
+    write: false,
+    privileged: false,
+    instruction: false,
+};
+
+/// A walk of `ia` through table `tt` from its root in `mem`, each table
+/// address mapped by `fetch` (stage 2 of a nested stage 1, or none).
+struct Fresh<E> {
+    leaf: Result<crate::walk::Leaf, crate::walk::Halt<E>>,
+    steps: crate::walk::WalkSteps,
+    n: usize,
+}
+
+impl<E> Fresh<E> {
+    fn walk(
+        mem: &Arc<dyn DeviceMemory>,
+        tt: &TableCfg,
+        ia: u64,
+        acc: Access,
+        perm: S1Perm,
+        fetch: &mut impl FnMut(u64) -> Result<u64, E>,
+    ) -> Self {
+        let mut steps = [(0, 0, TableAttrs::default()); 4];
+        let mut n = 0;
+        let leaf = walk::walk(
+            Tables::new(&**mem),
+            tt,
+            Start::root(tt),
+            ia,
+            acc,
+            perm,
+            fetch,
+            &mut steps,
+            &mut n,
+        );
+        Self { leaf, steps, n }
+    }
+
+    /// Returns the table descriptor the walk found at the level whose
+    /// lowest input bit is `lsb`: (next table, attributes down to it).
+    fn step(&self, lsb: u32) -> Option<(u64, TableAttrs)> {
+        self.steps[..self.n]
+            .iter()
+            .find(|st| st.0 == lsb)
+            .map(|st| (st.1, st.2))
+    }
+}
+
 /// Returns the (StreamID, SubstreamID) of a context cache key.
 fn stream_of(key: u64) -> (u32, Option<u32>) {
     let ssid = key as u32;
@@ -351,26 +401,9 @@ fn audit_walks(
             let Some(level) = (tt.start_level..3).find(|&l| tt.level_lsb(l) == lsb) else {
                 continue;
             };
-            let mut steps = [(0, 0, TableAttrs::default()); 4];
-            let mut n = 0;
-            let read = Access {
-                write: false,
-                privileged: false,
-                instruction: false,
-            };
-            let _ = walk::walk::<Infallible, _>(
-                Tables::new(&**mem),
-                &tt,
-                Start::root(&tt),
-                ia,
-                read,
-                perm,
-                &mut Ok,
-                &mut steps,
-                &mut n,
-            );
-            let now = steps[..n].iter().find(|st| st.0 == lsb);
-            if now.map(|st| (st.1, st.2)) != Some((w.next_table(), w.attrs())) {
+            let fresh = Fresh::<Infallible>::walk(mem, &tt, ia, READ, perm, &mut Ok);
+            let now = fresh.step(lsb);
+            if now != Some((w.next_table(), w.attrs())) {
                 audit.stale_walks.push(StaleWalk {
                     sid,
                     ssid,
@@ -378,7 +411,7 @@ fn audit_walks(
                     input,
                     level: level + 1,
                     cached_table: w.next_table(),
-                    now: now.map(|st| st.1),
+                    now: now.map(|st| st.0),
                 });
             }
         }
@@ -415,19 +448,7 @@ fn check_stage2(
             if !e.perms.allows(acc) {
                 continue;
             }
-            let mut st = [(0, 0, TableAttrs::default()); 4];
-            let mut n = 0;
-            let leaf = walk::walk::<Infallible, _>(
-                Tables::new(&**mem),
-                tt,
-                Start::root(tt),
-                a,
-                acc,
-                S1Perm::default(),
-                &mut Ok,
-                &mut st,
-                &mut n,
-            );
+            let leaf = Fresh::<Infallible>::walk(mem, tt, a, acc, S1Perm::default(), &mut Ok).leaf;
             let now = leaf.ok().filter(|l| l.perms.allows(acc)).map(|l| {
                 let off = a & ((1 << l.size_log2) - 1);
                 step = step.min((1 << l.size_log2) - off);
@@ -451,26 +472,10 @@ fn check_stage2(
 /// Returns the physical address stage-2 table `tt` gives `ipa` for a read,
 /// walking the tables in memory.
 fn stage2_read(mem: &Arc<dyn DeviceMemory>, tt: &TableCfg, ipa: u64) -> Option<u64> {
-    let read = Access {
-        write: false,
-        privileged: false,
-        instruction: false,
-    };
-    let mut st = [(0, 0, TableAttrs::default()); 4];
-    let mut n = 0;
-    let leaf = walk::walk::<Infallible, _>(
-        Tables::new(&**mem),
-        tt,
-        Start::root(tt),
-        ipa,
-        read,
-        S1Perm::default(),
-        &mut Ok,
-        &mut st,
-        &mut n,
-    )
-    .ok()
-    .filter(|l| l.perms.allows(read))?;
+    let leaf = Fresh::<Infallible>::walk(mem, tt, ipa, READ, S1Perm::default(), &mut Ok)
+        .leaf
+        .ok()
+        .filter(|l| l.perms.allows(READ))?;
     Some(leaf.oa_base + (ipa & ((1 << leaf.size_log2) - 1)))
 }
 
@@ -500,27 +505,9 @@ fn audit_nested_walk(
         let Some(level) = (tt.start_level..3).find(|&l| tt.level_lsb(l) == lsb) else {
             continue;
         };
-        let mut steps = [(0, 0, TableAttrs::default()); 4];
-        let mut n = 0;
-        let read = Access {
-            write: false,
-            privileged: false,
-            instruction: false,
-        };
         let mut fetch = |desc_ipa: u64| stage2_read(mem, &s2.tt, desc_ipa).ok_or(());
-        let _ = walk::walk::<(), _>(
-            Tables::new(&**mem),
-            tt,
-            Start::root(tt),
-            ia,
-            read,
-            cd.perm,
-            &mut fetch,
-            &mut steps,
-            &mut n,
-        );
-        let now = steps[..n].iter().find(|st| st.0 == lsb);
-        if now.map(|st| (st.1, st.2)) != Some((w.next_table(), w.attrs())) {
+        let now = Fresh::walk(mem, tt, ia, READ, cd.perm, &mut fetch).step(lsb);
+        if now != Some((w.next_table(), w.attrs())) {
             let (sid, ssid) = stream_of(*key);
             audit.stale_walks.push(StaleWalk {
                 sid,
@@ -529,7 +516,7 @@ fn audit_nested_walk(
                 input,
                 level: level + 1,
                 cached_table: w.next_table(),
-                now: now.map(|st| st.1),
+                now: now.map(|st| st.0),
             });
         }
     }
