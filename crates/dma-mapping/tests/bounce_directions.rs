@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use dma_mapping::{Attrs, DeviceConfig, Direction, DmaDevice, DmaError, Invalidation};
+use dma_mapping::{Attrs, DeviceConfig, Direction, DmaError, Invalidation};
 use sim_memory::Coherency;
 
 fn untrusted(f: &Fixture, pool_size: u64) -> Dev {
@@ -175,14 +175,13 @@ fn bidirectional_copies_both_ways_and_skip_cpu_sync_copies_nothing_back() {
 fn the_forced_direct_path_bounces_by_direction_too() {
     let f = fixture(Coherency::NonCoherent, Invalidation::Strict);
     let pool = f.pool(8192);
-    let dev: DirectDev = DmaDevice::direct(
+    let dev: DirectDev = f.direct_bounced(
         DeviceConfig {
             force_bounce: true,
             ..DeviceConfig::new(1)
         },
-        f.env.clone(),
-    )
-    .with_bounce(pool.clone());
+        &pool,
+    );
     let buf = f.buffer(4096, 0) + 0x10;
     f.sys.mem.cpu_write(buf, &[0x80; 100]).unwrap();
     let read = |a: u64, n: usize| {
@@ -226,13 +225,10 @@ fn the_forced_direct_path_bounces_by_direction_too() {
 #[test]
 fn forced_bouncing_without_a_pool_says_so() {
     let f = fixture(Coherency::Coherent, Invalidation::Strict);
-    let dev: DirectDev = DmaDevice::direct(
-        DeviceConfig {
-            force_bounce: true,
-            ..DeviceConfig::new(1)
-        },
-        f.env.clone(),
-    );
+    let dev: DirectDev = f.direct(DeviceConfig {
+        force_bounce: true,
+        ..DeviceConfig::new(1)
+    });
     let pa = f.buffer(4096, 1);
     // SAFETY: refused before anything is touched. Before, this was
     // `Unreachable` for an address the device reaches.

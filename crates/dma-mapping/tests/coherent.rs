@@ -28,13 +28,10 @@ fn coherent_memory_is_shared_without_syncs_and_gone_after_free() {
 #[test]
 fn direct_coherent_allocations_check_the_mask() {
     let f = fixture(sim_memory::Coherency::Coherent, Invalidation::Strict);
-    let low: DirectDev = DmaDevice::direct(
-        DeviceConfig {
-            dma_mask: (1 << 30) - 1,
-            ..DeviceConfig::new(1)
-        },
-        f.env.clone(),
-    );
+    let low: DirectDev = f.direct(DeviceConfig {
+        dma_mask: (1 << 30) - 1,
+        ..DeviceConfig::new(1)
+    });
     assert!(matches!(
         low.alloc_coherent(4096),
         Err(DmaError::Unreachable { .. })

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use dma_mapping::{Attrs, DeviceConfig, Direction, DmaAddr, DmaDevice, DmaError};
+use dma_mapping::{Attrs, DeviceConfig, Direction, DmaAddr, DmaError};
 use sim_memory::Coherency;
 use smmuv3_hosted::MEM_BASE;
 
@@ -20,13 +20,10 @@ fn direct_address_is_phys_plus_offset_and_caches_are_maintained() {
     both(|coh| {
         let f = fixture(coh, dma_mapping::Invalidation::Strict);
         let off = 0x1000_0000_0000;
-        let dev: DirectDev = DmaDevice::direct(
-            DeviceConfig {
-                dma_offset: off,
-                ..DeviceConfig::new(1)
-            },
-            f.env.clone(),
-        );
+        let dev = f.direct(DeviceConfig {
+            dma_offset: off,
+            ..DeviceConfig::new(1)
+        });
         let pa = f.buffer(4096, 0x21);
         // SAFETY: test-owned buffer.
         let dma =
@@ -50,13 +47,10 @@ fn beyond_the_mask_without_a_pool_is_unreachable() {
     let f = fixture(Coherency::Coherent, dma_mapping::Invalidation::Strict);
     // Memory starts at 1 GiB: a 30-bit device reaches none of it.
     let mask = (1 << 30) - 1;
-    let dev: DirectDev = DmaDevice::direct(
-        DeviceConfig {
-            dma_mask: mask,
-            ..DeviceConfig::new(1)
-        },
-        f.env.clone(),
-    );
+    let dev = f.direct(DeviceConfig {
+        dma_mask: mask,
+        ..DeviceConfig::new(1)
+    });
     let pa = f.buffer(4096, 1);
     assert!(pa >= MEM_BASE);
     // SAFETY: refused before touching memory.
@@ -78,14 +72,11 @@ fn beyond_the_mask_bounces_into_a_reachable_pool_and_copies_back() {
         let pool = f.pool(256 * 1024);
         // The device reaches only the pool's first 256 KiB window.
         let mask = pool.base() + pool.size() - 1;
-        let dev: DirectDev = DmaDevice::direct(
-            DeviceConfig {
-                dma_mask: mask,
-                ..DeviceConfig::new(1)
-            },
-            f.env.clone(),
-        )
-        .with_bounce(pool.clone());
+        let cfg = DeviceConfig {
+            dma_mask: mask,
+            ..DeviceConfig::new(1)
+        };
+        let dev = f.direct_bounced(cfg, &pool);
         // A buffer above the mask.
         let pa = std::iter::repeat_with(|| f.buffer(8192, 0x77))
             .find(|&pa| pa > mask)
@@ -118,14 +109,11 @@ fn beyond_the_mask_bounces_into_a_reachable_pool_and_copies_back() {
 fn forced_bouncing_and_pool_exhaustion() {
     let f = fixture(Coherency::Coherent, dma_mapping::Invalidation::Strict);
     let pool = f.pool(64 * 1024);
-    let dev: DirectDev = DmaDevice::direct(
-        DeviceConfig {
-            force_bounce: true,
-            ..DeviceConfig::new(1)
-        },
-        f.env.clone(),
-    )
-    .with_bounce(pool.clone());
+    let cfg = DeviceConfig {
+        force_bounce: true,
+        ..DeviceConfig::new(1)
+    };
+    let dev = f.direct_bounced(cfg, &pool);
     let pa = f.buffer(64 * 1024, 9);
     let mut live = Vec::new();
     // SAFETY: test-owned buffer.

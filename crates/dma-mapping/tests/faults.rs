@@ -15,9 +15,7 @@ use dma_mapping::{
 };
 use io_pgtable::Granule;
 use sim_memory::Coherency;
-use smmuv3::{AttachOptions, SmmuConfig};
-use smmuv3_hosted::{HostedDomain, System};
-use smmuv3_model::ModelConfig;
+use smmuv3_hosted::HostedDomain;
 
 /// The model's domain with failures on demand: each counter is the number
 /// of calls to let through before one fails (`u32::MAX`: never). A failing
@@ -95,17 +93,7 @@ struct Rig {
 }
 
 fn rig(inv: Invalidation) -> Rig {
-    let sys = System::new(
-        MEM,
-        Coherency::Coherent,
-        ModelConfig::default(),
-        SmmuConfig::default(),
-    )
-    .unwrap();
-    let hd = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
-    sys.smmu
-        .attach(SID, None, &hd, AttachOptions::default())
-        .unwrap();
+    let (sys, hd) = attached(Coherency::Coherent, Granule::K4);
     let env = SimEnv::new(sys.mem.clone());
     let faulty = Faulty {
         inner: dma_mapping::smmu::SmmuDomain::new(hd, true),

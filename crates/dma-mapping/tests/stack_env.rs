@@ -15,9 +15,7 @@ use dma_mapping::{
 };
 use io_pgtable::Granule;
 use sim_memory::Coherency;
-use smmuv3::{AttachOptions, SmmuConfig};
-use smmuv3_hosted::{HostedDomain, SimDmaMemory, System};
-use smmuv3_model::ModelConfig;
+use smmuv3_hosted::SimDmaMemory;
 
 #[derive(Default)]
 struct Clock(AtomicU64);
@@ -33,17 +31,7 @@ impl CpuClock for Clock {
 
 #[test]
 fn the_driver_memory_environment_serves_dma_buffers_too() {
-    let sys = System::new(
-        MEM,
-        Coherency::NonCoherent,
-        ModelConfig::default(),
-        SmmuConfig::default(),
-    )
-    .unwrap();
-    let hd = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
-    sys.smmu
-        .attach(SID, None, &hd, AttachOptions::default())
-        .unwrap();
+    let (sys, hd) = attached(Coherency::NonCoherent, Granule::K4);
     // SAFETY: SimDmaMemory's phys_to_cpu covers all of the simulated memory.
     let env =
         Arc::new(unsafe { StackEnv::new(SimDmaMemory::new(sys.mem.clone()), Clock::default()) });

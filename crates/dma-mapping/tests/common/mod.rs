@@ -130,12 +130,19 @@ pub fn fixture_with(coh: Coherency, inv: Invalidation, ncpus: usize) -> Fixture 
     fixture_granule(coh, inv, ncpus, Granule::K4)
 }
 
-pub fn fixture_granule(coh: Coherency, inv: Invalidation, ncpus: usize, g: Granule) -> Fixture {
+/// Returns the driver over the model with a stage-1 domain of granule
+/// `g` attached to stream `SID`.
+pub fn attached(coh: Coherency, g: Granule) -> (System, HostedDomain) {
     let sys = System::new(MEM, coh, ModelConfig::default(), SmmuConfig::default()).unwrap();
     let hd = HostedDomain::new_stage1(&sys.smmu, g, 48).unwrap();
     sys.smmu
         .attach(SID, None, &hd, AttachOptions::default())
         .unwrap();
+    (sys, hd)
+}
+
+pub fn fixture_granule(coh: Coherency, inv: Invalidation, ncpus: usize, g: Granule) -> Fixture {
+    let (sys, hd) = attached(coh, g);
     let coherent = sys.smmu.features().coherent;
     let env = SimEnv::new(sys.mem.clone());
     let dom = Arc::new(
@@ -158,6 +165,19 @@ impl Fixture {
     }
 
     /// Returns a bounce pool of `size` bytes carved from the memory.
+    /// Returns a device on the direct path (no IOMMU) with `cfg`.
+    #[allow(dead_code)]
+    pub fn direct(&self, cfg: DeviceConfig) -> DirectDev {
+        DmaDevice::direct(cfg, self.env.clone())
+    }
+
+    /// Returns a device on the direct path with `cfg`, bouncing through
+    /// `pool` what it cannot reach (or everything, with `force_bounce`).
+    #[allow(dead_code)]
+    pub fn direct_bounced(&self, cfg: DeviceConfig, pool: &Arc<BouncePool>) -> DirectDev {
+        self.direct(cfg).with_bounce(pool.clone())
+    }
+
     pub fn pool(&self, size: u64) -> Arc<BouncePool> {
         let base = self.sys.mem.alloc(size).unwrap();
         self.sys.mem.clean(base, size).unwrap();
