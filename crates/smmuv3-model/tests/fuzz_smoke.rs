@@ -109,6 +109,30 @@ fn check_invariants(smmu: &SmmuModel, mem: &SimMemory, paused: bool) {
     let _ = Event::new;
 }
 
+/// The cache audit leaves the model's whole state as it was whatever that
+/// state is (stalls, errors, paused queues, injected aborts), and memory
+/// too (compared when `whole_memory`, which is slow); each stale
+/// translation it reports is one the model's caches do serve.
+fn audit_changes_nothing(smmu: &SmmuModel, mem: &SimMemory, whole_memory: bool) {
+    let read = |m: &SimMemory| {
+        let mut b = vec![0u8; SIZE as usize];
+        m.cpu_read(BASE, &mut b).unwrap();
+        b
+    };
+    let before = smmu.snapshot();
+    let bytes = whole_memory.then(|| read(mem));
+    let audit = smmu.audit_caches();
+    assert_eq!(smmu.snapshot(), before, "the audit changed the model");
+    if let Some(b) = bytes {
+        assert!(read(mem) == b, "the audit changed memory");
+    }
+    for st in &audit.stale {
+        let unit = smmu.cached_translation(st.sid, st.ssid, st.iova);
+        let pa = unit.map(|u| u.pa_base + (st.iova - u.iova_base));
+        assert_eq!(pa, Some(st.cached_pa), "{st:?}");
+    }
+}
+
 #[test]
 fn fuzz_registers_memory_commands_dma() {
     let mut runner = TestRunner::new(Config {
@@ -139,6 +163,7 @@ fn fuzz_registers_memory_commands_dma() {
             smmu.write32(regs::CR0, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN);
             let mut prod = 0u32;
             let mut paused = false;
+            let mut step = 0u32;
             for op in ops {
                 match op {
                     Op::Write32(o, v) => smmu.write32(o, v),
@@ -186,6 +211,8 @@ fn fuzz_registers_memory_commands_dma() {
                     }
                 }
                 check_invariants(&smmu, &mem, paused);
+                audit_changes_nothing(&smmu, &mem, step % 16 == 0);
+                step += 1;
             }
             let s = smmu.stats();
             prop_assert!(s.tlb_hits + s.tlb_misses <= s.translations * 4 + 1);
