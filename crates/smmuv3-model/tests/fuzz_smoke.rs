@@ -163,8 +163,7 @@ fn fuzz_registers_memory_commands_dma() {
             smmu.write32(regs::CR0, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN);
             let mut prod = 0u32;
             let mut paused = false;
-            let mut step = 0u32;
-            for op in ops {
+            for (step, op) in ops.into_iter().enumerate() {
                 match op {
                     Op::Write32(o, v) => smmu.write32(o, v),
                     Op::Write64(o, v) => smmu.write64(o, v),
@@ -212,7 +211,6 @@ fn fuzz_registers_memory_commands_dma() {
                 }
                 check_invariants(&smmu, &mem, paused);
                 audit_changes_nothing(&smmu, &mem, step % 16 == 0);
-                step += 1;
             }
             let s = smmu.stats();
             prop_assert!(s.tlb_hits + s.tlb_misses <= s.translations * 4 + 1);
