@@ -378,3 +378,28 @@ fn a_nested_streams_stage2_block_remapped_without_tlbi_is_stale_at_stage2() {
     r.h.sync();
     assert!(r.h.smmu.audit_caches().is_clean());
 }
+
+/// A table descriptor whose hierarchical attributes changed (APTable made
+/// the range read-only) behind a leaf-only TLBI: the same table, but the
+/// walk cache would still grant what the new attributes take away.
+#[test]
+fn a_table_descriptors_attributes_changed_leaf_only_is_a_stale_walk() {
+    let mut r = cached(true);
+    let l2 = r.pt.slot(&r.h, VA, 2);
+    let table = r.h.r64(l2) & 0x0000_ffff_ffff_f000;
+    const APTABLE_RO: u64 = 1 << 62;
+    r.h.w64(l2, r.h.r64(l2) | APTABLE_RO);
+    tlbi_page(&mut r.h, VA);
+    let a = r.h.smmu.audit_caches();
+    assert_eq!(a.stale_walks.len(), 1, "{a:?}");
+    let w = a.stale_walks[0];
+    assert_eq!((w.level, w.cached_table, w.now), (3, table, Some(table)));
+    // The hazard: the walk through the cached descriptor still allows the
+    // write the new APTable forbids.
+    assert_eq!(translate(&r.h, VA, true), Ok(r.page));
+    let (w0, w1) = tlbi_nh_va(ASID, VA, false);
+    r.h.cmd(w0, w1);
+    r.h.sync();
+    assert!(r.h.smmu.audit_caches().is_clean());
+    assert!(translate(&r.h, VA, true).is_err());
+}
