@@ -287,10 +287,16 @@ fn hypervisor_stage2_at_vmid0() {
         // Donating the page to the hypervisor: unmap it from the shadow
         // (the 2 MiB block splits) and the device can no longer reach it.
         assert_eq!(host.unmap(pa, 0x1000).unwrap(), 0x1000);
+        let audit = sys.model.audit_caches();
+        assert!(audit.is_clean(), "{coh:?}: {audit:?}");
         check_fault(&sys, DmaRequest::write(0x60, pa, 4), EventType::Translation);
         // Its neighbour in the same former block still works.
         let next = pa + 0x1000;
         dma_roundtrip(&sys, DmaRequest::write(0x60, next, 8), next, &[6; 8]).unwrap();
+        // With the split table now cached too, nothing cached is stale.
+        let audit = sys.model.audit_caches();
+        assert!(audit.is_clean(), "{coh:?}: {audit:?}");
+        assert!(audit.checked > 0, "{audit:?}");
     });
 }
 
@@ -368,6 +374,8 @@ fn every_granule_on_both_stages() {
                 1,
                 "{g:?} stage2={stage2}"
             );
+            let audit = sys.model.audit_caches();
+            assert!(audit.is_clean(), "{g:?} stage2={stage2}: {audit:?}");
             check_fault(
                 &sys,
                 DmaRequest::write(sid, iova + size + 8, 4),

@@ -261,6 +261,10 @@ fn run(coh: Coherency) {
                 Rig::expect(to),
                 "{from:?} -> {to:?}"
             );
+            // The update left no cached STE, CD or translation of the old
+            // configuration behind.
+            let audit = rig.sys.model.audit_caches();
+            assert!(audit.is_clean(), "{from:?} -> {to:?}: {audit:?}");
             let steps: Vec<Seen> = seen.lock().unwrap().drain(..).collect();
             assert_eq!(steps.len() as u64, syncs, "one look per sync");
             observed += steps.len();
