@@ -94,7 +94,7 @@ impl SmmuDevice {
         if at.base % (64 << 10) != 0 {
             return Err(FdtError::Unaligned(at.base));
         }
-        let idr0 = self.model().read32(regs::IDR0);
+        let idr0 = self.model().id_regs().idr[0];
         let mut lines = vec![("eventq", at.eventq_spi), ("gerror", at.gerror_spi)];
         if let Some(spi) = at.cmdq_sync_spi {
             lines.push(("cmdq-sync", spi));
