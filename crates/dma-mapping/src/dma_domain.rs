@@ -3,6 +3,7 @@
 //! domain share all three.
 
 use alloc::sync::Arc;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::domain::IommuDomain;
 use crate::env::DmaEnv;
@@ -54,7 +55,14 @@ pub struct DmaDomain<D: IommuDomain, E: DmaEnv> {
     iova: IovaAllocator,
     fq: Option<FlushQueue>,
     shift: u32,
+    /// Names this domain for as long as the program runs (not its
+    /// address, which a later domain may be given).
+    serial: usize,
 }
+
+/// The serial of the next domain. Sixty-four bits of domains do not wrap;
+/// on a 32-bit target it would take four billion domains.
+static NEXT_SERIAL: AtomicUsize = AtomicUsize::new(1);
 
 type Res<T, D> = Result<T, DmaError<<D as IommuDomain>::Error>>;
 
@@ -89,7 +97,16 @@ impl<D: IommuDomain, E: DmaEnv> DmaDomain<D, E> {
             iova,
             fq,
             shift,
+            // Relaxed: the serial only has to differ from every other
+            // domain's, which the atomic increment alone guarantees.
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// Returns the serial naming this domain, distinct from every other
+    /// domain's of the program (link reservations carry it).
+    pub(crate) fn serial(&self) -> usize {
+        self.serial
     }
 
     /// Returns the driver's domain.

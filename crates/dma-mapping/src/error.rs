@@ -96,7 +96,8 @@ pub enum DmaError<E> {
         size: u64,
     },
     /// A link reservation used with a device of another IOMMU domain
-    /// (its IOVA belongs to that domain's space).
+    /// (its IOVA belongs to that domain's space), including one dropped
+    /// since: domains are told apart by a serial, not by address.
     #[error("the IOVA reservation belongs to another domain")]
     ForeignRange,
     /// Memory for a coherent allocation could not be had.

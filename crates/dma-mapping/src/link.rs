@@ -25,7 +25,7 @@ pub struct IovaRange {
     size: u64,
     /// Linked pieces `(offset, size)`, sorted.
     linked: Vec<(u64, u64)>,
-    /// The domain whose IOVA space it is (its address, as identity).
+    /// The serial of the domain whose IOVA space it is.
     domain: usize,
 }
 
@@ -71,14 +71,14 @@ impl<E: DmaEnv, D: IommuDomain> DmaDevice<E, D> {
             offset,
             size,
             linked: Vec::new(),
-            domain: Arc::as_ptr(d) as *const () as usize,
+            domain: d.serial(),
         })
     }
 
     /// Returns the domain of the device, refusing a reservation of another.
     fn link_domain(&self, r: &IovaRange) -> Res<&Arc<DmaDomain<D, E>>, D> {
         let d = self.domain.as_ref().ok_or(DmaError::NoIommu)?;
-        if Arc::as_ptr(d) as *const () as usize != r.domain {
+        if d.serial() != r.domain {
             return Err(DmaError::ForeignRange);
         }
         Ok(d)
