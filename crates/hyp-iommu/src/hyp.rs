@@ -270,16 +270,21 @@ where
     /// # Errors
     ///
     /// [`Error::NoSmmu`], [`Error::SmmuOff`]; [`Error::Driver`] when it
-    /// does not acknowledge the disable (it is still forgotten: its next
-    /// bring-up invalidates everything).
+    /// does not acknowledge the disable: it is then still on for the
+    /// shadow (it may still translate from its TLBs, so every later
+    /// invalidation goes to it, and fails while it does not answer) until
+    /// a power-off succeeds.
     pub fn power_off(&mut self, smmu: usize) -> Result<(), Error> {
         let mut slots = self.shadow.env().slots.lock();
         let slot = slots.get_mut(smmu).ok_or(Error::NoSmmu(smmu))?;
-        let s = slot.smmu.take().ok_or(Error::SmmuOff(smmu))?;
-        let r = s.shutdown();
+        let s = slot.smmu.as_ref().ok_or(Error::SmmuOff(smmu))?;
+        // Skipping an SMMU whose disable was not acknowledged would leave
+        // its cached translations of pages given away in place.
+        s.shutdown().map_err(|error| Error::Driver { smmu, error })?;
         // The binding's streams need no detach on a quiescent SMMU.
         slot.binding = None;
-        r.map_err(|error| Error::Driver { smmu, error })
+        slot.smmu = None;
+        Ok(())
     }
 
     /// Brings SMMU `smmu` back from the hypervisor's state alone: `fresh`

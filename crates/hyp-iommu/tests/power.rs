@@ -171,3 +171,119 @@ fn dropping_the_hypervisor_iommu_detaches_before_freeing_the_shadow() {
     assert_eq!(read(&models[1], &mut buf), Err(DmaFault::GlobalAbort));
     drop(smmu);
 }
+
+/// A register frame over a model that, once deaf, drops writes to CR0: an
+/// SMMU that no longer acknowledges a disable and keeps translating.
+#[derive(Clone)]
+struct DeafFrame {
+    inner: smmuv3_hosted::ModelFrame,
+    deaf: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl smmuv3::env::RegisterFrame for DeafFrame {
+    fn read32(&self, offset: usize) -> u32 {
+        self.inner.read32(offset)
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        let deaf = self.deaf.load(std::sync::atomic::Ordering::SeqCst);
+        if !(deaf && offset == smmuv3::regs::CR0) {
+            self.inner.write32(offset, value)
+        }
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        self.inner.read64(offset)
+    }
+
+    fn write64(&self, offset: usize, value: u64) {
+        self.inner.write64(offset, value)
+    }
+}
+
+#[test]
+fn an_smmu_that_does_not_acknowledge_power_off_is_still_invalidated() {
+    use smmuv3_hosted::{PollClock, SimDmaMemory};
+    type DeafEnv = (DeafFrame, SimDmaMemory, PollClock);
+    let parts = common::Parts::new(&Setup {
+        smmus: 2,
+        ..Setup::default()
+    });
+    let deaf = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let smmus: Vec<smmuv3::Smmu<DeafEnv>> = parts
+        .models
+        .iter()
+        .map(|m| {
+            let frame = DeafFrame {
+                inner: smmuv3_hosted::ModelFrame::new(m.clone()),
+                deaf: deaf.clone(),
+            };
+            smmuv3::Smmu::new(
+                frame,
+                SimDmaMemory::new(parts.mem.clone()),
+                PollClock::default(),
+                smmuv3::SmmuConfig {
+                    timeout_us: 20_000,
+                    ..smmuv3::SmmuConfig::default()
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut hyp = hyp_iommu::HypIommu::new(
+        &parts.map,
+        smmus,
+        SimDmaMemory::new(parts.mem.clone()),
+        common::SimScrub(parts.mem.clone()),
+        hyp_iommu::Options::default(),
+    )
+    .unwrap();
+    for s in 0..2 {
+        hyp.attach_host_stream(s, SID).unwrap();
+    }
+    let read = |s: usize, pa: u64| {
+        let mut buf = [0u8; 8];
+        parts.models[s]
+            .dma_read(&smmuv3_model::DmaRequest::read(SID, pa, 8), &mut buf)
+            .map(|()| buf)
+    };
+    let t = parts.ram.base + 100 * P;
+    parts.mem.cpu_write(t, &[9; 8]).unwrap();
+    parts.mem.clean(t, 8).unwrap();
+    // SMMU 1 caches the page's translation.
+    assert_eq!(read(1, t), Ok([9; 8]));
+    deaf.store(true, std::sync::atomic::Ordering::SeqCst);
+    match hyp.power_off(1) {
+        Err(Error::Driver {
+            smmu: 1,
+            error: smmuv3::Error::Timeout(_),
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // It still translates: the hypervisor may not forget it.
+    assert_eq!(read(1, t), Ok([9; 8]));
+    let r = hyp.donate_to_guest(t, P, 3);
+    if hyp.owner(t) != Some(Owner::Host) {
+        for s in 0..2 {
+            assert!(
+                read(s, t).is_err(),
+                "SMMU {s} reaches donated page {t:#x} ({r:?})"
+            );
+        }
+    }
+    assert!(hyp.is_on(1));
+    assert!(
+        matches!(r, Err(Error::Unresponsive { smmu: 1, .. })),
+        "{r:?}"
+    );
+    assert_eq!(hyp.owner(t), Some(Owner::Host));
+    assert_eq!(parts.models[1].audit_caches().stale.len(), 0);
+    // Once it acknowledges, the power-off goes through and so does the
+    // donation.
+    deaf.store(false, std::sync::atomic::Ordering::SeqCst);
+    hyp.power_off(1).unwrap();
+    assert!(!hyp.is_on(1));
+    hyp.donate_to_guest(t, P, 3).unwrap();
+    assert!(is_s2_translation_fault(&read(0, t).unwrap_err()));
+    assert_eq!(read(1, t), Err(DmaFault::GlobalAbort));
+}
