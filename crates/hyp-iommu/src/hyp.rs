@@ -280,7 +280,8 @@ where
         let s = slot.smmu.as_ref().ok_or(Error::SmmuOff(smmu))?;
         // Skipping an SMMU whose disable was not acknowledged would leave
         // its cached translations of pages given away in place.
-        s.shutdown().map_err(|error| Error::Driver { smmu, error })?;
+        s.shutdown()
+            .map_err(|error| Error::Driver { smmu, error })?;
         // The binding's streams need no detach on a quiescent SMMU.
         slot.binding = None;
         slot.smmu = None;

@@ -105,6 +105,9 @@ pub struct Shadow<M: TableMemory + CacheMaintenance, E: SmmuEnv> {
     /// every later operation until one succeeds (tables retired under them
     /// are freed only then).
     carry: Option<(u64, u64)>,
+    /// Host ranges a rollback could not map back (start, length): mapped
+    /// again by every later operation until that succeeds.
+    holes: Vec<(u64, u64)>,
 }
 
 impl<M, E> Shadow<M, E>
@@ -156,6 +159,7 @@ where
             pt: ManuallyDrop::new(pt),
             geo,
             carry: None,
+            holes: Vec::new(),
         };
         let ram_sizes = match geo.mode {
             Mode::Block => geo.pgsizes,
@@ -203,15 +207,70 @@ where
     /// alignment allows, and makes it visible to the SMMUs. No invalidation:
     /// every entry goes from invalid to valid.
     fn map(&self, base: u64, len: u64, sizes: u64, prot: Prot) -> Result<(), Error> {
+        self.map_counted(base, len, sizes, prot)
+            .map_err(|(_, e)| Error::Shadow(e))
+    }
+
+    /// As [`Shadow::map`]; on failure, the bytes from `base` the devices
+    /// can reach and the error.
+    fn map_counted(
+        &self,
+        base: u64,
+        len: u64,
+        sizes: u64,
+        prot: Prot,
+    ) -> Result<(), (u64, io_pgtable::Error)> {
         let r = map_chunks(&self.pt, base, len, sizes, prot);
         let done = match r {
             Ok(()) => len,
             Err(p) => p.done as u64,
         };
         if done > 0 {
-            self.pt.sync_map(base, done).map_err(Error::Shadow)?;
+            self.pt.sync_map(base, done).map_err(|e| (0, e))?;
         }
-        r.map_err(|p| Error::Shadow(p.error))
+        r.map_err(|p| (done, p.error))
+    }
+
+    /// Maps back host RAM `[addr, addr + len)` that `take` unmapped. In
+    /// block mode a 2 MiB region whose table the unmap removed gets a
+    /// block again, so the rollback needs no table memory (the unmap keeps
+    /// every other table): running out of it is what failed the unmap.
+    ///
+    /// # Errors
+    ///
+    /// On failure, the bytes from `addr` mapped back, and the error.
+    fn restore(&self, addr: u64, len: u64) -> Result<(), (u64, io_pgtable::Error)> {
+        const BLOCK: u64 = 2 << 20;
+        let block_mode = self.geo.mode == Mode::Block && self.geo.pgsizes & BLOCK != 0;
+        if !block_mode {
+            return self.map_counted(addr, len, PAGE, RAM_PROT);
+        }
+        let end = addr + len;
+        let mut at = addr;
+        while at < end {
+            let next = ((at / BLOCK) + 1) * BLOCK;
+            let n = next.min(end) - at;
+            let steps = self.pt.walk(at);
+            let empty_l2 = steps
+                .steps()
+                .last()
+                .is_some_and(|s| s.level == 2 && s.desc & 1 == 0);
+            let sizes = if n == BLOCK && empty_l2 { BLOCK } else { PAGE };
+            self.map_counted(at, n, sizes, RAM_PROT)
+                .map_err(|(d, e)| (at - addr + d, e))?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Maps the holes earlier rollbacks left, as far as it can now.
+    fn fill_holes(&mut self) {
+        let holes = core::mem::take(&mut self.holes);
+        for (addr, len) in holes {
+            if let Err((done, _)) = self.restore(addr, len) {
+                self.holes.push((addr + done, len - done));
+            }
+        }
     }
 
     /// Gives `[addr, addr + len)` (host RAM, mapped) back to the host's
@@ -222,6 +281,9 @@ where
     /// [`Error::Shadow`] when table memory ran out; what was mapped is
     /// unmapped again (and invalidated) first.
     pub fn give(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        if !self.holes.is_empty() {
+            self.fill_holes();
+        }
         match self.map(addr, len, PAGE, RAM_PROT) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -243,8 +305,12 @@ where
     /// [`Error::Unresponsive`] when an SMMU failed the invalidation and
     /// [`Error::Shadow`] when the unmap failed: the range is mapped back
     /// first (nothing changed for the devices), or
-    /// [`Error::RollbackIncomplete`] when that failed too.
+    /// [`Error::RollbackIncomplete`] when that failed too (every later
+    /// operation tries again to map what is left unmapped).
     pub fn take(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        if !self.holes.is_empty() {
+            self.fill_holes();
+        }
         let (done, err) = self.take_mapped(addr, len);
         let Some(err) = err else {
             // Every retired table was invalidated on every SMMU that is on.
@@ -252,14 +318,11 @@ where
             return Ok(());
         };
         if done > 0 {
-            if let Err(e) = self.map(addr, done, PAGE, RAM_PROT) {
-                let error = match e {
-                    Error::Shadow(e) => e,
-                    _ => io_pgtable::Error::Unsupported("rollback"),
-                };
+            if let Err((back, error)) = self.restore(addr, done) {
+                self.holes.push((addr + back, done - back));
                 return Err(Error::RollbackIncomplete {
-                    addr,
-                    len: done,
+                    addr: addr + back,
+                    len: done - back,
                     error,
                 });
             }
