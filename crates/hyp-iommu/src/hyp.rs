@@ -297,7 +297,11 @@ where
     /// # Errors
     ///
     /// [`Error::NoSmmu`], [`Error::SmmuOn`], [`Error::Unsuitable`] when
-    /// `fresh` cannot walk the shadow, [`Error::Driver`].
+    /// `fresh` cannot walk the shadow, [`Error::Driver`]: the SMMU stays
+    /// off, shut down again if a host stream was already re-attached,
+    /// unless that shutdown fails too: then it is on (as for
+    /// [`HypIommu::power_off`], it may translate), with the streams
+    /// re-attached so far.
     pub fn power_on(&mut self, smmu: usize, fresh: Smmu<E>) -> Result<(), Error> {
         let geo: Geometry = self.shadow.geometry();
         let regs = self.shadow.regs();
@@ -317,7 +321,16 @@ where
             .map_err(drv)?;
         let b = ExternalStage2::new(&fresh, HOST_VMID, regs).map_err(drv)?;
         for &sid in &slot.streams {
-            fresh.attach_external(sid, &b).map_err(drv)?;
+            if let Err(error) = fresh.attach_external(sid, &b) {
+                // Streams attached so far may walk the shadow and fill the
+                // TLBs: it stays off only once it is provably quiescent,
+                // and otherwise it is on, to be invalidated like the others.
+                if fresh.shutdown().is_err() {
+                    slot.binding = Some(b);
+                    slot.smmu = Some(fresh);
+                }
+                return Err(drv(error));
+            }
         }
         slot.binding = Some(b);
         slot.smmu = Some(fresh);

@@ -201,43 +201,65 @@ impl smmuv3::env::RegisterFrame for DeafFrame {
     }
 }
 
-#[test]
-fn an_smmu_that_does_not_acknowledge_power_off_is_still_invalidated() {
-    use smmuv3_hosted::{PollClock, SimDmaMemory};
-    type DeafEnv = (DeafFrame, SimDmaMemory, PollClock);
+type DeafEnv = (
+    DeafFrame,
+    smmuv3_hosted::SimDmaMemory,
+    smmuv3_hosted::PollClock,
+);
+
+/// Returns the driver brought up on `model` behind a frame that drops CR0
+/// writes while `deaf` is set.
+fn deaf_smmu(
+    parts: &common::Parts,
+    model: &Arc<SmmuModel>,
+    deaf: &Arc<std::sync::atomic::AtomicBool>,
+) -> smmuv3::Smmu<DeafEnv> {
+    let frame = DeafFrame {
+        inner: smmuv3_hosted::ModelFrame::new(model.clone()),
+        deaf: deaf.clone(),
+    };
+    smmuv3::Smmu::new(
+        frame,
+        smmuv3_hosted::SimDmaMemory::new(parts.mem.clone()),
+        smmuv3_hosted::PollClock::default(),
+        smmuv3::SmmuConfig {
+            timeout_us: 20_000,
+            ..smmuv3::SmmuConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Two SMMUs behind deaf-able frames, and the hypervisor IOMMU over them.
+fn deaf_hyp() -> (
+    common::Parts,
+    Arc<std::sync::atomic::AtomicBool>,
+    hyp_iommu::HypIommu<smmuv3_hosted::SimDmaMemory, DeafEnv, common::SimScrub>,
+) {
     let parts = common::Parts::new(&Setup {
         smmus: 2,
         ..Setup::default()
     });
     let deaf = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let smmus: Vec<smmuv3::Smmu<DeafEnv>> = parts
+    let smmus = parts
         .models
         .iter()
-        .map(|m| {
-            let frame = DeafFrame {
-                inner: smmuv3_hosted::ModelFrame::new(m.clone()),
-                deaf: deaf.clone(),
-            };
-            smmuv3::Smmu::new(
-                frame,
-                SimDmaMemory::new(parts.mem.clone()),
-                PollClock::default(),
-                smmuv3::SmmuConfig {
-                    timeout_us: 20_000,
-                    ..smmuv3::SmmuConfig::default()
-                },
-            )
-            .unwrap()
-        })
+        .map(|m| deaf_smmu(&parts, m, &deaf))
         .collect();
-    let mut hyp = hyp_iommu::HypIommu::new(
+    let hyp = hyp_iommu::HypIommu::new(
         &parts.map,
         smmus,
-        SimDmaMemory::new(parts.mem.clone()),
+        smmuv3_hosted::SimDmaMemory::new(parts.mem.clone()),
         common::SimScrub(parts.mem.clone()),
         hyp_iommu::Options::default(),
     )
     .unwrap();
+    (parts, deaf, hyp)
+}
+
+#[test]
+fn an_smmu_that_does_not_acknowledge_power_off_is_still_invalidated() {
+    let (parts, deaf, mut hyp) = deaf_hyp();
     for s in 0..2 {
         hyp.attach_host_stream(s, SID).unwrap();
     }
@@ -286,4 +308,67 @@ fn an_smmu_that_does_not_acknowledge_power_off_is_still_invalidated() {
     hyp.donate_to_guest(t, P, 3).unwrap();
     assert!(is_s2_translation_fault(&read(0, t).unwrap_err()));
     assert_eq!(read(1, t), Err(DmaFault::GlobalAbort));
+}
+
+#[test]
+fn an_smmu_that_stops_answering_during_power_on_is_still_invalidated() {
+    const SID2: u32 = 0x11;
+    let (parts, deaf, mut hyp) = deaf_hyp();
+    for s in 0..2 {
+        hyp.attach_host_stream(s, SID).unwrap();
+        hyp.attach_host_stream(s, SID2).unwrap();
+    }
+    let t = parts.ram.base + 100 * P;
+    parts.mem.cpu_write(t, &[9; 8]).unwrap();
+    parts.mem.clean(t, 8).unwrap();
+    let read = |s: usize, pa: u64| {
+        let mut buf = [0u8; 8];
+        parts.models[s]
+            .dma_read(&smmuv3_model::DmaRequest::read(SID, pa, 8), &mut buf)
+            .map(|()| buf)
+    };
+    hyp.power_off(1).unwrap();
+    let fresh = deaf_smmu(&parts, &parts.models[1], &deaf);
+    // As soon as the first host stream is back on the shadow, a device
+    // caches the page and the SMMU stops answering (commands and CR0).
+    let (m, d) = (parts.models[1].clone(), deaf.clone());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = done.clone();
+    fresh.regs().inner.set_hook(Some(Arc::new(move |_, _| {
+        let req = smmuv3_model::DmaRequest::read(SID, t, 8);
+        if !once.load(std::sync::atomic::Ordering::SeqCst) && m.translate(&req).is_ok() {
+            once.store(true, std::sync::atomic::Ordering::SeqCst);
+            m.pause_commands();
+            d.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    })));
+    let r = hyp.power_on(1, fresh);
+    assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(matches!(r, Err(Error::Driver { smmu: 1, .. })), "{r:?}");
+    // The first stream still translates through the SMMU's caches.
+    assert_eq!(read(1, t), Ok([9; 8]));
+    let r = hyp.donate_to_guest(t, P, 3);
+    if hyp.owner(t) != Some(Owner::Host) {
+        for s in 0..2 {
+            assert!(
+                read(s, t).is_err(),
+                "SMMU {s} reaches donated page {t:#x} ({r:?})"
+            );
+        }
+    }
+    assert!(hyp.is_on(1), "forgotten while it may translate");
+    assert!(
+        matches!(r, Err(Error::Unresponsive { smmu: 1, .. })),
+        "{r:?}"
+    );
+    // Once it answers, it can be powered off and on again.
+    deaf.store(false, std::sync::atomic::Ordering::SeqCst);
+    parts.models[1].resume_commands();
+    hyp.power_off(1).unwrap();
+    let fresh = deaf_smmu(&parts, &parts.models[1], &deaf);
+    hyp.power_on(1, fresh).unwrap();
+    hyp.donate_to_guest(t, P, 3).unwrap();
+    for s in 0..2 {
+        assert!(is_s2_translation_fault(&read(s, t).unwrap_err()));
+    }
 }
