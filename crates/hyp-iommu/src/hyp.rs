@@ -198,7 +198,10 @@ where
     ///
     /// Range errors, [`Error::BadGuest`], [`Error::WrongOwner`] (nothing
     /// changed); [`Error::Scrub`], shadow errors (the pages stay the
-    /// guest's and unreachable).
+    /// guest's and unreachable); [`Error::Unresponsive`] (the pages stay
+    /// the guest's, scrubbed, but that SMMU may still reach those mapped
+    /// during the attempt until it answers: every later operation
+    /// invalidates them again).
     pub fn reclaim_from_guest(&mut self, addr: u64, len: u64, guest: u16) -> Result<(), Error> {
         check_guest(guest)?;
         let span = self.owners.span(addr, len)?;

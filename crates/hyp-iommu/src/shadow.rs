@@ -279,7 +279,10 @@ where
     /// # Errors
     ///
     /// [`Error::Shadow`] when table memory ran out; what was mapped is
-    /// unmapped again (and invalidated) first.
+    /// unmapped again (and invalidated) first. [`Error::Unresponsive`]
+    /// when that invalidation failed: the SMMU named may still reach the
+    /// pages mapped meanwhile (every later operation invalidates them
+    /// again until it answers).
     pub fn give(&mut self, addr: u64, len: u64) -> Result<(), Error> {
         if !self.holes.is_empty() {
             self.fill_holes();
@@ -288,9 +291,11 @@ where
             Ok(()) => Ok(()),
             Err(e) => {
                 // Take back whatever became reachable: the range stays
-                // where it was.
-                let _ = self.take_mapped(addr, len);
-                Err(e)
+                // where it was, unless an SMMU did not hear of it.
+                match self.take_mapped(addr, len).2 {
+                    Some(u) => Err(u),
+                    None => Err(e),
+                }
             }
         }
     }
@@ -311,8 +316,8 @@ where
         if !self.holes.is_empty() {
             self.fill_holes();
         }
-        let (done, err) = self.take_mapped(addr, len);
-        let Some(err) = err else {
+        let (done, unmapped, invalidated) = self.take_mapped(addr, len);
+        let Some(err) = unmapped.or(invalidated) else {
             // Every retired table was invalidated on every SMMU that is on.
             self.pt.reclaim();
             return Ok(());
@@ -330,16 +335,16 @@ where
         Err(err)
     }
 
-    /// Unmaps and invalidates; returns the bytes cleared and the first
-    /// error.
-    fn take_mapped(&mut self, addr: u64, len: u64) -> (u64, Option<Error>) {
+    /// Unmaps and invalidates; returns the bytes cleared, why the unmap
+    /// stopped short, and the SMMU that failed the invalidation.
+    fn take_mapped(&mut self, addr: u64, len: u64) -> (u64, Option<Error>, Option<Error>) {
         let env = self.pt.env();
         env.begin();
         let mut gather = Gather::new();
         let r = self
             .pt
             .unmap(addr, PAGE, (len / PAGE) as usize, &mut gather);
-        let (done, mut err) = match r {
+        let (done, err) = match r {
             Ok(d) if d as u64 == len => (len, None),
             Ok(d) => (
                 d as u64,
@@ -352,15 +357,18 @@ where
         if let Some((s, e)) = self.carry {
             env.defer_walk(s, e);
         }
-        match env.finish(&gather) {
-            Ok(()) => self.carry = None,
+        let unresponsive = match env.finish(&gather) {
+            Ok(()) => {
+                self.carry = None;
+                None
+            }
             Err((smmu, error)) => {
                 let (s, e) = self.carry.unwrap_or((addr, addr + len));
                 self.carry = Some((s.min(addr), e.max(addr + len)));
-                err.get_or_insert(Error::Unresponsive { smmu, error });
+                Some(Error::Unresponsive { smmu, error })
             }
-        }
-        (done, err)
+        };
+        (done, err, unresponsive)
     }
 }
 

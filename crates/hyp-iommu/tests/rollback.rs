@@ -106,6 +106,125 @@ fn a_rollback_left_incomplete_is_mapped_again_by_the_next_operation() {
     matches_ownership(&fx, x, 2 * M2);
 }
 
+/// Table memory that runs a hook before each allocation.
+struct HookedMem {
+    inner: smmuv3_hosted::SimDmaMemory,
+    hook: std::sync::Mutex<Option<Box<dyn FnMut() + Send>>>,
+}
+
+// SAFETY: forwards to `SimDmaMemory`, which upholds the contract; the hook
+// does not touch the blocks.
+unsafe impl io_pgtable::env::TableMemory for HookedMem {
+    fn alloc_table(
+        &self,
+        size: usize,
+    ) -> Result<io_pgtable::env::TableBlock, io_pgtable::env::AllocError> {
+        if let Some(h) = self.hook.lock().unwrap().as_mut() {
+            h();
+        }
+        self.inner.alloc_table(size)
+    }
+
+    unsafe fn free_table(&self, block: io_pgtable::env::TableBlock, size: usize) {
+        // SAFETY: forwarded from our caller; the block came from `inner`.
+        unsafe { self.inner.free_table(block, size) }
+    }
+
+    fn phys_to_cpu(&self, phys: u64) -> std::ptr::NonNull<u8> {
+        self.inner.phys_to_cpu(phys)
+    }
+}
+
+impl io_pgtable::env::CacheMaintenance for HookedMem {
+    fn clean(
+        &self,
+        cpu: std::ptr::NonNull<u8>,
+        phys: u64,
+        len: usize,
+    ) -> Result<(), io_pgtable::env::CacheError> {
+        self.inner.clean(cpu, phys, len)
+    }
+
+    fn device_write_barrier(&self) {
+        self.inner.device_write_barrier()
+    }
+
+    fn full_barrier(&self) {
+        self.inner.full_barrier()
+    }
+}
+
+#[test]
+fn a_reclaim_whose_undoing_an_smmu_misses_says_so() {
+    let parts = common::Parts::new(&Setup {
+        smmus: 2,
+        force_leaf: true,
+        ..Setup::default()
+    });
+    let mem = HookedMem {
+        inner: smmuv3_hosted::SimDmaMemory::new(parts.mem.clone()),
+        hook: std::sync::Mutex::new(None),
+    };
+    let mut hyp = hyp_iommu::HypIommu::new(
+        &parts.map,
+        parts.smmus.clone(),
+        mem,
+        common::SimScrub(parts.mem.clone()),
+        hyp_iommu::Options { force_leaf: true },
+    )
+    .unwrap();
+    for s in 0..2 {
+        hyp.attach_host_stream(s, SID).unwrap();
+    }
+    let x = parts.ram.base.next_multiple_of(M2);
+    assert!(x + 2 * M2 <= parts.ram.end());
+    // Two whole tables go: mapping them back needs two tables.
+    hyp.donate_to_guest(x, 2 * M2, 1).unwrap();
+    let owners = hyp.ownership().clone();
+    // When the second table is asked for, a device has reached the first
+    // half through SMMU 1, which then stops answering; no table is left.
+    let (models, smem) = (parts.models.clone(), parts.mem.clone());
+    let mut calls = 0;
+    *hyp.shadow().page_table().env().mem().hook.lock().unwrap() = Some(Box::new(move || {
+        calls += 1;
+        if calls == 2 {
+            let mut buf = [0u8; 8];
+            let req = smmuv3_model::DmaRequest::read(SID, x, 8);
+            assert_eq!(models[1].dma_read(&req, &mut buf), Ok(()));
+            models[1].pause_commands();
+            smem.fail_allocs_after(Some(0));
+        }
+    }));
+    let r = hyp.reclaim_from_guest(x, 2 * M2, 1);
+    *hyp.shadow().page_table().env().mem().hook.lock().unwrap() = None;
+    parts.mem.fail_allocs_after(None);
+    // The pages stay the guest's, but SMMU 1 may still reach the first
+    // half: the error must not say they are unreachable.
+    assert_eq!(hyp.ownership(), &owners);
+    assert!(
+        matches!(r, Err(Error::Unresponsive { smmu: 1, .. })),
+        "{r:?}"
+    );
+    let mut buf = [0u8; 8];
+    let req = smmuv3_model::DmaRequest::read(SID, x, 8);
+    assert!(parts.models[0].dma_read(&req, &mut buf).is_err());
+    assert_eq!(
+        parts.models[1].dma_read(&req, &mut buf),
+        Ok(()),
+        "SMMU 1's TLB still serves it"
+    );
+    // Once it answers, the next operation invalidates it there too.
+    parts.models[1].resume_commands();
+    let spare = x + 2 * M2;
+    hyp.donate_to_guest(spare, P, 2).unwrap();
+    for s in 0..2 {
+        assert!(
+            parts.models[s].dma_read(&req, &mut buf).is_err(),
+            "SMMU {s}"
+        );
+    }
+}
+
 mod random {
     //! Random donations and reclaims, each with an injected failure
     //! (table memory running out after a few tables, an SMMU that does not
