@@ -50,7 +50,10 @@ impl Geometry {
     ///
     /// # Errors
     ///
-    /// [`Error::Unsuitable`] without SMMUs, stage 2 or 4 KiB pages.
+    /// [`Error::Unsuitable`] without SMMUs, stage 2 or 4 KiB pages, or
+    /// when a driver would let traffic bypass while its SMMU is off
+    /// (`SmmuConfig::gbpa_abort` clear: powered off, it would give every
+    /// host device all of memory).
     pub fn of<E: SmmuEnv>(smmus: &[Smmu<E>], force_leaf: bool) -> Result<Self, Error> {
         if smmus.is_empty() {
             return Err(Error::Unsuitable("no SMMU"));
@@ -63,6 +66,11 @@ impl Geometry {
             let f = s.features();
             if !f.stage2 {
                 return Err(Error::Unsuitable("an SMMU lacks stage 2"));
+            }
+            if !s.config().gbpa_abort {
+                return Err(Error::Unsuitable(
+                    "an SMMU's driver would bypass while it is off (gbpa_abort)",
+                ));
             }
             ias = ias.min(f.oas_bits.into()).min(f.ipa_bits.into());
             pgsizes &= f.pgsize_bitmap;
@@ -84,10 +92,12 @@ impl Geometry {
         })
     }
 
-    /// Returns whether `smmu` can join a shadow of this geometry.
+    /// Returns whether `smmu` can join a shadow of this geometry (and
+    /// aborts traffic while it is off).
     pub fn admits<E: SmmuEnv>(&self, smmu: &Smmu<E>) -> bool {
         let f = smmu.features();
         f.stage2
+            && smmu.config().gbpa_abort
             && u32::from(f.oas_bits) >= self.ias
             && u32::from(f.ipa_bits) >= self.ias
             && f.pgsize_bitmap & self.pgsizes == self.pgsizes

@@ -8,6 +8,7 @@ mod common;
 
 use common::{Fixture, Setup, is_s2_translation_fault, smmu_on};
 use hyp_iommu::{Error, Mode, Owner};
+use smmuv3_hosted::HostedSmmu;
 use smmuv3_model::{DmaFault, SmmuModel};
 use std::sync::Arc;
 
@@ -371,4 +372,67 @@ fn an_smmu_that_stops_answering_during_power_on_is_still_invalidated() {
     for s in 0..2 {
         assert!(is_s2_translation_fault(&read(s, t).unwrap_err()));
     }
+}
+
+/// An SMMU whose driver lets traffic bypass while it is disabled (GBPA)
+/// would give every host device all of memory once powered off: the
+/// hypervisor refuses it.
+#[test]
+fn an_smmu_that_would_bypass_when_off_is_refused() {
+    let parts = common::Parts::new(&Setup::default());
+    // An SMMU that bypasses out of reset, as QEMU's does.
+    let cfg = smmuv3_model::ModelConfig {
+        gbpa_abort_at_reset: false,
+        ..common::model_config(&Setup::default())
+    };
+    let model = Arc::new(SmmuModel::new(cfg, parts.mem.clone()).unwrap());
+    let bypassing = || {
+        HostedSmmu::new(
+            smmuv3_hosted::ModelFrame::new(model.clone()),
+            smmuv3_hosted::SimDmaMemory::new(parts.mem.clone()),
+            smmuv3_hosted::PollClock::default(),
+            smmuv3::SmmuConfig {
+                timeout_us: 20_000,
+                gbpa_abort: false,
+                ..smmuv3::SmmuConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    let hyp_page = parts.map.hyp()[0].base;
+    let r = hyp_iommu::HypIommu::new(
+        &parts.map,
+        vec![bypassing()],
+        smmuv3_hosted::SimDmaMemory::new(parts.mem.clone()),
+        common::SimScrub(parts.mem.clone()),
+        hyp_iommu::Options::default(),
+    );
+    if let Ok(mut hyp) = r {
+        hyp.attach_host_stream(0, SID).unwrap();
+        hyp.power_off(0).unwrap();
+        let mut buf = [0u8; 8];
+        let req = smmuv3_model::DmaRequest::read(SID, hyp_page, 8);
+        let dma = model.dma_read(&req, &mut buf);
+        panic!("accepted; powered off, a device reads hypervisor memory: {dma:?}");
+    }
+    assert!(matches!(r, Err(Error::Unsuitable(_))));
+    // Nor may one come back on that way.
+    let mut fx = two_smmus();
+    fx.hyp.power_off(1).unwrap();
+    let weak = HostedSmmu::new(
+        smmuv3_hosted::ModelFrame::new(fx.models[1].clone()),
+        smmuv3_hosted::SimDmaMemory::new(fx.mem.clone()),
+        smmuv3_hosted::PollClock::default(),
+        smmuv3::SmmuConfig {
+            timeout_us: 20_000,
+            gbpa_abort: false,
+            ..smmuv3::SmmuConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        fx.hyp.power_on(1, weak),
+        Err(Error::Unsuitable(_))
+    ));
+    assert!(!fx.hyp.is_on(1));
 }
