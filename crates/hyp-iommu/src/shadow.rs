@@ -221,8 +221,8 @@ where
             .map_err(|(_, e)| Error::Shadow(e))
     }
 
-    /// As [`Shadow::map`]; on failure, the bytes from `base` the devices
-    /// can reach and the error.
+    /// As [`Shadow::map`]; on failure, the bytes from `base` the table
+    /// maps, and the error.
     fn map_counted(
         &self,
         base: u64,
@@ -236,7 +236,10 @@ where
             Err(p) => p.done as u64,
         };
         if done > 0 {
-            self.pt.sync_map(base, done).map_err(|e| (0, e))?;
+            // The entries are written either way: counted as mapped, so a
+            // rollback's hole never covers a page the table maps (a hole
+            // is mapped again blindly, whoever owns it by then).
+            self.pt.sync_map(base, done).map_err(|e| (done, e))?;
         }
         r.map_err(|p| (done, p.error))
     }
