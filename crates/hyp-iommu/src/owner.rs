@@ -245,18 +245,16 @@ impl Ownership {
         };
         let p = pages[k];
         match p.share() {
-            _ if p.owner() != Owner::Host => Err(Error::WrongOwner {
+            Some(with) if p.owner() == Owner::Host => Err(Error::Shared {
+                addr: addr(k),
+                with,
+            }),
+            // Not the host's (owner host and no share is `HOST` itself).
+            _ => Err(Error::WrongOwner {
                 addr: addr(k),
                 owner: p.owner(),
                 expected: Owner::Host,
             }),
-            Some(with) => Err(Error::Shared {
-                addr: addr(k),
-                with,
-            }),
-            // A packed value other than HOST with owner host and no share
-            // does not exist.
-            None => Ok(()),
         }
     }
 
