@@ -95,7 +95,8 @@ pub enum Error {
     Shadow(io_pgtable::Error),
     /// A rollback after a failure could not restore every mapping: the
     /// pages named stay owned by the host but unreachable by its devices
-    /// (the safe side) until a later reclaim maps them.
+    /// (the safe side) until a later donation or reclaim, which first
+    /// tries again to map them.
     #[error("rollback left {addr:#x}+{len:#x} unmapped: {error}")]
     RollbackIncomplete {
         /// First unmapped byte.

@@ -198,7 +198,10 @@ where
     ///
     /// Range errors, [`Error::BadGuest`], [`Error::WrongOwner`] (nothing
     /// changed); [`Error::Scrub`], shadow errors (the pages stay the
-    /// guest's and unreachable).
+    /// guest's and unreachable); [`Error::Unresponsive`] (the pages stay
+    /// the guest's, scrubbed, but that SMMU may still reach those mapped
+    /// during the attempt until it answers: every later operation
+    /// invalidates them again).
     pub fn reclaim_from_guest(&mut self, addr: u64, len: u64, guest: u16) -> Result<(), Error> {
         check_guest(guest)?;
         let span = self.owners.span(addr, len)?;
@@ -270,16 +273,22 @@ where
     /// # Errors
     ///
     /// [`Error::NoSmmu`], [`Error::SmmuOff`]; [`Error::Driver`] when it
-    /// does not acknowledge the disable (it is still forgotten: its next
-    /// bring-up invalidates everything).
+    /// does not acknowledge the disable: it is then still on for the
+    /// shadow (it may still translate from its TLBs, so every later
+    /// invalidation goes to it, and fails while it does not answer) until
+    /// a power-off succeeds.
     pub fn power_off(&mut self, smmu: usize) -> Result<(), Error> {
         let mut slots = self.shadow.env().slots.lock();
         let slot = slots.get_mut(smmu).ok_or(Error::NoSmmu(smmu))?;
-        let s = slot.smmu.take().ok_or(Error::SmmuOff(smmu))?;
-        let r = s.shutdown();
+        let s = slot.smmu.as_ref().ok_or(Error::SmmuOff(smmu))?;
+        // Skipping an SMMU whose disable was not acknowledged would leave
+        // its cached translations of pages given away in place.
+        s.shutdown()
+            .map_err(|error| Error::Driver { smmu, error })?;
         // The binding's streams need no detach on a quiescent SMMU.
         slot.binding = None;
-        r.map_err(|error| Error::Driver { smmu, error })
+        slot.smmu = None;
+        Ok(())
     }
 
     /// Brings SMMU `smmu` back from the hypervisor's state alone: `fresh`
@@ -291,7 +300,11 @@ where
     /// # Errors
     ///
     /// [`Error::NoSmmu`], [`Error::SmmuOn`], [`Error::Unsuitable`] when
-    /// `fresh` cannot walk the shadow, [`Error::Driver`].
+    /// `fresh` cannot walk the shadow, [`Error::Driver`]: the SMMU stays
+    /// off, shut down again if a host stream was already re-attached,
+    /// unless that shutdown fails too: then it is on (as for
+    /// [`HypIommu::power_off`], it may translate), with the streams
+    /// re-attached so far.
     pub fn power_on(&mut self, smmu: usize, fresh: Smmu<E>) -> Result<(), Error> {
         let geo: Geometry = self.shadow.geometry();
         let regs = self.shadow.regs();
@@ -311,7 +324,16 @@ where
             .map_err(drv)?;
         let b = ExternalStage2::new(&fresh, HOST_VMID, regs).map_err(drv)?;
         for &sid in &slot.streams {
-            fresh.attach_external(sid, &b).map_err(drv)?;
+            if let Err(error) = fresh.attach_external(sid, &b) {
+                // Streams attached so far may walk the shadow and fill the
+                // TLBs: it stays off only once it is provably quiescent,
+                // and otherwise it is on, to be invalidated like the others.
+                if fresh.shutdown().is_err() {
+                    slot.binding = Some(b);
+                    slot.smmu = Some(fresh);
+                }
+                return Err(drv(error));
+            }
         }
         slot.binding = Some(b);
         slot.smmu = Some(fresh);

@@ -50,7 +50,10 @@ impl Geometry {
     ///
     /// # Errors
     ///
-    /// [`Error::Unsuitable`] without SMMUs, stage 2 or 4 KiB pages.
+    /// [`Error::Unsuitable`] without SMMUs, stage 2 or 4 KiB pages, or
+    /// when a driver would let traffic bypass while its SMMU is off
+    /// (`SmmuConfig::gbpa_abort` clear: powered off, it would give every
+    /// host device all of memory).
     pub fn of<E: SmmuEnv>(smmus: &[Smmu<E>], force_leaf: bool) -> Result<Self, Error> {
         if smmus.is_empty() {
             return Err(Error::Unsuitable("no SMMU"));
@@ -63,6 +66,11 @@ impl Geometry {
             let f = s.features();
             if !f.stage2 {
                 return Err(Error::Unsuitable("an SMMU lacks stage 2"));
+            }
+            if !s.config().gbpa_abort {
+                return Err(Error::Unsuitable(
+                    "an SMMU's driver would bypass while it is off (gbpa_abort)",
+                ));
             }
             ias = ias.min(f.oas_bits.into()).min(f.ipa_bits.into());
             pgsizes &= f.pgsize_bitmap;
@@ -84,10 +92,12 @@ impl Geometry {
         })
     }
 
-    /// Returns whether `smmu` can join a shadow of this geometry.
+    /// Returns whether `smmu` can join a shadow of this geometry (and
+    /// aborts traffic while it is off).
     pub fn admits<E: SmmuEnv>(&self, smmu: &Smmu<E>) -> bool {
         let f = smmu.features();
         f.stage2
+            && smmu.config().gbpa_abort
             && u32::from(f.oas_bits) >= self.ias
             && u32::from(f.ipa_bits) >= self.ias
             && f.pgsize_bitmap & self.pgsizes == self.pgsizes
@@ -105,6 +115,9 @@ pub struct Shadow<M: TableMemory + CacheMaintenance, E: SmmuEnv> {
     /// every later operation until one succeeds (tables retired under them
     /// are freed only then).
     carry: Option<(u64, u64)>,
+    /// Host ranges a rollback could not map back (start, length): mapped
+    /// again by every later operation until that succeeds.
+    holes: Vec<(u64, u64)>,
 }
 
 impl<M, E> Shadow<M, E>
@@ -156,6 +169,7 @@ where
             pt: ManuallyDrop::new(pt),
             geo,
             carry: None,
+            holes: Vec::new(),
         };
         let ram_sizes = match geo.mode {
             Mode::Block => geo.pgsizes,
@@ -203,15 +217,73 @@ where
     /// alignment allows, and makes it visible to the SMMUs. No invalidation:
     /// every entry goes from invalid to valid.
     fn map(&self, base: u64, len: u64, sizes: u64, prot: Prot) -> Result<(), Error> {
+        self.map_counted(base, len, sizes, prot)
+            .map_err(|(_, e)| Error::Shadow(e))
+    }
+
+    /// As [`Shadow::map`]; on failure, the bytes from `base` the table
+    /// maps, and the error.
+    fn map_counted(
+        &self,
+        base: u64,
+        len: u64,
+        sizes: u64,
+        prot: Prot,
+    ) -> Result<(), (u64, io_pgtable::Error)> {
         let r = map_chunks(&self.pt, base, len, sizes, prot);
         let done = match r {
             Ok(()) => len,
             Err(p) => p.done as u64,
         };
         if done > 0 {
-            self.pt.sync_map(base, done).map_err(Error::Shadow)?;
+            // The entries are written either way: counted as mapped, so a
+            // rollback's hole never covers a page the table maps (a hole
+            // is mapped again blindly, whoever owns it by then).
+            self.pt.sync_map(base, done).map_err(|e| (done, e))?;
         }
-        r.map_err(|p| Error::Shadow(p.error))
+        r.map_err(|p| (done, p.error))
+    }
+
+    /// Maps back host RAM `[addr, addr + len)` that `take` unmapped. In
+    /// block mode a 2 MiB region whose table the unmap removed gets a
+    /// block again, so the rollback needs no table memory (the unmap keeps
+    /// every other table): running out of it is what failed the unmap.
+    ///
+    /// # Errors
+    ///
+    /// On failure, the bytes from `addr` mapped back, and the error.
+    fn restore(&self, addr: u64, len: u64) -> Result<(), (u64, io_pgtable::Error)> {
+        const BLOCK: u64 = 2 << 20;
+        let block_mode = self.geo.mode == Mode::Block && self.geo.pgsizes & BLOCK != 0;
+        if !block_mode {
+            return self.map_counted(addr, len, PAGE, RAM_PROT);
+        }
+        let end = addr + len;
+        let mut at = addr;
+        while at < end {
+            let next = ((at / BLOCK) + 1) * BLOCK;
+            let n = next.min(end) - at;
+            let steps = self.pt.walk(at);
+            let empty_l2 = steps
+                .steps()
+                .last()
+                .is_some_and(|s| s.level == 2 && s.desc & 1 == 0);
+            let sizes = if n == BLOCK && empty_l2 { BLOCK } else { PAGE };
+            self.map_counted(at, n, sizes, RAM_PROT)
+                .map_err(|(d, e)| (at - addr + d, e))?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Maps the holes earlier rollbacks left, as far as it can now.
+    fn fill_holes(&mut self) {
+        let holes = core::mem::take(&mut self.holes);
+        for (addr, len) in holes {
+            if let Err((done, _)) = self.restore(addr, len) {
+                self.holes.push((addr + done, len - done));
+            }
+        }
     }
 
     /// Gives `[addr, addr + len)` (host RAM, mapped) back to the host's
@@ -220,15 +292,23 @@ where
     /// # Errors
     ///
     /// [`Error::Shadow`] when table memory ran out; what was mapped is
-    /// unmapped again (and invalidated) first.
+    /// unmapped again (and invalidated) first. [`Error::Unresponsive`]
+    /// when that invalidation failed: the SMMU named may still reach the
+    /// pages mapped meanwhile (every later operation invalidates them
+    /// again until it answers).
     pub fn give(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        if !self.holes.is_empty() {
+            self.fill_holes();
+        }
         match self.map(addr, len, PAGE, RAM_PROT) {
             Ok(()) => Ok(()),
             Err(e) => {
                 // Take back whatever became reachable: the range stays
-                // where it was.
-                let _ = self.take_mapped(addr, len);
-                Err(e)
+                // where it was, unless an SMMU did not hear of it.
+                match self.take_mapped(addr, len).2 {
+                    Some(u) => Err(u),
+                    None => Err(e),
+                }
             }
         }
     }
@@ -243,23 +323,24 @@ where
     /// [`Error::Unresponsive`] when an SMMU failed the invalidation and
     /// [`Error::Shadow`] when the unmap failed: the range is mapped back
     /// first (nothing changed for the devices), or
-    /// [`Error::RollbackIncomplete`] when that failed too.
+    /// [`Error::RollbackIncomplete`] when that failed too (every later
+    /// operation tries again to map what is left unmapped).
     pub fn take(&mut self, addr: u64, len: u64) -> Result<(), Error> {
-        let (done, err) = self.take_mapped(addr, len);
-        let Some(err) = err else {
+        if !self.holes.is_empty() {
+            self.fill_holes();
+        }
+        let (done, unmapped, invalidated) = self.take_mapped(addr, len);
+        let Some(err) = unmapped.or(invalidated) else {
             // Every retired table was invalidated on every SMMU that is on.
             self.pt.reclaim();
             return Ok(());
         };
         if done > 0 {
-            if let Err(e) = self.map(addr, done, PAGE, RAM_PROT) {
-                let error = match e {
-                    Error::Shadow(e) => e,
-                    _ => io_pgtable::Error::Unsupported("rollback"),
-                };
+            if let Err((back, error)) = self.restore(addr, done) {
+                self.holes.push((addr + back, done - back));
                 return Err(Error::RollbackIncomplete {
-                    addr,
-                    len: done,
+                    addr: addr + back,
+                    len: done - back,
                     error,
                 });
             }
@@ -267,16 +348,16 @@ where
         Err(err)
     }
 
-    /// Unmaps and invalidates; returns the bytes cleared and the first
-    /// error.
-    fn take_mapped(&mut self, addr: u64, len: u64) -> (u64, Option<Error>) {
+    /// Unmaps and invalidates; returns the bytes cleared, why the unmap
+    /// stopped short, and the SMMU that failed the invalidation.
+    fn take_mapped(&mut self, addr: u64, len: u64) -> (u64, Option<Error>, Option<Error>) {
         let env = self.pt.env();
         env.begin();
         let mut gather = Gather::new();
         let r = self
             .pt
             .unmap(addr, PAGE, (len / PAGE) as usize, &mut gather);
-        let (done, mut err) = match r {
+        let (done, err) = match r {
             Ok(d) if d as u64 == len => (len, None),
             Ok(d) => (
                 d as u64,
@@ -289,15 +370,18 @@ where
         if let Some((s, e)) = self.carry {
             env.defer_walk(s, e);
         }
-        match env.finish(&gather) {
-            Ok(()) => self.carry = None,
+        let unresponsive = match env.finish(&gather) {
+            Ok(()) => {
+                self.carry = None;
+                None
+            }
             Err((smmu, error)) => {
                 let (s, e) = self.carry.unwrap_or((addr, addr + len));
                 self.carry = Some((s.min(addr), e.max(addr + len)));
-                err.get_or_insert(Error::Unresponsive { smmu, error });
+                Some(Error::Unresponsive { smmu, error })
             }
-        }
-        (done, err)
+        };
+        (done, err, unresponsive)
     }
 }
 

@@ -9,6 +9,9 @@ use hyp_iommu::{Error, MAX_GUEST, Owner, ShareTarget};
 
 const P: u64 = 4096;
 
+#[global_allocator]
+static GLOBAL: sim_memory::counting::CountingAlloc = sim_memory::counting::CountingAlloc;
+
 /// Runs `op` on `fx`, expects `want`, and checks that nothing changed.
 fn refused(fx: &mut Fixture, want: Error, op: impl FnOnce(&mut common::Hyp) -> Result<(), Error>) {
     let owners = fx.hyp.ownership().clone();
@@ -249,4 +252,35 @@ fn shares_and_pins_follow_their_rules() {
     fx.hyp.unshare(a, P, ShareTarget::Hyp).unwrap();
     assert_eq!(fx.hyp.ownership().share(a), None);
     assert_eq!(fx.hyp.ownership().pinned_pages(), 2);
+}
+
+/// The host may pin every page of its RAM (and pin it again): that costs
+/// the hypervisor no heap, so no sequence of pins can exhaust it.
+#[test]
+fn pinning_every_page_allocates_nothing() {
+    let mut fx = fixture();
+    let (base, len) = (fx.ram.base, fx.ram.len);
+    let pinned = sim_memory::counting::allocations(|| {
+        fx.hyp.pin_dma(base, len).unwrap();
+        fx.hyp.pin_dma(base + P, len - P).unwrap();
+    });
+    assert_eq!(pinned, 0, "heap allocations for pins");
+    let o = fx.hyp.ownership();
+    assert_eq!(o.pinned_pages() as u64, len / P);
+    assert_eq!((o.pins(base), o.pins(base + len - P)), (1, 2));
+    assert_eq!(
+        fx.hyp.donate_to_hyp(base + 7 * P, P),
+        Err(Error::Pinned {
+            addr: base + 7 * P,
+            pins: 2
+        })
+    );
+    let unpinned = sim_memory::counting::allocations(|| {
+        fx.hyp.unpin_dma(base, len).unwrap();
+    });
+    assert_eq!(unpinned, 0);
+    let o = fx.hyp.ownership();
+    assert_eq!(o.pinned_pages() as u64, len / P - 1);
+    assert_eq!((o.pins(base), o.pins(base + P)), (0, 1));
+    assert_eq!(fx.hyp.unpin_dma(base, P), Err(Error::NotPinned(base)));
 }

@@ -8,6 +8,7 @@ mod common;
 
 use common::{Fixture, Setup, is_s2_translation_fault, smmu_on};
 use hyp_iommu::{Error, Mode, Owner};
+use smmuv3_hosted::HostedSmmu;
 use smmuv3_model::{DmaFault, SmmuModel};
 use std::sync::Arc;
 
@@ -170,4 +171,268 @@ fn dropping_the_hypervisor_iommu_detaches_before_freeing_the_shadow() {
     assert_eq!(read(&models[0], &mut buf), Err(DmaFault::StreamAbort));
     assert_eq!(read(&models[1], &mut buf), Err(DmaFault::GlobalAbort));
     drop(smmu);
+}
+
+/// A register frame over a model that, once deaf, drops writes to CR0: an
+/// SMMU that no longer acknowledges a disable and keeps translating.
+#[derive(Clone)]
+struct DeafFrame {
+    inner: smmuv3_hosted::ModelFrame,
+    deaf: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl smmuv3::env::RegisterFrame for DeafFrame {
+    fn read32(&self, offset: usize) -> u32 {
+        self.inner.read32(offset)
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        let deaf = self.deaf.load(std::sync::atomic::Ordering::SeqCst);
+        if !(deaf && offset == smmuv3::regs::CR0) {
+            self.inner.write32(offset, value)
+        }
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        self.inner.read64(offset)
+    }
+
+    fn write64(&self, offset: usize, value: u64) {
+        self.inner.write64(offset, value)
+    }
+}
+
+type DeafEnv = (
+    DeafFrame,
+    smmuv3_hosted::SimDmaMemory,
+    smmuv3_hosted::PollClock,
+);
+
+/// Returns the driver brought up on `model` behind a frame that drops CR0
+/// writes while `deaf` is set.
+fn deaf_smmu(
+    parts: &common::Parts,
+    model: &Arc<SmmuModel>,
+    deaf: &Arc<std::sync::atomic::AtomicBool>,
+) -> smmuv3::Smmu<DeafEnv> {
+    let frame = DeafFrame {
+        inner: smmuv3_hosted::ModelFrame::new(model.clone()),
+        deaf: deaf.clone(),
+    };
+    smmuv3::Smmu::new(
+        frame,
+        smmuv3_hosted::SimDmaMemory::new(parts.mem.clone()),
+        smmuv3_hosted::PollClock::default(),
+        smmuv3::SmmuConfig {
+            timeout_us: 20_000,
+            ..smmuv3::SmmuConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Two SMMUs behind deaf-able frames, and the hypervisor IOMMU over them.
+fn deaf_hyp() -> (
+    common::Parts,
+    Arc<std::sync::atomic::AtomicBool>,
+    hyp_iommu::HypIommu<smmuv3_hosted::SimDmaMemory, DeafEnv, common::SimScrub>,
+) {
+    let parts = common::Parts::new(&Setup {
+        smmus: 2,
+        ..Setup::default()
+    });
+    let deaf = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let smmus = parts
+        .models
+        .iter()
+        .map(|m| deaf_smmu(&parts, m, &deaf))
+        .collect();
+    let hyp = hyp_iommu::HypIommu::new(
+        &parts.map,
+        smmus,
+        smmuv3_hosted::SimDmaMemory::new(parts.mem.clone()),
+        common::SimScrub(parts.mem.clone()),
+        hyp_iommu::Options::default(),
+    )
+    .unwrap();
+    (parts, deaf, hyp)
+}
+
+#[test]
+fn an_smmu_that_does_not_acknowledge_power_off_is_still_invalidated() {
+    let (parts, deaf, mut hyp) = deaf_hyp();
+    for s in 0..2 {
+        hyp.attach_host_stream(s, SID).unwrap();
+    }
+    let read = |s: usize, pa: u64| {
+        let mut buf = [0u8; 8];
+        parts.models[s]
+            .dma_read(&smmuv3_model::DmaRequest::read(SID, pa, 8), &mut buf)
+            .map(|()| buf)
+    };
+    let t = parts.ram.base + 100 * P;
+    parts.mem.cpu_write(t, &[9; 8]).unwrap();
+    parts.mem.clean(t, 8).unwrap();
+    // SMMU 1 caches the page's translation.
+    assert_eq!(read(1, t), Ok([9; 8]));
+    deaf.store(true, std::sync::atomic::Ordering::SeqCst);
+    match hyp.power_off(1) {
+        Err(Error::Driver {
+            smmu: 1,
+            error: smmuv3::Error::Timeout(_),
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // It still translates: the hypervisor may not forget it.
+    assert_eq!(read(1, t), Ok([9; 8]));
+    let r = hyp.donate_to_guest(t, P, 3);
+    if hyp.owner(t) != Some(Owner::Host) {
+        for s in 0..2 {
+            assert!(
+                read(s, t).is_err(),
+                "SMMU {s} reaches donated page {t:#x} ({r:?})"
+            );
+        }
+    }
+    assert!(hyp.is_on(1));
+    assert!(
+        matches!(r, Err(Error::Unresponsive { smmu: 1, .. })),
+        "{r:?}"
+    );
+    assert_eq!(hyp.owner(t), Some(Owner::Host));
+    assert_eq!(parts.models[1].audit_caches().stale.len(), 0);
+    // Once it acknowledges, the power-off goes through and so does the
+    // donation.
+    deaf.store(false, std::sync::atomic::Ordering::SeqCst);
+    hyp.power_off(1).unwrap();
+    assert!(!hyp.is_on(1));
+    hyp.donate_to_guest(t, P, 3).unwrap();
+    assert!(is_s2_translation_fault(&read(0, t).unwrap_err()));
+    assert_eq!(read(1, t), Err(DmaFault::GlobalAbort));
+}
+
+#[test]
+fn an_smmu_that_stops_answering_during_power_on_is_still_invalidated() {
+    const SID2: u32 = 0x11;
+    let (parts, deaf, mut hyp) = deaf_hyp();
+    for s in 0..2 {
+        hyp.attach_host_stream(s, SID).unwrap();
+        hyp.attach_host_stream(s, SID2).unwrap();
+    }
+    let t = parts.ram.base + 100 * P;
+    parts.mem.cpu_write(t, &[9; 8]).unwrap();
+    parts.mem.clean(t, 8).unwrap();
+    let read = |s: usize, pa: u64| {
+        let mut buf = [0u8; 8];
+        parts.models[s]
+            .dma_read(&smmuv3_model::DmaRequest::read(SID, pa, 8), &mut buf)
+            .map(|()| buf)
+    };
+    hyp.power_off(1).unwrap();
+    let fresh = deaf_smmu(&parts, &parts.models[1], &deaf);
+    // As soon as the first host stream is back on the shadow, a device
+    // caches the page and the SMMU stops answering (commands and CR0).
+    let (m, d) = (parts.models[1].clone(), deaf.clone());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = done.clone();
+    fresh.regs().inner.set_hook(Some(Arc::new(move |_, _| {
+        let req = smmuv3_model::DmaRequest::read(SID, t, 8);
+        if !once.load(std::sync::atomic::Ordering::SeqCst) && m.translate(&req).is_ok() {
+            once.store(true, std::sync::atomic::Ordering::SeqCst);
+            m.pause_commands();
+            d.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    })));
+    let r = hyp.power_on(1, fresh);
+    assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(matches!(r, Err(Error::Driver { smmu: 1, .. })), "{r:?}");
+    // The first stream still translates through the SMMU's caches.
+    assert_eq!(read(1, t), Ok([9; 8]));
+    let r = hyp.donate_to_guest(t, P, 3);
+    if hyp.owner(t) != Some(Owner::Host) {
+        for s in 0..2 {
+            assert!(
+                read(s, t).is_err(),
+                "SMMU {s} reaches donated page {t:#x} ({r:?})"
+            );
+        }
+    }
+    assert!(hyp.is_on(1), "forgotten while it may translate");
+    assert!(
+        matches!(r, Err(Error::Unresponsive { smmu: 1, .. })),
+        "{r:?}"
+    );
+    // Once it answers, it can be powered off and on again.
+    deaf.store(false, std::sync::atomic::Ordering::SeqCst);
+    parts.models[1].resume_commands();
+    hyp.power_off(1).unwrap();
+    let fresh = deaf_smmu(&parts, &parts.models[1], &deaf);
+    hyp.power_on(1, fresh).unwrap();
+    hyp.donate_to_guest(t, P, 3).unwrap();
+    for s in 0..2 {
+        assert!(is_s2_translation_fault(&read(s, t).unwrap_err()));
+    }
+}
+
+/// An SMMU whose driver lets traffic bypass while it is disabled (GBPA)
+/// would give every host device all of memory once powered off: the
+/// hypervisor refuses it.
+#[test]
+fn an_smmu_that_would_bypass_when_off_is_refused() {
+    let parts = common::Parts::new(&Setup::default());
+    // An SMMU that bypasses out of reset, as QEMU's does.
+    let cfg = smmuv3_model::ModelConfig {
+        gbpa_abort_at_reset: false,
+        ..common::model_config(&Setup::default())
+    };
+    let model = Arc::new(SmmuModel::new(cfg, parts.mem.clone()).unwrap());
+    let bypassing = || {
+        HostedSmmu::new(
+            smmuv3_hosted::ModelFrame::new(model.clone()),
+            smmuv3_hosted::SimDmaMemory::new(parts.mem.clone()),
+            smmuv3_hosted::PollClock::default(),
+            smmuv3::SmmuConfig {
+                timeout_us: 20_000,
+                gbpa_abort: false,
+                ..smmuv3::SmmuConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    let hyp_page = parts.map.hyp()[0].base;
+    let r = hyp_iommu::HypIommu::new(
+        &parts.map,
+        vec![bypassing()],
+        smmuv3_hosted::SimDmaMemory::new(parts.mem.clone()),
+        common::SimScrub(parts.mem.clone()),
+        hyp_iommu::Options::default(),
+    );
+    if let Ok(mut hyp) = r {
+        hyp.attach_host_stream(0, SID).unwrap();
+        hyp.power_off(0).unwrap();
+        let mut buf = [0u8; 8];
+        let req = smmuv3_model::DmaRequest::read(SID, hyp_page, 8);
+        let dma = model.dma_read(&req, &mut buf);
+        panic!("accepted; powered off, a device reads hypervisor memory: {dma:?}");
+    }
+    assert!(matches!(r, Err(Error::Unsuitable(_))));
+    // Nor may one come back on that way.
+    let mut fx = two_smmus();
+    fx.hyp.power_off(1).unwrap();
+    let weak = HostedSmmu::new(
+        smmuv3_hosted::ModelFrame::new(fx.models[1].clone()),
+        smmuv3_hosted::SimDmaMemory::new(fx.mem.clone()),
+        smmuv3_hosted::PollClock::default(),
+        smmuv3::SmmuConfig {
+            timeout_us: 20_000,
+            gbpa_abort: false,
+            ..smmuv3::SmmuConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        fx.hyp.power_on(1, weak),
+        Err(Error::Unsuitable(_))
+    ));
+    assert!(!fx.hyp.is_on(1));
 }
