@@ -9,7 +9,7 @@ use io_pgtable::config::Regs;
 use super::domain::{DomainKind, DomainShared};
 use super::{Domain, ExternalStage2, Inner, Smmu, SmmuConfig, Stats, StrtabFormat};
 use crate::Error;
-use crate::command::Command;
+use crate::command::{Command, atc_inv};
 use crate::config::{CdFormat, CdTableRef, S1Dss, S2Ref, SteConfig, build_cd, build_ste};
 use crate::entry::{Entry, EntryKind, WORDS, apply, plan_update};
 use crate::env::{DmaMemory, SmmuEnv};
@@ -573,6 +573,18 @@ impl<E: SmmuEnv> Inner<E> {
         m.mode == Mode::Translate && !m.s1.is_empty()
     }
 
+    /// Invalidates the endpoint's whole ATC for `sid` and waits, after a
+    /// configuration change of a stream that had or now has ATS: what the
+    /// endpoint cached from the old configuration is physical addresses,
+    /// which translated traffic would reach under the new one (or under
+    /// the next one with ATS). Without a PASID the invalidation also
+    /// covers every PASID's entries, so it serves a substream's detach as
+    /// well. Called only once the STE or CD change itself was synced, so
+    /// the endpoint cannot refill from the old configuration.
+    fn flush_atc(&self, sid: u32) -> Result<(), Error> {
+        self.issue(&[atc_inv(sid, None, 0, 0)], true)
+    }
+
     /// Drops `sid`'s links to domains. The domains forget the stream only
     /// in [`Self::forget`], after the STE stopped using them: until then a
     /// dropped domain still detaches the stream before freeing its tables.
@@ -619,7 +631,7 @@ impl<E: SmmuEnv> Inner<E> {
         }
         Self::unlink(m, sid, None, true, &mut gone);
         m.mode = mode;
-        m.ats = false;
+        let had_ats = core::mem::replace(&mut m.ats, false);
         let old_cd = m.cd.take();
         self.sync_ste(&mut st, sid, &mut up)?;
         Self::forget(st.masters.get(&sid), gone);
@@ -627,6 +639,9 @@ impl<E: SmmuEnv> Inner<E> {
             // SAFETY: the STE no longer points at the table and the update
             // was synced (CFGI_STE + CMD_SYNC completed).
             unsafe { free_cd_table(c, &self.mem) };
+        }
+        if had_ats {
+            self.flush_atc(sid)?;
         }
         Ok(up)
     }
@@ -828,7 +843,7 @@ impl<E: SmmuEnv> Smmu<E> {
             m.s2 = Some((s2.shared().clone(), Regs::Stage2(s2.regs())));
         }
         m.mode = Mode::Foreign(cd, s1dss);
-        m.ats = false;
+        let had_ats = core::mem::replace(&mut m.ats, false);
         let old_cd = m.cd.take();
         i.sync_ste(&mut st, sid, &mut up)?;
         Inner::<E>::forget(st.masters.get(&sid), gone);
@@ -836,6 +851,9 @@ impl<E: SmmuEnv> Smmu<E> {
             // SAFETY: the STE no longer points at the table and the update
             // was synced (CFGI_STE + CMD_SYNC completed).
             unsafe { free_cd_table(c, &i.mem) };
+        }
+        if had_ats {
+            i.flush_atc(sid)?;
         }
         Ok(up)
     }
@@ -873,6 +891,9 @@ impl<E: SmmuEnv> Smmu<E> {
         let mut retired: Vec<CdTable> = Vec::new();
         let mut gone: Vec<Gone> = Vec::new();
         let m = st.masters.entry(sid).or_insert_with(|| Master::new(sid));
+        // An endpoint that had ATS may hold translations of the old
+        // configuration; one getting ATS may hold a previous owner's.
+        let flush_atc = m.ats || opts.ats;
         if m.mode != Mode::Translate {
             if matches!(m.mode, Mode::Foreign(..)) {
                 Inner::<E>::unlink(m, sid, None, true, &mut gone);
@@ -992,6 +1013,9 @@ impl<E: SmmuEnv> Smmu<E> {
             // update completed (synced), so the SMMU no longer fetches from it.
             unsafe { free_cd_table(c, &i.mem) };
         }
+        if flush_atc {
+            i.flush_atc(sid)?;
+        }
         Ok(up)
     }
 
@@ -1014,6 +1038,7 @@ impl<E: SmmuEnv> Smmu<E> {
         }
         let live = true;
         i.write_cd(m, sid, s, &[0; WORDS], live, &mut up)?;
+        let ats = m.ats;
         let mut gone = Vec::new();
         Inner::<E>::unlink(m, sid, Some(s), false, &mut gone);
         if m.s1.is_empty() {
@@ -1021,6 +1046,9 @@ impl<E: SmmuEnv> Smmu<E> {
             i.sync_ste(&mut st, sid, &mut up)?;
         }
         Inner::<E>::forget(st.masters.get(&sid), gone);
+        if ats {
+            i.flush_atc(sid)?;
+        }
         Ok(up)
     }
 }

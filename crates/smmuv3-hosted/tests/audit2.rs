@@ -1,0 +1,182 @@
+//! Regressions of the second adversarial audit of the driver core and
+//! io-pgtable, on the model: stale translations a device keeps in its own
+//! ATC across a change of its stream's configuration, a leaf-level hint
+//! that did not cover what a widened gather held, and queue memory freed
+//! while the SMMU could still read it.
+
+use io_pgtable::{Granule, Prot};
+use sim_memory::Coherency;
+use smmuv3::command::Command;
+use smmuv3::{AttachOptions, SmmuConfig};
+use smmuv3_hosted::{HostedDomain, System};
+use smmuv3_model::{DmaRequest, ModelConfig, SmmuModel, TraceEntry};
+
+const MEM: u64 = 16 << 20;
+const RW: Prot = Prot::READ.union(Prot::WRITE).union(Prot::CACHE);
+const IOVA: u64 = 0x10_0000;
+const ATS: AttachOptions = AttachOptions {
+    s1dss: smmuv3::config::S1Dss::Ssid0,
+    ssid_bits: 0,
+    ats: true,
+};
+
+fn ats_system() -> System {
+    System::new(
+        MEM,
+        Coherency::Coherent,
+        ModelConfig {
+            ats: true,
+            ..ModelConfig::default()
+        },
+        SmmuConfig::default(),
+    )
+    .unwrap()
+}
+
+/// A PCIe endpoint's ATC of one entry, kept as a real device keeps it: it
+/// translates once through the SMMU (an ATS translation request), then
+/// sends translated traffic until the SMMU forwards an ATC invalidation
+/// covering the entry.
+struct Atc {
+    sid: u32,
+    entry: Option<(u64, u64)>,
+}
+
+impl Atc {
+    fn new(sid: u32) -> Self {
+        Self { sid, entry: None }
+    }
+
+    /// Drops the entry if one of the commands the model consumed since the
+    /// last call is an ATC_INV of this stream covering it.
+    fn snoop(&mut self, model: &SmmuModel) {
+        for t in model.take_trace() {
+            let TraceEntry::Command {
+                words,
+                error: None,
+                ..
+            } = t
+            else {
+                continue;
+            };
+            let Ok(Command::AtcInv {
+                sid,
+                addr,
+                size_log2,
+                ..
+            }) = Command::decode(words)
+            else {
+                continue;
+            };
+            let covers = |iova: u64| {
+                size_log2 >= 52 || (iova >= addr && iova - addr < 1u64 << (size_log2 + 12))
+            };
+            if sid == self.sid && self.entry.is_some_and(|(iova, _)| covers(iova)) {
+                self.entry = None;
+            }
+        }
+    }
+
+    /// Reads 8 bytes at `iova` as the device does: translated traffic from
+    /// its ATC, or a translation request first.
+    fn read(&mut self, model: &SmmuModel, iova: u64) -> [u8; 8] {
+        self.snoop(model);
+        let pa = match self.entry {
+            Some((i, pa)) if i == iova => pa,
+            _ => {
+                let t = model
+                    .translate(&DmaRequest::read(self.sid, iova, 8))
+                    .unwrap();
+                self.entry = Some((iova, t.pa));
+                t.pa
+            }
+        };
+        let mut b = [0u8; 8];
+        let req = DmaRequest {
+            ats_translated: true,
+            ..DmaRequest::read(self.sid, pa, 8)
+        };
+        model.dma_read(&req, &mut b).unwrap();
+        b
+    }
+}
+
+/// Returns a domain mapping `IOVA` to a fresh page holding `tag`.
+fn domain_with(sys: &System, tag: &[u8; 8]) -> HostedDomain {
+    let d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    let pa = sys.mem.alloc(4096).unwrap();
+    sys.mem.cpu_write(pa, tag).unwrap();
+    d.map(IOVA, pa, 4096, RW).unwrap();
+    d
+}
+
+/// Defect: an ATS stream moved to another domain (or detached and attached
+/// again) kept what its endpoint's ATC had cached from the old domain: the
+/// driver sent ATC invalidations only for unmaps, never when a stream's
+/// configuration changed, so the device went on reading the old domain's
+/// memory by translated traffic the new STE lets through.
+#[test]
+fn an_ats_streams_atc_is_invalidated_when_its_domain_changes() {
+    let sys = ats_system();
+    sys.model.set_trace(4096);
+    let a = domain_with(&sys, b"domain-A");
+    let b = domain_with(&sys, b"domain-B");
+    let mut atc = Atc::new(7);
+    sys.smmu.attach(7, None, &a, ATS).unwrap();
+    assert_eq!(&atc.read(&sys.model, IOVA), b"domain-A");
+    // Moved to another domain: the device must see B's page now.
+    sys.smmu.attach(7, None, &b, ATS).unwrap();
+    assert_eq!(&atc.read(&sys.model, IOVA), b"domain-B");
+    // Detached (aborting), then attached to A again.
+    sys.smmu.detach(7, None).unwrap();
+    sys.smmu.attach(7, None, &a, ATS).unwrap();
+    assert_eq!(&atc.read(&sys.model, IOVA), b"domain-A");
+    // Attached without ATS, then with ATS again: nothing from A survives.
+    sys.smmu
+        .attach(7, None, &b, AttachOptions::default())
+        .unwrap();
+    sys.smmu.attach(7, None, &b, ATS).unwrap();
+    assert_eq!(&atc.read(&sys.model, IOVA), b"domain-B");
+}
+
+/// Defect: detaching one substream of an ATS stream left the PASID's ATC
+/// entries in place; the next domain attached there inherited them.
+#[test]
+fn an_ats_substreams_atc_is_invalidated_when_it_is_detached() {
+    let sys = ats_system();
+    sys.model.set_trace(4096);
+    let a = domain_with(&sys, b"domain-A");
+    let b = domain_with(&sys, b"domain-B");
+    let opts = AttachOptions {
+        ssid_bits: 4,
+        ..ATS
+    };
+    sys.smmu.attach(7, Some(3), &a, opts).unwrap();
+    // The endpoint's PASID-3 entry, as a translation request made it.
+    let t = sys
+        .model
+        .translate(&DmaRequest::read(7, IOVA, 8).with_ssid(3))
+        .unwrap();
+    sys.model.take_trace();
+    sys.smmu.detach(7, Some(3)).unwrap();
+    let invalidated = sys.model.take_trace().into_iter().any(|e| {
+        matches!(e, TraceEntry::Command { words, error: None, .. }
+            if matches!(Command::decode(words),
+                Ok(Command::AtcInv { sid: 7, addr, size_log2, .. })
+                    if size_log2 >= 52 || (IOVA >= addr && IOVA - addr < 1u64 << (size_log2 + 12))))
+    });
+    assert!(
+        invalidated,
+        "no ATC_INV of stream 7 covering {IOVA:#x} (cached as {:#x})",
+        t.pa
+    );
+    // The next domain on PASID 3 is reached afresh.
+    sys.smmu.attach(7, Some(3), &b, opts).unwrap();
+    let t = sys
+        .model
+        .translate(&DmaRequest::read(7, IOVA, 8).with_ssid(3))
+        .unwrap();
+    let mut tag = [0u8; 8];
+    sys.mem.cpu_read(t.pa, &mut tag).unwrap();
+    assert_eq!(&tag, b"domain-B");
+}
