@@ -180,3 +180,69 @@ fn an_ats_substreams_atc_is_invalidated_when_it_is_detached() {
     sys.mem.cpu_read(t.pa, &mut tag).unwrap();
     assert_eq!(&tag, b"domain-B");
 }
+
+/// Defect: when the sync that separates two page sizes in a gather failed,
+/// io-pgtable widened the gather to both ranges but kept the smaller page
+/// size, and the driver sent it as the leaf-level hint (TTL) of the
+/// recovery invalidation: a level-3 hint over a range that also held a
+/// 2 MiB block, whose TLB entry a level-hinted range TLBI need not (and
+/// the model does not) remove. Here the first sync cannot even be queued
+/// (the SMMU is slow and the queue full), the recovery one succeeds, and
+/// the device still wrote through the unmapped block.
+#[test]
+fn a_recovered_gather_of_two_page_sizes_is_invalidated_at_every_level() {
+    const M2: u64 = 2 << 20;
+    const X: u64 = 0x4000_0000;
+    let sys = System::new(
+        MEM,
+        Coherency::Coherent,
+        ModelConfig::default(),
+        SmmuConfig {
+            cmdq_log2: 7,
+            timeout_us: 200,
+            ..SmmuConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(sys.smmu.features().ril, "the level hint needs range TLBIs");
+    let mut d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    sys.smmu
+        .attach(3, None, &d, AttachOptions::default())
+        .unwrap();
+    let pa = sys.mem.alloc(2 * M2).unwrap();
+    // A 2 MiB block and a 4 KiB page after it, both cached by DMA.
+    d.map(X, pa, M2 + 4096, RW).unwrap();
+    assert_eq!(d.page_table().walk(X).steps().len(), 3, "a level-2 block");
+    for iova in [X, X + M2] {
+        sys.model
+            .dma_write(&DmaRequest::write(3, iova, 4), &[1; 4])
+            .unwrap();
+    }
+    // A slow SMMU: it consumes nothing until CMDQ_CONS was read 300
+    // times, and the queue is full of unrelated work.
+    sys.model.delay_commands(u32::MAX);
+    let fill = vec![Command::TlbiNhAsid { vmid: 0, asid: 0xff }; 128];
+    sys.smmu.issue(&fill, false).unwrap();
+    sys.model.delay_commands(300);
+    // The block goes to the gather; the page's different size needs a
+    // sync of the block first, which times out waiting for queue space;
+    // the recovery invalidation of both then goes through.
+    let r = d.unmap(X, M2 + 4096);
+    assert!(
+        matches!(&r, Err(smmuv3::Error::Partial(p)) if p.done as u64 == M2 + 4096),
+        "{r:?}"
+    );
+    let audit = sys.model.audit_caches();
+    assert!(audit.is_clean(), "{audit:?}");
+    for iova in [X, X + M2] {
+        assert!(
+            sys.model
+                .dma_write(&DmaRequest::write(3, iova, 4), &[2; 4])
+                .is_err(),
+            "{iova:#x} still reachable"
+        );
+    }
+    let mut b = [0u8; 4];
+    sys.mem.cpu_read(pa, &mut b).unwrap();
+    assert_eq!(b, [1; 4]);
+}

@@ -217,13 +217,16 @@ impl<E: SmmuEnv> DomainEnv<E> {
         )
     }
 
-    /// Invalidates the leaves of `gather` (nothing when it is empty).
+    /// Invalidates the leaves of `gather` (nothing when it is empty), with
+    /// their level as a hint only when they all have one size: a gather a
+    /// failed sync widened holds larger leaves too, which an invalidation
+    /// hinted at the smallest level would leave in the TLB.
     fn invalidate_gather(&self, gather: &Gather) -> Result<(), Error> {
         if gather.is_empty() {
             return Ok(());
         }
-        let leaf = gather.pgsize().trailing_zeros() as u8;
-        self.invalidate(gather.start(), gather.len(), Some(leaf))
+        let leaf = gather.leaf_size().map(|s| s.trailing_zeros() as u8);
+        self.invalidate(gather.start(), gather.len(), leaf)
     }
 }
 
