@@ -4,11 +4,16 @@
 //! that did not cover what a widened gather held, and queue memory freed
 //! while the SMMU could still read it.
 
+use std::sync::Arc;
+
 use io_pgtable::{Granule, Prot};
-use sim_memory::Coherency;
-use smmuv3::command::Command;
+use sim_memory::{Coherency, SimMemory};
+use smmuv3::command::{Command, SyncSignal};
+use smmuv3::regs;
 use smmuv3::{AttachOptions, SmmuConfig};
-use smmuv3_hosted::{HostedDomain, System};
+use smmuv3_hosted::{
+    HostedDomain, HostedSmmu, MEM_BASE, ModelFrame, PollClock, SimDmaMemory, System,
+};
 use smmuv3_model::{DmaRequest, ModelConfig, SmmuModel, TraceEntry};
 
 const MEM: u64 = 16 << 20;
@@ -245,4 +250,69 @@ fn a_recovered_gather_of_two_page_sizes_is_invalidated_at_every_level() {
     let mut b = [0u8; 4];
     sys.mem.cpu_read(pa, &mut b).unwrap();
     assert_eq!(b, [1; 4]);
+}
+
+/// Defect: a bring-up that failed after the command queue was enabled (here
+/// the CMD_SYNC of the global invalidations never completes) freed the
+/// queue memory on drop without disabling the queue: the driver took
+/// `enabled == false` for "stopped". Whoever got that memory next wrote
+/// commands the SMMU then executed, such as a CMD_SYNC whose MSI writes
+/// anywhere.
+#[test]
+fn a_failed_bring_up_frees_no_queue_the_smmu_still_reads() {
+    let mem = Arc::new(SimMemory::new(MEM_BASE, MEM, Coherency::Coherent).unwrap());
+    let model = Arc::new(SmmuModel::new(ModelConfig::default(), mem.clone()).unwrap());
+    model.pause_commands();
+    let r = HostedSmmu::new(
+        ModelFrame::new(model.clone()),
+        SimDmaMemory::new(mem.clone()),
+        PollClock::default(),
+        SmmuConfig {
+            timeout_us: 200,
+            ..SmmuConfig::default()
+        },
+    );
+    assert_eq!(
+        r.err(),
+        Some(smmuv3::Error::Timeout("CMD_SYNC completion"))
+    );
+    // Someone else allocates the memory the queue was in (if it was freed)
+    // and fills it with commands of their own.
+    let q = model.read64(regs::CMDQ_BASE as u64) & 0x000f_ffff_ffff_ffe0;
+    let mut got = Vec::new();
+    let mut victim = None;
+    while let Ok(pa) = mem.alloc(4096) {
+        got.push(pa);
+        if pa == q {
+            let v = mem.alloc(4096).unwrap();
+            mem.cpu_write(v, &[0x5a; 8]).unwrap();
+            victim = Some(v);
+            let sync = Command::Sync {
+                signal: SyncSignal::Msi {
+                    addr: v,
+                    data: 0xdead,
+                },
+            }
+            .encode()
+            .unwrap();
+            for e in 0..256u64 {
+                mem.cpu_write(pa + 16 * e, &sync[0].to_le_bytes()).unwrap();
+                mem.cpu_write(pa + 16 * e + 8, &sync[1].to_le_bytes())
+                    .unwrap();
+            }
+            break;
+        }
+    }
+    model.resume_commands();
+    if let Some(v) = victim {
+        let mut b = [0u8; 8];
+        mem.cpu_read(v, &mut b).unwrap();
+        assert_eq!(b, [0x5a; 8], "the SMMU ran commands from freed memory");
+    }
+    let cmdqen = regs::cr0::CMDQEN.mask() as u32;
+    assert_eq!(
+        model.read32(regs::CR0ACK as u64) & cmdqen,
+        0,
+        "the queue was left enabled"
+    );
 }
