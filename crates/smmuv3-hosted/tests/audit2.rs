@@ -316,3 +316,68 @@ fn a_failed_bring_up_frees_no_queue_the_smmu_still_reads() {
         "the queue was left enabled"
     );
 }
+
+/// Brings up a second SMMU over the memory of `sys`.
+fn second_smmu(sys: &System) -> (Arc<SmmuModel>, HostedSmmu) {
+    let model = Arc::new(SmmuModel::new(ModelConfig::default(), sys.mem.clone()).unwrap());
+    let smmu = HostedSmmu::new(
+        ModelFrame::new(model.clone()),
+        SimDmaMemory::new(sys.mem.clone()),
+        PollClock::default(),
+        SmmuConfig::default(),
+    )
+    .unwrap();
+    (model, smmu)
+}
+
+/// Defect: a domain of one SMMU could be attached to a stream of another
+/// (same environment type, so it compiled). Its invalidations go to its
+/// own SMMU only, and its ASID is allocated there only, so the other
+/// SMMU's TLB kept the unmapped page, and dropping the domain detached
+/// the stream on the wrong SMMU before freeing the tables the other one
+/// still walked.
+#[test]
+fn a_domain_attaches_only_to_streams_of_its_own_smmu() {
+    let sys = System::new(
+        MEM,
+        Coherency::Coherent,
+        ModelConfig::default(),
+        SmmuConfig::default(),
+    )
+    .unwrap();
+    let (model_b, smmu_b) = second_smmu(&sys);
+    let mut d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
+    let pa = sys.mem.alloc(4096).unwrap();
+    d.map(IOVA, pa, 4096, RW).unwrap();
+    let probe = || {
+        model_b.dma_write(&DmaRequest::write(5, IOVA, 4), &[7; 4])
+    };
+    let before = probe().unwrap_err();
+    let r = smmu_b.attach(5, None, &d, AttachOptions::default());
+    if r.is_ok() {
+        probe().unwrap();
+        d.unmap(IOVA, 4096).unwrap();
+        let audit = model_b.audit_caches();
+        panic!(
+            "attached to another SMMU; after unmap it still writes: {:?}, stale {:?}",
+            probe(),
+            audit.stale
+        );
+    }
+    assert!(matches!(r, Err(smmuv3::Error::Unsupported(_))), "{r:?}");
+    // Nothing changed on the other SMMU: the stream aborts as before.
+    assert_eq!(probe().unwrap_err(), before);
+    assert!(d.attached().is_empty());
+    // Nested and external stage 2 are refused the same way.
+    let s2 = HostedDomain::new_stage2(&sys.smmu, Granule::K4, 40).unwrap();
+    let s1 = HostedDomain::new_nested_stage1(&s2, Granule::K4, 48).unwrap();
+    let r = smmu_b.attach_nested(5, None, &s2, &s1, AttachOptions::default());
+    assert!(matches!(r, Err(smmuv3::Error::Unsupported(_))), "{r:?}");
+    let io_pgtable::Regs::Stage2(regs) = s2.page_table().regs() else {
+        panic!("a stage-2 table has stage-2 registers");
+    };
+    let ext = smmuv3::ExternalStage2::new(&sys.smmu, 9, regs).unwrap();
+    let r = smmu_b.attach_external(5, &ext);
+    assert!(matches!(r, Err(smmuv3::Error::Unsupported(_))), "{r:?}");
+    assert_eq!(probe().unwrap_err(), before);
+}

@@ -412,6 +412,12 @@ impl<E: SmmuEnv> Domain<E> {
         &self.shared
     }
 
+    /// Returns whether the domain was made on `smmu` (its ids are allocated
+    /// and its invalidations issued there only).
+    pub(crate) fn belongs_to(&self, smmu: &Smmu<E>) -> bool {
+        Arc::ptr_eq(&self.smmu.inner, &smmu.inner)
+    }
+
     pub(crate) fn table_regs(&self) -> Regs {
         self.pt.regs()
     }

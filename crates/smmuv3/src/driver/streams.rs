@@ -25,6 +25,13 @@ const STRTAB_L1_MAX_LOG2: u8 = 12;
 /// CDs per 4 KiB level-2 CD table, log2.
 const CD_L2_LOG2: u8 = 6;
 
+/// Why a domain (or an external stage 2) of another SMMU is refused: its
+/// ASID or VMID is allocated, and its invalidations issued, on its own SMMU
+/// only, so this one would keep its translations after an unmap and could
+/// share their tag with a domain of its own; and dropping it would detach
+/// the stream on the wrong SMMU before freeing tables this one walks.
+const FOREIGN_DOMAIN: Error = Error::Unsupported("the domain belongs to another SMMU");
+
 /// A link a stream dropped: (domain, stream, substream).
 type Gone = (Arc<DomainShared>, u32, Option<u32>);
 
@@ -740,7 +747,8 @@ impl<E: SmmuEnv> Smmu<E> {
     /// # Errors
     ///
     /// [`Error::BadStreamId`], [`Error::BadSubstreamId`],
-    /// [`Error::Unsupported`] (nesting, ATS or substreams the SMMU lacks),
+    /// [`Error::Unsupported`] (nesting, ATS or substreams the SMMU lacks, or
+    /// a domain made on another SMMU),
     /// allocation and command errors.
     pub fn attach(
         &self,
@@ -749,6 +757,9 @@ impl<E: SmmuEnv> Smmu<E> {
         domain: &Domain<E>,
         opts: AttachOptions,
     ) -> Result<Update, Error> {
+        if !domain.belongs_to(self) {
+            return Err(FOREIGN_DOMAIN);
+        }
         self.attach_many(sid, &[(ssid, domain.shared(), domain.table_regs())], opts)
     }
 
@@ -757,8 +768,12 @@ impl<E: SmmuEnv> Smmu<E> {
     ///
     /// # Errors
     ///
+    /// [`Error::Unsupported`] when `s2` was made on another SMMU,
     /// [`Error::BadStreamId`], allocation and command errors.
     pub fn attach_external(&self, sid: u32, s2: &ExternalStage2<E>) -> Result<Update, Error> {
+        if !s2.belongs_to(self) {
+            return Err(FOREIGN_DOMAIN);
+        }
         self.attach_many(
             sid,
             &[(None, s2.shared(), Regs::Stage2(s2.regs()))],
@@ -785,6 +800,9 @@ impl<E: SmmuEnv> Smmu<E> {
         if !self.inner.features.nesting {
             return Err(Error::Unsupported("nesting (IDR0.S1P+S2P, errata)"));
         }
+        if !s2.belongs_to(self) || !s1.belongs_to(self) {
+            return Err(FOREIGN_DOMAIN);
+        }
         self.attach_many(
             sid,
             &[
@@ -806,7 +824,8 @@ impl<E: SmmuEnv> Smmu<E> {
     ///
     /// # Errors
     ///
-    /// [`Error::Unsupported`] without nesting, or when `cd` has more
+    /// [`Error::Unsupported`] without nesting, when `s2` was made on another
+    /// SMMU, or when `cd` has more
     /// substream bits than IDR1.SSIDSIZE or is two-level without IDR0.CD2L;
     /// [`Error::BadStreamId`]; allocation and command errors.
     pub fn attach_foreign_nested(
@@ -819,6 +838,9 @@ impl<E: SmmuEnv> Smmu<E> {
         let i = &*self.inner;
         if !i.features.nesting {
             return Err(Error::Unsupported("nesting (IDR0.S1P+S2P, errata)"));
+        }
+        if !s2.belongs_to(self) {
+            return Err(FOREIGN_DOMAIN);
         }
         if cd.cdmax_log2 > i.features.ssid_bits {
             return Err(Error::Unsupported("substream ID bits beyond IDR1.SSIDSIZE"));
