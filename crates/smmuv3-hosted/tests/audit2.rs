@@ -381,3 +381,41 @@ fn a_domain_attaches_only_to_streams_of_its_own_smmu() {
     assert!(matches!(r, Err(smmuv3::Error::Unsupported(_))), "{r:?}");
     assert_eq!(probe().unwrap_err(), before);
 }
+
+/// Defect: `Domain::flush_all`, the recovery after an unmap whose
+/// invalidation failed, invalidated the SMMU's TLB but not the ATCs of the
+/// domain's ATS streams, which the failed unmap never reached either: the
+/// endpoint kept reading the unmapped page by translated traffic.
+#[test]
+fn flush_all_also_invalidates_the_atcs_of_ats_streams() {
+    let sys = System::new(
+        MEM,
+        Coherency::Coherent,
+        ModelConfig {
+            ats: true,
+            ..ModelConfig::default()
+        },
+        SmmuConfig {
+            timeout_us: 200,
+            ..SmmuConfig::default()
+        },
+    )
+    .unwrap();
+    sys.model.set_trace(4096);
+    let mut d = domain_with(&sys, b"unmapped");
+    sys.smmu.attach(7, None, &d, ATS).unwrap();
+    let mut atc = Atc::new(7);
+    assert_eq!(&atc.read(&sys.model, IOVA), b"unmapped");
+    // The SMMU stalls: the unmap's TLBI never completes in time, so the
+    // unmap reports it and sends nothing more.
+    sys.model.pause_commands();
+    assert!(d.unmap(IOVA, 4096).is_err());
+    sys.model.resume_commands();
+    // The documented recovery.
+    d.flush_all().unwrap();
+    let mut b = [0u8; 8];
+    let req = DmaRequest::read(7, IOVA, 8);
+    assert!(sys.model.dma_read(&req, &mut b).is_err(), "the TLB forgot");
+    atc.snoop(&sys.model);
+    assert_eq!(atc.entry, None, "the endpoint's ATC still maps {IOVA:#x}");
+}

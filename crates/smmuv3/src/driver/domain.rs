@@ -557,13 +557,22 @@ impl<E: SmmuEnv> Domain<E> {
         self.pt.translate(iova)
     }
 
-    /// Invalidates every TLB entry of the domain and waits.
+    /// Invalidates every TLB entry of the domain and, once that completed,
+    /// the whole ATC of each of its ATS streams, and waits: the recovery
+    /// after an unmap whose invalidation failed, which may have stopped
+    /// before its ATC invalidations.
     ///
     /// # Errors
     ///
     /// Command errors.
     pub fn flush_all(&self) -> Result<(), Error> {
-        self.smmu.issue(&[self.shared.target().all()], true)
+        let i = &self.smmu.inner;
+        i.issue(&[self.shared.target().all()], true)?;
+        let ats = self.shared.ats.lock();
+        if ats.is_empty() {
+            return Ok(());
+        }
+        i.issue_iter(ats.iter().map(|&(sid, ssid)| atc_inv(sid, ssid, 0, 0)), true)
     }
 }
 
