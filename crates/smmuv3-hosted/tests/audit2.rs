@@ -419,3 +419,68 @@ fn flush_all_also_invalidates_the_atcs_of_ats_streams() {
     atc.snoop(&sys.model);
     assert_eq!(atc.entry, None, "the endpoint's ATC still maps {IOVA:#x}");
 }
+
+/// Defect: attaching a stage-1 domain wrote its context descriptor into
+/// the live CD table before the domain recorded the stream. When a later
+/// step of the attach failed (a CMD_SYNC that did not complete in time)
+/// the device could already translate through the domain's tables, yet
+/// the domain did not know the stream: dropping it freed the tables
+/// without detaching, and the device kept walking them.
+#[test]
+fn a_failed_attach_leaves_no_context_its_domain_does_not_know() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let mut failed = 0;
+    for k in 1u32.. {
+        let sys = System::new(
+            MEM,
+            Coherency::Coherent,
+            ModelConfig::default(),
+            SmmuConfig {
+                timeout_us: 200,
+                ..SmmuConfig::default()
+            },
+        )
+        .unwrap();
+        let a = domain_with(&sys, b"domain-A");
+        let b = domain_with(&sys, b"domain-B");
+        let opts = AttachOptions {
+            ssid_bits: 4,
+            ..AttachOptions::default()
+        };
+        sys.smmu.attach(7, Some(1), &a, opts).unwrap();
+        // The SMMU stops consuming at the k-th doorbell of the attach.
+        let rings = Arc::new(AtomicU32::new(0));
+        let model = sys.model.clone();
+        let hook_rings = rings.clone();
+        sys.smmu.regs().set_hook(Some(Arc::new(move |off, _| {
+            if off == regs::CMDQ_PROD && hook_rings.fetch_add(1, Ordering::Relaxed) + 1 == k {
+                model.pause_commands();
+            }
+        })));
+        let r = sys.smmu.attach(7, Some(2), &b, opts);
+        sys.smmu.regs().set_hook(None);
+        sys.model.resume_commands();
+        if r.is_ok() {
+            break;
+        }
+        failed += 1;
+        let read = || {
+            let mut tag = [0u8; 8];
+            let req = DmaRequest::read(7, IOVA, 8).with_ssid(2);
+            sys.model.dma_read(&req, &mut tag).map(|()| tag)
+        };
+        if read() == Ok(*b"domain-B") {
+            assert!(
+                b.attached().contains(&(7, Some(2))),
+                "doorbell {k}: the device reaches the domain, which does not know it"
+            );
+        }
+        drop(b);
+        assert_ne!(
+            read(),
+            Ok(*b"domain-B"),
+            "doorbell {k}: the device walks the dropped domain's tables"
+        );
+    }
+    assert!(failed > 0);
+}

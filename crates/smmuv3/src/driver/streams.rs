@@ -941,6 +941,9 @@ impl<E: SmmuEnv> Smmu<E> {
                     }
                     Inner::<E>::unlink(m, sid, None, true, &mut gone);
                     shared.add(sid, None);
+                    if opts.ats {
+                        shared.add_ats(sid, None);
+                    }
                     m.s2 = Some((shared, regs));
                 }
                 DomainKind::Stage1 { asid, parent_vmid } => {
@@ -1016,14 +1019,21 @@ impl<E: SmmuEnv> Smmu<E> {
                     };
                     let live = m.cd.as_ref().is_some_and(|c| cd_live == Some(c.blk.phys()));
                     let cd = build_cd(&r, asid, &i.entry_env);
-                    i.write_cd(m, sid, index, &cd, live, &mut up)?;
+                    // The stream and the domain record the link before the
+                    // CD is written: in a live table the device may use the
+                    // CD as soon as it is in memory, even if a later step of
+                    // the rewrite fails, and dropping the domain must then
+                    // still find the link and detach the CD before freeing
+                    // the tables (and invalidate the ATC). The replaced
+                    // domain keeps its record until the change completed.
                     Inner::<E>::unlink(m, sid, Some(index), false, &mut gone);
                     shared.add(sid, ssid);
+                    if opts.ats {
+                        shared.add_ats(sid, ssid);
+                    }
                     m.s1.insert(index, (ssid, shared, regs));
+                    i.write_cd(m, sid, index, &cd, live, &mut up)?;
                 }
-            }
-            if opts.ats {
-                domain.add_ats(sid, ssid);
             }
         }
         m.mode = Mode::Translate;
