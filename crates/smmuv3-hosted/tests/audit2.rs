@@ -1,8 +1,10 @@
 //! Regressions of the second adversarial audit of the driver core and
-//! io-pgtable, on the model: stale translations a device keeps in its own
-//! ATC across a change of its stream's configuration, a leaf-level hint
-//! that did not cover what a widened gather held, and queue memory freed
-//! while the SMMU could still read it.
+//! io-pgtable, on the model: translations an endpoint keeps in its ATC
+//! across a change of its stream's configuration and across the recovery
+//! flush, a leaf-level hint that did not cover what a widened gather held,
+//! queue memory freed while the SMMU could still read it, a domain
+//! attached to another SMMU's stream, and a context descriptor live
+//! before its domain knew the stream.
 
 use std::sync::Arc;
 
@@ -57,9 +59,7 @@ impl Atc {
     fn snoop(&mut self, model: &SmmuModel) {
         for t in model.take_trace() {
             let TraceEntry::Command {
-                words,
-                error: None,
-                ..
+                words, error: None, ..
             } = t
             else {
                 continue;
@@ -226,7 +226,13 @@ fn a_recovered_gather_of_two_page_sizes_is_invalidated_at_every_level() {
     // A slow SMMU: it consumes nothing until CMDQ_CONS was read 300
     // times, and the queue is full of unrelated work.
     sys.model.delay_commands(u32::MAX);
-    let fill = vec![Command::TlbiNhAsid { vmid: 0, asid: 0xff }; 128];
+    let fill = vec![
+        Command::TlbiNhAsid {
+            vmid: 0,
+            asid: 0xff
+        };
+        128
+    ];
     sys.smmu.issue(&fill, false).unwrap();
     sys.model.delay_commands(300);
     // The block goes to the gather; the page's different size needs a
@@ -272,10 +278,7 @@ fn a_failed_bring_up_frees_no_queue_the_smmu_still_reads() {
             ..SmmuConfig::default()
         },
     );
-    assert_eq!(
-        r.err(),
-        Some(smmuv3::Error::Timeout("CMD_SYNC completion"))
-    );
+    assert_eq!(r.err(), Some(smmuv3::Error::Timeout("CMD_SYNC completion")));
     // Someone else allocates the memory the queue was in (if it was freed)
     // and fills it with commands of their own.
     let q = model.read64(regs::CMDQ_BASE as u64) & 0x000f_ffff_ffff_ffe0;
@@ -349,9 +352,7 @@ fn a_domain_attaches_only_to_streams_of_its_own_smmu() {
     let mut d = HostedDomain::new_stage1(&sys.smmu, Granule::K4, 48).unwrap();
     let pa = sys.mem.alloc(4096).unwrap();
     d.map(IOVA, pa, 4096, RW).unwrap();
-    let probe = || {
-        model_b.dma_write(&DmaRequest::write(5, IOVA, 4), &[7; 4])
-    };
+    let probe = || model_b.dma_write(&DmaRequest::write(5, IOVA, 4), &[7; 4]);
     let before = probe().unwrap_err();
     let r = smmu_b.attach(5, None, &d, AttachOptions::default());
     if r.is_ok() {

@@ -572,7 +572,10 @@ impl<E: SmmuEnv> Domain<E> {
         if ats.is_empty() {
             return Ok(());
         }
-        i.issue_iter(ats.iter().map(|&(sid, ssid)| atc_inv(sid, ssid, 0, 0)), true)
+        i.issue_iter(
+            ats.iter().map(|&(sid, ssid)| atc_inv(sid, ssid, 0, 0)),
+            true,
+        )
     }
 }
 
