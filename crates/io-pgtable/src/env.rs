@@ -215,7 +215,6 @@ pub trait TlbHooks {
                 start: iova,
                 end: iova.saturating_add(pgsize.saturating_mul(count)),
                 pgsize,
-                mixed: false,
             };
             return Ok(());
         }
@@ -291,10 +290,15 @@ impl<T: TableMemory + CacheMaintenance + TlbHooks> PtEnv for T {}
 pub struct Gather {
     start: u64,
     end: u64,
+    /// The leaf size, with [`MIXED`] set when the gather holds leaves of
+    /// more than one size (widened): no leaf-level hint holds then. A bit
+    /// of the size, not a field, keeps the gather three words.
     pgsize: u64,
-    /// Leaves of more than one size (widened): no leaf-level hint holds.
-    mixed: bool,
 }
+
+/// Bit 0 of `Gather::pgsize` (page sizes are at least 4 KiB): the gather
+/// holds leaves of several sizes.
+const MIXED: u64 = 1;
 
 impl Gather {
     /// Returns an empty gather.
@@ -303,7 +307,6 @@ impl Gather {
             start: 0,
             end: 0,
             pgsize: 0,
-            mixed: false,
         }
     }
 
@@ -330,7 +333,7 @@ impl Gather {
     /// Returns the leaf size of the gathered pages, the smallest one when
     /// [`Gather::widen`] merged several (0 when empty).
     pub const fn pgsize(&self) -> u64 {
-        self.pgsize
+        self.pgsize & !MIXED
     }
 
     /// Returns the size of every gathered leaf when they all have one (a
@@ -340,7 +343,7 @@ impl Gather {
     /// the TLB keep the larger leaves, so the caller must invalidate
     /// without one.
     pub const fn leaf_size(&self) -> Option<u64> {
-        if self.is_empty() || self.mixed {
+        if self.is_empty() || self.pgsize & MIXED != 0 {
             None
         } else {
             Some(self.pgsize)
@@ -352,7 +355,7 @@ impl Gather {
     #[inline]
     pub fn needs_sync(&self, iova: u64, pgsize: u64, count: u64) -> bool {
         let end = iova.saturating_add(pgsize.saturating_mul(count));
-        !self.is_empty() && (pgsize != self.pgsize || end < self.start || iova > self.end)
+        !self.is_empty() && (pgsize != self.pgsize() || end < self.start || iova > self.end)
     }
 
     /// Adds `count` pages of `pgsize` at `iova`.
@@ -368,7 +371,6 @@ impl Gather {
                 start: iova,
                 end,
                 pgsize,
-                mixed: false,
             };
             return Some(old);
         }
@@ -377,7 +379,6 @@ impl Gather {
                 start: iova,
                 end,
                 pgsize,
-                mixed: false,
             };
         } else {
             self.start = self.start.min(iova);
@@ -398,14 +399,13 @@ impl Gather {
                 start: iova,
                 end,
                 pgsize,
-                mixed: false,
             };
             return;
         }
         self.start = self.start.min(iova);
         self.end = self.end.max(end);
-        self.mixed |= pgsize != self.pgsize;
-        self.pgsize = self.pgsize.min(pgsize);
+        let mixed = self.pgsize & MIXED != 0 || pgsize != self.pgsize;
+        self.pgsize = self.pgsize().min(pgsize) | if mixed { MIXED } else { 0 };
     }
 
     /// Empties the gather (after the driver invalidated it), returning what
