@@ -283,13 +283,22 @@ impl<T: TableMemory + CacheMaintenance + TlbHooks> PtEnv for T {}
 ///
 /// Holds one contiguous range and one page size. [`Gather::add`] reports
 /// when a new page cannot be merged (disjoint range or other page size):
-/// the caller must invalidate the returned old range first.
+/// the caller must invalidate the returned old range first. Only
+/// [`Gather::widen`] (after such an invalidation failed) makes a gather
+/// hold leaves of several sizes; [`Gather::leaf_size`] then says so.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Gather {
     start: u64,
     end: u64,
+    /// The leaf size, with [`MIXED`] set when the gather holds leaves of
+    /// more than one size (widened): no leaf-level hint holds then. A bit
+    /// of the size, not a field, keeps the gather three words.
     pgsize: u64,
 }
+
+/// Bit 0 of `Gather::pgsize` (page sizes are at least 4 KiB): the gather
+/// holds leaves of several sizes.
+const MIXED: u64 = 1;
 
 impl Gather {
     /// Returns an empty gather.
@@ -321,9 +330,24 @@ impl Gather {
         self.end - self.start
     }
 
-    /// Returns the leaf size of the gathered pages (0 when empty).
+    /// Returns the leaf size of the gathered pages, the smallest one when
+    /// [`Gather::widen`] merged several (0 when empty).
     pub const fn pgsize(&self) -> u64 {
-        self.pgsize
+        self.pgsize & !MIXED
+    }
+
+    /// Returns the size of every gathered leaf when they all have one (a
+    /// valid leaf-level hint for the invalidation, such as a range TLBI's
+    /// TTL), or `None` when the gather is empty or a failed sync widened it
+    /// over leaves of several sizes: a hint of the smallest level would let
+    /// the TLB keep the larger leaves, so the caller must invalidate
+    /// without one.
+    pub const fn leaf_size(&self) -> Option<u64> {
+        if self.is_empty() || self.pgsize & MIXED != 0 {
+            None
+        } else {
+            Some(self.pgsize)
+        }
     }
 
     /// Returns whether adding `count` pages of `pgsize` at `iova` would need
@@ -331,7 +355,7 @@ impl Gather {
     #[inline]
     pub fn needs_sync(&self, iova: u64, pgsize: u64, count: u64) -> bool {
         let end = iova.saturating_add(pgsize.saturating_mul(count));
-        !self.is_empty() && (pgsize != self.pgsize || end < self.start || iova > self.end)
+        !self.is_empty() && (pgsize != self.pgsize() || end < self.start || iova > self.end)
     }
 
     /// Adds `count` pages of `pgsize` at `iova`.
@@ -366,7 +390,8 @@ impl Gather {
     /// Grows the gather to cover `count` pages of `pgsize` at `iova` as well
     /// as what it held (and everything between), keeping the smaller page
     /// size: a superset to invalidate when a sync that should have split the
-    /// two ranges failed.
+    /// two ranges failed. Pages of another size leave the gather without a
+    /// [`Gather::leaf_size`].
     pub fn widen(&mut self, iova: u64, pgsize: u64, count: u64) {
         let end = iova.saturating_add(pgsize.saturating_mul(count));
         if self.is_empty() {
@@ -379,7 +404,8 @@ impl Gather {
         }
         self.start = self.start.min(iova);
         self.end = self.end.max(end);
-        self.pgsize = self.pgsize.min(pgsize);
+        let mixed = self.pgsize & MIXED != 0 || pgsize != self.pgsize;
+        self.pgsize = self.pgsize().min(pgsize) | if mixed { MIXED } else { 0 };
     }
 
     /// Empties the gather (after the driver invalidated it), returning what
@@ -417,5 +443,29 @@ mod tests {
         assert_eq!(g.pgsize(), 0x20_0000);
         assert_eq!(g.take().len(), 0x20_0000);
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn a_gather_widened_over_two_page_sizes_has_no_leaf_size() {
+        let mut g = Gather::new();
+        assert_eq!(g.leaf_size(), None);
+        g.add(0, 0x20_0000, 1);
+        assert_eq!(g.leaf_size(), Some(0x20_0000));
+        // The same size keeps its hint, another size loses it.
+        g.widen(0x40_0000, 0x20_0000, 1);
+        assert_eq!(g.leaf_size(), Some(0x20_0000));
+        g.widen(0x60_0000, 0x1000, 1);
+        assert_eq!((g.pgsize(), g.leaf_size()), (0x1000, None));
+        assert_eq!((g.start(), g.end()), (0, 0x60_1000));
+        // Merging more pages keeps it mixed; a restart or take clears it.
+        assert_eq!(g.add(0x60_1000, 0x1000, 1), None);
+        assert_eq!(g.leaf_size(), None);
+        assert!(g.add(0x100_0000, 0x1000, 1).is_some());
+        assert_eq!(g.leaf_size(), Some(0x1000));
+        g.widen(0, 0x20_0000, 1);
+        g.take();
+        assert_eq!(g.leaf_size(), None);
+        g.add(0, 0x1000, 1);
+        assert_eq!(g.leaf_size(), Some(0x1000));
     }
 }

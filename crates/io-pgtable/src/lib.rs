@@ -99,8 +99,9 @@
 //!   when a new range cannot merge). A table it disconnects is flushed at
 //!   once with the synchronous [`env::TlbHooks::flush_walk`] and retired;
 //!   it never enters the gather. After unmap returns, the caller
-//!   invalidates exactly what the gather holds, using its page size as a
-//!   leaf-level hint.
+//!   invalidates exactly what the gather holds, using
+//!   [`Gather::leaf_size`] as a leaf-level hint (none when a failed sync
+//!   widened the gather over leaves of several sizes).
 //! * **Fallible, exact.** Hooks return `Result`; an error surfaces in
 //!   [`Partial`] with every cleared entry counted and every cleared leaf
 //!   gathered, so the caller still knows what to invalidate. A table whose

@@ -58,9 +58,31 @@ impl<T> SpinLock<T> {
 }
 
 /// Exclusive access to a [`SpinLock`]'s value; unlocks on drop.
+///
+/// Shared between threads only when `T` is `Sync`: a `&SpinGuard` hands
+/// out `&T`, so a guard of a `Send`-only value (a `Cell`) shared by two
+/// threads would let both mutate it at once.
+///
+/// ```compile_fail
+/// fn shared<T: Sync>(_: &T) {}
+/// let lock = smmuv3::sync::SpinLock::new(core::cell::Cell::new(0u8));
+/// shared(&lock.lock());
+/// ```
+///
+/// ```
+/// fn shared<T: Sync + Send>(_: &T) {}
+/// let lock = smmuv3::sync::SpinLock::new(0u8);
+/// shared(&lock.lock());
+/// ```
 pub struct SpinGuard<'a, T> {
     lock: &'a SpinLock<T>,
 }
+
+// SAFETY: `&SpinGuard` gives only `&T` (Deref), so sharing the guard is
+// sharing `&T`, which needs `T: Sync`. This explicit impl replaces the
+// automatic one, which followed `&SpinLock<T>` and so only needed
+// `T: Send`.
+unsafe impl<T: Sync> Sync for SpinGuard<'_, T> {}
 
 impl<T> Deref for SpinGuard<'_, T> {
     type Target = T;

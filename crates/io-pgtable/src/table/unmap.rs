@@ -33,8 +33,9 @@ impl<E: PtEnv> PageTable<E> {
     ///
     /// For a non-coherent walker the cleared entries are cleaned before
     /// they are added to the gather, so before the driver's invalidation.
-    /// The gather's page size is the size of the leaves it holds: a valid
-    /// leaf-level (TTL) hint.
+    /// [`Gather::leaf_size`] is the size of the leaves it holds, a valid
+    /// leaf-level (TTL) hint, unless a failed sync widened the gather over
+    /// leaves of several sizes (then it is `None`: invalidate unhinted).
     ///
     /// # Errors
     ///

@@ -217,13 +217,16 @@ impl<E: SmmuEnv> DomainEnv<E> {
         )
     }
 
-    /// Invalidates the leaves of `gather` (nothing when it is empty).
+    /// Invalidates the leaves of `gather` (nothing when it is empty), with
+    /// their level as a hint only when they all have one size: a gather a
+    /// failed sync widened holds larger leaves too, which an invalidation
+    /// hinted at the smallest level would leave in the TLB.
     fn invalidate_gather(&self, gather: &Gather) -> Result<(), Error> {
         if gather.is_empty() {
             return Ok(());
         }
-        let leaf = gather.pgsize().trailing_zeros() as u8;
-        self.invalidate(gather.start(), gather.len(), Some(leaf))
+        let leaf = gather.leaf_size().map(|s| s.trailing_zeros() as u8);
+        self.invalidate(gather.start(), gather.len(), leaf)
     }
 }
 
@@ -409,6 +412,12 @@ impl<E: SmmuEnv> Domain<E> {
         &self.shared
     }
 
+    /// Returns whether the domain was made on `smmu` (its ids are allocated
+    /// and its invalidations issued there only).
+    pub(crate) fn belongs_to(&self, smmu: &Smmu<E>) -> bool {
+        Arc::ptr_eq(&self.smmu.inner, &smmu.inner)
+    }
+
     pub(crate) fn table_regs(&self) -> Regs {
         self.pt.regs()
     }
@@ -548,13 +557,25 @@ impl<E: SmmuEnv> Domain<E> {
         self.pt.translate(iova)
     }
 
-    /// Invalidates every TLB entry of the domain and waits.
+    /// Invalidates every TLB entry of the domain and, once that completed,
+    /// the whole ATC of each of its ATS streams, and waits: the recovery
+    /// after an unmap whose invalidation failed, which may have stopped
+    /// before its ATC invalidations.
     ///
     /// # Errors
     ///
     /// Command errors.
     pub fn flush_all(&self) -> Result<(), Error> {
-        self.smmu.issue(&[self.shared.target().all()], true)
+        let i = &self.smmu.inner;
+        i.issue(&[self.shared.target().all()], true)?;
+        let ats = self.shared.ats.lock();
+        if ats.is_empty() {
+            return Ok(());
+        }
+        i.issue_iter(
+            ats.iter().map(|&(sid, ssid)| atc_inv(sid, ssid, 0, 0)),
+            true,
+        )
     }
 }
 

@@ -87,6 +87,12 @@ impl<E: SmmuEnv> ExternalStage2<E> {
     pub(crate) fn shared(&self) -> &Arc<DomainShared> {
         &self.shared
     }
+
+    /// Returns whether the binding was made on `smmu` (its VMID is claimed
+    /// there only).
+    pub(crate) fn belongs_to(&self, smmu: &Smmu<E>) -> bool {
+        Arc::ptr_eq(&self.smmu.inner, &smmu.inner)
+    }
 }
 
 impl<E: SmmuEnv> Drop for ExternalStage2<E> {

@@ -688,8 +688,12 @@ impl<E: SmmuEnv> Inner<E> {
 
 impl<E: SmmuEnv> Drop for Inner<E> {
     fn drop(&mut self) {
-        // Free the structures only when the SMMU provably stopped using them.
-        let stopped = !self.enabled.load(Ordering::Acquire) || self.disable().is_ok();
+        // Free the structures only when the SMMU provably stopped using them:
+        // what the registers say, not `enabled`, which a bring-up that failed
+        // after enabling the queues (a CMD_SYNC that never completed) left
+        // clear with CMDQEN set.
+        let off = self.regs.read32(regs::CR0) == 0 && self.regs.read32(regs::CR0ACK) == 0;
+        let stopped = off || self.disable().is_ok();
         if !stopped {
             return;
         }

@@ -9,7 +9,7 @@ use io_pgtable::config::Regs;
 use super::domain::{DomainKind, DomainShared};
 use super::{Domain, ExternalStage2, Inner, Smmu, SmmuConfig, Stats, StrtabFormat};
 use crate::Error;
-use crate::command::Command;
+use crate::command::{Command, atc_inv};
 use crate::config::{CdFormat, CdTableRef, S1Dss, S2Ref, SteConfig, build_cd, build_ste};
 use crate::entry::{Entry, EntryKind, WORDS, apply, plan_update};
 use crate::env::{DmaMemory, SmmuEnv};
@@ -24,6 +24,13 @@ const STRTAB_SPLIT: u8 = 8;
 const STRTAB_L1_MAX_LOG2: u8 = 12;
 /// CDs per 4 KiB level-2 CD table, log2.
 const CD_L2_LOG2: u8 = 6;
+
+/// Why a domain (or an external stage 2) of another SMMU is refused: its
+/// ASID or VMID is allocated, and its invalidations issued, on its own SMMU
+/// only, so this one would keep its translations after an unmap and could
+/// share their tag with a domain of its own; and dropping it would detach
+/// the stream on the wrong SMMU before freeing tables this one walks.
+const FOREIGN_DOMAIN: Error = Error::Unsupported("the domain belongs to another SMMU");
 
 /// A link a stream dropped: (domain, stream, substream).
 type Gone = (Arc<DomainShared>, u32, Option<u32>);
@@ -573,6 +580,18 @@ impl<E: SmmuEnv> Inner<E> {
         m.mode == Mode::Translate && !m.s1.is_empty()
     }
 
+    /// Invalidates the endpoint's whole ATC for `sid` and waits, after a
+    /// configuration change of a stream that had or now has ATS: what the
+    /// endpoint cached from the old configuration is physical addresses,
+    /// which translated traffic would reach under the new one (or under
+    /// the next one with ATS). Without a PASID the invalidation also
+    /// covers every PASID's entries, so it serves a substream's detach as
+    /// well. Called only once the STE or CD change itself was synced, so
+    /// the endpoint cannot refill from the old configuration.
+    fn flush_atc(&self, sid: u32) -> Result<(), Error> {
+        self.issue(&[atc_inv(sid, None, 0, 0)], true)
+    }
+
     /// Drops `sid`'s links to domains. The domains forget the stream only
     /// in [`Self::forget`], after the STE stopped using them: until then a
     /// dropped domain still detaches the stream before freeing its tables.
@@ -619,7 +638,7 @@ impl<E: SmmuEnv> Inner<E> {
         }
         Self::unlink(m, sid, None, true, &mut gone);
         m.mode = mode;
-        m.ats = false;
+        let had_ats = core::mem::replace(&mut m.ats, false);
         let old_cd = m.cd.take();
         self.sync_ste(&mut st, sid, &mut up)?;
         Self::forget(st.masters.get(&sid), gone);
@@ -627,6 +646,9 @@ impl<E: SmmuEnv> Inner<E> {
             // SAFETY: the STE no longer points at the table and the update
             // was synced (CFGI_STE + CMD_SYNC completed).
             unsafe { free_cd_table(c, &self.mem) };
+        }
+        if had_ats {
+            self.flush_atc(sid)?;
         }
         Ok(up)
     }
@@ -725,7 +747,8 @@ impl<E: SmmuEnv> Smmu<E> {
     /// # Errors
     ///
     /// [`Error::BadStreamId`], [`Error::BadSubstreamId`],
-    /// [`Error::Unsupported`] (nesting, ATS or substreams the SMMU lacks),
+    /// [`Error::Unsupported`] (nesting, ATS or substreams the SMMU lacks, or
+    /// a domain made on another SMMU),
     /// allocation and command errors.
     pub fn attach(
         &self,
@@ -734,6 +757,9 @@ impl<E: SmmuEnv> Smmu<E> {
         domain: &Domain<E>,
         opts: AttachOptions,
     ) -> Result<Update, Error> {
+        if !domain.belongs_to(self) {
+            return Err(FOREIGN_DOMAIN);
+        }
         self.attach_many(sid, &[(ssid, domain.shared(), domain.table_regs())], opts)
     }
 
@@ -742,8 +768,12 @@ impl<E: SmmuEnv> Smmu<E> {
     ///
     /// # Errors
     ///
+    /// [`Error::Unsupported`] when `s2` was made on another SMMU,
     /// [`Error::BadStreamId`], allocation and command errors.
     pub fn attach_external(&self, sid: u32, s2: &ExternalStage2<E>) -> Result<Update, Error> {
+        if !s2.belongs_to(self) {
+            return Err(FOREIGN_DOMAIN);
+        }
         self.attach_many(
             sid,
             &[(None, s2.shared(), Regs::Stage2(s2.regs()))],
@@ -770,6 +800,9 @@ impl<E: SmmuEnv> Smmu<E> {
         if !self.inner.features.nesting {
             return Err(Error::Unsupported("nesting (IDR0.S1P+S2P, errata)"));
         }
+        if !s2.belongs_to(self) || !s1.belongs_to(self) {
+            return Err(FOREIGN_DOMAIN);
+        }
         self.attach_many(
             sid,
             &[
@@ -791,7 +824,8 @@ impl<E: SmmuEnv> Smmu<E> {
     ///
     /// # Errors
     ///
-    /// [`Error::Unsupported`] without nesting, or when `cd` has more
+    /// [`Error::Unsupported`] without nesting, when `s2` was made on another
+    /// SMMU, or when `cd` has more
     /// substream bits than IDR1.SSIDSIZE or is two-level without IDR0.CD2L;
     /// [`Error::BadStreamId`]; allocation and command errors.
     pub fn attach_foreign_nested(
@@ -804,6 +838,9 @@ impl<E: SmmuEnv> Smmu<E> {
         let i = &*self.inner;
         if !i.features.nesting {
             return Err(Error::Unsupported("nesting (IDR0.S1P+S2P, errata)"));
+        }
+        if !s2.belongs_to(self) {
+            return Err(FOREIGN_DOMAIN);
         }
         if cd.cdmax_log2 > i.features.ssid_bits {
             return Err(Error::Unsupported("substream ID bits beyond IDR1.SSIDSIZE"));
@@ -828,7 +865,7 @@ impl<E: SmmuEnv> Smmu<E> {
             m.s2 = Some((s2.shared().clone(), Regs::Stage2(s2.regs())));
         }
         m.mode = Mode::Foreign(cd, s1dss);
-        m.ats = false;
+        let had_ats = core::mem::replace(&mut m.ats, false);
         let old_cd = m.cd.take();
         i.sync_ste(&mut st, sid, &mut up)?;
         Inner::<E>::forget(st.masters.get(&sid), gone);
@@ -836,6 +873,9 @@ impl<E: SmmuEnv> Smmu<E> {
             // SAFETY: the STE no longer points at the table and the update
             // was synced (CFGI_STE + CMD_SYNC completed).
             unsafe { free_cd_table(c, &i.mem) };
+        }
+        if had_ats {
+            i.flush_atc(sid)?;
         }
         Ok(up)
     }
@@ -873,6 +913,9 @@ impl<E: SmmuEnv> Smmu<E> {
         let mut retired: Vec<CdTable> = Vec::new();
         let mut gone: Vec<Gone> = Vec::new();
         let m = st.masters.entry(sid).or_insert_with(|| Master::new(sid));
+        // An endpoint that had ATS may hold translations of the old
+        // configuration; one getting ATS may hold a previous owner's.
+        let flush_atc = m.ats || opts.ats;
         if m.mode != Mode::Translate {
             if matches!(m.mode, Mode::Foreign(..)) {
                 Inner::<E>::unlink(m, sid, None, true, &mut gone);
@@ -898,6 +941,9 @@ impl<E: SmmuEnv> Smmu<E> {
                     }
                     Inner::<E>::unlink(m, sid, None, true, &mut gone);
                     shared.add(sid, None);
+                    if opts.ats {
+                        shared.add_ats(sid, None);
+                    }
                     m.s2 = Some((shared, regs));
                 }
                 DomainKind::Stage1 { asid, parent_vmid } => {
@@ -973,14 +1019,21 @@ impl<E: SmmuEnv> Smmu<E> {
                     };
                     let live = m.cd.as_ref().is_some_and(|c| cd_live == Some(c.blk.phys()));
                     let cd = build_cd(&r, asid, &i.entry_env);
-                    i.write_cd(m, sid, index, &cd, live, &mut up)?;
+                    // The stream and the domain record the link before the
+                    // CD is written: in a live table the device may use the
+                    // CD as soon as it is in memory, even if a later step of
+                    // the rewrite fails, and dropping the domain must then
+                    // still find the link and detach the CD before freeing
+                    // the tables (and invalidate the ATC). The replaced
+                    // domain keeps its record until the change completed.
                     Inner::<E>::unlink(m, sid, Some(index), false, &mut gone);
                     shared.add(sid, ssid);
+                    if opts.ats {
+                        shared.add_ats(sid, ssid);
+                    }
                     m.s1.insert(index, (ssid, shared, regs));
+                    i.write_cd(m, sid, index, &cd, live, &mut up)?;
                 }
-            }
-            if opts.ats {
-                domain.add_ats(sid, ssid);
             }
         }
         m.mode = Mode::Translate;
@@ -991,6 +1044,9 @@ impl<E: SmmuEnv> Smmu<E> {
             // SAFETY: the STE was rewritten to point at the new table and the
             // update completed (synced), so the SMMU no longer fetches from it.
             unsafe { free_cd_table(c, &i.mem) };
+        }
+        if flush_atc {
+            i.flush_atc(sid)?;
         }
         Ok(up)
     }
@@ -1014,6 +1070,7 @@ impl<E: SmmuEnv> Smmu<E> {
         }
         let live = true;
         i.write_cd(m, sid, s, &[0; WORDS], live, &mut up)?;
+        let ats = m.ats;
         let mut gone = Vec::new();
         Inner::<E>::unlink(m, sid, Some(s), false, &mut gone);
         if m.s1.is_empty() {
@@ -1021,6 +1078,9 @@ impl<E: SmmuEnv> Smmu<E> {
             i.sync_ste(&mut st, sid, &mut up)?;
         }
         Inner::<E>::forget(st.masters.get(&sid), gone);
+        if ats {
+            i.flush_atc(sid)?;
+        }
         Ok(up)
     }
 }
