@@ -106,6 +106,45 @@ fn a_rollback_left_incomplete_is_mapped_again_by_the_next_operation() {
     matches_ownership(&fx, x, 2 * M2);
 }
 
+/// A hole a rollback left is mapped again later without looking at
+/// ownership: so its pages must not change owner while it is open. A
+/// donation over it is refused (its range is not fully mapped) and
+/// changes nothing; once the hole is filled the host's pages are the
+/// host's again and can be donated.
+#[test]
+fn pages_of_an_open_hole_cannot_be_donated() {
+    let mut fx = fixture(Setup {
+        smmus: 2,
+        force_leaf: true,
+        ..Setup::default()
+    });
+    let x = block(&fx, 2);
+    let owners = fx.hyp.ownership().clone();
+    fx.models[1].pause_commands();
+    fx.mem.fail_allocs_after(Some(0));
+    let r = fx.hyp.donate_to_guest(x, M2, 1);
+    fx.models[1].resume_commands();
+    assert!(matches!(r, Err(Error::RollbackIncomplete { .. })), "{r:?}");
+    // Still no table memory: the hole stays open, and a donation of one
+    // of its pages must fail rather than hand over a page a later
+    // operation would map for the host.
+    let page = x + 5 * P;
+    assert!(fx.hyp.donate_to_guest(page, P, 3).is_err());
+    assert_eq!(fx.hyp.ownership(), &owners);
+    fx.mem.fail_allocs_after(None);
+    // The next operation fills the hole: the shadow matches ownership,
+    // and the page can now be donated and is then unreachable.
+    fx.hyp.donate_to_guest(x + M2, P, 2).unwrap();
+    matches_ownership(&fx, x, 2 * M2);
+    fx.hyp.donate_to_guest(page, P, 3).unwrap();
+    matches_ownership(&fx, x, 2 * M2);
+    assert_eq!(fx.hyp.shadow().page_table().translate(page), None);
+    for s in 0..2 {
+        let audit = fx.models[s].audit_caches();
+        assert!(audit.stale.is_empty(), "SMMU {s}: {audit:?}");
+    }
+}
+
 /// Table memory that runs a hook before each allocation.
 struct HookedMem {
     inner: smmuv3_hosted::SimDmaMemory,
