@@ -1,0 +1,199 @@
+//! Findings of an adversarial audit of the virtual SMMU: host commands
+//! whose architected response the emulation did not give, each proven
+//! against the real SMMU (the model) it runs on.
+
+mod common;
+
+use common::Setup;
+use common::host::Trapped;
+use smmuv3::command::{Command, TlbiAddr};
+use smmuv3::driver::StrtabFormat;
+use smmuv3::{AttachOptions, SmmuConfig};
+
+const SID: u32 = 0x10;
+const IOVA: u64 = 0x4000_0000;
+
+fn host_cfg() -> SmmuConfig {
+    SmmuConfig {
+        strtab: StrtabFormat::Linear,
+        timeout_us: 20_000,
+        ..SmmuConfig::default()
+    }
+}
+
+/// Commands the real SMMU rejected (its driver reported and skipped them).
+fn real_rejections(t: &Trapped) -> u64 {
+    let emu = t.emu.lock().unwrap();
+    emu.hyp().smmu(0).unwrap().stats().rejected
+}
+
+/// A range TLBI whose NUM, SCALE and TTL are all zero is a reserved
+/// encoding (IHI 0070 4.4.1.1: CERROR_ILL), and so, without IDR5.DS (which
+/// the host is not shown), is a 16 KiB one with TTL = 0b01 (treated as
+/// 0b00). The virtual SMMU must refuse them itself: forwarded, they stop
+/// the real command queue with an error of the host's making, every time
+/// the host rings, and the host's queue never moves (it is not told what
+/// hardware would have told it).
+#[test]
+fn reserved_range_tlbis_are_cerror_ill_on_the_virtual_smmu() {
+    let t = Trapped::new(Setup::default());
+    let host = t.host_smmu(0, host_cfg()).unwrap();
+    let idr3 = t
+        .emu
+        .lock()
+        .unwrap()
+        .read(0, smmuv3::regs::IDR3 as u64, 4)
+        .unwrap();
+    assert_eq!(
+        smmuv3::regs::idr3::RIL.get(idr3),
+        1,
+        "the host is shown RIL"
+    );
+    let reserved = [
+        TlbiAddr {
+            addr: IOVA,
+            tg: 1,
+            ..TlbiAddr::default()
+        },
+        TlbiAddr {
+            addr: IOVA,
+            tg: 3,
+            ..TlbiAddr::default()
+        },
+        TlbiAddr {
+            addr: IOVA,
+            tg: 2,
+            ttl: 1,
+            ..TlbiAddr::default()
+        },
+    ];
+    let mut refused = 0;
+    for at in reserved {
+        for cmd in [
+            Command::TlbiNhVa {
+                vmid: 0,
+                asid: 1,
+                at,
+            },
+            Command::TlbiNhVaa { vmid: 0, at },
+        ] {
+            let r = host.issue(&[cmd], true);
+            assert!(
+                matches!(r, Err(smmuv3::Error::CommandRejected { .. })),
+                "{cmd:?}: {r:?}"
+            );
+            refused += 1;
+            let s = t.stats();
+            assert_eq!(s.refused_commands, refused, "{cmd:?}: {s:?}");
+            assert_eq!(s.real_failures, 0, "{cmd:?}: {s:?}");
+            assert_eq!(real_rejections(&t), 0, "{cmd:?} reached the real SMMU");
+        }
+    }
+    assert_eq!(t.models[0].stats().illegal_commands, 0);
+    // Legal range and level-hinted forms are forwarded.
+    let before = t.stats().forwarded;
+    for at in [
+        TlbiAddr {
+            addr: IOVA,
+            tg: 1,
+            num: 1,
+            ..TlbiAddr::default()
+        },
+        TlbiAddr {
+            addr: IOVA,
+            tg: 1,
+            ttl: 3,
+            ..TlbiAddr::default()
+        },
+        TlbiAddr {
+            addr: IOVA,
+            tg: 2,
+            ttl: 2,
+            ..TlbiAddr::default()
+        },
+    ] {
+        host.issue(
+            &[Command::TlbiNhVa {
+                vmid: 0,
+                asid: 1,
+                at,
+            }],
+            true,
+        )
+        .unwrap();
+    }
+    assert_eq!(t.stats().forwarded, before + 3);
+    assert_eq!(real_rejections(&t), 0);
+    assert_eq!(t.models[0].stats().illegal_commands, 0);
+}
+
+/// On a stall-forced SMMU the host is shown STALL_MODEL = 0b10, where
+/// CMD_RESUME and CMD_STALL_TERM are legal (IHI 0070 4.7.1, 4.7.2: only
+/// STALL_MODEL = 0b01 makes them CERROR_ILL). The hypervisor terminates
+/// every stall and no stall tag reaches the host, so they match nothing:
+/// no effect, and the queue goes on.
+#[test]
+fn resume_and_stall_term_are_legal_on_a_stall_forced_view() {
+    let t = Trapped::new(Setup {
+        stall: Some(smmuv3_model::StallModel::StallForced),
+        ..Setup::default()
+    });
+    let host = t.host_smmu(0, host_cfg()).unwrap();
+    let dom = common::host::HostDomain::new_stage1(&host, io_pgtable::Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    for cmd in [
+        Command::Resume {
+            sid: SID,
+            stag: 3,
+            abort: true,
+        },
+        Command::Resume {
+            sid: SID,
+            stag: 0,
+            abort: false,
+        },
+        Command::StallTerm { sid: SID },
+        // Out of range: no effect either (4.1.7).
+        Command::StallTerm { sid: 1 << 20 },
+    ] {
+        let r = host.issue(&[cmd], true);
+        assert_eq!(r, Ok(()), "{cmd:?}");
+    }
+    let s = t.stats();
+    assert_eq!((s.refused_commands, s.real_failures), (0, 0), "{s:?}");
+    assert_eq!(real_rejections(&t), 0);
+    // A stall still ends as before: terminated by the hypervisor, the
+    // fault told to the host without a tag.
+    assert!(t.dma_write(SID, IOVA, b"x").is_err());
+    t.emu.lock().unwrap().poll_events();
+    assert!(t.models[0].stalled().is_empty());
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].fault.unwrap().stall_tag, None);
+}
+
+/// Where the host is shown no stalls (STALL_MODEL = 0b01) the two commands
+/// stay CERROR_ILL.
+#[test]
+fn resume_and_stall_term_stay_illegal_without_stalls() {
+    let t = Trapped::new(Setup::default());
+    let host = t.host_smmu(0, host_cfg()).unwrap();
+    let mut refused = 0;
+    for cmd in [
+        Command::Resume {
+            sid: SID,
+            stag: 3,
+            abort: true,
+        },
+        Command::StallTerm { sid: SID },
+    ] {
+        let r = host.issue(&[cmd], true);
+        assert!(
+            matches!(r, Err(smmuv3::Error::CommandRejected { .. })),
+            "{cmd:?}: {r:?}"
+        );
+        refused += 1;
+        assert_eq!(t.stats().refused_commands, refused);
+    }
+}
