@@ -197,3 +197,43 @@ fn resume_and_stall_term_stay_illegal_without_stalls() {
         assert_eq!(t.stats().refused_commands, refused);
     }
 }
+
+/// The documented limit "a cached STE past a smaller LOG2SIZE until
+/// CFGI" cannot arise: STRTAB_BASE_CFG takes writes only while SMMUEN = 0
+/// (ignored, and counted, while enabled), and the SMMUEN edge that follows
+/// re-reads every stream shadowed before. A bypass stream past the smaller
+/// table aborts at once, without a CFGI, and its traffic is C_BAD_STREAMID.
+#[test]
+fn a_smaller_stream_table_drops_streams_past_it_at_enable() {
+    use smmuv3::event::EventType;
+    use smmuv3::regs::{self as r, cr0, strtab_base_cfg};
+    let t = Trapped::new(Setup::default());
+    let host = t.host_smmu(0, host_cfg()).unwrap();
+    let far = 0x80;
+    host.set_bypass(far).unwrap();
+    let buf = t.host_ram.alloc(4096).unwrap();
+    t.dma_write(far, buf, b"open").unwrap();
+    assert_eq!(t.cpu_read(buf, 4), b"open");
+    let mut emu = t.emu.lock().unwrap();
+    let cfg = emu.read(0, r::STRTAB_BASE_CFG as u64, 4).unwrap();
+    assert!(strtab_base_cfg::LOG2SIZE.get(cfg) > 7, "{cfg:#x}");
+    let small = strtab_base_cfg::LOG2SIZE.set(cfg, 4);
+    // Enabled: the write is ignored.
+    let ignored = emu.stats(0).unwrap().ignored_writes;
+    emu.write(0, r::STRTAB_BASE_CFG as u64, 4, small).unwrap();
+    assert_eq!(emu.read(0, r::STRTAB_BASE_CFG as u64, 4).unwrap(), cfg);
+    assert_eq!(emu.stats(0).unwrap().ignored_writes, ignored + 1);
+    assert_eq!(emu.stream(0, far), hyp_iommu::StreamConfig::Stage2);
+    let on = emu.read(0, r::CR0 as u64, 4).unwrap();
+    let smmuen = cr0::SMMUEN.mask();
+    emu.write(0, r::CR0 as u64, 4, on & !smmuen).unwrap();
+    emu.write(0, r::STRTAB_BASE_CFG as u64, 4, small).unwrap();
+    emu.write(0, r::CR0 as u64, 4, on).unwrap();
+    assert_eq!(emu.stream(0, far), hyp_iommu::StreamConfig::Abort);
+    drop(emu);
+    assert!(t.dma_write(far, buf, b"shut").is_err());
+    assert_eq!(t.cpu_read(buf, 4), b"open");
+    let events = host.drain_events().unwrap().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].ty, events[0].sid), (EventType::BadStreamId, far));
+}
