@@ -237,3 +237,67 @@ fn a_smaller_stream_table_drops_streams_past_it_at_enable() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((events[0].ty, events[0].sid), (EventType::BadStreamId, far));
 }
+
+/// With substreams disabled (S1CDMax = 0) S1DSS is IGNORED (IHI 0070
+/// 5.2), and the driver writes the real STE without it: host STEs that
+/// differ only there are one configuration. Recorded as the host wrote
+/// it, a host toggling it made the emulator rewrite the real STE at every
+/// CFGI and report a substream behaviour the real STE does not have.
+#[test]
+fn an_ignored_s1dss_is_one_configuration() {
+    use hyp_iommu::StreamConfig;
+    use smmuv3::config::S1Dss;
+    use smmuv3::layout::ste;
+    let t = Trapped::new(Setup::default());
+    let host = t.host_smmu(0, host_cfg()).unwrap();
+    let dom = common::host::HostDomain::new_stage1(&host, io_pgtable::Granule::K4, 48).unwrap();
+    host.attach(SID, None, &dom, AttachOptions::default())
+        .unwrap();
+    let base = t
+        .emu
+        .lock()
+        .unwrap()
+        .read(0, smmuv3::regs::STRTAB_BASE as u64, 8)
+        .unwrap()
+        & smmuv3::regs::strtab_base::ADDR.mask();
+    let at = base + u64::from(SID) * 64;
+    let word = |k: u64| u64::from_le_bytes(t.cpu_read(at + 8 * k, 8).try_into().unwrap());
+    let store = |k: u64, v: u64| {
+        t.mem.cpu_write(at + 8 * k, &v.to_le_bytes()).unwrap();
+        t.mem.clean(at + 8 * k, 8).unwrap();
+    };
+    store(0, ste::S1CDMAX.set(word(0), 0));
+    let mut updates = None;
+    for dss in [ste::S1DSS_BYPASS, ste::S1DSS_SSID0, ste::S1DSS_BYPASS] {
+        store(1, ste::S1DSS.set(word(1), dss));
+        host.issue(
+            &[Command::CfgiSte {
+                sid: SID,
+                leaf: true,
+            }],
+            true,
+        )
+        .unwrap();
+        let cfg = t.emu.lock().unwrap().stream(0, SID);
+        let StreamConfig::Nested { cd, s1dss } = cfg else {
+            panic!("{cfg:?}");
+        };
+        assert_eq!((cd.cdmax_log2, s1dss), (0, S1Dss::Terminate), "S1DSS {dss}");
+        let n = t.stats().ste_updates;
+        assert_eq!(
+            *updates.get_or_insert(n),
+            n,
+            "S1DSS {dss} rewrote the real STE"
+        );
+    }
+    let buf = t.host_ram.alloc(4096).unwrap();
+    dom.map(
+        IOVA,
+        buf,
+        4096,
+        io_pgtable::Prot::READ | io_pgtable::Prot::WRITE,
+    )
+    .unwrap();
+    t.dma_write(SID, IOVA, b"one cd").unwrap();
+    assert_eq!(t.cpu_read(buf, 6), b"one cd");
+}

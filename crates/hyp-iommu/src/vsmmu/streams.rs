@@ -133,6 +133,8 @@ fn nested(w: &[u64; 8], idr0_v: u64, ssid_bits: u8) -> Option<StreamConfig> {
         _ => CdFormat::Linear,
     };
     let s1dss = match ste::S1DSS.get(w[1]) {
+        // IGNORED: one value for every host STE the SMMU treats alike.
+        _ if !substreams => S1Dss::Terminate,
         ste::S1DSS_BYPASS => S1Dss::Bypass,
         ste::S1DSS_SSID0 => S1Dss::Ssid0,
         _ => S1Dss::Terminate,
@@ -471,6 +473,9 @@ mod tests {
         let one = nested(CdFormat::Linear, 0, S1Dss::Terminate);
         assert_eq!(decode(&s1_ste(0x1000, 1, 0, 0), 0, 8), one);
         assert_eq!(decode(&s1_ste(0x1000, 2, 0, 3), CD2L, 8), one);
+        for dss in [ste::S1DSS_BYPASS, ste::S1DSS_SSID0] {
+            assert_eq!(decode(&s1_ste(0x1000, 0, 0, dss), CD2L, 8), one, "{dss}");
+        }
         // Without substreams (SSIDSIZE = 0) S1CDMax is IGNORED.
         assert_eq!(decode(&s1_ste(0x1000, 1, 5, 0), CD2L, 0), one);
     }
