@@ -54,11 +54,11 @@ struct View {
 /// TTL all zero, where TTL = 0b01 of a 16 KiB granule counts as zero
 /// without IDR5.DS (hidden).
 fn reserved_range(at: &TlbiAddr, ril: bool) -> bool {
-    let ttl = match (at.tg, at.ttl) {
-        (2, 1) => 0,
-        (_, t) => t,
-    };
-    ril && at.tg != 0 && at.num == 0 && at.scale == 0 && ttl == 0
+    at.tg != 0
+        && ril
+        && at.num == 0
+        && at.scale == 0
+        && (at.ttl == 0 || (at.tg == 2 && at.ttl == 1))
 }
 
 /// Returns what a host command becomes on an SMMU the host sees as `view`.
@@ -121,13 +121,12 @@ fn translate(w: [u64; 2], view: View) -> Action {
         Command::TlbiNhAsid { asid, .. } => forward(Command::TlbiNhAsid { vmid: 0, asid }),
         // Forwarded, a reserved range would stop the real queue instead of
         // the host's.
-        Command::TlbiNhVa { at, .. } | Command::TlbiNhVaa { at, .. }
-            if reserved_range(&at, ril) =>
-        {
-            Action::Illegal
+        Command::TlbiNhVa { asid, at, .. } if !reserved_range(&at, ril) => {
+            forward(Command::TlbiNhVa { vmid: 0, asid, at })
         }
-        Command::TlbiNhVa { asid, at, .. } => forward(Command::TlbiNhVa { vmid: 0, asid, at }),
-        Command::TlbiNhVaa { at, .. } => forward(Command::TlbiNhVaa { vmid: 0, at }),
+        Command::TlbiNhVaa { at, .. } if !reserved_range(&at, ril) => {
+            forward(Command::TlbiNhVaa { vmid: 0, at })
+        }
         // "All non-hypervisor entries" of a stage-1-only SMMU: the host's.
         Command::TlbiNsnhAll => forward(Command::TlbiNhAll { vmid: 0 }),
         Command::Sync { signal } => Action::Sync(signal),
