@@ -301,3 +301,71 @@ fn an_ignored_s1dss_is_one_configuration() {
     t.dma_write(SID, IOVA, b"one cd").unwrap();
     assert_eq!(t.cpu_read(buf, 6), b"one cd");
 }
+
+/// A real SMMU that stops answering while a host STE change is applied
+/// fails the update and its fail-closed fallback part way: the real STE
+/// may then be neither the old configuration nor the new one (here: the
+/// invalid one the fallback began with). The emulator kept the old one as
+/// the stream's record, so when the host, once the SMMU answered again,
+/// put its STE back and invalidated it, it took the real STE as already
+/// right: the host's bypass stream stayed aborted (its traffic C_BAD_STE
+/// on the real SMMU, kept as the hypervisor's), until the host changed its
+/// STE to something else.
+#[test]
+fn a_real_smmu_stall_during_an_ste_change_is_repaired_by_the_next_cfgi() {
+    use hyp_iommu::StreamConfig;
+    use smmuv3::layout::ste;
+    let t = Trapped::new(Setup::default());
+    let host = t
+        .host_smmu(
+            0,
+            SmmuConfig {
+                timeout_us: 2_000,
+                ..host_cfg()
+            },
+        )
+        .unwrap();
+    host.set_bypass(SID).unwrap();
+    let buf = t.host_ram.alloc(4096).unwrap();
+    t.dma_write(SID, buf, b"open").unwrap();
+    let base = t
+        .emu
+        .lock()
+        .unwrap()
+        .read(0, smmuv3::regs::STRTAB_BASE as u64, 8)
+        .unwrap()
+        & smmuv3::regs::strtab_base::ADDR.mask();
+    let at = base + u64::from(SID) * 64;
+    let w0 = u64::from_le_bytes(t.cpu_read(at, 8).try_into().unwrap());
+    let store = |v: u64| {
+        t.mem.cpu_write(at, &v.to_le_bytes()).unwrap();
+        t.mem.clean(at, 8).unwrap();
+    };
+    let cfgi = || {
+        host.issue(
+            &[Command::CfgiSte {
+                sid: SID,
+                leaf: true,
+            }],
+            true,
+        )
+    };
+    store(ste::CONFIG.set(w0, ste::CONFIG_ABORT));
+    t.models[0].pause_commands();
+    assert!(cfgi().is_err(), "the real SMMU does not answer");
+    let failures = t.stats().real_failures;
+    assert!(failures >= 2, "the update and its fallback failed");
+    t.models[0].resume_commands();
+    // Whatever the real STE is now, the device reaches nothing new.
+    assert!(t.dma_write(SID, buf, b"shut").is_err());
+    assert_eq!(t.cpu_read(buf, 4), b"open");
+    store(w0);
+    cfgi().unwrap();
+    assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Stage2);
+    t.dma_write(SID, buf, b"back").unwrap();
+    assert_eq!(t.cpu_read(buf, 4), b"back");
+    // Repaired once: a further CFGI of the same STE changes nothing.
+    let updates = t.stats().ste_updates;
+    cfgi().unwrap();
+    assert_eq!(t.stats().ste_updates, updates);
+}

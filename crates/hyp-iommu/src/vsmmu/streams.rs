@@ -305,13 +305,14 @@ where
 
     pub(super) fn apply(&mut self, smmu: usize, sid: u32, want: StreamConfig) {
         let cur = self.stream(smmu, sid);
-        if cur == want {
+        if cur == want && !self.vs[smmu].unsure.contains(&sid) {
             return;
         }
         let ok = self.hyp.configure_stream(smmu, sid, &want).is_ok();
         let v = &mut self.vs[smmu];
         if ok {
             v.stats.ste_updates += 1;
+            v.unsure.remove(&sid);
             if want == StreamConfig::Abort {
                 v.shadowed.remove(&sid);
             } else {
@@ -321,12 +322,18 @@ where
         }
         v.stats.real_failures += 1;
         // Fail closed: what the host asked could not be installed.
-        if self
+        let closed = self
             .hyp
             .configure_stream(smmu, sid, &StreamConfig::Abort)
-            .is_ok()
-        {
-            self.vs[smmu].shadowed.remove(&sid);
+            .is_ok();
+        let v = &mut self.vs[smmu];
+        if closed {
+            v.unsure.remove(&sid);
+            v.shadowed.remove(&sid);
+        } else {
+            // The real STE may be the old one, an invalid one or one the
+            // update got to: nothing may take it as `cur` any more.
+            v.unsure.insert(sid);
         }
     }
 
