@@ -134,7 +134,8 @@ fn translate(w: [u64; 2], view: View) -> Action {
         // hypervisor terminates every stall and no stall tag reaches the
         // host, so they match no stalled transaction: no effect.
         Command::Resume { .. } | Command::StallTerm { .. } if stalls => Action::Nothing,
-        // Stage 2, EL2, ATS, PRI and stalls are hidden.
+        // Stage 2, EL2, ATS, PRI and stalls are hidden; reserved ranges
+        // fall here too.
         _ => Action::Illegal,
     }
 }

@@ -338,8 +338,8 @@ where
     }
 
     /// Re-shadows 2^`log2` streams from `first` (aligned down): every one
-    /// the host's table holds and every one shadowed now, except those in
-    /// `done`, which it adds them to.
+    /// the host's table holds, every one shadowed now and every one whose
+    /// real STE is unknown, except those in `done`, which it adds them to.
     ///
     /// One host doorbell passes one `done` for all its commands: every STE
     /// write those commands cover happened before the doorbell, so a
@@ -368,6 +368,13 @@ where
             .map(|(s, _)| *s)
             .take_while(|s| u64::from(*s) < hi)
             .collect();
+        // Those whose real STE is unknown, wherever they are.
+        sids.extend(
+            self.vs[smmu]
+                .unsure
+                .range(lo as u32..)
+                .take_while(|s| u64::from(**s) < hi),
+        );
         if self.vs[smmu].cr0_has(cr0::SMMUEN) {
             let (tlog2, split) = self.host_table(smmu);
             let end = hi.min(1u64 << tlog2);
