@@ -345,7 +345,9 @@ where
     }
 
     /// Returns how the hypervisor configured host stream `sid` of SMMU
-    /// `smmu` (abort when not listed).
+    /// `smmu` (abort when not listed): the last configuration the real
+    /// SMMU took (one it failed to take, and failed to abort, is written
+    /// again at the stream's next re-shadow).
     pub fn stream(&self, smmu: usize, sid: u32) -> StreamConfig {
         self.vs
             .get(smmu)
