@@ -3,9 +3,9 @@
 //! with one CMD_SYNC.
 
 use io_pgtable::env::{CacheMaintenance, TableMemory};
-use smmuv3::command::{Command, SyncSignal};
+use smmuv3::command::{Command, SyncSignal, TlbiAddr};
 use smmuv3::env::SmmuEnv;
-use smmuv3::regs::{cmdq_cons, cr0, gerror, idr0, idr1, q_base};
+use smmuv3::regs::{cmdq_cons, cr0, gerror, idr0, idr1, idr3, q_base};
 
 use super::streams::Reshadowed;
 use super::{Emulator, HostMemory};
@@ -37,9 +37,38 @@ enum Action {
     Illegal,
 }
 
-/// Returns what a host command becomes on an SMMU whose host view has
-/// `sid_bits` and `ssid_bits`.
-fn translate(w: [u64; 2], sid_bits: u32, ssid_bits: u32) -> Action {
+/// What the host's view of an SMMU says about command legality.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct View {
+    sid_bits: u32,
+    ssid_bits: u32,
+    /// IDR3.RIL: range invalidation and the level hint.
+    ril: bool,
+    /// IDR0.STALL_MODEL is stall forced (0b10): CMD_RESUME and
+    /// CMD_STALL_TERM are legal.
+    stalls: bool,
+}
+
+/// Whether a TLBI's address operand is an encoding IHI 0070 4.4.1.1
+/// reserves on the host's view (CERROR_ILL): a range with NUM, SCALE and
+/// TTL all zero, where TTL = 0b01 of a 16 KiB granule counts as zero
+/// without IDR5.DS (hidden).
+fn reserved_range(at: &TlbiAddr, ril: bool) -> bool {
+    at.tg != 0
+        && ril
+        && at.num == 0
+        && at.scale == 0
+        && (at.ttl == 0 || (at.tg == 2 && at.ttl == 1))
+}
+
+/// Returns what a host command becomes on an SMMU the host sees as `view`.
+fn translate(w: [u64; 2], view: View) -> Action {
+    let View {
+        sid_bits,
+        ssid_bits,
+        ril,
+        stalls,
+    } = view;
     // Unknown opcodes, SSec = 1 and CMD_SYNC's reserved CS are all
     // CERROR_ILL (the decoder refuses them).
     let Ok(cmd) = Command::decode(w) else {
@@ -90,12 +119,23 @@ fn translate(w: [u64; 2], sid_bits: u32, ssid_bits: u32) -> Action {
         // nested on the shadow); whatever VMID it wrote is ignored, as a
         // stage-1-only SMMU ignores the field.
         Command::TlbiNhAsid { asid, .. } => forward(Command::TlbiNhAsid { vmid: 0, asid }),
-        Command::TlbiNhVa { asid, at, .. } => forward(Command::TlbiNhVa { vmid: 0, asid, at }),
-        Command::TlbiNhVaa { at, .. } => forward(Command::TlbiNhVaa { vmid: 0, at }),
+        // Forwarded, a reserved range would stop the real queue instead of
+        // the host's.
+        Command::TlbiNhVa { asid, at, .. } if !reserved_range(&at, ril) => {
+            forward(Command::TlbiNhVa { vmid: 0, asid, at })
+        }
+        Command::TlbiNhVaa { at, .. } if !reserved_range(&at, ril) => {
+            forward(Command::TlbiNhVaa { vmid: 0, at })
+        }
         // "All non-hypervisor entries" of a stage-1-only SMMU: the host's.
         Command::TlbiNsnhAll => forward(Command::TlbiNhAll { vmid: 0 }),
         Command::Sync { signal } => Action::Sync(signal),
-        // Stage 2, EL2, ATS, PRI and stalls are hidden.
+        // Legal where the host is shown forced stalls (4.7.1, 4.7.2); the
+        // hypervisor terminates every stall and no stall tag reaches the
+        // host, so they match no stalled transaction: no effect.
+        Command::Resume { .. } | Command::StallTerm { .. } if stalls => Action::Nothing,
+        // Stage 2, EL2, ATS, PRI and stalls are hidden; reserved ranges
+        // fall here too.
         _ => Action::Illegal,
     }
 }
@@ -122,7 +162,12 @@ where
         let size = CMD_BYTES << ring.log2;
         let base = (v.cmdq.base & q_base::ADDR.mask()) & !(size - 1);
         let sid_bits = self.sid_bits(smmu);
-        let ssid_bits = idr1::SSIDSIZE.get(v.idr[1].into()) as u32;
+        let view = View {
+            sid_bits,
+            ssid_bits: idr1::SSIDSIZE.get(v.idr[1].into()) as u32,
+            ril: idr3::RIL.get(v.idr[3].into()) != 0,
+            stalls: idr0::STALL_MODEL.get(v.idr[0].into()) == 0b10,
+        };
         let prod = ring.bits(v.cmdq.prod);
         let start = ring.bits(v.cmdq.cons);
         let mut cons = start;
@@ -148,7 +193,7 @@ where
             };
             let op = &mut self.vs[smmu].opcodes[(w[0] & 0xff) as usize];
             *op = op.saturating_add(1);
-            match translate(w, sid_bits, ssid_bits) {
+            match translate(w, view) {
                 Action::Forward(c) => {
                     batch.push(c);
                     forwarded += 1;
@@ -238,6 +283,13 @@ mod tests {
     use smmuv3::command::TlbiAddr;
     use smmuv3::layout::cmd as c;
 
+    const V: View = View {
+        sid_bits: 16,
+        ssid_bits: 8,
+        ril: true,
+        stalls: false,
+    };
+
     fn enc(c: Command) -> [u64; 2] {
         c.encode().unwrap()
     }
@@ -256,8 +308,7 @@ mod tests {
                     asid: 3,
                     at
                 }),
-                16,
-                8
+                V
             ),
             Action::Forward(Command::TlbiNhVa {
                 vmid: 0,
@@ -266,11 +317,11 @@ mod tests {
             })
         );
         assert_eq!(
-            translate(enc(Command::TlbiNhAsid { vmid: 9, asid: 3 }), 16, 8),
+            translate(enc(Command::TlbiNhAsid { vmid: 9, asid: 3 }), V),
             Action::Forward(Command::TlbiNhAsid { vmid: 0, asid: 3 })
         );
         assert_eq!(
-            translate(enc(Command::TlbiNsnhAll), 16, 8),
+            translate(enc(Command::TlbiNsnhAll), V),
             Action::Forward(Command::TlbiNhAll { vmid: 0 })
         );
     }
@@ -293,17 +344,68 @@ mod tests {
             },
             Command::StallTerm { sid: 1 },
         ] {
-            assert_eq!(translate(enc(c), 16, 8), Action::Illegal, "{c:?}");
+            assert_eq!(translate(enc(c), V), Action::Illegal, "{c:?}");
         }
         // Unknown opcodes.
-        assert_eq!(translate([0x7f, 0], 16, 8), Action::Illegal);
+        assert_eq!(translate([0x7f, 0], V), Action::Illegal);
         // CMD_SYNC with the reserved CS (4.7.3).
         let sync = enc(Command::Sync {
             signal: SyncSignal::None,
         });
-        assert_eq!(translate(sync, 16, 8), Action::Sync(SyncSignal::None));
+        assert_eq!(translate(sync, V), Action::Sync(SyncSignal::None));
         let reserved = [c::SYNC_CS.set(sync[0], 0b11), sync[1]];
-        assert_eq!(translate(reserved, 16, 8), Action::Illegal);
+        assert_eq!(translate(reserved, V), Action::Illegal);
+    }
+
+    #[test]
+    fn reserved_ranges_are_illegal_and_stall_commands_follow_the_view() {
+        let range = |tg, ttl, num, scale| TlbiAddr {
+            addr: 0x4000,
+            tg,
+            ttl,
+            num,
+            scale,
+            ..TlbiAddr::default()
+        };
+        let va = |at| {
+            enc(Command::TlbiNhVa {
+                vmid: 0,
+                asid: 1,
+                at,
+            })
+        };
+        let vaa = |at| enc(Command::TlbiNhVaa { vmid: 0, at });
+        for at in [range(1, 0, 0, 0), range(3, 0, 0, 0), range(2, 1, 0, 0)] {
+            assert_eq!(translate(va(at), V), Action::Illegal, "{at:?}");
+            assert_eq!(translate(vaa(at), V), Action::Illegal, "{at:?}");
+        }
+        for at in [range(1, 0, 1, 0), range(1, 0, 0, 1), range(2, 2, 0, 0)] {
+            let want = Command::TlbiNhVa {
+                vmid: 0,
+                asid: 1,
+                at,
+            };
+            assert_eq!(translate(va(at), V), Action::Forward(want), "{at:?}");
+        }
+        // Without RIL the fields are RES0, as on the real SMMU (whose RIL
+        // the host sees).
+        let no_ril = View { ril: false, ..V };
+        assert!(matches!(
+            translate(va(range(1, 0, 0, 0)), no_ril),
+            Action::Forward(_)
+        ));
+        let stalls = View { stalls: true, ..V };
+        for c in [
+            Command::Resume {
+                sid: 1,
+                stag: 2,
+                abort: true,
+            },
+            Command::StallTerm { sid: 1 },
+        ] {
+            assert_eq!(translate(enc(c), V), Action::Illegal, "{c:?}");
+            assert_eq!(translate(enc(c), stalls), Action::Nothing, "{c:?}");
+        }
     }
 
     #[test]
@@ -335,7 +437,7 @@ mod tests {
                 ssid: None,
             },
         ] {
-            assert_eq!(translate(enc(c), 16, 8), Action::Nothing, "{c:?}");
+            assert_eq!(translate(enc(c), V), Action::Nothing, "{c:?}");
         }
     }
 
@@ -349,18 +451,15 @@ mod tests {
             Command::PrefetchConfig { sid: 1, ssid: None },
         ] {
             let w = enc(c);
-            assert_ne!(translate(w, 16, 8), Action::Illegal, "{c:?}");
-            assert_eq!(
-                translate([c::SSEC.set(w[0], 1), w[1]], 16, 8),
-                Action::Illegal
-            );
+            assert_ne!(translate(w, V), Action::Illegal, "{c:?}");
+            assert_eq!(translate([c::SSEC.set(w[0], 1), w[1]], V), Action::Illegal);
         }
     }
 
     #[test]
     fn configuration_invalidations_reshadow_their_span() {
         assert_eq!(
-            translate(enc(Command::CFGI_ALL), 16, 8),
+            translate(enc(Command::CFGI_ALL), V),
             Action::Reshadow {
                 first: 0,
                 log2: 16,
@@ -374,8 +473,7 @@ mod tests {
                     sid: 0x1234,
                     range: 20
                 }),
-                16,
-                8
+                V
             ),
             Action::Reshadow {
                 first: 0,
@@ -389,8 +487,7 @@ mod tests {
                     sid: 0x13,
                     range: 3
                 }),
-                16,
-                8
+                V
             ),
             Action::Reshadow {
                 first: 0x10,

@@ -42,7 +42,7 @@ mod events;
 mod frame;
 mod streams;
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use io_pgtable::env::{CacheMaintenance, TableMemory};
@@ -210,6 +210,10 @@ struct VSmmu {
     /// Streams whose real STE is not the invalid one
     /// ([`StreamConfig::Abort`]), with what it is.
     shadowed: BTreeMap<u32, StreamConfig>,
+    /// Streams whose real STE may not be what `shadowed` says: an update
+    /// and its fail-closed fallback both failed part way. The next
+    /// re-shadow writes them whatever it wants.
+    unsure: BTreeSet<u32>,
     irqs: HostIrqs,
     stats: EmulationStats,
     hyp_log: Vec<Event>,
@@ -312,6 +316,7 @@ where
             // The fresh SMMU's stream table aborts every host stream: what
             // `shadowed` recorded went with the old one.
             v.shadowed.clear();
+            v.unsure.clear();
             self.reshadow_all(smmu);
             self.run_cmdq(smmu);
             // The fresh SMMU's interrupts are off: without its event
@@ -340,7 +345,9 @@ where
     }
 
     /// Returns how the hypervisor configured host stream `sid` of SMMU
-    /// `smmu` (abort when not listed).
+    /// `smmu` (abort when not listed): the last configuration the real
+    /// SMMU took (one it failed to take, and failed to abort, is written
+    /// again at the stream's next re-shadow).
     pub fn stream(&self, smmu: usize, sid: u32) -> StreamConfig {
         self.vs
             .get(smmu)
@@ -426,6 +433,7 @@ impl VSmmu {
             cmdq_err: 0,
             evtq: HostQueue::default(),
             shadowed: BTreeMap::new(),
+            unsure: BTreeSet::new(),
             irqs: HostIrqs::default(),
             stats: EmulationStats::default(),
             hyp_log: Vec::new(),

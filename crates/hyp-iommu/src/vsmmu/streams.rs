@@ -133,6 +133,8 @@ fn nested(w: &[u64; 8], idr0_v: u64, ssid_bits: u8) -> Option<StreamConfig> {
         _ => CdFormat::Linear,
     };
     let s1dss = match ste::S1DSS.get(w[1]) {
+        // IGNORED: one value for every host STE the SMMU treats alike.
+        _ if !substreams => S1Dss::Terminate,
         ste::S1DSS_BYPASS => S1Dss::Bypass,
         ste::S1DSS_SSID0 => S1Dss::Ssid0,
         _ => S1Dss::Terminate,
@@ -303,13 +305,14 @@ where
 
     pub(super) fn apply(&mut self, smmu: usize, sid: u32, want: StreamConfig) {
         let cur = self.stream(smmu, sid);
-        if cur == want {
+        if cur == want && !self.vs[smmu].unsure.contains(&sid) {
             return;
         }
         let ok = self.hyp.configure_stream(smmu, sid, &want).is_ok();
         let v = &mut self.vs[smmu];
         if ok {
             v.stats.ste_updates += 1;
+            v.unsure.remove(&sid);
             if want == StreamConfig::Abort {
                 v.shadowed.remove(&sid);
             } else {
@@ -319,18 +322,24 @@ where
         }
         v.stats.real_failures += 1;
         // Fail closed: what the host asked could not be installed.
-        if self
+        let closed = self
             .hyp
             .configure_stream(smmu, sid, &StreamConfig::Abort)
-            .is_ok()
-        {
-            self.vs[smmu].shadowed.remove(&sid);
+            .is_ok();
+        let v = &mut self.vs[smmu];
+        if closed {
+            v.unsure.remove(&sid);
+            v.shadowed.remove(&sid);
+        } else {
+            // The real STE may be the old one, an invalid one or one the
+            // update got to: nothing may take it as `cur` any more.
+            v.unsure.insert(sid);
         }
     }
 
     /// Re-shadows 2^`log2` streams from `first` (aligned down): every one
-    /// the host's table holds and every one shadowed now, except those in
-    /// `done`, which it adds them to.
+    /// the host's table holds, every one shadowed now and every one whose
+    /// real STE is unknown, except those in `done`, which it adds them to.
     ///
     /// One host doorbell passes one `done` for all its commands: every STE
     /// write those commands cover happened before the doorbell, so a
@@ -359,6 +368,13 @@ where
             .map(|(s, _)| *s)
             .take_while(|s| u64::from(*s) < hi)
             .collect();
+        // Those whose real STE is unknown, wherever they are.
+        sids.extend(
+            self.vs[smmu]
+                .unsure
+                .range(lo as u32..)
+                .take_while(|s| u64::from(**s) < hi),
+        );
         if self.vs[smmu].cr0_has(cr0::SMMUEN) {
             let (tlog2, split) = self.host_table(smmu);
             let end = hi.min(1u64 << tlog2);
@@ -471,6 +487,9 @@ mod tests {
         let one = nested(CdFormat::Linear, 0, S1Dss::Terminate);
         assert_eq!(decode(&s1_ste(0x1000, 1, 0, 0), 0, 8), one);
         assert_eq!(decode(&s1_ste(0x1000, 2, 0, 3), CD2L, 8), one);
+        for dss in [ste::S1DSS_BYPASS, ste::S1DSS_SSID0] {
+            assert_eq!(decode(&s1_ste(0x1000, 0, 0, dss), CD2L, 8), one, "{dss}");
+        }
         // Without substreams (SSIDSIZE = 0) S1CDMax is IGNORED.
         assert_eq!(decode(&s1_ste(0x1000, 1, 5, 0), CD2L, 0), one);
     }

@@ -240,11 +240,17 @@ impl World {
             },
             4 | 5 => {
                 let opc = OPCODES[usize::from(c[1]) % OPCODES.len()];
-                let w0 = u64::from(opc) | (u64_at(&c[2..6]) << 8);
+                let mut w0 = u64::from(opc) | (u64_at(&c[2..6]) << 8);
+                // Bits [11:8] of word 1 are a TLBI's TG and TTL (range
+                // invalidation and level hint), and a single-granule range
+                // (NUM = SCALE = 0) is what random bits rarely give.
+                if c[9] & 0x10 != 0 {
+                    w0 &= !(0x1f << 12 | 0x3f << 20);
+                }
                 let w1 = if c[0] & 0x40 != 0 {
                     self.pointer(c[6], u64_at(&c[7..]))
                 } else {
-                    u64_at(&c[6..]) << 12
+                    u64_at(&c[6..]) << 12 | u64::from(c[9] & 0xf) << 8
                 };
                 Op::Cmd { words: [w0, w1] }
             }
@@ -419,6 +425,22 @@ impl World {
             return Err(format!(
                 "hypervisor accessed {:#x}+{} outside host memory",
                 v.0, v.1
+            ));
+        }
+        // Every host command the real SMMU sees was checked: none of them
+        // stops its queue (CERROR_ILL there would be of the host's making).
+        let rejected = self
+            .t
+            .emu
+            .lock()
+            .unwrap()
+            .hyp()
+            .smmu(0)
+            .map_or(0, |s| s.stats().rejected);
+        let illegal = self.t.models[0].stats().illegal_commands;
+        if rejected != 0 || illegal != 0 {
+            return Err(format!(
+                "the real SMMU rejected {illegal} command(s) ({rejected} skipped by its driver)"
             ));
         }
         let ram = self.t.ram;
