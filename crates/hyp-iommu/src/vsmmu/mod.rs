@@ -306,7 +306,8 @@ where
     /// given to the SMMU then; in the one case that leaves it on (it
     /// stopped answering during the bring-up and its shutdown failed too),
     /// the streams re-attached so far translate by the shadow stage 2
-    /// alone, as every host stream of an SMMU the hypervisor keeps does.
+    /// alone (host-owned memory only), without the host's stage 1 or its
+    /// aborts.
     pub fn power_on(&mut self, smmu: usize, fresh: Smmu<E>) -> Result<(), Error> {
         self.hyp.power_on(smmu, fresh)?;
         // The fresh SMMU's unconfigured streams abort either way; if they
