@@ -125,3 +125,33 @@ fn worst_doorbell() {
     );
     assert!(worst < Duration::from_secs(1));
 }
+
+/// The costliest STE fetch: STE.CONT = 15 promises 2^15 identical STEs,
+/// which the model checks (reading 2 MiB) on each fetch; with the last one
+/// different, the fetch faults and is not cached, so every DMA repeats it.
+#[test]
+#[ignore = "measurement: cargo test --release --test doorbell_cost -- --ignored --nocapture"]
+fn worst_ste_fetch() {
+    let cfg = ModelConfig {
+        tlb_capacity: 1 << 16,
+        ..ModelConfig::default()
+    };
+    let mut h = H::with(cfg, Coherency::Coherent, 64 << 20);
+    h.enable_linear(16);
+    let mut ste = common::ste_bypass();
+    ste[1] |= 15 << 13;
+    for sid in 0..1u32 << 15 {
+        h.write_words(h.ste_at(sid), &ste);
+    }
+    h.w64(h.ste_at((1 << 15) - 1) + 8, ste[1] | 1 << 40);
+    h.cfgi_ste(1);
+    let n = 20;
+    let t = Instant::now();
+    for _ in 0..n {
+        assert!(h.smmu.translate(&DmaRequest::read(1, 0x4000, 4)).is_err());
+    }
+    eprintln!(
+        "STE fetch over a CONT span of 2^15: {:?} each",
+        t.elapsed() / n
+    );
+}
