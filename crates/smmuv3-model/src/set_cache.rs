@@ -222,6 +222,12 @@ impl<V: Copy + Default> SetCache<V> {
         self.nsets * self.ways
     }
 
+    /// Returns the number of tag chains (live or empty) a filtered
+    /// [`SetCache::remove_where`] looks at.
+    pub fn chain_count(&self) -> usize {
+        self.chains.list.len()
+    }
+
     /// Returns the number of live entries.
     pub fn len(&self) -> usize {
         self.live

@@ -615,6 +615,12 @@ impl Tlb {
         }
     }
 
+    /// Returns a bound on what one filtered [`Tlb::invalidate`] visits:
+    /// the tag chains of both caches (a probe by address visits fewer).
+    pub fn invalidate_cost(&self) -> u64 {
+        (self.leaves.chain_count() + self.walks.chain_count()) as u64
+    }
+
     /// Applies an invalidation; returns the number of entries removed.
     ///
     /// Only entries the scope could select are visited (see [`SetCache`]);

@@ -16,10 +16,20 @@ const VM: &[Regime] = &[Regime::Nh, Regime::S2, Regime::Nested];
 /// Address range, TTL level and TG granule shift of a TLBI by address.
 type TlbiRange = (Option<(u64, u64)>, Option<u32>, Option<u32>);
 
+/// Work one queue run may do (commands, plus the cache entries and TLB tag
+/// chains their invalidations visit) before it yields until the next
+/// register access: a full queue of 2^19 TLBIs, each scanning a TLB of
+/// 2^16 tags, would otherwise hold one MMIO write for minutes. Large
+/// enough that a queue of cheap commands (at most 2^19) runs in one go.
+pub(crate) const CMDQ_WORK_BUDGET: u64 = 1 << 22;
+
 impl State {
     /// Consumes commands from CONS up to PROD, stopping at the first error
     /// (CMDQ_CONS.ERR + GERROR.CMDQ_ERR) or when injection says so. Bounded:
-    /// at most one pass over the queue per call.
+    /// at most one pass over the queue per call, and about
+    /// [`CMDQ_WORK_BUDGET`] of work: past it the queue resumes at the next
+    /// register access (as a CMD_SYNC waiting for `Iotlb`s does), which a
+    /// driver polling CMDQ_CONS makes.
     pub(super) fn process_cmdq(&mut self) {
         if self.regs.cr0 & cr0::CMDQEN == 0
             || self.gerror_active(gerror::CMDQ_ERR)
@@ -30,10 +40,15 @@ impl State {
         }
         let q = self.cmdq();
         let entries = 1u64 << q.log2;
+        self.cmd_work = 0;
         for _ in 0..entries {
             let prod = self.regs.cmdq_prod;
             let cons = self.regs.cmdq_cons;
             if q.empty(prod, cons) {
+                break;
+            }
+            if self.cmd_work >= CMDQ_WORK_BUDGET {
+                super::sync_gate::arm(&self.sync_wait);
                 break;
             }
             let index = q.idx(cons);
@@ -88,6 +103,7 @@ impl State {
         self.set_last(None);
         let opc = c.opcode();
         self.stats.commands[usize::from(opc)] += 1;
+        self.cmd_work += 1 + self.invalidation_cost(opc);
         // Commands only ever remove cache entries; what a `StreamIommu`
         // probe reads (TLB leaves, contexts) changed iff one went.
         let before = (self.stats.tlb_entries_invalidated, self.ctx_cache.len());
@@ -101,6 +117,22 @@ impl State {
             self.sync_iotlbs_removed();
         }
         r
+    }
+
+    /// Returns a bound on the cache entries and tag chains command `opc`
+    /// visits: filtered invalidations scan whole caches.
+    fn invalidation_cost(&self, opc: u8) -> u64 {
+        match opc {
+            op::CFGI_STE..=op::CFGI_CD_ALL => {
+                (self.ste_cache.len()
+                    + self.l1std_cache.len()
+                    + self.cd_cache.len()
+                    + self.l1cd_cache.len()
+                    + self.ctx_cache.len()) as u64
+            }
+            op::TLBI_NH_ALL..=op::TLBI_NSNH_ALL => self.tlb.invalidate_cost(),
+            _ => 0,
+        }
     }
 
     fn sid_ok(&self, sid: u32) -> bool {

@@ -124,6 +124,8 @@ pub(crate) struct State {
     /// queue is next writable (IHI 0070 7.4).
     stall_records: Vec<Event>,
     next_stag: u16,
+    /// Work done by the queue run in progress (see `cmdq.rs`).
+    cmd_work: u64,
     /// The `Iotlb`s of [`StreamIommu`]s, kept coherent with the caches.
     iotlbs: Vec<std::sync::Weak<iotlb::IotlbSlot>>,
     /// Interrupts and MSIs for the callbacks, delivered after unlocking.
@@ -250,6 +252,7 @@ impl State {
             stalled: Vec::new(),
             stall_records: Vec::new(),
             next_stag: 0,
+            cmd_work: 0,
             iotlbs: Vec::new(),
             outbox: signal::Outbox::new(pending),
             sync_wait,

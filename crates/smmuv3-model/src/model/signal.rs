@@ -3,6 +3,8 @@
 //! Signals raised while the model's state is locked wait in an outbox and
 //! are delivered once the lock is released, so a callback may call back
 //! into the model (read the event queue pointers, acknowledge...).
+//! What such a call raises is delivered by the delivery in progress, in
+//! its next round, not nested (see `DELIVERY_ROUNDS`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,20 +135,31 @@ impl SmmuModel {
 
     #[cold]
     fn deliver_slow(&self) {
-        let mut signals = {
-            let mut s = self.lock();
-            self.pending.store(false, Ordering::Release);
-            std::mem::take(&mut s.outbox.signals)
+        // Identifies the model for the delivery guard (never dereferenced).
+        let me = self as *const Self as usize;
+        let Some(_guard) = Delivering::enter(me) else {
+            // A callback of this delivery accessed the model: its signals
+            // stay pending for the delivery in progress (nesting here
+            // would let a guest recurse once per command, see
+            // `DELIVERY_ROUNDS`).
+            return;
         };
         let h = self
             .handlers
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        // Bounded: an aborted MSI raises an error at most once while it is
-        // active, and each error's GERROR MSI can only raise
-        // MSI_GERROR_ABT_ERR.
-        while !signals.is_empty() {
+        // Bounded: at most `DELIVERY_ROUNDS` rounds; what later rounds
+        // would deliver stays pending for the next register access.
+        for _ in 0..DELIVERY_ROUNDS {
+            let signals = {
+                let mut s = self.lock();
+                self.pending.store(false, Ordering::Release);
+                std::mem::take(&mut s.outbox.signals)
+            };
+            if signals.is_empty() {
+                return;
+            }
             let mut aborted = 0u32;
             for sig in signals {
                 match sig {
@@ -166,15 +179,49 @@ impl SmmuModel {
                     }
                 }
             }
-            if aborted == 0 {
-                return;
+            if aborted != 0 {
+                let mut s = self.lock();
+                for bit in (0..32).map(|b| 1u32 << b).filter(|b| aborted & b != 0) {
+                    s.raise_gerror(bit);
+                }
             }
-            let mut s = self.lock();
-            for bit in (0..32).map(|b| 1u32 << b).filter(|b| aborted & b != 0) {
-                s.raise_gerror(bit);
-            }
-            self.pending.store(false, Ordering::Release);
-            signals = std::mem::take(&mut s.outbox.signals);
         }
+    }
+}
+
+/// Rounds of signals one delivery hands to the callbacks: a callback that
+/// accesses the model (e.g. an MSI the VMM routes to its MMIO bus, which
+/// the guest aimed at CMDQ_PROD) raises more signals, delivered in the
+/// next round, not nested in the callback; a guest can chain such rounds
+/// without end, so each register access delivers a bounded number.
+const DELIVERY_ROUNDS: usize = 64;
+
+std::thread_local! {
+    /// The models (by address) whose signals this thread is delivering.
+    static DELIVERING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A delivery in progress on this thread, ended on drop (a callback's
+/// panic included).
+struct Delivering(usize);
+
+impl Delivering {
+    /// Returns the guard of a new delivery for model `me`, or None if this
+    /// thread is already delivering for it.
+    fn enter(me: usize) -> Option<Self> {
+        DELIVERING.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.contains(&me) {
+                return None;
+            }
+            d.push(me);
+            Some(Self(me))
+        })
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        DELIVERING.with(|d| d.borrow_mut().retain(|&m| m != self.0));
     }
 }
