@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fixed;
+pub mod guest;
 pub mod rig;
 
 use std::sync::Arc;
