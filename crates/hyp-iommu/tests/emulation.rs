@@ -250,7 +250,7 @@ fn a_host_stream_table_in_donated_memory_is_not_read() {
     let (host, _dom) = attached(&t, StrtabFormat::Linear);
     // Find the host's stream table from its registers and give its page
     // away: the next CFGI_STE must not read it.
-    let ste_page = (host_strtab(&t) + u64::from(SID) * 64) & !0xfff;
+    let ste_page = (t.host_strtab() + u64::from(SID) * 64) & !0xfff;
     t.donate(ste_page, 4096).unwrap();
     let before = t.stats().refused_pointers;
     host.set_bypass(SID).unwrap();
@@ -346,7 +346,7 @@ fn stage2_and_nested_host_stes_are_refused_and_reported_on_traffic() {
     host.set_bypass(SID).unwrap();
     // The host writes a stage-2 STE by hand (V=1, Config=0b110) and
     // invalidates it.
-    let ste = host_strtab(&t) + u64::from(SID) * 64;
+    let ste = t.host_strtab() + u64::from(SID) * 64;
     let w0: u64 = 1 | (0b110 << 1);
     host_store(&t, ste, &w0.to_le_bytes());
     host_cfgi_ste(&host, SID);
@@ -543,21 +543,6 @@ fn a_host_smmu_disable_aborts_every_stream() {
     assert_eq!(t.cpu_read(buf, 2), b"ok");
 }
 
-/// Returns the host's stream table base (what its driver programmed).
-fn host_strtab(t: &Trapped) -> u64 {
-    let base = t
-        .emu
-        .lock()
-        .unwrap()
-        .read(0, smmuv3::regs::STRTAB_BASE as u64, 8)
-        .unwrap();
-    base & smmuv3::regs::strtab_base::ADDR.mask()
-}
-
-fn read_u64(t: &Trapped, pa: u64) -> u64 {
-    u64::from_le_bytes(t.cpu_read(pa, 8).try_into().unwrap())
-}
-
 /// Writes `data` to host memory as the host CPU does for its SMMU.
 fn host_store(t: &Trapped, pa: u64, data: &[u8]) {
     t.mem.cpu_write(pa, data).unwrap();
@@ -665,8 +650,8 @@ fn traffic_under_an_invalid_host_level1_descriptor_is_c_bad_streamid() {
     // The host driver's split is 8: 0x345 is under descriptor 3, which it
     // never filled (Span 0).
     let far = 0x345;
-    let l1 = host_strtab(&t) + 3 * 8;
-    assert_eq!(read_u64(&t, l1), 0);
+    let l1 = t.host_strtab() + 3 * 8;
+    assert_eq!(t.read_u64(l1), 0);
     let f = t.dma_write(far, IOVA, b"far").unwrap_err();
     assert!(!is_s2_translation_fault(&f), "{f:?}");
     let events = host.drain_events().unwrap().events;
@@ -701,7 +686,7 @@ fn traffic_on_an_invalid_host_ste_is_c_bad_ste() {
     host.set_bypass(SID).unwrap();
     let buf = t.host_ram.alloc(4096).unwrap();
     t.dma_write(SID, buf, b"open").unwrap();
-    let ste = host_strtab(&t) + u64::from(SID) * 64;
+    let ste = t.host_strtab() + u64::from(SID) * 64;
     host_store(&t, ste, &[0u8; 64]);
     host_cfgi_ste(&host, SID);
     assert_eq!(t.emu.lock().unwrap().stream(0, SID), StreamConfig::Abort);
@@ -716,7 +701,7 @@ fn traffic_on_an_invalid_host_ste_is_c_bad_ste() {
 
 /// Returns host CD `ssid` of a 2-level CD table with 4 KiB leaves at `l1`.
 fn cd_4k(t: &Trapped, l1: u64, ssid: u64) -> Vec<u8> {
-    let d = read_u64(t, l1 + (ssid >> 6) * 8);
+    let d = t.read_u64(l1 + (ssid >> 6) * 8);
     assert_eq!(smmuv3::layout::cd::L1_V.get(d), 1);
     let l2 = d & smmuv3::layout::cd::L1_L2PTR.mask();
     t.cpu_read(l2 + (ssid & 63) * 64, 64)
@@ -758,8 +743,8 @@ fn a_host_cd_table_with_64k_leaves_serves_its_substreams() {
     );
     a.map(IOVA, pa, 4096, RW).unwrap();
     b.map(IOVA, pb, 4096, RW).unwrap();
-    let ste_pa = host_strtab(&t) + u64::from(SID) * 64;
-    let w0 = read_u64(&t, ste_pa);
+    let ste_pa = t.host_strtab() + u64::from(SID) * 64;
+    let w0 = t.read_u64(ste_pa);
     assert_eq!(ste::S1FMT.get(w0), ste::S1FMT_4K_L2);
     let old_l1 = w0 & ste::S1CTXPTR.mask();
     let (cd_lo, cd_hi) = (cd_4k(&t, old_l1, lo), cd_4k(&t, old_l1, hi));

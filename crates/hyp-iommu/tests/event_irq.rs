@@ -167,13 +167,7 @@ fn a_bad_ste_of_the_hosts_making_interrupts_the_host() {
     let (host, _dom) = host_with_domain(&t, 7);
     // The host's driver writes an abort STE (silent); the host makes it
     // invalid.
-    let strtab = t
-        .emu
-        .lock()
-        .unwrap()
-        .read(0, r::STRTAB_BASE as u64, 8)
-        .unwrap();
-    let ste = (strtab & r::strtab_base::ADDR.mask()) + u64::from(OTHER) * 64;
+    let ste = t.host_strtab() + u64::from(OTHER) * 64;
     t.mem.cpu_write(ste, &[0u8; 64]).unwrap();
     t.mem.clean(ste, 64).unwrap();
     host.issue(

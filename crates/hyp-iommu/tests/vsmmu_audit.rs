@@ -253,19 +253,9 @@ fn an_ignored_s1dss_is_one_configuration() {
     let dom = common::host::HostDomain::new_stage1(&host, io_pgtable::Granule::K4, 48).unwrap();
     host.attach(SID, None, &dom, AttachOptions::default())
         .unwrap();
-    let base = t
-        .emu
-        .lock()
-        .unwrap()
-        .read(0, smmuv3::regs::STRTAB_BASE as u64, 8)
-        .unwrap()
-        & smmuv3::regs::strtab_base::ADDR.mask();
-    let at = base + u64::from(SID) * 64;
-    let word = |k: u64| u64::from_le_bytes(t.cpu_read(at + 8 * k, 8).try_into().unwrap());
-    let store = |k: u64, v: u64| {
-        t.mem.cpu_write(at + 8 * k, &v.to_le_bytes()).unwrap();
-        t.mem.clean(at + 8 * k, 8).unwrap();
-    };
+    let at = t.host_strtab() + u64::from(SID) * 64;
+    let word = |k: u64| t.read_u64(at + 8 * k);
+    let store = |k: u64, v: u64| t.write_u64(at + 8 * k, v);
     store(0, ste::S1CDMAX.set(word(0), 0));
     let mut updates = None;
     for dss in [ste::S1DSS_BYPASS, ste::S1DSS_SSID0, ste::S1DSS_BYPASS] {
@@ -328,19 +318,9 @@ fn a_real_smmu_stall_during_an_ste_change_is_repaired_by_the_next_cfgi() {
     host.set_bypass(SID).unwrap();
     let buf = t.host_ram.alloc(4096).unwrap();
     t.dma_write(SID, buf, b"open").unwrap();
-    let base = t
-        .emu
-        .lock()
-        .unwrap()
-        .read(0, smmuv3::regs::STRTAB_BASE as u64, 8)
-        .unwrap()
-        & smmuv3::regs::strtab_base::ADDR.mask();
-    let at = base + u64::from(SID) * 64;
-    let w0 = u64::from_le_bytes(t.cpu_read(at, 8).try_into().unwrap());
-    let store = |v: u64| {
-        t.mem.cpu_write(at, &v.to_le_bytes()).unwrap();
-        t.mem.clean(at, 8).unwrap();
-    };
+    let at = t.host_strtab() + u64::from(SID) * 64;
+    let w0 = t.read_u64(at);
+    let store = |v: u64| t.write_u64(at, v);
     let cfgi = || {
         host.issue(
             &[Command::CfgiSte {

@@ -337,6 +337,29 @@ impl Trapped {
         buf
     }
 
+    /// Returns the 8 bytes at `pa` as the CPU sees them.
+    pub fn read_u64(&self, pa: u64) -> u64 {
+        u64::from_le_bytes(self.cpu_read(pa, 8).try_into().unwrap())
+    }
+
+    /// Writes `v` at `pa` and cleans it to where the SMMU reads.
+    pub fn write_u64(&self, pa: u64, v: u64) {
+        self.mem.cpu_write(pa, &v.to_le_bytes()).unwrap();
+        self.mem.clean(pa, 8).unwrap();
+    }
+
+    /// Returns the host's stream table base on SMMU 0 (what its driver
+    /// programmed).
+    pub fn host_strtab(&self) -> u64 {
+        let base = self
+            .emu
+            .lock()
+            .unwrap()
+            .read(0, smmuv3::regs::STRTAB_BASE as u64, 8)
+            .unwrap();
+        base & smmuv3::regs::strtab_base::ADDR.mask()
+    }
+
     pub fn stats(&self) -> hyp_iommu::EmulationStats {
         self.emu.lock().unwrap().stats(0).unwrap()
     }
