@@ -258,6 +258,31 @@ fn deaf_hyp() -> (
     (parts, deaf, hyp)
 }
 
+/// Donates page `t` while SMMU 1 does not answer: whatever the outcome
+/// no SMMU may reach the page once the host lost it, the donation is
+/// refused as `Unresponsive`, and SMMU 1 stays on for the shadow (it may
+/// still translate from its caches).
+fn donate_while_smmu1_is_deaf<E>(
+    hyp: &mut hyp_iommu::HypIommu<smmuv3_hosted::SimDmaMemory, DeafEnv, common::SimScrub>,
+    read: &dyn Fn(usize, u64) -> Result<[u8; 8], E>,
+    t: u64,
+) {
+    let r = hyp.donate_to_guest(t, P, 3);
+    if hyp.owner(t) != Some(Owner::Host) {
+        for s in 0..2 {
+            assert!(
+                read(s, t).is_err(),
+                "SMMU {s} reaches donated page {t:#x} ({r:?})"
+            );
+        }
+    }
+    assert!(hyp.is_on(1), "forgotten while it may translate");
+    assert!(
+        matches!(r, Err(Error::Unresponsive { smmu: 1, .. })),
+        "{r:?}"
+    );
+}
+
 #[test]
 fn an_smmu_that_does_not_acknowledge_power_off_is_still_invalidated() {
     let (parts, deaf, mut hyp) = deaf_hyp();
@@ -285,20 +310,7 @@ fn an_smmu_that_does_not_acknowledge_power_off_is_still_invalidated() {
     }
     // It still translates: the hypervisor may not forget it.
     assert_eq!(read(1, t), Ok([9; 8]));
-    let r = hyp.donate_to_guest(t, P, 3);
-    if hyp.owner(t) != Some(Owner::Host) {
-        for s in 0..2 {
-            assert!(
-                read(s, t).is_err(),
-                "SMMU {s} reaches donated page {t:#x} ({r:?})"
-            );
-        }
-    }
-    assert!(hyp.is_on(1));
-    assert!(
-        matches!(r, Err(Error::Unresponsive { smmu: 1, .. })),
-        "{r:?}"
-    );
+    donate_while_smmu1_is_deaf(&mut hyp, &read, t);
     assert_eq!(hyp.owner(t), Some(Owner::Host));
     assert_eq!(parts.models[1].audit_caches().stale.len(), 0);
     // Once it acknowledges, the power-off goes through and so does the
@@ -348,20 +360,7 @@ fn an_smmu_that_stops_answering_during_power_on_is_still_invalidated() {
     assert!(matches!(r, Err(Error::Driver { smmu: 1, .. })), "{r:?}");
     // The first stream still translates through the SMMU's caches.
     assert_eq!(read(1, t), Ok([9; 8]));
-    let r = hyp.donate_to_guest(t, P, 3);
-    if hyp.owner(t) != Some(Owner::Host) {
-        for s in 0..2 {
-            assert!(
-                read(s, t).is_err(),
-                "SMMU {s} reaches donated page {t:#x} ({r:?})"
-            );
-        }
-    }
-    assert!(hyp.is_on(1), "forgotten while it may translate");
-    assert!(
-        matches!(r, Err(Error::Unresponsive { smmu: 1, .. })),
-        "{r:?}"
-    );
+    donate_while_smmu1_is_deaf(&mut hyp, &read, t);
     // Once it answers, it can be powered off and on again.
     deaf.store(false, std::sync::atomic::Ordering::SeqCst);
     parts.models[1].resume_commands();
